@@ -1,0 +1,317 @@
+"""Typed, validated configuration.
+
+Layers, lowest first: built-in defaults, ``config.yaml``, environment variables. Every leaf key
+``a.b.c`` can be overridden by ``CC_A_B_C`` (``database.url`` -> ``CC_DATABASE_URL``); list and
+mapping values (``pbx``, ``tracking.sites``) take JSON or YAML in the variable. The settings are
+loaded once by the CLI and handed down; no other module reads the environment.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ENV_PREFIX = "CC_"
+_MAX_INDEXED = 16  # list entries addressable by CC_<LIST>_<i>_<KEY>
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/contact_center.sqlite3"
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used; ``lines`` name each offending key."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str | None = None
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    shutdown_timeout_s: float = Field(10.0, gt=0, le=300)
+
+
+class DatabaseSettings(_Section):
+    url: str = DEFAULT_DATABASE_URL
+    migrate_on_start: bool = True
+    pool_size: int = Field(10, ge=1, le=200)
+    connect_retry_max_s: float = Field(30.0, gt=0)
+    echo: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("expected a sqlite+aiosqlite:// or postgresql+asyncpg:// URL")
+        return value
+
+
+class RedisSettings(_Section):
+    url: str | None = None
+    prefix: str = Field("cc", pattern=r"^[A-Za-z0-9_.:-]+$")
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return value
+
+
+class PbxSettings(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    host: str = "127.0.0.1"
+    port: int = Field(5038, ge=1, le=65535)
+    username: str = Field(min_length=1)
+    secret: SecretStr
+    trunks: list[str] = Field(default_factory=list)
+    extension_pattern: str = r"^\d{3}$"
+    enabled: bool = True
+
+    @field_validator("extension_pattern")
+    @classmethod
+    def _valid_regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"expected a regular expression ({exc})") from exc
+        return value
+
+
+class TelephonySettings(_Section):
+    count_threshold_s: float = Field(60.0, ge=0)
+    callback_due_minutes: int = Field(30, ge=1)
+
+
+DEFAULT_CLIENT_TYPES = [
+    "wholesaler",
+    "chain_retail",
+    "retail",
+    "web_shop",
+    "tender_bidder",
+    "kitting_supplier",
+    "end_customer_hotel",
+    "end_customer_restaurant",
+    "end_customer_office",
+]
+
+
+class CrmSettings(_Section):
+    default_region: str = Field("RU", min_length=2, max_length=2)
+    currency: Literal["RUB"] = "RUB"
+    client_types: list[str] = Field(default_factory=lambda: list(DEFAULT_CLIENT_TYPES))
+
+
+class TrackingSettings(_Section):
+    lease_minutes: int = Field(30, ge=1)
+    sites: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ChannelsSettings(_Section):
+    whatsapp: dict[str, Any] = Field(default_factory=dict)
+    email: dict[str, Any] = Field(default_factory=dict)
+    sms: dict[str, Any] = Field(default_factory=dict)
+    telegram: dict[str, Any] = Field(default_factory=dict)
+
+
+class RecordingsSettings(_Section):
+    spool_dir: str = "/var/spool/asterisk/monitor"
+    storage_dir: str = "./data/recordings"
+    format: Literal["mp3", "ogg", "wav"] = "mp3"
+    bitrate: str = Field("32k", pattern=r"^\d+k$")
+    retention_days: int = Field(365, ge=0)
+    wait_minutes: int = Field(10, ge=0)
+    workers: int = Field(2, ge=1, le=64)
+
+
+class AuthSettings(_Section):
+    session_ttl_hours: float = Field(12.0, gt=0)
+    token_ttl_days: float | None = Field(None, gt=0)
+    cookie_name: str = Field("cc_session", pattern=r"^[A-Za-z0-9_-]+$")
+    cookie_secure: bool = False
+    bootstrap_admin_login: str = Field("admin", min_length=1)
+    # scrypt cost; 2**15 with r=8 takes 32 MiB per hash. Lower only for tests.
+    scrypt_n: int = Field(2**15, ge=2**10, le=2**20)
+    login_attempts_per_15min: int = Field(10, ge=1)
+
+    @field_validator("scrypt_n")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError("expected a power of two")
+        return value
+
+
+class LocaleSettings(_Section):
+    default: Literal["ru", "en"] = "ru"
+    timezone: str = "Europe/Moscow"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("expected an IANA time zone such as Europe/Moscow") from exc
+        return value
+
+
+class Settings(_Section):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    pbx: list[PbxSettings] = Field(default_factory=list)
+    telephony: TelephonySettings = Field(default_factory=TelephonySettings)
+    crm: CrmSettings = Field(default_factory=CrmSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    channels: ChannelsSettings = Field(default_factory=ChannelsSettings)
+    recordings: RecordingsSettings = Field(default_factory=RecordingsSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    locale: LocaleSettings = Field(default_factory=LocaleSettings)
+
+    @field_validator("pbx")
+    @classmethod
+    def _unique_pbx_names(cls, value: list[PbxSettings]) -> list[PbxSettings]:
+        names = [p.name for p in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"expected unique PBX names, got {', '.join(dupes)} twice")
+        return value
+
+
+def _env_overrides(
+    model: type[BaseModel], env: Mapping[str, str], path: tuple[str, ...] = ()
+) -> dict[str, tuple[Any, str]]:
+    """Map dotted key -> (raw value, variable name) for every variable that names a leaf."""
+    found: dict[str, tuple[Any, str]] = {}
+    for name, field in model.model_fields.items():
+        key = (*path, name)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found.update(_env_overrides(annotation, env, key))
+            continue
+        var = ENV_PREFIX + "_".join(key).upper()
+        origin = getattr(annotation, "__origin__", None)
+        item = (getattr(annotation, "__args__", None) or (None,))[0]
+        if origin is list and isinstance(item, type) and issubclass(item, BaseModel):
+            # CC_PBX_0_SECRET overrides one key of one entry of a list of sections.
+            for index in range(_MAX_INDEXED):
+                found.update(_env_overrides(item, env, (*key, str(index))))
+        if var not in env:
+            continue
+        raw: Any = env[var]
+        if origin in (list, dict):
+            try:
+                raw = yaml.safe_load(raw) if raw.strip() else []
+            except yaml.YAMLError as exc:
+                raise ConfigError([f"{var}: cannot parse as JSON/YAML ({exc})"]) from exc
+        elif raw == "" and not field.is_required():
+            raw = None if _allows_none(annotation) else raw
+        found[".".join(key)] = (raw, var)
+    return found
+
+
+def _allows_none(annotation: Any) -> bool:
+    return type(None) in getattr(annotation, "__args__", ())
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node: Any = data
+    for part, following in itertools.pairwise(parts):
+        if isinstance(node, list):
+            index = int(part)
+            while len(node) <= index:
+                node.append({})
+            node = node[index]
+            continue
+        child = node.get(part)
+        wanted = list if following.isdigit() else dict
+        if not isinstance(child, wanted):
+            child = wanted()
+            node[part] = child
+        node = child
+    if isinstance(node, list):
+        index = int(parts[-1])
+        while len(node) <= index:
+            node.append({})
+        node[index] = value
+    else:
+        node[parts[-1]] = value
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Load settings from ``path`` and ``env``; raise ``ConfigError`` naming each bad key.
+
+    With ``path`` None, ``$CC_CONFIG`` or ``./config.yaml`` is used if it exists; with no file at
+    all the embedded defaults apply.
+    """
+    env = os.environ if env is None else env
+    source = "defaults"
+    data: dict[str, Any] = {}
+    if path is None:
+        default = "config.yaml" if Path("config.yaml").exists() else None
+        path = env.get("CC_CONFIG") or default
+    if path is not None:
+        file = Path(path)
+        source = str(file)
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError([f"{file}: no such configuration file"]) from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"{file}: not valid YAML: {exc}"]) from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError([f"{file}: expected a mapping of sections at the top level"])
+        data = loaded
+    overrides = _env_overrides(Settings, env)
+    for dotted, (raw, _var) in overrides.items():
+        _set_dotted(data, dotted, raw)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            dotted = ""
+            for part in err["loc"]:
+                dotted += f"[{part}]" if isinstance(part, int) else f".{part}"
+            dotted = dotted.lstrip(".")
+            flat = re.sub(r"\[(\d+)\]", r".\1", dotted)
+            var = next((v for k, (_, v) in overrides.items() if flat.startswith(k)), None)
+            origin = f"from {var}" if var else f"in {source}"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                lines.append(f"config: unknown key {dotted} ({origin})")
+            elif err["type"] == "missing":
+                lines.append(f"config: {dotted} is required ({origin})")
+            else:
+                secret = any(w in dotted for w in ("secret", "password", "token"))
+                value = "'***'" if secret else _describe(err.get("input"))
+                lines.append(f"config: {dotted} = {value}: {msg} ({origin})")
+        raise ConfigError(lines) from exc
