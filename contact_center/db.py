@@ -1,0 +1,125 @@
+"""Database engine: SQLite (embedded default) or PostgreSQL, start-up retry and migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from contact_center.config import DatabaseSettings
+from crm_core import migrations
+
+log = logging.getLogger(__name__)
+
+# Any constant works; it only has to be the same for every instance migrating one database.
+_MIGRATION_LOCK_KEY = 0x43_43_4D_49  # "CCMI"
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached within the allowed time."""
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password masked, for logs and health output."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def create_engine(settings: DatabaseSettings) -> AsyncEngine:
+    """Build the engine; SQLite gets WAL and foreign keys on every connection."""
+    url = make_url(settings.url)
+    kwargs: dict[str, Any] = {"echo": settings.echo}
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, **kwargs)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    kwargs.update(pool_size=settings.pool_size, max_overflow=settings.pool_size, pool_pre_ping=True)
+    return create_async_engine(url, **kwargs)
+
+
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a connection failure, without the SQLAlchemy boilerplate."""
+    inner = getattr(exc, "orig", None) or exc
+    text_ = str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
+    return f"{type(inner).__name__}: {text_}"
+
+
+async def ping(engine: AsyncEngine, timeout: float = 2.0) -> None:
+    """Run ``SELECT 1``; raise on failure or timeout."""
+    async with asyncio.timeout(timeout), engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+async def wait_for_database(
+    engine: AsyncEngine, *, max_delay: float = 30.0, give_up_after: float | None = None
+) -> None:
+    """Retry until the database answers, logging one line per attempt (no traceback).
+
+    ``give_up_after`` None retries forever (the server waits for its database); the CLI's
+    one-shot commands pass a limit and get ``DatabaseUnavailable``.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    delay = 0.5
+    url = engine.url.render_as_string(hide_password=True)
+    while True:
+        try:
+            await ping(engine, timeout=10.0)
+            return
+        except (OSError, DBAPIError, OperationalError, TimeoutError) as exc:
+            reason = describe_error(exc)
+        elapsed = loop.time() - started
+        if give_up_after is not None and elapsed >= give_up_after:
+            raise DatabaseUnavailable(f"database {url} unreachable after {elapsed:.0f} s: {reason}")
+        wait = min(delay, max_delay) * random.uniform(0.8, 1.2)
+        log.warning(
+            "database %s unreachable (%s); retrying in %.1f s",
+            url,
+            reason,
+            wait,
+            extra={"db_url": url, "retry_in_s": round(wait, 1)},
+        )
+        await asyncio.sleep(wait)
+        delay *= 2
+
+
+def _upgrade(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        # Several instances may start together; one migrates, the others wait and find it done.
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+    migrations.upgrade(conn)
+
+
+async def migrate(engine: AsyncEngine) -> tuple[str | None, str | None]:
+    """Apply pending migrations; return (revision before, revision after)."""
+    async with engine.connect() as conn:
+        before = await conn.run_sync(migrations.current_revision)
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade)
+    async with engine.connect() as conn:
+        after = await conn.run_sync(migrations.current_revision)
+    if before != after:
+        log.info("database migrated from %s to %s", before or "empty", after)
+    return before, after

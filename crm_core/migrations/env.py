@@ -1,0 +1,32 @@
+"""Alembic environment: runs on the connection handed over by ``crm_core.migrations.upgrade``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic import context
+
+from crm_core.db import UTCDateTime
+from crm_core.models import Base
+
+connection = context.config.attributes.get("connection")
+if connection is None:
+    raise RuntimeError("run migrations through `contact-center migrate`")
+
+
+def _render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+    # UTCDateTime is a Python-side wrapper; the column itself is a plain timestamptz.
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
+context.configure(
+    connection=connection,
+    render_item=_render_item,
+    target_metadata=Base.metadata,
+    render_as_batch=connection.dialect.name == "sqlite",
+    compare_type=True,
+)
+with context.begin_transaction():
+    context.run_migrations()

@@ -1,0 +1,1 @@
+"""Users, roles, PBX extensions, password hashing and API/session tokens."""

@@ -1,0 +1,105 @@
+"""Storage: migrations, UTC timestamps and SQLite pragmas, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from contact_center import db
+from contact_center.config import DatabaseSettings
+from crm_core import migrations
+from crm_core.models import Base
+from crm_core.users.model import AuthToken, User
+
+
+async def test_migrations_reach_head_and_match_the_models(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        assert await conn.run_sync(migrations.current_revision) == migrations.head_revision()
+        tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+    assert set(Base.metadata.tables) <= tables
+
+
+async def test_migrate_twice_is_a_no_op(engine: AsyncEngine) -> None:
+    before, after = await db.migrate(engine)
+    assert before == after == migrations.head_revision()
+
+
+async def test_models_match_migrations_exactly(engine: AsyncEngine) -> None:
+    """Autogenerate finds nothing to add: the migrations describe the models in full."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    def diff(conn):  # type: ignore[no-untyped-def]
+        ctx = MigrationContext.configure(conn, opts={"compare_type": False})
+        return compare_metadata(ctx, Base.metadata)
+
+    async with engine.connect() as conn:
+        changes = await conn.run_sync(diff)
+    assert changes == []
+
+
+async def test_datetimes_come_back_utc_aware(session: AsyncSession) -> None:
+    moscow = timezone(timedelta(hours=3))
+    stamp = datetime(2026, 11, 26, 15, 30, 0, 123456, tzinfo=moscow)
+    user = User(login="tz", role="manager", password_hash="x", created_at=stamp)
+    session.add(user)
+    await session.commit()
+    session.expunge_all()
+    loaded = await session.scalar(select(User).where(User.login == "tz"))
+    assert loaded is not None
+    assert loaded.created_at.tzinfo is not None
+    assert loaded.created_at.utcoffset() == timedelta(0)
+    assert loaded.created_at == stamp
+    assert loaded.created_at.hour == 12  # 15:30 +03:00 is 12:30 UTC
+
+
+async def test_comparisons_on_timestamps_use_utc(session: AsyncSession) -> None:
+    user = User(login="cmp", role="manager", password_hash="x")
+    session.add(user)
+    await session.flush()
+    base = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    for i, hours in enumerate((1, 2, 3)):
+        session.add(
+            AuthToken(
+                user_id=user.id,
+                kind="api",
+                token_hash=f"h{i}",
+                expires_at=base + timedelta(hours=hours),
+            )
+        )
+    await session.commit()
+    # 14:30 in Moscow is 11:30 UTC: all three expire after it; 13:30 UTC leaves two.
+    cutoff = datetime(2026, 1, 1, 16, 30, tzinfo=timezone(timedelta(hours=3)))
+    count = len(
+        (await session.scalars(select(AuthToken).where(AuthToken.expires_at > cutoff))).all()
+    )
+    assert count == 2
+
+
+async def test_naive_datetime_is_refused(session: AsyncSession) -> None:
+    session.add(
+        User(login="naive", role="manager", password_hash="x", created_at=datetime(2026, 1, 1))
+    )
+    with pytest.raises(Exception, match="naive datetime"):
+        await session.flush()
+
+
+async def test_sqlite_runs_in_wal_with_foreign_keys(tmp_path: Path) -> None:
+    engine = db.create_engine(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/x/db.sqlite3"))
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
+            assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
+    finally:
+        await engine.dispose()
+    assert (tmp_path / "x" / "db.sqlite3").exists()  # the data directory is created
+
+
+async def test_foreign_keys_are_enforced(session: AsyncSession) -> None:
+    session.add(AuthToken(user_id=999_999, kind="api", token_hash="orphan"))
+    with pytest.raises(Exception, match=r"(?i)foreign key"):
+        await session.flush()
