@@ -1,0 +1,289 @@
+"""The event bus: publish/subscribe of domain events.
+
+Each subscriber gets its own queue and worker task, so a slow or failing subscriber delays and
+loses nothing for the others, and ``publish`` never waits on a handler. With Redis configured the
+bus also fans events out over Redis pub/sub, so every server instance's subscribers see them;
+events that came from this instance are not delivered twice.
+
+Pub/sub is fire-and-forget between instances. Work that must survive a crash (reminders, robot
+steps) is stored in the database, not carried on the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from crm_core.events import DomainEvent, UnknownEvent
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[DomainEvent], Awaitable[None]]
+
+
+class BusMetrics:
+    """Bus figures for /metrics."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.published = Counter(
+            "cc_bus_events_published_total",
+            "Events published on this instance",
+            ["event"],
+            registry=registry,
+        )
+        self.received_remote = Counter(
+            "cc_bus_events_received_remote_total",
+            "Events received from other instances",
+            ["event"],
+            registry=registry,
+        )
+        self.delivered = Counter(
+            "cc_bus_events_delivered_total",
+            "Events handled by a subscriber",
+            ["subscriber", "event"],
+            registry=registry,
+        )
+        self.failed = Counter(
+            "cc_bus_handler_failures_total",
+            "Subscriber handlers that raised",
+            ["subscriber", "event"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "cc_bus_events_dropped_total",
+            "Events dropped because a subscriber's queue was full",
+            ["subscriber"],
+            registry=registry,
+        )
+        self.backlog = Gauge(
+            "cc_bus_subscriber_backlog",
+            "Events waiting for a subscriber",
+            ["subscriber"],
+            registry=registry,
+        )
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One subscriber: its handler, the event names it wants (None = all) and its queue."""
+
+    name: str
+    handler: Handler
+    names: frozenset[str] | None
+    queue: asyncio.Queue[DomainEvent]
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def wants(self, event: DomainEvent) -> bool:
+        return self.names is None or event.name in self.names
+
+
+class EventBus:
+    """In-process bus; subclassed by :class:`RedisEventBus` for fan-out across instances."""
+
+    def __init__(self, *, metrics: BusMetrics | None = None, queue_size: int = 10_000) -> None:
+        self._subs: list[Subscription] = []
+        self._queue_size = queue_size
+        self._metrics = metrics
+        self._started = False
+
+    def subscribe(
+        self, handler: Handler, *, name: str, events: Iterable[str] | None = None
+    ) -> Subscription:
+        """Register ``handler`` (a coroutine function) for ``events`` (names) or for all events."""
+        sub = Subscription(
+            name=name,
+            handler=handler,
+            names=frozenset(events) if events is not None else None,
+            queue=asyncio.Queue(self._queue_size),
+        )
+        self._subs.append(sub)
+        if self._started:
+            sub.task = asyncio.get_running_loop().create_task(self._worker(sub))
+        return sub
+
+    async def unsubscribe(self, sub: Subscription) -> None:
+        if sub in self._subs:
+            self._subs.remove(sub)
+        await self._stop_worker(sub)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._started = True
+        for sub in self._subs:
+            if sub.task is None:
+                sub.task = loop.create_task(self._worker(sub))
+
+    async def close(self, drain_timeout: float = 5.0) -> None:
+        """Let subscribers finish what is queued (bounded), then stop them."""
+        self._started = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain_timeout):
+                for sub in self._subs:
+                    await sub.queue.join()
+        for sub in list(self._subs):
+            await self._stop_worker(sub)
+
+    async def publish(self, event: DomainEvent) -> None:
+        """Deliver ``event`` to every local subscriber (and other instances, with Redis)."""
+        if self._metrics:
+            self._metrics.published.labels(event.name).inc()
+        self._dispatch(event)
+
+    def _dispatch(self, event: DomainEvent) -> None:
+        for sub in self._subs:
+            if not sub.wants(event):
+                continue
+            try:
+                sub.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                log.error(
+                    "subscriber %s is %d events behind; dropped %s %s",
+                    sub.name,
+                    sub.queue.qsize(),
+                    event.name,
+                    event.event_id,
+                )
+                if self._metrics:
+                    self._metrics.dropped.labels(sub.name).inc()
+                continue
+            if self._metrics:
+                self._metrics.backlog.labels(sub.name).set(sub.queue.qsize())
+
+    async def _worker(self, sub: Subscription) -> None:
+        while True:
+            event = await sub.queue.get()
+            try:
+                await sub.handler(event)
+            except asyncio.CancelledError:
+                sub.queue.task_done()
+                raise
+            except Exception:
+                log.exception("subscriber %s failed on %s %s", sub.name, event.name, event.event_id)
+                if self._metrics:
+                    self._metrics.failed.labels(sub.name, event.name).inc()
+            else:
+                if self._metrics:
+                    self._metrics.delivered.labels(sub.name, event.name).inc()
+            sub.queue.task_done()
+            if self._metrics:
+                self._metrics.backlog.labels(sub.name).set(sub.queue.qsize())
+
+    @staticmethod
+    async def _stop_worker(sub: Subscription) -> None:
+        if sub.task is not None:
+            sub.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sub.task
+            sub.task = None
+
+    def provide_status(self) -> dict[str, Any]:
+        return {"status": "ok", "mode": "in-process", "subscribers": len(self._subs)}
+
+
+class RedisEventBus(EventBus):
+    """The bus plus fan-out over Redis pub/sub channel ``<prefix>:events``."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "cc",
+        instance_id: str | None = None,
+        metrics: BusMetrics | None = None,
+        queue_size: int = 10_000,
+    ) -> None:
+        super().__init__(metrics=metrics, queue_size=queue_size)
+        self._redis = client
+        self.channel = f"{prefix}:events"
+        self.instance_id = instance_id or uuid.uuid4().hex
+        self._listener: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._last_error: str | None = None
+
+    async def start(self) -> None:
+        await super().start()
+        self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def wait_connected(self, timeout: float = 10.0) -> None:
+        """Wait until the subscription to the channel is live (for tests and start-up)."""
+        async with asyncio.timeout(timeout):
+            await self._connected.wait()
+
+    async def close(self, drain_timeout: float = 5.0) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        await super().close(drain_timeout)
+
+    async def publish(self, event: DomainEvent) -> None:
+        await super().publish(event)
+        message = json.dumps({"origin": self.instance_id, "event": event.to_dict()})
+        try:
+            await self._redis.publish(self.channel, message)
+        except (aioredis.RedisError, OSError) as exc:
+            # Local subscribers already have it; other instances miss a realtime event only.
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("redis publish of %s %s failed: %s", event.name, event.event_id, exc)
+
+    async def _listen(self) -> None:
+        delay = 0.5
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self._connected.set()
+                self._last_error = None
+                delay = 0.5
+                async for message in pubsub.listen():
+                    self._on_message(message)
+            except asyncio.CancelledError:
+                raise
+            except (aioredis.RedisError, OSError) as exc:
+                self._connected.clear()
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                wait = min(delay, 30.0) * random.uniform(0.8, 1.2)
+                log.warning("redis bus subscription lost (%s); retrying in %.1f s", exc, wait)
+                await asyncio.sleep(wait)
+                delay *= 2
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        if message.get("type") != "message":
+            return
+        try:
+            payload = json.loads(message["data"])
+            if payload.get("origin") == self.instance_id:
+                return
+            event = DomainEvent.from_dict(payload["event"])
+        except (ValueError, KeyError, TypeError, UnknownEvent) as exc:
+            log.warning("skipped an unreadable bus message on %s: %s", self.channel, exc)
+            return
+        if self._metrics:
+            self._metrics.received_remote.labels(event.name).inc()
+        self._dispatch(event)
+
+    def provide_status(self) -> dict[str, Any]:
+        status = super().provide_status()
+        status.update(
+            mode="redis",
+            channel=self.channel,
+            subscribed=self._connected.is_set(),
+            status="ok" if self._connected.is_set() else "degraded",
+        )
+        if self._last_error:
+            status["last_error"] = self._last_error
+        return status

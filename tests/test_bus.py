@@ -1,0 +1,162 @@
+"""The event bus: isolation of subscribers, serialisation, Redis fan-out between instances."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from contact_center.bus import BusMetrics, EventBus, RedisEventBus
+from crm_core.events import DomainEvent
+from tests.helpers import until
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SampleHappened(DomainEvent):
+    name = "test.sample_happened"
+    number: int
+    amount: Decimal = Decimal("0")
+    when: datetime | None = None
+    tags: tuple[str, ...] = ()
+
+
+def test_event_round_trips_through_json_dict() -> None:
+    event = SampleHappened(
+        number=7,
+        amount=Decimal("1234.50"),
+        when=datetime(2026, 11, 26, 9, 0, tzinfo=UTC),
+        tags=("a", "b"),
+        audience=("ext:101",),
+    )
+    import json
+
+    back = DomainEvent.from_dict(json.loads(json.dumps(event.to_dict())))
+    assert back == event
+    assert isinstance(back.amount, Decimal) and back.when is not None and back.when.tzinfo
+
+
+async def test_slow_and_failing_subscribers_do_not_hold_up_others() -> None:
+    registry = CollectorRegistry()
+    bus = EventBus(metrics=BusMetrics(registry))
+    fast: list[int] = []
+    slow_started = asyncio.Event()
+    release = asyncio.Event()
+    failing_seen: list[int] = []
+
+    async def on_fast(e: DomainEvent) -> None:
+        fast.append(e.number)  # type: ignore[attr-defined]
+
+    async def on_slow(e: DomainEvent) -> None:
+        slow_started.set()
+        await release.wait()
+
+    async def on_failing(e: DomainEvent) -> None:
+        failing_seen.append(e.number)  # type: ignore[attr-defined]
+        raise RuntimeError("webhook down")
+
+    bus.subscribe(on_slow, name="slow")
+    bus.subscribe(on_failing, name="failing")
+    bus.subscribe(on_fast, name="fast", events=["test.sample_happened"])
+    await bus.start()
+    try:
+        for i in range(5):
+            await asyncio.wait_for(bus.publish(SampleHappened(number=i)), 0.5)
+        await until(lambda: len(fast) == 5)
+        assert fast == [0, 1, 2, 3, 4]
+        assert failing_seen == [0, 1, 2, 3, 4]  # it kept receiving after raising
+        assert slow_started.is_set()
+        assert (
+            registry.get_sample_value(
+                "cc_bus_handler_failures_total",
+                {"subscriber": "failing", "event": "test.sample_happened"},
+            )
+            == 5
+        )
+        release.set()
+    finally:
+        await bus.close(drain_timeout=2)
+
+
+async def test_full_queue_drops_for_that_subscriber_only() -> None:
+    registry = CollectorRegistry()
+    bus = EventBus(metrics=BusMetrics(registry), queue_size=2)
+    got: list[int] = []
+    blocked = asyncio.Event()
+
+    async def stuck(e: DomainEvent) -> None:
+        await blocked.wait()
+
+    async def ok(e: DomainEvent) -> None:
+        got.append(e.number)  # type: ignore[attr-defined]
+
+    bus.subscribe(stuck, name="stuck")
+    bus.subscribe(ok, name="ok")
+    await bus.start()
+    try:
+        for i in range(6):
+            await bus.publish(SampleHappened(number=i))
+            await asyncio.sleep(0)
+        await until(lambda: len(got) == 6)
+        dropped = registry.get_sample_value("cc_bus_events_dropped_total", {"subscriber": "stuck"})
+        assert dropped is not None and dropped >= 1
+    finally:
+        blocked.set()
+        await bus.close(drain_timeout=1)
+
+
+async def test_two_instances_share_events_over_redis(redis_client: Any, redis_prefix: str) -> None:
+    a = RedisEventBus(redis_client, prefix=redis_prefix, instance_id="a")
+    b = RedisEventBus(redis_client, prefix=redis_prefix, instance_id="b")
+    seen_a: list[DomainEvent] = []
+    seen_b: list[DomainEvent] = []
+
+    async def on_a(e: DomainEvent) -> None:
+        seen_a.append(e)
+
+    async def on_b(e: DomainEvent) -> None:
+        seen_b.append(e)
+
+    a.subscribe(on_a, name="a")
+    b.subscribe(on_b, name="b")
+    await a.start()
+    await b.start()
+    try:
+        await a.wait_connected()
+        await b.wait_connected()
+        event = SampleHappened(number=42, amount=Decimal("10.01"), audience=("user:1",))
+        await a.publish(event)
+        await until(lambda: seen_b)
+        assert seen_b == [event]  # same id, same fields, same type
+        await asyncio.sleep(0.2)
+        assert seen_a == [event]  # its own event once, not again via Redis
+        assert a.provide_status()["subscribed"] is True
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_unreadable_redis_message_is_skipped(redis_client: Any, redis_prefix: str) -> None:
+    bus = RedisEventBus(redis_client, prefix=redis_prefix, instance_id="x")
+    seen: list[DomainEvent] = []
+
+    async def on(e: DomainEvent) -> None:
+        seen.append(e)
+
+    bus.subscribe(on, name="s")
+    await bus.start()
+    try:
+        await bus.wait_connected()
+        await redis_client.publish(bus.channel, b"not json")
+        await redis_client.publish(bus.channel, b'{"origin": "y", "event": {"name": "no.such"}}')
+        await redis_client.publish(
+            bus.channel,
+            b'{"origin": "y", "event": {"name": "test.sample_happened", "data": {"number": 1}}}',
+        )
+        await until(lambda: seen)
+        assert [e.number for e in seen] == [1]  # type: ignore[attr-defined]
+    finally:
+        await bus.close()
