@@ -1,0 +1,1 @@
+"""Messenger and mail adapters (WhatsApp, e-mail, SMS, Telegram) behind one provider interface."""

@@ -1,0 +1,3 @@
+from contact_center.cli import main
+
+raise SystemExit(main())

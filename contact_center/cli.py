@@ -1,0 +1,239 @@
+"""The ``contact-center`` command: serve, migrate, user, replay."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from contact_center import __version__, logs
+from contact_center.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("contact_center")
+
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 3
+EXIT_REFUSED = 4
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="contact-center",
+        description="Telephony and omnichannel contact-center server with a CRM core.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    config_parent = argparse.ArgumentParser(add_help=False)
+    config_parent.add_argument(
+        "--config",
+        metavar="PATH",
+        help="configuration file (default: $CC_CONFIG, else ./config.yaml if present)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("serve", parents=[config_parent], help="run the server")
+    sub.add_parser("migrate", parents=[config_parent], help="apply database migrations")
+
+    user = sub.add_parser("user", help="manage users")
+    user_sub = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    add = user_sub.add_parser("add", parents=[config_parent], help="create a user")
+    add.add_argument("--login", required=True)
+    add.add_argument("--role", required=True, choices=["admin", "head", "manager"])
+    add.add_argument(
+        "--extension",
+        action="append",
+        default=[],
+        metavar="EXT",
+        help="a PBX extension the user owns (repeatable)",
+    )
+    add.add_argument("--name", default="", help="display name")
+    add.add_argument("--email")
+    add.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input (else one is generated and printed)",
+    )
+    user_sub.add_parser("list", parents=[config_parent], help="list users")
+
+    replay = sub.add_parser(
+        "replay",
+        parents=[config_parent],
+        help="fold a raw AMI capture and print one JSON object per finished call",
+    )
+    replay.add_argument("trace", metavar="TRACE")
+    replay.add_argument("--pbx", help="name of the PBX in config whose trunks apply")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return EXIT_CONFIG
+    logs.configure(settings.server.log_format, settings.server.log_level)
+    if args.command == "serve":
+        return serve(settings)
+    if args.command == "migrate":
+        return asyncio.run(_migrate(settings))
+    if args.command == "user":
+        if args.user_command == "add":
+            return asyncio.run(_user_add(settings, args))
+        return asyncio.run(_user_list(settings))
+    if args.command == "replay":
+        return _replay(settings, args)
+    raise AssertionError(args.command)
+
+
+def serve(settings: Settings) -> int:
+    """Run the HTTP server until SIGINT/SIGTERM, then shut down within the configured time."""
+    from aiohttp import web
+
+    from contact_center.app import create_app
+
+    app = create_app(settings)
+    log.info(
+        "contact-center %s starting on http://%s:%s",
+        __version__,
+        settings.server.host,
+        settings.server.port,
+    )
+    web.run_app(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        shutdown_timeout=settings.server.shutdown_timeout_s,
+        access_log_class=logs.AccessLogger,
+        access_log=logging.getLogger("contact_center.access"),
+        print=None,
+        handle_signals=True,
+    )
+    log.info("contact-center stopped")
+    return 0
+
+
+async def _open_database(settings: Settings):  # type: ignore[no-untyped-def]
+    from contact_center import db
+
+    engine = db.create_engine(settings.database)
+    try:
+        await db.wait_for_database(engine, give_up_after=settings.database.connect_retry_max_s)
+    except db.DatabaseUnavailable:
+        await engine.dispose()
+        raise
+    return engine
+
+
+async def _migrate(settings: Settings) -> int:
+    from contact_center import db
+
+    try:
+        engine = await _open_database(settings)
+    except db.DatabaseUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    try:
+        before, after = await db.migrate(engine)
+    finally:
+        await engine.dispose()
+    print(f"database at revision {after}" + ("" if before == after else f" (was {before})"))
+    return 0
+
+
+async def _user_add(settings: Settings, args: argparse.Namespace) -> int:
+    from contact_center import db
+    from crm_core.errors import DomainError
+    from crm_core.users import service as users
+    from crm_core.users.passwords import new_password
+
+    generated = not args.password_stdin
+    password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else new_password()
+    try:
+        engine = await _open_database(settings)
+    except db.DatabaseUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    try:
+        await db.migrate(engine)
+        async with db.sessionmaker(engine)() as session:
+            try:
+                user, _ = await users.create_user(
+                    session,
+                    login=args.login,
+                    role=args.role,
+                    password=password,
+                    extensions=args.extension,
+                    display_name=args.name,
+                    email=args.email,
+                    scrypt_n=settings.auth.scrypt_n,
+                    must_change_password=generated,
+                )
+            except DomainError as exc:
+                print(f"error: {exc.message}", file=sys.stderr)
+                return EXIT_REFUSED
+            await session.commit()
+    finally:
+        await engine.dispose()
+    exts = ", ".join(e.extension for e in user.extensions) or "none"
+    print(f"created {user.role} {user.login!r} (id {user.id}, extensions: {exts})")
+    if generated:
+        print(f"one-time password: {password}")
+    return 0
+
+
+async def _user_list(settings: Settings) -> int:
+    from contact_center import db
+    from crm_core.users import service as users
+
+    try:
+        engine = await _open_database(settings)
+    except db.DatabaseUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    try:
+        async with db.sessionmaker(engine)() as session:
+            for user in await users.list_users(session):
+                exts = ",".join(e.extension for e in user.extensions) or "-"
+                state = "active" if user.is_active else "disabled"
+                print(f"{user.id}\t{user.login}\t{user.role}\t{exts}\t{state}")
+    finally:
+        await engine.dispose()
+    return 0
+
+
+def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    if args.pbx:
+        pbx = next((p for p in settings.pbx if p.name == args.pbx), None)
+        if pbx is None:
+            print(f"error: no PBX named {args.pbx!r} in the configuration", file=sys.stderr)
+            return EXIT_CONFIG
+        trunks, pattern = pbx.trunks, pbx.extension_pattern
+    elif settings.pbx:
+        trunks, pattern = settings.pbx[0].trunks, settings.pbx[0].extension_pattern
+    else:
+        print(
+            "error: the configuration lists no PBX (pbx: [...]) to take trunks from",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    from ami.replay import replay_file
+
+    try:
+        calls = replay_file(
+            args.trace,
+            trunks=trunks,
+            extension_pattern=pattern,
+            count_threshold_s=settings.telephony.count_threshold_s,
+        )
+    except OSError as exc:
+        print(f"error: cannot read {args.trace}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    out = sys.stdout
+    for call in calls:
+        out.write(json.dumps(call, ensure_ascii=False) + "\n")
+    out.flush()
+    return 0

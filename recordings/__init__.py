@@ -1,0 +1,1 @@
+"""Call recordings: MixMonitor intake, conversion, storage and retention."""

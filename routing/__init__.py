@@ -1,0 +1,1 @@
+"""Call tracking and routing: number pools and leases, visitor sources, region distribution."""
