@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# System packages the test suite needs beyond Python: ffmpeg (pydub conversions) and Chromium
+# (browser tests). Installs only what is missing; needs root (CI and the dev machines run as root).
+set -euo pipefail
+
+want=()
+command -v ffmpeg >/dev/null 2>&1 || want+=(ffmpeg)
+command -v chromium >/dev/null 2>&1 || want+=(chromium)
+command -v pg_isready >/dev/null 2>&1 || want+=(postgresql-client)
+command -v redis-cli >/dev/null 2>&1 || want+=(redis-tools)
+
+if ((${#want[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing system packages: ${want[*]} (run as root or install them yourself)" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+fi
