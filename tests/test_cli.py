@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -139,11 +140,11 @@ def test_migrate_gives_up_with_one_line_when_database_stays_down(tmp_path: Path)
     assert "Traceback" not in proc.stderr
 
 
-async def _wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 60) -> dict:
+async def _wait_healthy(url: str, proc: asyncio.subprocess.Process, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert proc.returncode is None, "the server exited before becoming healthy"
             try:
                 async with http.get(url) as resp:
                     if resp.status == 200:
@@ -158,30 +159,29 @@ async def test_serve_answers_healthz_and_stops_on_sigterm(tmp_path: Path) -> Non
     port = free_port()
     env = _env(tmp_path, CC_SERVER_PORT=str(port), CC_SERVER_LOG_FORMAT="json")
     for run in (1, 2):
-        proc = subprocess.Popen(
-            _cli("serve"),
+        proc = await asyncio.create_subprocess_exec(
+            *_cli("serve"),
             env=env,
             cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         try:
             doc = await _wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
             assert doc["database"]["backend"] == "sqlite"
             started = time.monotonic()
             proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=30)
+            out_b, err_b = await asyncio.wait_for(proc.communicate(), 30)
         finally:
-            if proc.poll() is None:
+            if proc.returncode is None:
                 proc.kill()
+                await proc.wait()
+        out, err = out_b.decode(), err_b.decode()
         assert proc.returncode == 0, err
         assert time.monotonic() - started < 15
         first_start = "one-time password" in out
         assert first_start == (run == 1), out  # printed once, on the first start only
         assert "one-time password" not in err  # and never into the log
-        import json
-
         records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
         assert records and all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)
         assert any(r["msg"] == "contact-center stopped" for r in records)
