@@ -25,6 +25,7 @@ from prometheus_client import (
 )
 
 from contact_center import __version__
+from contact_center import api as api_slices
 from contact_center import db as database
 from contact_center.bus import BusMetrics, EventBus, RedisEventBus
 from contact_center.config import Settings
@@ -35,14 +36,17 @@ from contact_center.http.errors import error_middleware
 from contact_center.keys import (
     API,
     BUS,
+    CLOCK,
     ENGINE,
     HEALTH,
     INSTANCE_ID,
     METRICS,
     REDIS,
+    RULES,
     SESSIONS,
     SETTINGS,
 )
+from crm_core.clock import Clock, SystemClock
 from crm_core.users import service as users
 
 log = logging.getLogger(__name__)
@@ -59,11 +63,12 @@ def create_app(
     *,
     instance_id: str | None = None,
     announce: Callable[[str], None] = _stdout,
+    clock: Clock | None = None,
 ) -> web.Application:
     """Build the aiohttp application for ``settings``.
 
     ``announce`` receives the one-time text meant for the operator's terminal (the first admin's
-    password); it never goes to the log.
+    password); it never goes to the log. ``clock`` defaults to the system clock.
     """
     app = web.Application(
         middlewares=[_metrics_middleware, error_middleware, auth.auth_middleware],
@@ -90,9 +95,10 @@ def create_app(
     )
     app[HEALTH] = StatusAggregator()
 
+    app[RULES] = settings.crm.rules()
+    app[CLOCK] = clock or SystemClock()
     api = Api()
-    for module_api in (auth.api,):
-        api.operations.extend(module_api.operations)
+    api.operations.extend(auth.api.operations)
     app[API] = api
 
     app.cleanup_ctx.append(_redis_ctx)
@@ -100,6 +106,7 @@ def create_app(
     app.cleanup_ctx.append(_bus_ctx)
 
     auth.setup(app)
+    api_slices.install(app, api)
     api.install(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

@@ -18,6 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from crm_core import rules
+
 ENV_PREFIX = "CC_"
 _MAX_INDEXED = 16  # list entries addressable by CC_<LIST>_<i>_<KEY>
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/contact_center.sqlite3"
@@ -98,23 +100,60 @@ class TelephonySettings(_Section):
     callback_due_minutes: int = Field(30, ge=1)
 
 
-DEFAULT_CLIENT_TYPES = [
-    "wholesaler",
-    "chain_retail",
-    "retail",
-    "web_shop",
-    "tender_bidder",
-    "kitting_supplier",
-    "end_customer_hotel",
-    "end_customer_restaurant",
-    "end_customer_office",
-]
+class StageSettings(_Section):
+    code: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    name_ru: str
+    name_en: str = ""
+    kind: Literal["open", "won", "lost"] = "open"
+
+
+class PipelineSettings(_Section):
+    code: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    name_ru: str
+    name_en: str = ""
+    is_default: bool = False
+    stages: list[StageSettings] = Field(min_length=2)
+
+
+class CustomFieldSettings(_Section):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    type: Literal["string", "number", "date", "enum", "bool"]
+    label_ru: str = ""
+    label_en: str = ""
+    options: list[str] = Field(default_factory=list)
+    applies_to: list[Literal["lead", "contact", "company"]] = Field(
+        default_factory=lambda: ["lead", "contact", "company"]
+    )
 
 
 class CrmSettings(_Section):
     default_region: str = Field("RU", min_length=2, max_length=2)
     currency: Literal["RUB"] = "RUB"
-    client_types: list[str] = Field(default_factory=lambda: list(DEFAULT_CLIENT_TYPES))
+    client_types: list[str] = Field(default_factory=lambda: list(rules.DEFAULT_CLIENT_TYPES))
+    lead_stages: list[StageSettings] = Field(default_factory=list)
+    lead_gate: dict[str, list[str]] | None = None
+    pipelines: list[PipelineSettings] = Field(default_factory=list)
+    lost_reasons: list[str] = Field(default_factory=lambda: list(rules.DEFAULT_LOST_REASONS))
+    junk_reasons: list[str] = Field(default_factory=lambda: list(rules.DEFAULT_JUNK_REASONS))
+    custom_fields: list[CustomFieldSettings] = Field(default_factory=list)
+    invoice_reminder_days: list[int] = Field(default_factory=lambda: [3, 0])
+    managers_read_all: bool = False
+
+    @field_validator("lead_gate")
+    @classmethod
+    def _known_requirements(cls, value: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        for stage, reqs in (value or {}).items():
+            for req in reqs:
+                if req not in rules.GATE_REQUIREMENTS and not req.startswith("custom."):
+                    known = ", ".join(rules.GATE_REQUIREMENTS)
+                    raise ValueError(
+                        f"{stage}: unknown requirement {req!r}; expected one of {known}"
+                    )
+        return value
+
+    def rules(self) -> rules.CrmRules:
+        """The business rules the CRM services take."""
+        return rules.CrmRules.from_mapping(self.model_dump())
 
 
 class TrackingSettings(_Section):

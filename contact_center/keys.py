@@ -13,6 +13,8 @@ from contact_center.bus import EventBus
 from contact_center.config import Settings
 from contact_center.health import StatusAggregator
 from contact_center.http.api import Api
+from crm_core.clock import Clock
+from crm_core.rules import CrmRules
 
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
@@ -23,3 +25,5 @@ METRICS = web.AppKey("metrics", CollectorRegistry)
 HEALTH = web.AppKey("health", StatusAggregator)
 API = web.AppKey("api", Api)
 INSTANCE_ID = web.AppKey("instance_id", str)
+RULES = web.AppKey("rules", CrmRules)
+CLOCK = web.AppKey("clock", Clock)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, ClassVar
 
-from sqlalchemy import DateTime, MetaData
+from sqlalchemy import JSON, BigInteger, DateTime, MetaData
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
@@ -59,3 +61,34 @@ class Base(DeclarativeBase):
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime()}
+
+
+class Money(TypeDecorator[Decimal]):
+    """An amount in RUB as ``Decimal`` with kopeck precision, stored as integer kopecks.
+
+    Integers are exact, sortable and summable on every backend (SQLite has no decimal type),
+    and ``func.sum(column)`` keeps this type, so sums come back as ``Decimal`` too.
+    """
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: Decimal | int | str | None, dialect: Dialect) -> int | None:
+        if value is None:
+            return None
+        amount = Decimal(value)
+        kopecks = amount * 100
+        if kopecks != kopecks.to_integral_value():
+            raise ValueError(f"amount {value} has more than 2 decimal places")
+        return int(kopecks)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return (Decimal(int(value)) / 100).quantize(_KOPECK)
+
+
+_KOPECK = Decimal("0.01")
+
+# JSON documents: jsonb on PostgreSQL (indexable), JSON text on SQLite.
+JsonDoc = JSON().with_variant(JSONB(), "postgresql")

@@ -1,6 +1,27 @@
 """Imports every model module so ``Base.metadata`` describes the whole schema."""
 
+from crm_core.activities import model as activities_model
+from crm_core.audit import model as audit_model
+from crm_core.clients import model as clients_model
 from crm_core.db import Base
+from crm_core.deals import model as deals_model
+from crm_core.invoices import model as invoices_model
+from crm_core.jobs import model as jobs_model
+from crm_core.leads import model as leads_model
+from crm_core.reference import model as reference_model
+from crm_core.tasks import model as tasks_model
 from crm_core.users import model as users_model
 
-__all__ = ["Base", "users_model"]
+__all__ = [
+    "Base",
+    "activities_model",
+    "audit_model",
+    "clients_model",
+    "deals_model",
+    "invoices_model",
+    "jobs_model",
+    "leads_model",
+    "reference_model",
+    "tasks_model",
+    "users_model",
+]

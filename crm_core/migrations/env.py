@@ -6,7 +6,7 @@ from typing import Any
 
 from alembic import context
 
-from crm_core.db import UTCDateTime
+from crm_core.db import Money, UTCDateTime
 from crm_core.models import Base
 
 connection = context.config.attributes.get("connection")
@@ -15,9 +15,11 @@ if connection is None:
 
 
 def _render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
-    # UTCDateTime is a Python-side wrapper; the column itself is a plain timestamptz.
+    # UTCDateTime and Money are Python-side wrappers of plain timestamptz and bigint columns.
     if type_ == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"
+    if type_ == "type" and isinstance(obj, Money):
+        return "sa.BigInteger()"
     return False
 
 

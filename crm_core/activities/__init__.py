@@ -1,0 +1,1 @@
+"""The client timeline: calls, meetings, e-mails, messages, notes."""

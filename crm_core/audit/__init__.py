@@ -1,0 +1,1 @@
+"""Audit log: who did or saw what, when."""

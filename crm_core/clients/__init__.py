@@ -1,0 +1,1 @@
+"""Client cards: companies (head organisations), legal entities, requisites, contacts."""

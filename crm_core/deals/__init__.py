@@ -1,0 +1,1 @@
+"""Deal pipelines, deals and their stage history."""

@@ -1,0 +1,1 @@
+"""Durable scheduled work (reminders, robot steps), claimed once across instances."""

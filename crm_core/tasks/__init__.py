@@ -1,0 +1,1 @@
+"""Tasks, reminders, bulk tasks and the daily plan."""
