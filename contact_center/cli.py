@@ -75,7 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.lines:
             print(line, file=sys.stderr)
         return EXIT_CONFIG
-    logs.configure(settings.server.log_format, settings.server.log_level)
+    level = settings.server.log_level
+    if args.command == "replay" and level in ("INFO", "DEBUG"):
+        level = "WARNING"  # replay's output is the JSON on stdout; keep stderr for problems
+    logs.configure(settings.server.log_format, level)
     if args.command == "serve":
         return serve(settings)
     if args.command == "migrate":

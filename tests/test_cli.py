@@ -205,3 +205,38 @@ def test_help_is_available(command: list[str], tmp_path: Path) -> None:
         _cli(*command), env=_env(tmp_path), capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and "usage: contact-center" in proc.stdout
+
+
+FIXTURES = ROOT / "tests" / "fixtures" / "ami"
+
+
+@pytest.mark.parametrize(
+    "trace", sorted(p.stem for p in FIXTURES.glob("*.ami") if not p.stem.startswith("resync"))
+)
+def test_replay_prints_the_expected_calls(trace: str, tmp_path: Path) -> None:
+    """The stable `replay` interface: one JSON object per finished call, in order of call end."""
+    proc = subprocess.run(
+        _cli("replay", str(FIXTURES / f"{trace}.ami"), "--config", str(ROOT / "config.yaml")),
+        env=_env(
+            tmp_path,
+            CC_PBX='[{"name": "t", "username": "u", "secret": "s", '
+            '"trunks": ["provider"], "extension_pattern": "^\\\\d{3}$"}]',
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    got = [json.loads(line) for line in proc.stdout.splitlines()]
+    expected = [
+        json.loads(line)
+        for line in (FIXTURES / f"{trace}.expected.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        assert list(g) == list(e)  # exactly the stable keys, in order
+        for key in ("ring_seconds", "talk_seconds"):
+            assert abs(g.pop(key) - e.pop(key)) <= 1
+        assert g == e
