@@ -24,7 +24,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from contact_center import __version__
+from contact_center import __version__, ws
 from contact_center import api as api_slices
 from contact_center import db as database
 from contact_center.bus import BusMetrics, EventBus, RedisEventBus
@@ -106,6 +106,7 @@ def create_app(
     app.cleanup_ctx.append(_bus_ctx)
 
     auth.setup(app)
+    ws.setup(app)
     api_slices.install(app, api)
     api.install(app)
     app.router.add_get("/healthz", healthz)

@@ -2,6 +2,7 @@
 
 from crm_core.activities import model as activities_model
 from crm_core.audit import model as audit_model
+from crm_core.calls import model as calls_model
 from crm_core.clients import model as clients_model
 from crm_core.db import Base
 from crm_core.deals import model as deals_model
@@ -16,6 +17,7 @@ __all__ = [
     "Base",
     "activities_model",
     "audit_model",
+    "calls_model",
     "clients_model",
     "deals_model",
     "invoices_model",

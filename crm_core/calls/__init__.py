@@ -1,0 +1,1 @@
+"""Calls: every call the PBX reports, linked to the manager and the client."""
