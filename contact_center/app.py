@@ -46,6 +46,7 @@ from contact_center.keys import (
     SESSIONS,
     SETTINGS,
 )
+from contact_center.web import pages
 from crm_core.clock import Clock, SystemClock
 from crm_core.users import service as users
 
@@ -107,6 +108,7 @@ def create_app(
 
     auth.setup(app)
     ws.setup(app)
+    pages.setup(app)
     api_slices.install(app, api)
     api.install(app)
     app.router.add_get("/healthz", healthz)

@@ -415,27 +415,9 @@ async def logout(request: web.Request) -> web.StreamResponse:
     raise resp
 
 
-async def home(request: web.Request) -> web.StreamResponse:
-    user = request.get(USER)
-    if user is None or request.get(AUTH_KIND) is not TokenKind.SESSION:
-        raise web.HTTPSeeOther("/login")
-    lang = pick_language(request, request.app[SETTINGS].locale.default, user.locale)
-    t = translator(lang)
-    exts = ", ".join(e.extension for e in user.extensions) or t("home.none")
-    warn = f'<p class="err">{t("home.change_password")}</p>' if user.must_change_password else ""
-    body = (
-        f"<h1>{t('home.greeting', name=html.escape(user.display_name))}</h1>{warn}"
-        f"<p>{t('home.role')}: {t('role.' + user.role)}</p>"
-        f"<p>{t('home.extensions')}: {html.escape(exts)}</p>"
-        f'<form method="post" action="/logout"><button>{t("home.logout")}</button></form>'
-    )
-    return _page(request, lang, "home.title", body)
-
-
 def setup(app: web.Application) -> None:
     """Install the auth routes and state on ``app``."""
     app[THROTTLE] = LoginThrottle(app[SETTINGS].auth.login_attempts_per_15min)
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login_submit)
     app.router.add_post("/logout", logout)
-    app.router.add_get("/", home)
