@@ -1,0 +1,115 @@
+"""The call log API: list and read calls (click-to-call lives with the telephony wiring)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from contact_center.api.common import PageQuery, actor, page, rules, uow
+from contact_center.http.api import Api
+from crm_core import access
+from crm_core.calls import service as calls
+from crm_core.calls.model import Call
+from crm_core.errors import NotFound
+from crm_core.phones import try_normalize_phone
+
+api = Api()
+
+
+class CallOut(BaseModel):
+    id: int
+    pbx: str
+    call_id: str
+    direction: str
+    caller: str | None
+    callee: str | None
+    did: str | None
+    queue: str | None
+    extension: str | None
+    rang: list[str]
+    disposition: str
+    started_at: datetime
+    answered_at: datetime | None
+    ended_at: datetime
+    ring_seconds: float
+    talk_seconds: float
+    counted: bool
+    transfers: list[str]
+    recording: str | None
+    hangup_cause: int | None
+    user_id: int | None
+    contact_id: int | None
+    company_id: int | None
+    lead_id: int | None
+    deal_id: int | None
+    source_id: int | None
+    region_id: int | None
+    tracking: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, call: Call) -> CallOut:
+        return cls.model_validate(call, from_attributes=True)
+
+
+class CallQuery(PageQuery):
+    user_id: int | None = None
+    direction: Literal["inbound", "outbound", "internal"] | None = None
+    disposition: Literal["answered", "missed", "abandoned", "busy", "failed"] | None = None
+    counted: bool | None = None
+    contact_id: int | None = None
+    company_id: int | None = None
+    number: str | None = Field(None, description="a phone number in any format")
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@api.route("GET", "/calls", summary="The call log, newest first", query=CallQuery, tags=["calls"])
+async def list_calls(request: web.Request, query: CallQuery) -> dict[str, Any]:
+    user = actor(request)
+    user_ids: list[int] | None
+    if access.is_privileged(user) or rules(request).managers_read_all:
+        user_ids = [query.user_id] if query.user_id is not None else None
+    else:  # a manager's own calls only
+        user_ids = [user.id] if query.user_id in (None, user.id) else []
+    number = try_normalize_phone(query.number) if query.number else None
+    async with uow(request) as u:
+        rows, total = await calls.list_calls(
+            u.session,
+            user_ids=user_ids,
+            direction=query.direction,
+            disposition=query.disposition,
+            counted=query.counted,
+            contact_id=query.contact_id,
+            company_id=query.company_id,
+            number=number or query.number,
+            since=query.since,
+            until=query.until,
+            limit=query.limit,
+            offset=query.offset,
+        )
+    return page([CallOut.of(c).model_dump(mode="json") for c in rows], total, query)
+
+
+@api.route(
+    "GET",
+    "/calls/{id}",
+    summary="One call",
+    response=CallOut,
+    tags=["calls"],
+    errors={404: "No such call"},
+)
+async def get_call(request: web.Request) -> CallOut:
+    user = actor(request)
+    try:
+        call_pk = int(request.match_info["id"])
+    except ValueError as exc:
+        raise NotFound("no such call") from exc
+    async with uow(request) as u:
+        call = await u.session.get(Call, call_pk)
+    if call is None:
+        raise NotFound(f"no call {call_pk}")
+    access.ensure_read(user, call.user_id, rules(request), f"call {call_pk}")
+    return CallOut.of(call)
