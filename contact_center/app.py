@@ -24,7 +24,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from contact_center import __version__, ws
+from contact_center import __version__, pbx, ws
 from contact_center import api as api_slices
 from contact_center import db as database
 from contact_center.bus import BusMetrics, EventBus, RedisEventBus
@@ -110,6 +110,7 @@ def create_app(
     ws.setup(app)
     pages.setup(app)
     api_slices.install(app, api)
+    pbx.setup(app)
     api.install(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

@@ -57,6 +57,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     user_sub.add_parser("list", parents=[config_parent], help="list users")
 
+    demo = sub.add_parser(
+        "demo",
+        parents=[config_parent],
+        help="run with seeded demo data and a simulated PBX placing calls",
+    )
+    demo.add_argument(
+        "--database-url", help="database for the demo (default: SQLite in ./data/demo.sqlite3)"
+    )
+    demo.add_argument(
+        "--call-every",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="average time between simulated calls (default 15)",
+    )
+
     replay = sub.add_parser(
         "replay",
         parents=[config_parent],
@@ -89,6 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_user_list(settings))
     if args.command == "replay":
         return _replay(settings, args)
+    if args.command == "demo":
+        from contact_center import demo
+
+        return asyncio.run(
+            demo.run(settings, database_url=args.database_url, call_every_s=args.call_every)
+        )
     raise AssertionError(args.command)
 
 

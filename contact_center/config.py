@@ -84,6 +84,9 @@ class PbxSettings(_Section):
     trunks: list[str] = Field(default_factory=list)
     extension_pattern: str = r"^\d{3}$"
     enabled: bool = True
+    originate_tech: str = Field("PJSIP", pattern=r"^[A-Za-z0-9]+$")
+    originate_context: str = Field("internal", min_length=1)
+    originate_exten: str = "{e164}"
 
     @field_validator("extension_pattern")
     @classmethod
@@ -247,6 +250,9 @@ def _env_overrides(
             found.update(_env_overrides(annotation, env, key))
             continue
         var = ENV_PREFIX + "_".join(key).upper()
+        if _allows_none(annotation):  # Optional[X]: parse as X
+            inner = [a for a in annotation.__args__ if a is not type(None)]  # type: ignore[union-attr]
+            annotation = inner[0] if len(inner) == 1 else annotation
         origin = getattr(annotation, "__origin__", None)
         item = (getattr(annotation, "__args__", None) or (None,))[0]
         if origin is list and isinstance(item, type) and issubclass(item, BaseModel):
@@ -258,11 +264,14 @@ def _env_overrides(
         raw: Any = env[var]
         if origin in (list, dict):
             try:
-                raw = yaml.safe_load(raw) if raw.strip() else []
+                if raw.strip():
+                    raw = yaml.safe_load(raw)
+                else:
+                    raw = None if _allows_none(field.annotation) else ([] if origin is list else {})
             except yaml.YAMLError as exc:
                 raise ConfigError([f"{var}: cannot parse as JSON/YAML ({exc})"]) from exc
         elif raw == "" and not field.is_required():
-            raw = None if _allows_none(annotation) else raw
+            raw = None if _allows_none(field.annotation) else raw
         found[".".join(key)] = (raw, var)
     return found
 

@@ -12,7 +12,7 @@ import dataclasses
 import types
 import typing
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -71,7 +71,7 @@ def registered_events() -> dict[str, type[DomainEvent]]:
 
 
 def _dump(value: Any) -> Any:
-    if isinstance(value, datetime):
+    if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, Decimal):
         return str(value)
@@ -91,6 +91,8 @@ def _load(hint: Any, value: Any) -> Any:
         return _load(inner[0], value) if len(inner) == 1 else value
     if hint is datetime:
         return datetime.fromisoformat(value)
+    if hint is date:
+        return date.fromisoformat(value)
     if hint is Decimal:
         return Decimal(value)
     if origin is tuple:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -22,6 +22,7 @@ class SampleHappened(DomainEvent):
     amount: Decimal = Decimal("0")
     when: datetime | None = None
     tags: tuple[str, ...] = ()
+    day: date | None = None
 
 
 def test_event_round_trips_through_json_dict() -> None:
@@ -30,6 +31,7 @@ def test_event_round_trips_through_json_dict() -> None:
         amount=Decimal("1234.50"),
         when=datetime(2026, 11, 26, 9, 0, tzinfo=UTC),
         tags=("a", "b"),
+        day=date(2026, 11, 27),
         audience=("ext:101",),
     )
     import json
@@ -37,6 +39,7 @@ def test_event_round_trips_through_json_dict() -> None:
     back = DomainEvent.from_dict(json.loads(json.dumps(event.to_dict())))
     assert back == event
     assert isinstance(back.amount, Decimal) and back.when is not None and back.when.tzinfo
+    assert back.day == date(2026, 11, 27)
 
 
 async def test_slow_and_failing_subscribers_do_not_hold_up_others() -> None:

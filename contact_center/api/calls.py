@@ -10,10 +10,11 @@ from pydantic import BaseModel, Field
 
 from contact_center.api.common import PageQuery, actor, page, rules, uow
 from contact_center.http.api import Api
+from contact_center.keys import SETTINGS
 from crm_core import access
 from crm_core.calls import service as calls
 from crm_core.calls.model import Call
-from crm_core.errors import NotFound
+from crm_core.errors import NotFound, Unavailable
 from crm_core.phones import try_normalize_phone
 
 api = Api()
@@ -113,3 +114,60 @@ async def get_call(request: web.Request) -> CallOut:
         raise NotFound(f"no call {call_pk}")
     access.ensure_read(user, call.user_id, rules(request), f"call {call_pk}")
     return CallOut.of(call)
+
+
+class ClickToCall(BaseModel):
+    to: str = Field(min_length=3, max_length=40, description="the client's number, any format")
+    from_extension: str | None = Field(
+        None, pattern=r"^[0-9*#+]{1,32}$", description="default: the caller's own extension"
+    )
+    pbx: str | None = Field(None, description="default: the PBX of that extension")
+
+
+class ClickToCallOut(BaseModel):
+    action_id: str
+    pbx: str
+    extension: str
+    to: str
+    status: str = "originating"
+
+
+@api.route(
+    "POST",
+    "/calls",
+    summary="Click-to-call: ring my phone, then the client",
+    body=ClickToCall,
+    response=ClickToCallOut,
+    status=202,
+    tags=["calls"],
+    errors={403: "Not your extension", 503: "The PBX link is down"},
+)
+async def click_to_call(request: web.Request, body: ClickToCall) -> ClickToCallOut:
+    from contact_center import pbx as pbx_wiring
+    from crm_core.errors import PermissionDenied
+    from crm_core.phones import normalize_phone
+
+    user = actor(request)
+    settings = request.app[SETTINGS]
+    number = normalize_phone(body.to, settings.crm.default_region)
+    own = {e.extension: e.pbx for e in user.extensions}
+    extension = body.from_extension or next(iter(own), None)
+    if extension is None:
+        raise PermissionDenied("you own no extension to call from; pass from_extension")
+    if extension not in own and not access.is_privileged(user):
+        raise PermissionDenied(f"extension {extension} is not yours")
+    rt = pbx_wiring.runtime(request.app, body.pbx or own.get(extension) or None)
+    link = rt.link
+    if link is None or not link.connected:
+        raise Unavailable(f"PBX {rt.pbx.name} is not connected; try again shortly")
+    result = await link.originate(
+        f"{rt.pbx.originate_tech}/{extension}",
+        exten=rt.pbx.originate_exten.format(e164=number, digits=number.lstrip("+")),
+        context=rt.pbx.originate_context,
+        caller_id=f'"{number}" <{number}>',
+        variables={"CC_USER_ID": str(user.id), "CLICK2CALL": "1"},
+        timeout=5.0,
+    )
+    return ClickToCallOut(
+        action_id=result.action_id, pbx=rt.pbx.name, extension=extension, to=number
+    )

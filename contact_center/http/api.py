@@ -152,7 +152,8 @@ class Api:
                 for p in _path_params(op.path)
             ]
             if op.query is not None:
-                qschema = op.query.model_json_schema()
+                qschema = op.query.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(qschema.pop("$defs", {}))
                 required = set(qschema.get("required", []))
                 for name, prop in qschema.get("properties", {}).items():
                     params.append(

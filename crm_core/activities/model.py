@@ -29,6 +29,7 @@ class Activity(Base):
         Index("ix_activities_company_at", "company_id", "occurred_at"),
         Index("ix_activities_contact_at", "contact_id", "occurred_at"),
         Index("ix_activities_user_kind_at", "user_id", "kind", "occurred_at"),
+        Index("ix_activities_occurred_at", "occurred_at"),  # the whole timeline, newest first
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

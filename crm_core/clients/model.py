@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, declared_attr, mapped_column
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column, validates
 
 from crm_core.db import Base, JsonDoc, Money, utcnow
 
@@ -24,6 +24,31 @@ class Interest(enum.StrEnum):
     LOW = "low"
     MEDIUM = "medium"
     HIGH = "high"
+
+
+def last10_of(number: str) -> str:
+    """The last 10 digits of a number (all of them if it has fewer)."""
+    return "".join(ch for ch in number if ch.isdigit())[-10:]
+
+
+def fold_name(text: str | None) -> str:
+    """The search key of a name: case-folded in Python (SQLite's ``lower()`` knows only ASCII),
+    "ё" read as "е", whitespace collapsed. Compare it with a query folded the same way."""
+    return " ".join((text or "").casefold().replace("ё", "е").split())
+
+
+def _name_default(context: Any) -> str:
+    # Core inserts that leave the column out (bulk imports); the ORM sets it in _fold_name.
+    return fold_name(context.get_current_parameters().get("name"))
+
+
+def _digits_rev_default(context: Any) -> str:
+    number = context.get_current_parameters().get("e164") or ""
+    return "".join(ch for ch in number if ch.isdigit())[::-1]
+
+
+def _last10_default(context: Any) -> str:
+    return last10_of(context.get_current_parameters().get("e164") or "")
 
 
 class CardFields:
@@ -69,6 +94,7 @@ class Company(CardFields, Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(300), index=True)
+    name_search: Mapped[str] = mapped_column(String(300), default=_name_default, index=True)
     head_id: Mapped[int | None] = mapped_column(
         ForeignKey("companies.id", ondelete="SET NULL"), index=True
     )
@@ -78,6 +104,11 @@ class Company(CardFields, Base):
     merged_into_id: Mapped[int | None] = mapped_column(
         ForeignKey("companies.id", ondelete="SET NULL")
     )
+
+    @validates("name")
+    def _fold_name(self, _key: str, value: str) -> str:
+        self.name_search = fold_name(value)
+        return value
 
 
 class LegalEntity(Base):
@@ -132,12 +163,18 @@ class Contact(CardFields, Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(300), index=True)  # as the manager writes it
+    name_search: Mapped[str] = mapped_column(String(300), default=_name_default, index=True)
     position: Mapped[str | None] = mapped_column(String(200))
     comment: Mapped[str | None] = mapped_column(Text)
     legal_hold: Mapped[bool] = mapped_column(default=False)
     merged_into_id: Mapped[int | None] = mapped_column(
         ForeignKey("contacts.id", ondelete="SET NULL")
     )
+
+    @validates("name")
+    def _fold_name(self, _key: str, value: str) -> str:
+        self.name_search = fold_name(value)
+        return value
 
 
 class ContactCompany(Base):
@@ -181,17 +218,27 @@ class _Owned:
 
 
 class Phone(_Owned, Base):
-    """A phone number in E.164; ``digits_rev`` (its digits reversed) serves "ends with" search."""
+    """A phone number in E.164; ``digits_rev`` (its digits reversed) serves "ends with" search,
+    ``last10`` the screen-pop. Both are derived from ``e164`` (ORM and Core inserts alike)."""
 
     __tablename__ = "phones"
     __table_args__ = (_one_owner(),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     e164: Mapped[str] = mapped_column(String(16), index=True)
-    digits_rev: Mapped[str] = mapped_column(String(16), index=True)
+    digits_rev: Mapped[str] = mapped_column(String(16), default=_digits_rev_default, index=True)
+    # The number's last 10 digits (set from e164): the screen-pop finds a caller with one
+    # equality lookup whether the country code matches or not.
+    last10: Mapped[str] = mapped_column(String(10), default=_last10_default, index=True)
     kind: Mapped[str] = mapped_column(String(16), default="work")  # work, mobile, home, fax
     extension: Mapped[str | None] = mapped_column(String(10))  # доб. 123
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @validates("e164")
+    def _derive_search_keys(self, _key: str, value: str) -> str:
+        self.digits_rev = "".join(ch for ch in value if ch.isdigit())[::-1]
+        self.last10 = last10_of(value)
+        return value
 
 
 class Email(_Owned, Base):

@@ -19,17 +19,23 @@ class StageKind(enum.StrEnum):
 
 
 class Pipeline(Base):
+    """A sales pipeline, synchronised from ``crm.pipelines`` by code; ``name`` is Russian."""
+
     __tablename__ = "pipelines"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     code: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
+    name_en: Mapped[str] = mapped_column(String(200), default="", server_default="")
     is_default: Mapped[bool] = mapped_column(default=False)
     sort: Mapped[int] = mapped_column(default=0)
     is_active: Mapped[bool] = mapped_column(default=True)
 
 
 class PipelineStage(Base):
+    """A stage of a pipeline, matched to the configuration by ``(pipeline_id, code)``. A stage
+    dropped from the configuration is kept: deals and their history may point at it."""
+
     __tablename__ = "pipeline_stages"
     __table_args__ = (UniqueConstraint("pipeline_id", "code"),)
 
@@ -43,6 +49,8 @@ class PipelineStage(Base):
 
 
 class Deal(Base):
+    """An opportunity moving through one pipeline's stages; amounts in RUB."""
+
     __tablename__ = "deals"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -74,13 +82,16 @@ class Deal(Base):
     exhibition_invited_at: Mapped[datetime | None]
     promotion_offered_at: Mapped[datetime | None]
     stage_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
-    closed_at: Mapped[datetime | None]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
 
 
 class DealStageChange(Base):
+    """One move of a deal (``from_stage_id`` None: the deal was created); the rows give the time
+    spent in each stage for the funnel reports."""
+
     __tablename__ = "deal_stage_changes"
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -19,8 +19,15 @@ class InvoiceStatus(enum.StrEnum):
 
 
 class Invoice(Base):
+    """An invoice issued to a client. ``overdue`` is not stored: it is an issued invoice whose
+    ``due_on`` is before today (in the configured time zone)."""
+
     __tablename__ = "invoices"
-    __table_args__ = (Index("ix_invoices_status_due", "status", "due_on"),)
+    __table_args__ = (
+        Index("ix_invoices_status_due", "status", "due_on"),
+        # A manager's "today" list: his issued invoices by due date.
+        Index("ix_invoices_responsible_status_due", "responsible_id", "status", "due_on"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     number: Mapped[str] = mapped_column(String(64), index=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, validates
 
-from crm_core.clients.model import CardFields
+from crm_core.clients.model import CardFields, fold_name
 from crm_core.db import Base, JsonDoc, utcnow
 
 
@@ -16,6 +16,7 @@ class Lead(CardFields, Base):
     """An unqualified request: from a call, a website form, a message, an import or by hand."""
 
     __tablename__ = "leads"
+    __table_args__ = (Index("ix_leads_created_at", "created_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(300), default="")
@@ -23,6 +24,9 @@ class Lead(CardFields, Base):
     origin: Mapped[str] = mapped_column(String(16), default="manual")  # call, web, message...
     contact_name: Mapped[str | None] = mapped_column(String(300))
     company_name: Mapped[str | None] = mapped_column(String(300))
+    # Both names folded (crm_core.clients.model.fold_name) for case-insensitive search on
+    # SQLite too, whose lower() folds ASCII only.
+    name_search: Mapped[str] = mapped_column(String(601), default="", server_default="")
     inn: Mapped[str | None] = mapped_column(String(12))
     comment: Mapped[str | None] = mapped_column(Text)
     tracking: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)  # visitor, utm, landing
@@ -33,8 +37,16 @@ class Lead(CardFields, Base):
     company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id", ondelete="SET NULL"))
     deal_id: Mapped[int | None] = mapped_column(ForeignKey("deals.id", ondelete="SET NULL"))
 
+    @validates("contact_name", "company_name")
+    def _fold_names(self, key: str, value: str | None) -> str | None:
+        names = {"contact_name": self.contact_name, "company_name": self.company_name, key: value}
+        self.name_search = fold_name(f"{names['contact_name'] or ''} {names['company_name'] or ''}")
+        return value
+
 
 class LeadStageChange(Base):
+    """One move of a lead between stages (``from_stage`` None: the lead was created)."""
+
     __tablename__ = "lead_stage_changes"
 
     id: Mapped[int] = mapped_column(primary_key=True)

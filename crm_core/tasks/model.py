@@ -26,9 +26,14 @@ class TaskStatus(enum.StrEnum):
 
 
 class Task(Base):
+    """A to-do of a manager, optionally about a client, deal, lead or invoice. Its reminder
+    (at ``remind_at``, else ``due_at``) is a scheduled job that publishes ``task.due``."""
+
     __tablename__ = "tasks"
     __table_args__ = (
         Index("ix_tasks_responsible_status_due", "responsible_id", "status", "due_at"),
+        # Plan-vs-fact: proposals a manager completed on a day.
+        Index("ix_tasks_responsible_kind_completed", "responsible_id", "kind", "completed_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -52,7 +57,9 @@ class Task(Base):
     lead_id: Mapped[int | None] = mapped_column(
         ForeignKey("leads.id", ondelete="SET NULL"), index=True
     )
-    invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id", ondelete="SET NULL"))
+    invoice_id: Mapped[int | None] = mapped_column(
+        ForeignKey("invoices.id", ondelete="SET NULL"), index=True
+    )
     bulk_id: Mapped[str | None] = mapped_column(String(32), index=True)  # one bulk assignment
     # What created it, e.g. "missed-call:+74951234567": a later answered call closes it.
     origin_key: Mapped[str | None] = mapped_column(String(200), index=True)

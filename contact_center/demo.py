@@ -1,0 +1,98 @@
+"""``contact-center demo``: the server with seeded data and a simulated PBX on loopback.
+
+Within a minute of starting, the simulated carrier calls the demo's tracking numbers from
+known clients and new numbers (answered, missed, abandoned, busy, outbound), so a newcomer
+sees pop-ups, call logs, leads and call-back tasks move without an Asterisk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from ami.simulator import SimulatedPbx
+from contact_center import db, demo_data, logs
+from contact_center.app import create_app
+from contact_center.config import PbxSettings, Settings
+
+log = logging.getLogger(__name__)
+
+DEMO_DATABASE = "sqlite+aiosqlite:///./data/demo.sqlite3"
+
+
+def demo_settings(settings: Settings, pbx_port: int, *, database_url: str | None) -> Settings:
+    """The operator's settings with the simulated PBX and, unless given, a demo database."""
+    pbx = PbxSettings(
+        name="demo",
+        host="127.0.0.1",
+        port=pbx_port,
+        username="cc",
+        secret="demo",  # type: ignore[arg-type]
+        trunks=["provider"],
+        extension_pattern=r"^\d{3}$",
+    )
+    database = settings.database.model_copy(update={"url": database_url or DEMO_DATABASE})
+    return settings.model_copy(update={"pbx": [pbx], "database": database})
+
+
+async def run(settings: Settings, *, database_url: str | None, call_every_s: float) -> int:
+    simulator = SimulatedPbx(username="cc", secret="demo")
+    await simulator.start()
+    settings = demo_settings(settings, simulator.port, database_url=database_url)
+    engine = db.create_engine(settings.database)
+    try:
+        await db.wait_for_database(engine, give_up_after=30)
+        await db.migrate(engine)
+        async with db.sessionmaker(engine)() as session:
+            seeded = await demo_data.seed(session, scrypt_n=settings.auth.scrypt_n)
+            await session.commit()
+    finally:
+        await engine.dispose()
+
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app,
+        access_log_class=logs.AccessLogger,
+        access_log=logging.getLogger("contact_center.access"),
+        shutdown_timeout=settings.server.shutdown_timeout_s,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.server.host, settings.server.port)
+    await site.start()
+    url = f"http://{settings.server.host}:{settings.server.port}"
+    print(
+        f"\ncontact-center demo is running at {url}/\n"
+        f"  sign in as ivan (extension 101), anna (102) or boss (head of sales), "
+        f"password {demo_data.DEMO_PASSWORD}\n"
+        f"  the simulated PBX (AMI on 127.0.0.1:{simulator.port}) places a call every "
+        f"~{call_every_s:.0f} s to the tracking numbers {', '.join(demo_data.TRACKING_NUMBERS)}\n"
+        + ("  demo data seeded\n" if seeded.created else "  demo data already present\n"),
+        flush=True,
+    )
+    traffic = asyncio.get_running_loop().create_task(
+        simulator.run_traffic(
+            outside_numbers=demo_data.caller_numbers(),
+            dids=demo_data.tracking_dids(),
+            every_s=call_every_s,
+        )
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        traffic.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await traffic
+        await runner.cleanup()
+        await simulator.close()
+    print("demo stopped", file=sys.stderr)
+    return 0

@@ -1,0 +1,259 @@
+"""Telephony application service: AMI frames in, screen-pops and CRM facts out.
+
+Per PBX: a :class:`~ami.fold.CallFolder` folds frames (synchronously, in the AMI reader);
+the events it yields go through one ordered queue to :class:`Telephony`, which
+
+* on ringing identifies the caller and pushes ``call.ringing`` with the client card summary to
+  the extension that rings;
+* on answer pushes ``call.answered`` to every extension that rang (their pop-ups update);
+* on the end stores the call once, writes the call activity, creates a lead for an unknown
+  inbound caller, a call-back task for a missed call (and closes it when a later call with
+  that number is answered), and pushes ``call.ended``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ami import fold
+from contact_center import crm_hooks
+from contact_center.bus import EventBus
+from contact_center.config import Settings
+from crm_core.calls import events as call_events
+from crm_core.calls import service as calls
+from crm_core.clock import Clock
+from crm_core.events import DomainEvent
+from crm_core.rules import CrmRules
+
+log = logging.getLogger(__name__)
+
+# A call silent for this long lost its Hangup (RTCP keeps live calls chatty with read=all).
+EXPIRE_AFTER_S = 4 * 3600.0
+QUEUE_LIMIT = 100_000
+
+
+@dataclass
+class _LiveInfo:
+    """What the screen-pop computed for a call, reused for every extension it rings."""
+
+    client: dict[str, Any] | None = None
+    tracking: dict[str, Any] | None = None
+    rang: set[str] = field(default_factory=set)
+    computed: bool = False
+
+
+class Telephony:
+    """Consumes folded call events of every PBX, in order."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        bus: EventBus,
+        rules: CrmRules,
+        clock: Clock,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.bus = bus
+        self.rules = rules
+        self.clock = clock
+        self.folders: dict[str, fold.CallFolder] = {
+            p.name: fold.CallFolder(
+                p.trunks,
+                p.extension_pattern,
+                settings.telephony.count_threshold_s,
+                region=settings.crm.default_region,
+            )
+            for p in settings.pbx
+        }
+        self._queue: asyncio.Queue[tuple[str, fold.CallEvent]] = asyncio.Queue(QUEUE_LIMIT)
+        self._live: dict[tuple[str, str], _LiveInfo] = {}
+        self._worker: asyncio.Task[None] | None = None
+        self.processed = 0
+        self.failures = 0
+        self.on_processed: Callable[[str, fold.CallEvent], None] | None = None
+
+    # ---------------------------------------------------------------- intake (sync)
+
+    def feed(self, pbx: str, frame: Any) -> None:
+        """Fold one AMI frame of ``pbx``; called from the AMI reader, never blocks."""
+        folder = self.folders.get(pbx)
+        if folder is None:
+            return
+        for event in folder.feed(frame):
+            self.enqueue(pbx, event)
+
+    def enqueue(self, pbx: str, event: fold.CallEvent) -> None:
+        try:
+            self._queue.put_nowait((pbx, event))
+        except asyncio.QueueFull:
+            # Only with a stalled database: the fold keeps state, the pop-up is what is lost.
+            log.error(
+                "telephony queue full; dropped %s for call %s", type(event).__name__, event.call_id
+            )
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self, drain_timeout: float = 5.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain_timeout):
+                await self._queue.join()
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+
+    async def drain(self) -> None:
+        """Wait until every queued event is handled (tests, replays)."""
+        await self._queue.join()
+
+    def expire_stale(self) -> None:
+        now = self.clock.now().timestamp()
+        for pbx, folder in self.folders.items():
+            for event in folder.expire(now, EXPIRE_AFTER_S):
+                self.enqueue(pbx, event)
+
+    async def _run(self) -> None:
+        while True:
+            pbx, event = await self._queue.get()
+            try:
+                await self.handle(pbx, event)
+            except asyncio.CancelledError:
+                self._queue.task_done()
+                raise
+            except Exception:
+                self.failures += 1
+                log.exception(
+                    "telephony failed on %s of call %s (pbx %s)",
+                    type(event).__name__,
+                    event.call_id,
+                    pbx,
+                )
+            self.processed += 1
+            self._queue.task_done()
+            if self.on_processed is not None:
+                self.on_processed(pbx, event)
+
+    # ---------------------------------------------------------------- handling
+
+    async def handle(self, pbx: str, event: fold.CallEvent) -> None:
+        if isinstance(event, fold.CallRinging):
+            await self._ringing(pbx, event)
+        elif isinstance(event, fold.CallAnswered):
+            await self._answered(pbx, event)
+        elif isinstance(event, fold.CallEnded):
+            await self._ended(pbx, event.record)
+
+    async def _ringing(self, pbx: str, event: fold.CallRinging) -> None:
+        info = self._live.setdefault((pbx, event.call_id), _LiveInfo())
+        info.rang.add(event.extension)
+        if not info.computed:
+            async with self.sessions() as session:
+                info.client = await crm_hooks.card_summary_for_number(
+                    session, event.caller, rules=self.rules, region=self.settings.crm.default_region
+                )
+                info.tracking = await crm_hooks.tracking_for_did(session, event.did)
+            info.computed = True
+        live = self.folders[pbx]
+        direction = next(
+            (c.direction for c in live.live_calls() if c.call_id == event.call_id), "inbound"
+        )
+        await self._publish(
+            call_events.CallRinging(
+                call_id=event.call_id,
+                pbx=pbx,
+                caller=event.caller,
+                caller_name=event.caller_name,
+                did=event.did,
+                extension=event.extension,
+                queue=event.queue,
+                direction=direction,
+                client=info.client,
+                tracking=info.tracking,
+                occurred_at=_ts(event.ts),
+                audience=(f"ext:{event.extension}",),
+            )
+        )
+
+    async def _answered(self, pbx: str, event: fold.CallAnswered) -> None:
+        info = self._live.get((pbx, event.call_id))
+        audience = {f"ext:{e}" for e in (info.rang if info else ())}
+        if event.extension:
+            audience.add(f"ext:{event.extension}")
+        if not audience:
+            return
+        await self._publish(
+            call_events.CallAnswered(
+                call_id=event.call_id,
+                pbx=pbx,
+                extension=event.extension,
+                occurred_at=_ts(event.ts),
+                audience=tuple(sorted(audience)),
+            )
+        )
+
+    async def _ended(self, pbx: str, record: fold.CallRecord) -> None:
+        facts = calls.CallFacts.from_record(pbx, record.to_json_dict())
+        info = self._live.pop((pbx, facts.call_id), None)
+        async with self.sessions() as session:
+            outcome = await crm_hooks.record_finished_call(
+                session,
+                facts,
+                rules=self.rules,
+                now=self.clock.now(),
+                callback_due_minutes=self.settings.telephony.callback_due_minutes,
+                region=self.settings.crm.default_region,
+                tracking=info.tracking if info else None,
+            )
+            await session.commit()
+        for event in outcome.events:
+            await self.bus.publish(event)
+        audience = {f"ext:{e}" for e in facts.rang}
+        if facts.extension:
+            audience.add(f"ext:{facts.extension}")
+        if info:
+            audience.update(f"ext:{e}" for e in info.rang)
+        if audience:
+            await self._publish(
+                call_events.CallEnded(
+                    call_id=facts.call_id,
+                    pbx=pbx,
+                    extension=facts.extension,
+                    disposition=facts.disposition,
+                    talk_seconds=facts.talk_seconds,
+                    counted=facts.counted,
+                    recording=facts.recording,
+                    occurred_at=facts.ended_at,
+                    audience=tuple(sorted(audience)),
+                )
+            )
+
+    async def _publish(self, event: DomainEvent) -> None:
+        await self.bus.publish(event)
+
+    def provide_status(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "queued": self._queue.qsize(),
+            "processed": self.processed,
+            "failures": self.failures,
+            "live_calls": {name: len(f.live_calls()) for name, f in self.folders.items()},
+        }
+
+
+def _ts(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)

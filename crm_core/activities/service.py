@@ -1,0 +1,377 @@
+"""Use cases of the client timeline: record activities (idempotently for adapters), record
+meetings and notes by hand, list a timeline.
+
+Also the access rule shared by activities, tasks and invoices: a manager may see and change a
+record that is his (its user / responsible) or that is linked to a client, deal or lead he is
+responsible for; head and admin everything (:mod:`crm_core.access`).
+
+Every function takes the caller's session; the caller commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, false, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+
+from crm_core import access
+from crm_core.access import Actor
+from crm_core.activities.model import Activity
+from crm_core.activities.schemas import MANUAL_KINDS, ActivityInput, ActivityPatch
+from crm_core.clients.model import Company, Contact
+from crm_core.clients.service import group_company_ids
+from crm_core.db import utcnow
+from crm_core.deals.model import Deal
+from crm_core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from crm_core.leads.model import Lead
+from crm_core.rules import CrmRules
+from crm_core.users.model import User
+
+# ---------------------------------------------------------------- links and access
+
+_LINKED: dict[str, type[Any]] = {
+    "company_id": Company,
+    "contact_id": Contact,
+    "deal_id": Deal,
+    "lead_id": Lead,
+}
+_NAMES = {"company_id": "company", "contact_id": "contact", "deal_id": "deal", "lead_id": "lead"}
+
+
+@dataclass(frozen=True)
+class ClientLinks:
+    """What a timeline entry, task or invoice is about."""
+
+    company_id: int | None = None
+    contact_id: int | None = None
+    deal_id: int | None = None
+    lead_id: int | None = None
+
+    def items(self) -> list[tuple[str, int]]:
+        return [(k, v) for k in _LINKED if (v := getattr(self, k)) is not None]
+
+
+async def link_owners(session: AsyncSession, links: ClientLinks) -> set[int]:
+    """The responsible managers of the linked company, contact, deal and lead."""
+    owners: set[int] = set()
+    for field, ident in links.items():
+        model = _LINKED[field]
+        owner = await session.scalar(select(model.responsible_id).where(model.id == ident))
+        if owner is not None:
+            owners.add(owner)
+    return owners
+
+
+async def check_links(
+    session: AsyncSession,
+    links: ClientLinks,
+    *,
+    actor: Actor | None,
+    rules: CrmRules,
+) -> None:
+    """Every link exists and ``actor`` may change it (None: the system, no permission check).
+
+    A missing or unreadable link is invalid input naming the field (ids of other managers'
+    clients do not leak); one the actor may only read is refused.
+    """
+    for field, ident in links.items():
+        model = _LINKED[field]
+        row = (
+            await session.execute(select(model.id, model.responsible_id).where(model.id == ident))
+        ).first()
+        what = f"{_NAMES[field]} {ident}"
+        if row is None or (actor is not None and not access.can_read(actor, row[1], rules)):
+            raise InvalidInput(f"no {what}", details={"field": field, "value": ident})
+        if actor is not None and not access.can_write(actor, row[1]):
+            raise PermissionDenied(
+                f"{what} belongs to another manager", details={"field": field, "value": ident}
+            )
+
+
+async def complete_links(session: AsyncSession, links: ClientLinks) -> ClientLinks:
+    """Fill the company and contact from the deal or lead when they are not given, so an entry
+    about a deal shows on its client's timeline too."""
+    company_id, contact_id = links.company_id, links.contact_id
+    for model, ident in ((Deal, links.deal_id), (Lead, links.lead_id)):
+        if ident is None or (company_id is not None and contact_id is not None):
+            continue
+        row = (
+            await session.execute(
+                select(model.company_id, model.contact_id).where(model.id == ident)
+            )
+        ).first()
+        if row is not None:
+            company_id = company_id if company_id is not None else row[0]
+            contact_id = contact_id if contact_id is not None else row[1]
+    return ClientLinks(
+        company_id=company_id, contact_id=contact_id, deal_id=links.deal_id, lead_id=links.lead_id
+    )
+
+
+def linked_to_clients_of(
+    user_id: int,
+    *,
+    company: InstrumentedAttribute[Any] | None = None,
+    contact: InstrumentedAttribute[Any] | None = None,
+    deal: InstrumentedAttribute[Any] | None = None,
+    lead: InstrumentedAttribute[Any] | None = None,
+) -> list[ColumnElement[bool]]:
+    """SQL conditions: the record's link points at a client/deal/lead ``user_id`` is
+    responsible for."""
+    out: list[ColumnElement[bool]] = []
+    for column, model in ((company, Company), (contact, Contact), (deal, Deal), (lead, Lead)):
+        if column is not None:
+            out.append(column.in_(select(model.id).where(model.responsible_id == user_id)))
+    return out
+
+
+def may_read(user: Actor, own_id: int | None, owners: Iterable[int], rules: CrmRules) -> bool:
+    """A record that is ``own_id``'s and linked to clients of ``owners``."""
+    return access.can_read(user, own_id, rules) or user.id in set(owners)
+
+
+def may_write(user: Actor, own_id: int | None, owners: Iterable[int]) -> bool:
+    return access.can_write(user, own_id) or user.id in set(owners)
+
+
+def ensure_record_write(
+    user: Actor, own_id: int | None, owners: set[int], rules: CrmRules, what: str
+) -> None:
+    """404 when ``user`` may not even read the record, 403 when he may only read it."""
+    if not may_read(user, own_id, owners, rules):
+        raise NotFound(f"no {what}")
+    if not may_write(user, own_id, owners):
+        raise PermissionDenied(f"{what} belongs to another manager; you may only read it")
+
+
+def ensure_self_or_privileged(user: Actor, user_id: int | None, field: str) -> None:
+    """A manager may only act for himself; head and admin for anyone."""
+    if user_id is not None and user_id != user.id and not access.is_privileged(user):
+        raise PermissionDenied(
+            f"a manager may not set {field} to another user", details={"field": field}
+        )
+
+
+async def ensure_active_user(session: AsyncSession, user_id: int | None, field: str) -> None:
+    if user_id is None:
+        return
+    active = await session.scalar(select(User.is_active).where(User.id == user_id))
+    if not active:
+        raise InvalidInput(f"no active user {user_id}", details={"field": field, "value": user_id})
+
+
+# ---------------------------------------------------------------- activities
+
+
+def _scope(stmt: Select[Any], user: Actor, rules: CrmRules) -> Select[Any]:
+    if access.is_privileged(user) or rules.managers_read_all:
+        return stmt
+    return stmt.where(
+        or_(
+            Activity.user_id == user.id,
+            *linked_to_clients_of(
+                user.id,
+                company=Activity.company_id,
+                contact=Activity.contact_id,
+                deal=Activity.deal_id,
+                lead=Activity.lead_id,
+            ),
+        )
+    )
+
+
+def _links(activity: Activity | ActivityInput) -> ClientLinks:
+    return ClientLinks(
+        company_id=activity.company_id,
+        contact_id=activity.contact_id,
+        deal_id=activity.deal_id,
+        lead_id=activity.lead_id,
+    )
+
+
+async def record_activity(
+    session: AsyncSession,
+    data: ActivityInput,
+    *,
+    actor_id: int | None,
+    now: datetime | None = None,
+) -> Activity:
+    """Store a timeline entry; no permission checks (adapters and :func:`add_activity` call it).
+
+    With ``external_id`` the write is idempotent: when an entry with that id exists it is
+    updated with the fields ``data`` sets and returned, never duplicated (also when two writers
+    race). The company and contact are filled from the deal or lead when not given.
+    """
+    links = await complete_links(session, _links(data))
+    values: dict[str, Any] = data.model_dump(exclude_unset=True)
+    values.pop("kind", None)
+    values.update(
+        kind=str(data.kind),
+        company_id=links.company_id,
+        contact_id=links.contact_id,
+    )
+    if values.get("occurred_at") is None:
+        values["occurred_at"] = now or utcnow()
+    if data.external_id is not None:
+        dialect = session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        new_id = await session.scalar(
+            insert(Activity)
+            .values(
+                **values,
+                created_at=now or utcnow(),
+                created_by_id=actor_id,
+            )
+            .on_conflict_do_nothing(index_elements=["external_id"])
+            .returning(Activity.id)
+        )
+        stmt = select(Activity).execution_options(populate_existing=True)
+        if new_id is not None:
+            activity = await session.scalar(stmt.where(Activity.id == new_id))
+            assert activity is not None
+            return activity
+        existing = await session.scalar(
+            stmt.where(Activity.external_id == data.external_id).with_for_update()
+        )
+        assert existing is not None
+        for key in (data.model_fields_set | {"company_id", "contact_id"}) - {"external_id"}:
+            # Links found since are added, never dropped by a re-write that lacks them.
+            if values[key] is None and key in ("company_id", "contact_id", "occurred_at"):
+                continue
+            setattr(existing, key, values[key])
+        await session.flush()
+        return existing
+    activity = Activity(**values, created_at=now or utcnow(), created_by_id=actor_id)
+    session.add(activity)
+    await session.flush()
+    return activity
+
+
+async def add_activity(
+    session: AsyncSession,
+    data: ActivityInput,
+    *,
+    actor: Actor,
+    rules: CrmRules,
+    now: datetime,
+) -> Activity:
+    """A meeting, note or e-mail recorded by hand by ``actor``: for himself (head and admin
+    for anyone), about clients he may change."""
+    if data.kind not in MANUAL_KINDS:
+        raise InvalidInput(
+            f"{data.kind} activities are recorded by the adapters, not by hand",
+            details={"field": "kind", "value": str(data.kind)},
+        )
+    data = data.model_copy(update={"user_id": data.user_id or actor.id, "external_id": None})
+    ensure_self_or_privileged(actor, data.user_id, "user_id")
+    await ensure_active_user(session, data.user_id, "user_id")
+    await check_links(session, _links(data), actor=actor, rules=rules)
+    return await record_activity(session, data, actor_id=actor.id, now=now)
+
+
+async def get_activity(
+    session: AsyncSession, activity_id: int, *, actor: Actor, rules: CrmRules
+) -> Activity:
+    """One activity ``actor`` may read (404 otherwise)."""
+    activity = await session.get(Activity, activity_id)
+    if activity is None:
+        raise NotFound(f"no activity {activity_id}")
+    owners = await link_owners(session, _links(activity))
+    if not may_read(actor, activity.user_id, owners, rules):
+        raise NotFound(f"no activity {activity_id}")
+    return activity
+
+
+async def _editable(
+    session: AsyncSession, activity_id: int, *, actor: Actor, rules: CrmRules
+) -> Activity:
+    activity = await session.get(Activity, activity_id)
+    if activity is None:
+        raise NotFound(f"no activity {activity_id}")
+    owners = await link_owners(session, _links(activity))
+    ensure_record_write(actor, activity.user_id, owners, rules, f"activity {activity_id}")
+    if activity.external_id is not None or activity.kind not in MANUAL_KINDS:
+        raise Conflict(
+            f"activity {activity_id} was recorded by the system and cannot be changed",
+            details={"activity_id": activity_id, "kind": activity.kind},
+        )
+    return activity
+
+
+async def update_activity(
+    session: AsyncSession,
+    activity_id: int,
+    patch: ActivityPatch,
+    *,
+    actor: Actor,
+    rules: CrmRules,
+) -> Activity:
+    """Change a hand-recorded activity (409 for one an adapter wrote)."""
+    activity = await _editable(session, activity_id, actor=actor, rules=rules)
+    for key, value in patch.model_dump(exclude_unset=True).items():
+        if key in ("subject", "occurred_at") and value is None:
+            raise InvalidInput(f"{key} may not be null", details={"field": key})
+        setattr(activity, key, value)
+    await session.flush()
+    return activity
+
+
+async def delete_activity(
+    session: AsyncSession, activity_id: int, *, actor: Actor, rules: CrmRules
+) -> None:
+    """Delete a hand-recorded activity (409 for one an adapter wrote)."""
+    activity = await _editable(session, activity_id, actor=actor, rules=rules)
+    await session.delete(activity)
+    await session.flush()
+
+
+async def list_activities(
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    rules: CrmRules,
+    company_id: int | None = None,
+    contact_id: int | None = None,
+    deal_id: int | None = None,
+    lead_id: int | None = None,
+    user_id: int | None = None,
+    kind: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Activity], int]:
+    """A timeline, newest first, with its total; only what ``actor`` may read.
+
+    A company's timeline includes its group (the head organisation's member companies).
+    """
+    stmt = select(Activity)
+    if company_id is not None:
+        stmt = stmt.where(Activity.company_id.in_(await group_company_ids(session, company_id)))
+    for column, value in (
+        (Activity.contact_id, contact_id),
+        (Activity.deal_id, deal_id),
+        (Activity.lead_id, lead_id),
+        (Activity.user_id, user_id),
+        (Activity.kind, kind),
+    ):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if since is not None:
+        stmt = stmt.where(Activity.occurred_at >= since)
+    if until is not None:
+        stmt = stmt.where(Activity.occurred_at < until)
+    if since is not None and until is not None and until <= since:
+        stmt = stmt.where(false())
+    stmt = _scope(stmt, actor, rules)
+    total = await session.scalar(select(func.count()).select_from(stmt.subquery()))
+    rows = await session.scalars(
+        stmt.order_by(Activity.occurred_at.desc(), Activity.id.desc()).limit(limit).offset(offset)
+    )
+    return list(rows), int(total or 0)

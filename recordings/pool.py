@@ -1,0 +1,224 @@
+"""An asyncio-friendly pool of conversion worker processes.
+
+Decoding, encoding and hashing run in ``concurrent.futures.ProcessPoolExecutor`` workers, so the
+event loop only awaits futures: it stays responsive while the CPU is busy (see
+``bench/recordings.py``). Workers are started with ``spawn``, not ``fork`` (a forked copy of a
+process with an event loop and threads can inherit locks those threads held), so the program's
+``__main__`` must be import-safe; :meth:`ConverterPool.start` warms them up so the first
+recording does not pay for the start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from recordings.convert import (
+    ConversionResult,
+    ConvertOptions,
+    Format,
+    convert_recording,
+    find_ffmpeg,
+    inspect_recording,
+)
+from recordings.errors import ConverterCrashed, ConverterUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class _Auto:
+    def __repr__(self) -> str:
+        return "AUTO"
+
+
+AUTO: Final = _Auto()
+"""``ffmpeg=AUTO``: look ffmpeg up on PATH when the pool is built."""
+
+
+def _ready() -> bool:
+    return True
+
+
+def _init_worker(niceness: int) -> None:
+    # Conversion is background work: below the event loop in CPU priority, so a busy pool
+    # does not delay the loop's wake-ups. ffmpeg, run by the worker, inherits it.
+    if niceness > 0:
+        os.nice(niceness)
+
+
+class ConverterPool:
+    """Converts recordings in ``workers`` processes.
+
+    ``ffmpeg`` is the executable's path, ``None`` to run without one, or :data:`AUTO` (look it up
+    on PATH). Without ffmpeg the pool keeps PCM WAV files (``convert`` returns the verified
+    source with ``converted=False``); it says so once in the log and in :meth:`provide_status`.
+
+    Workers run ``niceness`` steps below this process (0: same priority), so conversions
+    yield the CPU to the event loop.
+
+    Use as ``async with ConverterPool(...) as pool:`` or call :meth:`start` and :meth:`close`
+    (one ``cleanup_ctx`` entry in the composition root).
+    """
+
+    def __init__(
+        self,
+        *,
+        workers: int = 2,
+        format: Format = "mp3",
+        bitrate: str = "32k",
+        ffmpeg: str | _Auto | None = AUTO,
+        tolerance_s: float = 1.0,
+        timeout_s: float = 600.0,
+        mp_context: str = "spawn",
+        niceness: int = 10,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        resolved = find_ffmpeg() if isinstance(ffmpeg, _Auto) else ffmpeg
+        self.workers = workers
+        self.options = ConvertOptions(
+            format=format,
+            bitrate=bitrate,
+            ffmpeg=resolved,
+            tolerance_s=tolerance_s,
+            timeout_s=timeout_s,
+        )
+        self._mp_context = mp_context
+        self.niceness = niceness
+        self._executor: ProcessPoolExecutor | None = None
+        self._closed = False
+        self._in_flight = 0
+        self._done = 0
+        self._failed = 0
+        if resolved is None and format != "wav":
+            log.warning(
+                "recordings: ffmpeg not found; recordings are kept as WAV instead of %s", format
+            )
+
+    @property
+    def converter_available(self) -> bool:
+        """Whether ffmpeg is there to convert to the configured format."""
+        return self.options.ffmpeg is not None or self.options.format == "wav"
+
+    @property
+    def effective_format(self) -> Format:
+        """The format recordings are stored in: the configured one, or ``wav`` without ffmpeg."""
+        return self.options.format if self.converter_available else "wav"
+
+    async def start(self) -> None:
+        """Start the worker processes and wait until each has imported the converter."""
+        executor = self._ensure_executor()
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.gather(
+                *(loop.run_in_executor(executor, _ready) for _ in range(self.workers))
+            )
+        except BrokenProcessPool as exc:
+            self._discard(executor)
+            raise ConverterUnavailable(
+                f"the conversion workers could not start ({self._mp_context}): {exc}"
+            ) from exc
+
+    async def convert(self, src: Path, out_dir: Path) -> ConversionResult:
+        """Convert ``src`` into ``out_dir`` in a worker process and return the verified result.
+
+        Without ffmpeg, a PCM WAV is verified and kept: returned unconverted
+        (``converted=False``, ``path == src``), or as a mono copy with a finalised header.
+
+        Raises the errors of :func:`recordings.convert.convert_recording`, and
+        :class:`ConverterCrashed` when a worker died (the pool is rebuilt; retry later).
+        """
+        options = self.options
+        if not self.converter_available:
+            # Keep the WAV: pydub alone verifies it (and rewrites it only if it is stereo or
+            # its header was never finalised).
+            options = dataclasses.replace(options, format="wav")
+        return await self._submit(convert_recording, Path(src), Path(out_dir), options)
+
+    async def inspect(self, src: Path) -> ConversionResult:
+        """Verify a PCM WAV and describe it, without converting it."""
+        return await self._submit(inspect_recording, Path(src))
+
+    def provide_status(self, status: dict[str, Any]) -> None:
+        """Add this component's health to the ``/healthz`` document."""
+        entry: dict[str, Any] = {
+            "status": "ok" if self.converter_available else "degraded",
+            "format": self.effective_format,
+            "workers": self.workers,
+            "in_flight": self._in_flight,
+            "converted": self._done,
+            "failed": self._failed,
+        }
+        if not self.converter_available:
+            entry["detail"] = (
+                f"ffmpeg not found: recordings are kept as WAV instead of {self.options.format}"
+            )
+        status["recordings_converter"] = entry
+
+    async def close(self, *, cancel_pending: bool = True) -> None:
+        """Stop the workers. Conversions already running finish (they only ever write their
+        own output files); queued ones are cancelled unless ``cancel_pending`` is false."""
+        self._closed = True
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=cancel_pending)
+
+    async def __aenter__(self) -> ConverterPool:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _ensure_executor(self) -> ProcessPoolExecutor:
+        if self._closed:
+            raise ConverterUnavailable("the converter pool is closed")
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context(self._mp_context),
+                initializer=_init_worker,
+                initargs=(self.niceness,),
+            )
+        return self._executor
+
+    def _discard(self, executor: ProcessPoolExecutor) -> None:
+        # A broken pool refuses every later job; drop it so the next call builds a new one.
+        if self._executor is executor:
+            self._executor = None
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _submit(self, fn: Any, *args: Any) -> ConversionResult:
+        executor = self._ensure_executor()
+        loop = asyncio.get_running_loop()
+        self._in_flight += 1
+        try:
+            result: ConversionResult = await loop.run_in_executor(executor, fn, *args)
+        except BrokenProcessPool as exc:
+            self._failed += 1
+            self._discard(executor)
+            log.error("recordings: a conversion worker died converting %s", args[0])
+            raise ConverterCrashed(
+                f"a conversion worker died while converting {args[0]}",
+                details={"file": str(args[0])},
+            ) from exc
+        except Exception:
+            self._failed += 1
+            raise
+        finally:
+            self._in_flight -= 1
+        self._done += 1
+        return result

@@ -1,0 +1,1 @@
+"""Fakes of the outside protocols our adapters talk to (never mocks of our own code)."""

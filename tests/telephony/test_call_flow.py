@@ -1,0 +1,174 @@
+"""Real captures through the fold and the telephony service into the CRM and onto the bus."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ami.frames import FrameParser
+from contact_center import db
+from contact_center.bus import EventBus
+from contact_center.config import Settings
+from contact_center.telephony import Telephony
+from crm_core.activities.model import Activity
+from crm_core.calls.model import Call
+from crm_core.clients.model import Company, Contact, ContactCompany, Phone
+from crm_core.clock import ManualClock
+from crm_core.events import DomainEvent
+from crm_core.leads.model import Lead
+from crm_core.phones import digits_reversed
+from crm_core.tasks.model import Task
+from crm_core.users import service as users
+from tests.helpers import until
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ami"
+PBX = '[{"name": "main", "username": "u", "secret": "s", "trunks": ["provider"]}]'
+
+
+async def _setup(make_settings: Any, database_url: str) -> tuple[Telephony, Any, list[DomainEvent]]:
+    settings: Settings = make_settings(CC_DATABASE_URL=database_url, CC_PBX=PBX)
+    engine = db.create_engine(settings.database)
+    sessions: async_sessionmaker[AsyncSession] = db.sessionmaker(engine)
+    bus = EventBus()
+    seen: list[DomainEvent] = []
+
+    async def collect(event: DomainEvent) -> None:
+        seen.append(event)
+
+    bus.subscribe(collect, name="test")
+    await bus.start()
+    clock = ManualClock(datetime(2026, 11, 26, 20, 0, tzinfo=UTC))
+    tel = Telephony(
+        settings=settings, sessions=sessions, bus=bus, rules=settings.crm.rules(), clock=clock
+    )
+    await tel.start()
+    return tel, (engine, sessions, bus), seen
+
+
+async def _teardown(tel: Telephony, ctx: Any) -> None:
+    engine, _, bus = ctx
+    await tel.close()
+    await bus.close()
+    await engine.dispose()
+
+
+def _replay(tel: Telephony, trace: str, replace: tuple[bytes, bytes] | None = None) -> None:
+    data = (FIXTURES / f"{trace}.ami").read_bytes()
+    if replace:
+        data = data.replace(*replace)
+    parser = FrameParser()
+    for frame in parser.feed(data):
+        tel.feed("main", frame)
+
+
+async def _known_client(sessions: Any, phone: str, owner_id: int) -> tuple[int, int]:
+    async with sessions() as s:
+        company = Company(name="ООО «Ромашка»", client_type="wholesaler", responsible_id=owner_id)
+        contact = Contact(name="Сергей Ковалёв", responsible_id=owner_id)
+        s.add_all([company, contact])
+        await s.flush()
+        s.add(ContactCompany(contact_id=contact.id, company_id=company.id, is_decision_maker=True))
+        s.add(Phone(contact_id=contact.id, e164=phone, digits_rev=digits_reversed(phone)))
+        await s.commit()
+        return contact.id, company.id
+
+
+async def test_answered_call_of_a_known_client(make_settings: Any, database_url: str) -> None:
+    tel, ctx, seen = await _setup(make_settings, database_url)
+    _, sessions, _ = ctx
+    try:
+        async with sessions() as s:
+            ivan, _ = await users.create_user(
+                s,
+                login="ivan",
+                role="manager",
+                password="password1",
+                extensions=["101"],
+                scrypt_n=1024,
+            )
+            await s.commit()
+        contact_id, company_id = await _known_client(sessions, "+74951234567", ivan.id)
+        _replay(tel, "a_inbound_queue_answered")
+        await tel.drain()
+        await until(lambda: any(e.name == "call.ended" for e in seen))
+
+        ringing = [e for e in seen if e.name == "call.ringing"]
+        assert ringing and ringing[0].audience == ("ext:101",)
+        pop = ringing[0]
+        assert pop.caller == "+74951234567" and pop.did == "+74951112233"
+        assert pop.client is not None and pop.client["name"] == "Сергей Ковалёв"
+        assert pop.client["company"] == "ООО «Ромашка»"
+        assert [e.name for e in seen if e.name.startswith("call.")][-1] == "call.ended"
+
+        async with sessions() as s:
+            call = await s.scalar(select(Call))
+            assert call is not None
+            assert (call.user_id, call.contact_id, call.company_id) == (
+                ivan.id,
+                contact_id,
+                company_id,
+            )
+            assert call.disposition == "answered" and call.counted is (call.talk_seconds >= 60)
+            activity = await s.scalar(select(Activity))
+            assert activity is not None and activity.kind == "call"
+            assert activity.external_id == f"call:main:{call.call_id}"
+            assert activity.contact_id == contact_id and activity.user_id == ivan.id
+            assert (await s.scalar(select(Task))) is None
+            assert (await s.scalar(select(Lead))) is None  # a known client is no new lead
+    finally:
+        await _teardown(tel, ctx)
+
+
+async def test_missed_call_creates_a_callback_task_closed_by_a_later_answer(
+    make_settings: Any, database_url: str
+) -> None:
+    tel, ctx, seen = await _setup(make_settings, database_url)
+    _, sessions, _ = ctx
+    try:
+        async with sessions() as s:
+            await users.create_user(
+                s,
+                login="ivan",
+                role="manager",
+                password="password1",
+                extensions=["101"],
+                scrypt_n=1024,
+            )
+            await s.commit()
+        _replay(tel, "b_inbound_missed")  # +79161234567, nobody answered
+        await tel.drain()
+        async with sessions() as s:
+            task = await s.scalar(select(Task))
+            assert task is not None and task.kind == "call_back" and task.status == "open"
+            assert task.origin_key == "missed-call:+79161234567"
+            assert "+79161234567" in task.title
+            call = await s.scalar(select(Call))
+            assert call is not None and call.disposition == "missed"
+            # The unknown caller became a lead, and the task and call point at it.
+            lead = await s.scalar(select(Lead))
+            assert lead is not None and lead.origin == "call" and lead.stage == "new"
+            assert call.lead_id == lead.id and task.lead_id == lead.id
+            phone = await s.scalar(select(Phone).where(Phone.lead_id == lead.id))
+            assert phone is not None and phone.e164 == "+79161234567"
+        assert any(e.name == "task.created" for e in seen)
+        # Replaying the same capture (a reconnect replay) stores nothing twice.
+        _replay(tel, "b_inbound_missed")
+        await tel.drain()
+        async with sessions() as s:
+            assert len((await s.scalars(select(Call))).all()) == 1
+            assert len((await s.scalars(select(Task))).all()) == 1
+            assert len((await s.scalars(select(Activity))).all()) == 1
+            assert len((await s.scalars(select(Lead))).all()) == 1
+        # The same number calls again and is answered: the call-back task is done.
+        _replay(tel, "c_inbound_short_answered", (b"74957654321", b"79161234567"))
+        await tel.drain()
+        async with sessions() as s:
+            task = await s.scalar(select(Task))
+            assert task is not None and task.status == "done" and task.completed_at is not None
+            assert len((await s.scalars(select(Call))).all()) == 2
+    finally:
+        await _teardown(tel, ctx)
