@@ -180,6 +180,14 @@ class SimulatedPbx:
                             f"Event: CoreShowChannelsComplete\r\nActionID: {aid}\r\n"
                             f"EventList: Complete\r\nListItems: 0\r\n\r\n".encode()
                         )
+                    elif action in ("status", "queuestatus"):
+                        # The simulator's calls are replayed, not tracked: an empty listing.
+                        complete = "StatusComplete" if action == "status" else "QueueStatusComplete"
+                        self._reply(writer, aid, "Success", "List will follow", "start")
+                        writer.write(
+                            f"Event: {complete}\r\nActionID: {aid}\r\n"
+                            f"EventList: Complete\r\nListItems: 0\r\n\r\n".encode()
+                        )
                     elif action == "originate":
                         self._originate(writer, frame, aid)
                     elif action == "logoff":

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ami.connection import AmiLink
+from ami.resync import resync_calls
 from contact_center.config import PbxSettings
 from contact_center.keys import (
     BUS,
@@ -77,20 +78,17 @@ class PbxRuntime:
             await link.close()
 
     async def _resync(self, link: AmiLink) -> None:
-        folder = self.telephony.folders[self.pbx.name]
-        marker = folder.resync_marker()
-        frames = await link.send_action_list({"Action": "CoreShowChannels"}, timeout=10.0)
-        active: set[str] = set()
-        for frame in frames:
-            if frame.get("Event") == "CoreShowChannel":
-                uniqueid = frame.get("Uniqueid")
-                if uniqueid:
-                    active.add(uniqueid)
-                self.telephony.feed(self.pbx.name, frame)
-        now = self.app[CLOCK].now().timestamp()
-        for event in folder.reconcile(active, now, since=marker):
+        # Status (not CoreShowChannels) reports the number first dialed, so a call that
+        # arrived during the outage keeps its DID; QueueStatus keeps waiting callers' queue.
+        ended = await resync_calls(
+            link,
+            self.telephony.folders[self.pbx.name],
+            feed=lambda frame: self.telephony.feed(self.pbx.name, frame),
+            now=lambda: self.app[CLOCK].now().timestamp(),
+            queues=True,
+        )
+        for event in ended:
             self.telephony.enqueue(self.pbx.name, event)
-        log.info("pbx %s resynchronised: %d live channel(s)", self.pbx.name, len(active))
 
     def provide_status(self) -> dict[str, Any]:
         if not self.keeper.held:
@@ -101,6 +99,30 @@ class PbxRuntime:
         state = status.get("state")
         status["status"] = "ok" if state == "connected" else "fail"
         return status
+
+
+class _AmiCollector:
+    """Each PBX link's figures (``AmiLink.metrics()``) as ``cc_ami_*{pbx=...}``."""
+
+    def __init__(self, runtimes: dict[str, PbxRuntime]) -> None:
+        self._runtimes = runtimes
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        for name, rt in self._runtimes.items():
+            if rt.link is None:
+                continue
+            for key, value in rt.link.metrics().items():
+                if key.endswith("_total"):
+                    family = families.setdefault(
+                        key, CounterMetricFamily(f"cc_ami_{key[:-6]}", f"AMI {key}", labels=["pbx"])
+                    )
+                else:
+                    family = families.setdefault(
+                        key, GaugeMetricFamily(f"cc_ami_{key}", f"AMI {key}", labels=["pbx"])
+                    )
+                family.add_metric([name], value)
+        yield from families.values()
 
 
 def runtime(app: web.Application, pbx_name: str | None = None) -> PbxRuntime:
@@ -135,18 +157,7 @@ async def _telephony_ctx(app: web.Application) -> AsyncIterator[None]:
         runtimes[pbx.name] = rt
         app[HEALTH].add_to_group("pbx", pbx.name, rt.provide_status)
         await rt.keeper.start()
-    gauge = Gauge(
-        "cc_ami_connected",
-        "1 while the AMI link of a PBX is up",
-        ["pbx"],
-        registry=app[METRICS],
-    )
-    for name, rt in runtimes.items():
-        gauge.labels(name).set_function(
-            lambda rt=rt: (
-                1.0 if rt.link and rt.link.provide_status().get("state") == "connected" else 0.0
-            )
-        )
+    app[METRICS].register(_AmiCollector(runtimes))
     expirer = asyncio.get_running_loop().create_task(_expire_loop(telephony))
     yield
     expirer.cancel()

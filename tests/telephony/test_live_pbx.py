@@ -103,6 +103,11 @@ async def test_ringing_pops_on_the_managers_socket_and_the_call_is_stored(
 
     call = await until(stored)
     assert call.caller == "+79161112233" and call.extension == "101"
+    metrics = await (await live.get("/metrics")).text()
+    assert 'cc_ami_connected{pbx="main"} 1.0' in metrics
+    assert 'cc_ami_events_total{pbx="main"}' in metrics
+    health = await (await live.get("/healthz")).json()
+    assert health["pbx"]["main"]["resyncs"] >= 1 and health["pbx"]["main"]["events_total"] > 0
     await ws.close()
 
 
