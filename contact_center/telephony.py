@@ -76,9 +76,12 @@ class Telephony:
             )
             for p in settings.pbx
         }
+        # Two lanes: ringing/answered only read and push (the screen-pop must not wait behind
+        # the database writes of calls that ended); ended calls are written in order.
+        self._fast: asyncio.Queue[tuple[str, fold.CallEvent]] = asyncio.Queue(QUEUE_LIMIT)
         self._queue: asyncio.Queue[tuple[str, fold.CallEvent]] = asyncio.Queue(QUEUE_LIMIT)
         self._live: dict[tuple[str, str], _LiveInfo] = {}
-        self._worker: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
         self.processed = 0
         self.failures = 0
         self.on_processed: Callable[[str, fold.CallEvent], None] | None = None
@@ -94,8 +97,9 @@ class Telephony:
             self.enqueue(pbx, event)
 
     def enqueue(self, pbx: str, event: fold.CallEvent) -> None:
+        lane = self._queue if isinstance(event, fold.CallEnded) else self._fast
         try:
-            self._queue.put_nowait((pbx, event))
+            lane.put_nowait((pbx, event))
         except asyncio.QueueFull:
             # Only with a stalled database: the fold keeps state, the pop-up is what is lost.
             log.error(
@@ -105,20 +109,22 @@ class Telephony:
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        self._worker = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._workers = [loop.create_task(self._run(q)) for q in (self._fast, self._queue)]
 
     async def close(self, drain_timeout: float = 5.0) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain_timeout):
-                await self._queue.join()
-        if self._worker is not None:
-            self._worker.cancel()
+                await self.drain()
+        for worker in self._workers:
+            worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+                await worker
+        self._workers = []
 
     async def drain(self) -> None:
         """Wait until every queued event is handled (tests, replays)."""
+        await self._fast.join()
         await self._queue.join()
 
     def expire_stale(self) -> None:
@@ -127,13 +133,13 @@ class Telephony:
             for event in folder.expire(now, EXPIRE_AFTER_S):
                 self.enqueue(pbx, event)
 
-    async def _run(self) -> None:
+    async def _run(self, queue: asyncio.Queue[tuple[str, fold.CallEvent]]) -> None:
         while True:
-            pbx, event = await self._queue.get()
+            pbx, event = await queue.get()
             try:
                 await self.handle(pbx, event)
             except asyncio.CancelledError:
-                self._queue.task_done()
+                queue.task_done()
                 raise
             except Exception:
                 self.failures += 1
@@ -144,7 +150,7 @@ class Telephony:
                     pbx,
                 )
             self.processed += 1
-            self._queue.task_done()
+            queue.task_done()
             if self.on_processed is not None:
                 self.on_processed(pbx, event)
 
@@ -168,10 +174,9 @@ class Telephony:
                 )
                 info.tracking = await crm_hooks.tracking_for_did(session, event.did)
             info.computed = True
-        live = self.folders[pbx]
-        direction = next(
-            (c.direction for c in live.live_calls() if c.call_id == event.call_id), "inbound"
-        )
+        # A ringing extension with a DID is an inbound call; otherwise a colleague or a
+        # callback is calling it (live_calls() would tell exactly, but costs O(live calls)).
+        direction = "inbound" if event.did else "internal"
         await self._publish(
             call_events.CallRinging(
                 call_id=event.call_id,
@@ -248,7 +253,7 @@ class Telephony:
     def provide_status(self) -> dict[str, Any]:
         return {
             "status": "ok",
-            "queued": self._queue.qsize(),
+            "queued": self._fast.qsize() + self._queue.qsize(),
             "processed": self.processed,
             "failures": self.failures,
             "live_calls": {name: len(f.live_calls()) for name, f in self.folders.items()},

@@ -1,0 +1,241 @@
+"""Benchmark: screen-pop latency, from the PBX's bytes to the manager's WebSocket.
+
+    python bench/screen_pop.py [--contacts N] [--managers N] [--rate CALLS_PER_S] [--seconds S]
+
+1,000,000 contacts in PostgreSQL (``CC_BENCH_DATABASE_URL``; a database of its own is created
+and dropped), the server running as its own process (``contact-center serve``) connected over
+AMI to a simulated PBX in this process, 100 managers connected to ``/ws``. The PBX places
+``--rate`` real-capture calls per second (replayed faster than real time so they end quickly),
+each from a random number (four in five belong to a loaded contact) to a random manager's
+extension. Latency: from the moment the PBX writes the ``DialBegin``/``AgentCalled`` frame
+that rings an extension to the ``call.ringing`` frame arriving at that manager's socket.
+
+The last line is one JSON object: ``{"contacts", "calls_per_s", "p50_ms", "p99_ms"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg  # type: ignore[import-untyped]
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import crm_lookup
+
+from ami.simulator import SimulatedPbx
+from contact_center import db
+from contact_center.config import DatabaseSettings
+from crm_core.users import service as users
+from crm_core.users.model import TokenKind
+
+DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+DB_NAME = "cc_bench_screen_pop"
+_LINKEDID = re.compile(rb"^Linkedid: (\S+)\r?$", re.M)
+_RINGS = (b"Event: DialBegin", b"Event: AgentCalled")
+
+
+class TimedPbx(SimulatedPbx):
+    """The simulated PBX, noting when it writes the frame that rings each call's extension."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sent: dict[str, float] = {}
+
+    def broadcast(self, data: bytes) -> None:
+        super().broadcast(data)
+        if data.startswith(_RINGS):
+            match = _LINKEDID.search(data)
+            if match:
+                self.sent.setdefault(match.group(1).decode(), time.perf_counter())
+
+
+async def _prepare(url: str, contacts: int, managers: int) -> tuple[list[str], list[str]]:
+    admin = await asyncpg.connect(crm_lookup._dsn(url))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{DB_NAME}"')
+    finally:
+        await admin.close()
+    sa_url = crm_lookup._sa_url(url, DB_NAME)
+    engine = db.create_engine(DatabaseSettings(url=sa_url))
+    await db.migrate(engine)
+    await engine.dispose()
+    crm_lookup.DB_NAME = DB_NAME  # its loader writes into the database named there
+    numbers = await crm_lookup._load(url, contacts, random.Random(7))
+    engine = db.create_engine(DatabaseSettings(url=sa_url))
+    tokens = []
+    async with db.sessionmaker(engine)() as session:
+        for i in range(managers):
+            user, _ = await users.create_user(
+                session,
+                login=f"m{i}",
+                role="manager",
+                password="password1",
+                extensions=[str(100 + i)],
+                scrypt_n=1024,
+            )
+            issued = await users.issue_token(session, user, kind=TokenKind.API, ttl=None)
+            tokens.append(issued.secret)
+        await session.commit()
+    await engine.dispose()
+    return numbers, tokens
+
+
+CONFIG = str(Path(__file__).resolve().parent.parent / "config.yaml")
+
+
+async def _serve(url: str, pbx_port: int, http_port: int) -> asyncio.subprocess.Process:
+    pbx = [
+        {
+            "name": "bench",
+            "host": "127.0.0.1",
+            "port": pbx_port,
+            "username": "cc",
+            "secret": "bench",
+            "trunks": ["provider"],
+            "extension_pattern": r"^\d{3}$",
+        }
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CC_")}
+    env.update(
+        CC_DATABASE_URL=crm_lookup._sa_url(url, DB_NAME),
+        CC_PBX=json.dumps(pbx),
+        CC_SERVER_PORT=str(http_port),
+        CC_SERVER_LOG_LEVEL="WARNING",
+        CC_CONFIG=CONFIG,
+    )
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "contact_center",
+        "serve",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+async def _wait_ready(base: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"{base}/healthz") as resp:
+                    doc = await resp.json()
+                    if (
+                        resp.status == 200
+                        and doc.get("pbx", {}).get("bench", {}).get("status") == "ok"
+                    ):
+                        return
+            await asyncio.sleep(0.5)
+    raise RuntimeError("server did not become ready")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--contacts", type=int, default=1_000_000)
+    parser.add_argument("--managers", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=50.0, help="new calls per second")
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long to place calls")
+    parser.add_argument("--speed", type=float, default=20.0, help="replay speed of each call")
+    args = parser.parse_args()
+    url = os.environ.get("CC_BENCH_DATABASE_URL", DEFAULT_URL)
+
+    print(f"preparing {args.contacts:,} contacts and {args.managers} managers ...")
+    numbers, tokens = await _prepare(url, args.contacts, args.managers)
+    pbx = TimedPbx(username="cc", secret="bench", speed=args.speed)
+    await pbx.start()
+    http_port = pbx.port + 1 if pbx.port < 65000 else 18999
+    server = await _serve(url, pbx.port, http_port)
+    base = f"http://127.0.0.1:{http_port}"
+    latencies: list[float] = []
+    rings: dict[str, float] = {}
+    try:
+        await _wait_ready(base)
+        async with aiohttp.ClientSession() as http:
+            sockets = [
+                await http.ws_connect(f"{base.replace('http', 'ws')}/ws?token={t}") for t in tokens
+            ]
+
+            async def reader(ws: aiohttp.ClientWebSocketResponse) -> None:
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT or '"call.ringing"' not in msg.data:
+                        continue
+                    arrived = time.perf_counter()
+                    call_id = json.loads(msg.data)["call_id"]
+                    if call_id in rings:
+                        continue
+                    rings[call_id] = arrived
+                    sent = pbx.sent.get(call_id)
+                    if sent is not None:
+                        latencies.append((arrived - sent) * 1000)
+
+            readers = [asyncio.get_running_loop().create_task(reader(ws)) for ws in sockets]
+            rng = random.Random(11)
+            placed = 0
+            started = time.perf_counter()
+            print(f"placing {args.rate:g} calls/s for {args.seconds:g} s ...")
+            while (elapsed := time.perf_counter() - started) < args.seconds:
+                due = int(elapsed * args.rate) + 1
+                while placed < due:
+                    known = rng.random() < 0.8
+                    caller = (
+                        "7" + rng.choice(numbers) if known else f"7916{rng.randrange(10**7):07d}"
+                    )
+                    pbx.play(
+                        "c_inbound_short_answered",
+                        outside=caller,
+                        did="74951112233",
+                        extension=str(100 + rng.randrange(args.managers)),
+                    )
+                    placed += 1
+                await asyncio.sleep(0.005)
+            achieved = placed / (time.perf_counter() - started)
+            await asyncio.sleep(5)  # let the last calls ring
+            for task in readers:
+                task.cancel()
+            for ws in sockets:
+                await ws.close()
+    finally:
+        await pbx.close()
+        server.terminate()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait(), 30)
+        admin = await asyncpg.connect(crm_lookup._dsn(url))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    if not latencies:
+        raise SystemExit("no call.ringing frame arrived")
+    p50, p99 = crm_lookup._pct(latencies, 0.50), crm_lookup._pct(latencies, 0.99)
+    print(f"calls placed: {placed} ({achieved:.1f}/s); pop-ups measured: {len(latencies)}")
+    print(f"ring -> pop-up latency: p50 {p50:.2f} ms, p99 {p99:.2f} ms (goal p99 < 20 ms)")
+    print(
+        json.dumps(
+            {
+                "contacts": args.contacts,
+                "calls_per_s": round(achieved, 1),
+                "p50_ms": round(p50, 2),
+                "p99_ms": round(p99, 2),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
