@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format migrate demo lock clean
+.PHONY: run demo test lint format migrate lock clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 ## run: install into .venv and serve on http://127.0.0.1:8080 (SQLite in ./data, no services)
 run: $(BIN)/.installed
 	$(BIN)/contact-center serve
+
+## demo: the server with seeded data and a simulated PBX placing calls
+demo: $(BIN)/.installed
+	$(BIN)/contact-center demo
 
 ## test: lint and run the test suite
 test: $(BIN)/.installed
