@@ -142,7 +142,8 @@ async def card_summary_for_number(
             {"id": r[0], "title": r[1], "due_at": r[2].isoformat() if r[2] else None}
             for r in open_tasks
         ],
-        "url": f"/card/{kind}/{record.id}" if record is not None else None,
+        # The card page of the web UI is still to come; until then the card's API document.
+        "url": f"/api/v1/{kind}s/{record.id}" if record is not None else None,
         "matched_on": match.matched_on,
     }
 

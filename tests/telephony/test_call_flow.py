@@ -102,6 +102,8 @@ async def test_answered_call_of_a_known_client(make_settings: Any, database_url:
         assert pop.caller == "+74951234567" and pop.did == "+74951112233"
         assert pop.client is not None and pop.client["name"] == "Сергей Ковалёв"
         assert pop.client["company"] == "ООО «Ромашка»"
+        assert pop.client["url"] == f"/api/v1/contacts/{contact_id}"
+        assert pop.client["responsible_id"] == ivan.id and pop.client["client_type"] == "wholesaler"
         assert [e.name for e in seen if e.name.startswith("call.")][-1] == "call.ended"
 
         async with sessions() as s:
