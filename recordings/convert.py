@@ -61,6 +61,8 @@ _WAVE_FORMAT_PCM = 1
 # A data chunk size Asterisk has not rewritten yet (the header is finalised on close).
 _UNFINALISED_SIZES = (0, 0xFFFFFFFF)
 _STDERR_TAIL = 600
+# ffmpeg's words (strerror) for an output it could not write: the disk, not the audio.
+_SCRATCH_ERRORS = ("No space left on device", "Disk quota exceeded", "Read-only file system")
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +213,17 @@ def convert_recording(src: Path, out_dir: Path, options: ConvertOptions) -> Conv
             return _unconverted(src, source_duration)
         return _write_wav(src, segment, out_dir, source_duration, options.tolerance_s)
     assert options.ffmpeg is not None
-    return _encode_and_verify(src, segment, out_dir, source_duration, options, options.ffmpeg)
+    # A clean mono PCM WAV goes to the encoder as it is; anything else (stereo, GSM, a header
+    # never finalised) as the normalised WAV pydub writes.
+    direct = (
+        header is not None
+        and header.natively_readable
+        and header.channels == 1
+        and header.finalised
+    )
+    return _encode_and_verify(
+        src, segment, out_dir, source_duration, options, options.ffmpeg, direct=direct
+    )
 
 
 def inspect_recording(src: Path) -> ConversionResult:
@@ -325,13 +337,18 @@ def _encode_and_verify(
     source_duration: float,
     options: ConvertOptions,
     ffmpeg: str,
+    *,
+    direct: bool,
 ) -> ConversionResult:
     container, codec, ext = _ENCODERS[options.format]
     mono = segment.set_channels(1) if segment.channels != 1 else segment
-    wav_in = _scratch_path(out_dir, src, "in.wav")
+    wav_in = src if direct else _scratch_path(out_dir, src, "in.wav")
     part = _scratch_path(out_dir, src, f"part.{ext}")
     try:
-        _write_segment(mono, wav_in)
+        if direct:
+            _claim(part)
+        else:
+            _write_segment(mono, wav_in)
         extra: list[str] = []
         if options.format == "ogg":
             # Speech, not music; and libopus refuses rates outside its list.
@@ -348,8 +365,14 @@ def _encode_and_verify(
             options,
         )  # fmt: skip
         if proc.returncode != 0:
+            stderr = _tail(proc.stderr)
+            if any(reason in stderr for reason in _SCRATCH_ERRORS):
+                raise StorageUnavailable(
+                    f"ffmpeg could not write {part}: {stderr}",
+                    details={"path": str(part), "ffmpeg_exit": proc.returncode},
+                )
             raise ConversionFailed(
-                f"ffmpeg could not encode {src.name} to {options.format}: {_tail(proc.stderr)}",
+                f"ffmpeg could not encode {src.name} to {options.format}: {stderr}",
                 details={
                     "file": src.name,
                     "format": options.format,
@@ -361,7 +384,8 @@ def _encode_and_verify(
         final = out_dir / f"{src.stem}-{secrets.token_hex(4)}.{ext}"
         _replace(part, final)
     finally:
-        _discard(wav_in)
+        if not direct:
+            _discard(wav_in)
         _discard(part)
     return ConversionResult(
         path=final,
@@ -484,6 +508,14 @@ def _ffmpeg_unusable(ffmpeg: str, exc: OSError) -> ConverterUnavailable:
 
 def _scratch_path(directory: Path, src: Path, suffix: str) -> Path:
     return directory / f".{src.stem}.{secrets.token_hex(6)}.{suffix}"
+
+
+def _claim(path: Path) -> None:
+    """Create ``path`` empty, so an unwritable output directory shows as what it is."""
+    try:
+        path.open("xb").close()
+    except OSError as exc:
+        raise _scratch_unavailable(path, exc) from exc
 
 
 def _write_segment(segment: AudioSegment, path: Path) -> None:

@@ -47,6 +47,14 @@ def _ready() -> bool:
     return True
 
 
+def _warm_up(executor: ProcessPoolExecutor, workers: int) -> None:
+    # With spawn, the executor starts a process inside submit() when no worker is idle, in the
+    # calling thread: submitting from here keeps those milliseconds of fork/exec and pickling
+    # off the event loop. Starting a worker takes far longer than these submits, so each starts one.
+    for future in [executor.submit(_ready) for _ in range(workers)]:
+        future.result()
+
+
 def _init_worker(niceness: int) -> None:
     # Conversion is background work: below the event loop in CPU priority, so a busy pool
     # does not delay the loop's wake-ups. ffmpeg, run by the worker, inherits it.
@@ -116,11 +124,8 @@ class ConverterPool:
     async def start(self) -> None:
         """Start the worker processes and wait until each has imported the converter."""
         executor = self._ensure_executor()
-        loop = asyncio.get_running_loop()
         try:
-            await asyncio.gather(
-                *(loop.run_in_executor(executor, _ready) for _ in range(self.workers))
-            )
+            await asyncio.to_thread(_warm_up, executor, self.workers)
         except BrokenProcessPool as exc:
             self._discard(executor)
             raise ConverterUnavailable(
@@ -202,6 +207,9 @@ class ConverterPool:
         executor.shutdown(wait=False, cancel_futures=True)
 
     async def _submit(self, fn: Any, *args: Any) -> ConversionResult:
+        if self._executor is None:
+            # First use, or the pool was dropped after a crash: spawn off the loop.
+            await self.start()
         executor = self._ensure_executor()
         loop = asyncio.get_running_loop()
         self._in_flight += 1

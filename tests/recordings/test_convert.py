@@ -267,13 +267,23 @@ def test_encoder_error_is_a_conversion_failure(tmp_path: Path) -> None:
         convert_recording(src, tmp_path, ConvertOptions(format="mp3", ffmpeg=failing))
 
 
-def test_unwritable_output_directory_is_storage_unavailable(tmp_path: Path) -> None:
-    src = write_wav(tmp_path / "call-16.wav", 1.0)
+@pytest.mark.parametrize("channels", [1, 2], ids=["direct", "normalised"])
+def test_unwritable_output_directory_is_storage_unavailable(tmp_path: Path, channels: int) -> None:
+    src = write_wav(tmp_path / "call-16.wav", 1.0, channels=channels)
     not_a_dir = tmp_path / "file"
     not_a_dir.write_bytes(b"")
     with pytest.raises(StorageUnavailable):
         convert_recording(src, not_a_dir, options("mp3"))
     assert src.exists()
+
+
+def test_a_full_disk_while_encoding_is_storage_unavailable(tmp_path: Path) -> None:
+    # /dev/full takes no bytes (ENOSPC), as a full disk would; the "encoder" writes there.
+    full = script(tmp_path / "ffmpeg-full", "cat /dev/zero > /dev/full\n")
+    src = write_wav(tmp_path / "call-21.wav", 1.0)
+    with pytest.raises(StorageUnavailable, match="No space left on device"):
+        convert_recording(src, tmp_path, ConvertOptions(format="mp3", ffmpeg=full))
+    assert listing(tmp_path) == ["call-21.wav", "ffmpeg-full"]
 
 
 # ------------------------------------------------------------------ without ffmpeg
