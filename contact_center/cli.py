@@ -7,7 +7,9 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contact_center import __version__, logs
 from contact_center.config import ConfigError, Settings, load_settings
@@ -141,32 +143,30 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-async def _open_database(settings: Settings):  # type: ignore[no-untyped-def]
+async def _with_database(settings: Settings, work: Callable[[AsyncEngine], Awaitable[int]]) -> int:
+    """Run ``work(engine)`` once the database answers; one clear line if it never does."""
     from contact_center import db
 
     engine = db.create_engine(settings.database)
     try:
         await db.wait_for_database(engine, give_up_after=settings.database.connect_retry_max_s)
-    except db.DatabaseUnavailable:
+        return await work(engine)
+    except db.DatabaseUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    finally:
         await engine.dispose()
-        raise
-    return engine
 
 
 async def _migrate(settings: Settings) -> int:
     from contact_center import db
 
-    try:
-        engine = await _open_database(settings)
-    except db.DatabaseUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    try:
+    async def work(engine: AsyncEngine) -> int:
         before, after = await db.migrate(engine)
-    finally:
-        await engine.dispose()
-    print(f"database at revision {after}" + ("" if before == after else f" (was {before})"))
-    return 0
+        print(f"database at revision {after}" + ("" if before == after else f" (was {before})"))
+        return 0
+
+    return await _with_database(settings, work)
 
 
 async def _user_add(settings: Settings, args: argparse.Namespace) -> int:
@@ -177,12 +177,8 @@ async def _user_add(settings: Settings, args: argparse.Namespace) -> int:
 
     generated = not args.password_stdin
     password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else new_password()
-    try:
-        engine = await _open_database(settings)
-    except db.DatabaseUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    try:
+
+    async def work(engine: AsyncEngine) -> int:
         await db.migrate(engine)
         async with db.sessionmaker(engine)() as session:
             try:
@@ -201,33 +197,28 @@ async def _user_add(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"error: {exc.message}", file=sys.stderr)
                 return EXIT_REFUSED
             await session.commit()
-    finally:
-        await engine.dispose()
-    exts = ", ".join(e.extension for e in user.extensions) or "none"
-    print(f"created {user.role} {user.login!r} (id {user.id}, extensions: {exts})")
-    if generated:
-        print(f"one-time password: {password}")
-    return 0
+        exts = ", ".join(e.extension for e in user.extensions) or "none"
+        print(f"created {user.role} {user.login!r} (id {user.id}, extensions: {exts})")
+        if generated:
+            print(f"one-time password: {password}")
+        return 0
+
+    return await _with_database(settings, work)
 
 
 async def _user_list(settings: Settings) -> int:
     from contact_center import db
     from crm_core.users import service as users
 
-    try:
-        engine = await _open_database(settings)
-    except db.DatabaseUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    try:
+    async def work(engine: AsyncEngine) -> int:
         async with db.sessionmaker(engine)() as session:
             for user in await users.list_users(session):
                 exts = ",".join(e.extension for e in user.extensions) or "-"
                 state = "active" if user.is_active else "disabled"
                 print(f"{user.id}\t{user.login}\t{user.role}\t{exts}\t{state}")
-    finally:
-        await engine.dispose()
-    return 0
+        return 0
+
+    return await _with_database(settings, work)
 
 
 def _replay(settings: Settings, args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import false, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core.activities import service as activities
@@ -87,27 +87,19 @@ async def card_summary_for_number(
     users = await _names(session, User, {match.responsible_id})
     regions = await _names(session, Region, {getattr(card, "region_id", None)})
     sources = await _names(session, Source, {getattr(card, "source_id", None)})
-    deal_filter = []
-    if match.company_id is not None:
-        deal_filter.append(Deal.company_id == match.company_id)
-    if match.contact_id is not None:
-        deal_filter.append(Deal.contact_id == match.contact_id)
-    deals: list[dict[str, Any]] = []
-    if deal_filter:
-        from sqlalchemy import or_
-
-        rows = await session.execute(
+    deals = [
+        {"id": r[0], "title": r[1], "amount": _money(r[2]), "stage": r[3]}
+        for r in await session.execute(
             select(Deal.id, Deal.title, Deal.amount, PipelineStage.name_ru)
             .join(PipelineStage, PipelineStage.id == Deal.stage_id)
-            .where(or_(*deal_filter), PipelineStage.kind == StageKind.OPEN.value)
+            .where(_client_filter(Deal, match), PipelineStage.kind == StageKind.OPEN.value)
             .order_by(Deal.updated_at.desc())
             .limit(5)
         )
-        deals = [{"id": r[0], "title": r[1], "amount": _money(r[2]), "stage": r[3]} for r in rows]
-    links = _client_filter(Activity, match)
+    ]
     recent = await session.execute(
         select(Activity.kind, Activity.subject, Activity.occurred_at, Activity.direction)
-        .where(links)
+        .where(_client_filter(Activity, match))
         .order_by(Activity.occurred_at.desc())
         .limit(5)
     )
@@ -149,15 +141,16 @@ async def card_summary_for_number(
 
 
 def _client_filter(model: Any, match: clients.ClientMatch) -> Any:
-    from sqlalchemy import false, or_
-
-    conditions = []
-    if match.contact_id is not None:
-        conditions.append(model.contact_id == match.contact_id)
-    if match.company_id is not None:
-        conditions.append(model.company_id == match.company_id)
-    if match.lead_id is not None:
-        conditions.append(model.lead_id == match.lead_id)
+    """Rows of ``model`` linked to the matched contact, company or lead (the links it has)."""
+    conditions = [
+        getattr(model, column) == value
+        for column, value in (
+            ("contact_id", match.contact_id),
+            ("company_id", match.company_id),
+            ("lead_id", match.lead_id),
+        )
+        if value is not None and hasattr(model, column)
+    ]
     return or_(*conditions) if conditions else false()
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +29,6 @@ from contact_center.config import Settings
 from crm_core.calls import events as call_events
 from crm_core.calls import service as calls
 from crm_core.clock import Clock
-from crm_core.events import DomainEvent
 from crm_core.rules import CrmRules
 
 log = logging.getLogger(__name__)
@@ -84,7 +82,6 @@ class Telephony:
         self._workers: list[asyncio.Task[None]] = []
         self.processed = 0
         self.failures = 0
-        self.on_processed: Callable[[str, fold.CallEvent], None] | None = None
 
     # ---------------------------------------------------------------- intake (sync)
 
@@ -151,8 +148,6 @@ class Telephony:
                 )
             self.processed += 1
             queue.task_done()
-            if self.on_processed is not None:
-                self.on_processed(pbx, event)
 
     # ---------------------------------------------------------------- handling
 
@@ -177,7 +172,7 @@ class Telephony:
         # A ringing extension with a DID is an inbound call; otherwise a colleague or a
         # callback is calling it (live_calls() would tell exactly, but costs O(live calls)).
         direction = "inbound" if event.did else "internal"
-        await self._publish(
+        await self.bus.publish(
             call_events.CallRinging(
                 call_id=event.call_id,
                 pbx=pbx,
@@ -201,7 +196,7 @@ class Telephony:
             audience.add(f"ext:{event.extension}")
         if not audience:
             return
-        await self._publish(
+        await self.bus.publish(
             call_events.CallAnswered(
                 call_id=event.call_id,
                 pbx=pbx,
@@ -233,7 +228,7 @@ class Telephony:
         if info:
             audience.update(f"ext:{e}" for e in info.rang)
         if audience:
-            await self._publish(
+            await self.bus.publish(
                 call_events.CallEnded(
                     call_id=facts.call_id,
                     pbx=pbx,
@@ -246,9 +241,6 @@ class Telephony:
                     audience=tuple(sorted(audience)),
                 )
             )
-
-    async def _publish(self, event: DomainEvent) -> None:
-        await self.bus.publish(event)
 
     def provide_status(self) -> dict[str, Any]:
         return {

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import WSCloseCode, web
 
 from contact_center.http.api import USER
-from contact_center.keys import BUS, SESSIONS
+from contact_center.keys import BUS, HEALTH, SESSIONS
 from crm_core.events import DomainEvent
 from crm_core.users import service as users
 from crm_core.users.model import TokenKind, User
@@ -141,8 +141,6 @@ async def _close_sockets(app: web.Application) -> None:
 
 def setup(app: web.Application) -> None:
     """Install /ws; the hub subscribes to the bus once the bus exists."""
-    from contact_center.keys import HEALTH
-
     app[HUB] = Hub()
     app.router.add_get("/ws", ws_handler)
     app.cleanup_ctx.append(_hub_ctx)

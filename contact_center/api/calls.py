@@ -8,14 +8,15 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from contact_center import pbx as pbx_wiring
 from contact_center.api.common import PageQuery, actor, page, rules, uow
 from contact_center.http.api import Api
 from contact_center.keys import SETTINGS
 from crm_core import access
 from crm_core.calls import service as calls
 from crm_core.calls.model import Call
-from crm_core.errors import NotFound, Unavailable
-from crm_core.phones import try_normalize_phone
+from crm_core.errors import NotFound, PermissionDenied, Unavailable
+from crm_core.phones import normalize_phone, try_normalize_phone
 
 api = Api()
 
@@ -143,10 +144,6 @@ class ClickToCallOut(BaseModel):
     errors={403: "Not your extension", 503: "The PBX link is down"},
 )
 async def click_to_call(request: web.Request, body: ClickToCall) -> ClickToCallOut:
-    from contact_center import pbx as pbx_wiring
-    from crm_core.errors import PermissionDenied
-    from crm_core.phones import normalize_phone
-
     user = actor(request)
     settings = request.app[SETTINGS]
     number = normalize_phone(body.to, settings.crm.default_region)

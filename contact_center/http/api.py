@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from contact_center import __version__
 from crm_core.errors import InvalidInput, NotAuthenticated, PermissionDenied
@@ -110,10 +110,7 @@ class Api:
                     raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
                 args.append(op.body.model_validate(raw))
             if op.query is not None:
-                try:
-                    args.append(op.query.model_validate(dict(request.query)))
-                except ValidationError:
-                    raise
+                args.append(op.query.model_validate(dict(request.query)))
             result = await op.handler(request, *args)
             if isinstance(result, web.StreamResponse):
                 return result

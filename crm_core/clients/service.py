@@ -348,6 +348,31 @@ def merge_custom(target: Any, values: Mapping[str, Any] | None) -> list[str]:
 # ---------------------------------------------------------------- loading
 
 
+async def _get_client(
+    session: AsyncSession,
+    model: type[Contact] | type[Company],
+    not_found: type[ContactNotFound] | type[CompanyNotFound],
+    client_id: int,
+    *,
+    actor: User | None,
+    rules: CrmRules | None,
+    write: bool,
+    include_merged: bool,
+) -> Any:
+    kind = "contact" if model is Contact else "company"
+    client = await session.get(model, client_id)
+    if client is None:
+        raise not_found(f"no {kind} {client_id}", details={f"{kind}_id": client_id})
+    if actor is not None:
+        _ensure(actor, client.responsible_id, rules, write, f"{kind} {client_id}")
+    if client.merged_into_id is not None and not include_merged:
+        raise ClientMerged(
+            f"{kind} {client_id} was merged into {client.merged_into_id}",
+            details={f"{kind}_id": client_id, "merged_into_id": client.merged_into_id},
+        )
+    return client
+
+
 async def get_contact(
     session: AsyncSession,
     contact_id: int,
@@ -358,16 +383,16 @@ async def get_contact(
     include_merged: bool = False,
 ) -> Contact:
     """A live contact; with ``actor``, one he may read (or change, with ``write``)."""
-    contact = await session.get(Contact, contact_id)
-    if contact is None:
-        raise ContactNotFound(f"no contact {contact_id}", details={"contact_id": contact_id})
-    if actor is not None:
-        _ensure(actor, contact.responsible_id, rules, write, f"contact {contact_id}")
-    if contact.merged_into_id is not None and not include_merged:
-        raise ClientMerged(
-            f"contact {contact_id} was merged into {contact.merged_into_id}",
-            details={"contact_id": contact_id, "merged_into_id": contact.merged_into_id},
-        )
+    contact: Contact = await _get_client(
+        session,
+        Contact,
+        ContactNotFound,
+        contact_id,
+        actor=actor,
+        rules=rules,
+        write=write,
+        include_merged=include_merged,
+    )
     return contact
 
 
@@ -381,16 +406,16 @@ async def get_company(
     include_merged: bool = False,
 ) -> Company:
     """A live company; with ``actor``, one he may read (or change, with ``write``)."""
-    company = await session.get(Company, company_id)
-    if company is None:
-        raise CompanyNotFound(f"no company {company_id}", details={"company_id": company_id})
-    if actor is not None:
-        _ensure(actor, company.responsible_id, rules, write, f"company {company_id}")
-    if company.merged_into_id is not None and not include_merged:
-        raise ClientMerged(
-            f"company {company_id} was merged into {company.merged_into_id}",
-            details={"company_id": company_id, "merged_into_id": company.merged_into_id},
-        )
+    company: Company = await _get_client(
+        session,
+        Company,
+        CompanyNotFound,
+        company_id,
+        actor=actor,
+        rules=rules,
+        write=write,
+        include_merged=include_merged,
+    )
     return company
 
 
