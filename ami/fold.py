@@ -124,6 +124,18 @@ class CallRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class CallStarted:
+    """A call came in on a trunk: who calls and which number he dialed are known before any
+    phone rings (an IVR or a queue usually comes first), so the caller can be looked up early.
+    """
+
+    call_id: str
+    caller: str | None
+    did: str | None
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
 class CallRinging:
     """An extension's phone started ringing (or was connected without ringing)."""
 
@@ -158,7 +170,7 @@ class CallEnded:
         return self.record.call_id
 
 
-CallEvent = CallRinging | CallAnswered | CallEnded
+CallEvent = CallStarted | CallRinging | CallAnswered | CallEnded
 
 
 @dataclass(frozen=True, slots=True)
@@ -690,8 +702,17 @@ class CallFolder:
         uid = frame.headers.get("Uniqueid")
         if uid is None or uid in self._channels:
             return []  # a duplicate after a reconnect
-        self._new_channel(frame, ts)
-        return []
+        ch = self._new_channel(frame, ts)
+        if ch is None or not ch.is_trunk or ch.outgoing or uid != ch.linkedid:
+            return []
+        return [
+            CallStarted(
+                call_id=ch.linkedid,
+                caller=normalize_number(ch.caller_num, self._region),
+                did=normalize_number(ch.exten, self._region),
+                ts=ts,
+            )
+        ]
 
     def _on_activity(self, frame: Frame, ts: float) -> list[CallEvent]:
         uid = frame.headers.get("Uniqueid")

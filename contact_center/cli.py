@@ -120,9 +120,10 @@ def serve(settings: Settings) -> int:
     """Run the HTTP server until SIGINT/SIGTERM, then shut down within the configured time."""
     from aiohttp import web
 
-    from contact_center.app import create_app
+    from contact_center.app import create_app, freeze_heap_after_startup
 
     app = create_app(settings)
+    freeze_heap_after_startup(app)
     log.info(
         "contact-center %s starting on http://%s:%s",
         __version__,

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import false, or_, select
+from sqlalchemy import String, false, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core.activities import service as activities
@@ -19,6 +19,7 @@ from crm_core.activities.schemas import ActivityInput
 from crm_core.calls import service as calls
 from crm_core.clients import service as clients
 from crm_core.clients.model import Company, Contact
+from crm_core.db import Money
 from crm_core.deals.model import Deal, PipelineStage, StageKind
 from crm_core.events import DomainEvent
 from crm_core.leads import service as leads
@@ -56,88 +57,155 @@ def _money(amount: Decimal | None) -> str | None:
     return f"{amount:,.0f}".replace(",", " ")
 
 
-async def _names(session: AsyncSession, model: Any, ids: set[int | None]) -> dict[int, str]:
-    wanted = {i for i in ids if i is not None}
-    if not wanted:
-        return {}
-    column = model.display_name if model is User else model.name
-    rows = await session.execute(select(model.id, column).where(model.id.in_(wanted)))
-    return {row[0]: row[1] for row in rows}
-
-
 async def card_summary_for_number(
     session: AsyncSession, number: str | None, *, rules: CrmRules, region: str = "RU"
 ) -> dict[str, Any] | None:
-    """The screen-pop's client card summary for a calling number, or None for a new caller."""
+    """The screen-pop's client card summary for a calling number, or None for a new caller.
+
+    Three queries whatever the card holds (who is calling; the card with its names; deals,
+    activities and tasks in one UNION): the pop-up waits on each round trip, and on a busy
+    event loop every await is a chance to queue behind other work.
+    """
     if not number or not number.startswith("+"):
         return None
     match = await clients.find_client_by_phone(session, number, region=region, rules=rules)
     if match is None:
         return None
-    record: Any = None
-    kind = "lead"
-    if match.contact_id is not None:
-        record, kind = await session.get(Contact, match.contact_id), "contact"
-    elif match.company_id is not None:
-        record, kind = await session.get(Company, match.company_id), "company"
-    elif match.lead_id is not None:
-        record = await session.get(Lead, match.lead_id)
-    company = await session.get(Company, match.company_id) if match.company_id else None
-    card = company if company is not None and kind == "contact" else record
-    users = await _names(session, User, {match.responsible_id})
-    regions = await _names(session, Region, {getattr(card, "region_id", None)})
-    sources = await _names(session, Source, {getattr(card, "source_id", None)})
-    deals = [
-        {"id": r[0], "title": r[1], "amount": _money(r[2]), "stage": r[3]}
-        for r in await session.execute(
-            select(Deal.id, Deal.title, Deal.amount, PipelineStage.name_ru)
-            .join(PipelineStage, PipelineStage.id == Deal.stage_id)
-            .where(_client_filter(Deal, match), PipelineStage.kind == StageKind.OPEN.value)
-            .order_by(Deal.updated_at.desc())
-            .limit(5)
-        )
-    ]
-    recent = await session.execute(
-        select(Activity.kind, Activity.subject, Activity.occurred_at, Activity.direction)
-        .where(_client_filter(Activity, match))
-        .order_by(Activity.occurred_at.desc())
-        .limit(5)
-    )
-    open_tasks = await session.execute(
-        select(Task.id, Task.title, Task.due_at)
-        .where(_client_filter(Task, match), Task.status == TaskStatus.OPEN.value)
-        .order_by(Task.due_at)
-        .limit(5)
-    )
-    potential = _money(getattr(card, "potential_amount", None))
+    kind, record_id = _card_record(match)
+    # A contact of a company is described by the company's card (type, potential, region).
+    card_model: Any = Company if match.company_id is not None and kind != "lead" else _MODELS[kind]
+    card_id = match.company_id if card_model is Company else record_id
+    head = (await session.execute(_card_head(card_model, card_id, match))).first()
+    sections: dict[str, list[Any]] = {"deal": [], "activity": [], "task": []}
+    for row in await session.execute(_card_lists(match)):
+        sections[row.section].append(row)
+    potential = _money(head.potential_amount) if head is not None else None
     return {
         "type": kind,
-        "id": record.id if record is not None else None,
+        "id": record_id,
         "contact_id": match.contact_id,
         "company_id": match.company_id,
         "lead_id": match.lead_id,
         "name": match.name,
-        "company": company.name if company is not None else None,
-        "client_type": getattr(card, "client_type", None),
+        "company": head.company if head is not None else None,
+        "client_type": head.client_type if head is not None else None,
         "potential": f"{potential} ₽" if potential else None,
-        "purchase_mode": getattr(card, "purchase_mode", None),
+        "purchase_mode": head.purchase_mode if head is not None else None,
         "responsible_id": match.responsible_id,
-        "responsible": users.get(match.responsible_id) if match.responsible_id else None,
-        "region": regions.get(getattr(card, "region_id", None) or -1),
-        "source": sources.get(getattr(card, "source_id", None) or -1),
-        "deals": deals,
+        "responsible": head.responsible if head is not None else None,
+        "region": head.region if head is not None else None,
+        "source": head.source if head is not None else None,
+        "deals": [
+            {"id": r.id, "title": r.title, "amount": _money(r.amount), "stage": r.extra}
+            for r in sections["deal"]
+        ],
         "activities": [
-            {"kind": r[0], "subject": r[1], "occurred_at": r[2].isoformat(), "direction": r[3]}
-            for r in recent
+            {
+                "kind": r.extra,
+                "subject": r.title,
+                "occurred_at": r.at.isoformat(),
+                "direction": r.direction,
+            }
+            for r in sections["activity"]
         ],
         "tasks": [
-            {"id": r[0], "title": r[1], "due_at": r[2].isoformat() if r[2] else None}
-            for r in open_tasks
+            {"id": r.id, "title": r.title, "due_at": r.at.isoformat() if r.at else None}
+            for r in sections["task"]
         ],
-        # The card page of the web UI is still to come; until then the card's API document.
-        "url": f"/api/v1/{kind}s/{record.id}" if record is not None else None,
+        "url": f"/clients/{kind}/{record_id}",
         "matched_on": match.matched_on,
     }
+
+
+_MODELS: dict[str, Any] = {"contact": Contact, "company": Company, "lead": Lead}
+
+
+def _card_record(match: clients.ClientMatch) -> tuple[str, int]:
+    """The record a match points at: its contact, else its company, else its lead."""
+    if match.contact_id is not None:
+        return "contact", match.contact_id
+    if match.company_id is not None:
+        return "company", match.company_id
+    assert match.lead_id is not None
+    return "lead", match.lead_id
+
+
+def _card_head(card: Any, card_id: int | None, match: clients.ClientMatch) -> Any:
+    """The card's own fields with the names of its region, source, responsible and company."""
+
+    def name_of(model: Any, column: Any, row_id: int | None) -> Any:
+        if row_id is None:
+            return literal(None, String()).label(None)
+        return select(column).where(model.id == row_id).scalar_subquery()
+
+    return (
+        select(
+            card.client_type,
+            card.potential_amount,
+            card.purchase_mode,
+            Region.name.label("region"),
+            Source.name.label("source"),
+            name_of(User, User.display_name, match.responsible_id).label("responsible"),
+            name_of(Company, Company.name, match.company_id).label("company"),
+        )
+        .select_from(card)
+        .outerjoin(Region, Region.id == card.region_id)
+        .outerjoin(Source, Source.id == card.source_id)
+        .where(card.id == card_id)
+    )
+
+
+def _card_lists(match: clients.ClientMatch) -> Any:
+    """Open deals, last activities and open tasks of the card (five each), as one UNION ALL of
+    rows ``(section, id, title, amount, extra, at, direction)``."""
+    no_amount = literal(None, Money()).label("amount")
+    no_text = literal(None, String()).label("direction")
+    deals = (
+        select(
+            literal("deal").label("section"),
+            Deal.id,
+            Deal.title.label("title"),
+            Deal.amount.label("amount"),
+            PipelineStage.name_ru.label("extra"),
+            Deal.updated_at.label("at"),
+            no_text,
+        )
+        .join(PipelineStage, PipelineStage.id == Deal.stage_id)
+        .where(_client_filter(Deal, match), PipelineStage.kind == StageKind.OPEN.value)
+        .order_by(Deal.updated_at.desc())
+        .limit(5)
+    )
+    recent = (
+        select(
+            literal("activity"),
+            Activity.id,
+            Activity.subject,
+            no_amount,
+            Activity.kind,
+            Activity.occurred_at,
+            Activity.direction,
+        )
+        .where(_client_filter(Activity, match))
+        .order_by(Activity.occurred_at.desc())
+        .limit(5)
+    )
+    open_tasks = (
+        select(
+            literal("task"),
+            Task.id,
+            Task.title,
+            no_amount,
+            literal(None, String()),
+            Task.due_at,
+            no_text,
+        )
+        .where(_client_filter(Task, match), Task.status == TaskStatus.OPEN.value)
+        .order_by(Task.due_at)
+        .limit(5)
+    )
+    parts = [select(*q.subquery().c) for q in (deals, recent, open_tasks)]
+    union = union_all(*parts).subquery()
+    return select(union)
 
 
 def _client_filter(model: Any, match: clients.ClientMatch) -> Any:

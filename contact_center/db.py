@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from contact_center.config import DatabaseSettings
@@ -57,6 +65,49 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+class ReadConnection:
+    """One connection kept open, in autocommit, for a latency-critical read path.
+
+    A pooled session costs a pre-ping, a ``BEGIN`` and a ``ROLLBACK`` around the queries, and
+    each round trip is an await where a busy event loop runs other work first. The screen-pop
+    reads through this instead: only its own queries go over the wire, on a connection whose
+    prepared statements stay warm. Uses are serialised (one reader per path); a connection the
+    driver reports broken is dropped and the next use opens a fresh one, once per failure.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[Any]) -> None:
+        self._engine: AsyncEngine = sessions.kw["bind"]
+        self._lock = asyncio.Lock()
+        self._conn: AsyncConnection | None = None
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A fresh session (empty identity map, so nothing stale) on the kept connection."""
+        async with self._lock:
+            if self._conn is None or self._conn.closed or self._conn.invalidated:
+                conn = await self._engine.connect()
+                self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            session = AsyncSession(bind=self._conn, expire_on_commit=False)
+            try:
+                yield session
+            except DBAPIError as exc:
+                if exc.connection_invalidated:
+                    await self._drop()
+                raise
+            finally:
+                await session.close()
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._drop()
 
 
 def describe_error(exc: BaseException) -> str:

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ami.simulator import SimulatedPbx
 from contact_center import db, demo_data, logs
-from contact_center.app import create_app
+from contact_center.app import create_app, freeze_heap_after_startup
 from contact_center.config import PbxSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ async def run(settings: Settings, *, database_url: str | None, call_every_s: flo
         await engine.dispose()
 
     app = create_app(settings)
+    freeze_heap_after_startup(app)
     runner = web.AppRunner(
         app,
         access_log_class=logs.AccessLogger,

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ami import fold
-from contact_center import crm_hooks
+from contact_center import crm_hooks, db
 from contact_center.bus import EventBus
 from contact_center.config import Settings
 from crm_core.calls import events as call_events
@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 # A call silent for this long lost its Hangup (RTCP keeps live calls chatty with read=all).
 EXPIRE_AFTER_S = 4 * 3600.0
 QUEUE_LIMIT = 100_000
+# A card looked up when the call came in is shown as it is if a phone rings within this time;
+# after a long queue wait it is looked up again (a colleague may have changed it meanwhile).
+PREFETCH_FRESH_S = 30.0
+# Longest a finished call waits for the screen-pop lane to go quiet before it is written.
+YIELD_MAX_S = 0.5
 
 
 @dataclass
@@ -45,7 +50,9 @@ class _LiveInfo:
     client: dict[str, Any] | None = None
     tracking: dict[str, Any] | None = None
     rang: set[str] = field(default_factory=set)
-    computed: bool = False
+    # (caller, did) the lookup was made for, and when (loop time); None: not looked up yet.
+    looked_up: tuple[str | None, str | None] | None = None
+    looked_up_at: float = 0.0
 
 
 class Telephony:
@@ -62,6 +69,7 @@ class Telephony:
     ) -> None:
         self.settings = settings
         self.sessions = sessions
+        self._reader = db.ReadConnection(sessions)
         self.bus = bus
         self.rules = rules
         self.clock = clock
@@ -79,6 +87,8 @@ class Telephony:
         self._fast: asyncio.Queue[tuple[str, fold.CallEvent]] = asyncio.Queue(QUEUE_LIMIT)
         self._queue: asyncio.Queue[tuple[str, fold.CallEvent]] = asyncio.Queue(QUEUE_LIMIT)
         self._live: dict[tuple[str, str], _LiveInfo] = {}
+        self._fast_idle = asyncio.Event()
+        self._fast_idle.set()
         self._workers: list[asyncio.Task[None]] = []
         self.processed = 0
         self.failures = 0
@@ -118,6 +128,7 @@ class Telephony:
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
         self._workers = []
+        await self._reader.close()
 
     async def drain(self) -> None:
         """Wait until every queued event is handled (tests, replays)."""
@@ -131,8 +142,18 @@ class Telephony:
                 self.enqueue(pbx, event)
 
     async def _run(self, queue: asyncio.Queue[tuple[str, fold.CallEvent]]) -> None:
+        """Handle ``queue`` in order. The writing lane starts its next call only while no
+        pop-up is being prepared (waiting at most ``YIELD_MAX_S``): its ORM work would otherwise
+        run in every gap the pop-up's queries leave on the event loop."""
+        fast = queue is self._fast
         while True:
             pbx, event = await queue.get()
+            if fast:
+                self._fast_idle.clear()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(YIELD_MAX_S):
+                        await self._fast_idle.wait()
             try:
                 await self.handle(pbx, event)
             except asyncio.CancelledError:
@@ -148,11 +169,17 @@ class Telephony:
                 )
             self.processed += 1
             queue.task_done()
+            if fast and queue.empty():
+                self._fast_idle.set()
 
     # ---------------------------------------------------------------- handling
 
     async def handle(self, pbx: str, event: fold.CallEvent) -> None:
-        if isinstance(event, fold.CallRinging):
+        if isinstance(event, fold.CallStarted):
+            # Identify the caller while the IVR or the queue plays, before any phone rings.
+            info = self._live.setdefault((pbx, event.call_id), _LiveInfo())
+            await self._look_up(info, event.caller, event.did)
+        elif isinstance(event, fold.CallRinging):
             await self._ringing(pbx, event)
         elif isinstance(event, fold.CallAnswered):
             await self._answered(pbx, event)
@@ -162,13 +189,12 @@ class Telephony:
     async def _ringing(self, pbx: str, event: fold.CallRinging) -> None:
         info = self._live.setdefault((pbx, event.call_id), _LiveInfo())
         info.rang.add(event.extension)
-        if not info.computed:
-            async with self.sessions() as session:
-                info.client = await crm_hooks.card_summary_for_number(
-                    session, event.caller, rules=self.rules, region=self.settings.crm.default_region
-                )
-                info.tracking = await crm_hooks.tracking_for_did(session, event.did)
-            info.computed = True
+        loop = asyncio.get_running_loop()
+        if (
+            info.looked_up != (event.caller, event.did)
+            or loop.time() - info.looked_up_at > PREFETCH_FRESH_S
+        ):
+            await self._look_up(info, event.caller, event.did)
         # A ringing extension with a DID is an inbound call; otherwise a colleague or a
         # callback is calling it (live_calls() would tell exactly, but costs O(live calls)).
         direction = "inbound" if event.did else "internal"
@@ -188,6 +214,16 @@ class Telephony:
                 audience=(f"ext:{event.extension}",),
             )
         )
+
+    async def _look_up(self, info: _LiveInfo, caller: str | None, did: str | None) -> None:
+        """The card summary of ``caller`` and the tracking data of ``did``, into ``info``."""
+        async with self._reader.session() as session:
+            info.client = await crm_hooks.card_summary_for_number(
+                session, caller, rules=self.rules, region=self.settings.crm.default_region
+            )
+            info.tracking = await crm_hooks.tracking_for_did(session, did)
+        info.looked_up = (caller, did)
+        info.looked_up_at = asyncio.get_running_loop().time()
 
     async def _answered(self, pbx: str, event: fold.CallAnswered) -> None:
         info = self._live.get((pbx, event.call_id))

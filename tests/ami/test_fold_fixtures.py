@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from ami.fold import CallAnswered, CallEnded, CallFolder, CallRinging
+from ami.fold import CallAnswered, CallEnded, CallFolder, CallRinging, CallStarted
 from ami.frames import Frame, FrameParser
 from ami.replay import replay_bytes, replay_chunks, replay_file
 from tests.ami._support import (
@@ -120,8 +120,16 @@ def test_a_window_of_events_replayed_after_a_reconnect(name: str) -> None:
 def test_live_events_of_an_answered_queue_call() -> None:
     folder = CallFolder(TRUNKS, EXTENSION_PATTERN, COUNT_THRESHOLD_S, now=lambda: 0.0)
     events = folder.feed_many(_frames(capture_bytes("a_inbound_queue_answered")))
-    assert [type(e) for e in events] == [CallRinging, CallAnswered, CallEnded]
-    ringing, answered, ended = events
+    assert [type(e) for e in events] == [CallStarted, CallRinging, CallAnswered, CallEnded]
+    started, ringing, answered, ended = events
+    # The caller is known as the trunk channel appears, 7.8 s of greeting before the ring.
+    assert isinstance(started, CallStarted)
+    assert (started.call_id, started.caller, started.did) == (
+        "1795722788.0",
+        "+74951234567",
+        "+74951112233",
+    )
+    assert started.ts == pytest.approx(ringing.ts - 7.85, abs=0.05)
     assert isinstance(ringing, CallRinging)
     assert isinstance(answered, CallAnswered)
     assert isinstance(ended, CallEnded)
@@ -160,7 +168,11 @@ def test_live_events_of_click_to_call_and_busy() -> None:
 
     folder = CallFolder(TRUNKS, EXTENSION_PATTERN, COUNT_THRESHOLD_S, now=lambda: 0.0)
     events = folder.feed_many(_frames(capture_bytes("h_direct_busy")))
-    assert [type(e) for e in events] == [CallEnded]
+    assert [type(e) for e in events] == [CallStarted, CallEnded]
+    # An outbound call (the click-to-call's trunk leg is ours, outgoing) starts nothing.
+    folder = CallFolder(TRUNKS, EXTENSION_PATTERN, COUNT_THRESHOLD_S, now=lambda: 0.0)
+    events = folder.feed_many(_frames(capture_bytes("d_outbound_answered")))
+    assert not [e for e in events if isinstance(e, CallStarted)]
 
 
 def test_concurrent_calls_end_in_order_and_stay_separate() -> None:

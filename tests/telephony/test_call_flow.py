@@ -102,7 +102,7 @@ async def test_answered_call_of_a_known_client(make_settings: Any, database_url:
         assert pop.caller == "+74951234567" and pop.did == "+74951112233"
         assert pop.client is not None and pop.client["name"] == "Сергей Ковалёв"
         assert pop.client["company"] == "ООО «Ромашка»"
-        assert pop.client["url"] == f"/api/v1/contacts/{contact_id}"
+        assert pop.client["url"] == f"/clients/contact/{contact_id}"
         assert pop.client["responsible_id"] == ivan.id and pop.client["client_type"] == "wholesaler"
         assert [e.name for e in seen if e.name.startswith("call.")][-1] == "call.ended"
 
@@ -172,5 +172,37 @@ async def test_missed_call_creates_a_callback_task_closed_by_a_later_answer(
             task = await s.scalar(select(Task))
             assert task is not None and task.status == "done" and task.completed_at is not None
             assert len((await s.scalars(select(Call))).all()) == 2
+    finally:
+        await _teardown(tel, ctx)
+
+
+async def test_caller_is_identified_when_the_call_comes_in_and_again_after_a_long_wait(
+    make_settings: Any, database_url: str, monkeypatch: Any
+) -> None:
+    """The card is looked up as the trunk channel appears (before the greeting and queue); a
+    phone ringing long after that gets a fresh lookup, so edits made meanwhile show."""
+    from ami import fold
+    from contact_center import telephony
+
+    tel, ctx, seen = await _setup(make_settings, database_url)
+    _, sessions, _ = ctx
+    try:
+        caller, did = "+74951234567", "+74951112233"
+        await tel.handle("main", fold.CallStarted("c1", caller, did, 1.0))
+        info = tel._live[("main", "c1")]
+        assert info.looked_up == (caller, did) and info.client is None  # not a client yet
+        await _known_client(sessions, caller, owner_id=None)  # type: ignore[arg-type]
+
+        # Rung right away: the pop-up shows what the lookup found when the call came in.
+        await tel.handle("main", fold.CallRinging("c1", caller, did, "101", 2.0))
+        await until(lambda: any(e.name == "call.ringing" for e in seen))
+        assert [e.client for e in seen if e.name == "call.ringing"] == [None]
+
+        # Rung after a long queue wait: looked up again.
+        monkeypatch.setattr(telephony, "PREFETCH_FRESH_S", 0.0)
+        await tel.handle("main", fold.CallRinging("c1", caller, did, "102", 300.0))
+        await until(lambda: len([e for e in seen if e.name == "call.ringing"]) == 2)
+        pops = [e for e in seen if e.name == "call.ringing"]
+        assert pops[-1].client is not None and pops[-1].client["name"] == "Сергей Ковалёв"
     finally:
         await _teardown(tel, ctx)
