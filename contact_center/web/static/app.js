@@ -7,6 +7,8 @@
   const log = document.getElementById("call-log");
   const linkState = document.getElementById("ws-state");
   const cards = new Map(); // call_id -> pop element
+  const toasts = document.getElementById("toasts");
+  const me = (window.CC_PAGE || {}).user_id;
 
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
@@ -61,7 +63,7 @@
       pop.append(el("h3", {}, c.name || t("pop.no_name")));
       if (c.url) pop.append(el("a", { href: c.url, target: "_blank" }, t("pop.open_card")));
       row(dl, t("card.company"), c.company);
-      row(dl, t("card.client_type"), c.client_type_label || c.client_type);
+      row(dl, t("card.client_type"), c.client_type ? t("client_type." + c.client_type) : null);
       row(dl, t("card.potential"), c.potential);
       row(dl, t("card.responsible"), c.responsible);
       row(dl, t("card.region"), c.region);
@@ -85,7 +87,9 @@
     }
     if (c && c.activities && c.activities.length) {
       pop.append(el("strong", {}, t("card.activities")));
-      pop.append(el("ul", {}, ...c.activities.map((a) => el("li", {}, new Date(a.occurred_at).toLocaleDateString() + " " + (a.subject || a.kind)))));
+      pop.append(el("ul", {}, ...c.activities.map((a) => el("li", {},
+        new Date(a.occurred_at).toLocaleDateString() + " " + (a.subject || a.kind),
+        a.recording && a.recording.url ? el("audio", { controls: true, preload: "none", src: a.recording.url, class: "player" }) : null))));
     }
     if (!c) pop.append(leadForm(msg));
     const old = cards.get(msg.call_id);
@@ -101,7 +105,43 @@
     while (log.children.length > 50) log.lastChild.remove();
   }
 
+  // The client a task or reminder is about, as a card link (or null).
+  function clientLink(msg) {
+    if (msg.contact_id) return "/clients/contact/" + msg.contact_id;
+    if (msg.company_id) return "/clients/company/" + msg.company_id;
+    if (msg.lead_id) return "/clients/lead/" + msg.lead_id;
+    return null;
+  }
+
+  function toast(title, text, href) {
+    if (!toasts) return;
+    const box = el("div", { class: "toast", role: "status" }, el("strong", {}, title), text || "",
+      href ? el("div", {}, el("a", { href: href }, t("toast.open"))) : null);
+    box.addEventListener("click", (e) => { if (e.target.tagName !== "A") box.remove(); });
+    toasts.prepend(box);
+    while (toasts.children.length > 5) toasts.lastChild.remove();
+    setTimeout(() => box.remove(), 20000);
+  }
+
+  // Notifications meant for this user (the server sends only his; events he caused himself
+  // are not news to him).
+  function notify(msg) {
+    const due = (iso) => (iso ? " · " + new Date(iso).toLocaleString() : "");
+    if (msg.type === "task.due") {
+      toast(t("toast.task_due"), msg.title + due(msg.due_at), clientLink(msg));
+    } else if (msg.type === "task.created" && msg.responsible_id === me && msg.created_by_id !== me) {
+      toast(t("toast.task_assigned"), msg.title + due(msg.due_at), clientLink(msg));
+    } else if (msg.type === "lead.created" && msg.responsible_id === me && msg.actor_id !== me) {
+      toast(t("toast.lead_assigned"), msg.title, "/clients/lead/" + msg.lead_id);
+    } else if (msg.type === "invoice.reminder") {
+      toast(t("toast.invoice"), "№ " + msg.number + " · " + msg.due_on, msg.company_id ? "/clients/company/" + msg.company_id : null);
+    } else if (msg.type === "notification") {
+      toast(msg.title || t("toast.notification"), msg.text || "", msg.url || null);
+    }
+  }
+
   function onMessage(msg) {
+    notify(msg);
     if (msg.type === "call.ringing") {
       showRinging(msg);
       addLog(msg, t("log.ringing") + " " + (msg.extension || ""));
