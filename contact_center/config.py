@@ -171,14 +171,32 @@ class ChannelsSettings(_Section):
     telegram: dict[str, Any] = Field(default_factory=dict)
 
 
+class S3Settings(_Section):
+    bucket: str | None = None
+    prefix: str = "recordings"
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+
+
 class RecordingsSettings(_Section):
+    enabled: bool = True
     spool_dir: str = "/var/spool/asterisk/monitor"
+    storage: Literal["local", "s3"] = "local"
     storage_dir: str = "./data/recordings"
+    work_dir: str = "./data/recordings-work"
     format: Literal["mp3", "ogg", "wav"] = "mp3"
     bitrate: str = Field("32k", pattern=r"^\d+k$")
+    keep_original: bool = False
+    ffmpeg: str | None = "ffmpeg"
     retention_days: int = Field(365, ge=0)
     wait_minutes: int = Field(10, ge=0)
     workers: int = Field(2, ge=1, le=64)
+    niceness: int = Field(10, ge=0, le=19)
+    max_upload_mb: int = Field(512, ge=1)
+    upload_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    s3: S3Settings = Field(default_factory=S3Settings)
 
 
 class AuthSettings(_Section):

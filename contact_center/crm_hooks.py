@@ -9,9 +9,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import String, false, literal, or_, select, union_all
+from sqlalchemy import Integer, String, and_, false, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contact_center import recordings_service
 from crm_core.activities import service as activities
 from crm_core.activities.events import ActivityRecorded
 from crm_core.activities.model import Activity
@@ -25,6 +26,7 @@ from crm_core.events import DomainEvent
 from crm_core.leads import service as leads
 from crm_core.leads.model import Lead
 from crm_core.leads.schemas import LeadInput
+from crm_core.recordings.model import Recording, RecordingState
 from crm_core.reference.model import Region, Source, SourceKind
 from crm_core.rules import CrmRules
 from crm_core.tasks import service as tasks
@@ -105,6 +107,11 @@ async def card_summary_for_number(
                 "subject": r.title,
                 "occurred_at": r.at.isoformat(),
                 "direction": r.direction,
+                "recording": (
+                    {"id": r.recording_id, "url": f"/api/v1/recordings/{r.recording_id}"}
+                    if r.recording_id
+                    else None
+                ),
             }
             for r in sections["activity"]
         ],
@@ -157,9 +164,10 @@ def _card_head(card: Any, card_id: int | None, match: clients.ClientMatch) -> An
 
 def _card_lists(match: clients.ClientMatch) -> Any:
     """Open deals, last activities and open tasks of the card (five each), as one UNION ALL of
-    rows ``(section, id, title, amount, extra, at, direction)``."""
+    rows ``(section, id, title, amount, extra, at, direction, recording_id)``."""
     no_amount = literal(None, Money()).label("amount")
     no_text = literal(None, String()).label("direction")
+    no_recording = literal(None, Integer()).label("recording_id")
     deals = (
         select(
             literal("deal").label("section"),
@@ -169,6 +177,7 @@ def _card_lists(match: clients.ClientMatch) -> Any:
             PipelineStage.name_ru.label("extra"),
             Deal.updated_at.label("at"),
             no_text,
+            no_recording,
         )
         .join(PipelineStage, PipelineStage.id == Deal.stage_id)
         .where(_client_filter(Deal, match), PipelineStage.kind == StageKind.OPEN.value)
@@ -184,6 +193,14 @@ def _card_lists(match: clients.ClientMatch) -> Any:
             Activity.kind,
             Activity.occurred_at,
             Activity.direction,
+            Recording.id,
+        )
+        .outerjoin(
+            Recording,
+            and_(
+                Recording.activity_id == Activity.id,
+                Recording.state == RecordingState.STORED.value,
+            ),
         )
         .where(_client_filter(Activity, match))
         .order_by(Activity.occurred_at.desc())
@@ -198,6 +215,7 @@ def _card_lists(match: clients.ClientMatch) -> Any:
             literal(None, String()),
             Task.due_at,
             no_text,
+            no_recording,
         )
         .where(_client_filter(Task, match), Task.status == TaskStatus.OPEN.value)
         .order_by(Task.due_at)
@@ -253,8 +271,11 @@ async def record_finished_call(
     callback_due_minutes: int,
     region: str = "RU",
     tracking: dict[str, Any] | None = None,
+    recordings: bool = False,
 ) -> CallOutcome:
-    """Store the call and what it means for the CRM, once per call (idempotent)."""
+    """Store the call and what it means for the CRM, once per call (idempotent). With
+    ``recordings``, a call with a MixMonitor file also gets its recording job, in the same
+    transaction."""
     existing = await calls.get_call(session, facts.pbx, facts.call_id)
     if existing is not None:
         return CallOutcome(call_id=existing.id, created=False)
@@ -282,6 +303,15 @@ async def record_finished_call(
         tracking=tracking,
     )
     outcome = CallOutcome(call_id=call.id, created=True, events=events)
+    if recordings and facts.recording:
+        await recordings_service.schedule_for_call(
+            session,
+            pbx=facts.pbx,
+            call_ref=facts.call_id,
+            call_pk=call.id,
+            filename=facts.recording,
+            ended_at=facts.ended_at,
+        )
     if facts.direction == "internal":
         return outcome
     if match is None and facts.direction == "inbound" and number and number.startswith("+"):

@@ -254,6 +254,7 @@ class Telephony:
                 callback_due_minutes=self.settings.telephony.callback_due_minutes,
                 region=self.settings.crm.default_region,
                 tracking=info.tracking if info else None,
+                recordings=self.settings.recordings.enabled,
             )
             await session.commit()
         for event in outcome.events:

@@ -9,6 +9,7 @@ from crm_core.deals import model as deals_model
 from crm_core.invoices import model as invoices_model
 from crm_core.jobs import model as jobs_model
 from crm_core.leads import model as leads_model
+from crm_core.recordings import model as recordings_model
 from crm_core.reference import model as reference_model
 from crm_core.tasks import model as tasks_model
 from crm_core.users import model as users_model
@@ -23,6 +24,7 @@ __all__ = [
     "invoices_model",
     "jobs_model",
     "leads_model",
+    "recordings_model",
     "reference_model",
     "tasks_model",
     "users_model",

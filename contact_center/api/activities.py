@@ -14,6 +14,7 @@ from crm_core.activities import service as activities
 from crm_core.activities.events import ActivityRecorded
 from crm_core.activities.schemas import ActivityOut, ActivityPatch, ManualActivityInput, kind_labels
 from crm_core.errors import NotFound
+from crm_core.recordings import service as call_recordings
 
 api = Api()
 TAGS = ["activities"]
@@ -65,7 +66,14 @@ async def list_activities(request: web.Request, query: ActivityQuery) -> dict[st
             limit=query.limit,
             offset=query.offset,
         )
-    return page([ActivityOut.of(a).model_dump(mode="json") for a in rows], total, query)
+        heard = await call_recordings.for_activities(u.session, [a.id for a in rows])
+    items = []
+    for a in rows:
+        item = ActivityOut.of(a).model_dump(mode="json")
+        # A call's recording (the player in the card's timeline), or its state.
+        item["recording"] = call_recordings.describe(heard[a.id]) if a.id in heard else None
+        items.append(item)
+    return page(items, total, query)
 
 
 @api.route(

@@ -76,6 +76,8 @@ class Deal(Base):
         ForeignKey("legal_entities.id", ondelete="SET NULL")
     )
     lost_reason: Mapped[str | None] = mapped_column(String(200))
+    # Exempts the deal's call recordings from retention (a dispute, a court request).
+    legal_hold: Mapped[bool] = mapped_column(default=False)
     # Milestones the customer tracks besides the stage.
     samples_sent_at: Mapped[datetime | None]
     meeting_at: Mapped[datetime | None]

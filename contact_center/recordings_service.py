@@ -1,0 +1,323 @@
+"""Recordings in the running server: the call-end job, the conversion worker step, storage,
+retention, health and metrics.
+
+A finished call with a MixMonitor file gets a ``recordings`` row and a durable
+``recording.process`` job in the same transaction as the call itself, so a crash cannot lose
+it. The job's handler reads the row, ends the transaction (conversion takes seconds and must
+not hold a database connection in a transaction), runs one step of
+:class:`recordings.intake.RecordingProcessor`, and writes the outcome back: ``stored`` with
+its metadata and the link to the call's activity, or a retry due later (a new job), or
+``missing``/``failed``. The spool file is deleted only after the row saying ``stored`` has
+committed. An hourly sweep applies ``recordings.retention_days`` (legal hold exempts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import Counter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contact_center import scheduler
+from contact_center.config import RecordingsSettings
+from contact_center.keys import CLOCK, HEALTH, METRICS, SESSIONS, SETTINGS
+from crm_core.events import DomainEvent
+from crm_core.jobs import service as jobs
+from crm_core.jobs.model import ScheduledJob
+from crm_core.recordings import service as recordings
+from crm_core.recordings.model import Recording, RecordingState
+from recordings.convert import find_ffmpeg
+from recordings.errors import RecordingError
+from recordings.intake import (
+    JobState,
+    RecordingJob,
+    RecordingProcessor,
+    RetryPolicy,
+    recording_basename,
+)
+from recordings.pool import ConverterPool
+from recordings.storage import LocalStorage, S3Storage, Storage
+
+log = logging.getLogger(__name__)
+
+PROCESS_JOB = "recording.process"
+PURGE_EVERY_S = 3600.0  # retention runs hourly (and so within an hour of a file expiring)
+
+
+class RecordingsRuntime:
+    """The storage, converter pool and processor of this instance."""
+
+    def __init__(
+        self, settings: RecordingsSettings, *, storage: Storage, pool: ConverterPool, clock: Any
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.pool = pool
+        self.clock = clock
+        self.spool_dir = Path(settings.spool_dir)
+        self.processor = RecordingProcessor(
+            spool_dir=self.spool_dir,
+            work_dir=Path(settings.work_dir),
+            converter=pool,
+            storage=storage,
+            policy=RetryPolicy(wait_minutes=settings.wait_minutes),
+            # The source is deleted here, after the row saying "stored" has committed.
+            keep_original=True,
+            clock=clock.now,
+        )
+        self.outcomes: Counter | None = None
+
+    def count(self, state: str, n: int = 1) -> None:
+        if self.outcomes is not None:
+            self.outcomes.labels(state).inc(n)
+
+    def provide_status(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {}
+        self.pool.provide_status(doc)
+        entry = doc["recordings_converter"]
+        entry["storage"] = self.settings.storage
+        entry["spool_dir"] = str(self.spool_dir)
+        return entry
+
+
+RECORDINGS = web.AppKey("recordings", RecordingsRuntime)
+
+
+def build_storage(settings: RecordingsSettings) -> Storage:
+    """Local folders by default; an S3-compatible bucket with ``storage: s3``."""
+    if settings.storage == "local":
+        return LocalStorage(Path(settings.storage_dir))
+    s3 = settings.s3
+    if not s3.bucket:
+        raise ValueError("recordings.s3.bucket must be set when recordings.storage is s3")
+    import boto3  # the optional "s3" extra
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3.endpoint_url,
+        region_name=s3.region,
+        aws_access_key_id=s3.access_key_id,
+        aws_secret_access_key=(
+            s3.secret_access_key.get_secret_value() if s3.secret_access_key else None
+        ),
+    )
+    return S3Storage(client, s3.bucket, prefix=s3.prefix)
+
+
+# ---------------------------------------------------------------- the call-end hook
+
+
+async def schedule_for_call(
+    session: AsyncSession,
+    *,
+    pbx: str,
+    call_ref: str,
+    call_pk: int | None,
+    filename: str,
+    ended_at: datetime,
+) -> Recording | None:
+    """Register a finished call's file and schedule its processing, in the caller's
+    transaction. A name that cannot be a recording is logged and skipped."""
+    try:
+        name = recording_basename(filename)
+    except RecordingError as exc:
+        log.warning("recordings: call %s: %s", call_ref, exc.message)
+        return None
+    row, created = await recordings.register(
+        session, pbx=pbx, call_ref=call_ref, call_pk=call_pk, filename=name, ended_at=ended_at
+    )
+    if created:
+        await _schedule_step(session, row, ended_at)
+    return row
+
+
+async def file_arrived(
+    session: AsyncSession,
+    *,
+    pbx: str,
+    call_ref: str,
+    call_pk: int | None,
+    filename: str,
+    now: datetime,
+) -> Recording:
+    """A PBX pushed the file of a call: process it now. A stored recording stays as it is (a
+    retried upload); one given up as missing or failed gets a fresh wait from now."""
+    row, _ = await recordings.register(
+        session, pbx=pbx, call_ref=call_ref, call_pk=call_pk, filename=filename, ended_at=now
+    )
+    if row.call_pk is None:
+        row.call_pk = call_pk
+    if row.state in (RecordingState.MISSING.value, RecordingState.FAILED.value):
+        row.state = RecordingState.PENDING.value
+        row.ended_at = now
+        row.error = None
+    if row.state == RecordingState.PENDING.value:
+        row.next_attempt_at = now
+        await _schedule_step(session, row, now)
+    return row
+
+
+def spool_dir(app: web.Application) -> Path:
+    return Path(app[SETTINGS].recordings.spool_dir)
+
+
+async def _schedule_step(session: AsyncSession, row: Recording, due_at: datetime) -> None:
+    # A key per attempt: rescheduling the running job's own key would drop its result.
+    await jobs.schedule(
+        session,
+        PROCESS_JOB,
+        due_at,
+        {"recording_id": row.id},
+        dedupe_key=f"recording:{row.id}:{row.attempts}",
+    )
+
+
+# ---------------------------------------------------------------- job handlers
+
+
+def _job_of(row: Recording) -> RecordingJob:
+    return RecordingJob(
+        call_id=row.call_ref,
+        filename=row.filename,
+        ended_at=row.ended_at,
+        state=JobState.PENDING,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+    )
+
+
+async def process(
+    runtime: RecordingsRuntime, session: AsyncSession, job: ScheduledJob, now: datetime
+) -> Sequence[DomainEvent]:
+    """One step of a recording's processing (the handler of ``recording.process``)."""
+    recording_id = int(job.payload["recording_id"])
+    row = await session.get(Recording, recording_id)
+    if row is None or row.state != RecordingState.PENDING.value:
+        return []
+    before = _job_of(row)
+    await session.commit()  # no transaction held open across the conversion
+    outcome = await runtime.processor.step(before)
+    row = await session.get(Recording, recording_id, populate_existing=True)
+    if row is None or row.state != RecordingState.PENDING.value:
+        return []  # purged or handled meanwhile; a stored copy is then an orphan at worst
+    after = outcome.job
+    row.attempts = after.attempts
+    row.next_attempt_at = after.next_attempt_at
+    row.error = after.error[:500] if after.error else None
+    if after.state is JobState.STORED and outcome.stored is not None:
+        stored = outcome.stored
+        row.state = RecordingState.STORED.value
+        row.storage_key = stored.key
+        row.format = stored.format
+        row.size = stored.size
+        row.duration_s = stored.duration_s
+        row.sha256 = stored.sha256
+        row.stored_at = stored.created_at
+        row.original_kept = runtime.settings.keep_original
+        await recordings.link_activity(session, row)
+    elif after.state in (JobState.MISSING, JobState.FAILED):
+        row.state = after.state.value
+    else:
+        await _schedule_step(session, row, after.next_attempt_at or now)
+    await session.commit()
+    runtime.count(row.state if row.state != RecordingState.PENDING.value else "retry")
+    if row.state == RecordingState.STORED.value and not runtime.settings.keep_original:
+        source = runtime.spool_dir / (outcome.stored.source_name if outcome.stored else "")
+        await asyncio.to_thread(source.unlink, missing_ok=True)
+    return []
+
+
+async def purge(runtime: RecordingsRuntime, session: AsyncSession, now: datetime) -> int:
+    """Retention: delete expired recordings that are not on legal hold and mark their rows.
+    Idempotent (several instances may run it): deleting a deleted object is no error."""
+    purged = 0
+    for row in await recordings.expired(
+        session, now=now, retention_days=runtime.settings.retention_days
+    ):
+        if row.storage_key:
+            await runtime.storage.delete(row.storage_key)
+        recordings.mark_purged(row, now=now)
+        purged += 1
+    if purged:
+        log.info("recordings: retention purged %d recordings", purged)
+        runtime.count(RecordingState.PURGED.value, purged)
+    return purged
+
+
+async def _purge_loop(app: web.Application) -> None:
+    runtime = app[RECORDINGS]
+    while True:
+        await asyncio.sleep(PURGE_EVERY_S)
+        try:
+            async with app[SESSIONS]() as session:
+                await purge(runtime, session, app[CLOCK].now())
+                await session.commit()
+        except Exception:
+            log.exception("recordings: retention purge failed; retrying in an hour")
+
+
+# ---------------------------------------------------------------- wiring
+
+
+async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
+
+    settings: RecordingsSettings = app[SETTINGS].recordings
+    pool = ConverterPool(
+        workers=settings.workers,
+        format=settings.format,
+        bitrate=settings.bitrate,
+        ffmpeg=find_ffmpeg(settings.ffmpeg),
+        niceness=settings.niceness,
+    )
+    runtime = RecordingsRuntime(
+        settings, storage=build_storage(settings), pool=pool, clock=app[CLOCK]
+    )
+    runtime.outcomes = Counter(
+        "cc_recordings_total",
+        "Recording jobs by outcome (stored, missing, failed, retry, purged)",
+        ["outcome"],
+        registry=app[METRICS],
+    )
+    app[RECORDINGS] = runtime
+    app[HEALTH].add("recordings", runtime.provide_status)
+    purging = asyncio.get_running_loop().create_task(_purge_loop(app))
+    try:
+        yield
+    finally:
+        purging.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await purging
+        app[HEALTH].remove("recordings")
+        await pool.close()
+
+
+def setup(app: web.Application) -> None:
+    """Register the job handlers and the runtime, started before the scheduler so no job runs
+    without it and stopped after it."""
+    if not app[SETTINGS].recordings.enabled:
+        return
+    scheduler.setup(app)
+    handlers = scheduler.job_handlers(app)
+    handlers.register(PROCESS_JOB, _bound(app, process))
+    ctx = list(app.cleanup_ctx)
+    position = next(
+        (i for i, c in enumerate(ctx) if getattr(c, "__name__", "") == "_scheduler_ctx"),
+        len(ctx),
+    )
+    app.cleanup_ctx.insert(position, _runtime_ctx)
+
+
+def _bound(app: web.Application, handler: Any) -> jobs.JobHandler:
+    """``handler`` as a scheduler job handler working with ``app``'s runtime."""
+
+    async def run(session: AsyncSession, job: ScheduledJob, now: datetime) -> Any:
+        return await handler(app[RECORDINGS], session, job, now)
+
+    return run

@@ -1,0 +1,1 @@
+"""Call recordings: metadata, access rules, retention."""

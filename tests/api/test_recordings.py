@@ -1,0 +1,339 @@
+"""Recordings in the server: a finished call's MixMonitor file is found, converted, stored,
+attached and served with Range, access control and audit; pushed uploads; retention and legal
+hold; every failure path. Real audio (the fixture WAV of a real call, tones from pydub), real
+ffmpeg, both databases."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from sqlalchemy import func, select, update
+
+from contact_center import crm_hooks, recordings_service
+from contact_center.app import create_app
+from contact_center.keys import CLOCK, SESSIONS
+from contact_center.scheduler import SCHEDULER
+from crm_core.activities.model import Activity
+from crm_core.audit.model import AuditEntry
+from crm_core.calls.service import CallFacts
+from crm_core.clients.model import Contact, Phone
+from crm_core.phones import digits_reversed
+from crm_core.recordings.model import Recording
+from crm_core.rules import CrmRules
+from crm_core.users import service as users
+from crm_core.users.model import User
+from tests.helpers import until
+from tests.recordings import FIXTURE_CALL_ID, FIXTURE_WAV, write_wav
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ami"
+RECORD = json.loads((FIXTURES / "c_inbound_short_answered.expected.jsonl").read_text())
+CALLER = RECORD["caller"]
+
+
+@pytest.fixture
+async def app_client(
+    make_settings: Any, database_url: str, tmp_path: Path, aiohttp_client_factory: Any
+) -> Any:
+    settings = make_settings(
+        CC_DATABASE_URL=database_url,
+        CC_RECORDINGS_SPOOL_DIR=str(tmp_path / "spool"),
+        CC_RECORDINGS_WORK_DIR=str(tmp_path / "work"),
+        CC_RECORDINGS_UPLOAD_TOKENS='{"main": "pbx-secret-token"}',
+        CC_RECORDINGS_WORKERS="1",
+    )
+    (tmp_path / "spool").mkdir()
+    client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+    async with client.app[SESSIONS]() as s:
+        for login, role, ext in (
+            ("ivan", "manager", "101"),
+            ("anna", "manager", "102"),
+            ("petr", "manager", "103"),
+            ("boss", "head", None),
+        ):
+            await users.create_user(
+                s,
+                login=login,
+                role=role,
+                password="password1",
+                extensions=[ext] if ext else [],
+                scrypt_n=1024,
+            )
+        await s.commit()
+    client.spool = tmp_path / "spool"
+    client.store = tmp_path / "recordings"
+    return client
+
+
+async def _auth(client: Any, login: str) -> dict[str, str]:
+    resp = await client.post("/api/v1/auth/token", json={"login": login, "password": "password1"})
+    return {"Authorization": f"Bearer {(await resp.json())['token']}"}
+
+
+async def _finish_call(client: Any, record: dict[str, Any] = RECORD) -> None:
+    """The call ends the way the telephony service stores it (call, activity, recording job)."""
+    async with client.app[SESSIONS]() as s:
+        await crm_hooks.record_finished_call(
+            s,
+            CallFacts.from_record("main", record),
+            rules=CrmRules(),
+            now=client.app[CLOCK].now(),
+            callback_due_minutes=30,
+            recordings=True,
+        )
+        await s.commit()
+
+
+async def _row(client: Any, call_ref: str = FIXTURE_CALL_ID) -> Recording:
+    async with client.app[SESSIONS]() as s:
+        row = await s.scalar(select(Recording).where(Recording.call_ref == call_ref))
+        assert row is not None
+        return row
+
+
+async def _settle(client: Any, call_ref: str, *states: str) -> Recording:
+    """Run the scheduler until the call's recording reaches one of ``states``."""
+
+    async def reached() -> bool:
+        await client.app[SCHEDULER].run_once()
+        return (await _row(client, call_ref)).state in states
+
+    await until(reached, timeout=60)
+    return await _row(client, call_ref)
+
+
+async def _stored(client: Any) -> Recording:
+    shutil.copy(FIXTURE_WAV, client.spool / FIXTURE_WAV.name)
+    await _finish_call(client)
+    return await _settle(client, FIXTURE_CALL_ID, "stored")
+
+
+async def test_a_finished_call_is_stored_attached_and_streamed_with_ranges(app_client: Any) -> None:
+    client = app_client
+    row = await _stored(client)
+    assert row.format == "mp3" and row.size and row.sha256
+    assert row.duration_s == pytest.approx(RECORD["talk_seconds"], abs=1.5)
+    assert not (client.spool / FIXTURE_WAV.name).exists()  # deleted after the verified copy
+    stored_files = [p for p in client.store.rglob("*.mp3")]
+    assert len(stored_files) == 1 and FIXTURE_CALL_ID not in str(stored_files[0])
+    async with client.app[SESSIONS]() as s:
+        activity = await s.get(Activity, row.activity_id)
+        assert activity is not None and activity.external_id == f"call:main:{FIXTURE_CALL_ID}"
+        assert activity.lead_id is not None  # an unknown caller became a lead
+
+    ivan = await _auth(client, "ivan")  # extension 101 answered the call
+    listing = await (
+        await client.get(f"/api/v1/recordings?call_id={FIXTURE_CALL_ID}", headers=ivan)
+    ).json()
+    assert [r["id"] for r in listing] == [row.id] and listing[0]["state"] == "stored"
+    # The card's timeline and the next pop-up for this caller carry the player's source.
+    timeline = await (
+        await client.get(f"/api/v1/activities?lead_id={activity.lead_id}", headers=ivan)
+    ).json()
+    [item] = timeline["items"]
+    assert item["recording"]["id"] == row.id and item["recording"]["url"] == listing[0]["url"]
+    async with client.app[SESSIONS]() as s:
+        card = await crm_hooks.card_summary_for_number(s, CALLER, rules=CrmRules())
+    assert card is not None and card["activities"][0]["recording"]["id"] == row.id
+
+    url = listing[0]["url"]
+    whole = await client.get(url, headers=ivan)
+    assert whole.status == 200
+    assert whole.headers["Content-Type"] == "audio/mpeg"
+    assert whole.headers["Accept-Ranges"] == "bytes"
+    body = await whole.read()
+    assert len(body) == row.size and body == stored_files[0].read_bytes()
+
+    first = await client.get(url, headers={**ivan, "Range": "bytes=0-99"})
+    assert first.status == 206 and await first.read() == body[:100]
+    assert first.headers["Content-Range"] == f"bytes 0-99/{row.size}"
+    middle = await client.get(url, headers={**ivan, "Range": "bytes=1000-1999"})
+    assert middle.status == 206 and await middle.read() == body[1000:2000]
+    suffix = await client.get(url, headers={**ivan, "Range": "bytes=-500"})
+    assert suffix.status == 206 and await suffix.read() == body[-500:]
+    open_end = await client.get(url, headers={**ivan, "Range": f"bytes={row.size - 10}-"})
+    assert await open_end.read() == body[-10:]
+    outside = await client.get(url, headers={**ivan, "Range": f"bytes={row.size}-"})
+    assert outside.status == 416 and outside.headers["Content-Range"] == f"bytes */{row.size}"
+
+    async with client.app[SESSIONS]() as s:
+        audits = (
+            await s.scalars(select(AuditEntry).where(AuditEntry.action == "recording.listen"))
+        ).all()
+    assert len(audits) == 5  # every access that was served, none for the 416
+    assert {a.object_id for a in audits} == {str(row.id)}
+    assert [a.details["range"] for a in audits][:2] == [None, [0, 99]]
+
+
+async def test_who_may_listen(app_client: Any) -> None:
+    client = app_client
+    async with client.app[SESSIONS]() as s:
+        anna = await s.scalar(select(User).where(User.login == "anna"))
+        assert anna is not None
+        contact = Contact(name="Клиент Анны", responsible_id=anna.id)
+        s.add(contact)
+        await s.flush()
+        s.add(Phone(contact_id=contact.id, e164=CALLER, digits_rev=digits_reversed(CALLER)))
+        await s.commit()
+    row = await _stored(client)
+    url = f"/api/v1/recordings/{row.id}"
+    expected = {"ivan": 200, "anna": 200, "petr": 404, "boss": 200}  # took it, owns the client
+    got = {
+        login: (await client.get(url, headers=await _auth(client, login))).status
+        for login in expected
+    }
+    assert got == expected
+    assert (await client.get(url)).status == 401
+    petr = await _auth(client, "petr")
+    assert (
+        await (
+            await client.get(f"/api/v1/recordings?call_id={FIXTURE_CALL_ID}", headers=petr)
+        ).json()
+        == []
+    )
+    assert (await client.get("/api/v1/recordings/999999", headers=petr)).status == 404
+    assert (await client.get("/api/v1/recordings/..%2Fetc", headers=petr)).status == 404
+
+
+async def test_retention_purges_except_under_legal_hold(app_client: Any) -> None:
+    client = app_client
+    async with client.app[SESSIONS]() as s:
+        contact = Contact(name="Спорный клиент")
+        s.add(contact)
+        await s.flush()
+        s.add(Phone(contact_id=contact.id, e164=CALLER, digits_rev=digits_reversed(CALLER)))
+        await s.commit()
+        contact_id = contact.id
+    row = await _stored(client)
+    runtime = client.app[recordings_service.RECORDINGS]
+    now = client.app[CLOCK].now()
+    async with client.app[SESSIONS]() as s:
+        await s.execute(
+            update(Recording)
+            .values(stored_at=now - timedelta(days=400))
+            .where(Recording.id == row.id)
+        )
+        await s.commit()
+    boss = await _auth(client, "boss")
+    hold = {"object_type": "contact", "id": contact_id, "hold": True}
+    assert (await client.post("/api/v1/legal-holds", json=hold, headers=boss)).status == 200
+    ivan = await _auth(client, "ivan")
+    assert (await client.post("/api/v1/legal-holds", json=hold, headers=ivan)).status == 403
+
+    async def purge() -> None:
+        async with client.app[SESSIONS]() as s:
+            await recordings_service.purge(runtime, s, client.app[CLOCK].now())
+            await s.commit()
+
+    await purge()
+    assert (await _row(client)).state == "stored"
+    assert len(list(client.store.rglob("*.mp3"))) == 1
+
+    assert (
+        await client.post("/api/v1/legal-holds", json={**hold, "hold": False}, headers=boss)
+    ).status == 200
+    await purge()
+    purged = await _row(client)
+    assert purged.state == "purged" and purged.purged_at is not None and purged.storage_key is None
+    assert list(client.store.rglob("*.mp3")) == []
+    assert (await client.get(f"/api/v1/recordings/{row.id}", headers=boss)).status == 409
+    async with client.app[SESSIONS]() as s:
+        actions = set(await s.scalars(select(AuditEntry.action)))
+    assert {"legal_hold.set", "legal_hold.release"} <= actions
+
+
+async def test_missing_corrupt_and_unavailable_storage(app_client: Any, tmp_path: Path) -> None:
+    client = app_client
+    # No file ever came (the call ended longer ago than recordings.wait_minutes): missing.
+    await _finish_call(client)
+    missing = await _settle(client, FIXTURE_CALL_ID, "missing", "stored", "failed")
+    assert missing.state == "missing" and "no " in (missing.error or "")
+    metrics = await (await client.get("/metrics")).text()
+    assert 'cc_recordings_total{outcome="missing"} 1.0' in metrics
+
+    # Corrupt audio: failed, the original kept for a person to look at.
+    bad = dict(RECORD, call_id="1795722999.1", recording="20261126-bad-1795722999.1.wav")
+    (client.spool / bad["recording"]).write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk" * 20)
+    await _finish_call(client, bad)
+    failed = await _settle(client, bad["call_id"], "failed", "stored", "missing")
+    assert failed.state == "failed" and failed.error
+    assert (client.spool / bad["recording"]).exists()
+
+
+async def test_storage_down_keeps_the_original_and_retries(
+    make_settings: Any, database_url: str, tmp_path: Path, aiohttp_client_factory: Any
+) -> None:
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the storage folder should be")
+    settings = make_settings(
+        CC_DATABASE_URL=database_url,
+        CC_RECORDINGS_SPOOL_DIR=str(tmp_path / "spool"),
+        CC_RECORDINGS_WORK_DIR=str(tmp_path / "work"),
+        CC_RECORDINGS_STORAGE_DIR=str(blocked),
+        CC_RECORDINGS_WORKERS="1",
+    )
+    (tmp_path / "spool").mkdir()
+    client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+    client.spool = tmp_path / "spool"
+    shutil.copy(FIXTURE_WAV, client.spool / FIXTURE_WAV.name)
+    await _finish_call(client)
+    await client.app[SCHEDULER].run_once()
+    row = await _row(client)
+    assert row.state == "pending" and row.error and row.next_attempt_at is not None
+    assert (client.spool / FIXTURE_WAV.name).exists()
+    async with client.app[SESSIONS]() as s:
+        from crm_core.jobs.model import ScheduledJob
+
+        live = await s.scalar(
+            select(func.count(ScheduledJob.id)).where(
+                ScheduledJob.kind == "recording.process", ScheduledJob.status == "pending"
+            )
+        )
+    assert live == 1  # the retry is scheduled, durable
+
+
+async def test_a_pbx_pushes_its_file(app_client: Any, tmp_path: Path) -> None:
+    client = app_client
+    await _finish_call(client)  # the call is known; its file is not in the spool
+    wav = write_wav(tmp_path / "push" / FIXTURE_WAV.name, 3.0)
+
+    def form() -> aiohttp.FormData:
+        data = aiohttp.FormData()
+        data.add_field("call_id", FIXTURE_CALL_ID)
+        data.add_field("file", wav.read_bytes(), filename=wav.name, content_type="audio/wav")
+        return data
+
+    token = {"X-PBX-Token": "pbx-secret-token"}
+    assert (await client.post("/api/v1/recordings", data=form())).status == 401
+    wrong = {"X-PBX-Token": "nope"}
+    assert (await client.post("/api/v1/recordings", data=form(), headers=wrong)).status == 401
+    first = await client.post("/api/v1/recordings", data=form(), headers=token)
+    assert first.status == 202
+    doc = await first.json()
+    again = await (await client.post("/api/v1/recordings", data=form(), headers=token)).json()
+    assert again["recording_id"] == doc["recording_id"] and again["sha256"] == doc["sha256"]
+    row = await _settle(client, FIXTURE_CALL_ID, "stored")
+    assert row.duration_s == pytest.approx(3.0, abs=0.5)
+
+    other = aiohttp.FormData()
+    other.add_field("call_id", FIXTURE_CALL_ID)
+    other.add_field("file", b"x", filename="../../etc/passwd")
+    bad = await client.post("/api/v1/recordings", data=other, headers=token)
+    assert bad.status == 422 and "etc" not in {p.name for p in client.spool.iterdir()}
+
+
+async def test_health_says_when_ffmpeg_is_missing(
+    make_settings: Any, database_url: str, aiohttp_client_factory: Any
+) -> None:
+    settings = make_settings(
+        CC_DATABASE_URL=database_url, CC_RECORDINGS_FFMPEG="/nonexistent/ffmpeg"
+    )
+    client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+    doc = await (await client.get("/healthz")).json()
+    assert doc["recordings"]["status"] == "degraded"
+    assert doc["recordings"]["format"] == "wav" and "ffmpeg" in doc["recordings"]["detail"]
