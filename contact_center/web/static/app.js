@@ -18,7 +18,7 @@
       else node[k] = v;
     }
     for (const child of children) {
-      if (child === null || child === undefined) continue;
+      if (child === null || child === undefined || child === false) continue;
       node.append(child instanceof Node ? child : document.createTextNode(String(child)));
     }
     return node;
@@ -170,6 +170,6 @@
       setTimeout(connect, delay); delay = Math.min(delay * 2, 30000);
     };
   }
-  window.CC = { onMessage };
+  window.CC = { onMessage, el };
   connect();
 })();

@@ -1,5 +1,5 @@
 // Client card: a contact, company or lead with its deals, open tasks and timeline, read from
-// the REST API with the session cookie. No dependencies; app.js (pop-ups) runs beside it.
+// the REST API with the session cookie. No dependencies beyond app.js (pop-ups, toasts, el()).
 (function () {
   "use strict";
   const T = window.CC_I18N || {};
@@ -9,19 +9,7 @@
   const root = document.getElementById("card");
   if (!root) return;
 
-  function el(tag, attrs, ...children) {
-    const node = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (k === "class") node.className = v;
-      else if (k.startsWith("data-")) node.setAttribute(k, v);
-      else node[k] = v;
-    }
-    for (const child of children) {
-      if (child === null || child === undefined || child === false) continue;
-      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-    }
-    return node;
-  }
+  const el = window.CC.el; // app.js, loaded first
 
   const nameOf = (table, id) => (id === null || id === undefined ? null : (NAMES[table] || {})[id] || "#" + id);
   const yesNo = (v) => (v === true ? t("card.yes") : v === false ? t("card.no") : null);
