@@ -8,26 +8,28 @@ not hold a database connection in a transaction), runs one step of
 :class:`recordings.intake.RecordingProcessor`, and writes the outcome back: ``stored`` with
 its metadata and the link to the call's activity, or a retry due later (a new job), or
 ``missing``/``failed``. The spool file is deleted only after the row saying ``stored`` has
-committed. An hourly sweep applies ``recordings.retention_days`` (legal hold exempts).
+committed. A daily ``recording.purge`` job applies ``recordings.retention_days`` (legal hold
+exempts); it is a durable job like the others, so it runs once a day across all instances. The
+first stored recording starts the daily chain (each run schedules the next day's), and every
+stored recording schedules the next day's run again, so a run lost for good heals itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contact_center import scheduler
 from contact_center.config import RecordingsSettings
-from contact_center.keys import CLOCK, HEALTH, METRICS, SESSIONS, SETTINGS
+from contact_center.keys import CLOCK, HEALTH, METRICS, SETTINGS
 from crm_core.events import DomainEvent
 from crm_core.jobs import service as jobs
 from crm_core.jobs.model import ScheduledJob
@@ -48,7 +50,7 @@ from recordings.storage import LocalStorage, S3Storage, Storage
 log = logging.getLogger(__name__)
 
 PROCESS_JOB = "recording.process"
-PURGE_EVERY_S = 3600.0  # retention runs hourly (and so within an hour of a file expiring)
+PURGE_JOB = "recording.purge"
 
 
 class RecordingsRuntime:
@@ -222,6 +224,8 @@ async def process(
         row.stored_at = stored.created_at
         row.original_kept = runtime.settings.keep_original
         await recordings.link_activity(session, row)
+        if runtime.settings.retention_days > 0:
+            await schedule_purge(session, now.date() + timedelta(days=1))
     elif after.state in (JobState.MISSING, JobState.FAILED):
         row.state = after.state.value
     else:
@@ -235,32 +239,45 @@ async def process(
 
 
 async def purge(runtime: RecordingsRuntime, session: AsyncSession, now: datetime) -> int:
-    """Retention: delete expired recordings that are not on legal hold and mark their rows.
-    Idempotent (several instances may run it): deleting a deleted object is no error."""
+    """Retention: delete expired recordings that are not on legal hold and mark their rows,
+    batch after batch until none is left. Idempotent: deleting a deleted object is no error, so
+    a run that fails midway (its marks rolled back) is simply repeated."""
     purged = 0
-    for row in await recordings.expired(
+    while batch := await recordings.expired(
         session, now=now, retention_days=runtime.settings.retention_days
     ):
-        if row.storage_key:
-            await runtime.storage.delete(row.storage_key)
-        recordings.mark_purged(row, now=now)
-        purged += 1
+        for row in batch:
+            if row.storage_key:
+                await runtime.storage.delete(row.storage_key)
+            recordings.mark_purged(row, now=now)
+        purged += len(batch)
+        await session.flush()
     if purged:
         log.info("recordings: retention purged %d recordings", purged)
         runtime.count(RecordingState.PURGED.value, purged)
     return purged
 
 
-async def _purge_loop(app: web.Application) -> None:
-    runtime = app[RECORDINGS]
-    while True:
-        await asyncio.sleep(PURGE_EVERY_S)
-        try:
-            async with app[SESSIONS]() as session:
-                await purge(runtime, session, app[CLOCK].now())
-                await session.commit()
-        except Exception:
-            log.exception("recordings: retention purge failed; retrying in an hour")
+async def schedule_purge(session: AsyncSession, day: date) -> None:
+    """The retention run of ``day``, due at its start (UTC). One key per day, so scheduling it
+    again (another recording stored, another instance) makes no second run."""
+    start = datetime.combine(day, time.min, tzinfo=UTC)
+    await jobs.schedule(
+        session, PURGE_JOB, start, {"day": day.isoformat()}, f"{PURGE_JOB}:{day.isoformat()}"
+    )
+
+
+async def run_purge(
+    runtime: RecordingsRuntime, session: AsyncSession, job: ScheduledJob, now: datetime
+) -> Sequence[DomainEvent]:
+    """The handler of ``recording.purge``: today's retention, then tomorrow's run scheduled in
+    the same transaction (a failed run is retried by the scheduler with backoff)."""
+    await purge(runtime, session, now)
+    # The day after this run's own day (never this job's own key: rescheduling a running job
+    # would drop its result).
+    day = date.fromisoformat(job.payload["day"])
+    await schedule_purge(session, max(day, now.date()) + timedelta(days=1))
+    return []
 
 
 # ---------------------------------------------------------------- wiring
@@ -285,15 +302,16 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         ["outcome"],
         registry=app[METRICS],
     )
+    Gauge(
+        "cc_recordings_converter_available",
+        "1 when ffmpeg is there to convert recordings; 0 when they are kept as WAV",
+        registry=app[METRICS],
+    ).set(1 if pool.converter_available else 0)
     app[RECORDINGS] = runtime
     app[HEALTH].add("recordings", runtime.provide_status)
-    purging = asyncio.get_running_loop().create_task(_purge_loop(app))
     try:
         yield
     finally:
-        purging.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await purging
         app[HEALTH].remove("recordings")
         await pool.close()
 
@@ -306,6 +324,7 @@ def setup(app: web.Application) -> None:
     scheduler.setup(app)
     handlers = scheduler.job_handlers(app)
     handlers.register(PROCESS_JOB, _bound(app, process))
+    handlers.register(PURGE_JOB, _bound(app, run_purge))
     ctx = list(app.cleanup_ctx)
     position = next(
         (i for i, c in enumerate(ctx) if getattr(c, "__name__", "") == "_scheduler_ctx"),

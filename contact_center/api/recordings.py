@@ -18,7 +18,13 @@ from crm_core.audit.model import AuditEntry
 from crm_core.calls import service as calls
 from crm_core.clients.model import Company, Contact
 from crm_core.deals.model import Deal
-from crm_core.errors import Conflict, InvalidInput, NotAuthenticated, NotFound
+from crm_core.errors import (
+    Conflict,
+    InvalidInput,
+    NotAuthenticated,
+    NotFound,
+    PermissionDenied,
+)
 from crm_core.recordings import service as recordings
 from crm_core.recordings.model import Recording, RecordingState
 from recordings.intake import receive_upload
@@ -86,14 +92,11 @@ async def list_recordings(request: web.Request, query: RecordingQuery) -> list[d
         stmt = select(Recording).where(Recording.call_ref == query.call_id)
         if query.pbx:
             stmt = stmt.where(Recording.pbx == query.pbx)
-        out = []
-        for row in await w.session.scalars(stmt.order_by(Recording.id)):
-            try:
-                await recordings.get_for_listening(w.session, row.id, user)
-            except NotFound:
-                continue
-            out.append(recordings.describe(row))
-        return out
+        return [
+            recordings.describe(row)
+            for row in await w.session.scalars(stmt.order_by(Recording.id))
+            if await recordings.may_listen(w.session, row, user)
+        ]
 
 
 @api.route(
@@ -101,13 +104,26 @@ async def list_recordings(request: web.Request, query: RecordingQuery) -> list[d
     "/recordings/{recording_id}",
     summary="Listen: the audio, with HTTP Range (206) for seeking; every access is audited",
     tags=TAGS,
-    errors={404: "no such recording, or not one you may hear", 409: "not stored (yet)"},
+    errors={
+        403: "a recording of another manager's call or client",
+        404: "no such recording",
+        409: "not stored (yet)",
+        416: "the Range lies outside the recording",
+    },
 )
 async def stream_recording(request: web.Request) -> web.StreamResponse:
     user = actor(request)
     runtime = request.app[recordings_service.RECORDINGS]
+    recording_id = _recording_id(request)
     async with uow(request) as w:
-        row = await recordings.get_for_listening(w.session, _recording_id(request), user)
+        try:
+            row = await recordings.get_for_listening(w.session, recording_id, user)
+        except PermissionDenied:
+            recordings.audit_listen(
+                w.session, recording_id, user, at=clock(request).now(), detail={}, allowed=False
+            )
+            await w.commit()
+            raise
         if row.state != RecordingState.STORED.value or not row.storage_key:
             raise Conflict(
                 f"recording {row.id} is {row.state}", details={"id": row.id, "state": row.state}
@@ -124,7 +140,7 @@ async def stream_recording(request: web.Request) -> web.StreamResponse:
         start, stop = wanted or (0, size)
         recordings.audit_listen(
             w.session,
-            row,
+            row.id,
             user,
             at=clock(request).now(),
             detail={"range": [start, stop - 1] if wanted else None, "size": size},

@@ -16,7 +16,7 @@ from crm_core.audit.model import AuditEntry
 from crm_core.calls.model import Call
 from crm_core.clients.model import Company, Contact
 from crm_core.deals.model import Deal
-from crm_core.errors import NotFound
+from crm_core.errors import NotFound, PermissionDenied
 from crm_core.leads.model import Lead
 from crm_core.recordings.model import Recording, RecordingState
 
@@ -97,26 +97,43 @@ async def _owners(session: AsyncSession, row: Recording) -> set[int]:
     return {o for o in owners if o is not None}
 
 
+async def may_listen(session: AsyncSession, row: Recording, actor: Actor) -> bool:
+    """Heads and admins hear every recording, a manager his own calls and his own clients'
+    calls."""
+    return is_privileged(actor) or actor.id in await _owners(session, row)
+
+
 async def get_for_listening(session: AsyncSession, recording_id: int, actor: Actor) -> Recording:
-    """The recording ``actor`` may hear: heads and admins all, a manager his own calls and
-    his own clients' calls. Anything else is reported as missing, so ids do not leak."""
+    """The recording ``actor`` may hear; PermissionDenied for one of somebody else's calls."""
     row = await session.get(Recording, recording_id)
-    if row is None or not (is_privileged(actor) or actor.id in await _owners(session, row)):
+    if row is None:
         raise NotFound(f"no recording {recording_id}", details={"recording_id": recording_id})
+    if not await may_listen(session, row, actor):
+        raise PermissionDenied(
+            f"recording {recording_id} is of another manager's call or client",
+            details={"recording_id": recording_id},
+        )
     return row
 
 
 def audit_listen(
-    session: AsyncSession, row: Recording, actor: Actor, *, at: datetime, detail: dict[str, Any]
+    session: AsyncSession,
+    recording_id: int,
+    actor: Actor,
+    *,
+    at: datetime,
+    detail: dict[str, Any],
+    allowed: bool = True,
 ) -> None:
-    """One audit row per access: who, which recording, when, what part."""
+    """One audit row per access: who, which recording, when, what part; a refused attempt is
+    written too (``recording.denied``), so probing other managers' recordings shows."""
     session.add(
         AuditEntry(
             at=at,
             user_id=actor.id,
-            action="recording.listen",
+            action="recording.listen" if allowed else "recording.denied",
             object_type="recording",
-            object_id=str(row.id),
+            object_id=str(recording_id),
             details=detail,
         )
     )

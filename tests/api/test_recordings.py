@@ -15,14 +15,19 @@ import aiohttp
 import pytest
 from sqlalchemy import func, select, update
 
+from ami.simulator import SimulatedPbx
 from contact_center import crm_hooks, recordings_service
 from contact_center.app import create_app
 from contact_center.keys import CLOCK, SESSIONS
+from contact_center.pbx import LINKS
 from contact_center.scheduler import SCHEDULER
 from crm_core.activities.model import Activity
 from crm_core.audit.model import AuditEntry
 from crm_core.calls.service import CallFacts
 from crm_core.clients.model import Contact, Phone
+from crm_core.deals.model import Deal, Pipeline, PipelineStage
+from crm_core.jobs import service as jobs
+from crm_core.jobs.model import ScheduledJob
 from crm_core.phones import digits_reversed
 from crm_core.recordings.model import Recording
 from crm_core.rules import CrmRules
@@ -70,6 +75,13 @@ async def app_client(
     return client
 
 
+async def _user_id(client: Any, login: str) -> int:
+    async with client.app[SESSIONS]() as s:
+        user_id = await s.scalar(select(User.id).where(User.login == login))
+        assert user_id is not None
+        return user_id
+
+
 async def _auth(client: Any, login: str) -> dict[str, str]:
     resp = await client.post("/api/v1/auth/token", json={"login": login, "password": "password1"})
     return {"Authorization": f"Bearer {(await resp.json())['token']}"}
@@ -89,19 +101,24 @@ async def _finish_call(client: Any, record: dict[str, Any] = RECORD) -> None:
         await s.commit()
 
 
-async def _row(client: Any, call_ref: str = FIXTURE_CALL_ID) -> Recording:
+async def _find(client: Any, call_ref: str) -> Recording | None:
     async with client.app[SESSIONS]() as s:
-        row = await s.scalar(select(Recording).where(Recording.call_ref == call_ref))
-        assert row is not None
-        return row
+        return await s.scalar(select(Recording).where(Recording.call_ref == call_ref))
+
+
+async def _row(client: Any, call_ref: str = FIXTURE_CALL_ID) -> Recording:
+    row = await _find(client, call_ref)
+    assert row is not None
+    return row
 
 
 async def _settle(client: Any, call_ref: str, *states: str) -> Recording:
-    """Run the scheduler until the call's recording reaches one of ``states``."""
+    """Run the scheduler until the call's recording exists and reaches one of ``states``."""
 
     async def reached() -> bool:
         await client.app[SCHEDULER].run_once()
-        return (await _row(client, call_ref)).state in states
+        row = await _find(client, call_ref)
+        return row is not None and row.state in states
 
     await until(reached, timeout=60)
     return await _row(client, call_ref)
@@ -166,6 +183,7 @@ async def test_a_finished_call_is_stored_attached_and_streamed_with_ranges(app_c
             await s.scalars(select(AuditEntry).where(AuditEntry.action == "recording.listen"))
         ).all()
     assert len(audits) == 5  # every access that was served, none for the 416
+    assert {a.user_id for a in audits} == {await _user_id(client, "ivan")}
     assert {a.object_id for a in audits} == {str(row.id)}
     assert [a.details["range"] for a in audits][:2] == [None, [0, 99]]
 
@@ -182,7 +200,7 @@ async def test_who_may_listen(app_client: Any) -> None:
         await s.commit()
     row = await _stored(client)
     url = f"/api/v1/recordings/{row.id}"
-    expected = {"ivan": 200, "anna": 200, "petr": 404, "boss": 200}  # took it, owns the client
+    expected = {"ivan": 200, "anna": 200, "petr": 403, "boss": 200}  # took it, owns the client
     got = {
         login: (await client.get(url, headers=await _auth(client, login))).status
         for login in expected
@@ -196,6 +214,13 @@ async def test_who_may_listen(app_client: Any) -> None:
         ).json()
         == []
     )
+    async with client.app[SESSIONS]() as s:
+        denied = (
+            await s.scalars(select(AuditEntry).where(AuditEntry.action == "recording.denied"))
+        ).all()
+    assert [(a.user_id, a.object_id) for a in denied] == [
+        (await _user_id(client, "petr"), str(row.id))
+    ]
     assert (await client.get("/api/v1/recordings/999999", headers=petr)).status == 404
     assert (await client.get("/api/v1/recordings/..%2Fetc", headers=petr)).status == 404
 
@@ -253,6 +278,12 @@ async def test_missing_corrupt_and_unavailable_storage(app_client: Any, tmp_path
     await _finish_call(client)
     missing = await _settle(client, FIXTURE_CALL_ID, "missing", "stored", "failed")
     assert missing.state == "missing" and "no " in (missing.error or "")
+    boss = await _auth(client, "boss")
+    [listed] = await (
+        await client.get(f"/api/v1/recordings?call_id={FIXTURE_CALL_ID}", headers=boss)
+    ).json()
+    assert listed["state"] == "missing" and listed["url"] is None and listed["error"]
+    assert (await client.get(f"/api/v1/recordings/{missing.id}", headers=boss)).status == 409
     metrics = await (await client.get("/metrics")).text()
     assert 'cc_recordings_total{outcome="missing"} 1.0' in metrics
 
@@ -287,8 +318,6 @@ async def test_storage_down_keeps_the_original_and_retries(
     assert row.state == "pending" and row.error and row.next_attempt_at is not None
     assert (client.spool / FIXTURE_WAV.name).exists()
     async with client.app[SESSIONS]() as s:
-        from crm_core.jobs.model import ScheduledJob
-
         live = await s.scalar(
             select(func.count(ScheduledJob.id)).where(
                 ScheduledJob.kind == "recording.process", ScheduledJob.status == "pending"
@@ -337,3 +366,184 @@ async def test_health_says_when_ffmpeg_is_missing(
     doc = await (await client.get("/healthz")).json()
     assert doc["recordings"]["status"] == "degraded"
     assert doc["recordings"]["format"] == "wav" and "ffmpeg" in doc["recordings"]["detail"]
+    metrics = await (await client.get("/metrics")).text()
+    assert "cc_recordings_converter_available 0.0" in metrics
+
+
+async def test_a_late_file_is_looked_for_again_with_backoff(app_client: Any) -> None:
+    client = app_client
+    now = client.app[CLOCK].now()
+    await _finish_call(client, dict(RECORD, ended_at=now.isoformat()))
+    await client.app[SCHEDULER].run_once()
+    first = await _row(client)
+    assert first.state == "pending" and first.attempts == 1 and first.next_attempt_at is not None
+    assert first.next_attempt_at > now  # looked for again later, not at once
+    # The file turns up; the retry (made due, as if its backoff had passed) stores it.
+    shutil.copy(FIXTURE_WAV, client.spool / FIXTURE_WAV.name)
+    async with client.app[SESSIONS]() as s:
+        await s.execute(
+            update(ScheduledJob)
+            .values(due_at=now)
+            .where(ScheduledJob.kind == "recording.process", ScheduledJob.status == "pending")
+        )
+        await s.commit()
+    stored = await _settle(client, FIXTURE_CALL_ID, "stored", "missing", "failed")
+    assert stored.state == "stored" and stored.attempts == 2 and stored.error is None
+
+
+async def test_legal_hold_on_a_deal_keeps_its_recordings(app_client: Any) -> None:
+    client = app_client
+    row = await _stored(client)
+    async with client.app[SESSIONS]() as s:
+        pipeline = Pipeline(code="rec-hold", name="Воронка")
+        s.add(pipeline)
+        await s.flush()
+        stage = PipelineStage(pipeline_id=pipeline.id, code="new", name_ru="Новая", name_en="New")
+        s.add(stage)
+        await s.flush()
+        deal = Deal(title="Спорная поставка", pipeline_id=pipeline.id, stage_id=stage.id)
+        s.add(deal)
+        await s.flush()
+        await s.execute(
+            update(Activity).values(deal_id=deal.id).where(Activity.id == row.activity_id)
+        )
+        await s.execute(
+            update(Recording)
+            .values(stored_at=client.app[CLOCK].now() - timedelta(days=400))
+            .where(Recording.id == row.id)
+        )
+        await s.commit()
+        deal_id = deal.id
+    boss = await _auth(client, "boss")
+    hold = {"object_type": "deal", "id": deal_id, "hold": True}
+    assert (await client.post("/api/v1/legal-holds", json=hold, headers=boss)).status == 200
+
+    async def purge_job_runs() -> str:
+        """The pending daily retention job (the stored recording started the chain), run now;
+        it schedules the next day's."""
+        async with client.app[SESSIONS]() as s:
+            [job] = (await s.scalars(select(ScheduledJob).where(*purge_pending))).all()
+            key = job.dedupe_key
+            await jobs.schedule(s, job.kind, client.app[CLOCK].now(), job.payload, key)
+            await s.commit()
+        await client.app[SCHEDULER].run_once()
+        async with client.app[SESSIONS]() as s:
+            assert (await jobs.find(s, key or "")).status == "done"
+            [following] = (await s.scalars(select(ScheduledJob).where(*purge_pending))).all()
+            assert (following.dedupe_key or "") > (key or "")
+        return (await _row(client)).state
+
+    purge_pending = (ScheduledJob.kind == "recording.purge", ScheduledJob.status == "pending")
+    assert await purge_job_runs() == "stored"
+    assert (
+        await client.post("/api/v1/legal-holds", json={**hold, "hold": False}, headers=boss)
+    ).status == 200
+    assert await purge_job_runs() == "purged"
+    assert list(client.store.rglob("*.mp3")) == []
+
+
+async def test_without_ffmpeg_the_wav_is_kept_and_said_once(
+    make_settings: Any,
+    database_url: str,
+    tmp_path: Path,
+    aiohttp_client_factory: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = make_settings(
+        CC_DATABASE_URL=database_url,
+        CC_RECORDINGS_SPOOL_DIR=str(tmp_path / "spool"),
+        CC_RECORDINGS_WORK_DIR=str(tmp_path / "work"),
+        CC_RECORDINGS_STORAGE_DIR=str(tmp_path / "recordings"),
+        CC_RECORDINGS_FFMPEG="/nonexistent/ffmpeg",
+        CC_RECORDINGS_WORKERS="1",
+    )
+    (tmp_path / "spool").mkdir()
+    client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+    client.spool = tmp_path / "spool"
+    second = dict(RECORD, call_id="1795722999.7", recording="20261126-x-1795722999.7.wav")
+    for record in (RECORD, second):
+        write_wav(client.spool / record["recording"], 2.0)
+        await _finish_call(client, record)
+        row = await _settle(client, record["call_id"], "stored", "failed", "missing")
+        assert row.state == "stored" and row.format == "wav"
+        assert row.duration_s == pytest.approx(2.0, abs=0.1)
+    said = [r for r in caplog.records if "ffmpeg not found" in r.getMessage()]
+    assert len(said) == 1
+    async with client.app[SESSIONS]() as s:
+        await users.create_user(s, login="boss", role="head", password="password1", scrypt_n=1024)
+        await s.commit()
+    resp = await client.get(f"/api/v1/recordings/{row.id}", headers=await _auth(client, "boss"))
+    assert resp.status == 200 and resp.headers["Content-Type"] == "audio/wav"
+    assert (await resp.read())[:4] == b"RIFF"
+
+
+async def test_end_to_end_a_pbx_call_with_mixmonitor_is_stored_and_streamed(
+    make_settings: Any, database_url: str, tmp_path: Path, aiohttp_client_factory: Any
+) -> None:
+    """Simulated PBX over real AMI → the call ends with a MixMonitor file in the spool → the
+    durable job converts and stores it → the manager who took the call streams it."""
+    pbx = SimulatedPbx(speed=8.0, username="cc", secret="s3cret")
+    await pbx.start()
+    try:
+        config = [
+            {
+                "name": "main",
+                "host": "127.0.0.1",
+                "port": pbx.port,
+                "username": "cc",
+                "secret": "s3cret",
+                "trunks": ["provider"],
+                "extension_pattern": "^\\d{3}$",
+            }
+        ]
+        spool = tmp_path / "spool"
+        spool.mkdir()
+        settings = make_settings(
+            CC_DATABASE_URL=database_url,
+            CC_PBX=json.dumps(config),
+            CC_RECORDINGS_SPOOL_DIR=str(spool),
+            CC_RECORDINGS_WORK_DIR=str(tmp_path / "work"),
+            CC_RECORDINGS_STORAGE_DIR=str(tmp_path / "recordings"),
+            CC_RECORDINGS_WORKERS="1",
+        )
+        client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+        async with client.app[SESSIONS]() as s:
+            await users.create_user(
+                s,
+                login="ivan",
+                role="manager",
+                password="password1",
+                extensions=["101"],
+                scrypt_n=1024,
+            )
+            await s.commit()
+        await until(
+            lambda: (
+                client.app[LINKS]["main"].link is not None
+                and client.app[LINKS]["main"].link.connected
+            ),
+            timeout=10,
+        )
+        ivan = await _auth(client, "ivan")
+        ws = await client.ws_connect("/ws", headers=ivan)
+        pbx.play("c_inbound_short_answered", outside="74957654321", did="74950000001")
+        while (ringing := json.loads((await ws.receive(timeout=10)).data))["type"] != (
+            "call.ringing"
+        ):
+            pass
+        # Asterisk's MixMonitor writes the file while the call is up (the dialplan's name).
+        call_id = ringing["call_id"]
+        write_wav(spool / f"20261126-195521-in-74957654321-74950000001-{call_id}.wav", 2.5)
+        await ws.close()
+
+        row = await _settle(client, call_id, "stored", "missing", "failed")
+        assert row.state == "stored" and row.duration_s == pytest.approx(2.5, abs=0.2)
+        assert row.call_pk is not None and row.activity_id is not None
+        [listed] = await (
+            await client.get(f"/api/v1/recordings?call_id={call_id}", headers=ivan)
+        ).json()
+        resp = await client.get(listed["url"], headers={**ivan, "Range": "bytes=0-1"})
+        assert resp.status == 206 and resp.headers["Content-Type"] == "audio/mpeg"
+        assert len(await resp.read()) == 2
+    finally:
+        await pbx.close()

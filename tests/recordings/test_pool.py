@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
 from recordings.convert import find_ffmpeg
-from recordings.errors import ConverterCrashed, ConverterUnavailable, CorruptAudio
+from recordings.errors import (
+    ConverterCrashed,
+    ConverterUnavailable,
+    CorruptAudio,
+    RecordingError,
+)
 from recordings.pool import ConverterPool
 from tests.recordings import FIXTURE_WAV, script, write_wav
 
@@ -105,6 +111,20 @@ async def test_a_dead_worker_is_reported_and_the_pool_recovers(tmp_path: Path) -
         assert err.value.transient
         kept = await pool.inspect(src)
     assert kept.duration_s == 1.0 and src.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies only")
+async def test_workers_and_their_ffmpeg_run_below_the_loop(tmp_path: Path) -> None:
+    # An "ffmpeg" that writes down its niceness and scheduling policy (/proc stat fields 19
+    # and 41), inherited from the worker that runs it, and then fails.
+    seen = tmp_path / "seen"
+    spy = script(tmp_path / "ffmpeg", f"cut -d' ' -f19,41 /proc/$$/stat > {seen}\nexit 1\n")
+    src = write_wav(tmp_path / "call-4.wav", 0.5)
+    async with ConverterPool(workers=1, format="mp3", ffmpeg=spy, niceness=10) as pool:
+        with pytest.raises(RecordingError):
+            await pool.convert(src, tmp_path)
+    nice, policy = (int(v) for v in seen.read_text().split())
+    assert nice >= 10 + os.nice(0) and policy == os.SCHED_IDLE
 
 
 async def test_a_closed_pool_refuses_work(tmp_path: Path) -> None:
