@@ -18,7 +18,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -320,9 +320,11 @@ class SimulatedPbx:
         dids: Iterable[str],
         every_s: float = 20.0,
         seed: int | None = None,
+        prefer_did: Callable[[random.Random], Awaitable[str | None]] | None = None,
     ) -> None:
         """Place a realistic mix of calls forever: inbound answered, missed, abandoned, busy and
-        outbound, to the given DIDs from the given numbers."""
+        outbound, to the given DIDs from the given numbers. ``prefer_did`` may name the DID of
+        the next inbound call (the demo: a tracking number a website visitor holds now)."""
         rnd = random.Random(seed)
         numbers, lines = list(outside_numbers), list(dids)
         weights = {
@@ -337,9 +339,8 @@ class SimulatedPbx:
         while True:
             name = rnd.choices(names, weights=[weights[n] for n in names])[0]
             trace = self.traces[name]
-            self.play(
-                name,
-                outside=rnd.choice(numbers),
-                did=rnd.choice(lines) if trace.direction == "inbound" else None,
-            )
+            did = None
+            if trace.direction == "inbound":
+                did = (await prefer_did(rnd) if prefer_did else None) or rnd.choice(lines)
+            self.play(name, outside=rnd.choice(numbers), did=did)
             await asyncio.sleep(every_s * rnd.uniform(0.5, 1.5))

@@ -159,9 +159,56 @@ class CrmSettings(_Section):
         return rules.CrmRules.from_mapping(self.model_dump())
 
 
+class TrackingSiteSettings(_Section):
+    """A site declared in config.yaml; created or updated in the database at start."""
+
+    code: str = Field(pattern=r"^[a-z0-9_-]{1,64}$")
+    name: str = Field(min_length=1, max_length=200)
+    origins: list[str] = Field(default_factory=list)
+
+
 class TrackingSettings(_Section):
     lease_minutes: int = Field(30, ge=1)
-    sites: list[dict[str, Any]] = Field(default_factory=list)
+    release_cooldown_minutes: float = Field(10, ge=0)
+    exhaustion: Literal["reuse", "static"] = "reuse"
+    heartbeat_s: int = Field(60, ge=5)
+    sessions_per_ip: int = Field(120, ge=1)
+    sessions_per_visitor: int = Field(30, ge=1)
+    beats_per_session: int = Field(20, ge=1)
+    rate_window_s: int = Field(60, ge=1)
+    directory_cache_s: float = Field(60.0, ge=0)
+    flush_interval_s: float = Field(0.2, gt=0, le=60)
+    sites: list[TrackingSiteSettings] = Field(default_factory=list)
+
+
+class DistributionSettings(_Section):
+    default_strategy: Literal["fixed", "round_robin", "least_loaded", "manual"] = "round_robin"
+    default_region: str | None = Field(None, max_length=32)
+    did_regions: dict[str, str] = Field(default_factory=dict)
+    default_extension: str = Field("0", min_length=1, max_length=32, pattern=r"^[0-9A-Za-z*#_+-]+$")
+    dial_timeout_ms: int = Field(300, ge=10, le=5000)
+    dial_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    dial_allow_from: list[str] = Field(default_factory=list)
+    rule_cache_s: float = Field(30.0, ge=0, le=3600)
+    callback_minutes: int = Field(15, ge=1)
+    queue_audience: list[str] = Field(default_factory=lambda: ["role:head", "role:admin"])
+    qualified_stages: list[str] = Field(default_factory=lambda: ["qualified"])
+    honeypot_field: str = Field("website", min_length=1, max_length=64)
+    requests_per_ip: int = Field(10, ge=1)
+    requests_per_visitor: int = Field(5, ge=1)
+    rate_window_s: int = Field(600, ge=1)
+
+    @field_validator("dial_allow_from")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"expected an IP address or network, got {item!r}") from exc
+        return value
 
 
 class ChannelsSettings(_Section):
@@ -241,6 +288,7 @@ class Settings(_Section):
     telephony: TelephonySettings = Field(default_factory=TelephonySettings)
     crm: CrmSettings = Field(default_factory=CrmSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    distribution: DistributionSettings = Field(default_factory=DistributionSettings)
     channels: ChannelsSettings = Field(default_factory=ChannelsSettings)
     recordings: RecordingsSettings = Field(default_factory=RecordingsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Integer, String, and_, false, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,8 +20,9 @@ from crm_core.activities.schemas import ActivityInput
 from crm_core.calls import service as calls
 from crm_core.clients import service as clients
 from crm_core.clients.model import Company, Contact
-from crm_core.db import Money
+from crm_core.db import Money, utcnow
 from crm_core.deals.model import Deal, PipelineStage, StageKind
+from crm_core.distribution import service as distribution
 from crm_core.events import DomainEvent
 from crm_core.leads import service as leads
 from crm_core.leads.model import Lead
@@ -240,13 +241,34 @@ def _client_filter(model: Any, match: clients.ClientMatch) -> Any:
     return or_(*conditions) if conditions else false()
 
 
-async def tracking_for_did(session: AsyncSession, did: str | None) -> dict[str, Any] | None:
-    """The source a call to ``did`` carries: a static tracking number's source, if configured.
+class CallAttributor(Protocol):
+    async def attribute_call(
+        self, session: AsyncSession, did: str, at: datetime
+    ) -> dict[str, Any] | None: ...
 
-    Dynamic number pools (call tracking by visitor session) refine this later.
+
+async def tracking_for_did(
+    session: AsyncSession,
+    did: str | None,
+    *,
+    tracker: CallAttributor | None = None,
+    at: datetime | None = None,
+) -> dict[str, Any] | None:
+    """What a call to ``did`` ringing at ``at`` carries: ``did``, ``source_id``, ``source``,
+    ``campaign``, ``region`` (code) and, from call tracking, ``region_id``, ``visitor_id``,
+    ``site``, ``utm``, ``landing_page``, ``referrer``, ``low_confidence``.
+
+    A pool number is attributed to the visitor session that held it at ring time, a static
+    number to its source (``tracker``, see :mod:`contact_center.tracking_service`). A DID the
+    tracker does not know may still be a static number configured as a source of kind
+    ``tracking_number`` with the DID as its code.
     """
     if not did:
         return None
+    if tracker is not None:
+        found = await tracker.attribute_call(session, did, at or utcnow())
+        if found is not None:
+            return found
     source = await session.scalar(
         select(Source).where(Source.kind == SourceKind.TRACKING_NUMBER.value, Source.code == did)
     )
@@ -272,6 +294,7 @@ async def record_finished_call(
     region: str = "RU",
     tracking: dict[str, Any] | None = None,
     recordings: bool = False,
+    tracker: CallAttributor | None = None,
 ) -> CallOutcome:
     """Store the call and what it means for the CRM, once per call (idempotent). With
     ``recordings``, a call with a MixMonitor file also gets its recording job, in the same
@@ -289,7 +312,7 @@ async def record_finished_call(
         else None
     )
     if tracking is None and facts.direction == "inbound":
-        tracking = await tracking_for_did(session, facts.did)
+        tracking = await tracking_for_did(session, facts.did, tracker=tracker, at=facts.started_at)
     events: list[DomainEvent] = []
     responsible = (match.responsible_id if match else None) or (manager.id if manager else None)
     call, _ = await calls.store_call(
@@ -315,8 +338,14 @@ async def record_finished_call(
     if facts.direction == "internal":
         return outcome
     if match is None and facts.direction == "inbound" and number and number.startswith("+"):
-        # A new caller becomes a lead with the call's source, for the manager who took the
-        # call (or whose phone rang); region routing refines the responsible later.
+        # A new caller becomes a lead with the call's source, for the manager his region
+        # distributes to; failing that (the manual queue), the one who took the call (or
+        # whose phone rang).
+        region_id = await distribution.region_of_tracking(session, tracking)
+        assignment = await distribution.distribute(
+            session, region_id, None, now, "call", rules=rules
+        )
+        responsible = assignment.user_id or responsible
         lead, lead_events = await leads.create_lead(
             session,
             LeadInput(
@@ -324,6 +353,7 @@ async def record_finished_call(
                 origin="call",
                 phones=[number],
                 source_id=tracking.get("source_id") if tracking else None,
+                region_id=region_id,
                 responsible_id=responsible,
                 tracking=tracking,
             ),

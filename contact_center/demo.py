@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from ami.simulator import SimulatedPbx
-from contact_center import db, demo_data, logs
+from contact_center import db, demo_data, demo_tracking, logs
 from contact_center.app import create_app, freeze_heap_after_startup
 from contact_center.config import PbxSettings, Settings
+from contact_center.tracking_service import TRACKER
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,22 @@ def demo_settings(settings: Settings, pbx_port: int, *, database_url: str | None
     return settings.model_copy(update={"pbx": [pbx], "database": database})
 
 
+def _held_pool_number(app: web.Application) -> Callable[[random.Random], Awaitable[str | None]]:
+    """Half of the simulated inbound calls go to a pool number a landing-page visitor holds
+    (if any), so the demo shows a visit turn into an attributed call."""
+
+    async def pick(rnd: random.Random) -> str | None:
+        if rnd.random() < 0.5:
+            return None
+        dids = demo_tracking.pool_dids()
+        for did in rnd.sample(dids, len(dids)):
+            if await app[TRACKER].store.holder(did) is not None:
+                return did.lstrip("+")
+        return None
+
+    return pick
+
+
 async def run(settings: Settings, *, database_url: str | None, call_every_s: float) -> int:
     simulator = SimulatedPbx(username="cc", secret="demo")
     await simulator.start()
@@ -50,6 +69,7 @@ async def run(settings: Settings, *, database_url: str | None, call_every_s: flo
         await db.migrate(engine)
         async with db.sessionmaker(engine)() as session:
             seeded = await demo_data.seed(session, scrypt_n=settings.auth.scrypt_n)
+            await demo_tracking.seed(session)
             await session.commit()
     finally:
         await engine.dispose()
@@ -72,6 +92,8 @@ async def run(settings: Settings, *, database_url: str | None, call_every_s: flo
         f"password {demo_data.DEMO_PASSWORD}\n"
         f"  the simulated PBX (AMI on 127.0.0.1:{simulator.port}) places a call every "
         f"~{call_every_s:.0f} s to the tracking numbers {', '.join(demo_data.TRACKING_NUMBERS)}\n"
+        + f"  a customer's site with call tracking: {url}/demo/landing "
+        f"(try ?utm_source=yandex&utm_campaign=x and the city selector)\n"
         + ("  demo data seeded\n" if seeded.created else "  demo data already present\n"),
         flush=True,
     )
@@ -80,6 +102,7 @@ async def run(settings: Settings, *, database_url: str | None, call_every_s: flo
             outside_numbers=demo_data.caller_numbers(),
             dids=demo_data.tracking_dids(),
             every_s=call_every_s,
+            prefer_did=_held_pool_number(app),
         )
     )
     stop = asyncio.Event()

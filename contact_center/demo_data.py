@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core.clients.model import Company, Contact, ContactCompany, Phone
+from crm_core.distribution.model import DistributionRule, RuleManager
 from crm_core.phones import digits_reversed
 from crm_core.reference.model import Region, Source, SourceKind
 from crm_core.users import service as users
@@ -75,6 +76,7 @@ async def seed(session: AsyncSession, *, scrypt_n: int) -> DemoSeed:
         session.add(Source(kind=kind.value, code=code, name=name))
         session.add(Source(kind=SourceKind.TRACKING_NUMBER.value, code=did, name=f"{name} {did}"))
     await session.flush()
+    await _seed_distribution(session, ids, regions)
     for company_name, client_type, potential, person, phone, owner in CLIENTS:
         company = Company(
             name=company_name,
@@ -96,6 +98,24 @@ async def seed(session: AsyncSession, *, scrypt_n: int) -> DemoSeed:
         session.add(Phone(contact_id=contact.id, e164=phone, digits_rev=digits_reversed(phone)))
     await session.flush()
     return DemoSeed(users=ids, created=True)
+
+
+# Region -> (strategy, manager logins); None is the default rule for every other region.
+DISTRIBUTION = {
+    "RU-MOW": ("round_robin", ("ivan",)),
+    "RU-SPE": ("fixed", ("anna",)),
+    None: ("manual", ()),  # requests from elsewhere wait in the head of sales' manual queue
+}
+
+
+async def _seed_distribution(
+    session: AsyncSession, ids: dict[str, int], regions: dict[str, Region]
+) -> None:
+    for code, (strategy, logins) in DISTRIBUTION.items():
+        rule = DistributionRule(region_id=regions[code].id if code else None, strategy=strategy)
+        session.add(rule)
+        await session.flush()
+        session.add_all(RuleManager(rule_id=rule.id, user_id=ids[login]) for login in logins)
 
 
 def caller_numbers() -> list[str]:

@@ -33,6 +33,7 @@ from contact_center.keys import (
 )
 from contact_center.leases import LeaseKeeper, RedisLease
 from contact_center.telephony import Telephony
+from contact_center.tracking_service import TRACKER
 from crm_core.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ async def _telephony_ctx(app: web.Application) -> AsyncIterator[None]:
         bus=app[BUS],
         rules=app[RULES],
         clock=app[CLOCK],
+        tracker=app.get(TRACKER),
     )
     app[TELEPHONY] = telephony
     app[HEALTH].add("telephony", telephony.provide_status)

@@ -66,8 +66,10 @@ class Telephony:
         bus: EventBus,
         rules: CrmRules,
         clock: Clock,
+        tracker: crm_hooks.CallAttributor | None = None,
     ) -> None:
         self.settings = settings
+        self.tracker = tracker  # attributes calls to tracking numbers (website sessions)
         self.sessions = sessions
         self._reader = db.ReadConnection(sessions)
         self.bus = bus
@@ -221,7 +223,9 @@ class Telephony:
             info.client = await crm_hooks.card_summary_for_number(
                 session, caller, rules=self.rules, region=self.settings.crm.default_region
             )
-            info.tracking = await crm_hooks.tracking_for_did(session, did)
+            info.tracking = await crm_hooks.tracking_for_did(
+                session, did, tracker=self.tracker, at=self.clock.now()
+            )
         info.looked_up = (caller, did)
         info.looked_up_at = asyncio.get_running_loop().time()
 
@@ -255,6 +259,7 @@ class Telephony:
                 region=self.settings.crm.default_region,
                 tracking=info.tracking if info else None,
                 recordings=self.settings.recordings.enabled,
+                tracker=self.tracker,
             )
             await session.commit()
         for event in outcome.events:

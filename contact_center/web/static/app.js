@@ -133,6 +133,9 @@
       toast(t("toast.task_assigned"), msg.title + due(msg.due_at), clientLink(msg));
     } else if (msg.type === "lead.created" && msg.responsible_id === me && msg.actor_id !== me) {
       toast(t("toast.lead_assigned"), msg.title, "/clients/lead/" + msg.lead_id);
+    } else if (msg.type === "web_request.received" && msg.queued) {
+      toast(t("toast.web_request_queued"), [msg.client_name, msg.phone, msg.region].filter(Boolean).join(" · "),
+        msg.lead_id ? "/clients/lead/" + msg.lead_id : null);
     } else if (msg.type === "invoice.reminder") {
       toast(t("toast.invoice"), "№ " + msg.number + " · " + msg.due_on, msg.company_id ? "/clients/company/" + msg.company_id : null);
     } else if (msg.type === "notification") {

@@ -1,0 +1,259 @@
+"""Benchmark: the dialplan's "which extension" lookup over HTTP against PostgreSQL.
+
+    python bench/dialplan_routing.py [--contacts N] [--requests N] [--concurrency N]
+
+``--contacts`` contacts (default 1,000,000; every fifth has a responsible manager) in a
+PostgreSQL database of its own (``CC_BENCH_DATABASE_URL``, created and dropped), 20 managers
+with extensions, Moscow served round-robin by ten of them (so every new caller's answer also
+writes the rule's turn: the slowest strategy), and the server as its own process
+(``contact-center serve``). Lookups ask ``GET /api/v1/routing/dial`` the way Asterisk's
+``CURL()`` does, each for a random caller (four in five known contacts):
+
+- latency: ``--rate`` lookups per second (default 100: a busy PBX's incoming calls, each
+  independent of the others), measured per request at the client;
+- ceiling: ``--concurrency`` lookups always in flight (default 8), lookups per second.
+
+The last line is one JSON object: ``{"requests_per_s" (the ceiling), "p50_ms", "p99_ms"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import asyncpg  # type: ignore[import-untyped]
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import crm_lookup
+
+from contact_center import db
+from contact_center.config import DatabaseSettings
+from crm_core.distribution.model import DistributionRule, RuleManager
+from crm_core.reference.model import Region
+from crm_core.users import service as users
+
+DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+DB_NAME = "cc_bench_dialplan"
+MANAGERS = 20
+CONFIG = str(Path(__file__).resolve().parent.parent / "config.yaml")
+
+
+async def _prepare(url: str, contacts: int, rng: random.Random) -> list[str]:
+    """A migrated database with the contacts, managers and the Moscow rule; the numbers."""
+    admin = await asyncpg.connect(crm_lookup._dsn(url))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{DB_NAME}"')
+    finally:
+        await admin.close()
+    engine = db.create_engine(DatabaseSettings(url=crm_lookup._sa_url(url, DB_NAME)))
+    try:
+        await db.migrate(engine)
+        async with db.sessionmaker(engine)() as session:
+            ids = []
+            for i in range(MANAGERS):
+                user, _ = await users.create_user(
+                    session,
+                    login=f"m{i}",
+                    role="manager",
+                    password="bench-password",
+                    extensions=[str(200 + i)],
+                    scrypt_n=1024,
+                )
+                ids.append(user.id)
+            moscow = Region(code="RU-MOW", name="Москва", timezone="Europe/Moscow")
+            session.add(moscow)
+            await session.flush()
+            rule = DistributionRule(region_id=moscow.id, strategy="round_robin")
+            session.add(rule)
+            await session.flush()
+            session.add_all(RuleManager(rule_id=rule.id, user_id=u) for u in ids[:10])
+            await session.commit()
+    finally:
+        await engine.dispose()
+    crm_lookup.DB_NAME = DB_NAME  # its loader writes into the database named there
+    numbers = await crm_lookup._load(url, contacts, rng)
+    conn = await asyncpg.connect(crm_lookup._dsn(url, DB_NAME))
+    try:
+        await conn.execute(
+            f"UPDATE contacts SET responsible_id = {ids[0]} + id % {MANAGERS} WHERE id % 5 = 0"
+        )
+        # Settle the bulk load first, so background writes do not land in the measurement.
+        await conn.execute("VACUUM ANALYZE contacts")
+        await conn.execute("VACUUM ANALYZE phones")
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+    return numbers
+
+
+async def _serve(url: str, port: int) -> asyncio.subprocess.Process:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CC_")}
+    env.update(
+        CC_DATABASE_URL=crm_lookup._sa_url(url, DB_NAME),
+        CC_PBX="[]",
+        CC_SERVER_PORT=str(port),
+        CC_SERVER_LOG_LEVEL="WARNING",
+        CC_DISTRIBUTION_DEFAULT_REGION="RU-MOW",
+        CC_DISTRIBUTION_DEFAULT_EXTENSION="600",
+        CC_CONFIG=CONFIG,
+    )
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "contact_center",
+        "serve",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+async def _wait_ready(base: str, timeout: float = 120) -> None:
+    """Until ``/healthz`` answers 200 (the database is up; no PBX is configured here)."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"{base}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"server at {base} not ready within {timeout} s")
+
+
+async def _ask(http: aiohttp.ClientSession, base: str, caller: str) -> tuple[float, bool]:
+    """One lookup as ``CURL()`` makes it: (latency in ms, answered with a manager's extension)."""
+    params = {"caller": caller, "did": "+74951110000"}
+    started = time.perf_counter()
+    async with http.get(f"{base}/api/v1/routing/dial", params=params) as resp:
+        extension = await resp.text()
+    return (time.perf_counter() - started) * 1000, extension != "600"
+
+
+async def _paced(base: str, callers: list[str], rate: float) -> list[tuple[float, bool]]:
+    """Lookups started at ``rate`` per second whatever the answers take (calls arrive on
+    their own), as a PBX's incoming calls do."""
+    async with aiohttp.ClientSession() as http:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        pending = []
+        for i, caller in enumerate(callers):
+            delay = start + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pending.append(asyncio.ensure_future(_ask(http, base, caller)))
+        return list(await asyncio.gather(*pending))
+
+
+async def _saturate(base: str, callers: list[str], concurrency: int) -> float:
+    """Lookups per second with ``concurrency`` always in flight: the ceiling."""
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for caller in callers:
+        queue.put_nowait(caller)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as http:
+
+        async def worker() -> None:
+            while not queue.empty():
+                await _ask(http, base, queue.get_nowait())
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return len(callers) / (time.perf_counter() - started)
+
+
+_BUCKET = re.compile(
+    r'^cc_http_request_duration_seconds_bucket\{le="([0-9.]+|\+Inf)",method="GET",'
+    r'route="/api/v1/routing/dial"\} ([0-9.e+]+)$',
+    re.M,
+)
+
+
+async def _server_buckets(base: str) -> dict[float, float]:
+    """The server's own latency histogram of the dial route: upper bound (s) → count."""
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as resp:
+        body = await resp.text()
+    return {float(le): float(n) for le, n in _BUCKET.findall(body)}
+
+
+def _share(before: dict[float, float], after: dict[float, float]) -> dict[float, float]:
+    """Share of the requests between two scrapes under 1, 2.5 and 5 ms."""
+    total = after.get(max(after), 0) - before.get(max(after), 0) if after else 0
+    return {
+        le: (after[le] - before.get(le, 0)) / total
+        for le in (0.001, 0.0025, 0.005)
+        if total and le in after
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contacts", type=int, default=1_000_000)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--rate", type=float, default=100.0, help="paced lookups per second")
+    parser.add_argument("--concurrency", type=int, default=8, help="in flight for the ceiling")
+    parser.add_argument("--port", type=int, default=18093)
+    args = parser.parse_args()
+    url = os.environ.get("CC_BENCH_DATABASE_URL", DEFAULT_URL)
+    rng = random.Random(6)
+    print(f"loading {args.contacts:,} contacts into {DB_NAME} …")
+    numbers = await _prepare(url, args.contacts, rng)
+    callers = [
+        crm_lookup._formats(rng.choice(numbers))[0]
+        if rng.random() < 0.8
+        else f"+7916{rng.randrange(10**7):07d}"
+        for _ in range(args.requests)
+    ]
+    del numbers
+    # The million numbers are this process's heap; a full collection walking them would stall
+    # the client and be counted as the server's latency.
+    gc.collect()
+    gc.freeze()
+    base = f"http://127.0.0.1:{args.port}"
+    server = await _serve(url, args.port)
+    try:
+        await _wait_ready(base)
+        await _saturate(base, callers[:500], args.concurrency)  # warm-up: pools, caches, plans
+        before = await _server_buckets(base)
+        answers = await _paced(base, callers, args.rate)
+        server_side = _share(before, await _server_buckets(base))
+        rate = await _saturate(base, callers, args.concurrency)
+    finally:
+        server.terminate()
+        await server.wait()
+        admin = await asyncpg.connect(crm_lookup._dsn(url))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        finally:
+            await admin.close()
+    latencies = [ms for ms, _ in answers]
+    p50, p99 = crm_lookup._pct(latencies, 0.50), crm_lookup._pct(latencies, 0.99)
+    managers = sum(1 for _, manager in answers if manager)
+    print(
+        f"{len(latencies):,} dialplan lookups at {args.rate:g}/s: p50 {p50:.2f} ms, "
+        f"p90 {crm_lookup._pct(latencies, 0.90):.2f} ms, p99 {p99:.2f} ms (goal: p99 < 5 ms)"
+    )
+    print(
+        "inside the server (its latency histogram): "
+        + ", ".join(f"{share:.1%} under {le * 1000:g} ms" for le, share in server_side.items())
+    )
+    print(f"answers: {managers:,} a manager's extension, {len(answers) - managers:,} default")
+    print(f"ceiling: {rate:,.0f} lookups/s with {args.concurrency} always in flight")
+    result = {"requests_per_s": round(rate, 1), "p50_ms": round(p50, 3), "p99_ms": round(p99, 3)}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,1 @@
+"""Call tracking: sites, tracking numbers and pools, visitors, sessions and attribution."""

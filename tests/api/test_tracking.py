@@ -1,0 +1,357 @@
+"""The call-tracking API: website sessions (numbers by source and region, heartbeats,
+release, exhaustion, CORS, rate limits), track.js, and the management API."""
+
+from __future__ import annotations
+
+import gzip
+from typing import Any
+
+import pytest
+
+from contact_center import demo_tracking
+from contact_center.keys import SESSIONS
+from contact_center.tracking_service import TRACKER
+from crm_core.tracking import service as tracking
+from crm_core.users import service as users
+
+SESSION = "/api/v1/tracking/session"
+ORIGIN = demo_tracking.ORIGINS[0]
+POOLS = {code: set(spec[-1]) for code, spec in demo_tracking.POOLS.items()}
+
+
+async def seeded(client: Any) -> dict[str, dict[str, str]]:
+    """The demo site; bearer headers of a head of sales and a manager."""
+    async with client.app[SESSIONS]() as session:
+        await demo_tracking.seed(session)
+        for login, role in (("boss", "head"), ("ivan", "manager")):
+            await users.create_user(
+                session, login=login, role=role, password="password1", scrypt_n=1024
+            )
+        await session.commit()
+    client.app[TRACKER].invalidate()
+    headers = {}
+    for login in ("boss", "ivan"):
+        resp = await client.post(
+            "/api/v1/auth/token", json={"login": login, "password": "password1"}
+        )
+        headers[login] = {"Authorization": f"Bearer {(await resp.json())['token']}"}
+    return headers
+
+
+async def start(client: Any, status: int = 200, **body: Any) -> dict[str, Any]:
+    resp = await client.post(SESSION, json={"site": "demo", **body})
+    assert resp.status == status, await resp.text()
+    return await resp.json()
+
+
+async def test_numbers_by_source_and_region(client: Any) -> None:
+    await seeded(client)
+    spb_yandex = await start(
+        client,
+        page="https://shop.example/?utm_source=yandex&utm_campaign=x",
+        utm={"utm_source": "yandex", "utm_campaign": "x"},
+        region="RU-SPE",
+    )
+    assert spb_yandex["number"] in POOLS["yandex-spb"]
+    assert spb_yandex["leased"] and not spb_yandex["low_confidence"]
+    assert spb_yandex["source"] == "yandex_direct"
+    assert spb_yandex["display"].startswith("+7 (812) ")
+    msk_yclid = await start(client, page="https://shop.example/?yclid=77", utm={"yclid": "77"})
+    assert msk_yclid["number"] in POOLS["yandex-msk"]  # the site's default region: Moscow
+    google = await start(client, utm_source="google", utm_medium="cpc", region="RU-SPE")
+    assert google["number"] in POOLS["google-spb"]  # flat tags work too
+    organic = await start(client, referrer="https://www.google.ru/", region="RU-SPE")
+    assert organic["number"] in POOLS["organic-any"]
+    direct = await start(client, page="https://shop.example/")
+    assert (direct["number"], direct["leased"]) == (demo_tracking.DEFAULTS["RU-MOW"], False)
+    direct_spb = await start(client, region="RU-SPE")
+    assert direct_spb["number"] == demo_tracking.DEFAULTS["RU-SPE"]
+    elsewhere = await start(client, region="RU-KAZ-UNKNOWN")  # unknown: the site's default
+    assert elsewhere["number"] == demo_tracking.DEFAULTS["RU-MOW"]
+    assert len({msk_yclid["visitor_id"], direct["visitor_id"]}) == 2
+
+
+async def test_exhaustion_reuses_with_low_confidence_and_is_counted(client: Any) -> None:
+    h = await seeded(client)
+    tags = {"utm_source": "yandex", "utm_campaign": "x"}
+    got = [await start(client, utm=tags, region="RU-SPE") for _ in range(3)]
+    assert {g["number"] for g in got[:2]} == POOLS["yandex-spb"]
+    assert got[2]["low_confidence"] and got[2]["number"] in POOLS["yandex-spb"]
+    # The session that lost its number learns it at its next heartbeat.
+    beats = [
+        await (await client.post(f"{SESSION}/{g['session_id']}/heartbeat")).json() for g in got
+    ]
+    assert sorted(b["active"] for b in beats) == [False, True, True]
+    resp = await client.get("/api/v1/tracking/pools", headers=h["boss"])
+    pool = next(p for p in (await resp.json())["items"] if p["code"] == "yandex-spb")
+    resp = await client.get(f"/api/v1/tracking/pools/{pool['id']}/stats", headers=h["boss"])
+    stats = await resp.json()
+    assert stats["size"] == 2
+    assert stats["exhausted"] == 1
+    assert stats["peak_sessions"] == 3
+    assert stats["size_to_cover_peak"] == 3
+    resp = await client.get(f"/api/v1/tracking/pools/{pool['id']}/stats", headers=h["ivan"])
+    assert resp.status == 403
+
+
+async def test_static_fallback_policy(factory: Any) -> None:
+    client = await factory(CC_TRACKING_EXHAUSTION="static")
+    await seeded(client)
+    tags = {"utm_source": "google", "utm_medium": "cpc"}
+    got = [await start(client, utm=tags, region="RU-SPE") for _ in range(4)]
+    assert {g["number"] for g in got[:3]} == POOLS["google-spb"]
+    assert (got[3]["number"], got[3]["leased"]) == ("+78125550000", False)
+
+
+async def test_heartbeat_and_release(client: Any) -> None:
+    await seeded(client)
+    got = await start(client, utm={"gclid": "1"}, region="RU-SPE")
+    beat = await client.post(f"{SESSION}/{got['session_id']}/heartbeat?site=demo")
+    assert (await beat.json()) == {"active": True}
+    # sendBeacon posts text/plain with an empty body
+    resp = await client.post(
+        f"{SESSION}/{got['session_id']}/release?site=demo",
+        data=b"",
+        headers={"Content-Type": "text/plain"},
+    )
+    assert (await resp.json()) == {"released": True}
+    beat = await client.post(f"{SESSION}/{got['session_id']}/heartbeat")
+    assert (await beat.json()) == {"active": False}
+    resp = await client.post(f"{SESSION}/not-a-session!/heartbeat")
+    assert resp.status == 422
+
+
+async def test_visitor_keeps_first_touch_unless_a_new_campaign_click(client: Any) -> None:
+    await seeded(client)
+    first = await start(
+        client,
+        referrer="https://yandex.ru/search/?text=x",
+        landing_page="https://shop.example/catalog",
+        region="RU-SPE",
+    )
+    vid = first["visitor_id"]
+    await start(client, visitor_id=vid)  # a returning visitor, direct: the first touch stays
+    app = client.app
+    await app[TRACKER].writer.flush()
+    async with app[SESSIONS]() as session:
+        site = await tracking.get_site(session, "demo")
+        assert site is not None
+        attr = await tracking.visitor_attribution(session, site.id, vid)
+    assert attr is not None
+    assert (attr["channel"], attr["kind"], attr["source"]) == (
+        "yandex",
+        "organic",
+        "Поисковые системы",
+    )
+    assert attr["landing_page"] == "https://shop.example/catalog"
+    assert (attr["region"], attr["site"], attr["low_confidence"]) == ("RU-SPE", "demo", False)
+    await start(client, visitor_id=vid, utm={"utm_source": "google", "utm_campaign": "sale"})
+    await app[TRACKER].writer.flush()
+    async with app[SESSIONS]() as session:
+        attr = await tracking.visitor_attribution(session, site.id, vid)
+        assert await tracking.visitor_attribution(session, site.id, "nobody-here") is None
+    assert attr is not None
+    assert (attr["channel"], attr["campaign"], attr["source"]) == (
+        "google_ads",
+        "sale",
+        "Google Ads",
+    )
+    assert attr["utm"] == {"utm_source": "google", "utm_campaign": "sale"}
+    assert attr["region"] == "RU-SPE"  # a visit without a region keeps the known one
+
+
+async def test_bad_input_names_the_field(client: Any) -> None:
+    await seeded(client)
+    resp = await client.post(SESSION, json={"site": "nope"})
+    assert resp.status == 404
+    assert (await resp.json())["details"]["field"] == "site"
+    resp = await client.post(SESSION, json={"site": "demo", "visitor_id": "<script>"})
+    assert resp.status == 422
+    assert "visitor_id" in (await resp.json())["details"]["fields"]
+    resp = await client.post(SESSION, data=b"{", headers={"Content-Type": "text/plain"})
+    assert resp.status == 422
+
+
+async def test_text_plain_body_and_cors_for_the_sites_origins_only(client: Any) -> None:
+    await seeded(client)
+    resp = await client.post(
+        SESSION,
+        data=b'{"site": "demo", "region": "RU-SPE"}',
+        headers={"Content-Type": "text/plain", "Origin": ORIGIN},
+    )
+    assert resp.status == 200
+    assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+    resp = await client.post(
+        SESSION, json={"site": "demo"}, headers={"Origin": "https://evil.example"}
+    )
+    assert "Access-Control-Allow-Origin" not in resp.headers
+    preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
+    resp = await client.options(SESSION, headers=preflight)
+    assert resp.status == 204
+    assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "Content-Type" in resp.headers["Access-Control-Allow-Headers"]
+    resp = await client.options(f"{SESSION}/abc123456/heartbeat", headers=preflight)
+    assert resp.status == 204
+    resp = await client.options(SESSION, headers={**preflight, "Origin": "https://evil.example"})
+    assert resp.status == 403
+    assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_rate_limit_per_visitor(factory: Any) -> None:
+    client = await factory(CC_TRACKING_SESSIONS_PER_VISITOR="2")
+    await seeded(client)
+    vid = "visitor-0001"
+    for _ in range(2):
+        await start(client, visitor_id=vid, utm={"gclid": "1"}, region="RU-SPE")
+    resp = await client.post(SESSION, json={"site": "demo", "visitor_id": vid})
+    assert resp.status == 429
+    assert (await resp.json())["details"]["limit"] == "v"
+    await start(client, visitor_id="visitor-0002")
+
+
+async def test_track_js_is_small_cacheable_and_gzipped(client: Any) -> None:
+    resp = await client.get("/track.js", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert resp.status == 200
+    body = await resp.read()
+    assert resp.headers["Content-Encoding"] == "gzip"
+    assert len(body) < 5 * 1024
+    assert b"data-cc-phone" in gzip.decompress(body)
+    assert "max-age" in resp.headers["Cache-Control"]
+    etag = resp.headers["ETag"]
+    again = await client.get("/track.js", headers={"If-None-Match": etag})
+    assert again.status == 304
+    plain = await client.get("/track.js", headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers
+    assert (await plain.text()).startswith("/* contact-center call tracking")
+    landing = await client.get("/demo/landing")
+    text = await landing.text()
+    assert 'src="/track.js" data-site="demo"' in text
+    assert "data-cc-phone" in text and 'href="tel:' in text
+
+
+async def test_management_api(client: Any) -> None:
+    h = await seeded(client)
+    boss = h["boss"]
+    resp = await client.post(
+        "/api/v1/tracking/sites",
+        json={
+            "code": "main",
+            "name": "Shop",
+            "origins": ["https://Shop.example/"],
+            "form_key": "k" * 20,
+        },
+        headers=boss,
+    )
+    assert resp.status == 201, await resp.text()
+    site = await resp.json()
+    assert site["origins"] == ["https://shop.example"] and site["has_form_key"]
+    resp = await client.post(
+        "/api/v1/tracking/sites", json={"code": "main", "name": "again"}, headers=boss
+    )
+    assert resp.status == 409
+    resp = await client.post(
+        "/api/v1/tracking/sites", json={"code": "Bad Code", "name": "x"}, headers=boss
+    )
+    assert resp.status == 422 and "code" in (await resp.json())["details"]["fields"]
+    resp = await client.post(
+        "/api/v1/tracking/sites",
+        json={"code": "x", "name": "x", "origins": ["shop.example/path"]},
+        headers=boss,
+    )
+    assert resp.status == 422 and "origins" in (await resp.json())["details"]["fields"]
+    resp = await client.post(
+        "/api/v1/tracking/pools",
+        json={"site_id": site["id"], "code": "vk", "name": "VK", "channel": "vk_ads"},
+        headers=boss,
+    )
+    assert resp.status == 201
+    pool = await resp.json()
+    resp = await client.post(
+        "/api/v1/tracking/numbers",
+        json={"did": "8 (495) 100-00-01", "kind": "pool", "pool_id": pool["id"]},
+        headers=boss,
+    )
+    assert resp.status == 201, await resp.text()
+    number = await resp.json()
+    assert (number["did"], number["site_id"]) == ("+74951000001", site["id"])
+    for bad, field in (
+        ({"did": "12", "kind": "static", "source_id": 1}, "did"),
+        ({"did": "+74951000002", "kind": "pool"}, "body"),
+        ({"did": "+74951000002", "kind": "default", "site_id": 999}, "site_id"),
+    ):
+        resp = await client.post("/api/v1/tracking/numbers", json=bad, headers=boss)
+        assert resp.status == 422, bad
+        doc = await resp.json()
+        assert field in str(doc["details"]), doc
+    resp = await client.post(
+        "/api/v1/tracking/numbers",
+        json={"did": "+74951000001", "kind": "default", "site_id": site["id"]},
+        headers=boss,
+    )
+    assert resp.status == 409
+    resp = await client.get("/api/v1/tracking/pools", headers=boss)
+    listed = next(p for p in (await resp.json())["items"] if p["id"] == pool["id"])
+    assert listed["dids"] == ["+74951000001"]
+    # The new pool serves at once (the change event reloads the directory).
+    got = await start(client, utm={"utm_source": "vk", "utm_medium": "cpc"})
+    assert got["number"] in POOLS["yandex-msk"] | {demo_tracking.DEFAULTS["RU-MOW"]}
+    resp = await client.post(
+        SESSION, json={"site": "main", "utm": {"utm_source": "vk", "utm_medium": "cpc"}}
+    )
+    assert (await resp.json())["number"] == "+74951000001"
+    resp = await client.delete(f"/api/v1/tracking/pools/{pool['id']}", headers=boss)
+    assert resp.status == 204
+    resp = await client.get("/api/v1/tracking/numbers", headers=boss)
+    assert "+74951000001" not in {n["did"] for n in (await resp.json())["items"]}
+    resp = await client.delete(f"/api/v1/tracking/sites/{site['id']}", headers=h["ivan"])
+    assert resp.status == 403
+    resp = await client.delete("/api/v1/tracking/sites/99999", headers=boss)
+    assert resp.status == 404
+
+
+@pytest.fixture
+def factory(make_settings: Any, database_url: str, aiohttp_client_factory: Any) -> Any:
+    """An app with extra settings (``CC_*`` overrides)."""
+    from contact_center.app import create_app
+
+    async def build(**env: str) -> Any:
+        settings = make_settings(CC_DATABASE_URL=database_url, **env)
+        return await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+
+    return build
+
+
+async def test_sessions_with_redis(factory: Any, redis_url: str, redis_prefix: str) -> None:
+    client = await factory(CC_REDIS_URL=redis_url, CC_REDIS_PREFIX=redis_prefix)
+    await seeded(client)
+    tags = {"utm_source": "yandex", "utm_campaign": "x"}
+    got = [await start(client, utm=tags, region="RU-SPE") for _ in range(2)]
+    assert {g["number"] for g in got} == POOLS["yandex-spb"]
+    third = await start(client, utm=tags, region="RU-SPE")
+    assert third["low_confidence"]
+    resp = await client.post(f"{SESSION}/{third['session_id']}/release")
+    assert (await resp.json()) == {"released": True}
+
+
+async def test_history_survives_a_refused_batch(client: Any) -> None:
+    """A session of a site deleted before its batch was written cannot be stored: the batch
+    is retried, then dropped, and later history is written again."""
+    h = await seeded(client)
+    writer = client.app[TRACKER].writer
+    resp = await client.post(
+        "/api/v1/tracking/sites", json={"code": "gone", "name": "Gone"}, headers=h["boss"]
+    )
+    gone = await resp.json()
+    await start(client, site="gone")
+    resp = await client.delete(f"/api/v1/tracking/sites/{gone['id']}", headers=h["boss"])
+    assert resp.status == 204
+    for _ in range(5):
+        await writer.flush()
+    assert writer.failures == 5
+    kept = await start(client, region="RU-SPE")
+    await writer.flush()
+    async with client.app[SESSIONS]() as session:
+        site = await tracking.get_site(session, "demo")
+        assert site is not None
+        attr = await tracking.visitor_attribution(session, site.id, kept["visitor_id"])
+    assert attr is not None and attr["region"] == "RU-SPE"
