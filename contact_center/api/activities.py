@@ -8,24 +8,15 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import ConfigDict, Field
 
-from contact_center.api.common import PageQuery, actor, clock, page, rules, uow
+from contact_center.api.common import PageQuery, actor, clock, page, path_id, rules, uow
 from contact_center.http.api import Api
 from crm_core.activities import service as activities
 from crm_core.activities.events import ActivityRecorded
 from crm_core.activities.schemas import ActivityOut, ActivityPatch, ManualActivityInput, kind_labels
-from crm_core.errors import NotFound
 from crm_core.recordings import service as call_recordings
 
 api = Api()
 TAGS = ["activities"]
-
-
-def path_id(request: web.Request, name: str, what: str) -> int:
-    """An integer id from the path; anything else is a missing record."""
-    try:
-        return int(request.match_info[name])
-    except ValueError as exc:
-        raise NotFound(f"no {what} {request.match_info[name]!r}") from exc
 
 
 class ActivityQuery(PageQuery):

@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from contact_center import pbx as pbx_wiring
-from contact_center.api.common import PageQuery, actor, page, rules, uow
+from contact_center.api.common import PageQuery, actor, page, path_id, rules, uow
 from contact_center.http.api import Api
 from contact_center.keys import SETTINGS
 from crm_core import access
@@ -105,10 +105,7 @@ async def list_calls(request: web.Request, query: CallQuery) -> dict[str, Any]:
 )
 async def get_call(request: web.Request) -> CallOut:
     user = actor(request)
-    try:
-        call_pk = int(request.match_info["id"])
-    except ValueError as exc:
-        raise NotFound("no such call") from exc
+    call_pk = path_id(request, "id", "call")
     async with uow(request) as u:
         call = await u.session.get(Call, call_pk)
     if call is None:

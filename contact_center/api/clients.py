@@ -14,7 +14,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field
 
-from contact_center.api.common import PageQuery, actor, page, rules, uow
+from contact_center.api.common import PageQuery, actor, page, path_id, rules, uow
 from contact_center.http.api import Api
 from crm_core.clients import events
 from crm_core.clients import service as clients
@@ -149,13 +149,6 @@ class RequisitesQuery(BaseModel):
 # ---------------------------------------------------------------- helpers
 
 
-def _path_id(request: web.Request, name: str) -> int:
-    try:
-        return int(request.match_info[name])
-    except ValueError:
-        raise NotFound(f"no such {name.removesuffix('_id')}") from None
-
-
 async def _contact_out(session: Any, contact: Contact) -> ContactOut:
     return (await clients.contact_cards(session, [contact]))[0]
 
@@ -254,7 +247,7 @@ async def create_contact(request: web.Request, body: ContactCreate) -> Any:
     errors={404: "No such contact (or merged: details.merged_into_id)"},
 )
 async def get_contact(request: web.Request) -> ContactOut:
-    contact_id = _path_id(request, "contact_id")
+    contact_id = path_id(request, "contact_id")
     async with uow(request) as u:
         contact = await clients.get_contact(
             u.session, contact_id, actor=actor(request), rules=rules(request)
@@ -272,7 +265,7 @@ async def get_contact(request: web.Request) -> ContactOut:
     errors={403: "Read-only for you", 404: "No such contact", 409: DUPLICATE},
 )
 async def update_contact(request: web.Request, body: ContactPatch) -> ContactOut:
-    user, contact_id = actor(request), _path_id(request, "contact_id")
+    user, contact_id = actor(request), path_id(request, "contact_id")
     async with uow(request) as u:
         contact = await clients.update_contact(
             u.session, contact_id, body, actor=user, rules=rules(request)
@@ -294,7 +287,7 @@ async def update_contact(request: web.Request, body: ContactPatch) -> ContactOut
     errors={404: "No such contact", 409: "client-has-history: merge it instead"},
 )
 async def delete_contact(request: web.Request) -> None:
-    contact_id = _path_id(request, "contact_id")
+    contact_id = path_id(request, "contact_id")
     async with uow(request) as u:
         await clients.delete_contact(u.session, contact_id, actor=actor(request))
         await u.commit()
@@ -311,7 +304,7 @@ async def delete_contact(request: web.Request) -> None:
 )
 async def merge_contacts(request: web.Request, body: ClientMergeInput) -> ContactOut:
     user, crm = actor(request), rules(request)
-    survivor_id = _path_id(request, "contact_id")
+    survivor_id = path_id(request, "contact_id")
     async with uow(request) as u:
         await clients.get_contact(u.session, survivor_id, actor=user, rules=crm, write=True)
         loser = await clients.get_contact(
@@ -348,7 +341,7 @@ async def merge_contacts(request: web.Request, body: ClientMergeInput) -> Contac
 )
 async def add_link(request: web.Request, body: CompanyLinkInput) -> LinkOut:
     user, crm = actor(request), rules(request)
-    contact_id = _path_id(request, "contact_id")
+    contact_id = path_id(request, "contact_id")
     async with uow(request) as u:
         contact = await clients.get_contact(
             u.session, contact_id, actor=user, rules=crm, write=True
@@ -379,8 +372,8 @@ async def add_link(request: web.Request, body: CompanyLinkInput) -> LinkOut:
 )
 async def update_link(request: web.Request, body: LinkPatch) -> LinkOut:
     user, crm = actor(request), rules(request)
-    contact_id = _path_id(request, "contact_id")
-    company_id = _path_id(request, "company_id")
+    contact_id = path_id(request, "contact_id")
+    company_id = path_id(request, "company_id")
     async with uow(request) as u:
         contact = await clients.get_contact(
             u.session, contact_id, actor=user, rules=crm, write=True
@@ -410,8 +403,8 @@ async def update_link(request: web.Request, body: LinkPatch) -> LinkOut:
 )
 async def delete_link(request: web.Request) -> None:
     user, crm = actor(request), rules(request)
-    contact_id = _path_id(request, "contact_id")
-    company_id = _path_id(request, "company_id")
+    contact_id = path_id(request, "contact_id")
+    company_id = path_id(request, "company_id")
     async with uow(request) as u:
         contact = await clients.get_contact(
             u.session, contact_id, actor=user, rules=crm, write=True
@@ -498,7 +491,7 @@ async def create_company(request: web.Request, body: CompanyCreate) -> Any:
     errors={404: "No such company (or merged: details.merged_into_id)"},
 )
 async def get_company(request: web.Request) -> CompanyOut:
-    company_id = _path_id(request, "company_id")
+    company_id = path_id(request, "company_id")
     async with uow(request) as u:
         company = await clients.get_company(
             u.session, company_id, actor=actor(request), rules=rules(request)
@@ -516,7 +509,7 @@ async def get_company(request: web.Request) -> CompanyOut:
     errors={403: "Read-only for you", 404: "No such company", 409: DUPLICATE},
 )
 async def update_company(request: web.Request, body: CompanyPatch) -> CompanyOut:
-    user, company_id = actor(request), _path_id(request, "company_id")
+    user, company_id = actor(request), path_id(request, "company_id")
     async with uow(request) as u:
         company = await clients.update_company(
             u.session, company_id, body, actor=user, rules=rules(request)
@@ -538,7 +531,7 @@ async def update_company(request: web.Request, body: CompanyPatch) -> CompanyOut
     errors={404: "No such company", 409: "client-has-history: merge it instead"},
 )
 async def delete_company(request: web.Request) -> None:
-    company_id = _path_id(request, "company_id")
+    company_id = path_id(request, "company_id")
     async with uow(request) as u:
         await clients.delete_company(u.session, company_id, actor=actor(request))
         await u.commit()
@@ -555,7 +548,7 @@ async def delete_company(request: web.Request) -> None:
 )
 async def merge_companies(request: web.Request, body: ClientMergeInput) -> CompanyOut:
     user, crm = actor(request), rules(request)
-    survivor_id = _path_id(request, "company_id")
+    survivor_id = path_id(request, "company_id")
     async with uow(request) as u:
         await clients.get_company(u.session, survivor_id, actor=user, rules=crm, write=True)
         loser = await clients.get_company(
@@ -586,7 +579,7 @@ async def merge_companies(request: web.Request, body: ClientMergeInput) -> Compa
     errors={404: "No such company"},
 )
 async def company_group(request: web.Request) -> GroupOut:
-    company_id = _path_id(request, "company_id")
+    company_id = path_id(request, "company_id")
     async with uow(request) as u:
         await clients.get_company(u.session, company_id, actor=actor(request), rules=rules(request))
         return GroupOut(
@@ -611,7 +604,7 @@ async def company_group(request: web.Request) -> GroupOut:
 )
 async def add_legal_entity(request: web.Request, body: LegalEntityInput) -> LegalEntityOut:
     user, crm = actor(request), rules(request)
-    company_id = _path_id(request, "company_id")
+    company_id = path_id(request, "company_id")
     async with uow(request) as u:
         company = await clients.get_company(
             u.session, company_id, actor=user, rules=crm, write=True
@@ -638,7 +631,7 @@ async def add_legal_entity(request: web.Request, body: LegalEntityInput) -> Lega
 )
 async def update_legal_entity(request: web.Request, body: LegalEntityPatch) -> LegalEntityOut:
     user, crm = actor(request), rules(request)
-    entity_id = _path_id(request, "legal_entity_id")
+    entity_id = path_id(request, "legal_entity_id")
     async with uow(request) as u:
         company = await _company_of_entity(u.session, entity_id, user, crm, write=True)
         entity = await clients.update_legal_entity(u.session, entity_id, body)
@@ -662,7 +655,7 @@ async def update_legal_entity(request: web.Request, body: LegalEntityPatch) -> L
 )
 async def requisites_history(request: web.Request, query: RequisitesQuery) -> list[Any]:
     user, crm = actor(request), rules(request)
-    entity_id = _path_id(request, "legal_entity_id")
+    entity_id = path_id(request, "legal_entity_id")
     async with uow(request) as u:
         await _company_of_entity(u.session, entity_id, user, crm, write=False)
         rows = await clients.requisites_history(
@@ -683,7 +676,7 @@ async def requisites_history(request: web.Request, query: RequisitesQuery) -> li
 )
 async def add_requisites(request: web.Request, body: RequisitesInput) -> RequisitesOut:
     user, crm = actor(request), rules(request)
-    entity_id = _path_id(request, "legal_entity_id")
+    entity_id = path_id(request, "legal_entity_id")
     async with uow(request) as u:
         company = await _company_of_entity(u.session, entity_id, user, crm, write=True)
         row = await clients.add_requisites(u.session, entity_id, body, actor=user)
@@ -713,7 +706,7 @@ async def _requisites_company(
 )
 async def change_requisites(request: web.Request, body: RequisitesInput) -> RequisitesOut:
     user, crm = actor(request), rules(request)
-    requisites_id = _path_id(request, "requisites_id")
+    requisites_id = path_id(request, "requisites_id")
     async with uow(request) as u:
         company = await _requisites_company(u.session, requisites_id, user, crm)
         row = await clients.change_requisites(u.session, requisites_id, body, actor=user)
@@ -734,7 +727,7 @@ async def change_requisites(request: web.Request, body: RequisitesInput) -> Requ
 )
 async def retire_requisites(request: web.Request) -> RequisitesOut:
     user, crm = actor(request), rules(request)
-    requisites_id = _path_id(request, "requisites_id")
+    requisites_id = path_id(request, "requisites_id")
     async with uow(request) as u:
         company = await _requisites_company(u.session, requisites_id, user, crm)
         row = await clients.retire_requisites(u.session, requisites_id)

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from contact_center.http.api import USER
 from contact_center.keys import BUS, CLOCK, RULES, SESSIONS, SETTINGS
 from crm_core.clock import Clock
-from crm_core.errors import NotAuthenticated
+from crm_core.errors import NotAuthenticated, NotFound
 from crm_core.events import DomainEvent
 from crm_core.rules import CrmRules
 from crm_core.users.model import User
@@ -56,6 +56,15 @@ class UnitOfWork:
 
 def uow(request: web.Request) -> UnitOfWork:
     return UnitOfWork(request)
+
+
+def path_id(request: web.Request, name: str, what: str | None = None) -> int:
+    """An integer id from the path; anything else is a missing record (404), never a 500."""
+    try:
+        return int(request.match_info[name])
+    except ValueError:
+        what = what or name.removesuffix("_id")
+        raise NotFound(f"no {what} {request.match_info[name]!r}") from None
 
 
 def actor(request: web.Request) -> User:

@@ -9,8 +9,7 @@ from aiohttp import web
 from pydantic import AwareDatetime, Field
 from sqlalchemy.exc import IntegrityError
 
-from contact_center.api.activities import path_id
-from contact_center.api.common import PageQuery, actor, clock, page, rules, uow
+from contact_center.api.common import PageQuery, actor, clock, page, path_id, rules, uow
 from contact_center.http.api import Api
 from contact_center.keys import RULES, SESSIONS
 from crm_core.deals import service as deals

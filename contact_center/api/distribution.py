@@ -11,8 +11,7 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from contact_center import distribution_service
-from contact_center.api.activities import path_id
-from contact_center.api.common import PageQuery, actor, clock, page, rules, settings, uow
+from contact_center.api.common import PageQuery, actor, clock, page, path_id, rules, settings, uow
 from contact_center.http.api import Api
 from crm_core.distribution import requests as web_requests
 from crm_core.distribution import rules as rule_book

@@ -10,8 +10,7 @@ from aiohttp import web
 from pydantic import Field
 
 from contact_center import scheduler
-from contact_center.api.activities import path_id
-from contact_center.api.common import PageQuery, actor, clock, page, rules, settings, uow
+from contact_center.api.common import PageQuery, actor, clock, page, path_id, rules, settings, uow
 from contact_center.http.api import Api
 from crm_core.invoices import service as invoices
 from crm_core.invoices.schemas import (

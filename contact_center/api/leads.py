@@ -7,8 +7,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import AwareDatetime, Field
 
-from contact_center.api.activities import path_id
-from contact_center.api.common import PageQuery, actor, clock, page, rules, uow
+from contact_center.api.common import PageQuery, actor, clock, page, path_id, rules, uow
 from contact_center.http.api import Api
 from crm_core.leads import gate
 from crm_core.leads import service as leads

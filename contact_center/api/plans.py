@@ -9,8 +9,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from contact_center.api.activities import path_id
-from contact_center.api.common import actor, clock, rules, settings, uow
+from contact_center.api.common import actor, clock, path_id, rules, settings, uow
 from contact_center.api.invoices import zone
 from contact_center.http.api import Api
 from crm_core import access

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from contact_center import recordings_service
-from contact_center.api.common import actor, clock, settings, uow
+from contact_center.api.common import actor, clock, path_id, settings, uow
 from contact_center.http.api import Api
 from crm_core.audit.model import AuditEntry
 from crm_core.calls import service as calls
@@ -33,13 +33,6 @@ from recordings.storage import content_type
 api = Api()
 TAGS = ["recordings"]
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
-def _recording_id(request: web.Request) -> int:
-    raw = request.match_info["recording_id"]
-    if not raw.isdigit():
-        raise NotFound(f"no recording {raw!r}", details={"recording_id": raw})
-    return int(raw)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -114,7 +107,7 @@ async def list_recordings(request: web.Request, query: RecordingQuery) -> list[d
 async def stream_recording(request: web.Request) -> web.StreamResponse:
     user = actor(request)
     runtime = request.app[recordings_service.RECORDINGS]
-    recording_id = _recording_id(request)
+    recording_id = path_id(request, "recording_id", "recording")
     async with uow(request) as w:
         try:
             row = await recordings.get_for_listening(w.session, recording_id, user)

@@ -9,9 +9,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from contact_center.api.common import uow
+from contact_center.api.common import path_id, uow
 from contact_center.http.api import Api
-from crm_core.errors import NotFound
 from crm_core.reference import service as reference
 from crm_core.reference.model import Region, Source, SourceKind
 
@@ -104,13 +103,6 @@ class SourceQuery(ListQuery):
     kind: SourceKind | None = None
 
 
-def _path_id(request: web.Request, name: str) -> int:
-    try:
-        return int(request.match_info[name])
-    except ValueError:
-        raise NotFound(f"no such {name.removesuffix('_id')}") from None
-
-
 def _region(region: Region) -> RegionOut:
     return RegionOut.model_validate(region)
 
@@ -139,7 +131,7 @@ async def list_regions(request: web.Request, query: ListQuery) -> list[Any]:
 )
 async def get_region(request: web.Request) -> RegionOut:
     async with uow(request) as u:
-        return _region(await reference.get_region(u.session, _path_id(request, "region_id")))
+        return _region(await reference.get_region(u.session, path_id(request, "region_id")))
 
 
 @api.route(
@@ -179,7 +171,7 @@ async def create_region(request: web.Request, body: RegionInput) -> RegionOut:
 async def update_region(request: web.Request, body: RegionPatch) -> RegionOut:
     async with uow(request) as u:
         region = await reference.update_region(
-            u.session, _path_id(request, "region_id"), _changes(body)
+            u.session, path_id(request, "region_id"), _changes(body)
         )
         await u.commit()
         return _region(region)
@@ -196,7 +188,7 @@ async def update_region(request: web.Request, body: RegionPatch) -> RegionOut:
 )
 async def delete_region(request: web.Request) -> None:
     async with uow(request) as u:
-        await reference.deactivate_region(u.session, _path_id(request, "region_id"))
+        await reference.deactivate_region(u.session, path_id(request, "region_id"))
         await u.commit()
 
 
@@ -226,7 +218,7 @@ async def list_sources(request: web.Request, query: SourceQuery) -> list[Any]:
 )
 async def get_source(request: web.Request) -> SourceOut:
     async with uow(request) as u:
-        return SourceOut.of(await reference.get_source(u.session, _path_id(request, "source_id")))
+        return SourceOut.of(await reference.get_source(u.session, path_id(request, "source_id")))
 
 
 @api.route(
@@ -269,7 +261,7 @@ async def update_source(request: web.Request, body: SourcePatch) -> SourceOut:
     if changes.get("kind") is not None:
         changes["kind"] = changes["kind"].value
     async with uow(request) as u:
-        source = await reference.update_source(u.session, _path_id(request, "source_id"), changes)
+        source = await reference.update_source(u.session, path_id(request, "source_id"), changes)
         await u.commit()
         return SourceOut.of(source)
 
@@ -285,5 +277,5 @@ async def update_source(request: web.Request, body: SourcePatch) -> SourceOut:
 )
 async def delete_source(request: web.Request) -> None:
     async with uow(request) as u:
-        await reference.deactivate_source(u.session, _path_id(request, "source_id"))
+        await reference.deactivate_source(u.session, path_id(request, "source_id"))
         await u.commit()

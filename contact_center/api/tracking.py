@@ -24,8 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contact_center import tracking_service
-from contact_center.api.activities import path_id
-from contact_center.api.common import uow
+from contact_center.api.common import path_id, uow
 from contact_center.http.api import Api
 from contact_center.tracking_service import TRACKER, SessionRequest, TrackingService, tags_of
 from crm_core.errors import InvalidInput
