@@ -333,9 +333,12 @@ async def test_sessions_with_redis(factory: Any, redis_url: str, redis_prefix: s
     assert (await resp.json()) == {"released": True}
 
 
-async def test_history_survives_a_refused_batch(client: Any) -> None:
+async def test_history_survives_a_refused_batch(factory: Any) -> None:
     """A session of a site deleted before its batch was written cannot be stored: the batch
-    is retried, then dropped, and later history is written again."""
+    is retried, then dropped, and later history is written again. The background flush is
+    set far off so that only the test's own flushes write (else it may store the batch
+    before the site is gone)."""
+    client = await factory(CC_TRACKING_FLUSH_INTERVAL_S="60")
     h = await seeded(client)
     writer = client.app[TRACKER].writer
     resp = await client.post(
