@@ -121,7 +121,10 @@ async def run(
     async with ticking(worst):
         t = time.perf_counter()
         await pool.start()
-        print(f"pool start-up ({cfg.workers} spawned workers): {time.perf_counter() - t:.2f} s")
+        print(
+            f"pool start-up ({cfg.workers} spawned workers): {time.perf_counter() - t:.2f} s,"
+            f" worst stall meanwhile {1000 * worst[0]:.2f} ms"
+        )
 
     half = len(files) // 2
     phases = [("serial", files[:half]), ("pool", files[:half])]
@@ -138,15 +141,18 @@ async def run(
                     durations.append(convert_recording(path, root / "serial", options).duration_s)
                 serial_cpu += cpu_seconds() - cpu
             else:
-                async with ticking(worst):
+                phase_worst = [0.0]
+                async with ticking(phase_worst):
                     results = await asyncio.gather(
                         *(pool.convert(path, root / "pool") for path in batch)
                     )
+                worst[0] = max(worst[0], phase_worst[0])
                 durations += [r.duration_s for r in results]
             elapsed = time.perf_counter() - t
             spent[kind] += elapsed
             rate = len(batch) / elapsed
-            print(f"  {kind:6} {len(batch)} files: {elapsed:6.2f} s, {rate:.2f} files/s")
+            stall = f", worst stall {1000 * phase_worst[0]:.2f} ms" if kind == "pool" else ""
+            print(f"  {kind:6} {len(batch)} files: {elapsed:6.2f} s, {rate:.2f} files/s{stall}")
     finally:
         # Joining the workers adds their CPU time (and their ffmpeg runs') to ours.
         await pool.close()

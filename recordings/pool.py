@@ -110,6 +110,8 @@ class ConverterPool:
         self._mp_context = mp_context
         self.niceness = niceness
         self._executor: ProcessPoolExecutor | None = None
+        self._warm = False
+        self._start_lock = asyncio.Lock()
         self._closed = False
         self._in_flight = 0
         self._done = 0
@@ -130,15 +132,24 @@ class ConverterPool:
         return self.options.format if self.converter_available else "wav"
 
     async def start(self) -> None:
-        """Start the worker processes and wait until each has imported the converter."""
-        executor = self._ensure_executor()
-        try:
-            await asyncio.to_thread(_warm_up, executor, self.workers)
-        except BrokenProcessPool as exc:
-            self._discard(executor)
-            raise ConverterUnavailable(
-                f"the conversion workers could not start ({self._mp_context}): {exc}"
-            ) from exc
+        """Start the worker processes and wait until each has imported the converter.
+
+        All of it runs in a thread: building the executor starts multiprocessing's resource
+        tracker process on first use (a fork/exec holding the GIL, ~10 ms measured on the
+        loop's thread), and each worker is spawned in ``submit``. Concurrent callers share one
+        start."""
+        async with self._start_lock:
+            if self._executor is not None and self._warm:
+                return
+            executor = await asyncio.to_thread(self._ensure_executor)
+            try:
+                await asyncio.to_thread(_warm_up, executor, self.workers)
+            except BrokenProcessPool as exc:
+                self._discard(executor)
+                raise ConverterUnavailable(
+                    f"the conversion workers could not start ({self._mp_context}): {exc}"
+                ) from exc
+            self._warm = True
 
     async def convert(self, src: Path, out_dir: Path) -> ConversionResult:
         """Convert ``src`` into ``out_dir`` in a worker process and return the verified result.
@@ -212,10 +223,11 @@ class ConverterPool:
         # A broken pool refuses every later job; drop it so the next call builds a new one.
         if self._executor is executor:
             self._executor = None
+            self._warm = False
         executor.shutdown(wait=False, cancel_futures=True)
 
     async def _submit(self, fn: Any, *args: Any) -> ConversionResult:
-        if self._executor is None:
+        if self._executor is None or not self._warm:
             # First use, or the pool was dropped after a crash: spawn off the loop.
             await self.start()
         executor = self._ensure_executor()
