@@ -29,6 +29,7 @@ from contact_center.config import Settings
 from crm_core.calls import events as call_events
 from crm_core.calls import service as calls
 from crm_core.clock import Clock
+from crm_core.phones import try_normalize_phone
 from crm_core.rules import CrmRules
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,18 @@ QUEUE_LIMIT = 100_000
 PREFETCH_FRESH_S = 30.0
 # Longest a finished call waits for the screen-pop lane to go quiet before it is written.
 YIELD_MAX_S = 0.5
+
+
+# Cards looked up ahead of a click-to-call are kept at most this many (oldest dropped first).
+PREFETCH_MAX = 1000
+
+
+@dataclass(frozen=True)
+class _Prefetch:
+    """Look up ``number``'s card ahead of a call the server itself places (click-to-call)."""
+
+    number: str  # E.164
+    call_id: str = ""  # none yet: the PBX has not created the call
 
 
 @dataclass
@@ -89,11 +102,14 @@ class Telephony:
         self._fast: asyncio.Queue[tuple[str, fold.CallEvent]] = asyncio.Queue(QUEUE_LIMIT)
         self._queue: asyncio.Queue[tuple[str, fold.CallEvent]] = asyncio.Queue(QUEUE_LIMIT)
         self._live: dict[tuple[str, str], _LiveInfo] = {}
+        # (pbx, E.164) -> card looked up when a click-to-call was requested, taken at its ring.
+        self._prefetched: dict[tuple[str, str], _LiveInfo] = {}
         self._fast_idle = asyncio.Event()
         self._fast_idle.set()
         self._workers: list[asyncio.Task[None]] = []
         self.processed = 0
         self.failures = 0
+        self.prefetch_hits = 0  # click-to-call rings that found their card already looked up
 
     # ---------------------------------------------------------------- intake (sync)
 
@@ -104,6 +120,15 @@ class Telephony:
             return
         for event in folder.feed(frame):
             self.enqueue(pbx, event)
+
+    def prefetch(self, pbx: str, number: str) -> None:
+        """Look the card of ``number`` (E.164) up now, on the pop-up lane: a click-to-call
+        first rings the manager's own phone showing the client, before any event names the
+        call, so without this its card would be looked up only at that ring."""
+        try:
+            self._fast.put_nowait((pbx, _Prefetch(number)))  # type: ignore[arg-type]
+        except asyncio.QueueFull:
+            log.warning("telephony queue full; the card of %s is looked up at the ring", number)
 
     def enqueue(self, pbx: str, event: fold.CallEvent) -> None:
         lane = self._queue if isinstance(event, fold.CallEnded) else self._fast
@@ -176,8 +201,16 @@ class Telephony:
 
     # ---------------------------------------------------------------- handling
 
-    async def handle(self, pbx: str, event: fold.CallEvent) -> None:
-        if isinstance(event, fold.CallStarted):
+    async def handle(self, pbx: str, event: fold.CallEvent | _Prefetch) -> None:
+        if isinstance(event, _Prefetch):
+            info = _LiveInfo()
+            await self._look_up(info, event.number, None)
+            cache = self._prefetched
+            cache.pop((pbx, event.number), None)
+            cache[(pbx, event.number)] = info
+            if len(cache) > PREFETCH_MAX:
+                del cache[next(iter(cache))]
+        elif isinstance(event, fold.CallStarted):
             # Identify the caller while the IVR or the queue plays, before any phone rings.
             info = self._live.setdefault((pbx, event.call_id), _LiveInfo())
             await self._look_up(info, event.caller, event.did)
@@ -192,6 +225,8 @@ class Telephony:
         info = self._live.setdefault((pbx, event.call_id), _LiveInfo())
         info.rang.add(event.extension)
         loop = asyncio.get_running_loop()
+        if info.looked_up is None and self._prefetched and event.did is None:
+            self._adopt_prefetched(pbx, info, event.caller)
         if (
             info.looked_up != (event.caller, event.did)
             or loop.time() - info.looked_up_at > PREFETCH_FRESH_S
@@ -216,6 +251,19 @@ class Telephony:
                 audience=(f"ext:{event.extension}",),
             )
         )
+
+    def _adopt_prefetched(self, pbx: str, info: _LiveInfo, caller: str | None) -> None:
+        """Use the card looked up when this click-to-call was requested, if still fresh."""
+        number = try_normalize_phone(caller, self.settings.crm.default_region) if caller else None
+        found = self._prefetched.pop((pbx, number), None) if number else None
+        if (
+            found is None
+            or asyncio.get_running_loop().time() - found.looked_up_at > PREFETCH_FRESH_S
+        ):
+            return
+        self.prefetch_hits += 1
+        info.client, info.tracking = found.client, found.tracking
+        info.looked_up, info.looked_up_at = (caller, None), found.looked_up_at
 
     async def _look_up(self, info: _LiveInfo, caller: str | None, did: str | None) -> None:
         """The card summary of ``caller`` and the tracking data of ``did``, into ``info``."""
@@ -290,6 +338,7 @@ class Telephony:
             "queued": self._fast.qsize() + self._queue.qsize(),
             "processed": self.processed,
             "failures": self.failures,
+            "prefetch_hits": self.prefetch_hits,
             "live_calls": {name: len(f.live_calls()) for name, f in self.folders.items()},
         }
 

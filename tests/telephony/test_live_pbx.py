@@ -134,6 +134,30 @@ async def test_click_to_call_originates_and_logs_the_call(live: Any, pbx: Simula
     assert theirs.status == 403
 
 
+async def test_click_to_call_pops_the_card_looked_up_when_it_was_requested(
+    live: Any, pbx: SimulatedPbx
+) -> None:
+    """The manager's own phone rings first, showing the client: the card was looked up when
+    the API was asked, not at that ring."""
+    headers = await _token(live, "anna")
+    resp = await live.post(
+        "/api/v1/contacts",
+        json={"name": "Сергей Петров", "phones": ["+74997654321"]},
+        headers=headers,
+    )
+    assert resp.status == 201, await resp.text()
+    ws = await live.ws_connect("/ws", headers=headers)
+    await _next(ws, "hello")
+    resp = await live.post("/api/v1/calls", json={"to": "8 499 765-43-21"}, headers=headers)
+    assert resp.status == 202, await resp.text()
+    ringing = await _next(ws, "call.ringing")
+    assert ringing["extension"] == "102"
+    assert ringing["client"] is not None and ringing["client"]["name"] == "Сергей Петров"
+    health = await (await live.get("/healthz")).json()
+    assert health["telephony"]["prefetch_hits"] == 1
+    await ws.close()
+
+
 async def test_click_to_call_with_the_pbx_down_is_a_clear_503(live: Any, pbx: SimulatedPbx) -> None:
     await pbx.close()
     await until(lambda: not live.app[LINKS]["main"].link.connected, timeout=10)
