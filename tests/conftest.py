@@ -32,6 +32,16 @@ def need_service(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture
+def require_ffmpeg() -> None:
+    """For tests that convert audio: skip without ffmpeg, or fail under CC_REQUIRE_SERVICES=1
+    (CI installs it; a conversion test that silently skips there proves nothing)."""
+    from recordings.convert import find_ffmpeg
+
+    if find_ffmpeg() is None:
+        need_service("ffmpeg is not installed (scripts/install-system-deps.sh installs it)")
+
+
 # ---------------------------------------------------------------- databases
 
 

@@ -37,7 +37,7 @@ from tests.recordings import (
 )
 
 FFMPEG = find_ffmpeg()
-pytestmark = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed")
+pytestmark = pytest.mark.usefixtures("require_ffmpeg")
 ROOT = Path(__file__).resolve().parents[2]
 
 

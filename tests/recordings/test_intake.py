@@ -40,7 +40,7 @@ from recordings.storage import LocalStorage
 from tests.recordings import FIXTURE_CALL_ID, FIXTURE_WAV, listing, wav_bytes, write_wav
 
 FFMPEG = find_ffmpeg()
-needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed")
+needs_ffmpeg = pytest.mark.usefixtures("require_ffmpeg")
 AMI_PATH = f"/var/spool/asterisk/monitor/{FIXTURE_WAV.name}"
 ENDED = datetime(2026, 11, 26, 19, 55, 42, tzinfo=UTC)
 

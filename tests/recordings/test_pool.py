@@ -20,7 +20,7 @@ from recordings.pool import ConverterPool
 from tests.recordings import FIXTURE_WAV, script, write_wav
 
 FFMPEG = find_ffmpeg()
-needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed")
+needs_ffmpeg = pytest.mark.usefixtures("require_ffmpeg")
 
 
 async def tick_while(awaitable: asyncio.Future[object]) -> tuple[int, float]:

@@ -31,6 +31,7 @@ from recordings.storage import (
     content_type,
     new_key,
 )
+from tests.conftest import need_service
 from tests.recordings import listing
 
 NOW = datetime(2026, 11, 26, 19, 55, 21, tzinfo=UTC)
@@ -205,9 +206,15 @@ async def test_local_storage_satisfies_the_protocol(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ S3-compatible
 
 HAVE_S3 = all(importlib.util.find_spec(m) for m in ("boto3", "moto", "flask", "flask_cors"))
-s3_only = pytest.mark.skipif(
-    not HAVE_S3, reason="S3 tests need boto3 and moto[server] (not project dependencies)"
-)
+
+
+@pytest.fixture
+def require_s3_libraries() -> None:
+    if not HAVE_S3:
+        need_service("S3 tests need boto3 and moto[server] (the dev extra installs them)")
+
+
+s3_only = pytest.mark.usefixtures("require_s3_libraries")
 
 
 @pytest.fixture(scope="module")
