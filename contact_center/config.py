@@ -8,6 +8,7 @@ loaded once by the CLI and handed down; no other module reads the environment.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import os
 import re
@@ -238,12 +239,23 @@ class RecordingsSettings(_Section):
     keep_original: bool = False
     ffmpeg: str | None = "ffmpeg"
     retention_days: int = Field(365, ge=0)
+    purge_at: dt.time = dt.time(3, 0)  # local time (locale.timezone) of the daily retention run
     wait_minutes: int = Field(10, ge=0)
     workers: int = Field(2, ge=1, le=64)
     niceness: int = Field(10, ge=0, le=19)
     max_upload_mb: int = Field(512, ge=1)
     upload_tokens: dict[str, SecretStr] = Field(default_factory=dict)
     s3: S3Settings = Field(default_factory=S3Settings)
+
+    @field_validator("purge_at", mode="before")
+    @classmethod
+    def _clock_time(cls, value: Any) -> Any:
+        # YAML reads an unquoted 22:30 as the number 1350 (base 60), which would mean 00:22:30.
+        if isinstance(value, int | float):
+            raise ValueError(
+                "expected a quoted time of day such as '03:00' (YAML reads 22:30 as a number)"
+            )
+        return value
 
 
 class AuthSettings(_Section):

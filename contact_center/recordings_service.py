@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from prometheus_client import Counter, Gauge
@@ -57,9 +58,16 @@ class RecordingsRuntime:
     """The storage, converter pool and processor of this instance."""
 
     def __init__(
-        self, settings: RecordingsSettings, *, storage: Storage, pool: ConverterPool, clock: Any
+        self,
+        settings: RecordingsSettings,
+        *,
+        storage: Storage,
+        pool: ConverterPool,
+        clock: Any,
+        timezone: str = "Europe/Moscow",
     ) -> None:
         self.settings = settings
+        self.zone = ZoneInfo(timezone)
         self.storage = storage
         self.pool = pool
         self.clock = clock
@@ -75,6 +83,9 @@ class RecordingsRuntime:
             clock=clock.now,
         )
         self.outcomes: Counter | None = None
+
+    def local_day(self, now: datetime) -> date:
+        return now.astimezone(self.zone).date()
 
     def count(self, state: str, n: int = 1) -> None:
         if self.outcomes is not None:
@@ -225,7 +236,7 @@ async def process(
         row.original_kept = runtime.settings.keep_original
         await recordings.link_activity(session, row)
         if runtime.settings.retention_days > 0:
-            await schedule_purge(session, now.date() + timedelta(days=1))
+            await schedule_purge(session, runtime, runtime.local_day(now) + timedelta(days=1))
     elif after.state in (JobState.MISSING, JobState.FAILED):
         row.state = after.state.value
     else:
@@ -258,10 +269,11 @@ async def purge(runtime: RecordingsRuntime, session: AsyncSession, now: datetime
     return purged
 
 
-async def schedule_purge(session: AsyncSession, day: date) -> None:
-    """The retention run of ``day``, due at its start (UTC). One key per day, so scheduling it
-    again (another recording stored, another instance) makes no second run."""
-    start = datetime.combine(day, time.min, tzinfo=UTC)
+async def schedule_purge(session: AsyncSession, runtime: RecordingsRuntime, day: date) -> None:
+    """The retention run of ``day`` (a local date), due at ``recordings.purge_at`` local time.
+    One key per day, so scheduling it again (another recording stored, another instance) makes
+    no second run."""
+    start = datetime.combine(day, runtime.settings.purge_at, tzinfo=runtime.zone).astimezone(UTC)
     await jobs.schedule(
         session, PURGE_JOB, start, {"day": day.isoformat()}, f"{PURGE_JOB}:{day.isoformat()}"
     )
@@ -276,7 +288,7 @@ async def run_purge(
     # The day after this run's own day (never this job's own key: rescheduling a running job
     # would drop its result).
     day = date.fromisoformat(job.payload["day"])
-    await schedule_purge(session, max(day, now.date()) + timedelta(days=1))
+    await schedule_purge(session, runtime, max(day, runtime.local_day(now)) + timedelta(days=1))
     return []
 
 
@@ -294,7 +306,11 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         niceness=settings.niceness,
     )
     runtime = RecordingsRuntime(
-        settings, storage=build_storage(settings), pool=pool, clock=app[CLOCK]
+        settings,
+        storage=build_storage(settings),
+        pool=pool,
+        clock=app[CLOCK],
+        timezone=app[SETTINGS].locale.timezone,
     )
     runtime.outcomes = Counter(
         "cc_recordings_total",

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -18,6 +19,7 @@ from sqlalchemy import func, select, update
 from ami.simulator import SimulatedPbx
 from contact_center import crm_hooks, recordings_service
 from contact_center.app import create_app
+from contact_center.config import ConfigError, load_settings
 from contact_center.keys import CLOCK, SESSIONS
 from contact_center.pbx import LINKS
 from contact_center.scheduler import SCHEDULER
@@ -434,6 +436,13 @@ async def test_legal_hold_on_a_deal_keeps_its_recordings(app_client: Any) -> Non
         return (await _row(client)).state
 
     purge_pending = (ScheduledJob.kind == "recording.purge", ScheduledJob.status == "pending")
+    async with client.app[SESSIONS]() as s:
+        [job] = (await s.scalars(select(ScheduledJob).where(*purge_pending))).all()
+    # Due at recordings.purge_at (03:00) local time (Europe/Moscow, UTC+3) of tomorrow.
+    tomorrow = client.app[CLOCK].now().astimezone(ZoneInfo("Europe/Moscow")).date() + timedelta(1)
+    due = job.due_at if job.due_at.tzinfo else job.due_at.replace(tzinfo=UTC)
+    assert due == datetime.combine(tomorrow, time(0, 0), tzinfo=UTC)
+    assert job.payload == {"day": tomorrow.isoformat()}
     assert await purge_job_runs() == "stored"
     assert (
         await client.post("/api/v1/legal-holds", json={**hold, "hold": False}, headers=boss)
@@ -547,3 +556,12 @@ async def test_end_to_end_a_pbx_call_with_mixmonitor_is_stored_and_streamed(
         assert len(await resp.read()) == 2
     finally:
         await pbx.close()
+
+
+def test_purge_at_is_a_time_of_day(make_settings: Any, tmp_path: Path) -> None:
+    assert make_settings(CC_RECORDINGS_PURGE_AT="22:30").recordings.purge_at == time(22, 30)
+    # An unquoted 22:30 in YAML is the number 1350 (base 60): refused, not read as seconds.
+    unquoted = tmp_path / "config.yaml"
+    unquoted.write_text("recordings:\n  purge_at: 22:30\n")
+    with pytest.raises(ConfigError, match=r"recordings\.purge_at.*quoted time of day"):
+        load_settings(unquoted, env={})
