@@ -241,10 +241,27 @@ def _client_filter(model: Any, match: clients.ClientMatch) -> Any:
     return or_(*conditions) if conditions else false()
 
 
+class CallRegionLike(Protocol):
+    @property
+    def code(self) -> str | None: ...  # the region's code
+
+    @property
+    def id(self) -> int | None: ...
+
+    @property
+    def origin(self) -> str | None: ...  # tracking | did | default
+
+
 class CallAttributor(Protocol):
+    """Call tracking as the CRM sees it (``contact_center.tracking_service.TrackingService``)."""
+
     async def attribute_call(
         self, session: AsyncSession, did: str, at: datetime
     ) -> dict[str, Any] | None: ...
+
+    async def call_region(
+        self, did: str | None, attribution: dict[str, Any] | None
+    ) -> CallRegionLike: ...
 
 
 async def tracking_for_did(
@@ -255,20 +272,34 @@ async def tracking_for_did(
     at: datetime | None = None,
 ) -> dict[str, Any] | None:
     """What a call to ``did`` ringing at ``at`` carries: ``did``, ``source_id``, ``source``,
-    ``campaign``, ``region`` (code) and, from call tracking, ``region_id``, ``visitor_id``,
+    ``campaign``, ``region`` (code), ``region_id`` and, from call tracking, ``visitor_id``,
     ``site``, ``utm``, ``landing_page``, ``referrer``, ``low_confidence``.
 
-    A pool number is attributed to the visitor session that held it at ring time, a static
-    number to its source (``tracker``, see :mod:`contact_center.tracking_service`). A DID the
-    tracker does not know may still be a static number configured as a source of kind
-    ``tracking_number`` with the DID as its code.
+    With ``tracker`` (see :mod:`contact_center.tracking_service`): a pool number is attributed
+    to the visitor session that held it at ring time, a static number (a tracking number, or
+    a source of kind ``tracking_number`` with the DID as its code) to its source, both from
+    memory; the region is the call's region, the one the dialplan routed by (tracking, else
+    ``distribution.did_regions``, else ``distribution.default_region``). A DID tracking does
+    not know gives a region-only dict when a region applies, else None.
+
+    Without ``tracker`` (tools and tests without a server) the source is looked up in the
+    database and the region is only what tracking says.
     """
     if not did:
         return None
     if tracker is not None:
         found = await tracker.attribute_call(session, did, at or utcnow())
-        if found is not None:
-            return found
+        region = await tracker.call_region(did, found)
+        if found is None and region.code is None:
+            return None
+        # A DID tracking does not know carries no source, only the region.
+        tracking = found or {"did": did, "source_id": None, "source": None, "campaign": None}
+        return {
+            **tracking,
+            "region": region.code,
+            "region_id": region.id,
+            "region_from": region.origin,
+        }
     source = await session.scalar(
         select(Source).where(Source.kind == SourceKind.TRACKING_NUMBER.value, Source.code == did)
     )
@@ -298,7 +329,11 @@ async def record_finished_call(
 ) -> CallOutcome:
     """Store the call and what it means for the CRM, once per call (idempotent). With
     ``recordings``, a call with a MixMonitor file also gets its recording job, in the same
-    transaction."""
+    transaction.
+
+    A new inbound caller's lead gets the call's region (with ``tracker``, the region the
+    dialplan routed the call by) and that region's manager; the manager whose phone the
+    dialplan chose keeps it when the region's rule has him on duty."""
     existing = await calls.get_call(session, facts.pbx, facts.call_id)
     if existing is not None:
         return CallOutcome(call_id=existing.id, created=False)
@@ -341,9 +376,18 @@ async def record_finished_call(
         # A new caller becomes a lead with the call's source, for the manager his region
         # distributes to; failing that (the manual queue), the one who took the call (or
         # whose phone rang).
-        region_id = await distribution.region_of_tracking(session, tracking)
+        if tracker is not None:
+            region_id = (await tracker.call_region(facts.did, tracking)).id
+        else:
+            region_id = await distribution.region_of_tracking(session, tracking)
         assignment = await distribution.distribute(
-            session, region_id, None, now, "call", rules=rules
+            session,
+            region_id,
+            None,
+            now,
+            "call",
+            rules=rules,
+            taken_by=manager.id if manager else None,
         )
         responsible = assignment.user_id or responsible
         lead, lead_events = await leads.create_lead(

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import (
 
 from contact_center.config import Settings
 from contact_center.keys import BUS, CLOCK, RULES, SESSIONS, SETTINGS
+from contact_center.tracking_service import TRACKER
 from crm_core.distribution import service as distribution
 from crm_core.distribution.requests import Policy
 from crm_core.events import DomainEvent
@@ -164,19 +165,23 @@ async def dial(app: web.Application, caller: str, did: str, pbx: str | None) -> 
 
 
 async def _decide(app: web.Application, caller: str, did: str, pbx: str | None) -> DialAnswer:
-    settings = app[SETTINGS]
-    cfg = settings.distribution
+    """The call's region is the one its lead will get (:meth:`TrackingService.locate_call`:
+    the tracking session holding a pool number, the number's region, ``did_regions``,
+    ``default_region``); a pool number costs one lease-store read, the directory and the
+    rule book are in memory."""
+    cfg = app[SETTINGS].distribution
     rules = app[RULES]
     book = await app[RULE_CACHE].get(app)
-    did_e164 = try_normalize_phone(did, rules.default_region)
-    region_code = cfg.did_regions.get(did_e164 or did) or cfg.default_region
-    region_id = book.region_ids.get(region_code) if region_code else None
+    did_e164 = try_normalize_phone(did, rules.default_region) or did
+    now = app[CLOCK].now()
     async with app[DIAL_SESSIONS].factory() as session:
+        _, region = await app[TRACKER].locate_call(session, did_e164, now)
+        region_id = region.id
         assignment = await distribution.distribute(
             session,
             region_id,
             try_normalize_phone(caller, rules.default_region),
-            app[CLOCK].now(),
+            now,
             "call",
             rules=rules,
             book=book,

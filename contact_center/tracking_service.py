@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -33,6 +34,7 @@ from contact_center.keys import BUS, CLOCK, REDIS, SESSIONS, SETTINGS
 from crm_core.clock import Clock
 from crm_core.errors import NotFound, RateLimited
 from crm_core.events import DomainEvent
+from crm_core.phones import try_normalize_phone
 from crm_core.tracking import history
 from crm_core.tracking.directory import Directory, PoolInfo, SiteInfo, load_directory
 from crm_core.tracking.model import NumberKind, TrackingSite
@@ -219,6 +221,65 @@ class HistoryWriter:
         await self.flush()
 
 
+@dataclass(frozen=True)
+class CallRegion:
+    """The region of a call and where it was learnt (``origin``): ``tracking`` (the session
+    that held the number at ring time, else the number's own region), ``did``
+    (``distribution.did_regions``), ``default`` (``distribution.default_region``), or None
+    when nothing names a known region."""
+
+    code: str | None = None
+    id: int | None = None
+    origin: str | None = None
+
+
+@dataclass(frozen=True)
+class RegionFallbacks:
+    """The regions of calls that tracking does not place: ``distribution.did_regions`` (keys
+    in E.164) and ``distribution.default_region``."""
+
+    did_regions: Mapping[str, str] = field(default_factory=dict)
+    default_region: str | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> RegionFallbacks:
+        cfg = settings.distribution
+        phone_region = settings.crm.default_region
+        return cls(
+            did_regions={
+                try_normalize_phone(did, phone_region) or did: code
+                for did, code in cfg.did_regions.items()
+            },
+            default_region=cfg.default_region,
+        )
+
+
+def region_of_call(
+    d: Directory,
+    attribution: Mapping[str, Any] | None,
+    did: str | None,
+    fallbacks: RegionFallbacks,
+) -> CallRegion:
+    """The one notion of a call's region, for the dialplan and for the CRM alike: tracking
+    attribution's region (the session's, then the number's) → ``did_regions[did]`` →
+    ``default_region``. A code that names no region falls through to the next. Pure: the
+    regions come from the in-memory directory."""
+    if attribution:
+        region_id = attribution.get("region_id")
+        if isinstance(region_id, int) and region_id in d.region_codes:
+            return CallRegion(d.region_codes[region_id], region_id, "tracking")
+        code = attribution.get("region")
+        if isinstance(code, str) and code in d.region_ids:
+            return CallRegion(code, d.region_ids[code], "tracking")
+    for code, origin in (
+        (fallbacks.did_regions.get(did) if did else None, "did"),
+        (fallbacks.default_region, "default"),
+    ):
+        if code and code in d.region_ids:
+            return CallRegion(code, d.region_ids[code], origin)
+    return CallRegion()
+
+
 class TrackingService:
     """Sessions of website visitors and the attribution of calls to them."""
 
@@ -228,9 +289,12 @@ class TrackingService:
         sessions: async_sessionmaker[AsyncSession],
         store: LeaseStore,
         clock: Clock,
+        *,
+        fallbacks: RegionFallbacks | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
+        self.fallbacks = fallbacks or RegionFallbacks()
         self.writer = HistoryWriter(sessions, cfg.flush_interval_s)
         self._sessions = sessions
         self._clock = clock
@@ -437,11 +501,19 @@ class TrackingService:
         """What a call to ``did`` ringing at ``at`` carries, or None for an unknown DID.
 
         A pool number: the attribution of the session that holds it (one lease-store read),
-        else from the history (one query). A static or default number: its own source."""
+        else from the history (one query); its region, when the session names none, is the
+        pool's. A static or default number: its own source and region. A DID configured
+        only as a source of kind ``tracking_number``: that source. The directory is in
+        memory, so an unknown DID costs nothing."""
         d = await self.directory()
-        number = d.numbers.get(did)
+        number = d.number(did)
         if number is None:
             return None
+        pool = d.pools.get(number.pool_id) if number.pool_id is not None else None
+        if number.region_id is None and pool is not None and pool.region_id is not None:
+            number = dataclasses.replace(
+                number, region_id=pool.region_id, region=d.region_codes.get(pool.region_id)
+            )
         base = {
             **attribution_dict(
                 visitor_id=None,
@@ -465,13 +537,28 @@ class TrackingService:
             return base
         found = await self._holder_attribution(session, did, at)
         if found is None:
-            pool = next(
-                (p for s in d.sites.values() for p in s.pools if p.id == number.pool_id), None
-            )
             if pool is not None and pool.source_id:
                 base.update(source_id=pool.source_id, source=d.sources.get(pool.source_id))
             return base
-        return {**base, **found, "did": did, "number_kind": number.kind}
+        merged = {**base, **found, "did": did, "number_kind": number.kind}
+        if not found.get("region_id") and not found.get("region"):
+            merged.update(region=base["region"], region_id=base["region_id"])
+        return merged
+
+    async def call_region(
+        self, did: str | None, attribution: Mapping[str, Any] | None
+    ) -> CallRegion:
+        """The region of a call to ``did`` carrying ``attribution`` (see
+        :func:`region_of_call`); no I/O beyond the cached directory."""
+        return region_of_call(await self.directory(), attribution, did, self.fallbacks)
+
+    async def locate_call(
+        self, session: AsyncSession, did: str, at: datetime
+    ) -> tuple[dict[str, Any] | None, CallRegion]:
+        """The attribution of a call to ``did`` ringing at ``at`` and its region: what the
+        dialplan routes by and what the call's lead is given."""
+        attribution = await self.attribute_call(session, did, at)
+        return attribution, await self.call_region(did, attribution)
 
     async def _holder_attribution(
         self, session: AsyncSession, did: str, at: datetime
@@ -538,7 +625,13 @@ def setup(app: web.Application) -> None:
             async with app[SESSIONS]() as session:
                 await sync_config_sites(session, settings)
                 await session.commit()
-        service = TrackingService(settings.tracking, app[SESSIONS], store, app[CLOCK])
+        service = TrackingService(
+            settings.tracking,
+            app[SESSIONS],
+            store,
+            app[CLOCK],
+            fallbacks=RegionFallbacks.of(settings),
+        )
         app[TRACKER] = service
         app[BUS].subscribe(
             service.on_event, name="tracking-directory", events=("tracking.changed",)

@@ -205,10 +205,15 @@ async def distribute(
     rules: CrmRules | None = None,
     book: RuleBook | None = None,
     default_timezone: str = "Europe/Moscow",
+    taken_by: int | None = None,
 ) -> Assignment:
     """Choose the manager for a call or a website request from ``region_id`` (None: unknown)
     by ``phone`` (E.164 or None). Advances a round-robin rule's turn in the caller's
-    transaction; nothing else is written."""
+    transaction; nothing else is written.
+
+    ``taken_by`` is the manager who already has the request (the dialplan sent the call to his
+    phone): when the deciding rule has him on duty he keeps it and no second round-robin
+    turn is taken, so the lead goes to the manager who talked to the caller."""
     rules = rules or CrmRules()
     if book is None:
         book = await load_rulebook(session, default_timezone=default_timezone)
@@ -224,6 +229,8 @@ async def distribute(
         on_duty = [m for m in rule.managers if m.user_id in book.active_users and m.works_at(now)]
         if not on_duty:
             continue
+        if taken_by is not None and any(m.user_id == taken_by for m in on_duty):
+            return Assignment(taken_by, False, rule.strategy, rule.id)
         user_id = await _pick(session, rule, on_duty, rules)
         log.debug(
             "distribution: %s request of region %s → user %s by rule %s (%s)",

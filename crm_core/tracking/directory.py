@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_core.reference.model import Region, Source
+from crm_core.reference.model import Region, Source, SourceKind
 from crm_core.tracking.model import NumberKind, TrackingNumber, TrackingPool, TrackingSite
 
 _MAX_REGION_DEPTH = 16
@@ -25,9 +25,10 @@ _MAX_REGION_DEPTH = 16
 
 @dataclass(frozen=True)
 class NumberInfo:
-    """What a call to one DID means before any visitor is known."""
+    """What a call to one DID means before any visitor is known. ``id`` is None for a DID
+    known only as a source of kind ``tracking_number`` (static numbers of older setups)."""
 
-    id: int
+    id: int | None
     did: str
     kind: str
     site: str | None
@@ -77,6 +78,14 @@ class Directory:
     region_parents: dict[int, int | None] = field(default_factory=dict)
     sources: dict[int, str] = field(default_factory=dict)  # id -> name
     source_ids: dict[str, int] = field(default_factory=dict)  # code -> id (first by kind order)
+    pools: dict[int, PoolInfo] = field(default_factory=dict)  # id -> pool (active sites')
+    # DID -> static number declared as a source of kind ``tracking_number`` (code = the DID):
+    # known here so that a call to a DID that is in neither table costs no query.
+    source_numbers: dict[str, NumberInfo] = field(default_factory=dict)
+
+    def number(self, did: str) -> NumberInfo | None:
+        """What ``did`` is: a tracking number, else a ``tracking_number`` source, else None."""
+        return self.numbers.get(did) or self.source_numbers.get(did)
 
     def lineage(self, region_id: int | None) -> list[int]:
         """The region and its parents, nearest first (cycles cut)."""
@@ -130,10 +139,12 @@ async def load_directory(session: AsyncSession) -> Directory:
         d.region_ids[region.code] = region.id
         d.region_codes[region.id] = region.code
         d.region_parents[region.id] = region.parent_id
-    sources = list(await session.scalars(select(Source).where(Source.is_active.is_(True))))
+    every_source = list(await session.scalars(select(Source)))
+    sources = [s for s in every_source if s.is_active]
     d.sources = {s.id: s.name for s in sources}
     for kind in reversed(_CHANNEL_SOURCE_KINDS):
         d.source_ids.update({s.code: s.id for s in sources if s.kind == kind})
+    d.source_numbers = _source_numbers(every_source)
     numbers = list(
         await session.scalars(select(TrackingNumber).where(TrackingNumber.is_active.is_(True)))
     )
@@ -147,12 +158,14 @@ async def load_directory(session: AsyncSession) -> Directory:
     for n in numbers:
         d.numbers[n.did] = _number_info(d, n, site_codes)
     for site in sites:
+        site_pools = tuple(_pool_info(p, numbers) for p in pools if p.site_id == site.id)
+        d.pools.update((p.id, p) for p in site_pools)
         d.sites[site.code] = SiteInfo(
             id=site.id,
             code=site.code,
             origins=frozenset(site.origins or ()),
             default_region_id=site.default_region_id,
-            pools=tuple(_pool_info(p, numbers) for p in pools if p.site_id == site.id),
+            pools=site_pools,
             defaults={
                 n.region_id: n.did
                 for n in numbers
@@ -176,6 +189,32 @@ def _number_info(d: Directory, n: TrackingNumber, site_codes: dict[int, str]) ->
         region_id=n.region_id,
         region=d.region_codes.get(n.region_id) if n.region_id else None,
     )
+
+
+def _source_numbers(sources: Iterable[Source]) -> dict[str, NumberInfo]:
+    """Static numbers configured as sources of kind ``tracking_number`` whose code is the DID:
+    the call carries the source (named after its parent, the ad channel, when it has one) and
+    the source's ``utm_campaign``."""
+    by_id = {s.id: s for s in sources}
+    out: dict[str, NumberInfo] = {}
+    for s in by_id.values():
+        if s.kind != SourceKind.TRACKING_NUMBER.value:
+            continue
+        parent = by_id.get(s.parent_id) if s.parent_id else None
+        out[s.code] = NumberInfo(
+            id=None,
+            did=s.code,
+            kind=NumberKind.STATIC,
+            site=None,
+            site_id=None,
+            pool_id=None,
+            source_id=s.id,
+            source=(parent or s).name,
+            campaign=s.utm.get("utm_campaign") if s.utm else None,
+            region_id=None,
+            region=None,
+        )
+    return out
 
 
 def _pool_info(pool: TrackingPool, numbers: Iterable[TrackingNumber]) -> PoolInfo:

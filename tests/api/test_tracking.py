@@ -7,10 +7,12 @@ import gzip
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
-from contact_center import demo_tracking
-from contact_center.keys import SESSIONS
+from contact_center import crm_hooks, demo_tracking
+from contact_center.keys import ENGINE, SESSIONS
 from contact_center.tracking_service import TRACKER
+from crm_core.reference.model import Source
 from crm_core.tracking import service as tracking
 from crm_core.users import service as users
 
@@ -358,3 +360,45 @@ async def test_history_survives_a_refused_batch(factory: Any) -> None:
         assert site is not None
         attr = await tracking.visitor_attribution(session, site.id, kept["visitor_id"])
     assert attr is not None and attr["region"] == "RU-SPE"
+
+
+async def test_calls_to_unknown_and_legacy_dids_cost_no_query(client: Any) -> None:
+    """The directory knows static numbers configured as sources of kind tracking_number, so
+    neither they nor DIDs nobody configured send a query per ring."""
+    async with client.app[SESSIONS]() as session:
+        expo = Source(kind="exhibition", code="expo", name="Выставка")
+        session.add(expo)
+        await session.flush()
+        session.add(
+            Source(
+                kind="tracking_number",
+                code="+74957770000",
+                name="Стенд",
+                parent_id=expo.id,
+                utm={"utm_campaign": "stand"},
+            )
+        )
+        await session.commit()
+    tracker = client.app[TRACKER]
+    await tracker.directory()
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    engine = client.app[ENGINE].sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        async with client.app[SESSIONS]() as session:
+            legacy = await crm_hooks.tracking_for_did(session, "+74957770000", tracker=tracker)
+            unknown = await crm_hooks.tracking_for_did(session, "+74950000999", tracker=tracker)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert statements == []
+    assert unknown is None
+    assert legacy is not None
+    assert (legacy["source"], legacy["campaign"], legacy["number_kind"]) == (
+        "Выставка",
+        "stand",
+        "static",
+    )

@@ -7,12 +7,15 @@ from typing import Any
 
 from contact_center import crm_hooks
 from crm_core.calls.service import CallFacts
+from crm_core.distribution import service as distribution
 from crm_core.leads.model import Lead
 from crm_core.rules import CrmRules
 from tests.distribution.world import NOON_MSK, add_rule, build
 
 
-def facts(call_id: str, caller: str, extension: str | None) -> CallFacts:
+def facts(
+    call_id: str, caller: str, extension: str | None, rang: tuple[str, ...] | None = None
+) -> CallFacts:
     return CallFacts(
         pbx="main",
         call_id=call_id,
@@ -22,7 +25,7 @@ def facts(call_id: str, caller: str, extension: str | None) -> CallFacts:
         did="+74950000000",
         queue=None,
         extension=extension,
-        rang=(extension,) if extension else (),
+        rang=rang if rang is not None else (extension,) if extension else (),
         disposition="answered" if extension else "missed",
         started_at=NOON_MSK - timedelta(minutes=2),
         answered_at=NOON_MSK - timedelta(minutes=1) if extension else None,
@@ -59,3 +62,24 @@ async def test_call_lead_goes_to_the_regions_manager(session: Any) -> None:
     # No tracking at all: the same.
     lead = await finish(session, facts("c3", "+74955550103", "103"), None)
     assert (lead.responsible_id, lead.region_id) == (w["petr"], None)
+
+
+async def test_the_manager_the_dialplan_chose_keeps_the_lead(session: Any) -> None:
+    """Round robin: the dialplan's lookup took Anna's turn and her phone rang; the lead of the
+    call stays with her instead of taking the next turn (Petr)."""
+    w = await build(session)
+    await add_rule(session, w["spb"], "round_robin", w["anna"], w["petr"])
+    dialed = await distribution.distribute(
+        session, w["spb"], "+78125550201", NOON_MSK, "call", rules=CrmRules()
+    )
+    await session.commit()
+    assert dialed.user_id == w["anna"]
+    spb = {"region": "RU-SPE"}
+    lead = await finish(session, facts("c1", "+78125550201", "102"), spb)
+    assert (lead.responsible_id, lead.region_id) == (w["anna"], w["spb"])
+    # Missed: the phone that rang decides the same way.
+    lead = await finish(session, facts("c2", "+78125550202", None, rang=("103",)), spb)
+    assert lead.responsible_id == w["petr"]
+    # Ivan is not on the rule: the region's next turn decides, not who answered.
+    lead = await finish(session, facts("c3", "+78125550203", "101"), spb)
+    assert lead.responsible_id == w["petr"]

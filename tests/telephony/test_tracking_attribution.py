@@ -22,8 +22,9 @@ from contact_center.tracking_service import TRACKER
 from crm_core.calls.model import Call
 from crm_core.db import utcnow
 from crm_core.leads.model import Lead
-from crm_core.reference.model import Source
+from crm_core.reference.model import Region, Source
 from crm_core.users import service as users
+from tests.distribution.world import add_rule
 from tests.helpers import until
 
 
@@ -39,6 +40,17 @@ async def pbx() -> AsyncIterator[SimulatedPbx]:
 async def live(
     make_settings: Any, database_url: str, pbx: SimulatedPbx, aiohttp_client_factory: Any
 ) -> Any:
+    return await start_live(make_settings, database_url, pbx, aiohttp_client_factory)
+
+
+async def start_live(
+    make_settings: Any,
+    database_url: str,
+    pbx: SimulatedPbx,
+    aiohttp_client_factory: Any,
+    **env: str,
+) -> Any:
+    """The server following the simulated PBX, the demo's tracking and Ivan (101)."""
     config = [
         {
             "name": "main",
@@ -50,7 +62,7 @@ async def live(
             "extension_pattern": "^\\d{3}$",
         }
     ]
-    settings = make_settings(CC_DATABASE_URL=database_url, CC_PBX=json.dumps(config))
+    settings = make_settings(CC_DATABASE_URL=database_url, CC_PBX=json.dumps(config), **env)
     client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
     async with client.app[SESSIONS]() as session:
         await users.create_user(
@@ -175,3 +187,68 @@ async def test_after_the_lease_store_forgets_the_history_attributes(
     assert found is not None
     assert (found["visitor_id"], found["channel"]) == (held["visitor_id"], "google_ads")
     assert found["source"] == "Google Ads"
+
+
+# A DID no tracking number is, mapped to St Petersburg by distribution.did_regions.
+SPB_LINE = "+74990000777"
+
+
+async def test_the_dialplan_and_the_lead_agree_on_the_calls_region(
+    make_settings: Any, database_url: str, pbx: SimulatedPbx, aiohttp_client_factory: Any
+) -> None:
+    """The call's region is one notion: tracking (the session holding a pool number), else
+    distribution.did_regions, else distribution.default_region. The dialplan sends the call
+    to that region's manager; the new caller's lead gets the same region and manager."""
+    live = await start_live(
+        make_settings,
+        database_url,
+        pbx,
+        aiohttp_client_factory,
+        CC_DISTRIBUTION_DID_REGIONS=json.dumps({"8 499 000-07-77": "RU-SPE"}),
+        CC_DISTRIBUTION_DEFAULT_REGION="RU-MOW",
+    )
+    async with live.app[SESSIONS]() as session:
+        staff = {}
+        for login, ext in (("anna", "102"), ("petr", "103")):
+            user, _ = await users.create_user(
+                session,
+                login=login,
+                role="manager",
+                password="password1",
+                extensions=[ext],
+                scrypt_n=1024,
+            )
+            staff[login] = user.id
+        regions = {r.code: r.id for r in await session.scalars(select(Region))}
+        await session.commit()
+        await add_rule(session, regions["RU-SPE"], "fixed", staff["anna"])
+        await add_rule(session, regions["RU-MOW"], "fixed", staff["petr"])
+    resp = await live.post(
+        "/api/v1/tracking/session",
+        json={"site": "demo", "utm": {"utm_source": "yandex"}, "region": "RU-SPE"},
+    )
+    held = await resp.json()
+    assert held["number"] in demo_tracking.POOLS["yandex-spb"][-1]
+
+    for caller, did, region, manager, ext in (
+        ("79161110001", held["number"], "RU-SPE", "anna", "102"),  # tracking
+        ("79161110002", SPB_LINE, "RU-SPE", "anna", "102"),  # did_regions
+        ("79161110003", "+74990000888", "RU-MOW", "petr", "103"),  # default_region
+    ):
+        resp = await live.get(
+            "/api/v1/routing/dial", params={"caller": caller, "did": did[1:], "format": "json"}
+        )
+        answer = await resp.json()
+        assert (answer["extension"], answer["region_id"]) == (ext, regions[region]), did
+        # The PBX rings the extension the dialplan named.
+        await pbx.play("c_inbound_short_answered", outside=caller, did=did[1:], extension=ext)
+        call = await until(lambda c=caller: _call_from(live, "+" + c), timeout=10)
+        call, lead = await _stored(live, call.call_id)
+        assert lead is not None
+        assert (lead.region_id, lead.responsible_id) == (regions[region], staff[manager]), did
+        assert call.tracking is not None and call.tracking["region"] == region
+
+
+async def _call_from(live: Any, caller: str) -> Call | None:
+    async with live.app[SESSIONS]() as session:
+        return await session.scalar(select(Call).where(Call.caller == caller))
