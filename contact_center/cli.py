@@ -130,16 +130,21 @@ def serve(settings: Settings) -> int:
         settings.server.host,
         settings.server.port,
     )
-    web.run_app(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        shutdown_timeout=settings.server.shutdown_timeout_s,
-        access_log_class=logs.AccessLogger,
-        access_log=logging.getLogger("contact_center.access"),
-        print=None,
-        handle_signals=True,
-    )
+    try:
+        web.run_app(
+            app,
+            host=settings.server.host,
+            port=settings.server.port,
+            shutdown_timeout=settings.server.shutdown_timeout_s,
+            access_log_class=logs.AccessLogger,
+            access_log=logging.getLogger("contact_center.access"),
+            print=None,
+            handle_signals=True,
+        )
+    except ConfigError as exc:  # configuration that only the database can check (start-up)
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return EXIT_CONFIG
     log.info("contact-center stopped")
     return 0
 

@@ -14,12 +14,22 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from crm_core import rules
+from crm_core import phones, rules
+from crm_core.tracking.schemas import KINDS as SourceClass
 
 ENV_PREFIX = "CC_"
 _MAX_INDEXED = 16  # list entries addressable by CC_<LIST>_<i>_<KEY>
@@ -160,12 +170,66 @@ class CrmSettings(_Section):
         return rules.CrmRules.from_mapping(self.model_dump())
 
 
-class TrackingSiteSettings(_Section):
-    """A site declared in config.yaml; created or updated in the database at start."""
+def _e164(value: str) -> str:
+    """A DID of config.yaml in E.164 (``8 (812) 555-01-01`` → ``+78125550101``)."""
+    try:
+        return phones.normalize_phone(value, "RU")
+    except phones.InvalidPhone as exc:
+        raise ValueError(
+            f"expected a phone number (E.164 or Russian format), got {value!r}"
+        ) from exc
 
-    code: str = Field(pattern=r"^[a-z0-9_-]{1,64}$")
+
+Did = Annotated[str, AfterValidator(_e164)]
+_CODE = r"^[a-z0-9_-]{1,64}$"
+_REGION = Field(None, min_length=1, max_length=32)
+
+
+class TrackingNumberSettings(_Section):
+    """A static number of a site: every call to it carries ``source``."""
+
+    did: Did
+    source: str = Field(min_length=1, max_length=200, description="a source's code or name")
+    campaign: str | None = Field(None, max_length=200)
+    region: str | None = _REGION
+
+
+class TrackingPoolSettings(_Section):
+    """Numbers leased to the site's visitors of one source (and region; None: any)."""
+
+    source: str = Field(min_length=1, max_length=200, description="a source's code or name")
+    region: str | None = _REGION
+    numbers: list[Did] = Field(min_length=1)
+    code: str | None = Field(None, pattern=_CODE)  # default: <source code>-<region or any>
+    name: str | None = Field(None, min_length=1, max_length=200)
+    # The visitors the pool serves: by default the source's code is the channel
+    # (yandex_direct, google_ads, vk_ads ...), or the kind when it names one (organic ...).
+    channel: str | None = Field(None, pattern=r"^[a-z0-9_.-]{1,64}$")
+    kind: SourceClass | None = None
+
+
+class TrackingSiteSettings(_Section):
+    """A site declared in config.yaml with its numbers; created or updated in the database at
+    start (what the API added is never deleted)."""
+
+    code: str = Field(pattern=_CODE)
     name: str = Field(min_length=1, max_length=200)
     origins: list[str] = Field(default_factory=list)
+    numbers: list[TrackingNumberSettings] = Field(default_factory=list)
+    # region code ("*": any other region) -> the site's number for visitors no pool covers
+    defaults: dict[str, Did] = Field(default_factory=dict)
+    pools: list[TrackingPoolSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _distinct_pools(self) -> TrackingSiteSettings:
+        seen: dict[Any, int] = {}
+        for i, pool in enumerate(self.pools):
+            key = pool.code or (pool.source, pool.region)
+            if key in seen:
+                what = f"code {pool.code!r}" if pool.code else "source and region"
+                raise ValueError(f"pools[{i}]: the same {what} as pools[{seen[key]}]")
+            seen[key] = i
+        return self
 
 
 class TrackingSettings(_Section):
@@ -180,6 +244,27 @@ class TrackingSettings(_Section):
     directory_cache_s: float = Field(60.0, ge=0)
     flush_interval_s: float = Field(0.2, gt=0, le=60)
     sites: list[TrackingSiteSettings] = Field(default_factory=list)
+    ip_regions_file: str | None = None  # CSV of network,region_code; None: no IP lookup
+
+    @field_validator("sites")
+    @classmethod
+    def _distinct_dids(cls, sites: list[TrackingSiteSettings]) -> list[TrackingSiteSettings]:
+        """One DID is one number: declared twice, it would flip between meanings."""
+        first: dict[str, str] = {}
+        for i, site in enumerate(sites):
+            places = [(f"numbers[{j}].did", n.did) for j, n in enumerate(site.numbers)]
+            places += [(f"defaults.{region}", did) for region, did in site.defaults.items()]
+            places += [
+                (f"pools[{j}].numbers[{k}]", did)
+                for j, pool in enumerate(site.pools)
+                for k, did in enumerate(pool.numbers)
+            ]
+            for where, did in places:
+                here = f"tracking.sites[{i}].{where}"
+                if did in first:
+                    raise ValueError(f"{here} = {did}: already declared at {first[did]}")
+                first[did] = here
+        return sites
 
 
 class DistributionSettings(_Section):
@@ -436,6 +521,9 @@ def load_settings(
                 lines.append(f"config: unknown key {dotted} ({origin})")
             elif err["type"] == "missing":
                 lines.append(f"config: {dotted} is required ({origin})")
+            elif err["type"] == "value_error" and isinstance(err.get("input"), dict | list):
+                # a check of a whole section (duplicates): the message names the entries
+                lines.append(f"config: {dotted}: {msg} ({origin})")
             else:
                 secret = any(w in dotted for w in ("secret", "password", "token"))
                 value = "'***'" if secret else _describe(err.get("input"))

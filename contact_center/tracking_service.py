@@ -25,10 +25,10 @@ from typing import Any
 
 import phonenumbers
 from aiohttp import web
-from sqlalchemy import select
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from contact_center import tracking_config
 from contact_center.config import Settings, TrackingSettings
 from contact_center.keys import BUS, CLOCK, REDIS, SESSIONS, SETTINGS
 from crm_core.clock import Clock
@@ -37,9 +37,10 @@ from crm_core.events import DomainEvent
 from crm_core.phones import try_normalize_phone
 from crm_core.tracking import history
 from crm_core.tracking.directory import Directory, PoolInfo, SiteInfo, load_directory
-from crm_core.tracking.model import NumberKind, TrackingSite
-from crm_core.tracking.schemas import normalize_origin
+from crm_core.tracking.events import TrackingChanged
+from crm_core.tracking.model import NumberKind
 from crm_core.tracking.service import attribution_at, attribution_dict
+from routing.ip_regions import IpRegions
 from routing.number_leases import (
     LeaseRateLimited,
     LeaseStore,
@@ -291,10 +292,12 @@ class TrackingService:
         clock: Clock,
         *,
         fallbacks: RegionFallbacks | None = None,
+        ip_regions: IpRegions | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
         self.fallbacks = fallbacks or RegionFallbacks()
+        self.ip_regions = ip_regions
         self.writer = HistoryWriter(sessions, cfg.flush_interval_s)
         self._sessions = sessions
         self._clock = clock
@@ -347,7 +350,10 @@ class TrackingService:
         visitor_id = req.visitor_id or uuid.uuid4().hex
         key = uuid.uuid4().hex
         touch = classify(req.tags, req.referrer, own_hosts=_hosts(req.page))
-        region_id = d.region_ids.get(req.region or "") or site.default_region_id
+        if req.region:
+            region_id = d.region_ids.get(req.region) or site.default_region_id
+        else:  # the page names no region: where its address is, if the IP table knows
+            region_id = d.region_ids.get(self.region_of_ip(req.ip) or "") or site.default_region_id
         pool = d.pool_for(site, touch.channel, touch.kind, region_id)
         attribution = self._attribution(d, site, visitor_id, touch, req, region_id, pool)
         limits = self._limits(
@@ -493,6 +499,10 @@ class TrackingService:
     async def pool_stats(self, pool_id: int) -> PoolStats:
         return await self.store.stats(str(pool_id))
 
+    def region_of_ip(self, ip: str | None) -> str | None:
+        """The region code of a visitor's address from ``tracking.ip_regions_file``."""
+        return self.ip_regions.lookup(ip) if self.ip_regions is not None else None
+
     # ---------------------------------------------------------------- calls
 
     async def attribute_call(
@@ -598,18 +608,6 @@ def tags_of(body: Mapping[str, Any]) -> dict[str, str]:
 TRACKER = web.AppKey("tracking_service", TrackingService)
 
 
-async def sync_config_sites(session: AsyncSession, settings: Settings) -> None:
-    """Create the sites of ``tracking.sites`` or bring their name and origins up to date."""
-    for entry in settings.tracking.sites:
-        site = await session.scalar(select(TrackingSite).where(TrackingSite.code == entry.code))
-        if site is None:
-            site = TrackingSite(code=entry.code, is_active=True)
-            session.add(site)
-        site.name = entry.name
-        site.origins = sorted({normalize_origin(o) for o in entry.origins})
-    await session.flush()
-
-
 def setup(app: web.Application) -> None:
     """The tracking service: after the database, Redis and the bus are up."""
 
@@ -621,21 +619,28 @@ def setup(app: web.Application) -> None:
             if redis is not None
             else MemoryLeaseStore()
         )
-        if settings.tracking.sites:
-            async with app[SESSIONS]() as session:
-                await sync_config_sites(session, settings)
-                await session.commit()
+        async with app[SESSIONS]() as session:
+            changed = await tracking_config.sync_config_sites(session, settings)
+            table = await tracking_config.load_ip_regions(session, settings)
+            await session.commit()
+        if table is not None:
+            log.info(
+                "tracking: %d IP ranges from %s", len(table), settings.tracking.ip_regions_file
+            )
         service = TrackingService(
             settings.tracking,
             app[SESSIONS],
             store,
             app[CLOCK],
             fallbacks=RegionFallbacks.of(settings),
+            ip_regions=table,
         )
         app[TRACKER] = service
         app[BUS].subscribe(
             service.on_event, name="tracking-directory", events=("tracking.changed",)
         )
+        if changed:  # other running instances reload their directories
+            await app[BUS].publish(TrackingChanged(entity="config", entity_id=0))
         service.writer.start()
         yield
         await service.writer.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,56 @@ def test_unparseable_yaml_and_missing_file(tmp_path: Path) -> None:
         load_settings(bad, env={})
     with pytest.raises(ConfigError, match="no such configuration file"):
         load_settings(tmp_path / "absent.yaml", env={})
+
+
+def test_tracking_sites_with_numbers_and_pools() -> None:
+    site = {
+        "code": "shop",
+        "name": "Shop",
+        "numbers": [{"did": "8 (495) 000-11-22", "source": "expo_2026"}],
+        "defaults": {"RU-SPE": "8 812 000-11-11", "*": "+74950001111"},
+        "pools": [
+            {"source": "yandex_direct", "region": "RU-SPE", "numbers": ["+78120002201"]},
+        ],
+    }
+    settings = load_settings(ROOT / "config.yaml", env={"CC_TRACKING_SITES": json.dumps([site])})
+    parsed = settings.tracking.sites[0]
+    assert parsed.numbers[0].did == "+74950001122"  # stored in E.164
+    assert parsed.defaults == {"RU-SPE": "+78120001111", "*": "+74950001111"}
+    assert parsed.pools[0].numbers == ["+78120002201"]
+    assert settings.tracking.ip_regions_file is None
+
+    site["pools"][0]["numbers"] = ["+78120002201", "12"]
+    with pytest.raises(ConfigError) as info:
+        load_settings(ROOT / "config.yaml", env={"CC_TRACKING_SITES": json.dumps([site])})
+    assert info.value.lines == [
+        "config: tracking.sites[0].pools[0].numbers[1] = '12': expected a phone number "
+        "(E.164 or Russian format), got '12' (from CC_TRACKING_SITES)"
+    ]
+
+    site["pools"][0]["numbers"] = ["+78120002201", "+7 495 000-11-22"]
+    with pytest.raises(ConfigError) as info:
+        load_settings(ROOT / "config.yaml", env={"CC_TRACKING_SITES": json.dumps([site])})
+    assert info.value.lines == [
+        "config: tracking.sites: tracking.sites[0].pools[0].numbers[1] = +74950001122: "
+        "already declared at tracking.sites[0].numbers[0].did (from CC_TRACKING_SITES)"
+    ]
+
+
+def test_tracking_sites_in_the_file_name_the_bad_entry(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    head = "tracking:\n  sites:\n    - code: shop\n      name: Shop\n      pools:\n"
+    pool = "        - {source: yandex_direct, region: RU-SPE, numbers: ['+7812000220%d']}\n"
+    path.write_text(head + pool % 1 + "        - {source: google_ads, numbers: []}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    assert info.value.lines == [
+        f"config: tracking.sites[0].pools[1].numbers = []: List should have at least 1 item "
+        f"after validation, not 0 (in {path})",
+    ]
+    path.write_text(head + pool % 1 + pool % 2)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    assert info.value.lines == [
+        f"config: tracking.sites[0]: pools[1]: the same source and region as pools[0] (in {path})",
+    ]

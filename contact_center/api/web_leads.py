@@ -21,6 +21,7 @@ from contact_center.api.common import clock, rules, settings, uow
 from contact_center.http.api import Api
 from contact_center.keys import REDIS, SETTINGS
 from contact_center.rate_limit import RateLimiter
+from contact_center.tracking_service import TRACKER
 from crm_core.distribution import requests as web_requests
 from crm_core.distribution.errors import InvalidWebRequest
 from crm_core.distribution.schemas import WebForm
@@ -99,6 +100,16 @@ async def _check_rate(request: web.Request, visitor_id: str | None) -> None:
             )
 
 
+async def _ip_region(request: web.Request, raw: dict[str, Any]) -> int | None:
+    """The region of the sender's address (``tracking.ip_regions_file``) when the form names
+    none. The peer address is used as is: X-Forwarded-For is not trusted."""
+    if str(raw.get("region") or "").strip():
+        return None
+    tracker = request.app[TRACKER]
+    code = tracker.region_of_ip(request.remote)
+    return (await tracker.directory()).region_ids.get(code) if code else None
+
+
 @api.route(
     "POST",
     PATH,
@@ -123,7 +134,11 @@ async def web_lead(request: web.Request) -> web.StreamResponse:
         visitor_id = str(raw.get("visitor_id") or "").strip()[:64] or None
         await _check_rate(request, visitor_id)
         intake = web_requests.Intake(
-            site=site.code, site_region_id=site.default_region_id, ip=request.remote, fields=fields
+            site=site.code,
+            site_region_id=site.default_region_id,
+            ip_region_id=await _ip_region(request, raw),
+            ip=request.remote,
+            fields=fields,
         )
         if str(raw.get(cfg.honeypot_field) or "").strip():
             row, events = await web_requests.store_spam(u.session, intake, now=now)

@@ -43,6 +43,7 @@ class Intake:
 
     site: str
     site_region_id: int | None = None  # the site's default region
+    ip_region_id: int | None = None  # where the sender's address is (local IP table), if known
     attribution: dict[str, Any] | None = None  # crm_core.tracking's visitor_attribution
     ip: str | None = None
     fields: dict[str, Any] | None = None  # the form as posted (without its key)
@@ -175,8 +176,9 @@ async def submit(
 async def _region_of(
     session: AsyncSession, code: str | None, attribution: dict[str, Any], intake: Intake
 ) -> int | None:
-    """The form's region, else the visitor's, else the site's default. An unknown code in the
-    form falls through: a city the site offers but nobody configured must not lose a request."""
+    """The form's region, else the visitor's, else the sender's address's, else the site's
+    default. An unknown code in the form falls through: a city the site offers but nobody
+    configured must not lose a request."""
     if code:
         region_id = await session.scalar(
             select(Region.id).where(Region.code == code, Region.is_active)
@@ -184,7 +186,9 @@ async def _region_of(
         if region_id is not None:
             return int(region_id)
     visitor_region = attribution.get("region_id")
-    return int(visitor_region) if visitor_region else intake.site_region_id
+    if visitor_region:
+        return int(visitor_region)
+    return intake.ip_region_id or intake.site_region_id
 
 
 async def _earlier_client(

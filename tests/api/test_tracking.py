@@ -4,17 +4,24 @@ release, exhaustion, CORS, rate limits), track.js, and the management API."""
 from __future__ import annotations
 
 import gzip
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import event
 
-from contact_center import crm_hooks, demo_tracking
+from contact_center import crm_hooks, demo_tracking, tracking_config
+from contact_center.config import ConfigError, load_settings
 from contact_center.keys import ENGINE, SESSIONS
 from contact_center.tracking_service import TRACKER
-from crm_core.reference.model import Source
+from crm_core.reference.model import Region, Source
 from crm_core.tracking import service as tracking
 from crm_core.users import service as users
+from routing import ip_regions
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 SESSION = "/api/v1/tracking/session"
 ORIGIN = demo_tracking.ORIGINS[0]
@@ -360,6 +367,162 @@ async def test_history_survives_a_refused_batch(factory: Any) -> None:
         assert site is not None
         attr = await tracking.visitor_attribution(session, site.id, kept["visitor_id"])
     assert attr is not None and attr["region"] == "RU-SPE"
+
+
+# ---------------------------------------------------------------- config.yaml and IP regions
+
+
+async def reference(client: Any) -> None:
+    """Regions and sources config.yaml may name (they live in the database)."""
+    async with client.app[SESSIONS]() as session:
+        session.add_all(
+            [
+                Region(code="RU-MOW", name="Москва"),
+                Region(code="RU-SPE", name="Санкт-Петербург"),
+                Source(kind="ad_channel", code="yandex_direct", name="Яндекс Директ"),
+                Source(kind="exhibition", code="expo_2026", name="ПродЭкспо"),
+                Source(kind="website", code="organic", name="Поиск"),
+            ]
+        )
+        await users.create_user(
+            session, login="boss", role="head", password="password1", scrypt_n=1024
+        )
+        await session.commit()
+
+
+def config_site(pool_name: str = "Яндекс × СПб") -> str:
+    return json.dumps(
+        [
+            {
+                "code": "shop",
+                "name": "Shop",
+                "origins": ["https://shop.example"],
+                "numbers": [
+                    {"did": "8 (495) 000-11-22", "source": "ПродЭкспо", "campaign": "stand"}
+                ],
+                "defaults": {"RU-SPE": "+78120001111", "*": "+74950001111"},
+                "pools": [
+                    {
+                        "source": "yandex_direct",
+                        "region": "RU-SPE",
+                        "name": pool_name,
+                        "numbers": ["+78120002201", "8 812 000-22-02"],
+                    },
+                    {"source": "Поиск", "numbers": ["+74950003301"]},  # any region
+                ],
+            }
+        ]
+    )
+
+
+async def test_sites_pools_and_numbers_from_config(factory: Any) -> None:
+    await reference(await factory())  # regions and sources exist before config names them
+    client = await factory(CC_TRACKING_SITES=config_site())
+    resp = await client.post("/api/v1/auth/token", json={"login": "boss", "password": "password1"})
+    boss = {"Authorization": f"Bearer {(await resp.json())['token']}"}
+    sites = (await (await client.get("/api/v1/tracking/sites", headers=boss)).json())["items"]
+    assert [(s["code"], s["origins"]) for s in sites] == [("shop", ["https://shop.example"])]
+    pools = (await (await client.get("/api/v1/tracking/pools", headers=boss)).json())["items"]
+    assert [(p["code"], p["name"], p["channel"], p["kind"], p["dids"]) for p in pools] == [
+        (
+            "yandex_direct-ru-spe",
+            "Яндекс × СПб",
+            "yandex_direct",
+            None,
+            ["+78120002201", "+78120002202"],
+        ),
+        ("organic-any", "Поиск", None, "organic", ["+74950003301"]),
+    ]
+    numbers = (await (await client.get("/api/v1/tracking/numbers", headers=boss)).json())["items"]
+    kinds = {n["did"]: (n["kind"], n["campaign"]) for n in numbers}
+    assert kinds == {
+        "+74950001122": ("static", "stand"),
+        "+78120001111": ("default", None),
+        "+74950001111": ("default", None),
+        "+78120002201": ("pool", None),
+        "+78120002202": ("pool", None),
+        "+74950003301": ("pool", None),
+    }
+    got = await start(client, site="shop", utm={"utm_source": "yandex"}, region="RU-SPE")
+    assert (got["number"], got["leased"]) in {("+78120002201", True), ("+78120002202", True)}
+    assert (await start(client, site="shop", region="RU-SPE"))["number"] == "+78120001111"
+    searched = await start(client, site="shop", referrer="https://ya.ru/", region="RU-SPE")
+    assert searched["number"] == "+74950003301"
+    assert (await start(client, site="shop"))["number"] == "+74950001111"
+
+    # A number added through the API stays; a changed entry is updated at the next start.
+    pool_id = pools[0]["id"]
+    resp = await client.post(
+        "/api/v1/tracking/numbers",
+        json={"did": "+78120002203", "kind": "pool", "pool_id": pool_id},
+        headers=boss,
+    )
+    assert resp.status == 201
+    again = await factory(CC_TRACKING_SITES=config_site(pool_name="Директ × Петербург"))
+    pools = (await (await again.get("/api/v1/tracking/pools", headers=boss)).json())["items"]
+    assert [(p["id"], p["name"], len(p["dids"])) for p in pools] == [
+        (pool_id, "Директ × Петербург", 3),
+        (pools[1]["id"], "Поиск", 1),
+    ]
+
+
+async def test_config_naming_an_unknown_source_or_region_stops_the_start(
+    session: Any, make_settings: Any
+) -> None:
+    session.add(Source(kind="ad_channel", code="yandex_direct", name="Яндекс Директ"))
+    await session.commit()
+    sites = json.loads(config_site())
+    sites[0]["pools"][0]["region"] = "RU-XX"
+    settings = make_settings(CC_TRACKING_SITES=json.dumps(sites))
+    with pytest.raises(ConfigError) as info:
+        await tracking_config.sync_config_sites(session, settings)
+    text = str(info.value)
+    assert "tracking.sites[0].numbers[0].source = 'ПродЭкспо': no source" in text
+    assert "tracking.sites[0].defaults.RU-SPE = 'RU-SPE': no such region" in text
+    assert "tracking.sites[0].pools[0].region = 'RU-XX': no such region" in text
+
+
+async def with_ip_table(factory: Any, tmp_path: Path) -> Any:
+    """The demo site, then a server whose IP table puts loopback in St Petersburg."""
+    first = await factory()
+    async with first.app[SESSIONS]() as session:
+        await demo_tracking.seed(session)
+        await session.commit()
+    table = tmp_path / "ip-regions.csv"
+    table.write_text("# network,region\n127.0.0.0/8,RU-SPE\n::1/128,RU-SPE  # IPv6 loopback\n")
+    return await factory(CC_TRACKING_IP_REGIONS_FILE=str(table))
+
+
+async def test_the_ip_table_places_a_session_that_names_no_region(
+    factory: Any, tmp_path: Path
+) -> None:
+    client = await with_ip_table(factory, tmp_path)
+    tags = {"utm_source": "yandex", "utm_campaign": "x"}
+    by_ip = await start(client, utm=tags)  # from 127.0.0.1
+    assert by_ip["number"] in POOLS["yandex-spb"] and by_ip["region"] == "RU-SPE"
+    named = await start(client, utm=tags, region="RU-MOW")  # the page's own choice wins
+    assert named["number"] in POOLS["yandex-msk"] and named["region"] == "RU-MOW"
+    # Without the table, the site's default region (Moscow).
+    plain = await factory()
+    assert (await start(plain, utm=tags))["number"] in POOLS["yandex-msk"]
+
+
+async def test_a_bad_ip_table_names_the_file_and_line(session: Any, tmp_path: Path) -> None:
+    table = tmp_path / "ip.csv"
+    table.write_text("5.8.0.0/16,RU-MOW\n\n5.8.300.0/24,RU-SPE\n")
+    with pytest.raises(
+        ip_regions.IpRegionsError, match=re.escape(f"{table}:3: '5.8.300.0/24' is not")
+    ):
+        ip_regions.load(table)
+    session.add(Region(code="RU-MOW", name="Москва"))
+    await session.commit()
+    table.write_text("5.8.0.0/16,RU-MOW\n# St Petersburg\n5.8.1.0/24,RU-SPE\n")
+    settings = load_settings(ROOT / "config.yaml", env={"CC_TRACKING_IP_REGIONS_FILE": str(table)})
+    with pytest.raises(ConfigError) as info:
+        await tracking_config.load_ip_regions(session, settings)
+    assert info.value.lines == [
+        f"config: tracking.ip_regions_file: {table}:3: no region with the code 'RU-SPE'"
+    ]
 
 
 async def test_calls_to_unknown_and_legacy_dids_cost_no_query(client: Any) -> None:

@@ -210,3 +210,30 @@ async def test_rate_limits_per_visitor_and_address(limited_client: Any) -> None:
     resp = await client.post(URL, json={"site": "main", "phone": "+74950000009"}, headers=KEY)
     assert resp.status == 429 and (await resp.json())["error"] == "rate-limited"
     assert await count(client, WebRequest) == 2
+
+
+async def test_a_request_naming_no_region_is_placed_by_the_ip_table(
+    client: Any, make_settings: Any, database_url: str, aiohttp_client_factory: Any, tmp_path: Any
+) -> None:
+    """tracking.ip_regions_file: loopback is in St Petersburg. A form that names no region
+    (from a visitor who never chose one) reaches Anna (St Petersburg), not the site's
+    default region (Moscow, Ivan)."""
+    from contact_center.app import create_app
+
+    w = await site_world(client)  # the regions exist before the table names them
+    table = tmp_path / "ip.csv"
+    table.write_text("127.0.0.0/8,RU-SPE\n")
+    settings = make_settings(CC_DATABASE_URL=database_url, CC_TRACKING_IP_REGIONS_FILE=str(table))
+    placed = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+    body = {"site": "main", "phone": "+79160000001"}
+    by_ip = await (await placed.post(URL, json=body, headers=KEY)).json()
+    named = {**body, "phone": "+79160000002", "region": "RU-MOW"}
+    by_form = await (await placed.post(URL, json=named, headers=KEY)).json()
+    without = await (
+        await client.post(URL, json={**body, "phone": "+79160000004"}, headers=KEY)
+    ).json()
+    async with client.app[SESSIONS]() as session:
+        rows = {r.id: r for r in (await session.scalars(select(WebRequest))).all()}
+    assert (rows[by_ip["id"]].region_id, rows[by_ip["id"]].responsible_id) == (w["spb"], w["anna"])
+    assert rows[by_form["id"]].region_id == w["moscow"]  # the form's own region wins
+    assert rows[without["id"]].region_id == w["moscow"]  # no table: the site's default

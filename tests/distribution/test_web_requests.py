@@ -64,12 +64,17 @@ async def test_a_request_becomes_a_lead_and_a_task_for_the_regions_manager(sessi
     assert {"lead.created", "task.created"} <= set(events)
 
 
-async def test_region_comes_from_the_form_then_the_visitor_then_the_site(session: Any) -> None:
+async def test_region_comes_from_the_form_then_the_visitor_then_the_address_then_the_site(
+    session: Any,
+) -> None:
     w = await build(session)
     await add_rule(session, w["moscow"], "fixed", w["ivan"])
     await add_rule(session, w["spb"], "fixed", w["anna"])
     visitor = web.Intake(
-        site="main", attribution={"region_id": w["spb"]}, site_region_id=w["moscow"]
+        site="main",
+        attribution={"region_id": w["spb"]},
+        ip_region_id=w["kazan"],
+        site_region_id=w["moscow"],
     )
     row, _ = await submit(session, visitor, phone="+79990000001", region="XX-UNKNOWN")
     assert (row.region_id, row.responsible_id) == (w["spb"], w["anna"])
@@ -77,6 +82,10 @@ async def test_region_comes_from_the_form_then_the_visitor_then_the_site(session
         session, web.Intake(site="main", site_region_id=w["moscow"]), phone="+79990000002"
     )
     assert (row.region_id, row.responsible_id) == (w["moscow"], w["ivan"])
+    # The sender's address (the local IP table) places a request nothing else places.
+    by_address = web.Intake(site="main", ip_region_id=w["spb"], site_region_id=w["moscow"])
+    row, _ = await submit(session, by_address, phone="+79990000003")
+    assert (row.region_id, row.responsible_id) == (w["spb"], w["anna"])
 
 
 async def test_spam_is_stored_as_posted_but_leaves_no_lead(session: Any) -> None:
