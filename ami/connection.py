@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ami.frames import Frame, FrameParser
+from ami.frames import EventFilter, Frame, FrameParser
 from crm_core.errors import DomainError, InvalidInput, Unavailable
 
 __all__ = [
@@ -274,6 +274,7 @@ class AmiLink:
         on_frame: OnFrame | None = None,
         on_connected: OnConnected | None = None,
         events: str = "on",
+        keep: EventFilter | None = None,
         connect_timeout_s: float = 5.0,
         login_timeout_s: float = 5.0,
         ping_interval_s: float = 10.0,
@@ -296,6 +297,7 @@ class AmiLink:
         self._on_frame = on_frame
         self._on_connected = on_connected
         self._events = events
+        self._keep = keep
         self._connect_timeout_s = connect_timeout_s
         self._login_timeout_s = login_timeout_s
         self._ping_interval_s = ping_interval_s
@@ -337,6 +339,7 @@ class AmiLink:
         self.ping_timeouts = 0
         self.action_timeouts = 0
         self.events_total = 0
+        self.events_skipped = 0  # of those, dropped unparsed (``keep`` does not name them)
         self.on_frame_errors = 0
         self.unmatched_responses = 0
         self.skipped_frames = 0
@@ -503,6 +506,7 @@ class AmiLink:
             "version": self.version,
             "reconnects": self.reconnects,
             "events_total": self.events_total,
+            "events_skipped": self.events_skipped,
             "events_per_s": round(self.events_per_s(), 1),
             "last_event_age_s": round(age, 3) if age is not None else None,
             "resyncs": self.resyncs,
@@ -645,7 +649,7 @@ class AmiLink:
         """One connection: returns after a logged-in session ended; raises if login failed."""
         async with asyncio.timeout(self._connect_timeout_s):
             reader, writer = await asyncio.open_connection(self.host, self.port)
-        parser = FrameParser()
+        parser = FrameParser(keep=self._keep)
         self._writer = writer
         self._parser = parser
         self._seen_malformed = 0
@@ -788,6 +792,7 @@ class AmiLink:
         dispatch = self._dispatch
         size = self._read_size
         reason = "connection closed by the PBX"
+        skipped = 0
         try:
             while True:
                 data = await read(size)
@@ -796,6 +801,10 @@ class AmiLink:
                 frames = feed(data)
                 if frames:
                     dispatch(frames)
+                if parser.skipped_events != skipped:  # received, not needed: still events
+                    self.events_skipped += parser.skipped_events - skipped
+                    self._count_events(parser.skipped_events - skipped)
+                    skipped = parser.skipped_events
                 if parser.malformed_lines or parser.dropped_bytes:
                     self._note_garbage(parser)
         except OSError as exc:
@@ -887,18 +896,21 @@ class AmiLink:
                             headers.get("Uniqueid"),
                         )
         if events:
-            self.events_total += events
-            now = time.monotonic()
-            self._last_event_mono = now
-            second = int(now)
-            rate = self._rate
-            if rate and rate[-1][0] == second:
-                rate[-1][1] += events
-            else:
-                rate.append([second, events])
-                horizon = second - int(self._rate_window_s)
-                while rate and rate[0][0] <= horizon:
-                    rate.popleft()
+            self._count_events(events)
+
+    def _count_events(self, events: int) -> None:
+        self.events_total += events
+        now = time.monotonic()
+        self._last_event_mono = now
+        second = int(now)
+        rate = self._rate
+        if rate and rate[-1][0] == second:
+            rate[-1][1] += events
+        else:
+            rate.append([second, events])
+            horizon = second - int(self._rate_window_s)
+            while rate and rate[0][0] <= horizon:
+                rate.popleft()
 
     def _answer(self, waiting: _Pending, frame: Frame, event: str | None) -> bool:
         """Give ``frame`` to the action it answers; True when it is consumed."""

@@ -23,7 +23,7 @@ from typing import Any
 
 import phonenumbers
 
-from ami.frames import Frame
+from ami.frames import EventFilter, Frame
 
 __all__ = [
     "CallAnswered",
@@ -375,6 +375,40 @@ class _Call:
 # --------------------------------------------------------------------------- the fold
 
 
+_HANDLERS: dict[str, str] = {
+    "Newchannel": "_on_newchannel",
+    "Newstate": "_on_newstate",
+    "Rename": "_on_rename",
+    "DialBegin": "_on_dial_begin",
+    "DialEnd": "_on_dial_end",
+    "BridgeEnter": "_on_bridge_enter",
+    "BridgeLeave": "_on_bridge_leave",
+    "BridgeDestroy": "_on_bridge_destroy",
+    "BridgeMerge": "_on_bridge_merge",
+    "QueueCallerJoin": "_on_queue_join",
+    "QueueCallerLeave": "_on_queue_leave",
+    "QueueCallerAbandon": "_on_queue_abandon",
+    "AgentConnect": "_on_agent_connect",
+    "BlindTransfer": "_on_blind_transfer",
+    "AttendedTransfer": "_on_attended_transfer",
+    "VarSet": "_on_varset",
+    "HangupRequest": "_on_hangup_request",
+    "Hangup": "_on_hangup",
+    "CoreShowChannel": "_on_channel_listing",
+    "Status": "_on_channel_listing",
+    "QueueEntry": "_on_queue_entry",
+    # Media reports every few seconds: a cheap heartbeat for expire().
+    "RTCPSent": "_on_activity",
+    "RTCPReceived": "_on_activity",
+}
+"""The events the fold applies, with the method of :class:`CallFolder` applying each."""
+_VARIABLES = frozenset({"MIXMONITOR_FILENAME", "DIALSTATUS", "QUEUESTATUS"})
+"""The channel variables whose ``VarSet`` the fold reads."""
+NEEDED = EventFilter(frozenset(_HANDLERS) - {"VarSet"}, _VARIABLES)  # VarSet: of these only
+"""What a live AMI link must deliver to the fold (see :class:`ami.frames.EventFilter`): the
+rest of a PBX's stream is dropped unparsed."""
+
+
 class CallFolder:
     """Folds AMI frames into calls.
 
@@ -415,30 +449,7 @@ class CallFolder:
         self.skipped_frames = 0
         """Frames that could not be applied (logged)."""
         self._handlers: dict[str, Callable[[Frame, float], list[CallEvent]]] = {
-            "Newchannel": self._on_newchannel,
-            "Newstate": self._on_newstate,
-            "Rename": self._on_rename,
-            "DialBegin": self._on_dial_begin,
-            "DialEnd": self._on_dial_end,
-            "BridgeEnter": self._on_bridge_enter,
-            "BridgeLeave": self._on_bridge_leave,
-            "BridgeDestroy": self._on_bridge_destroy,
-            "BridgeMerge": self._on_bridge_merge,
-            "QueueCallerJoin": self._on_queue_join,
-            "QueueCallerLeave": self._on_queue_leave,
-            "QueueCallerAbandon": self._on_queue_abandon,
-            "AgentConnect": self._on_agent_connect,
-            "BlindTransfer": self._on_blind_transfer,
-            "AttendedTransfer": self._on_attended_transfer,
-            "VarSet": self._on_varset,
-            "HangupRequest": self._on_hangup_request,
-            "Hangup": self._on_hangup,
-            "CoreShowChannel": self._on_channel_listing,
-            "Status": self._on_channel_listing,
-            "QueueEntry": self._on_queue_entry,
-            # Media reports every few seconds: a cheap heartbeat for expire().
-            "RTCPSent": self._on_activity,
-            "RTCPReceived": self._on_activity,
+            name: getattr(self, method) for name, method in _HANDLERS.items()
         }
 
     # ----------------------------------------------------------------- public API
@@ -1083,7 +1094,7 @@ class CallFolder:
     def _on_varset(self, frame: Frame, ts: float) -> list[CallEvent]:
         h = frame.headers
         variable = h.get("Variable")
-        if variable not in ("MIXMONITOR_FILENAME", "DIALSTATUS", "QUEUESTATUS"):
+        if variable not in _VARIABLES:
             uid = h.get("Uniqueid")
             ch = self._channels.get(uid) if uid is not None else None
             if ch is not None:

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ami import fold
 from ami.connection import AmiLink
 from ami.resync import resync_calls
 from contact_center.config import PbxSettings
@@ -70,6 +71,7 @@ class PbxRuntime:
             secret=self.pbx.secret.get_secret_value(),
             on_frame=lambda frame: self.telephony.feed(self.pbx.name, frame),
             on_connected=self._resync,
+            keep=fold.NEEDED,
         )
         await self.link.start()
 

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from ami.fold import CallAnswered, CallEnded, CallFolder, CallRinging, CallStarted
-from ami.frames import Frame, FrameParser
+from ami.fold import NEEDED, CallAnswered, CallEnded, CallFolder, CallRinging, CallStarted
+from ami.frames import EventFilter, Frame, FrameParser
 from ami.replay import replay_bytes, replay_chunks, replay_file
 from tests.ami._support import (
     COUNT_THRESHOLD_S,
@@ -69,6 +69,61 @@ def test_capture_in_original_recv_chunks(name: str) -> None:
     assert b"".join(chunks) == capture_bytes(name)
     got = replay_chunks(chunks, **CONFIG)
     assert record_mismatches(expected_records(name), got) == []
+
+
+def _live_and_records(frames: list[Frame]) -> tuple[list[Any], list[dict[str, Any]]]:
+    folder = CallFolder(TRUNKS, EXTENSION_PATTERN, COUNT_THRESHOLD_S, now=lambda: 0.0)
+    events = folder.feed_many(frames)
+    live = [e for e in events if isinstance(e, CallStarted | CallRinging | CallAnswered)]
+    return live, [e.record.to_json_dict() for e in events if isinstance(e, CallEnded)]
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+def test_events_the_fold_does_not_need_are_dropped_unparsed(name: str) -> None:
+    """The live link drops what the fold does not read (fold.NEEDED) before parsing it: the
+    same calls and the same live events come out of every real capture, in its recv chunks."""
+    filtered = FrameParser(keep=NEEDED)
+    frames = [f for chunk in recv_chunks(name) for f in filtered.feed(chunk)] + filtered.flush()
+    live, records = _live_and_records(frames)
+    assert record_mismatches(expected_records(name), records) == []
+    assert live == _live_and_records(_frames(capture_bytes(name)))[0]
+    everything = _frames(capture_bytes(name))
+    assert len(frames) + filtered.skipped_events == len(everything)
+    assert all(
+        f.event is None
+        or f.event in NEEDED.events
+        or f.get("ActionID")
+        or (f.event == "VarSet" and f.get("Variable") in NEEDED.variables)
+        for f in frames
+    )
+
+
+def test_an_inbound_call_is_mostly_events_the_fold_does_not_need() -> None:
+    filtered = FrameParser(keep=NEEDED)
+    kept = filtered.feed(capture_bytes("c_inbound_short_answered")) + filtered.flush()
+    assert filtered.skipped_events > 3 * len(kept)  # 136 of 177 frames
+
+
+def test_the_filter_keeps_answers_and_named_variables() -> None:
+    keep = EventFilter(frozenset({"Hangup"}), frozenset({"DIALSTATUS"}))
+    parser = FrameParser(keep=keep)
+    data = (
+        b"Event: VarSet\r\nVariable: DIALSTATUS\r\nValue: BUSY\r\n\r\n"
+        b"Event: VarSet\r\nVariable: DIALSTATUS_OTHER\r\nValue: x\r\n\r\n"
+        b"Event: Newexten\r\nChannel: PJSIP/101-1\r\n\r\n"
+        b"Event: CoreShowChannel\r\nActionID: 7\r\nChannel: PJSIP/101-1\r\n\r\n"
+        b"Response: Success\r\nActionID: 8\r\n\r\n"
+        b"Event: Hangup\r\nCause: 16\r\n\r\n"
+        b"Event: VarSet\r\nValue: no variable header\r\n\r\n"
+    )
+    frames = parser.feed(data)
+    assert [(f.event, f.get("Variable") or f.get("ActionID")) for f in frames] == [
+        ("VarSet", "DIALSTATUS"),
+        ("CoreShowChannel", "7"),
+        (None, "8"),
+        ("Hangup", None),
+    ]
+    assert parser.skipped_events == 3
 
 
 @pytest.mark.parametrize("name", CAPTURES)
