@@ -4,12 +4,13 @@ row, the timeline activity, a lead for a new caller, a call-back task for a miss
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
-from sqlalchemy import Integer, String, and_, false, literal, or_, select, union_all
+from sqlalchemy import Integer, String, and_, bindparam, false, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contact_center import recordings_service
@@ -76,11 +77,21 @@ async def card_summary_for_number(
         return None
     kind, record_id = _card_record(match)
     # A contact of a company is described by the company's card (type, potential, region).
-    card_model: Any = Company if match.company_id is not None and kind != "lead" else _MODELS[kind]
-    card_id = match.company_id if card_model is Company else record_id
-    head = (await session.execute(_card_head(card_model, card_id, match))).first()
+    card_kind = "company" if match.company_id is not None and kind != "lead" else kind
+    card_id = match.company_id if card_kind == "company" else record_id
+    links = {"contact_id": match.contact_id, "company_id": match.company_id}
+    links["lead_id"] = match.lead_id
+    # Core execution of statements built once per shape: no ORM result machinery, and their
+    # cache keys are computed once (the pop-up is the latency-critical path).
+    conn = await session.connection()
+    head_stmt = _card_head(
+        card_kind, match.responsible_id is not None, match.company_id is not None
+    )
+    params = {"card_id": card_id, "responsible_id": match.responsible_id, **links}
+    head = (await conn.execute(head_stmt, params)).first()
     sections: dict[str, list[Any]] = {"deal": [], "activity": [], "task": []}
-    for row in await session.execute(_card_lists(match)):
+    present = tuple(value is not None for value in links.values())
+    for row in await conn.execute(_card_lists(present), links):
         sections[row.section].append(row)
     potential = _money(head.potential_amount) if head is not None else None
     return {
@@ -138,13 +149,16 @@ def _card_record(match: clients.ClientMatch) -> tuple[str, int]:
     return "lead", match.lead_id
 
 
-def _card_head(card: Any, card_id: int | None, match: clients.ClientMatch) -> Any:
-    """The card's own fields with the names of its region, source, responsible and company."""
+@functools.cache
+def _card_head(card_kind: str, with_responsible: bool, with_company: bool) -> Any:
+    """The card's own fields with the names of its region, source, responsible and company
+    (parameters ``card_id``, ``responsible_id``, ``company_id``)."""
+    card: Any = _MODELS[card_kind]
 
-    def name_of(model: Any, column: Any, row_id: int | None) -> Any:
-        if row_id is None:
+    def name_of(model: Any, column: Any, param: str, present: bool) -> Any:
+        if not present:
             return literal(None, String()).label(None)
-        return select(column).where(model.id == row_id).scalar_subquery()
+        return select(column).where(model.id == bindparam(param)).scalar_subquery()
 
     return (
         select(
@@ -153,19 +167,23 @@ def _card_head(card: Any, card_id: int | None, match: clients.ClientMatch) -> An
             card.purchase_mode,
             Region.name.label("region"),
             Source.name.label("source"),
-            name_of(User, User.display_name, match.responsible_id).label("responsible"),
-            name_of(Company, Company.name, match.company_id).label("company"),
+            name_of(User, User.display_name, "responsible_id", with_responsible).label(
+                "responsible"
+            ),
+            name_of(Company, Company.name, "company_id", with_company).label("company"),
         )
         .select_from(card)
         .outerjoin(Region, Region.id == card.region_id)
         .outerjoin(Source, Source.id == card.source_id)
-        .where(card.id == card_id)
+        .where(card.id == bindparam("card_id"))
     )
 
 
-def _card_lists(match: clients.ClientMatch) -> Any:
+@functools.cache
+def _card_lists(present: tuple[bool, bool, bool]) -> Any:
     """Open deals, last activities and open tasks of the card (five each), as one UNION ALL of
-    rows ``(section, id, title, amount, extra, at, direction, recording_id)``."""
+    rows ``(section, id, title, amount, extra, at, direction, recording_id)``; ``present``
+    says which of the parameters ``contact_id``, ``company_id``, ``lead_id`` the card has."""
     no_amount = literal(None, Money()).label("amount")
     no_text = literal(None, String()).label("direction")
     no_recording = literal(None, Integer()).label("recording_id")
@@ -181,7 +199,7 @@ def _card_lists(match: clients.ClientMatch) -> Any:
             no_recording,
         )
         .join(PipelineStage, PipelineStage.id == Deal.stage_id)
-        .where(_client_filter(Deal, match), PipelineStage.kind == StageKind.OPEN.value)
+        .where(_client_filter(Deal, present), PipelineStage.kind == StageKind.OPEN.value)
         .order_by(Deal.updated_at.desc())
         .limit(5)
     )
@@ -203,7 +221,7 @@ def _card_lists(match: clients.ClientMatch) -> Any:
                 Recording.state == RecordingState.STORED.value,
             ),
         )
-        .where(_client_filter(Activity, match))
+        .where(_client_filter(Activity, present))
         .order_by(Activity.occurred_at.desc())
         .limit(5)
     )
@@ -218,7 +236,7 @@ def _card_lists(match: clients.ClientMatch) -> Any:
             no_text,
             no_recording,
         )
-        .where(_client_filter(Task, match), Task.status == TaskStatus.OPEN.value)
+        .where(_client_filter(Task, present), Task.status == TaskStatus.OPEN.value)
         .order_by(Task.due_at)
         .limit(5)
     )
@@ -227,16 +245,13 @@ def _card_lists(match: clients.ClientMatch) -> Any:
     return select(union)
 
 
-def _client_filter(model: Any, match: clients.ClientMatch) -> Any:
-    """Rows of ``model`` linked to the matched contact, company or lead (the links it has)."""
+def _client_filter(model: Any, present: tuple[bool, bool, bool]) -> Any:
+    """Rows of ``model`` linked to the matched contact, company or lead (the links it has;
+    parameters of the same names)."""
     conditions = [
-        getattr(model, column) == value
-        for column, value in (
-            ("contact_id", match.contact_id),
-            ("company_id", match.company_id),
-            ("lead_id", match.lead_id),
-        )
-        if value is not None and hasattr(model, column)
+        getattr(model, column) == bindparam(column)
+        for column, there in zip(("contact_id", "company_id", "lead_id"), present, strict=True)
+        if there and hasattr(model, column)
     ]
     return or_(*conditions) if conditions else false()
 

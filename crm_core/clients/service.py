@@ -1283,13 +1283,17 @@ async def find_client_by_phone(
     open_stages = _open_stages(rules or _DEFAULT_RULES)
     e164 = _try_phone(raw, region)
     digits = digits_of(e164 or raw or "")
+    # Core execution: plain rows, none of the ORM's result machinery (a screen-pop path).
+    # It does not autoflush, so flush what the session holds (nothing to do: no statement).
+    await session.flush()
+    conn = await session.connection()
     if len(digits) < 10:
         if e164 is None:
             return None
-        rows = (await session.execute(_BY_E164, {"e164": e164})).all()
+        rows = (await conn.execute(_BY_E164, {"e164": e164})).all()
         return _best_match(rows, "e164", open_stages)
     # Every number with the same last 10 digits, the exact one among them: one query.
-    rows = (await session.execute(_BY_LAST10, {"last10": digits[-10:]})).all()
+    rows = (await conn.execute(_BY_LAST10, {"last10": digits[-10:]})).all()
     exact = [r for r in rows if r[0] == e164]
     match = _best_match(exact, "e164", open_stages) if exact else None
     return match or _best_match(rows, "last_digits", open_stages)
