@@ -46,6 +46,15 @@ class Trace:
     outside: str  # the outside party's digits as the capture writes them (no "+")
     did: str | None
     extension: str | None
+    # Per frame, found once at load (replays rewrite every frame of every call): the ids it
+    # names, and the bytes before and after its Timestamp value.
+    ids: tuple[tuple[bytes, ...], ...] = ()
+    stamps: tuple[tuple[bytes, bytes] | None, ...] = ()
+
+
+def _stamp_split(frame: bytes) -> tuple[bytes, bytes] | None:
+    match = _TS.search(frame)
+    return (frame[: match.start(1)], frame[match.end(1) :]) if match else None
 
 
 def _load(path: Path) -> Trace:
@@ -82,6 +91,8 @@ def _load(path: Path) -> Trace:
         outside=(outside or "").lstrip("+"),
         did=(first["did"] or "").lstrip("+") or None,
         extension=first["extension"],
+        ids=tuple(tuple(m.group(2) for m in _ID_KEYS.finditer(f)) for f in frames),
+        stamps=tuple(_stamp_split(f) for f in frames),
     )
 
 
@@ -96,6 +107,9 @@ class _Rewriter:
     ids: dict[bytes, bytes] = field(default_factory=dict)
     chans: dict[bytes, bytes] = field(default_factory=dict)
     counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # One pattern for every id seen so far (rebuilt when one is added), the extension's.
+    id_pattern: re.Pattern[bytes] | None = None
+    extension_pattern: re.Pattern[bytes] | None = None
 
 
 class SimulatedPbx:
@@ -256,12 +270,20 @@ class SimulatedPbx:
         loop = asyncio.get_running_loop()
         started = loop.time()
         wall = time.time()
-        for frame, offset in zip(trace.frames, trace.offsets, strict=True):
+        for index, (frame, offset) in enumerate(zip(trace.frames, trace.offsets, strict=True)):
             delay = started + offset / self.speed - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             data = self._rewrite(
-                frame, trace, rw, wall + offset / self.speed, outside, did, extension, action_id
+                index,
+                frame,
+                trace,
+                rw,
+                wall + offset / self.speed,
+                outside,
+                did,
+                extension,
+                action_id,
             )
             self.broadcast(data)
 
@@ -274,6 +296,7 @@ class SimulatedPbx:
 
     def _rewrite(
         self,
+        index: int,
         frame: bytes,
         trace: Trace,
         rw: _Rewriter,
@@ -283,14 +306,16 @@ class SimulatedPbx:
         extension: str | None,
         action_id: str | None,
     ) -> bytes:
-        for match in _ID_KEYS.finditer(frame):
-            old = match.group(2)
+        for old in trace.ids[index]:
             if old not in rw.ids:
                 rw.ids[old] = f"{self._epoch}.{next(self._seq)}".encode()
-        data = _TS.sub(f"Timestamp: {ts:.6f}".encode(), frame)
-        # Longest first, so "1795722921.5" is not rewritten inside "1795722921.55".
-        for old in sorted(rw.ids, key=len, reverse=True):
-            data = re.sub(re.escape(old) + rb"(?![\d])", rw.ids[old], data)
+                # Longest first, so "1795722921.5" is not rewritten inside "1795722921.55".
+                ids = sorted(rw.ids, key=len, reverse=True)
+                rw.id_pattern = re.compile(b"(?:" + b"|".join(map(re.escape, ids)) + rb")(?!\d)")
+        stamp = trace.stamps[index]
+        data = stamp[0] + f"{ts:.6f}".encode() + stamp[1] if stamp else frame
+        if rw.id_pattern is not None:
+            data = rw.id_pattern.sub(lambda m: rw.ids[m.group(0)], data)
 
         def chan(m: re.Match[bytes]) -> bytes:
             key = m.group(0)
@@ -304,11 +329,17 @@ class SimulatedPbx:
         if trace.did and did:
             data = data.replace(trace.did.encode(), did.encode())
         if trace.extension and extension and extension != trace.extension:
-            data = re.sub(
-                rb"(?<![\d])" + trace.extension.encode() + rb"(?![\d])",
-                extension.encode(),
-                data,
-            )
+            if rw.extension_pattern is None:
+                # No look-behind: a pattern starting with a literal is found by a fast scan.
+                rw.extension_pattern = re.compile(re.escape(trace.extension.encode()) + rb"(?!\d)")
+            new = extension.encode()
+            text = data
+
+            def ext(m: re.Match[bytes]) -> bytes:
+                start = m.start()
+                return m.group(0) if start and text[start - 1 : start].isdigit() else new
+
+            data = rw.extension_pattern.sub(ext, data)
         if action_id is not None:
             data = _ACTION_ID.sub(f"ActionID: {action_id}".encode(), data)
         return data
