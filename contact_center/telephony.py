@@ -48,11 +48,16 @@ YIELD_MAX_S = 0.5
 PREFETCH_MAX = 1000
 
 
+# Longest a click-to-call waits for its card before the PBX is asked to ring.
+PREFETCH_WAIT_S = 0.3
+
+
 @dataclass(frozen=True)
 class _Prefetch:
     """Look up ``number``'s card ahead of a call the server itself places (click-to-call)."""
 
     number: str  # E.164
+    done: asyncio.Future[None]
     call_id: str = ""  # none yet: the PBX has not created the call
 
 
@@ -121,14 +126,19 @@ class Telephony:
         for event in folder.feed(frame):
             self.enqueue(pbx, event)
 
-    def prefetch(self, pbx: str, number: str) -> None:
-        """Look the card of ``number`` (E.164) up now, on the pop-up lane: a click-to-call
-        first rings the manager's own phone showing the client, before any event names the
-        call, so without this its card would be looked up only at that ring."""
+    async def prefetch(self, pbx: str, number: str) -> None:
+        """Look the card of ``number`` (E.164) up on the pop-up lane and wait for it (at most
+        ``PREFETCH_WAIT_S``): a click-to-call first rings the manager's own phone, showing the
+        client, a moment after the Originate, before any event names the call; asked first,
+        the card is ready at that ring."""
+        done = asyncio.get_running_loop().create_future()
         try:
-            self._fast.put_nowait((pbx, _Prefetch(number)))  # type: ignore[arg-type]
+            self._fast.put_nowait((pbx, _Prefetch(number, done)))  # type: ignore[arg-type]
         except asyncio.QueueFull:
             log.warning("telephony queue full; the card of %s is looked up at the ring", number)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(done), PREFETCH_WAIT_S)
 
     def enqueue(self, pbx: str, event: fold.CallEvent) -> None:
         lane = self._queue if isinstance(event, fold.CallEnded) else self._fast
@@ -203,13 +213,17 @@ class Telephony:
 
     async def handle(self, pbx: str, event: fold.CallEvent | _Prefetch) -> None:
         if isinstance(event, _Prefetch):
-            info = _LiveInfo()
-            await self._look_up(info, event.number, None)
-            cache = self._prefetched
-            cache.pop((pbx, event.number), None)
-            cache[(pbx, event.number)] = info
-            if len(cache) > PREFETCH_MAX:
-                del cache[next(iter(cache))]
+            try:
+                info = _LiveInfo()
+                await self._look_up(info, event.number, None)
+                cache = self._prefetched
+                cache.pop((pbx, event.number), None)
+                cache[(pbx, event.number)] = info
+                if len(cache) > PREFETCH_MAX:
+                    del cache[next(iter(cache))]
+            finally:
+                if not event.done.done():
+                    event.done.set_result(None)
         elif isinstance(event, fold.CallStarted):
             # Identify the caller while the IVR or the queue plays, before any phone rings.
             info = self._live.setdefault((pbx, event.call_id), _LiveInfo())

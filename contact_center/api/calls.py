@@ -154,7 +154,7 @@ async def click_to_call(request: web.Request, body: ClickToCall) -> ClickToCallO
     link = rt.link
     if link is None or not link.connected:
         raise Unavailable(f"PBX {rt.pbx.name} is not connected; try again shortly")
-    rt.telephony.prefetch(rt.pbx.name, number)  # the card is ready when the phone rings
+    await rt.telephony.prefetch(rt.pbx.name, number)  # the card is ready when the phone rings
     result = await link.originate(
         f"{rt.pbx.originate_tech}/{extension}",
         exten=rt.pbx.originate_exten.format(e164=number, digits=number.lstrip("+")),
