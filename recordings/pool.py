@@ -112,6 +112,10 @@ class ConverterPool:
         self._executor: ProcessPoolExecutor | None = None
         self._warm = False
         self._start_lock = asyncio.Lock()
+        # Jobs handed to the executor at once: enough to keep every worker busy; the rest wait
+        # here. Submitting is work on the event loop's thread (pickling, queue and pipe
+        # writes): a backlog of 50 recordings handed over in one go stalled the loop ~15 ms.
+        self._slots = asyncio.Semaphore(2 * workers)
         self._closed = False
         self._in_flight = 0
         self._done = 0
@@ -227,14 +231,15 @@ class ConverterPool:
         executor.shutdown(wait=False, cancel_futures=True)
 
     async def _submit(self, fn: Any, *args: Any) -> ConversionResult:
-        if self._executor is None or not self._warm:
-            # First use, or the pool was dropped after a crash: spawn off the loop.
-            await self.start()
-        executor = self._ensure_executor()
         loop = asyncio.get_running_loop()
         self._in_flight += 1
         try:
-            result: ConversionResult = await loop.run_in_executor(executor, fn, *args)
+            async with self._slots:
+                if self._executor is None or not self._warm:
+                    # First use, or the pool was dropped after a crash: spawn off the loop.
+                    await self.start()
+                executor = self._ensure_executor()
+                result: ConversionResult = await loop.run_in_executor(executor, fn, *args)
         except BrokenProcessPool as exc:
             self._failed += 1
             self._discard(executor)
