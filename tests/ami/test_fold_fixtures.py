@@ -1,6 +1,7 @@
 """Every real capture folds into exactly its ``.expected.jsonl``, however it is chunked."""
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -299,3 +300,16 @@ def test_resync_listing_without_the_call_ends_it() -> None:
     assert folder.live_calls() == []
     # The rest of the capture (a late Hangup of a call already closed) is ignored.
     assert _fold(frames[len(frames) // 2 :], folder) == []
+
+
+def test_the_documented_pbx_side_filter_lets_through_what_the_fold_needs() -> None:
+    """docs/asterisk.md's manager.conf eventfilter lines name exactly fold.NEEDED (less the
+    lists that answer our own actions, which no filter stops; plus the link's own events)."""
+    doc = (FIXTURES.parents[2] / "docs" / "asterisk.md").read_text(encoding="utf-8")
+    events = re.search(r"^eventfilter = Event: \(([^)]*)\)$", doc, re.M)
+    variables = re.search(r"^eventfilter = Variable: \(([^)]*)\)$", doc, re.M)
+    assert events is not None and variables is not None
+    answers = {"CoreShowChannel", "Status", "QueueEntry"}  # lists answering our actions
+    link_own = {"OriginateResponse", "FullyBooted"}
+    assert set(events.group(1).split("|")) == (NEEDED.events - answers) | link_own
+    assert set(variables.group(1).split("|")) == NEEDED.variables
