@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import os
@@ -37,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import crm_lookup
+import harness
 
 from contact_center import db
 from contact_center.config import DatabaseSettings
@@ -47,17 +47,11 @@ from crm_core.users import service as users
 DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 DB_NAME = "cc_bench_dialplan"
 MANAGERS = 20
-CONFIG = str(Path(__file__).resolve().parent.parent / "config.yaml")
 
 
 async def _prepare(url: str, contacts: int, rng: random.Random) -> list[str]:
     """A migrated database with the contacts, managers and the Moscow rule; the numbers."""
-    admin = await asyncpg.connect(crm_lookup._dsn(url))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{DB_NAME}"')
-    finally:
-        await admin.close()
+    await harness.recreate_database(url, DB_NAME)
     engine = db.create_engine(DatabaseSettings(url=crm_lookup._sa_url(url, DB_NAME)))
     try:
         await db.migrate(engine)
@@ -100,38 +94,14 @@ async def _prepare(url: str, contacts: int, rng: random.Random) -> list[str]:
 
 
 async def _serve(url: str, port: int) -> asyncio.subprocess.Process:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CC_")}
-    env.update(
-        CC_DATABASE_URL=crm_lookup._sa_url(url, DB_NAME),
-        CC_PBX="[]",
-        CC_SERVER_PORT=str(port),
-        CC_SERVER_LOG_LEVEL="WARNING",
-        CC_DISTRIBUTION_DEFAULT_REGION="RU-MOW",
-        CC_DISTRIBUTION_DEFAULT_EXTENSION="600",
-        CC_CONFIG=CONFIG,
+    return await harness.serve(
+        {
+            "CC_DATABASE_URL": crm_lookup._sa_url(url, DB_NAME),
+            "CC_SERVER_PORT": str(port),
+            "CC_DISTRIBUTION_DEFAULT_REGION": "RU-MOW",
+            "CC_DISTRIBUTION_DEFAULT_EXTENSION": "600",
+        }
     )
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "contact_center",
-        "serve",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-
-
-async def _wait_ready(base: str, timeout: float = 120) -> None:
-    """Until ``/healthz`` answers 200 (the database is up; no PBX is configured here)."""
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"{base}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"server at {base} not ready within {timeout} s")
 
 
 async def _ask(http: aiohttp.ClientSession, base: str, caller: str) -> tuple[float, bool]:
@@ -224,20 +194,15 @@ async def main() -> None:
     base = f"http://127.0.0.1:{args.port}"
     server = await _serve(url, args.port)
     try:
-        await _wait_ready(base)
+        await harness.wait_ready(base)
         await _saturate(base, callers[:500], args.concurrency)  # warm-up: pools, caches, plans
         before = await _server_buckets(base)
         answers = await _paced(base, callers, args.rate)
         server_side = _share(before, await _server_buckets(base))
         rate = await _saturate(base, callers, args.concurrency)
     finally:
-        server.terminate()
-        await server.wait()
-        admin = await asyncpg.connect(crm_lookup._dsn(url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await harness.stop(server)
+        await harness.drop_database(url, DB_NAME)
     latencies = [ms for ms, _ in answers]
     p50, p99 = crm_lookup._pct(latencies, 0.50), crm_lookup._pct(latencies, 0.99)
     managers = sum(1 for _, manager in answers if manager)

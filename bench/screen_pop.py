@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -34,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg  # type: ignore[import-untyped]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import crm_lookup
+import harness
 
 from ami.simulator import SimulatedPbx
 from contact_center import db
@@ -93,12 +92,7 @@ class _Refusals:
 
 
 async def _prepare(url: str, contacts: int, managers: int) -> tuple[list[str], list[str]]:
-    admin = await asyncpg.connect(crm_lookup._dsn(url))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{DB_NAME}"')
-    finally:
-        await admin.close()
+    await harness.recreate_database(url, DB_NAME)
     sa_url = crm_lookup._sa_url(url, DB_NAME)
     engine = db.create_engine(DatabaseSettings(url=sa_url))
     await db.migrate(engine)
@@ -124,9 +118,6 @@ async def _prepare(url: str, contacts: int, managers: int) -> tuple[list[str], l
     return numbers, tokens
 
 
-CONFIG = str(Path(__file__).resolve().parent.parent / "config.yaml")
-
-
 async def _serve(url: str, pbx_port: int, http_port: int) -> asyncio.subprocess.Process:
     pbx = [
         {
@@ -139,39 +130,13 @@ async def _serve(url: str, pbx_port: int, http_port: int) -> asyncio.subprocess.
             "extension_pattern": r"^\d{3}$",
         }
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CC_")}
-    env.update(
-        CC_DATABASE_URL=crm_lookup._sa_url(url, DB_NAME),
-        CC_PBX=json.dumps(pbx),
-        CC_SERVER_PORT=str(http_port),
-        CC_SERVER_LOG_LEVEL="WARNING",
-        CC_CONFIG=CONFIG,
+    return await harness.serve(
+        {
+            "CC_DATABASE_URL": crm_lookup._sa_url(url, DB_NAME),
+            "CC_PBX": json.dumps(pbx),
+            "CC_SERVER_PORT": str(http_port),
+        }
     )
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "contact_center",
-        "serve",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-
-
-async def _wait_ready(base: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"{base}/healthz") as resp:
-                    doc = await resp.json()
-                    if (
-                        resp.status == 200
-                        and doc.get("pbx", {}).get("bench", {}).get("status") == "ok"
-                    ):
-                        return
-            await asyncio.sleep(0.5)
-    raise RuntimeError("server did not become ready")
 
 
 async def main() -> None:
@@ -201,7 +166,9 @@ async def main() -> None:
     click_latencies: list[float] = []
     rings: dict[str, float] = {}
     try:
-        await _wait_ready(base)
+        await harness.wait_ready(
+            base, lambda doc: doc.get("pbx", {}).get("bench", {}).get("status") == "ok"
+        )
         # The managers' sockets take the first session's 100 connections; API calls get their own.
         async with aiohttp.ClientSession() as http, aiohttp.ClientSession() as api:
             sockets = [
@@ -272,14 +239,8 @@ async def main() -> None:
                 await ws.close()
     finally:
         await pbx.close()
-        server.terminate()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait(), 30)
-        admin = await asyncpg.connect(crm_lookup._dsn(url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await harness.stop(server)
+        await harness.drop_database(url, DB_NAME)
 
     if not latencies:
         raise SystemExit("no call.ringing frame arrived")

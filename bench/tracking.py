@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -34,14 +33,13 @@ import time
 import uuid
 from pathlib import Path
 
-import aiohttp
-import asyncpg  # type: ignore[import-untyped]
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import crm_lookup
+import harness
 
 from contact_center import db
 from contact_center.config import DatabaseSettings
@@ -51,17 +49,11 @@ from routing.number_leases import RedisLeaseStore
 DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 DB_NAME = "cc_bench_tracking"
-CONFIG = str(Path(__file__).resolve().parent.parent / "config.yaml")
 VISITORS = 20_000
 
 
 async def _prepare(url: str, pool_size: int) -> None:
-    admin = await asyncpg.connect(crm_lookup._dsn(url))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{DB_NAME}"')
-    finally:
-        await admin.close()
+    await harness.recreate_database(url, DB_NAME)
     engine = db.create_engine(DatabaseSettings(url=crm_lookup._sa_url(url, DB_NAME)))
     try:
         await db.migrate(engine)
@@ -86,50 +78,19 @@ async def _prepare(url: str, pool_size: int) -> None:
         await engine.dispose()
 
 
-async def _drop(url: str) -> None:
-    admin = await asyncpg.connect(crm_lookup._dsn(url))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 async def _serve(url: str, redis_url: str, prefix: str, port: int) -> asyncio.subprocess.Process:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CC_")}
-    env.update(
-        CC_CONFIG=CONFIG,
-        CC_DATABASE_URL=crm_lookup._sa_url(url, DB_NAME),
-        CC_REDIS_URL=redis_url,
-        CC_REDIS_PREFIX=prefix,
-        CC_PBX="[]",
-        CC_SERVER_PORT=str(port),
-        CC_SERVER_LOG_LEVEL="WARNING",
-        CC_TRACKING_EXHAUSTION="static",
-        CC_TRACKING_RELEASE_COOLDOWN_MINUTES="0",
-        CC_TRACKING_SESSIONS_PER_IP="1000000000",
-        CC_TRACKING_SESSIONS_PER_VISITOR="1000000000",
+    return await harness.serve(
+        {
+            "CC_DATABASE_URL": crm_lookup._sa_url(url, DB_NAME),
+            "CC_REDIS_URL": redis_url,
+            "CC_REDIS_PREFIX": prefix,
+            "CC_SERVER_PORT": str(port),
+            "CC_TRACKING_EXHAUSTION": "static",
+            "CC_TRACKING_RELEASE_COOLDOWN_MINUTES": "0",
+            "CC_TRACKING_SESSIONS_PER_IP": "1000000000",
+            "CC_TRACKING_SESSIONS_PER_VISITOR": "1000000000",
+        }
     )
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "contact_center",
-        "serve",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-
-
-async def _wait_ready(base: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"{base}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"server at {base} not ready within {timeout} s")
 
 
 class Connection:
@@ -260,18 +221,17 @@ async def main() -> None:
     redis = aioredis.from_url(redis_url, max_connections=args.concurrency + 8)
     base = f"http://127.0.0.1:{args.port}"
     try:
-        await _wait_ready(base)
+        await harness.wait_ready(base)
         print(f"server up; pool of {args.pool} numbers, {args.concurrency} pages, {args.seconds} s")
         pages = await _leases(args.port, redis, prefix, args)
         roundtrips = await _roundtrips(redis, args.concurrency, 3.0)
     finally:
-        server.terminate()
-        await server.wait()
+        await harness.stop(server)
         keys = [k async for k in redis.scan_iter(f"{prefix}:*")]
         if keys:
             await redis.delete(*keys)
         await redis.aclose()
-        await _drop(url)
+        await harness.drop_database(url, DB_NAME)
     leases = len(pages.latencies)
     result = {
         "leases_per_s": round(leases / args.seconds, 1),
