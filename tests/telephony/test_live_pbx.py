@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -18,32 +17,14 @@ from contact_center.pbx import LINKS
 from crm_core.calls.model import Call
 from crm_core.users import service as users
 from tests.helpers import until
-
-
-@pytest.fixture
-async def pbx() -> AsyncIterator[SimulatedPbx]:
-    sim = SimulatedPbx(speed=40.0, username="cc", secret="s3cret")
-    await sim.start()
-    yield sim
-    await sim.close()
+from tests.telephony.conftest import pbx_setting
 
 
 @pytest.fixture
 async def live(
     make_settings: Any, database_url: str, pbx: SimulatedPbx, aiohttp_client_factory: Any
 ) -> Any:
-    config = [
-        {
-            "name": "main",
-            "host": "127.0.0.1",
-            "port": pbx.port,
-            "username": "cc",
-            "secret": "s3cret",
-            "trunks": ["provider"],
-            "extension_pattern": "^\\d{3}$",
-        }
-    ]
-    settings = make_settings(CC_DATABASE_URL=database_url, CC_PBX=json.dumps(config))
+    settings = make_settings(CC_DATABASE_URL=database_url, CC_PBX=pbx_setting(pbx))
     client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
     async with client.app[SESSIONS]() as session:
         for login, exts in (("ivan", ("101",)), ("anna", ("102",))):

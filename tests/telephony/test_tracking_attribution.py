@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -26,14 +25,7 @@ from crm_core.reference.model import Region, Source
 from crm_core.users import service as users
 from tests.distribution.world import add_rule
 from tests.helpers import until
-
-
-@pytest.fixture
-async def pbx() -> AsyncIterator[SimulatedPbx]:
-    sim = SimulatedPbx(speed=40.0, username="cc", secret="s3cret")
-    await sim.start()
-    yield sim
-    await sim.close()
+from tests.telephony.conftest import pbx_setting
 
 
 @pytest.fixture
@@ -51,18 +43,7 @@ async def start_live(
     **env: str,
 ) -> Any:
     """The server following the simulated PBX, the demo's tracking and Ivan (101)."""
-    config = [
-        {
-            "name": "main",
-            "host": "127.0.0.1",
-            "port": pbx.port,
-            "username": "cc",
-            "secret": "s3cret",
-            "trunks": ["provider"],
-            "extension_pattern": "^\\d{3}$",
-        }
-    ]
-    settings = make_settings(CC_DATABASE_URL=database_url, CC_PBX=json.dumps(config), **env)
+    settings = make_settings(CC_DATABASE_URL=database_url, CC_PBX=pbx_setting(pbx), **env)
     client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
     async with client.app[SESSIONS]() as session:
         await users.create_user(
