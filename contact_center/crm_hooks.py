@@ -79,8 +79,7 @@ async def card_summary_for_number(
     # A contact of a company is described by the company's card (type, potential, region).
     card_kind = "company" if match.company_id is not None and kind != "lead" else kind
     card_id = match.company_id if card_kind == "company" else record_id
-    links = {"contact_id": match.contact_id, "company_id": match.company_id}
-    links["lead_id"] = match.lead_id
+    links = {name: getattr(match, name) for name in _LINKS}
     # Core execution of statements built once per shape: no ORM result machinery, and their
     # cache keys are computed once (the pop-up is the latency-critical path).
     conn = await session.connection()
@@ -137,6 +136,7 @@ async def card_summary_for_number(
 
 
 _MODELS: dict[str, Any] = {"contact": Contact, "company": Company, "lead": Lead}
+_LINKS = ("contact_id", "company_id", "lead_id")  # a card's links, the parameters of its lists
 
 
 def _card_record(match: clients.ClientMatch) -> tuple[str, int]:
@@ -180,7 +180,7 @@ def _card_head(card_kind: str, with_responsible: bool, with_company: bool) -> An
 
 
 @functools.cache
-def _card_lists(present: tuple[bool, bool, bool]) -> Any:
+def _card_lists(present: tuple[bool, ...]) -> Any:
     """Open deals, last activities and open tasks of the card (five each), as one UNION ALL of
     rows ``(section, id, title, amount, extra, at, direction, recording_id)``; ``present``
     says which of the parameters ``contact_id``, ``company_id``, ``lead_id`` the card has."""
@@ -245,12 +245,12 @@ def _card_lists(present: tuple[bool, bool, bool]) -> Any:
     return select(union)
 
 
-def _client_filter(model: Any, present: tuple[bool, bool, bool]) -> Any:
+def _client_filter(model: Any, present: tuple[bool, ...]) -> Any:
     """Rows of ``model`` linked to the matched contact, company or lead (the links it has;
     parameters of the same names)."""
     conditions = [
         getattr(model, column) == bindparam(column)
-        for column, there in zip(("contact_id", "company_id", "lead_id"), present, strict=True)
+        for column, there in zip(_LINKS, present, strict=True)
         if there and hasattr(model, column)
     ]
     return or_(*conditions) if conditions else false()
