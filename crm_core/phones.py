@@ -7,6 +7,7 @@ with 7 or 8 is read as Russian even without a "+".
 
 from __future__ import annotations
 
+import functools
 import re
 
 import phonenumbers
@@ -25,6 +26,23 @@ def normalize_phone(raw: str, region: str = "RU") -> str:
     text = (raw or "").strip()
     if not text:
         raise InvalidPhone("empty phone number", details={"value": raw})
+    e164 = _parse(text, region)
+    if e164 == _NOT_A_NUMBER:
+        raise InvalidPhone(f"not a phone number: {raw!r}", details={"value": raw})
+    if e164 == _IMPOSSIBLE:
+        raise InvalidPhone(f"not a possible phone number: {raw!r}", details={"value": raw})
+    return e164
+
+
+_NOT_A_NUMBER = "not a number"
+_IMPOSSIBLE = "impossible"
+
+
+@functools.lru_cache(maxsize=16384)
+def _parse(text: str, region: str) -> str:
+    # Memoised: parsing costs ~0.1 ms, and the hot paths (a ringing call, the dialplan's
+    # lookup) see the same numbers again: the DID on every call, a caller normalised by the
+    # router and again by the lookup, a client calling back.
     digits = "".join(_DIGITS.findall(text))
     candidate = text
     if not text.startswith("+"):
@@ -34,10 +52,10 @@ def normalize_phone(raw: str, region: str = "RU") -> str:
             candidate = "+" + digits  # an international number written without "+"
     try:
         number = phonenumbers.parse(candidate, region)
-    except phonenumbers.NumberParseException as exc:
-        raise InvalidPhone(f"not a phone number: {raw!r}", details={"value": raw}) from exc
+    except phonenumbers.NumberParseException:
+        return _NOT_A_NUMBER
     if not phonenumbers.is_possible_number(number):
-        raise InvalidPhone(f"not a possible phone number: {raw!r}", details={"value": raw})
+        return _IMPOSSIBLE
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
