@@ -97,6 +97,7 @@ class DialSessions:
     def __init__(self, settings: Settings, sessions: async_sessionmaker[Any]) -> None:
         self._engine: AsyncEngine | None = None
         self.factory = sessions
+        self.autocommit = False  # every statement commits itself: nothing left to commit
         if make_url(settings.database.url).get_backend_name() == "postgresql":
             self._engine = create_async_engine(
                 settings.database.url,
@@ -106,6 +107,7 @@ class DialSessions:
                 connect_args={"server_settings": {"synchronous_commit": "off"}},
             )
             self.factory = async_sessionmaker(self._engine, expire_on_commit=False)
+            self.autocommit = True
 
     async def close(self) -> None:
         if self._engine is not None:
@@ -174,7 +176,8 @@ async def _decide(app: web.Application, caller: str, did: str, pbx: str | None) 
     book = await app[RULE_CACHE].get(app)
     did_e164 = try_normalize_phone(did, rules.default_region) or did
     now = app[CLOCK].now()
-    async with app[DIAL_SESSIONS].factory() as session:
+    dial_sessions = app[DIAL_SESSIONS]
+    async with dial_sessions.factory() as session:
         _, region = await app[TRACKER].locate_call(session, did_e164, now)
         region_id = region.id
         assignment = await distribution.distribute(
@@ -186,7 +189,8 @@ async def _decide(app: web.Application, caller: str, did: str, pbx: str | None) 
             rules=rules,
             book=book,
         )
-        await session.commit()  # a round-robin turn was taken (a no-op in autocommit)
+        if not dial_sessions.autocommit:
+            await session.commit()  # a round-robin turn was taken
     extension = book.extension_of(assignment.user_id, pbx)
     return DialAnswer(
         extension=extension or cfg.default_extension,

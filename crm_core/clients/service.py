@@ -1284,8 +1284,9 @@ async def find_client_by_phone(
     e164 = _try_phone(raw, region)
     digits = digits_of(e164 or raw or "")
     # Core execution: plain rows, none of the ORM's result machinery (a screen-pop path).
-    # It does not autoflush, so flush what the session holds (nothing to do: no statement).
-    await session.flush()
+    # It does not autoflush, so flush what the session holds, if anything.
+    if session.new or session.dirty or session.deleted:
+        await session.flush()
     conn = await session.connection()
     if len(digits) < 10:
         if e164 is None:

@@ -248,7 +248,8 @@ async def _pick(
     session: AsyncSession, rule: RuleView, on_duty: Sequence[OnDuty], rules: CrmRules
 ) -> int:
     if rule.strategy == Strategy.ROUND_ROBIN:
-        turn = await session.scalar(_TAKE_TURN, {"rule_id": rule.id})
+        conn = await session.connection()
+        turn = (await conn.execute(_TAKE_TURN, {"rule_id": rule.id})).scalar()
         return weighted_turn(on_duty, int(turn or 1) - 1)
     if rule.strategy == Strategy.LEAST_LOADED:
         load = await open_load(session, [m.user_id for m in on_duty], rules)
