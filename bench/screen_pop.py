@@ -249,6 +249,9 @@ async def main() -> None:
         f"calls placed: {placed} ({achieved:.1f}/s, {clicks} click-to-call); "
         f"pop-ups measured: {len(latencies)}"
     )
+    missing = sorted(set(pbx.sent) - set(rings))
+    if missing:
+        print(f"rung at the PBX with no pop-up: {len(missing)} ({', '.join(missing[:5])})")
     print(f"ring -> pop-up latency: p50 {p50:.2f} ms, p99 {p99:.2f} ms (goal p99 < 20 ms)")
     if click_latencies:
         print(
