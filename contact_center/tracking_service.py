@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contact_center import tracking_config
 from contact_center.config import Settings, TrackingSettings
-from contact_center.keys import BUS, CLOCK, REDIS, SESSIONS, SETTINGS
+from contact_center.keys import BUS, CLOCK, HEALTH, REDIS, SESSIONS, SETTINGS
 from crm_core.clock import Clock
 from crm_core.errors import NotFound, RateLimited
 from crm_core.events import DomainEvent
@@ -254,6 +254,15 @@ class RegionFallbacks:
             default_region=cfg.default_region,
         )
 
+    def unknown_codes(self, d: Directory) -> dict[str, str]:
+        """The configured region codes that name no region in ``d``: setting -> code."""
+        configured = {
+            f"distribution.did_regions.{did}": code for did, code in self.did_regions.items()
+        }
+        if self.default_region:
+            configured["distribution.default_region"] = self.default_region
+        return {key: code for key, code in sorted(configured.items()) if code not in d.region_ids}
+
 
 def region_of_call(
     d: Directory,
@@ -305,6 +314,7 @@ class TrackingService:
         self._loaded_at = 0.0
         self._generation = 0
         self._lock = asyncio.Lock()
+        self._unknown_codes: dict[str, str] = {}
         self._ttl_s = cfg.lease_minutes * 60.0
         self._cooldown_s = cfg.release_cooldown_minutes * 60.0
 
@@ -330,7 +340,34 @@ class TrackingService:
                 loaded = await load_directory(session)
             if generation == self._generation:
                 self._directory, self._loaded_at = loaded, time.monotonic()
+            self._check_codes(loaded)
             return loaded
+
+    def _check_codes(self, d: Directory) -> None:
+        # A code naming no region is skipped when a call's region is chosen (the next fallback
+        # decides): say so once per change, in the log and in /healthz, not on every call.
+        unknown = self.fallbacks.unknown_codes(d)
+        if unknown != self._unknown_codes:
+            for key, code in unknown.items():
+                if self._unknown_codes.get(key) != code:
+                    log.warning(
+                        "tracking: %s = %r names no region (create it, or fix the setting); "
+                        "calls fall through to the next fallback",
+                        key,
+                        code,
+                    )
+            self._unknown_codes = unknown
+
+    def provide_status(self) -> dict[str, Any]:
+        """The ``tracking`` entry of ``/healthz``."""
+        entry: dict[str, Any] = {"status": "ok"}
+        if self._directory is not None:
+            entry["sites"] = len(self._directory.sites)
+            entry["numbers"] = len(self._directory.numbers)
+        if self._unknown_codes:
+            entry["status"] = "degraded"
+            entry["unknown_region_codes"] = dict(self._unknown_codes)
+        return entry
 
     async def site(self, code: str) -> SiteInfo:
         site = (await self.directory()).sites.get(code)
@@ -636,6 +673,7 @@ def setup(app: web.Application) -> None:
             ip_regions=table,
         )
         app[TRACKER] = service
+        app[HEALTH].add("tracking", service.provide_status)
         app[BUS].subscribe(
             service.on_event, name="tracking-directory", events=("tracking.changed",)
         )

@@ -162,6 +162,47 @@ async def test_dial_falls_back_when_the_database_is_slow(
     assert (answer["extension"], answer["reason"]) == ("600", "timeout")
 
 
+async def test_region_codes_naming_no_region_are_named_in_the_log_and_healthz(
+    make_settings: Any, database_url: str, aiohttp_client_factory: Any, caplog: Any
+) -> None:
+    """distribution.did_regions / default_region codes that name no region are skipped when a
+    call's region is chosen; the operator is told once, which setting and which code."""
+    from contact_center.app import create_app
+    from contact_center.tracking_service import TRACKER
+
+    settings = make_settings(
+        CC_DATABASE_URL=database_url,
+        CC_DISTRIBUTION_DID_REGIONS='{"8 499 000-07-77": "RU-NOPE"}',
+        CC_DISTRIBUTION_DEFAULT_REGION="RU-MOW",
+    )
+    caplog.set_level("WARNING", logger="contact_center.tracking_service")
+    client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+    doc = await (await client.get("/healthz")).json()
+    assert doc["tracking"] == {"status": "ok"}  # nothing has read the directory yet
+    resp = await client.get(
+        "/api/v1/routing/dial", params={"caller": "+79160000001", "did": "+74990000777"}
+    )
+    assert resp.status == 200
+    doc = await (await client.get("/healthz")).json()
+    assert doc["tracking"]["status"] == "degraded"
+    assert doc["tracking"]["unknown_region_codes"] == {
+        "distribution.default_region": "RU-MOW",
+        "distribution.did_regions.+74990000777": "RU-NOPE",
+    }
+    named = [r.getMessage() for r in caplog.records if "names no region" in r.getMessage()]
+    assert len(named) == 2 and any("'RU-NOPE'" in m for m in named), named
+    # Moscow created: the next reload clears it; RU-NOPE is still named, not logged again.
+    await world(client)
+    caplog.clear()
+    client.app[TRACKER].invalidate()
+    await client.app[TRACKER].directory()
+    doc = await (await client.get("/healthz")).json()
+    assert doc["tracking"]["unknown_region_codes"] == {
+        "distribution.did_regions.+74990000777": "RU-NOPE"
+    }
+    assert not [r for r in caplog.records if "names no region" in r.getMessage()]
+
+
 async def test_manual_queue_over_http(client: Any) -> None:
     w, h = await world(client)
     async with client.app[SESSIONS]() as session:
