@@ -31,7 +31,7 @@ from contact_center import db as database
 from contact_center.bus import BusMetrics, EventBus, RedisEventBus
 from contact_center.config import Settings
 from contact_center.health import StatusAggregator
-from contact_center.http import auth
+from contact_center.http import auth, proxies
 from contact_center.http.api import Api
 from contact_center.http.errors import error_middleware
 from contact_center.keys import (
@@ -85,10 +85,11 @@ def create_app(
     ``announce`` receives the one-time text meant for the operator's terminal (the first admin's
     password); it never goes to the log. ``clock`` defaults to the system clock.
     """
-    app = web.Application(
-        middlewares=[_metrics_middleware, error_middleware, auth.auth_middleware],
-        client_max_size=64 * 1024 * 1024,
-    )
+    middlewares: list[Any] = [_metrics_middleware, error_middleware]
+    if settings.server.trusted_proxies:
+        middlewares.append(proxies.middleware(proxies.networks(settings.server.trusted_proxies)))
+    middlewares.append(auth.auth_middleware)
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024 * 1024)
     app[SETTINGS] = settings
     app[INSTANCE_ID] = instance_id or uuid.uuid4().hex[:12]
     registry = CollectorRegistry()

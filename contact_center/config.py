@@ -44,6 +44,13 @@ class ConfigError(Exception):
         self.lines = lines
 
 
+def _ip_networks(value: list[str]) -> list[str]:
+    from contact_center.http.proxies import networks
+
+    networks(value)  # raises ValueError naming the entry
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -55,6 +62,12 @@ class ServerSettings(_Section):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     shutdown_timeout_s: float = Field(10.0, gt=0, le=300)
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return _ip_networks(value)
 
 
 class DatabaseSettings(_Section):
@@ -287,14 +300,7 @@ class DistributionSettings(_Section):
     @field_validator("dial_allow_from")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        import ipaddress
-
-        for item in value:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"expected an IP address or network, got {item!r}") from exc
-        return value
+        return _ip_networks(value)
 
 
 class ChannelsSettings(_Section):

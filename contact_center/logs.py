@@ -11,6 +11,8 @@ from typing import Any
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
+from contact_center.http.proxies import CLIENT_ADDRESS
+
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and is a field.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
@@ -84,7 +86,8 @@ class AccessLogger(AbstractAccessLogger):
                 "status": response.status,
                 "duration_ms": round(time * 1000, 2),
                 "bytes": response.body_length,
-                "remote": request.remote,
+                # Behind a trusted proxy, the client it forwarded (contact_center.http.proxies).
+                "remote": request.get(CLIENT_ADDRESS, request.remote),
             },
         )
 

@@ -102,7 +102,8 @@ async def _check_rate(request: web.Request, visitor_id: str | None) -> None:
 
 async def _ip_region(request: web.Request, raw: dict[str, Any]) -> int | None:
     """The region of the sender's address (``tracking.ip_regions_file``) when the form names
-    none. The peer address is used as is: X-Forwarded-For is not trusted."""
+    none. ``request.remote`` is the client's address (behind ``server.trusted_proxies``, the
+    one they forwarded)."""
     if str(raw.get("region") or "").strip():
         return None
     tracker = request.app[TRACKER]

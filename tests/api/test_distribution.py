@@ -131,6 +131,28 @@ async def test_dial_answers_plain_text_json_and_safe_defaults(dial_client: Any) 
     assert await (await client.get(url, headers=token)).text() == "103"
 
 
+async def test_through_a_trusted_proxy_an_outside_client_is_not_loopback(
+    make_settings: Any, database_url: str, aiohttp_client_factory: Any
+) -> None:
+    """With nginx on the same host, every request arrives from loopback: the dialplan's
+    loopback allowance must hold for the PBX asking directly, not for whoever nginx serves."""
+    from contact_center.app import create_app
+
+    settings = make_settings(
+        CC_DATABASE_URL=database_url,
+        CC_SERVER_TRUSTED_PROXIES='["127.0.0.1", "::1"]',
+        CC_DISTRIBUTION_DEFAULT_EXTENSION="600",
+    )
+    client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+    url = "/api/v1/routing/dial?caller=84951112233&did=74950000000"
+    assert await (await client.get(url)).text() == "600"  # the PBX on this host
+    proxied = await client.get(url, headers={"X-Forwarded-For": "203.0.113.9"})
+    assert proxied.status == 401
+    # A client naming loopback through the proxy is still the outside address nginx saw.
+    spoofed = await client.get(url, headers={"X-Forwarded-For": "127.0.0.1, 203.0.113.9"})
+    assert spoofed.status == 401
+
+
 async def _dial_text(client: Any, url: str, headers: dict[str, str]) -> bool:
     return await (await client.get(url, headers=headers)).text() == "102"
 

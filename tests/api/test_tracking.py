@@ -507,6 +507,43 @@ async def test_the_ip_table_places_a_session_that_names_no_region(
     assert (await start(plain, utm=tags))["number"] in POOLS["yandex-msk"]
 
 
+async def test_behind_a_trusted_proxy_the_visitors_address_places_the_session(
+    factory: Any, tmp_path: Path
+) -> None:
+    """server.trusted_proxies: the address nginx puts in X-Forwarded-For is the visitor's;
+    from any other peer the header is ignored (the visitor cannot pick his region by it)."""
+    first = await factory()
+    async with first.app[SESSIONS]() as session:
+        await demo_tracking.seed(session)
+        await session.commit()
+    table = tmp_path / "ip-regions.csv"
+    table.write_text("203.0.113.0/24,RU-SPE\n")
+    tags = {"utm_source": "yandex", "utm_campaign": "x"}
+    visitor = {"X-Forwarded-For": "198.51.100.1, 203.0.113.9"}
+
+    async def number(client: Any, headers: dict[str, str]) -> str:
+        body = {"site": "demo", "utm": tags}
+        resp = await client.post(SESSION, json=body, headers=headers)
+        assert resp.status == 200, await resp.text()
+        return str((await resp.json())["number"])
+
+    proxied = await factory(
+        CC_TRACKING_IP_REGIONS_FILE=str(table), CC_SERVER_TRUSTED_PROXIES='["127.0.0.1"]'
+    )
+    assert await number(proxied, visitor) in POOLS["yandex-spb"]
+    assert await number(proxied, {}) in POOLS["yandex-msk"]  # the proxy's own address
+    resp = await proxied.post(
+        SESSION, json={"site": "demo"}, headers={"X-Forwarded-For": "203.0.113.9, nonsense"}
+    )
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "bad-forwarded-for"
+    # Loopback is no trusted proxy here: the header is the client's own claim, ignored.
+    direct = await factory(
+        CC_TRACKING_IP_REGIONS_FILE=str(table), CC_SERVER_TRUSTED_PROXIES='["10.0.0.0/8"]'
+    )
+    assert await number(direct, visitor) in POOLS["yandex-msk"]
+
+
 async def test_a_bad_ip_table_names_the_file_and_line(session: Any, tmp_path: Path) -> None:
     table = tmp_path / "ip.csv"
     table.write_text("5.8.0.0/16,RU-MOW\n\n5.8.300.0/24,RU-SPE\n")

@@ -1,0 +1,98 @@
+"""The client's address behind reverse proxies (``server.trusted_proxies``).
+
+Behind nginx or a load balancer every connection comes from the proxy, so the peer address
+says nothing about the visitor: rate limits per address would throttle every visitor at once,
+the IP-to-region table would see one address, and a dialplan allowance for loopback would let
+the whole internet in through a local proxy. With ``server.trusted_proxies`` set, a request
+whose peer is one of those networks has its address taken from ``X-Forwarded-For``, read right
+to left, skipping the trusted hops: the first address that is not a trusted proxy is the
+client (what nginx's ``real_ip_recursive`` does). A request from any other peer keeps its peer
+address and its ``X-Forwarded-*`` headers are ignored, so a client cannot claim an address by
+sending the header itself.
+
+aiohttp-remotes was considered: its ``XForwardedFiltered`` believes the header whoever the peer
+is (a direct client could pose as loopback), and ``XForwardedStrict`` refuses requests that do
+not come through the proxy (a PBX asking the dialplan endpoint directly).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+from aiohttp import hdrs, web
+
+from crm_core.errors import DomainError
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# The forwarded client, on the original request (the one aiohttp's access log is given).
+CLIENT_ADDRESS = web.RequestKey("client_address", str)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BadForwardedFor(DomainError):
+    error_id = "bad-forwarded-for"
+
+
+def networks(items: Iterable[str]) -> tuple[Network, ...]:
+    """``items`` (addresses or CIDR networks) as networks; ValueError naming a bad one."""
+    out = []
+    for item in items:
+        try:
+            out.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError as exc:
+            raise ValueError(f"expected an IP address or network, got {item!r}") from exc
+    return tuple(out)
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+
+
+def client_address(
+    peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[Network]
+) -> str | None:
+    """The client's address: ``peer`` unless it is a trusted proxy, else the right-most
+    ``X-Forwarded-For`` entry that is not one (the left-most when every hop is trusted).
+
+    ``forwarded_for`` holds the header's values (several headers are one list, in order).
+    Raises :class:`BadForwardedFor` for an entry a trusted hop vouches for that is not an IP
+    address."""
+    address = _address(peer or "")
+    if address is None or not any(address in net for net in trusted):
+        return peer
+    hops = [hop for value in forwarded_for for hop in value.split(",") if hop.strip()]
+    client = peer
+    for hop in reversed(hops):
+        hop_address = _address(hop)
+        if hop_address is None:
+            raise BadForwardedFor(
+                f"X-Forwarded-For: {hop.strip()!r} is not an IP address",
+                details={"header": "X-Forwarded-For", "value": hop.strip()},
+            )
+        client = str(hop_address)
+        if not any(hop_address in net for net in trusted):
+            break
+    return client
+
+
+def middleware(trusted: Sequence[Network]) -> Any:
+    """An aiohttp middleware giving handlers the client's address as ``request.remote``."""
+
+    @web.middleware
+    async def real_client(request: web.Request, handler: Handler) -> web.StreamResponse:
+        forwarded = request.headers.getall(hdrs.X_FORWARDED_FOR, [])
+        if not forwarded:
+            return await handler(request)
+        remote = client_address(request.remote, forwarded, trusted)
+        if remote == request.remote:
+            return await handler(request)
+        if remote:
+            request[CLIENT_ADDRESS] = remote
+        return await handler(request.clone(remote=remote or ""))
+
+    return real_client
