@@ -34,7 +34,8 @@ async def test_models_match_migrations_exactly(engine: AsyncEngine) -> None:
     from alembic.migration import MigrationContext
 
     def diff(conn):  # type: ignore[no-untyped-def]
-        ctx = MigrationContext.configure(conn, opts={"compare_type": False})
+        opts = {"compare_type": False, "include_object": migrations.include_object}
+        ctx = MigrationContext.configure(conn, opts=opts)
         return compare_metadata(ctx, Base.metadata)
 
     async with engine.connect() as conn:
@@ -103,3 +104,87 @@ async def test_foreign_keys_are_enforced(session: AsyncSession) -> None:
     session.add(AuthToken(user_id=999_999, kind="api", token_hash="orphan"))
     with pytest.raises(Exception, match=r"(?i)foreign key"):
         await session.flush()
+
+
+async def test_name_search_is_served_by_trigram_indexes_on_postgresql(
+    engine: AsyncEngine, session: AsyncSession
+) -> None:
+    """Substring search on names (``name_search LIKE '%…%'``) uses the pg_trgm GIN indexes of
+    migration 0010 on PostgreSQL; SQLite has none and needs none."""
+    from crm_core.clients import search
+    from crm_core.clients.model import Company, Contact
+
+    async with engine.connect() as conn:
+        names = set(
+            await conn.run_sync(
+                lambda c: {
+                    ix["name"]
+                    for table in ("contacts", "companies", "leads")
+                    for ix in inspect(c).get_indexes(table)
+                }
+            )
+        )
+    trigram = {n for n in names if n and n.endswith(migrations.TRIGRAM_SUFFIX)}
+    if engine.dialect.name != "postgresql":
+        assert trigram == set()
+        return
+    assert trigram == {
+        "ix_contacts_name_search_trgm",
+        "ix_companies_name_search_trgm",
+        "ix_leads_name_search_trgm",
+    }
+    # The clause the client search builds, as it is sent (a bound, escaped pattern).
+    await session.execute(text("SET LOCAL enable_seqscan = off"))
+    for kind, table, index in (
+        ("contact", Contact, "ix_contacts_name_search_trgm"),
+        ("company", Company, "ix_companies_name_search_trgm"),
+    ):
+        stmt = select(table.id).where(search._search_clause(kind, "Ромашка_1%", "RU"))
+        sql = str(stmt.compile(engine.sync_engine, compile_kwargs={"literal_binds": True}))
+        plan = "\n".join((await session.execute(text(f"EXPLAIN {sql}"))).scalars())
+        assert index in plan, plan
+    lead_plan = "\n".join(
+        (
+            await session.execute(
+                text("EXPLAIN SELECT id FROM leads WHERE name_search LIKE '%ромашка%'")
+            )
+        ).scalars()
+    )
+    assert "ix_leads_name_search_trgm" in lead_plan, lead_plan
+
+
+async def test_migrations_complete_without_the_right_to_create_pg_trgm(
+    postgres_template: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A role that may not create extensions (no CREATE on its database) still migrates: the
+    trigram indexes are skipped with a warning, search stays correct (and scans)."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import pg_admin
+
+    base, _ = postgres_template
+    name, role = f"cc_t_{uuid.uuid4().hex[:12]}", f"cc_r_{uuid.uuid4().hex[:8]}"
+    await pg_admin(base, f'CREATE ROLE "{role}" LOGIN', f'CREATE DATABASE "{name}"')
+    url = make_url(base).set(database=name)
+    try:
+        await pg_admin(
+            url.render_as_string(hide_password=False),
+            f'GRANT USAGE, CREATE ON SCHEMA public TO "{role}"',
+        )
+        limited = url.set(username=role, password=None).render_as_string(hide_password=False)
+        eng = db.create_engine(DatabaseSettings(url=limited))
+        try:
+            caplog.set_level("WARNING", logger="crm_core.migrations")
+            assert (await db.migrate(eng))[1] == migrations.head_revision()
+            async with eng.connect() as conn:
+                indexes = await conn.run_sync(lambda c: inspect(c).get_indexes("contacts"))
+        finally:
+            await eng.dispose()
+        assert not [ix for ix in indexes if ix["name"].endswith(migrations.TRIGRAM_SUFFIX)]
+        assert any("cannot create the pg_trgm extension" in r.getMessage() for r in caplog.records)
+    finally:
+        await pg_admin(
+            base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'DROP ROLE IF EXISTS "{role}"'
+        )

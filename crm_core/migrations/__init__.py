@@ -7,6 +7,7 @@ runs it through ``AsyncConnection.run_sync``), so no ``alembic.ini`` is needed a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -35,3 +36,16 @@ def current_revision(connection: Connection) -> str | None:
 
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+TRIGRAM_SUFFIX = "_trgm"
+"""Trigram indexes (PostgreSQL with pg_trgm) serve substring name search. They are created by
+the migrations when the extension can be had and are not in the models: a database without
+them is as correct, only slower to search."""
+
+
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Autogenerate's filter: the optional trigram indexes are not drift."""
+    return not (type_ == "index" and reflected and (name or "").endswith(TRIGRAM_SUFFIX))

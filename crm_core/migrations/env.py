@@ -7,6 +7,7 @@ from typing import Any
 from alembic import context
 
 from crm_core.db import Money, UTCDateTime
+from crm_core.migrations import include_object
 from crm_core.models import Base
 
 connection = context.config.attributes.get("connection")
@@ -26,6 +27,7 @@ def _render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
 context.configure(
     connection=connection,
     render_item=_render_item,
+    include_object=include_object,
     target_metadata=Base.metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
