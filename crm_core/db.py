@@ -1,4 +1,4 @@
-"""Declarative base, naming convention and column types shared by every model."""
+"""Declarative base, naming convention, column types and SQL helpers shared by every model."""
 
 from __future__ import annotations
 
@@ -6,11 +6,18 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, MetaData
+from sqlalchemy import JSON, BigInteger, ColumnElement, DateTime, MetaData
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
+
+
+def contains(column: Any, text: str) -> ColumnElement[bool]:
+    """``column LIKE '%text%'`` with ``text`` taken literally (``%``, ``_`` and ``\\`` escaped)."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return column.like(f"%{escaped}%", escape="\\")
+
 
 # Stable constraint names, so Alembic migrations can address them on SQLite and PostgreSQL alike.
 NAMING_CONVENTION = {

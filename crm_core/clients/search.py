@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, false, func, or_, select
+from sqlalchemy import ColumnElement, false, func, or_, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core import access
@@ -27,6 +27,7 @@ from crm_core.clients.model import (
     fold_name,
 )
 from crm_core.clients.service import digits_rev_prefix, group_company_ids
+from crm_core.db import contains
 from crm_core.phones import digits_of, try_normalize_phone
 from crm_core.rules import CrmRules
 from crm_core.users.model import User
@@ -48,11 +49,6 @@ class ClientFilter:
     head_id: int | None = None  # companies: the group under this head; contacts: linked to it
     company_id: int | None = None  # contacts linked to this company
     include_merged: bool = False
-
-
-def _like(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
 
 
 def _phone_clauses(q: str, region: str) -> tuple[list[Any], list[Any]]:
@@ -84,17 +80,20 @@ def _owner_ids(model: Any, owner: Any, clauses: list[Any]) -> Any:
 
 
 def _search_clause(kind: str, q: str, region: str) -> ColumnElement[bool]:
+    """What ``q`` matches: the name, else (for digits, an e-mail, an INN) any of the name, a
+    phone, an e-mail or the requisites. Several meanings are one ``id IN (... UNION ...)``:
+    each part is answered by its own index, where an ``OR`` of them made PostgreSQL walk the
+    whole table (560 ms for "12345" on a million contacts)."""
     table: Any = Contact if kind == "contact" else Company
     owner_col = "contact_id" if kind == "contact" else "company_id"
-    clauses: list[Any] = []
     folded = fold_name(q)
-    if folded:
-        clauses.append(table.name_search.like(_like(folded), escape="\\"))
+    by_name = contains(table.name_search, folded) if folded else None
+    ids: list[Any] = []
     phone, email = _phone_clauses(q, region)
     if phone:
-        clauses.append(table.id.in_(_owner_ids(Phone, getattr(Phone, owner_col), phone)))
+        ids.append(_owner_ids(Phone, getattr(Phone, owner_col), phone))
     if email:
-        clauses.append(table.id.in_(_owner_ids(Email, getattr(Email, owner_col), email)))
+        ids.append(_owner_ids(Email, getattr(Email, owner_col), email))
     inn = _inn(q)
     if inn is not None:
         companies = (
@@ -103,16 +102,16 @@ def _search_clause(kind: str, q: str, region: str) -> ColumnElement[bool]:
             .where(Requisites.inn == inn, Requisites.retired_at.is_(None))
         )
         if kind == "company":
-            clauses.append(Company.id.in_(companies))
+            ids.append(companies)
         else:
-            clauses.append(
-                Contact.id.in_(
-                    select(ContactCompany.contact_id).where(
-                        ContactCompany.company_id.in_(companies)
-                    )
-                )
+            ids.append(
+                select(ContactCompany.contact_id).where(ContactCompany.company_id.in_(companies))
             )
-    return or_(*clauses) if clauses else false()
+    if not ids:
+        return by_name if by_name is not None else false()
+    if by_name is not None:
+        ids.append(select(table.id).where(by_name))
+    return table.id.in_(union(*ids)) if len(ids) > 1 else table.id.in_(ids[0])
 
 
 async def _list(

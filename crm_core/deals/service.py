@@ -19,7 +19,7 @@ from crm_core import access
 from crm_core.clients import service as clients
 from crm_core.clients.errors import InvalidReference
 from crm_core.clients.model import LegalEntity
-from crm_core.db import utcnow
+from crm_core.db import contains, utcnow
 from crm_core.deals.errors import (
     DealNotFound,
     InvalidDealInput,
@@ -502,11 +502,6 @@ class DealFilter:
     q: str | None = None  # in the title
 
 
-def _like(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 async def list_deals(
     session: AsyncSession,
     flt: DealFilter,
@@ -548,8 +543,8 @@ async def list_deals(
         # typed in its own case there.
         clauses.append(
             or_(
-                func.lower(Deal.title).like(_like(flt.q.strip().lower()), escape="\\"),
-                Deal.title.like(_like(flt.q.strip()), escape="\\"),
+                contains(func.lower(Deal.title), flt.q.strip().lower()),
+                contains(Deal.title, flt.q.strip()),
             )
         )
     if clauses:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, false, func, or_, select
+from sqlalchemy import delete, false, func, or_, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core import access
@@ -40,7 +40,7 @@ from crm_core.clients.schemas import (
     LegalEntityInput,
     RequisitesInput,
 )
-from crm_core.db import utcnow
+from crm_core.db import contains, utcnow
 from crm_core.deals import service as deals
 from crm_core.deals.model import Deal
 from crm_core.deals.pipelines import first_stage, get_pipeline
@@ -798,19 +798,15 @@ class LeadFilter:
     q: str | None = None  # a name, a phone in any format or its last digits, an e-mail, an INN
 
 
-def _like(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 def _search(q: str, region: str) -> Any:
+    """What ``q`` matches: the name, else (digits, an e-mail) any of the name, a phone, an
+    e-mail or the INN, as one ``id IN (... UNION ...)`` (see crm_core.clients.search)."""
     text = q.strip()
-    clauses: list[Any] = []
     folded = fold_name(text)
-    if folded:
-        clauses.append(Lead.name_search.like(_like(folded), escape="\\"))
+    by_name = contains(Lead.name_search, folded) if folded else None
+    ids: list[Any] = []
     if "@" in text:
-        clauses.append(Lead.id.in_(select(Email.lead_id).where(Email.address == text.lower())))
+        ids.append(select(Email.lead_id).where(Email.address == text.lower()))
     digits = digits_of(text)
     if digits and not text.strip("+()- .0123456789"):
         phone: list[Any] = []
@@ -820,12 +816,14 @@ def _search(q: str, region: str) -> Any:
         if len(digits) >= 4:
             phone.append(clients.digits_rev_prefix(digits[-10:]))
         if phone:
-            clauses.append(
-                Lead.id.in_(select(Phone.lead_id).where(Phone.lead_id.is_not(None), or_(*phone)))
-            )
+            ids.append(select(Phone.lead_id).where(Phone.lead_id.is_not(None), or_(*phone)))
         if len(digits) in (10, 12) and digits == text:
-            clauses.append(Lead.inn == text)
-    return or_(*clauses) if clauses else false()
+            ids.append(select(Lead.id).where(Lead.inn == text))
+    if not ids:
+        return by_name if by_name is not None else false()
+    if by_name is not None:
+        ids.append(select(Lead.id).where(by_name))
+    return Lead.id.in_(union(*ids)) if len(ids) > 1 else Lead.id.in_(ids[0])
 
 
 async def list_leads(

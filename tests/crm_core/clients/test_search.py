@@ -131,6 +131,31 @@ async def test_contact_search(
     assert sorted(await _contacts(session, team, rules, q=q)) == sorted(ids[n] for n in expected)
 
 
+async def test_digits_match_names_phones_and_inns_at_once(
+    session: AsyncSession, team: Team, rules: CrmRules
+) -> None:
+    """Digits can be a phone's last digits, an INN, or part of a name: all of them match
+    (one UNION of the parts, each served by its index)."""
+    ids = await _world(session, team, rules)
+    store = await clients.create_company(
+        session, CompanyInput(name="Магазин 4567"), actor=team.ivan, rules=rules
+    )
+    inn_named = await clients.create_company(
+        session, CompanyInput(name="Склад 7707083893"), actor=team.ivan, rules=rules
+    )
+    await session.commit()
+    assert sorted(await _companies(session, team, rules, q="4567")) == sorted(
+        [ids["romashka"], store.id]
+    )
+    assert sorted(await _companies(session, team, rules, q="7707083893")) == sorted(
+        [ids["romashka"], inn_named.id]
+    )
+    rows, total = await list_companies(
+        session, ClientFilter(q="4567"), actor=team.head, rules=rules, limit=1
+    )
+    assert total == 2 and len(rows) == 1
+
+
 async def test_filters(session: AsyncSession, team: Team, rules: CrmRules) -> None:
     ids = await _world(session, team, rules)
     assert await _companies(session, team, rules, client_type="retail") == [ids["member"]]
