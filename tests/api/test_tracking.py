@@ -482,14 +482,21 @@ async def test_config_naming_an_unknown_source_or_region_stops_the_start(
     assert "tracking.sites[0].pools[0].region = 'RU-XX': no such region" in text
 
 
-async def with_ip_table(factory: Any, tmp_path: Path) -> Any:
-    """The demo site, then a server whose IP table puts loopback in St Petersburg."""
+async def demo_and_ip_table(factory: Any, tmp_path: Path, lines: str) -> Path:
+    """The demo site seeded; an IP table of ``lines`` written (its path)."""
     first = await factory()
     async with first.app[SESSIONS]() as session:
         await demo_tracking.seed(session)
         await session.commit()
     table = tmp_path / "ip-regions.csv"
-    table.write_text("# network,region\n127.0.0.0/8,RU-SPE\n::1/128,RU-SPE  # IPv6 loopback\n")
+    table.write_text(lines)
+    return table
+
+
+async def with_ip_table(factory: Any, tmp_path: Path) -> Any:
+    """The demo site, then a server whose IP table puts loopback in St Petersburg."""
+    lines = "# network,region\n127.0.0.0/8,RU-SPE\n::1/128,RU-SPE  # IPv6 loopback\n"
+    table = await demo_and_ip_table(factory, tmp_path, lines)
     return await factory(CC_TRACKING_IP_REGIONS_FILE=str(table))
 
 
@@ -512,12 +519,7 @@ async def test_behind_a_trusted_proxy_the_visitors_address_places_the_session(
 ) -> None:
     """server.trusted_proxies: the address nginx puts in X-Forwarded-For is the visitor's;
     from any other peer the header is ignored (the visitor cannot pick his region by it)."""
-    first = await factory()
-    async with first.app[SESSIONS]() as session:
-        await demo_tracking.seed(session)
-        await session.commit()
-    table = tmp_path / "ip-regions.csv"
-    table.write_text("203.0.113.0/24,RU-SPE\n")
+    table = await demo_and_ip_table(factory, tmp_path, "203.0.113.0/24,RU-SPE\n")
     tags = {"utm_source": "yandex", "utm_campaign": "x"}
     visitor = {"X-Forwarded-For": "198.51.100.1, 203.0.113.9"}
 
