@@ -28,9 +28,10 @@ from crm_core.phones import try_normalize_phone
 
 log = logging.getLogger(__name__)
 
-# Events after which the cached rule book is wrong. Changes that publish no event (a user
-# deactivated, an extension or a region edited) are picked up within rule_cache_s.
-INVALIDATING = ("distribution.rules_changed", "user.created")
+# Events after which the cached rule book is wrong (tracking.changed: regions and sources,
+# rare admin writes). Changes that publish no event (a user deactivated, an extension
+# edited) are picked up within rule_cache_s.
+INVALIDATING = ("distribution.rules_changed", "user.created", "tracking.changed")
 
 
 def policy_of(settings: Settings) -> Policy:

@@ -1,4 +1,6 @@
 """Reference data API: regions and sources. Everyone signed in reads; head and admin write.
+A write tells every instance to reload what it keeps of them in memory (the tracking
+directory, the dialplan's rule book) at once, not after its cache period.
 Deleting deactivates (records keep pointing at it; reports by source keep their history)."""
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from contact_center.api.common import path_id, uow
 from contact_center.http.api import Api
 from crm_core.reference import service as reference
 from crm_core.reference.model import Region, Source, SourceKind
+from crm_core.tracking.events import TrackingChanged
 
 api = Api()
 TAGS = ["reference"]
@@ -154,6 +157,7 @@ async def create_region(request: web.Request, body: RegionInput) -> RegionOut:
             parent_id=body.parent_id,
             timezone=body.timezone,
         )
+        u.emit(TrackingChanged(entity="region", entity_id=region.id))
         await u.commit()
         return _region(region)
 
@@ -173,6 +177,7 @@ async def update_region(request: web.Request, body: RegionPatch) -> RegionOut:
         region = await reference.update_region(
             u.session, path_id(request, "region_id"), _changes(body)
         )
+        u.emit(TrackingChanged(entity="region", entity_id=region.id))
         await u.commit()
         return _region(region)
 
@@ -188,7 +193,9 @@ async def update_region(request: web.Request, body: RegionPatch) -> RegionOut:
 )
 async def delete_region(request: web.Request) -> None:
     async with uow(request) as u:
-        await reference.deactivate_region(u.session, path_id(request, "region_id"))
+        region_id = path_id(request, "region_id")
+        await reference.deactivate_region(u.session, region_id)
+        u.emit(TrackingChanged(entity="region", entity_id=region_id))
         await u.commit()
 
 
@@ -242,6 +249,7 @@ async def create_source(request: web.Request, body: SourceInput) -> SourceOut:
             parent_id=body.parent_id,
             utm=body.utm,
         )
+        u.emit(TrackingChanged(entity="source", entity_id=source.id))
         await u.commit()
         return SourceOut.of(source)
 
@@ -262,6 +270,7 @@ async def update_source(request: web.Request, body: SourcePatch) -> SourceOut:
         changes["kind"] = changes["kind"].value
     async with uow(request) as u:
         source = await reference.update_source(u.session, path_id(request, "source_id"), changes)
+        u.emit(TrackingChanged(entity="source", entity_id=source.id))
         await u.commit()
         return SourceOut.of(source)
 
@@ -277,5 +286,7 @@ async def update_source(request: web.Request, body: SourcePatch) -> SourceOut:
 )
 async def delete_source(request: web.Request) -> None:
     async with uow(request) as u:
-        await reference.deactivate_source(u.session, path_id(request, "source_id"))
+        source_id = path_id(request, "source_id")
+        await reference.deactivate_source(u.session, source_id)
+        u.emit(TrackingChanged(entity="source", entity_id=source_id))
         await u.commit()

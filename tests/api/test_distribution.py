@@ -225,6 +225,46 @@ async def test_region_codes_naming_no_region_are_named_in_the_log_and_healthz(
     assert not [r for r in caplog.records if "names no region" in r.getMessage()]
 
 
+async def test_a_region_created_through_the_api_routes_calls_at_once(
+    make_settings: Any, database_url: str, aiohttp_client_factory: Any
+) -> None:
+    """distribution.default_region names a region nobody has made yet; once an admin creates it
+    and gives it a rule, the next call goes there, without waiting for the tracking directory's
+    or the rule book's cache period (both 60 s here)."""
+    from contact_center.app import create_app
+
+    settings = make_settings(
+        CC_DATABASE_URL=database_url,
+        CC_DISTRIBUTION_DEFAULT_REGION="RU-KDA",
+        CC_DISTRIBUTION_DEFAULT_EXTENSION="600",
+        CC_DISTRIBUTION_RULE_CACHE_S="60",
+        CC_TRACKING_DIRECTORY_CACHE_S="60",
+    )
+    client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+    w, h = await world(client)
+    url = "/api/v1/routing/dial?caller=%2B79990000001&did=%2B74950000000&format=json"
+    first = await (await client.get(url)).json()
+    assert (first["extension"], first["region_id"]) == ("600", None)
+    resp = await client.post(
+        "/api/v1/regions",
+        json={"code": "RU-KDA", "name": "Краснодарский край"},
+        headers=h["adm"],
+    )
+    assert resp.status == 201, await resp.text()
+    region_id = (await resp.json())["id"]
+    body = {"region_id": region_id, "strategy": "fixed", "managers": [{"user_id": w["anna"]}]}
+    resp = await client.post("/api/v1/distribution/rules", json=body, headers=h["boss"])
+    assert resp.status == 201, await resp.text()
+
+    async def routed() -> bool:
+        answer = await (await client.get(url)).json()
+        return (answer["extension"], answer["region_id"]) == ("102", region_id)
+
+    await until(routed, timeout=5)
+    doc = await (await client.get("/healthz")).json()
+    assert "unknown_region_codes" not in doc["tracking"]
+
+
 async def test_manual_queue_over_http(client: Any) -> None:
     w, h = await world(client)
     async with client.app[SESSIONS]() as session:
