@@ -27,6 +27,8 @@ TRUSTED = networks(["127.0.0.1", "10.0.0.0/8", "fd00::/8"])
         ("127.0.0.1", ["10.9.9.9, 10.1.2.3"], "10.9.9.9"),
         # IPv6 proxy and client.
         ("fd00::1", ["2001:db8::5"], "2001:db8::5"),
+        # A dual-stack listener: the IPv4 proxy as an IPv4-mapped peer, a mapped client.
+        ("::ffff:127.0.0.1", ["::ffff:203.0.113.9"], "203.0.113.9"),
         # A trusted peer with an empty header: the peer.
         ("127.0.0.1", [" "], "127.0.0.1"),
         # Garbage written by the client, left of the hop our proxy vouches for: never read.

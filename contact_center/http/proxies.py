@@ -48,9 +48,12 @@ def networks(items: Iterable[str]) -> tuple[Network, ...]:
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ipaddress.ip_address(text.strip())
+        address = ipaddress.ip_address(text.strip())
     except ValueError:
         return None
+    # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; they match IPv4 networks.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped or address
 
 
 def client_address(
