@@ -65,3 +65,15 @@ def test_the_access_log_names_the_forwarded_client(caplog: pytest.LogCaptureFixt
     AccessLogger(logger, "").log(plain, web.Response(status=204), 0.001)
     remotes = [getattr(r, "remote", None) for r in caplog.records]
     assert remotes == ["203.0.113.9", plain.remote]
+
+
+def test_an_ipv4_mapped_address_is_its_ipv4_address() -> None:
+    """So that a dual-stack listener's IPv4 peers match IPv4 networks (trusted proxies,
+    distribution.dial_allow_from)."""
+    import ipaddress
+
+    from contact_center.http.proxies import address
+
+    assert address("::ffff:127.0.0.1") == ipaddress.IPv4Address("127.0.0.1")
+    assert address(" 2001:db8::5 ") == ipaddress.IPv6Address("2001:db8::5")
+    assert address("nonsense") is None

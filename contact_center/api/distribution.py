@@ -12,6 +12,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 
 from contact_center import distribution_service
 from contact_center.api.common import PageQuery, actor, clock, page, path_id, rules, settings, uow
+from contact_center.http import proxies
 from contact_center.http.api import Api
 from crm_core.distribution import requests as web_requests
 from crm_core.distribution import rules as rule_book
@@ -189,10 +190,7 @@ def _dial_pbx(request: web.Request, query: DialQuery) -> str | None:
         if token and hmac.compare_digest(token.encode(), secret.get_secret_value().encode()):
             return str(pbx)
     allowed = cfg.dial_allow_from or ([] if cfg.dial_tokens else list(_LOOPBACK))
-    try:
-        remote = ipaddress.ip_address(request.remote or "")
-    except ValueError:
-        remote = None
+    remote = proxies.address(request.remote or "")
     if remote is not None and any(
         remote in ipaddress.ip_network(net, strict=False) for net in allowed
     ):

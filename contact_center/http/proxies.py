@@ -46,14 +46,14 @@ def networks(items: Iterable[str]) -> tuple[Network, ...]:
     return tuple(out)
 
 
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` as an IP address (an IPv4-mapped IPv6 one as IPv4: a dual-stack listener sees
+    IPv4 peers as ::ffff:a.b.c.d, and they must match IPv4 networks); None if it is none."""
     try:
-        address = ipaddress.ip_address(text.strip())
+        parsed = ipaddress.ip_address(text.strip())
     except ValueError:
         return None
-    # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; they match IPv4 networks.
-    mapped = getattr(address, "ipv4_mapped", None)
-    return mapped or address
+    return getattr(parsed, "ipv4_mapped", None) or parsed
 
 
 def client_address(
@@ -65,13 +65,13 @@ def client_address(
     ``forwarded_for`` holds the header's values (several headers are one list, in order).
     Raises :class:`BadForwardedFor` for an entry a trusted hop vouches for that is not an IP
     address."""
-    address = _address(peer or "")
-    if address is None or not any(address in net for net in trusted):
+    peer_address = address(peer or "")
+    if peer_address is None or not any(peer_address in net for net in trusted):
         return peer
     hops = [hop for value in forwarded_for for hop in value.split(",") if hop.strip()]
     client = peer
     for hop in reversed(hops):
-        hop_address = _address(hop)
+        hop_address = address(hop)
         if hop_address is None:
             raise BadForwardedFor(
                 f"X-Forwarded-For: {hop.strip()!r} is not an IP address",
