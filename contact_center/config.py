@@ -51,6 +51,10 @@ def _ip_networks(value: list[str]) -> list[str]:
     return value
 
 
+IpNetworks = Annotated[list[str], AfterValidator(_ip_networks)]
+"""Addresses or CIDR networks, each checked."""
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -62,12 +66,7 @@ class ServerSettings(_Section):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     shutdown_timeout_s: float = Field(10.0, gt=0, le=300)
-    trusted_proxies: list[str] = Field(default_factory=list)
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        return _ip_networks(value)
+    trusted_proxies: IpNetworks = Field(default_factory=list)
 
 
 class DatabaseSettings(_Section):
@@ -287,7 +286,7 @@ class DistributionSettings(_Section):
     default_extension: str = Field("0", min_length=1, max_length=32, pattern=r"^[0-9A-Za-z*#_+-]+$")
     dial_timeout_ms: int = Field(300, ge=10, le=5000)
     dial_tokens: dict[str, SecretStr] = Field(default_factory=dict)
-    dial_allow_from: list[str] = Field(default_factory=list)
+    dial_allow_from: IpNetworks = Field(default_factory=list)
     rule_cache_s: float = Field(30.0, ge=0, le=3600)
     callback_minutes: int = Field(15, ge=1)
     queue_audience: list[str] = Field(default_factory=lambda: ["role:head", "role:admin"])
@@ -296,11 +295,6 @@ class DistributionSettings(_Section):
     requests_per_ip: int = Field(10, ge=1)
     requests_per_visitor: int = Field(5, ge=1)
     rate_window_s: int = Field(600, ge=1)
-
-    @field_validator("dial_allow_from")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        return _ip_networks(value)
 
 
 class ChannelsSettings(_Section):

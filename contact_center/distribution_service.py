@@ -98,7 +98,6 @@ class DialSessions:
     def __init__(self, settings: Settings, sessions: async_sessionmaker[Any]) -> None:
         self._engine: AsyncEngine | None = None
         self.factory = sessions
-        self.autocommit = False  # every statement commits itself: nothing left to commit
         if make_url(settings.database.url).get_backend_name() == "postgresql":
             self._engine = create_async_engine(
                 settings.database.url,
@@ -108,7 +107,11 @@ class DialSessions:
                 connect_args={"server_settings": {"synchronous_commit": "off"}},
             )
             self.factory = async_sessionmaker(self._engine, expire_on_commit=False)
-            self.autocommit = True
+
+    @property
+    def autocommit(self) -> bool:
+        """Whether every statement commits itself (the PostgreSQL engine): nothing to commit."""
+        return self._engine is not None
 
     async def close(self) -> None:
         if self._engine is not None:

@@ -347,16 +347,15 @@ class TrackingService:
         # A code naming no region is skipped when a call's region is chosen (the next fallback
         # decides): say so once per change, in the log and in /healthz, not on every call.
         unknown = self.fallbacks.unknown_codes(d)
-        if unknown != self._unknown_codes:
-            for key, code in unknown.items():
-                if self._unknown_codes.get(key) != code:
-                    log.warning(
-                        "tracking: %s = %r names no region (create it, or fix the setting); "
-                        "calls fall through to the next fallback",
-                        key,
-                        code,
-                    )
-            self._unknown_codes = unknown
+        for key, code in unknown.items():
+            if self._unknown_codes.get(key) != code:
+                log.warning(
+                    "tracking: %s = %r names no region (create it, or fix the setting); "
+                    "calls fall through to the next fallback",
+                    key,
+                    code,
+                )
+        self._unknown_codes = unknown
 
     def provide_status(self) -> dict[str, Any]:
         """The ``tracking`` entry of ``/healthz``."""

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, ColumnElement, DateTime, MetaData
+from sqlalchemy import JSON, BigInteger, ColumnElement, DateTime, MetaData, false, select, union
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
@@ -17,6 +17,19 @@ def contains(column: Any, text: str) -> ColumnElement[bool]:
     """``column LIKE '%text%'`` with ``text`` taken literally (``%``, ``_`` and ``\\`` escaped)."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return column.like(f"%{escaped}%", escape="\\")
+
+
+def matching(id_column: Any, by_name: Any, id_selects: list[Any]) -> ColumnElement[bool]:
+    """A search's condition: ``by_name`` alone, or ``id_column IN (... UNION ...)`` of the
+    ids each meaning of the query selects (``by_name`` among them as ``id_column``'s rows).
+    Each part is answered by its own index; an ``OR`` of them made PostgreSQL walk the whole
+    table."""
+    if not id_selects:
+        return by_name if by_name is not None else false()
+    parts = list(id_selects)
+    if by_name is not None:
+        parts.append(select(id_column).where(by_name))
+    return id_column.in_(union(*parts)) if len(parts) > 1 else id_column.in_(parts[0])
 
 
 # Stable constraint names, so Alembic migrations can address them on SQLite and PostgreSQL alike.

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, false, func, or_, select, union
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core import access
@@ -40,7 +40,7 @@ from crm_core.clients.schemas import (
     LegalEntityInput,
     RequisitesInput,
 )
-from crm_core.db import contains, utcnow
+from crm_core.db import contains, matching, utcnow
 from crm_core.deals import service as deals
 from crm_core.deals.model import Deal
 from crm_core.deals.pipelines import first_stage, get_pipeline
@@ -800,7 +800,7 @@ class LeadFilter:
 
 def _search(q: str, region: str) -> Any:
     """What ``q`` matches: the name, else (digits, an e-mail) any of the name, a phone, an
-    e-mail or the INN, as one ``id IN (... UNION ...)`` (see crm_core.clients.search)."""
+    e-mail or the INN, as one ``id IN (... UNION ...)`` (:func:`crm_core.db.matching`)."""
     text = q.strip()
     folded = fold_name(text)
     by_name = contains(Lead.name_search, folded) if folded else None
@@ -819,11 +819,7 @@ def _search(q: str, region: str) -> Any:
             ids.append(select(Phone.lead_id).where(Phone.lead_id.is_not(None), or_(*phone)))
         if len(digits) in (10, 12) and digits == text:
             ids.append(select(Lead.id).where(Lead.inn == text))
-    if not ids:
-        return by_name if by_name is not None else false()
-    if by_name is not None:
-        ids.append(select(Lead.id).where(by_name))
-    return Lead.id.in_(union(*ids)) if len(ids) > 1 else Lead.id.in_(ids[0])
+    return matching(Lead.id, by_name, ids)
 
 
 async def list_leads(

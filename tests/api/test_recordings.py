@@ -37,6 +37,7 @@ from crm_core.users import service as users
 from crm_core.users.model import User
 from tests.helpers import until
 from tests.recordings import FIXTURE_CALL_ID, FIXTURE_WAV, write_wav
+from tests.telephony.conftest import pbx_setting
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ami"
 RECORD = json.loads((FIXTURES / "c_inbound_short_answered.expected.jsonl").read_text())
@@ -494,22 +495,11 @@ async def test_end_to_end_a_pbx_call_with_mixmonitor_is_stored_and_streamed(
     pbx = SimulatedPbx(speed=8.0, username="cc", secret="s3cret")
     await pbx.start()
     try:
-        config = [
-            {
-                "name": "main",
-                "host": "127.0.0.1",
-                "port": pbx.port,
-                "username": "cc",
-                "secret": "s3cret",
-                "trunks": ["provider"],
-                "extension_pattern": "^\\d{3}$",
-            }
-        ]
         spool = tmp_path / "spool"
         spool.mkdir()
         settings = make_settings(
             CC_DATABASE_URL=database_url,
-            CC_PBX=json.dumps(config),
+            CC_PBX=pbx_setting(pbx),
             CC_RECORDINGS_SPOOL_DIR=str(spool),
             CC_RECORDINGS_WORK_DIR=str(tmp_path / "work"),
             CC_RECORDINGS_STORAGE_DIR=str(tmp_path / "recordings"),
