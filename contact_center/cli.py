@@ -6,13 +6,18 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from contact_center import __version__
 
-from contact_center import __version__, logs
-from contact_center.config import ConfigError, Settings, load_settings
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from contact_center.config import Settings
 
 log = logging.getLogger("contact_center")
 
@@ -85,7 +90,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_quietly(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # Until the server installs its own handlers (and after it removed them), a SIGTERM ends
+    # the process quietly with status 0: a service manager stopping it during start-up (the
+    # imports alone take a second or two) is not an error.
+    signal.signal(signal.SIGTERM, _stop_quietly)
+    # Imported here, after the handler: configuration pulls in pydantic, logs pulls in aiohttp.
+    from contact_center import logs
+    from contact_center.config import ConfigError, load_settings
+
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
@@ -120,7 +137,9 @@ def serve(settings: Settings) -> int:
     """Run the HTTP server until SIGINT/SIGTERM, then shut down within the configured time."""
     from aiohttp import web
 
+    from contact_center import logs
     from contact_center.app import create_app, freeze_heap_after_startup
+    from contact_center.config import ConfigError
 
     app = create_app(settings)
     freeze_heap_after_startup(app)

@@ -126,6 +126,11 @@ class TelephonySettings(_Section):
     callback_due_minutes: int = Field(30, ge=1)
 
 
+class SchedulerSettings(_Section):
+    interval_s: float = Field(1.0, gt=0, le=3600)
+    batch: int = Field(20, ge=1, le=1000)
+
+
 class StageSettings(_Section):
     code: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
     name_ru: str
@@ -383,6 +388,7 @@ class Settings(_Section):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     pbx: list[PbxSettings] = Field(default_factory=list)
     telephony: TelephonySettings = Field(default_factory=TelephonySettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     crm: CrmSettings = Field(default_factory=CrmSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     distribution: DistributionSettings = Field(default_factory=DistributionSettings)

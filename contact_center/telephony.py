@@ -1,7 +1,7 @@
 """Telephony application service: AMI frames in, screen-pops and CRM facts out.
 
-Per PBX: a :class:`~ami.fold.CallFolder` folds frames (synchronously, in the AMI reader);
-the events it yields go through one ordered queue to :class:`Telephony`, which
+Each PBX link (:mod:`contact_center.pbx`) folds its frames (synchronously, in the AMI reader);
+the call events it yields go through ordered queues to :class:`Telephony`, which
 
 * on ringing identifies the caller and pushes ``call.ringing`` with the client card summary to
   the extension that rings;
@@ -34,8 +34,6 @@ from crm_core.rules import CrmRules
 
 log = logging.getLogger(__name__)
 
-# A call silent for this long lost its Hangup (RTCP keeps live calls chatty with read=all).
-EXPIRE_AFTER_S = 4 * 3600.0
 QUEUE_LIMIT = 100_000
 # A card looked up when the call came in is shown as it is if a phone rings within this time;
 # after a long queue wait it is looked up again (a colleague may have changed it meanwhile).
@@ -84,7 +82,7 @@ class Telephony:
         bus: EventBus,
         rules: CrmRules,
         clock: Clock,
-        tracker: crm_hooks.CallAttributor | None = None,
+        tracker: crm_hooks.CallAttributor,
     ) -> None:
         self.settings = settings
         self.tracker = tracker  # attributes calls to tracking numbers (website sessions)
@@ -93,15 +91,6 @@ class Telephony:
         self.bus = bus
         self.rules = rules
         self.clock = clock
-        self.folders: dict[str, fold.CallFolder] = {
-            p.name: fold.CallFolder(
-                p.trunks,
-                p.extension_pattern,
-                settings.telephony.count_threshold_s,
-                region=settings.crm.default_region,
-            )
-            for p in settings.pbx
-        }
         # Two lanes: ringing/answered only read and push (the screen-pop must not wait behind
         # the database writes of calls that ended); ended calls are written in order.
         self._fast: asyncio.Queue[tuple[str, fold.CallEvent]] = asyncio.Queue(QUEUE_LIMIT)
@@ -118,14 +107,6 @@ class Telephony:
 
     # ---------------------------------------------------------------- intake (sync)
 
-    def feed(self, pbx: str, frame: Any) -> None:
-        """Fold one AMI frame of ``pbx``; called from the AMI reader, never blocks."""
-        folder = self.folders.get(pbx)
-        if folder is None:
-            return
-        for event in folder.feed(frame):
-            self.enqueue(pbx, event)
-
     async def prefetch(self, pbx: str, number: str) -> None:
         """Look the card of ``number`` (E.164) up on the pop-up lane and wait for it (at most
         ``PREFETCH_WAIT_S``): a click-to-call first rings the manager's own phone, showing the
@@ -141,6 +122,7 @@ class Telephony:
             await asyncio.wait_for(asyncio.shield(done), PREFETCH_WAIT_S)
 
     def enqueue(self, pbx: str, event: fold.CallEvent) -> None:
+        """Queue a folded call event of ``pbx``; called from the AMI reader, never blocks."""
         lane = self._queue if isinstance(event, fold.CallEnded) else self._fast
         try:
             lane.put_nowait((pbx, event))
@@ -171,12 +153,6 @@ class Telephony:
         """Wait until every queued event is handled (tests, replays)."""
         await self._fast.join()
         await self._queue.join()
-
-    def expire_stale(self) -> None:
-        now = self.clock.now().timestamp()
-        for pbx, folder in self.folders.items():
-            for event in folder.expire(now, EXPIRE_AFTER_S):
-                self.enqueue(pbx, event)
 
     async def _run(self, queue: asyncio.Queue[tuple[str, fold.CallEvent]]) -> None:
         """Handle ``queue`` in order. The writing lane starts its next call only while no
@@ -353,7 +329,6 @@ class Telephony:
             "processed": self.processed,
             "failures": self.failures,
             "prefetch_hits": self.prefetch_hits,
-            "live_calls": {name: len(f.live_calls()) for name, f in self.folders.items()},
         }
 
 

@@ -8,9 +8,25 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["contact_center", "ami", "channels", "routing", "recordings", "crm_core"]
-ADAPTERS = ["ami", "channels", "routing", "recordings"]
-TRANSPORTS = ["aiohttp", "panoramisk", "pywa", "aiosmtplib", "redis", "pydub"]
+DESIGN_CARD = ["contact_center", "ami", "channels", "routing", "recordings", "crm_core"]
+NOT_SHIPPED = {"tests", "bench"}
+
+
+def _discover() -> list[str]:
+    """The project's top-level packages: every folder at the root with an ``__init__.py``."""
+    return sorted(
+        path.parent.name
+        for path in ROOT.glob("*/__init__.py")
+        if path.parent.name not in NOT_SHIPPED and not path.parent.name.startswith(".")
+    )
+
+
+PACKAGES = _discover()
+# Everything but the composition root and the domain is an adapter at the edge.
+ADAPTERS = [p for p in PACKAGES if p not in ("contact_center", "crm_core")]
+TRANSPORTS = ["aiohttp", "panoramisk", "pywa", "aiosmtplib", "aioimaplib", "redis", "pydub"]
+# The HTTP slices: they register routes and read services through contact_center.keys.
+SLICES = ["contact_center/api", "contact_center/http", "contact_center/web"]
 
 
 def imported_top_levels(package: str) -> dict[str, set[str]]:
@@ -29,9 +45,68 @@ def imported_top_levels(package: str) -> dict[str, set[str]]:
 
 
 def test_every_package_of_the_design_card_exists() -> None:
-    for package in PACKAGES:
-        assert (ROOT / package / "__init__.py").is_file(), package
+    for package in DESIGN_CARD:
+        assert package in PACKAGES, package
     assert (ROOT / "config.yaml").is_file()
+
+
+def _service_installs(tree: ast.AST) -> list[str]:
+    """What in a module builds or installs runtime state on the application: lifecycle hooks
+    that start things, assignments to ``app[...]``, run-time ``app.get(...)`` lookups."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in (
+            "cleanup_ctx",
+            "on_startup",
+            "on_cleanup",
+        ):
+            found.append(f"line {node.lineno}: {node.attr}")
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store):
+            target = ast.unparse(node.value)
+            if target == "app" or target.endswith(".app"):
+                found.append(f"line {node.lineno}: {ast.unparse(node)} = ...")
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+            and (
+                ast.unparse(node.func.value) == "app"
+                or ast.unparse(node.func.value).endswith(".app")
+            )
+        ):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "setup"
+        ):  # another module's set-up, run from here
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_http_slices_install_no_services() -> None:
+    """Services are built by the composition root (contact_center/app.py) and handed on; a
+    slice only registers routes and reads its service through a typed key."""
+    offenders = {}
+    for folder in SLICES:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            if found := _service_installs(tree):
+                offenders[str(path.relative_to(ROOT))] = found
+    assert offenders == {}
+
+
+def test_the_composition_root_is_the_only_builder_of_the_runtime() -> None:
+    """Outside contact_center/app.py no module adds cleanup contexts or start-up hooks."""
+    offenders = {}
+    for path in sorted((ROOT / "contact_center").rglob("*.py")):
+        if path.name == "app.py" and path.parent.name == "contact_center":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        hooks = [f for f in _service_installs(tree) if "cleanup_ctx" in f or "on_startup" in f]
+        if hooks:
+            offenders[str(path.relative_to(ROOT))] = hooks
+    assert offenders == {}
 
 
 def test_crm_core_imports_no_other_package_and_no_transport() -> None:

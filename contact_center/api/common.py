@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, Field
@@ -17,8 +17,6 @@ from crm_core.errors import NotAuthenticated, NotFound
 from crm_core.events import DomainEvent
 from crm_core.rules import CrmRules
 from crm_core.users.model import User
-
-T = TypeVar("T")
 
 
 class UnitOfWork:
@@ -89,13 +87,6 @@ def settings(request: web.Request) -> Any:
 class PageQuery(BaseModel):
     limit: int = Field(50, ge=1, le=500)
     offset: int = Field(0, ge=0)
-
-
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    total: int
-    limit: int
-    offset: int
 
 
 def page(items: Sequence[Any], total: int, query: PageQuery) -> dict[str, Any]:

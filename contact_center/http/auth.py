@@ -413,9 +413,8 @@ async def logout(request: web.Request) -> web.StreamResponse:
     raise resp
 
 
-def setup(app: web.Application) -> None:
-    """Install the auth routes and state on ``app``."""
-    app[THROTTLE] = LoginThrottle(app[SETTINGS].auth.login_attempts_per_15min)
+def routes(app: web.Application) -> None:
+    """The sign-in form and sign-out (the throttle is built by the composition root)."""
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login_submit)
     app.router.add_post("/logout", logout)

@@ -7,8 +7,7 @@ from typing import Any
 
 from ami.simulator import SimulatedPbx
 from contact_center.app import create_app
-from contact_center.keys import SESSIONS
-from contact_center.pbx import LINKS
+from contact_center.keys import PBX, SESSIONS
 from crm_core.clients.model import Company, Contact, ContactCompany, Phone
 from crm_core.users import service as users
 from tests.helpers import until
@@ -54,8 +53,7 @@ async def test_fake_pbx_rings_101_and_ivans_browser_pops_the_card(
             await session.commit()
         await until(
             lambda: (
-                client.app[LINKS]["main"].link is not None
-                and client.app[LINKS]["main"].link.connected
+                client.app[PBX]["main"].link is not None and client.app[PBX]["main"].link.connected
             ),
             timeout=10,
         )

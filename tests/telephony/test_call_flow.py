@@ -10,9 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ami.frames import FrameParser
-from contact_center import db
+from contact_center import db, tracking_service
 from contact_center.bus import EventBus
 from contact_center.config import Settings
+from contact_center.pbx import PbxLink
 from contact_center.telephony import Telephony
 from crm_core.activities.model import Activity
 from crm_core.calls.model import Call
@@ -42,8 +43,16 @@ async def _setup(make_settings: Any, database_url: str) -> tuple[Telephony, Any,
     bus.subscribe(collect, name="test")
     await bus.start()
     clock = ManualClock(datetime(2026, 11, 26, 20, 0, tzinfo=UTC))
+    tracker, _ = await tracking_service.open_service(
+        settings, sessions=sessions, redis=None, clock=clock
+    )
     tel = Telephony(
-        settings=settings, sessions=sessions, bus=bus, rules=settings.crm.rules(), clock=clock
+        settings=settings,
+        sessions=sessions,
+        bus=bus,
+        rules=settings.crm.rules(),
+        clock=clock,
+        tracker=tracker,
     )
     await tel.start()
     return tel, (engine, sessions, bus), seen
@@ -60,9 +69,12 @@ def _replay(tel: Telephony, trace: str, replace: tuple[bytes, bytes] | None = No
     data = (FIXTURES / f"{trace}.ami").read_bytes()
     if replace:
         data = data.replace(*replace)
-    parser = FrameParser()
-    for frame in parser.feed(data):
-        tel.feed("main", frame)
+    # The PBX link's fold, as the server runs it (a fresh one: each capture is whole calls).
+    link = PbxLink(
+        tel.settings.pbx[0], settings=tel.settings, telephony=tel, clock=tel.clock, lease=None
+    )
+    for frame in FrameParser().feed(data):
+        link.feed(frame)
 
 
 async def _known_client(sessions: Any, phone: str, owner_id: int) -> tuple[int, int]:
