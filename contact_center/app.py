@@ -23,6 +23,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -224,7 +228,20 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
         app[HEALTH].add("redis", lambda: {"status": "disabled"})
         yield
         return
-    client = aioredis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    cfg = app[SETTINGS].redis
+    # A bounded pool: past max_connections an operation waits (pool_timeout_s) for one instead
+    # of failing; a connection Redis dropped (a restart) is retried once on a fresh one.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=cfg.max_connections,
+        timeout=cfg.pool_timeout_s,
+        socket_timeout=cfg.socket_timeout_s,
+        socket_connect_timeout=cfg.socket_timeout_s,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+    client = aioredis.Redis.from_pool(pool)  # the client closes the pool
     app[REDIS] = client
 
     async def probe() -> dict[str, Any]:

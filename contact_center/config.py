@@ -87,6 +87,9 @@ class DatabaseSettings(_Section):
 class RedisSettings(_Section):
     url: str | None = None
     prefix: str = Field("cc", pattern=r"^[A-Za-z0-9_.:-]+$")
+    max_connections: int = Field(64, ge=2, le=10_000)
+    pool_timeout_s: float = Field(2.0, gt=0, le=60)
+    socket_timeout_s: float = Field(2.0, gt=0, le=60)
 
     @field_validator("url")
     @classmethod

@@ -38,8 +38,10 @@ from crm_core.tracking import history
 from crm_core.tracking.directory import Directory, PoolInfo, SiteInfo, load_directory
 from crm_core.tracking.model import NumberKind
 from crm_core.tracking.service import attribution_at, attribution_dict
+from routing.circuit import Circuit
 from routing.ip_regions import IpRegions
 from routing.number_leases import (
+    FallbackLeaseStore,
     LeaseRateLimited,
     LeaseStore,
     MemoryLeaseStore,
@@ -345,6 +347,9 @@ class TrackingService:
     def provide_status(self) -> dict[str, Any]:
         """The ``tracking`` entry of ``/healthz``."""
         entry: dict[str, Any] = {"status": "ok"}
+        if isinstance(self.store, FallbackLeaseStore) and self.store.degraded:
+            entry["status"] = "degraded"
+            entry["leases"] = "in memory while Redis is unreachable (low-confidence attribution)"
         if self._directory is not None:
             entry["sites"] = len(self._directory.sites)
             entry["numbers"] = len(self._directory.numbers)
@@ -638,7 +643,13 @@ async def open_service(
     database and the IP-to-region table was read; (service, whether the config changed
     anything — other running instances must then reload their directories)."""
     store: LeaseStore = (
-        RedisLeaseStore(redis, settings.redis.prefix) if redis is not None else MemoryLeaseStore()
+        FallbackLeaseStore(
+            RedisLeaseStore(redis, settings.redis.prefix),
+            MemoryLeaseStore(),
+            Circuit("tracking leases"),
+        )
+        if redis is not None
+        else MemoryLeaseStore()
     )
     async with sessions() as session:
         changed = await tracking_config.sync_config_sites(session, settings)
