@@ -28,6 +28,7 @@ from crm_core.clock import Clock
 from crm_core.events import DomainEvent
 from crm_core.jobs import service as jobs
 from crm_core.jobs.model import ScheduledJob
+from crm_core.notifications import service as notifications
 from crm_core.ports import EventPublisher
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ class Scheduler:
                 raise UnknownJobKind(f"no handler for job kind {job.kind!r}")
             async with self._sessions() as session:
                 events = list(await handler(session, job, self._clock.now()))
+                events += await notifications.record(session, events, now=self._clock.now())
                 held = await jobs.complete(
                     session, job.id, worker_id=self.worker_id, now=self._clock.now()
                 )

@@ -21,6 +21,7 @@ from aiohttp import WSCloseCode, web
 from contact_center.http.api import USER
 from contact_center.keys import SESSIONS
 from crm_core.events import DomainEvent
+from crm_core.notifications import service as notifications
 from crm_core.users import service as users
 from crm_core.users.model import TokenKind, User
 
@@ -102,7 +103,11 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     log.info("ws connected: user %s", user.login, extra={"user_id": user.id})
     writer = asyncio.get_running_loop().create_task(_writer(client, hub))
     try:
-        await ws.send_str(json.dumps({"type": "hello", "user_id": user.id}))
+        async with request.app[SESSIONS]() as session:
+            unread = await notifications.unread_count(session, user.id)
+        # What waited for him while he was away (the list: GET /api/v1/notifications).
+        hello = {"type": "hello", "user_id": user.id, "unread_notifications": unread}
+        await ws.send_str(json.dumps(hello))
         async for msg in ws:
             if msg.type == web.WSMsgType.TEXT and msg.data == "ping":
                 await ws.send_str('{"type": "pong"}')
