@@ -62,6 +62,7 @@ from contact_center.keys import (
 from contact_center.pbx import PbxLinks
 from contact_center.rate_limit import RateLimiter
 from contact_center.scheduler import JobHandlers, Scheduler
+from contact_center.startup import StartupProgress
 from contact_center.telephony import Telephony
 from contact_center.web import pages
 from crm_core.clock import Clock, SystemClock
@@ -88,11 +89,13 @@ def create_app(
     instance_id: str | None = None,
     announce: Callable[[str], None] = _stdout,
     clock: Clock | None = None,
+    progress: StartupProgress | None = None,
 ) -> web.Application:
     """The server for ``settings``.
 
     ``announce`` receives the one-time text meant for the operator's terminal (the first admin's
-    password); it never goes to the log. ``clock`` defaults to the system clock.
+    password); it never goes to the log. ``clock`` defaults to the system clock. ``progress``
+    learns what the start waits for (``serve`` shows it on the port meanwhile).
     """
     registry = CollectorRegistry()
     http_metrics = ops.HttpMetrics(registry)
@@ -116,7 +119,7 @@ def create_app(
     # The runtime, in dependency order.
     app.cleanup_ctx.extend(
         (
-            _database(announce),  # ENGINE, SESSIONS: migrated, first admin, pipelines
+            _database(announce, progress or StartupProgress()),  # ENGINE, SESSIONS
             _redis,  # REDIS (None: the embedded mode)
             _bus,  # BUS: in-process, or fanned out over Redis pub/sub
             _rate_limits,  # LIMITER of the public endpoints
@@ -146,15 +149,20 @@ def create_app(
 # ---------------------------------------------------------------- the runtime's steps
 
 
-def _database(announce: Callable[[str], None]) -> Step:
+def _database(announce: Callable[[str], None], progress: StartupProgress) -> Step:
+    """The engine, once the database answers; migrated, the first admin, the pipelines."""
+
     async def step(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         engine = database.create_engine(settings.database)
         try:
             log.info("connecting to database %s", database.safe_url(settings.database.url))
             await database.wait_for_database(
-                engine, max_delay=settings.database.connect_retry_max_s
+                engine,
+                max_delay=settings.database.connect_retry_max_s,
+                on_retry=progress.database_unreachable,
             )
+            progress.step = "migrating the database"
             if settings.database.migrate_on_start:
                 await database.migrate(engine)
             sessions = database.sessionmaker(engine)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +124,11 @@ async def ping(engine: AsyncEngine, timeout: float = 2.0) -> None:
 
 
 async def wait_for_database(
-    engine: AsyncEngine, *, max_delay: float = 30.0, give_up_after: float | None = None
+    engine: AsyncEngine,
+    *,
+    max_delay: float = 30.0,
+    give_up_after: float | None = None,
+    on_retry: Callable[[str], None] | None = None,
 ) -> None:
     """Retry until the database answers, logging one line per attempt (no traceback).
 
@@ -144,6 +148,8 @@ async def wait_for_database(
         elapsed = loop.time() - started
         if give_up_after is not None and elapsed >= give_up_after:
             raise DatabaseUnavailable(f"database {url} unreachable after {elapsed:.0f} s: {reason}")
+        if on_retry is not None:
+            on_retry(reason)
         wait = min(delay, max_delay) * random.uniform(0.8, 1.2)
         log.warning(
             "database %s unreachable (%s); retrying in %.1f s",
