@@ -11,15 +11,17 @@ returns once the unit of work has committed.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field
 
-from contact_center.api.common import PageQuery, actor, page, path_id, rules, uow
+from contact_center.api.common import PageQuery, actor, page, path_id, rules, settings, uow
 from contact_center.http.api import Api
+from contact_center.keys import REDIS, SETTINGS
+from contact_center.rate_limit import RateLimiter
 from crm_core.clients import service as clients
 from crm_core.clients.schemas import (
     CompanyInput,
@@ -38,12 +40,15 @@ from crm_core.clients.schemas import (
     RequisitesOut,
 )
 from crm_core.clients.search import ClientFilter
+from crm_core.errors import RateLimited
 from crm_core.phones import try_normalize_phone
 
 api = Api()
 TAGS = ["clients"]
 PRIVILEGED = ["admin", "head"]
 DUPLICATE = "duplicate-client: a phone, e-mail, messenger id or INN belongs to another client"
+LOOKUP_LIMITER = web.AppKey("client_lookup_rate_limiter", RateLimiter)
+LOOKUP_WINDOW_S = 60
 
 
 # ---------------------------------------------------------------- shapes
@@ -609,20 +614,45 @@ async def retire_requisites(request: web.Request) -> RequisitesOut:
 # ---------------------------------------------------------------- the screen-pop lookup
 
 
+async def _check_lookup_rate(request: web.Request, user_id: int) -> None:
+    """Each user may look numbers up ``crm.lookups_per_minute`` times a minute: enough for
+    a person at a phone, too few to walk the client base number by number."""
+    limit = settings(request).crm.lookups_per_minute
+    limiter = request.app[LOOKUP_LIMITER]
+    if not await limiter.hit(f"client-lookup:{user_id}", limit=limit, window_s=LOOKUP_WINDOW_S):
+        raise RateLimited(
+            "too many number lookups; try again in a minute",
+            details={"retry_after_s": LOOKUP_WINDOW_S, "limit": limit},
+        )
+
+
 @api.route(
     "GET",
     "/clients/lookup",
     summary="Who calls from this number (any format), among the clients you may read: the "
-    "screen-pop lookup",
+    "screen-pop lookup (rate-limited per user)",
     query=LookupQuery,
     response=LookupOut,
     tags=TAGS,
+    errors={429: "rate-limited: too many lookups this minute"},
 )
 async def lookup(request: web.Request, query: LookupQuery) -> LookupOut:
     user, crm = actor(request), rules(request)
+    await _check_lookup_rate(request, user.id)
     async with uow(request) as u:
         match = await clients.find_client_by_phone(u.session, query.phone, actor=user, rules=crm)
     return LookupOut(
         phone=try_normalize_phone(query.phone, crm.default_region),
         match=ClientMatchOut(**match.__dict__) if match is not None else None,
     )
+
+
+def setup(app: web.Application) -> None:
+    """The lookup's rate limiter (in Redis when configured, so every instance counts
+    together)."""
+
+    async def limiter(app: web.Application) -> AsyncIterator[None]:
+        app[LOOKUP_LIMITER] = RateLimiter(app.get(REDIS), app[SETTINGS].redis.prefix)
+        yield
+
+    app.cleanup_ctx.append(limiter)

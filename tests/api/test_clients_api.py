@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from contact_center.keys import BUS, SESSIONS
 from crm_core.users import service as users
 from tests.helpers import until
@@ -490,3 +492,46 @@ async def test_events_reach_the_responsible_and_the_heads(client: Any) -> None:
     await ctx.call("ivan", "POST", "/contacts", json={"name": "C", "phones": ["+74951234567"]})
     await ctx.call("ivan", "GET", "/contacts")
     assert len(seen) == 4
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def lookup_client(
+    request: pytest.FixtureRequest,
+    make_settings: Callable[..., Any],
+    database_url: str,
+    aiohttp_client_factory: Any,
+) -> Any:
+    from contact_center.app import create_app
+
+    env = {
+        "CC_DATABASE_URL": database_url,
+        "CC_CRM_LOOKUPS_PER_MINUTE": "3",
+        "CC_CRM_MANAGERS_READ_ALL": "true",
+    }
+    if request.param == "redis":
+        env.update(
+            CC_REDIS_URL=request.getfixturevalue("redis_url"),
+            CC_REDIS_PREFIX=request.getfixturevalue("redis_prefix"),
+        )
+    settings = make_settings(**env)
+    return await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+
+
+async def test_lookup_is_rate_limited_per_user(lookup_client: Any) -> None:
+    """Issue 15: nothing stopped a user from walking the client base number by number."""
+    ctx = await setup_team(lookup_client)
+    made = await new_contact(ctx, "ivan", name="Сергей", phones=["+74951234567"])
+
+    async def lookup(who: str, number: str) -> tuple[int, Any]:
+        return await ctx.call(who, "GET", "/clients/lookup", params={"phone": number})
+
+    # crm.managers_read_all: Anna may read Ivan's contact, so she finds it...
+    assert (await lookup("anna", "+74951234567"))[1]["match"]["contact_id"] == made["id"]
+    assert [(await lookup("anna", f"+7495000000{i}"))[0] for i in range(2)] == [200, 200]
+    # ... three times a minute, then 429 with the stable error shape.
+    status, body = await lookup("anna", "+74951234567")
+    assert status == 429
+    assert body["error"] == "rate-limited" and set(body) == {"error", "message", "details"}
+    assert body["details"]["retry_after_s"] == 60
+    # Per user: Ivan still has his own.
+    assert (await lookup("ivan", "+74951234567"))[0] == 200
