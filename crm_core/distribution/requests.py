@@ -327,15 +327,6 @@ async def list_queue(
     return list(rows.scalars()), int(total or 0)
 
 
-async def get_request(session: AsyncSession, request_id: int) -> WebRequest:
-    request = await session.get(WebRequest, request_id)
-    if request is None:
-        raise WebRequestNotFound(
-            f"no website request {request_id}", details={"request_id": request_id}
-        )
-    return request
-
-
 async def assign(
     session: AsyncSession,
     request_id: int,

@@ -69,11 +69,6 @@ def local_today(now: datetime, tz: tzinfo) -> date:
     return now.astimezone(tz).date()
 
 
-def is_overdue(invoice: Invoice, today: date) -> bool:
-    """Issued and past its due date (``today`` in the configured zone)."""
-    return invoice.status == InvoiceStatus.ISSUED.value and invoice.due_on < today
-
-
 async def sync_reminders(
     session: AsyncSession, invoice: Invoice, *, rules: CrmRules, tz: tzinfo, now: datetime
 ) -> list[datetime]:
