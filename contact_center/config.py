@@ -172,6 +172,7 @@ class CrmSettings(_Section):
     custom_fields: list[CustomFieldSettings] = Field(default_factory=list)
     invoice_reminder_days: list[int] = Field(default_factory=lambda: [3, 0])
     managers_read_all: bool = False
+    lookups_per_minute: int = Field(60, ge=1)
 
     @field_validator("lead_gate")
     @classmethod

@@ -14,6 +14,7 @@ from sqlalchemy import Integer, String, and_, bindparam, false, literal, or_, se
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contact_center import recordings_service
+from crm_core import access
 from crm_core.activities import service as activities
 from crm_core.activities.events import ActivityRecorded
 from crm_core.activities.model import Activity
@@ -72,7 +73,9 @@ async def card_summary_for_number(
     """
     if not number or not number.startswith("+"):
         return None
-    match = await clients.find_client_by_phone(session, number, region=region, rules=rules)
+    match = await clients.find_client_by_phone(
+        session, number, actor=access.SYSTEM, rules=rules, region=region
+    )
     if match is None:
         return None
     kind, record_id = _card_record(match)
@@ -356,7 +359,9 @@ async def record_finished_call(
         manager = await calls.extension_owner(session, facts.pbx, facts.rang[0])
     number = facts.outside_number
     match = (
-        await clients.find_client_by_phone(session, number, region=region, rules=rules)
+        await clients.find_client_by_phone(
+            session, number, actor=access.SYSTEM, rules=rules, region=region
+        )
         if number and number.startswith("+")
         else None
     )
@@ -417,7 +422,7 @@ async def record_finished_call(
                 responsible_id=responsible,
                 tracking=tracking,
             ),
-            actor=None,
+            actor=access.SYSTEM,
             rules=rules,
             now=now,
         )
@@ -456,7 +461,7 @@ async def record_finished_call(
                 "queue": facts.queue,
             },
         ),
-        actor_id=None,
+        actor=access.SYSTEM,
         now=now,
     )
     outcome.activity_id = activity.id
@@ -480,7 +485,7 @@ async def record_finished_call(
                 lead_id=match.lead_id if match else None,
                 origin_key=missed_call_key(number),
             ),
-            actor=None,
+            actor=access.SYSTEM,
             rules=rules,
             now=now,
         )

@@ -109,7 +109,7 @@ async def get_call(request: web.Request) -> CallOut:
         call = await u.session.get(Call, call_pk)
     if call is None:
         raise NotFound(f"no call {call_pk}")
-    access.ensure_read(user, call.user_id, rules(request), f"call {call_pk}")
+    access.check(user, call.user_id, rules(request), write=False, what=f"call {call_pk}")
     return CallOut.of(call)
 
 

@@ -16,6 +16,9 @@ from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core import access
+from crm_core.access import Actor
+from crm_core.clients.companies import group_company_ids
+from crm_core.clients.lookup import digits_rev_prefix
 from crm_core.clients.model import (
     Company,
     Contact,
@@ -26,11 +29,9 @@ from crm_core.clients.model import (
     Requisites,
     fold_name,
 )
-from crm_core.clients.service import digits_rev_prefix, group_company_ids
 from crm_core.db import contains, matching
 from crm_core.phones import digits_of, try_normalize_phone
 from crm_core.rules import CrmRules
-from crm_core.users.model import User
 
 MIN_SUFFIX_DIGITS = 4
 
@@ -114,7 +115,7 @@ async def _list(
     kind: str,
     flt: ClientFilter,
     *,
-    actor: User,
+    actor: Actor,
     rules: CrmRules,
     limit: int,
     offset: int,
@@ -161,7 +162,7 @@ async def list_contacts(
     session: AsyncSession,
     flt: ClientFilter,
     *,
-    actor: User,
+    actor: Actor,
     rules: CrmRules,
     limit: int = 50,
     offset: int = 0,
@@ -176,7 +177,7 @@ async def list_companies(
     session: AsyncSession,
     flt: ClientFilter,
     *,
-    actor: User,
+    actor: Actor,
     rules: CrmRules,
     limit: int = 50,
     offset: int = 0,

@@ -246,9 +246,5 @@ async def list_tokens(session: AsyncSession, user_id: int) -> list[AuthToken]:
     return list(result)
 
 
-async def get_user(session: AsyncSession, user_id: int) -> User | None:
-    return await session.get(User, user_id)
-
-
 async def list_users(session: AsyncSession) -> list[User]:
     return list(await session.scalars(select(User).order_by(User.id)))
