@@ -11,7 +11,7 @@ returns once the unit of work has committed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,8 +20,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from contact_center.api.common import PageQuery, actor, page, path_id, rules, settings, uow
 from contact_center.http.api import Api
-from contact_center.keys import REDIS, SETTINGS
-from contact_center.rate_limit import RateLimiter
+from contact_center.keys import LIMITER
 from crm_core.clients import service as clients
 from crm_core.clients.schemas import (
     CompanyInput,
@@ -47,7 +46,6 @@ api = Api()
 TAGS = ["clients"]
 PRIVILEGED = ["admin", "head"]
 DUPLICATE = "duplicate-client: a phone, e-mail, messenger id or INN belongs to another client"
-LOOKUP_LIMITER = web.AppKey("client_lookup_rate_limiter", RateLimiter)
 LOOKUP_WINDOW_S = 60
 
 
@@ -618,7 +616,7 @@ async def _check_lookup_rate(request: web.Request, user_id: int) -> None:
     """Each user may look numbers up ``crm.lookups_per_minute`` times a minute: enough for
     a person at a phone, too few to walk the client base number by number."""
     limit = settings(request).crm.lookups_per_minute
-    limiter = request.app[LOOKUP_LIMITER]
+    limiter = request.app[LIMITER]
     if not await limiter.hit(f"client-lookup:{user_id}", limit=limit, window_s=LOOKUP_WINDOW_S):
         raise RateLimited(
             "too many number lookups; try again in a minute",
@@ -645,14 +643,3 @@ async def lookup(request: web.Request, query: LookupQuery) -> LookupOut:
         phone=try_normalize_phone(query.phone, crm.default_region),
         match=ClientMatchOut(**match.__dict__) if match is not None else None,
     )
-
-
-def setup(app: web.Application) -> None:
-    """The lookup's rate limiter (in Redis when configured, so every instance counts
-    together)."""
-
-    async def limiter(app: web.Application) -> AsyncIterator[None]:
-        app[LOOKUP_LIMITER] = RateLimiter(app.get(REDIS), app[SETTINGS].redis.prefix)
-        yield
-
-    app.cleanup_ctx.append(limiter)

@@ -51,8 +51,8 @@ class Notice:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def _by_another(responsible: int | None, actor: int | None) -> bool:
-    return responsible is not None and responsible != actor
+def _by_another(responsible: int | None, by: int | None) -> bool:
+    return responsible is not None and responsible != by
 
 
 def _client_object(event: TaskDue) -> tuple[str, int]:
