@@ -305,12 +305,23 @@ class Telephony:
         if not audience:
             return
         audience.update(WATCHERS)
+        caller = info.caller if info else None
+        direction = ""
+        if caller is None:
+            # No ringing named him (an outbound call): the folder's snapshot of this one call.
+            live = next(
+                (c for c in self.folders[pbx].live_calls() if c.call_id == event.call_id), None
+            )
+            if live is not None:
+                direction = live.direction
+                caller = live.callee if live.direction == "outbound" else live.caller
         await self.bus.publish(
             call_events.CallAnswered(
                 call_id=event.call_id,
                 pbx=pbx,
                 extension=event.extension,
-                caller=info.caller if info else None,
+                caller=caller,
+                direction=direction,
                 occurred_at=_ts(event.ts),
                 audience=tuple(sorted(audience)),
             )

@@ -13,6 +13,7 @@ from contact_center.web import links, listing
 from contact_center.web.shell import MenuEntry, page, t_of, zone
 from crm_core import access
 from crm_core.calls import service as calls
+from crm_core.phones import try_normalize_phone
 from crm_core.recordings.model import Recording, RecordingState
 from crm_core.users.model import User, UserExtension
 
@@ -20,6 +21,13 @@ MENU = (MenuEntry("calls", "/calls", "menu.calls", "calls", 60),)
 SORTS = ("started_at", "talk_seconds", "ring_seconds")
 MISSED = ("missed", "abandoned")
 RESULTS = {"answered": ("answered",), "missed": MISSED, "busy": ("busy", "failed")}
+
+
+def _number(q: str, region: str) -> str | None:
+    """The search box of the call list: a phone in any format."""
+    if not q:
+        return None
+    return try_normalize_phone(q, region) or q
 
 
 def kind_of(direction: str, disposition: str) -> str:
@@ -72,7 +80,7 @@ async def calls_page(request: web.Request, user: User) -> dict[str, Any]:
             direction=state.value("direction") or None,
             disposition=RESULTS.get(state.value("result")),
             counted=counted,
-            number=None,
+            number=_number(state.q, rules.default_region),
             since=listing.day_start(state.date_value("from"), tz),
             until=listing.day_end(state.date_value("to"), tz),
             limit=listing.PER_PAGE,

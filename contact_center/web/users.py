@@ -8,9 +8,10 @@ from typing import Any
 from aiohttp import web
 
 from contact_center.api.common import UnitOfWork
+from contact_center.i18n import error_text
 from contact_center.keys import SESSIONS, SETTINGS
 from contact_center.web.shell import ADMIN, MenuEntry, page, t_of
-from crm_core.errors import NotFound
+from crm_core.errors import DomainError, NotFound
 from crm_core.users import service as users
 from crm_core.users.model import Role, User
 from crm_core.users.passwords import new_password
@@ -45,7 +46,7 @@ async def _listing(request: web.Request) -> dict[str, Any]:
         "roles": ROLES,
         "pbxes": [p.name for p in request.app[SETTINGS].pbx],
         "issued": None,
-        "errors": {},
+        "error": "",
         "form": {},
     }
 
@@ -68,20 +69,27 @@ async def create_user(request: web.Request, user: User) -> dict[str, Any]:
         "extensions": str(form.get("extensions", "")),
         "pbx": str(form.get("pbx", "")),
     }
-    async with UnitOfWork(request) as u:
-        created, event = await users.create_user(
-            u.session,
-            login=fields["login"],
-            role=fields["role"],
-            password=password,
-            display_name=fields["display_name"],
-            extensions=_extensions(fields["extensions"]),
-            pbx=fields["pbx"],
-            must_change_password=True,
-            scrypt_n=request.app[SETTINGS].auth.scrypt_n,
-        )
-        u.emit(event)
-        await u.commit()
+    try:
+        async with UnitOfWork(request) as u:
+            created, event = await users.create_user(
+                u.session,
+                login=fields["login"],
+                role=fields["role"],
+                password=password,
+                display_name=fields["display_name"],
+                extensions=_extensions(fields["extensions"]),
+                pbx=fields["pbx"],
+                must_change_password=True,
+                scrypt_n=request.app[SETTINGS].auth.scrypt_n,
+            )
+            u.emit(event)
+            await u.commit()
+    except DomainError as exc:
+        # The form stays filled in, with what is wrong said above it.
+        data = await _listing(request)
+        data.update(form=fields, error=error_text(t_of(request), exc.error_id, exc.details))
+        data["_status"] = 409 if exc.error_id in ("login-taken", "extension-taken") else 422
+        return data
     data = await _listing(request)
     data["issued"] = {"login": created.login, "name": created.display_name, "password": password}
     data["saved"] = None

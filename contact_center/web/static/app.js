@@ -293,11 +293,11 @@
     const mine = msg.extension && myExtensions.includes(msg.extension);
     if (msg.type === "call.ringing") {
       if (mine) showRinging(msg);
-      addLog(msg, t("log.ringing") + " " + (msg.extension || ""));
+      addLog(msg, t("log.ringing"));
     } else if (msg.type === "call.answered") {
       const pop = cards.get(msg.call_id);
       if (pop) pop.classList.add("answered");
-      addLog(msg, t("log.answered") + " " + (msg.extension || ""));
+      addLog(msg, t("log.answered"));
     } else if (msg.type === "call.ended") {
       const pop = cards.get(msg.call_id);
       if (pop) {
