@@ -472,7 +472,8 @@ async def record_finished_call(
             session,
             TaskInput(
                 kind=TaskKind.CALL_BACK,
-                title=f"Перезвонить {display_number(number)}" + (f" ({match.name})" if match else ""),
+                title=f"Перезвонить {display_number(number)}"
+                + (f" ({match.name})" if match else ""),
                 description=_missed_text(facts),
                 due_at=due,
                 responsible_id=responsible,

@@ -307,14 +307,14 @@ async def create_user(request: web.Request, body: UserCreate) -> UserOut:
 # ---------------------------------------------------------------- web pages
 
 
-def _login_page(
+async def _login_page(
     request: web.Request, error_key: str = "", login: str = "", status: int = 200
 ) -> web.Response:
     """The sign-in form (template ``account/login.html``), with a translated error."""
-    import aiohttp_jinja2
+    from contact_center.web.shell import render
 
     t = translator(pick_language(request, request.app[SETTINGS].locale.default))
-    return aiohttp_jinja2.render_template(
+    return await render(
         "account/login.html",
         request,
         {
@@ -335,7 +335,7 @@ def _safe_next(target: str | None) -> str:
 
 
 async def login_page(request: web.Request) -> web.Response:
-    return _login_page(request)
+    return await _login_page(request)
 
 
 async def login_submit(request: web.Request) -> web.StreamResponse:
@@ -348,7 +348,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     try:
         throttle.check(remote, login)
     except RateLimited:
-        return _login_page(request, "login.throttled", login, status=429)
+        return await _login_page(request, "login.throttled", login, status=429)
     async with request.app[SESSIONS]() as session:
         try:
             user = await users.authenticate(
@@ -357,7 +357,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         except InvalidCredentials:
             throttle.failed(remote, login)
             log.warning("failed sign-in for %r from %s", login, remote)
-            return _login_page(request, "login.failed", login, status=401)
+            return await _login_page(request, "login.failed", login, status=401)
         throttle.succeeded(remote, login)
         ttl = timedelta(hours=settings.auth.session_ttl_hours)
         issued = await users.issue_token(session, user, kind=TokenKind.SESSION, ttl=ttl)

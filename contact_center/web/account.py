@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import aiohttp_jinja2
 from aiohttp import web
 
 from contact_center.i18n import LANGUAGES
@@ -16,6 +15,8 @@ from contact_center.web.shell import (
     language,
     page,
     pbx_state,
+    remember_language,
+    render,
     session_user,
     t_of,
 )
@@ -28,17 +29,6 @@ from crm_core.users.model import TokenKind, User
 
 MENU = ()
 SEARCH_LIMIT = 10
-
-
-def _remember_language(response: web.StreamResponse, lang: str) -> None:
-    response.set_cookie("cc_lang", lang, max_age=365 * 86400, samesite="Lax", httponly=True)
-
-
-async def _language_cookie(request: web.Request, response: web.StreamResponse) -> None:
-    """``?lang=`` on a page is remembered (cookie) for the next pages."""
-    lang = request.query.get("lang")
-    if lang in LANGUAGES and not request.path.startswith("/api/"):
-        _remember_language(response, lang)
 
 
 async def _new_session(request: web.Request, user: User, response: web.StreamResponse) -> None:
@@ -133,16 +123,14 @@ async def profile_page(request: web.Request, user: User) -> Any:
                 await users.update_user(session, fresh, locale=lang)
                 await session.commit()
             response = web.HTTPSeeOther("/settings/profile")
-            _remember_language(response, lang)
+            remember_language(response, lang)
             raise response
     return data
 
 
 async def pbx_state_partial(request: web.Request) -> web.StreamResponse:
     session_user(request)
-    return aiohttp_jinja2.render_template(
-        "_pbx_state.html", request, {"pbx_state": pbx_state(request.app)}
-    )
+    return await render("_pbx_state.html", request, {"pbx_state": pbx_state(request.app)})
 
 
 @page("account/search.html")
@@ -193,4 +181,3 @@ def setup(app: web.Application) -> None:
     app.router.add_route("*", "/settings/profile", profile_page)
     app.router.add_get("/ui/pbx-state", pbx_state_partial)
     app.router.add_get("/search", search_page)
-    app.on_response_prepare.append(_language_cookie)

@@ -29,7 +29,7 @@ from contact_center.web import (
     tracking,
     users,
 )
-from contact_center.web.shell import MENU_KEY, build_menu, context
+from contact_center.web.shell import MENU_KEY, build_menu
 
 STATIC = Path(__file__).parent / "static"
 
@@ -56,7 +56,6 @@ def setup(app: web.Application) -> None:
         app,
         loader=jinja2.PackageLoader("contact_center.web", "templates"),
         autoescape=jinja2.select_autoescape(["html"], default=True, default_for_string=True),
-        context_processors=[context],
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,

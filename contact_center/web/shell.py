@@ -25,7 +25,14 @@ from yarl import URL
 
 from contact_center.http.api import USER
 from contact_center.http.auth import AUTH_KIND
-from contact_center.i18n import Translate, error_text, pick_language, table, translator
+from contact_center.i18n import (
+    LANGUAGES,
+    Translate,
+    error_text,
+    pick_language,
+    table,
+    translator,
+)
 from contact_center.keys import CLOCK, SETTINGS
 from contact_center.web import formats
 from crm_core import errors
@@ -40,10 +47,6 @@ PASSWORD_PAGE = "/settings/password"
 
 MENU_KEY = web.AppKey("web_menu", tuple)
 LANG = web.RequestKey("web_lang", str)
-
-# Paths that are no pages: the context processor returns nothing for them at once (it runs as
-# a middleware on every request, the API's and the dialplan's included).
-_NOT_PAGES = ("/api/", "/ws", "/static/", "/track.js", "/healthz", "/metrics", "/webhooks/")
 
 
 @dataclass(frozen=True)
@@ -182,9 +185,7 @@ def pbx_state(app: web.Application) -> str:
 
 
 async def context(request: web.Request) -> dict[str, Any]:
-    """What every template gets (aiohttp-jinja2 context processor)."""
-    if request.path.startswith(_NOT_PAGES):
-        return {}
+    """What every template gets: the user, his menu, the CSRF token, the language, formats."""
     lang = language(request)
     t = translator(lang)
     user = request.get(USER)
@@ -245,25 +246,44 @@ def session_user(request: web.Request) -> User:
     return user
 
 
-def render_error(request: web.Request, status: int, message: str) -> web.Response:
+async def render(
+    template: str, request: web.Request, data: dict[str, Any], *, status: int = 200
+) -> web.Response:
+    """``template`` with the shell's context (:func:`context`) and ``data``. (Not an
+    aiohttp-jinja2 context processor: that runs as a middleware on every request, the API's
+    and the dialplan's included.)"""
+    response = aiohttp_jinja2.render_template(
+        template, request, {**await context(request), **data}, status=status
+    )
+    lang = request.query.get("lang")
+    if lang in LANGUAGES:  # ?lang= is remembered for the next pages
+        remember_language(response, lang)
+    return response
+
+
+def remember_language(response: web.StreamResponse, lang: str) -> None:
+    response.set_cookie("cc_lang", lang, max_age=365 * 86400, samesite="Lax", httponly=True)
+
+
+async def render_error(request: web.Request, status: int, message: str) -> web.Response:
     t = t_of(request)
     template = "errors/partial.html" if is_partial(request) else "errors/page.html"
     title = {403: "error.title.403", 404: "error.title.404"}.get(status, "error.title.other")
-    return aiohttp_jinja2.render_template(
+    return await render(
         template, request, {"status": status, "title": t(title), "message": message}, status=status
     )
 
 
-def render_domain_error(request: web.Request, exc: errors.DomainError) -> web.Response:
+async def render_domain_error(request: web.Request, exc: errors.DomainError) -> web.Response:
     from contact_center.http.errors import STATUS
 
     status = next(code for cls, code in STATUS if isinstance(exc, cls))
     t = t_of(request)
     if isinstance(exc, errors.PermissionDenied) and exc.details.get("reason") == "csrf":
-        return render_error(request, 403, t("error.csrf"))
+        return await render_error(request, 403, t("error.csrf"))
     if isinstance(exc, errors.NotFound):
-        return render_error(request, 404, t("error.not-found"))
-    return render_error(request, status, error_text(t, exc.error_id, exc.details))
+        return await render_error(request, 404, t("error.not-found"))
+    return await render_error(request, status, error_text(t, exc.error_id, exc.details))
 
 
 def page(
@@ -288,19 +308,19 @@ def page(
                     raise web.HTTPUnauthorized(headers={"HX-Redirect": PASSWORD_PAGE})
                 raise web.HTTPSeeOther(PASSWORD_PAGE)
             if not allowed(user, roles):
-                return render_error(request, 403, t_of(request)("error.forbidden_page"))
+                return await render_error(request, 403, t_of(request)("error.forbidden_page"))
             try:
                 if request.method not in ("GET", "HEAD"):
                     await check_csrf(request)
                 result = await handler(request, user)
             except errors.DomainError as exc:
-                return render_domain_error(request, exc)
+                return await render_domain_error(request, exc)
             if isinstance(result, web.StreamResponse):
                 return result
             status = int(result.pop("_status", 200))
             name = partial if partial and is_partial(request) else template
             result.setdefault("page_json", page_data(request, **result.pop("_page", {})))
-            resp = aiohttp_jinja2.render_template(name, request, result, status=status)
+            resp = await render(name, request, result, status=status)
             resp.headers["Vary"] = "HX-Request"
             resp.headers["Cache-Control"] = "no-store"
             return resp
