@@ -47,9 +47,7 @@ async def client_refs(session: AsyncSession, rows: list[Any]) -> dict[int, Clien
                 await session.execute(
                     select(Contact.id, Contact.name).where(Contact.id.in_(contacts))
                 )
-            )
-            .tuples()
-            .all()
+            ).all()
         )
     if companies:
         company_names = dict(
@@ -57,9 +55,7 @@ async def client_refs(session: AsyncSession, rows: list[Any]) -> dict[int, Clien
                 await session.execute(
                     select(Company.id, Company.name).where(Company.id.in_(companies))
                 )
-            )
-            .tuples()
-            .all()
+            ).all()
         )
     if leads:
         for lead_id, title, person, org in await session.execute(
@@ -70,9 +66,7 @@ async def client_refs(session: AsyncSession, rows: list[Any]) -> dict[int, Clien
             lead_names[lead_id] = person or org or title or f"#{lead_id}"
     if deal_ids:
         deal_titles = dict(
-            (await session.execute(select(Deal.id, Deal.title).where(Deal.id.in_(deal_ids))))
-            .tuples()
-            .all()
+            (await session.execute(select(Deal.id, Deal.title).where(Deal.id.in_(deal_ids)))).all()
         )
     owners = []
     if contacts:

@@ -46,6 +46,7 @@ async def _listing(request: web.Request) -> dict[str, Any]:
         "roles": ROLES,
         "pbxes": [p.name for p in request.app[SETTINGS].pbx],
         "issued": None,
+        "saved": None,
         "error": "",
         "form": {},
     }

@@ -64,3 +64,8 @@ def rows(html: str) -> list[str]:
     """The data rows of the page's list table (``<tr data-href=...>`` or with an id)."""
     body = html.split("<tbody>", 1)[1].split("</tbody>", 1)[0] if "<tbody>" in html else ""
     return re.findall(r"<tr[ >].*?</tr>", body, flags=re.S)
+
+
+def visible(html: str) -> str:
+    """The page without its script elements (the catalogue for the browser names every code)."""
+    return re.sub(r"<script\b.*?</script>", "", html, flags=re.S)
