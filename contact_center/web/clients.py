@@ -115,15 +115,11 @@ async def bulk_task(request: web.Request, user: User) -> web.StreamResponse:
     title = str(form.get("title", "")).strip()
     if not title:
         raise InvalidInput("title: required", details={"field": "title"})
-    due_day = str(form.get("due", ""))
-    due_at = None
-    if due_day:
-        try:
-            due_at = datetime.combine(
-                datetime.fromisoformat(due_day).date(), time(10, 0), tzinfo=zone(request)
-            )
-        except ValueError:
-            raise InvalidInput("due: not a date", details={"field": "due"}) from None
+    due_text = str(form.get("due", "")).strip()
+    due_day = listing.parse_day(due_text)
+    if due_text and due_day is None:
+        raise InvalidInput("due: not a date", details={"field": "due"})
+    due_at = datetime.combine(due_day, time(10, 0), tzinfo=zone(request)) if due_day else None
 
     def number(name: str) -> int | None:
         raw = str(form.get(name, ""))

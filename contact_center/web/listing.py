@@ -103,10 +103,12 @@ class ListState:
         return int(raw) if raw.isdigit() and len(raw) < 12 else None
 
     def date_value(self, name: str) -> date | None:
-        try:
-            return date.fromisoformat(self.value(name)) if self.value(name) else None
-        except ValueError:
-            return None
+        return parse_day(self.value(name))
+
+    def date_text(self, name: str) -> str:
+        """A date filter as typed back into its box: ``02.12.2026``."""
+        parsed = self.date_value(name)
+        return f"{parsed:%d.%m.%Y}" if parsed else self.value(name)
 
     def url(self, **changes: str | int | None) -> str:
         """This list's URL with ``changes`` (None removes a parameter); a change of anything
@@ -183,6 +185,22 @@ class ListState:
     @property
     def filtered(self) -> bool:
         return bool(self.q) or any(self.value(f.name) for f in self.filters)
+
+
+def parse_day(text: str | None) -> date | None:
+    """A day as people type it (``2.12.2026``, ``02.12.26``) or ISO (``2026-12-02``); None for
+    anything else. Date boxes are text boxes: a browser's own date input follows the browser's
+    language, not the page's (an English Chrome shows mm/dd/yyyy)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        if "." in text:
+            d, m, y = (int(part) for part in text.split("."))
+            return date(y + 2000 if y < 100 else y, m, d)
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def state_of(

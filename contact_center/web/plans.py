@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from contact_center.api.common import UnitOfWork
 from contact_center.keys import SESSIONS
+from contact_center.web.listing import parse_day
 from contact_center.web.shell import HEADS, MenuEntry, now, page, t_of, zone
 from crm_core.errors import InvalidInput
 from crm_core.tasks import plan as plans
@@ -22,11 +23,7 @@ FIGURES = ("calls", "meetings", "proposals")
 
 
 def _week(request: web.Request) -> tuple[date, date]:
-    raw = request.query.get("week", "")
-    try:
-        day = date.fromisoformat(raw) if raw else None
-    except ValueError:
-        day = None
+    day = parse_day(request.query.get("week", ""))
     return plans.week_of(day or now(request).astimezone(zone(request)).date())
 
 
@@ -99,10 +96,9 @@ async def set_plans(request: web.Request, user: User) -> web.StreamResponse:
         proposals=number("proposals"),
         note=str(form.get("note", "")).strip() or None,
     )
-    try:
-        day = date.fromisoformat(str(form.get("day", "")))
-    except ValueError:
-        raise InvalidInput("day: not a date", details={"field": "day"}) from None
+    day = parse_day(str(form.get("day", "")))
+    if day is None:
+        raise InvalidInput("day: not a date", details={"field": "day"})
     if form.get("scope") == "week":
         monday, _ = plans.week_of(day)
         days = [monday + timedelta(days=i) for i in range(5)]

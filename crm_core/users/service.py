@@ -117,7 +117,7 @@ async def ensure_bootstrap_admin(
         login=login,
         role=Role.ADMIN,
         password=password,
-        display_name="Administrator",
+        display_name="Администратор",
         must_change_password=True,
         scrypt_n=scrypt_n,
     )
