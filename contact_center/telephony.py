@@ -72,7 +72,8 @@ class _LiveInfo:
     client: dict[str, Any] | None = None
     tracking: dict[str, Any] | None = None
     rang: set[str] = field(default_factory=set)
-    caller: str | None = None  # the caller as the ringing named him
+    caller: str | None = None  # the client's number, as the ringing (or the answer) named it
+    direction: str = ""  # known when the answer was noted (_note_client)
     # (caller, did) the lookup was made for, and when (loop time); None: not looked up yet.
     looked_up: tuple[str | None, str | None] | None = None
     looked_up_at: float = 0.0
@@ -129,7 +130,23 @@ class Telephony:
         if folder is None:
             return
         for event in folder.feed(frame):
+            if isinstance(event, fold.CallAnswered):
+                self._note_client(pbx, folder, event.call_id)
             self.enqueue(pbx, event)
+
+    def _note_client(self, pbx: str, folder: fold.CallFolder, call_id: str) -> None:
+        """The client's number of a call being answered, read while the fold still has the
+        call (the answer is handled later, on the queue, when a short call may be over): an
+        outbound call has no ringing that named him."""
+        info = self._live.get((pbx, call_id))
+        if info is not None and info.caller is not None:
+            return
+        live = next((c for c in folder.live_calls() if c.call_id == call_id), None)
+        if live is None:
+            return
+        info = self._live.setdefault((pbx, call_id), _LiveInfo())
+        info.direction = live.direction
+        info.caller = live.callee if live.direction == "outbound" else live.caller
 
     async def prefetch(self, pbx: str, number: str) -> None:
         """Look the card of ``number`` (E.164) up on the pop-up lane and wait for it (at most
@@ -305,23 +322,13 @@ class Telephony:
         if not audience:
             return
         audience.update(WATCHERS)
-        caller = info.caller if info else None
-        direction = ""
-        if caller is None:
-            # No ringing named him (an outbound call): the folder's snapshot of this one call.
-            live = next(
-                (c for c in self.folders[pbx].live_calls() if c.call_id == event.call_id), None
-            )
-            if live is not None:
-                direction = live.direction
-                caller = live.callee if live.direction == "outbound" else live.caller
         await self.bus.publish(
             call_events.CallAnswered(
                 call_id=event.call_id,
                 pbx=pbx,
                 extension=event.extension,
-                caller=caller,
-                direction=direction,
+                caller=info.caller if info else None,
+                direction=info.direction if info else "",
                 occurred_at=_ts(event.ts),
                 audience=tuple(sorted(audience)),
             )

@@ -42,8 +42,8 @@ async def tracking_page(request: web.Request, user: User) -> dict[str, Any]:
                 "id": pool.id,
                 "name": pool.name,
                 "site": site_names.get(pool.site_id, ""),
-                "channel": t("channel." + pool.channel) if pool.channel else t("tracking.any"),
-                "kind": t("source_kind." + pool.kind) if pool.kind else t("tracking.any"),
+                "channel": label(t, "channel.", pool.channel) or t("tracking.any"),
+                "kind": label(t, "source_kind.", pool.kind),
                 "region": names.region(pool.region_id) or t("tracking.any_region"),
                 "source": names.source(pool.source_id),
                 "size": size,
@@ -58,6 +58,7 @@ async def tracking_page(request: web.Request, user: User) -> dict[str, Any]:
         )
     return {
         "title": t("menu.tracking"),
+        "origin": request.url.origin().human_repr(),
         "sites": [
             {
                 "name": s.name,
@@ -84,6 +85,15 @@ async def tracking_page(request: web.Request, user: User) -> dict[str, Any]:
             for n in numbers
         ],
     }
+
+
+def label(t: Any, prefix: str, code: str | None) -> str:
+    """The name of a code (a channel, a kind of traffic); a channel nobody named yet (a
+    referring site's own code) is shown as it is rather than as a message key."""
+    if not code:
+        return ""
+    text = t(prefix + code)
+    return code if text == prefix + code else text
 
 
 def setup(app: web.Application) -> None:

@@ -42,3 +42,14 @@ def test_durations() -> None:
     assert formats.duration(65) == "1\u00a0мин 05\u00a0с"
     assert formats.duration(42.4) == "42\u00a0с"
     assert formats.duration(0) == "0\u00a0с"
+
+
+def test_days_as_people_type_them() -> None:
+    from contact_center.web.listing import parse_day
+
+    assert parse_day("02.12.2026") == date(2026, 12, 2)
+    assert parse_day("2.12.26") == date(2026, 12, 2)
+    assert parse_day("2026-12-02") == date(2026, 12, 2)
+    assert parse_day("31.02.2026") is None
+    assert parse_day("вчера") is None
+    assert parse_day("") is None
