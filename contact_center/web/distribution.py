@@ -127,6 +127,20 @@ async def save_rule(request: web.Request, user: User) -> web.StreamResponse:
     rule_id = request.match_info.get("id")
     async with UnitOfWork(request) as u:
         if rule_id:
+            # The page sets who serves the region; each kept manager keeps the weight and
+            # working hours set through the API.
+            current = await rule_book.get_rule(u.session, int(rule_id))
+            kept = {m.user_id: m for m in current.managers}
+            body = body.model_copy(
+                update={
+                    "managers": [
+                        ManagerInput.model_validate(kept[m.user_id].model_dump())
+                        if m.user_id in kept
+                        else m
+                        for m in body.managers
+                    ]
+                }
+            )
             _, events = await rule_book.replace_rule(
                 u.session, int(rule_id), body, now=now(request)
             )

@@ -330,3 +330,60 @@ async def test_tracking_page_shows_pools_with_the_recommended_size(client: Any) 
     assert "Пулы номеров" in page and "Рекомендуемый размер" in page
     assert "Яндекс Директ" in page and "yandex_direct" not in page
     assert "+7 (" in page
+
+
+async def test_editing_a_rule_keeps_the_weights_and_hours_set_through_the_api(
+    client: Any,
+) -> None:
+    from crm_core.distribution import rules as rule_book
+    from crm_core.distribution.schemas import ManagerInput, RuleInput
+    from crm_core.reference.model import Region
+
+    ids = await team(client)
+    hours = {"mon": ["09:00-18:00"]}
+    async with client.app[SESSIONS]() as s:
+        region = Region(code="RU-SPE", name="Санкт-Петербург")
+        s.add(region)
+        await s.flush()
+        rule, _ = await rule_book.create_rule(
+            s,
+            RuleInput(
+                region_id=region.id,
+                strategy="round_robin",
+                managers=[ManagerInput(user_id=ids.ivan, weight=3, hours=hours)],
+            ),
+            now=NOW,
+        )
+        await s.commit()
+    await sign_in(client, "boss")
+    page = await (await client.get("/distribution")).text()
+    assert "Санкт-Петербург" in page and "по очереди" in page
+    token = await csrf(client, "/distribution")
+    resp = await client.post(
+        f"/distribution/rules/{rule.id}",
+        data=[
+            ("csrf_token", token),
+            ("region_id", str(region.id)),
+            ("strategy", "round_robin"),
+            ("managers", str(ids.ivan)),
+            ("managers", str(ids.anna)),
+            ("is_active", "1"),
+            ("is_active", "0"),
+        ],
+        allow_redirects=False,
+    )
+    assert resp.status == 303
+    async with client.app[SESSIONS]() as s:
+        saved = {m.user_id: m for m in (await rule_book.get_rule(s, rule.id)).managers}
+    assert (saved[ids.ivan].weight, saved[ids.ivan].hours) == (3, hours)
+    assert saved[ids.anna].weight == 1
+    fixed = await client.post(
+        f"/distribution/rules/{rule.id}",
+        data=[
+            ("csrf_token", token),
+            ("strategy", "fixed"),
+            ("managers", str(ids.ivan)),
+            ("managers", str(ids.anna)),
+        ],
+    )
+    assert fixed.status == 422 and "Менеджеры" in await fixed.text()
