@@ -41,6 +41,7 @@ class Filter:
     label: str  # message id
     kind: str = "select"  # select, date, text
     options: tuple[tuple[str, str], ...] = ()
+    required: bool = False  # a choice without "any" (its first option is the default)
 
     def text_of(self, value: str) -> str:
         for option, text in self.options:

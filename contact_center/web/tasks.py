@@ -22,6 +22,7 @@ MENU = (MenuEntry("tasks", "/tasks", "menu.tasks", "tasks", 50),)
 SORTS = ("due_at", "title", "created_at", "completed_at")
 # A task postponed "to tomorrow" without a time of its own is due at this local time.
 MORNING = time(10, 0)
+ALL = "all"
 
 
 @page("lists/tasks.html", partial="lists/_tasks.html")
@@ -36,7 +37,11 @@ async def tasks_page(request: web.Request, user: User) -> dict[str, Any]:
             listing.Filter(
                 "status",
                 "filter.status",
-                options=tuple((s.value, t("task.status." + s.value)) for s in TaskStatus),
+                options=(
+                    *((s.value, t("task.status." + s.value)) for s in TaskStatus),
+                    (ALL, t("task.status.all")),
+                ),
+                required=True,
             ),
             listing.Filter(
                 "kind",
@@ -48,7 +53,8 @@ async def tasks_page(request: web.Request, user: User) -> dict[str, Any]:
             listing.Filter("to", "filter.due_to", kind="date"),
         ]
         state = listing.state_of(request, filters, SORTS, "due_at")
-        status = state.value("status")
+        # Open tasks unless another status is asked for (as in Bitrix24 and amoCRM).
+        status = state.value("status") or TaskStatus.OPEN.value
         rows, state.total = await tasks.list_tasks(
             session,
             actor=user,

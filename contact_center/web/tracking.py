@@ -58,7 +58,7 @@ async def tracking_page(request: web.Request, user: User) -> dict[str, Any]:
         )
     return {
         "title": t("menu.tracking"),
-        "origin": request.url.origin().human_repr(),
+        "origin": str(request.url.origin()).rstrip("/"),
         "sites": [
             {
                 "name": s.name,
