@@ -16,7 +16,7 @@ from contact_center.keys import BUS, SESSIONS
 from contact_center.recordings_service import RECORDINGS
 from contact_center.tracking_service import TRACKER
 from crm_core.activities.model import Activity
-from crm_core.calls.events import CallRinging
+from crm_core.calls.events import CallAnswered, CallEnded, CallRinging
 from crm_core.calls.model import Call
 from crm_core.clients.model import Company, Contact, ContactCompany, Phone
 from crm_core.distribution.model import WebRequest
@@ -313,6 +313,29 @@ async def test_a_managers_day_calls_and_lists(client: Any, browser: Any) -> None
     assert "+7 (812) 555-00-11" in table and "пропущенный" in table and "засчитан" in table
     assert "\n101\n" not in table and "1 мин 05 с" in table.replace("\u00a0", " ")
     await _shot(page, "05-manager-calls")
+
+    # The live feed names the client's number, for a missed call too, and drops "waiting".
+    await page.locator("#ws-state.ok").wait_for(timeout=5000)
+    bus = client.app[BUS]
+    await bus.publish(
+        CallRinging(call_id="f1", caller="+74951234567", extension="101", audience=("ext:101",))
+    )
+    await bus.publish(CallAnswered(call_id="f1", extension="101", audience=("ext:101",)))
+    await bus.publish(
+        CallEnded(
+            call_id="f2",
+            caller="+78125550011",
+            disposition="missed",
+            audience=("ext:101",),
+        )
+    )
+    feed = page.locator("#call-log tr")
+    await feed.nth(2).wait_for(timeout=5000)
+    lines = [await row.inner_text() for row in await feed.all()]
+    assert "+7 (812) 555-00-11" in lines[0] and "пропущен" in lines[0]
+    assert "+7 (495) 123-45-67" in lines[1] and "101" not in lines[1]  # answered: the client
+    assert await page.locator("#call-empty").is_hidden()
+    await page.locator(".pop[data-call='f1']").locator("button.close").click()
 
     await page.click("nav a[href='/leads']")
     await page.select_option("select[name=region]", str(world["spb"]))
