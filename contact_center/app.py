@@ -20,6 +20,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp_jinja2
+import jinja2
 import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -65,6 +67,7 @@ from contact_center.scheduler import JobHandlers, Scheduler
 from contact_center.startup import StartupProgress
 from contact_center.telephony import Telephony
 from contact_center.web import pages
+from contact_center.web.shell import MENU_KEY
 from crm_core.clock import Clock, SystemClock
 from crm_core.deals.pipelines import sync_pipelines
 from crm_core.invoices import service as invoices
@@ -115,6 +118,8 @@ def create_app(
     app[auth.THROTTLE] = auth.LoginThrottle(settings.auth.login_attempts_per_15min)
     app[ws.HUB] = ws.Hub()
     app[HEALTH].add("ws", app[ws.HUB].provide_status)
+    _template_engine(app)  # the workspace's pages are rendered from templates
+    app[MENU_KEY] = pages.menu()
 
     # The runtime, in dependency order.
     app.cleanup_ctx.extend(
@@ -139,11 +144,24 @@ def create_app(
     auth.routes(app)
     ws.routes(app)
     app.on_shutdown.append(ws.on_shutdown)  # sockets closed before in-flight requests drain
-    pages.setup(app)
+    pages.routes(app)
     api_slices.install(app, api)
     api.install(app)
     ops.routes(app)
     return app
+
+
+def _template_engine(app: web.Application) -> None:
+    """Jinja2 through aiohttp-jinja2: every template autoescaped, an undefined name an error."""
+    env = aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.PackageLoader(*pages.TEMPLATES),
+        autoescape=jinja2.select_autoescape(["html"], default=True, default_for_string=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.globals["zip"] = zip
 
 
 # ---------------------------------------------------------------- the runtime's steps

@@ -14,6 +14,7 @@ from sqlalchemy import Integer, String, and_, bindparam, false, literal, or_, se
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contact_center import recordings_service
+from contact_center.tracking_service import display_number
 from crm_core import access
 from crm_core.activities import service as activities
 from crm_core.activities.events import ActivityRecorded
@@ -414,7 +415,7 @@ async def record_finished_call(
         lead, lead_events = await leads.create_lead(
             session,
             LeadInput(
-                title=f"Звонок с {number}",
+                title=f"Звонок с {display_number(number)}",
                 origin="call",
                 phones=[number],
                 source_id=tracking.get("source_id") if tracking else None,
@@ -476,7 +477,8 @@ async def record_finished_call(
             session,
             TaskInput(
                 kind=TaskKind.CALL_BACK,
-                title=f"Перезвонить {number}" + (f" ({match.name})" if match else ""),
+                title=f"Перезвонить {display_number(number)}"
+                + (f" ({match.name})" if match else ""),
                 description=_missed_text(facts),
                 due_at=due,
                 responsible_id=responsible,

@@ -49,6 +49,10 @@ PREFETCH_MAX = 1000
 # Longest a click-to-call waits for its card before the PBX is asked to ring.
 PREFETCH_WAIT_S = 0.3
 
+# Who else sees every call's ringing, answer and end on /ws: the head of sales watches who is
+# on a call (his screen pops nothing: app.js pops only for the user's own extensions).
+WATCHERS = ("role:head",)
+
 
 @dataclass(frozen=True)
 class _Prefetch:
@@ -66,6 +70,7 @@ class _LiveInfo:
     client: dict[str, Any] | None = None
     tracking: dict[str, Any] | None = None
     rang: set[str] = field(default_factory=set)
+    caller: str | None = None  # the client's number, as the ringing named it
     # (caller, did) the lookup was made for, and when (loop time); None: not looked up yet.
     looked_up: tuple[str | None, str | None] | None = None
     looked_up_at: float = 0.0
@@ -214,6 +219,7 @@ class Telephony:
     async def _ringing(self, pbx: str, event: fold.CallRinging) -> None:
         info = self._live.setdefault((pbx, event.call_id), _LiveInfo())
         info.rang.add(event.extension)
+        info.caller = event.caller or info.caller
         loop = asyncio.get_running_loop()
         if info.looked_up is None and self._prefetched and event.did is None:
             self._adopt_prefetched(pbx, info, event.caller)
@@ -238,7 +244,7 @@ class Telephony:
                 client=info.client,
                 tracking=info.tracking,
                 occurred_at=_ts(event.ts),
-                audience=(f"ext:{event.extension}",),
+                audience=(f"ext:{event.extension}", *WATCHERS),
             )
         )
 
@@ -274,11 +280,14 @@ class Telephony:
             audience.add(f"ext:{event.extension}")
         if not audience:
             return
+        audience.update(WATCHERS)
         await self.bus.publish(
             call_events.CallAnswered(
                 call_id=event.call_id,
                 pbx=pbx,
                 extension=event.extension,
+                caller=event.client or (info.caller if info else None),
+                direction=event.direction,
                 occurred_at=_ts(event.ts),
                 audience=tuple(sorted(audience)),
             )
@@ -308,11 +317,14 @@ class Telephony:
         if info:
             audience.update(f"ext:{e}" for e in info.rang)
         if audience:
+            audience.update(WATCHERS)
             await self.bus.publish(
                 call_events.CallEnded(
                     call_id=facts.call_id,
                     pbx=pbx,
                     extension=facts.extension,
+                    caller=facts.outside_number or facts.caller,
+                    direction=facts.direction,
                     disposition=facts.disposition,
                     talk_seconds=facts.talk_seconds,
                     counted=facts.counted,

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_core import access
+from crm_core import access, listing
 from crm_core.access import Actor
 from crm_core.clients import service as clients
 from crm_core.clients.errors import InvalidReference
@@ -477,6 +477,8 @@ async def list_deals(
     rules: CrmRules,
     limit: int = 50,
     offset: int = 0,
+    sort: str | None = None,
+    count_cap: int | None = None,
 ) -> tuple[list[Deal], int]:
     """Deals ``actor`` may read matching ``flt``, newest first, with the total count."""
     stmt = select(Deal).join(PipelineStage, PipelineStage.id == Deal.stage_id)
@@ -516,11 +518,18 @@ async def list_deals(
         )
     if clauses:
         stmt = stmt.where(*clauses)
-    total = await session.scalar(select(func.count()).select_from(stmt.subquery()))
-    rows = await session.scalars(
-        stmt.order_by(Deal.created_at.desc(), Deal.id.desc()).limit(limit).offset(offset)
-    )
-    return list(rows), int(total or 0)
+    total = await listing.total(session, stmt, count_cap)
+    sorts = {
+        "created_at": Deal.created_at,
+        "title": Deal.title,
+        "amount": Deal.amount,
+        "stage": PipelineStage.sort,
+        "stage_changed_at": Deal.stage_changed_at,
+        "closed_at": Deal.closed_at,
+    }
+    stmt = listing.order(stmt, sorts, sort, (Deal.created_at.desc(), Deal.id.desc()), Deal.id)
+    rows = await session.scalars(stmt.limit(limit).offset(offset))
+    return list(rows), total
 
 
 async def _history(session: AsyncSession, deal_id: int) -> list[DealStageChangeOut]:

@@ -18,10 +18,10 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Select, extract, func, or_, select
+from sqlalchemy import Select, extract, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_core import access
+from crm_core import access, listing
 from crm_core.access import Actor
 from crm_core.activities.service import (
     ClientLinks,
@@ -387,6 +387,8 @@ async def list_invoices(
     due_to: date | None = None,
     limit: int = 50,
     offset: int = 0,
+    sort: str | None = None,
+    count_cap: int | None = None,
 ) -> tuple[list[Invoice], int]:
     """Invoices ``actor`` may read, by due date, with their total. ``status`` "overdue" is the
     derived state: issued and due before ``today``."""
@@ -408,11 +410,16 @@ async def list_invoices(
     if due_to is not None:
         stmt = stmt.where(Invoice.due_on <= due_to)
     stmt = scope(stmt, actor, rules)
-    total = await session.scalar(select(func.count()).select_from(stmt.subquery()))
-    rows = await session.scalars(
-        stmt.order_by(Invoice.due_on, Invoice.id).limit(limit).offset(offset)
-    )
-    return list(rows), int(total or 0)
+    total = await listing.total(session, stmt, count_cap)
+    sorts = {
+        "due_on": Invoice.due_on,
+        "issued_on": Invoice.issued_on,
+        "number": Invoice.number,
+        "amount": Invoice.amount,
+    }
+    stmt = listing.order(stmt, sorts, sort, (Invoice.due_on, Invoice.id), Invoice.id)
+    rows = await session.scalars(stmt.limit(limit).offset(offset))
+    return list(rows), total
 
 
 async def remind_invoice(

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_core import access
+from crm_core import access, listing
 from crm_core.access import Actor
 from crm_core.clients import service as clients
 from crm_core.clients.errors import InvalidReference
@@ -786,6 +786,8 @@ class LeadFilter:
     created_from: datetime | None = None
     created_to: datetime | None = None
     q: str | None = None  # a name, a phone in any format or its last digits, an e-mail, an INN
+    client_type: str | None = None
+    purchase_mode: str | None = None  # the potential: one_off or regular
 
 
 def _search(q: str, region: str) -> Any:
@@ -812,6 +814,15 @@ def _search(q: str, region: str) -> Any:
     return matching(Lead.id, by_name, ids)
 
 
+LEAD_SORTS = {
+    "created_at": Lead.created_at,
+    "title": Lead.title,
+    "stage": Lead.stage,
+    "stage_changed_at": Lead.stage_changed_at,
+    "potential": Lead.potential_amount,
+}
+
+
 async def list_leads(
     session: AsyncSession,
     flt: LeadFilter,
@@ -820,10 +831,21 @@ async def list_leads(
     rules: CrmRules,
     limit: int = 50,
     offset: int = 0,
+    sort: str | None = None,
+    count_cap: int | None = None,
 ) -> tuple[list[Lead], int]:
-    """Leads ``actor`` may read matching ``flt``, newest first, with the total count."""
+    """Leads ``actor`` may read matching ``flt``, newest first (or by ``sort``: a key of
+    :data:`LEAD_SORTS`), with the total count (at most ``count_cap + 1``)."""
     stmt = access.scope(select(Lead), Lead.responsible_id, actor, rules)
-    for name in ("stage", "origin", "source_id", "region_id", "responsible_id"):
+    for name in (
+        "stage",
+        "origin",
+        "source_id",
+        "region_id",
+        "responsible_id",
+        "client_type",
+        "purchase_mode",
+    ):
         value = getattr(flt, name)
         if value is not None:
             stmt = stmt.where(getattr(Lead, name) == value)
@@ -833,11 +855,10 @@ async def list_leads(
         stmt = stmt.where(Lead.created_at < flt.created_to)
     if flt.q and flt.q.strip():
         stmt = stmt.where(_search(flt.q, rules.default_region))
-    total = await session.scalar(select(func.count()).select_from(stmt.subquery()))
-    rows = await session.scalars(
-        stmt.order_by(Lead.created_at.desc(), Lead.id.desc()).limit(limit).offset(offset)
-    )
-    return list(rows), int(total or 0)
+    total = await listing.total(session, stmt, count_cap)
+    stmt = listing.order(stmt, LEAD_SORTS, sort, (Lead.created_at.desc(), Lead.id.desc()), Lead.id)
+    rows = await session.scalars(stmt.limit(limit).offset(offset))
+    return list(rows), total
 
 
 async def describe(

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_core import access
+from crm_core import access, listing
 from crm_core.access import Actor
 from crm_core.activities.service import (
     ClientLinks,
@@ -411,6 +411,8 @@ async def list_tasks(
     overdue_at: datetime | None = None,
     limit: int = 50,
     offset: int = 0,
+    sort: str | None = None,
+    count_cap: int | None = None,
 ) -> tuple[list[Task], int]:
     """Tasks ``actor`` may read, soonest due first (undated last), with their total.
     ``overdue_at``: only open tasks due before that moment."""
@@ -436,11 +438,16 @@ async def list_tasks(
     if overdue_at is not None:
         stmt = stmt.where(Task.status == TaskStatus.OPEN.value, Task.due_at < overdue_at)
     stmt = scope(stmt, actor, rules)
-    total = await session.scalar(select(func.count()).select_from(stmt.subquery()))
-    rows = await session.scalars(
-        stmt.order_by(Task.due_at.is_(None), Task.due_at, Task.id).limit(limit).offset(offset)
-    )
-    return list(rows), int(total or 0)
+    total = await listing.total(session, stmt, count_cap)
+    sorts = {
+        "due_at": Task.due_at,
+        "title": Task.title,
+        "created_at": Task.created_at,
+        "completed_at": Task.completed_at,
+    }
+    stmt = listing.order(stmt, sorts, sort, (Task.due_at.is_(None), Task.due_at, Task.id), Task.id)
+    rows = await session.scalars(stmt.limit(limit).offset(offset))
+    return list(rows), total
 
 
 async def bulk_create_tasks(

@@ -70,7 +70,7 @@ async def test_fake_pbx_rings_101_and_ivans_browser_pops_the_card(
         pop = page.locator(".pop")
         await pop.first.wait_for(timeout=15000)
         text = await pop.first.inner_text()
-        assert "+74951234567" in text
+        assert "+7 (495) 123-45-67" in text
         assert "Сергей Ковалёв" in text and "ООО «Ромашка»" in text
         await page.locator(".pop.answered").wait_for(timeout=20000)
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ async def test_answered_call_of_a_known_client(make_settings: Any, database_url:
         await until(lambda: any(e.name == "call.ended" for e in seen))
 
         ringing = [e for e in seen if e.name == "call.ringing"]
-        assert ringing and ringing[0].audience == ("ext:101",)
+        assert ringing and ringing[0].audience == ("ext:101", "role:head")
         pop = ringing[0]
         assert pop.caller == "+74951234567" and pop.did == "+74951112233"
         assert pop.client is not None and pop.client["name"] == "Сергей Ковалёв"
@@ -159,7 +160,7 @@ async def test_missed_call_creates_a_callback_task_closed_by_a_later_answer(
             task = await s.scalar(select(Task))
             assert task is not None and task.kind == "call_back" and task.status == "open"
             assert task.origin_key == "missed-call:+79161234567"
-            assert "+79161234567" in task.title
+            assert "+7 (916) 123-45-67" in task.title  # the number as people write it
             call = await s.scalar(select(Call))
             assert call is not None and call.disposition == "missed"
             # The unknown caller became a lead, and the task and call point at it.
@@ -216,5 +217,31 @@ async def test_caller_is_identified_when_the_call_comes_in_and_again_after_a_lon
         await until(lambda: len([e for e in seen if e.name == "call.ringing"]) == 2)
         pops = [e for e in seen if e.name == "call.ringing"]
         assert pops[-1].client is not None and pops[-1].client["name"] == "Сергей Ковалёв"
+    finally:
+        await _teardown(tel, ctx)
+
+
+async def test_the_head_watches_every_call_and_each_event_names_the_client(
+    make_settings: Any, database_url: str
+) -> None:
+    """The head of sales (no extension) sees who is on a call: ringing, answer and end reach
+    role:head; answer and end carry the client's number (the call feed showed the extension
+    for answered calls and nothing for a missed one)."""
+    tel, ctx, seen = await _setup(make_settings, database_url)
+    try:
+        for trace in ("a_inbound_queue_answered", "b_inbound_missed", "d_outbound_answered"):
+            seen.clear()
+            _replay(tel, trace)
+            await tel.drain()
+            await until(lambda: any(e.name == "call.ended" for e in seen))
+            expected = json.loads((FIXTURES / f"{trace}.expected.jsonl").read_text())
+            client = (
+                expected["caller"] if expected["direction"] == "inbound" else expected["callee"]
+            )
+            calls = [e for e in seen if e.name.startswith("call.")]
+            assert calls and all("role:head" in e.audience for e in calls), trace
+            for event in calls:
+                if event.name in ("call.answered", "call.ended"):
+                    assert event.caller == client, (trace, event)
     finally:
         await _teardown(tel, ctx)
