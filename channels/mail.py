@@ -113,6 +113,15 @@ def _parse_fetch(lines: Sequence[Any]) -> list[tuple[int, dt.datetime | None, by
     return out
 
 
+def _drop(client: aioimaplib.IMAP4) -> None:
+    """Close the socket whatever state the session is in (a dead server answers no LOGOUT)."""
+    transport = getattr(client.protocol, "transport", None)
+    if transport is not None and not transport.is_closing():
+        transport.close()
+    for task in list(getattr(client, "tasks", ())):
+        task.cancel()
+
+
 class ImapReceiver:
     """Reads one e-mail channel's mailboxes over IMAP."""
 
@@ -139,8 +148,10 @@ class ImapReceiver:
             await client.wait_hello_from_server()
             response = await client.login(cfg.login_imap, cfg.imap_password.get_secret_value())
         except (OSError, TimeoutError, aioimaplib.AioImapException) as exc:
+            _drop(client)
             raise ImapError(f"IMAP {cfg.imap_host}:{cfg.imap_port}: {exc!r}") from exc
         if response.result != "OK":
+            _drop(client)
             raise ImapError(f"IMAP login as {cfg.login_imap} refused: {response.lines[-1:]!r}")
         self._client = client
         self._selected = None
@@ -161,8 +172,10 @@ class ImapReceiver:
             if client.has_pending_idle():
                 client.idle_done()
             await asyncio.wait_for(client.logout(), 5)
-        except (OSError, TimeoutError, aioimaplib.AioImapException, asyncio.CancelledError):
+        except (OSError, TimeoutError, aioimaplib.AioImapException):
             pass
+        finally:
+            _drop(client)
 
     def _need(self) -> aioimaplib.IMAP4:
         if self._client is None:

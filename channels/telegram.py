@@ -364,7 +364,8 @@ class TelegramAdapter:
         if media.link is not None:
             result = await self._call(method, json_body={"chat_id": to, field: media.link, **extra})
         else:
-            form = aiohttp.FormData()
+            # quote_fields=False: the file name goes as UTF-8, not percent-encoded
+            form = aiohttp.FormData(quote_fields=False)
             form.add_field("chat_id", to)
             for key, value in extra.items():
                 form.add_field(key, json.dumps(value) if isinstance(value, dict) else value)

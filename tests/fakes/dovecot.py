@@ -77,6 +77,22 @@ class Dovecot:
         path = self.root / "dovecot.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
+    def restart(self) -> None:
+        """Stop the server (every IMAP session breaks) and start it again on the same port."""
+        self.stop()
+        binary = dovecot_binary()
+        assert binary is not None
+        self.process = _spawn(binary, self.root / "dovecot.conf")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=1) as s:
+                    if s.recv(64).startswith(b"* OK"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"dovecot did not come back: {self.log_tail()}")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -129,6 +145,16 @@ service auth {{
 """
 
 
+def _spawn(binary: str, conf: Path) -> subprocess.Popen[bytes]:
+    # dovecot logs to its log_path; nothing to read on stdout/stderr
+    return subprocess.Popen(
+        [binary, "-F", "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 @contextlib.contextmanager
 def running_dovecot(users: dict[str, str]) -> Iterator[Dovecot]:
     """Start a private Dovecot with ``users`` ({login: password}); stop it afterwards."""
@@ -163,19 +189,12 @@ def running_dovecot(users: dict[str, str]) -> Iterator[Dovecot]:
             mail_gid=mail_gid,
         )
     )
-    process = subprocess.Popen(
-        [binary, "-F", "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    server = Dovecot("127.0.0.1", port, dict(users), root, process)
+    server = Dovecot("127.0.0.1", port, dict(users), root, _spawn(binary, conf))
     try:
         deadline = time.monotonic() + 15
         while True:
-            if process.poll() is not None:
-                err = process.stderr.read().decode(errors="replace") if process.stderr else ""
-                raise RuntimeError(f"dovecot exited: {err} {server.log_tail()}")
+            if server.process.poll() is not None:
+                raise RuntimeError(f"dovecot exited: {server.log_tail()}")
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                     if s.recv(64).startswith(b"* OK"):
