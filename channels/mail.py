@@ -132,6 +132,16 @@ class ImapReceiver:
         self._client: aioimaplib.IMAP4 | None = None
         self._selected: str | None = None
         self.idle_supported: bool | None = None
+        self.last_error: str | None = None
+
+    def provide_status(self, status: dict[str, Any]) -> None:
+        """Health for ``/healthz`` (wazo's ``provide_status`` pattern): this mailbox's IMAP
+        link under ``status["channels"][code]``."""
+        status.setdefault("channels", {})[self.code] = {
+            "imap": "ok" if self._client is not None else "down",
+            "idle": bool(self.idle_supported),
+            "last_error": self.last_error,
+        }
 
     async def connect(self) -> None:
         cfg = self.config
@@ -298,7 +308,7 @@ class ImapReceiver:
                         current[box] = batch.state
                         if not batch.more:
                             break
-                failures = 0
+                failures, self.last_error = 0, None
                 if len(self.config.mailboxes) > 1:
                     # IDLE watches one mailbox: with several, poll them all
                     await asyncio.sleep(self.config.poll_interval_s)
@@ -307,6 +317,7 @@ class ImapReceiver:
             except ImapError as exc:
                 delay = backoff_s[min(failures, len(backoff_s) - 1)]
                 failures += 1
+                self.last_error = str(exc)
                 log.warning("email channel=%s: %s; reconnecting in %s s", self.code, exc, delay)
                 await self.close()
                 await asyncio.sleep(delay)

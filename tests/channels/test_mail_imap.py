@@ -184,6 +184,9 @@ async def test_watch_reconnects_after_the_server_goes_away(receivers) -> None:
         task = asyncio.create_task(receiver.watch({}, handle, backoff_s=(0.1,)))
         try:
             await until(lambda: len(batches) >= 1, timeout=20)
+            status: dict = {}
+            receiver.provide_status(status)
+            assert status["channels"]["mail-sales"]["imap"] == "ok"
             # kill the IMAP session processes: the connection breaks, the loop reconnects
             await asyncio.to_thread(server.restart)
             await server.append_async(USER, letter(2))
