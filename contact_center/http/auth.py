@@ -6,20 +6,22 @@ from __future__ import annotations
 import html
 import logging
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, Field
-from yarl import URL
 
-from contact_center.http.api import USER, Api
+from contact_center.http import security
+from contact_center.http.api import USER, Api, path_id
 from contact_center.i18n import pick_language, translator
 from contact_center.keys import BUS, SESSIONS, SETTINGS
-from crm_core.errors import NotFound, PermissionDenied, RateLimited
+from crm_core.errors import InvalidInput, NotFound, PermissionDenied, RateLimited
 from crm_core.users import service as users
-from crm_core.users.errors import InvalidCredentials
+from crm_core.users.errors import InvalidCredentials, InvalidUser
+from crm_core.users.events import TokensRevoked
 from crm_core.users.model import Role, TokenKind, User
 
 log = logging.getLogger(__name__)
@@ -30,46 +32,118 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class LoginThrottle:
-    """Failed sign-ins per (remote address, login) in a sliding 15-minute window.
+    """Failed sign-ins in a sliding 15-minute window, per (address, login) and per address.
 
-    In-process: with several instances each counts its own, which still bounds guessing.
+    The pair limit stops guessing one password; the address limit (several times larger)
+    stops spraying a few passwords over many logins. Memory is bounded: past ``max_keys``
+    entries the oldest that are not throttled are forgotten, never a throttled one (so a
+    flood of fresh keys cannot buy the guesser a clean slate). In-process: with several
+    instances each counts its own, which still bounds guessing.
     """
 
     WINDOW_S = 15 * 60
 
-    def __init__(self, limit: int) -> None:
+    def __init__(
+        self,
+        limit: int,
+        *,
+        per_address: int | None = None,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limit = limit
-        self._failures: dict[tuple[str, str], deque[float]] = defaultdict(deque)
+        self.per_address = per_address or limit * 10
+        self.max_keys = max_keys
+        self._clock = clock
+        self._pairs: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
+        self._addresses: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
-        q = self._failures[key]
+    def _recent(self, store: OrderedDict[Any, deque[float]], key: Any, now: float) -> int:
+        q = store.get(key)
+        if q is None:
+            return 0
         while q and now - q[0] > self.WINDOW_S:
             q.popleft()
-        return q
+        if not q:
+            del store[key]
+            return 0
+        return len(q)
 
     def check(self, remote: str, login: str) -> None:
-        key = (remote, login.lower())
-        if len(self._recent(key, time.monotonic())) >= self.limit:
+        """Raise :class:`RateLimited` when this address, or this login from it, is throttled."""
+        now = self._clock()
+        if (
+            self._recent(self._pairs, (remote, login.lower()), now) >= self.limit
+            or self._recent(self._addresses, remote, now) >= self.per_address
+        ):
             raise RateLimited(
                 "too many failed sign-ins; try again later",
                 details={"retry_after_s": self.WINDOW_S},
             )
 
     def failed(self, remote: str, login: str) -> None:
-        self._recent((remote, login.lower()), time.monotonic()).append(time.monotonic())
-        if len(self._failures) > 100_000:  # bound memory under a spray of logins
-            self._failures.clear()
+        now = self._clock()
+        for store, key, limit in (
+            (self._pairs, (remote, login.lower()), self.limit),
+            (self._addresses, remote, self.per_address),
+        ):
+            self._recent(store, key, now)
+            store.setdefault(key, deque()).append(now)
+            store.move_to_end(key)
+            self._bound(store, limit, now)
 
     def succeeded(self, remote: str, login: str) -> None:
-        self._failures.pop((remote, login.lower()), None)
+        self._pairs.pop((remote, login.lower()), None)
+
+    def _bound(self, store: OrderedDict[Any, deque[float]], limit: int, now: float) -> None:
+        """Forget the oldest entries that are not throttled until ``max_keys`` remain; a
+        throttled one met on the way goes to the young end (it is looked at again once
+        its window has passed)."""
+        budget = len(store)
+        while len(store) > self.max_keys and budget > 0:
+            budget -= 1
+            key, q = next(iter(store.items()))
+            while q and now - q[0] > self.WINDOW_S:
+                q.popleft()
+            if len(q) >= limit:
+                store.move_to_end(key)
+            else:
+                del store[key]
+
+    def __len__(self) -> int:
+        return len(self._pairs)
 
 
 THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 
 
+TOKEN_ID = web.RequestKey("token_id", int)  # the token USER signed in with
+# What a user who must change his one-time password may still do: see and change it, sign out.
+PASSWORD_CHANGE_PATHS = frozenset(
+    {
+        ("GET", "/api/v1/me"),
+        ("POST", "/api/v1/me/password"),
+        ("POST", "/api/v1/auth/token"),
+        ("GET", "/password"),
+        ("POST", "/password"),
+        ("POST", "/logout"),
+        ("GET", "/login"),
+        ("POST", "/login"),
+    }
+)
+
+
+class PasswordChangeRequired(PermissionDenied):
+    error_id = "password-change-required"
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Put the user of a valid bearer token or session cookie on ``request[USER]``."""
+    """Put the user of a valid bearer token or session cookie on ``request[USER]``.
+
+    A request signed in by cookie that changes something must come from one of our pages
+    (:func:`security.require_own_page`). A user who must change his one-time password gets
+    nothing but the password change until he has."""
     settings = request.app[SETTINGS]
     secret: str | None = None
     kind = TokenKind.API
@@ -81,23 +155,38 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         kind = TokenKind.SESSION
     if secret:
         async with request.app[SESSIONS]() as session:
-            user = await users.resolve_token(session, secret, kind=kind)
+            found = await users.resolve(session, secret, kind=kind)
             await session.commit()
-        if user is not None:
+        if found is not None:
+            user, token_id = found
             if kind is TokenKind.SESSION and request.method not in SAFE_METHODS:
-                _check_same_origin(request)
+                security.require_own_page(request)
+            if user.must_change_password and not _password_change_allowed(request):
+                return _password_change_first(request)
             request[USER] = user
+            request[TOKEN_ID] = token_id
             request[AUTH_KIND] = kind
         elif kind is TokenKind.API:
             raise InvalidCredentials("invalid, expired or revoked token")
     return await handler(request)
 
 
-def _check_same_origin(request: web.Request) -> None:
-    # SameSite=Lax already keeps the cookie off cross-site POSTs; this refuses what slips through.
-    origin = request.headers.get("Origin")
-    if origin and origin != "null" and URL(origin).authority != request.host:
-        raise PermissionDenied(f"cross-origin request from {origin} refused")
+def _password_change_allowed(request: web.Request) -> bool:
+    path = request.path
+    return (
+        (request.method, path) in PASSWORD_CHANGE_PATHS
+        or path.startswith("/static/")
+        or path in ("/healthz", "/metrics", "/api/v1/openapi.json")
+    )
+
+
+def _password_change_first(request: web.Request) -> web.StreamResponse:
+    if request.path.startswith("/api/") or request.path == "/ws":
+        raise PasswordChangeRequired(
+            "change the one-time password first (POST /api/v1/me/password)",
+            details={"change_password": "/api/v1/me/password"},
+        )
+    raise web.HTTPSeeOther("/password")
 
 
 def current_user(request: web.Request) -> User:
@@ -232,17 +321,16 @@ async def my_tokens(request: web.Request) -> list[dict[str, Any]]:
 )
 async def revoke_token(request: web.Request) -> None:
     user = current_user(request)
-    try:
-        token_id = int(request.match_info["token_id"])
-    except ValueError as exc:
-        raise NotFound("no such token") from exc
+    token_id = path_id(request, "token_id", "token")
     async with request.app[SESSIONS]() as session:
         tokens = await users.list_tokens(session, user.id)
         if user.role != Role.ADMIN and token_id not in {t.id for t in tokens}:
             raise NotFound(f"no token {token_id} of yours")
-        if not await users.revoke_token(session, token_id=token_id):
+        owner = await users.token_owner(session, token_id)
+        if owner is None or not await users.revoke_token(session, token_id=token_id):
             raise NotFound(f"no live token {token_id}")
         await session.commit()
+    await request.app[BUS].publish(TokensRevoked(user_id=owner, token_ids=(token_id,)))
     log.info("token %s revoked by %s", token_id, user.login)
 
 
@@ -254,10 +342,11 @@ async def me(request: web.Request) -> UserOut:
 @api.route(
     "POST",
     "/me/password",
-    summary="Change my password (revokes my web sessions)",
+    summary="Change my password (revokes every token and web session I hold, this one too)",
     body=PasswordChange,
     status=204,
     tags=["users"],
+    errors={401: "Wrong current password"},
 )
 async def change_password(request: web.Request, body: PasswordChange) -> None:
     settings = request.app[SETTINGS]
@@ -266,8 +355,12 @@ async def change_password(request: web.Request, body: PasswordChange) -> None:
         fresh = await users.authenticate(
             session, user.login, body.current_password, scrypt_n=settings.auth.scrypt_n
         )
-        await users.set_password(session, fresh, body.new_password, scrypt_n=settings.auth.scrypt_n)
+        revoked = await users.set_password(
+            session, fresh, body.new_password, scrypt_n=settings.auth.scrypt_n
+        )
         await session.commit()
+    await request.app[BUS].publish(revoked)
+    log.info("password changed by %s; every token revoked", user.login)
 
 
 @api.route("GET", "/users", summary="All users", roles=[Role.ADMIN, Role.HEAD], tags=["users"])
@@ -305,20 +398,55 @@ async def create_user(request: web.Request, body: UserCreate) -> UserOut:
     return UserOut.of(user)
 
 
+class UserUpdate(BaseModel):
+    is_active: bool | None = Field(None, description="false: the user can no longer sign in")
+    display_name: str | None = Field(None, min_length=1, max_length=200)
+
+
+@api.route(
+    "PATCH",
+    "/users/{user_id}",
+    summary="Rename, deactivate (revokes every token and closes his sockets) or reactivate",
+    body=UserUpdate,
+    response=UserOut,
+    roles=[Role.ADMIN],
+    tags=["users"],
+    errors={404: "No such user"},
+)
+async def update_user(request: web.Request, body: UserUpdate) -> UserOut:
+    admin = current_user(request)
+    user_id = path_id(request, "user_id", "user")
+    revoked = None
+    async with request.app[SESSIONS]() as session:
+        user = await users.get_user(session, user_id)
+        if user is None:
+            raise NotFound(f"no user {user_id}", details={"user_id": user_id})
+        if body.is_active is False and user.id == admin.id:
+            raise InvalidInput(
+                "is_active: an administrator cannot deactivate himself",
+                details={"fields": {"is_active": "not yourself"}},
+            )
+        if body.display_name is not None:
+            user.display_name = body.display_name
+        if body.is_active is not None and body.is_active != user.is_active:
+            revoked = await users.set_active(session, user, body.is_active)
+        await session.commit()
+    if revoked is not None:
+        await request.app[BUS].publish(revoked)
+        log.info("user %s deactivated by %s; every token revoked", user.login, admin.login)
+    return UserOut.of(user)
+
+
 # ---------------------------------------------------------------- web pages
 
 _PAGE = """<!doctype html>
 <html lang="{lang}"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} — {app}</title>
-<style>
-body{{font-family:system-ui,sans-serif;margin:0;background:#f4f6f8;color:#1d2733}}
-main{{max-width:420px;margin:10vh auto;background:#fff;padding:2rem;border-radius:8px;
-box-shadow:0 1px 4px rgba(0,0,0,.1)}}
-label{{display:block;margin:.8rem 0 .2rem}} input{{width:100%;padding:.5rem;box-sizing:border-box}}
-button{{margin-top:1rem;padding:.6rem 1.2rem}} .err{{color:#b00020}} nav{{float:right}}
-</style></head>
-<body><main><nav><a href="?lang={other}">{switch}</a></nav>{body}</main></body></html>"""
+<link rel="stylesheet" href="/static/login.css">
+</head>
+<body><main class="sign-in"><nav><a href="?lang={other}">{switch}</a></nav>{body}</main></body>
+</html>"""
 
 
 def _page(request: web.Request, lang: str, title_key: str, body: str) -> web.Response:
@@ -358,21 +486,46 @@ async def login_page(request: web.Request) -> web.Response:
     return _page(request, lang, "login.title", _login_form(translator(lang)))
 
 
+def _has_nul(*values: str) -> bool:
+    return any("\x00" in v for v in values)
+
+
+async def _form(request: web.Request) -> dict[str, str] | None:
+    """The posted form's text fields; None when the body is over the limit."""
+    try:
+        form = await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        return None
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
 async def login_submit(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     lang = pick_language(request, settings.locale.default)
     t = translator(lang)
-    form = await request.post()
-    login = str(form.get("login", ""))[:64]
-    password = str(form.get("password", ""))[:1024]
+
+    def refuse(status: int, key: str, login: str = "") -> web.Response:
+        page = _page(request, lang, "login.title", _login_form(t, t(key), login))
+        page.set_status(status)
+        return page
+
+    # Signing a victim in to the attacker's account (login CSRF) is refused like any other
+    # cross-site form.
+    if not security.from_own_page(request):
+        return refuse(403, "login.cross_origin")
+    form = await _form(request)
+    if form is None:
+        return refuse(413, "login.too_large")
+    login = form.get("login", "")[:64]
+    password = form.get("password", "")[:1024]
+    if _has_nul(login, password):
+        return refuse(422, "login.bad_input")
     remote = request.remote or "?"
     throttle = request.app[THROTTLE]
     try:
         throttle.check(remote, login)
     except RateLimited:
-        page = _page(request, lang, "login.title", _login_form(t, t("login.throttled"), login))
-        page.set_status(429)
-        return page
+        return refuse(429, "login.throttled", login)
     async with request.app[SESSIONS]() as session:
         try:
             user = await users.authenticate(
@@ -381,41 +534,132 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         except InvalidCredentials:
             throttle.failed(remote, login)
             log.warning("failed sign-in for %r from %s", login, remote)
-            page = _page(request, lang, "login.title", _login_form(t, t("login.failed"), login))
-            page.set_status(401)
-            return page
+            return refuse(401, "login.failed", login)
         throttle.succeeded(remote, login)
         ttl = timedelta(hours=settings.auth.session_ttl_hours)
         issued = await users.issue_token(session, user, kind=TokenKind.SESSION, ttl=ttl)
         await session.commit()
-    resp = web.HTTPSeeOther("/")
+    resp = web.HTTPSeeOther("/password" if user.must_change_password else "/")
+    _set_session_cookie(request, resp, issued.secret, ttl)
+    raise resp
+
+
+def _set_session_cookie(
+    request: web.Request, resp: web.StreamResponse, secret: str, ttl: timedelta
+) -> None:
+    settings = request.app[SETTINGS]
     resp.set_cookie(
         settings.auth.cookie_name,
-        issued.secret,
+        secret,
         max_age=int(ttl.total_seconds()),
         httponly=True,
         samesite="Lax",
-        secure=settings.auth.cookie_secure,
+        secure=security.secure_cookies(request),
         path="/",
     )
-    raise resp
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    secret = request.cookies.get(settings.auth.cookie_name)
-    if secret:
+    user, token_id = request.get(USER), request.get(TOKEN_ID)
+    if user is not None and token_id is not None and request.get(AUTH_KIND) is TokenKind.SESSION:
         async with request.app[SESSIONS]() as session:
-            await users.revoke_token(session, secret=secret)
+            await users.revoke_token(session, token_id=token_id)
             await session.commit()
+        await request.app[BUS].publish(TokensRevoked(user_id=user.id, token_ids=(token_id,)))
     resp = web.HTTPSeeOther("/login")
     resp.del_cookie(settings.auth.cookie_name, path="/")
     raise resp
 
 
+def _password_form(t: Any, error: str = "") -> str:
+    err = f'<p class="err" role="alert">{html.escape(error)}</p>' if error else ""
+    fields = "".join(
+        f'<label for="{name}">{t(key)}</label>'
+        f'<input id="{name}" name="{name}" type="password" autocomplete="{auto}" required>'
+        for name, key, auto in (
+            ("current_password", "password.current", "current-password"),
+            ("new_password", "password.new", "new-password"),
+            ("repeat_password", "password.repeat", "new-password"),
+        )
+    )
+    return (
+        f"<h1>{t('password.title')}</h1><p>{t('password.required')}</p>{err}"
+        f'<form method="post" action="/password">{fields}'
+        f'<button type="submit">{t("password.submit")}</button></form>'
+    )
+
+
+def _page_user(request: web.Request) -> User:
+    user = request.get(USER)
+    if user is None or request.get(AUTH_KIND) is not TokenKind.SESSION:
+        raise web.HTTPSeeOther("/login")
+    return user
+
+
+async def password_page(request: web.Request) -> web.Response:
+    user = _page_user(request)
+    lang = pick_language(request, request.app[SETTINGS].locale.default, user.locale)
+    return _page(request, lang, "password.title", _password_form(translator(lang)))
+
+
+async def password_submit(request: web.Request) -> web.StreamResponse:
+    """Change the password from the page; every token is revoked and a new session issued."""
+    settings = request.app[SETTINGS]
+    user = _page_user(request)
+    lang = pick_language(request, settings.locale.default, user.locale)
+    t = translator(lang)
+
+    def refuse(status: int, key: str) -> web.Response:
+        page = _page(request, lang, "password.title", _password_form(t, t(key)))
+        page.set_status(status)
+        return page
+
+    form = await _form(request)
+    if form is None:
+        return refuse(413, "login.too_large")
+    current = form.get("current_password", "")[:1024]
+    new = form.get("new_password", "")[:1024]
+    if _has_nul(current, new):
+        return refuse(422, "login.bad_input")
+    if new != form.get("repeat_password", "")[:1024]:
+        return refuse(422, "password.mismatch")
+    remote = request.remote or "?"
+    throttle = request.app[THROTTLE]
+    try:
+        throttle.check(remote, user.login)
+    except RateLimited:
+        return refuse(429, "login.throttled")
+    async with request.app[SESSIONS]() as session:
+        try:
+            fresh = await users.authenticate(
+                session, user.login, current, scrypt_n=settings.auth.scrypt_n
+            )
+        except InvalidCredentials:
+            throttle.failed(remote, user.login)
+            return refuse(401, "password.wrong")
+        try:
+            revoked = await users.set_password(session, fresh, new, scrypt_n=settings.auth.scrypt_n)
+        except InvalidUser:
+            return refuse(422, "password.too_short")
+        ttl = timedelta(hours=settings.auth.session_ttl_hours)
+        issued = await users.issue_token(session, fresh, kind=TokenKind.SESSION, ttl=ttl)
+        await session.commit()
+    await request.app[BUS].publish(revoked)
+    log.info("password changed by %s from the web; every token revoked", user.login)
+    resp = web.HTTPSeeOther("/")
+    _set_session_cookie(request, resp, issued.secret, ttl)
+    raise resp
+
+
 def setup(app: web.Application) -> None:
     """Install the auth routes and state on ``app``."""
-    app[THROTTLE] = LoginThrottle(app[SETTINGS].auth.login_attempts_per_15min)
+    auth = app[SETTINGS].auth
+    app[THROTTLE] = LoginThrottle(
+        auth.login_attempts_per_15min, per_address=auth.login_attempts_per_address_15min
+    )
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login_submit)
     app.router.add_post("/logout", logout)
+    app.router.add_get("/password", password_page)
+    app.router.add_post("/password", password_submit)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from sqlalchemy import select
 
 from contact_center.http.api import USER
 from contact_center.http.auth import AUTH_KIND
+from contact_center.http.security import script_json
 from contact_center.i18n import pick_language, table, translator
 from contact_center.keys import RULES, SESSIONS, SETTINGS
 from crm_core.reference.model import Region, Source
@@ -37,7 +37,8 @@ _LAYOUT = """<!doctype html>
 </main>
 <div id="pops" aria-live="polite"></div>
 <div id="toasts" aria-live="polite"></div>
-<script>window.CC_I18N = {i18n}; window.CC_PAGE = {page};</script>
+<script type="application/json" id="cc-i18n">{i18n}</script>
+<script type="application/json" id="cc-page">{page}</script>
 {scripts}
 </body></html>"""
 
@@ -52,11 +53,6 @@ _CARD = """<p><a href="/">← {back}</a></p>
 <div id="card" data-kind="{kind}" data-id="{id}"><p class="muted">{loading}</p></div>"""
 
 CARD_KINDS = ("contact", "company", "lead")
-
-
-def _json(value: Any) -> str:
-    """JSON safe inside a ``<script>`` element."""
-    return json.dumps(value, ensure_ascii=False, default=str).replace("</", "<\\/")
 
 
 def _session_user(request: web.Request) -> User:
@@ -91,8 +87,8 @@ def _render(
         switch=t("lang.switch"),
         logout=t("home.logout"),
         main=main(t),
-        i18n=_json(table(lang)),
-        page=_json({"user_id": user.id, "role": user.role, "lang": lang, **page}),
+        i18n=script_json(table(lang)),
+        page=script_json({"user_id": user.id, "role": user.role, "lang": lang, **page}),
         scripts="\n".join(f'<script src="/static/{name}"></script>' for name in scripts),
     )
     resp = web.Response(text=text, content_type="text/html")

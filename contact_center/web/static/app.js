@@ -1,6 +1,14 @@
 // Manager workplace: live call pop-ups over /ws. No dependencies.
 (function () {
   "use strict";
+  // The page's data comes in JSON elements (no inline script: the Content-Security-Policy
+  // allows none); card.js, loaded after this file, reads the same globals.
+  const data = (id) => {
+    const node = document.getElementById(id);
+    try { return node ? JSON.parse(node.textContent) : {}; } catch (e) { return {}; }
+  };
+  window.CC_I18N = window.CC_I18N || data("cc-i18n");
+  window.CC_PAGE = window.CC_PAGE || data("cc-page");
   const T = window.CC_I18N || {};
   const t = (key) => T[key] || key;
   const pops = document.getElementById("pops");
