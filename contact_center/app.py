@@ -31,8 +31,8 @@ from contact_center import db as database
 from contact_center.bus import BusMetrics, EventBus, RedisEventBus
 from contact_center.config import Settings
 from contact_center.health import StatusAggregator
-from contact_center.http import auth, proxies
-from contact_center.http.api import Api
+from contact_center.http import auth, proxies, security
+from contact_center.http.api import DEFAULT_MAX_BODY, Api
 from contact_center.http.errors import error_middleware
 from contact_center.keys import (
     API,
@@ -89,7 +89,8 @@ def create_app(
     if settings.server.trusted_proxies:
         middlewares.append(proxies.middleware(proxies.networks(settings.server.trusted_proxies)))
     middlewares.append(auth.auth_middleware)
-    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024 * 1024)
+    # Operations raise or lower it for their own body (Api.route(max_body=...)).
+    app = web.Application(middlewares=middlewares, client_max_size=DEFAULT_MAX_BODY)
     app[SETTINGS] = settings
     app[INSTANCE_ID] = instance_id or uuid.uuid4().hex[:12]
     registry = CollectorRegistry()
@@ -121,6 +122,7 @@ def create_app(
     app.cleanup_ctx.append(_database_ctx(announce))
     app.cleanup_ctx.append(_bus_ctx)
 
+    security.setup(app)
     auth.setup(app)
     ws.setup(app)
     pages.setup(app)
@@ -191,6 +193,7 @@ def _database_ctx(
             )
         app[ENGINE] = engine
         app[SESSIONS] = sessions
+        schema = database.SchemaCheck(engine)
 
         async def probe() -> dict[str, Any]:
             started = time.perf_counter()
@@ -198,6 +201,9 @@ def _database_ctx(
                 await database.ping(engine, timeout=2.0)
             except Exception as exc:
                 return {"status": "fail", "error": database.describe_error(exc)}
+            problem = await schema.problem()
+            if problem is not None:
+                return {"status": "fail", "backend": engine.dialect.name, "error": problem}
             return {
                 "status": "ok",
                 "backend": engine.dialect.name,
