@@ -278,6 +278,7 @@ class LegalHoldInput(BaseModel):
     body=LegalHoldInput,
     roles=["admin", "head"],
     tags=TAGS,
+    errors={404: "No such contact, company or deal"},
 )
 async def set_legal_hold(request: web.Request, body: LegalHoldInput) -> dict[str, Any]:
     user = actor(request)

@@ -316,7 +316,7 @@ class Api:
             for code, text in {
                 **({} if op.public else {401: "Not authenticated"}),
                 **({403: "Role not allowed"} if op.roles is not None else {}),
-                **({422: "Validation failed"} if op.body or op.query else {}),
+                **({422: "Validation failed"} if op.body or op.query or _typed(op) else {}),
                 **({404: "No such record"} if _path_params(op.path) else {}),
                 **({413: "Request body too large"} if op.body else {}),
                 **op.errors,
@@ -386,6 +386,15 @@ def _bound_integers(schema: Any) -> None:
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
+
+
+def _typed(op: Operation) -> bool:
+    """Whether a path parameter other than an id is parsed (a date, a key): 422 if it is not
+    one."""
+    return any(
+        op.path_schema(p).get("type") != "integer" and p in op.path_params
+        for p in _path_params(op.path)
+    )
 
 
 def _path_params(path: str) -> list[str]:
