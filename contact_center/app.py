@@ -144,7 +144,13 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
         app[HEALTH].add("redis", lambda: {"status": "disabled"})
         yield
         return
-    client = aioredis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    # A blocking pool: past max_connections a request waits (up to 5 s) for a free connection;
+    # the default pool raised "Too many connections" (a 500) under a burst of page sessions.
+    client = aioredis.Redis.from_pool(
+        aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=64, timeout=5, socket_connect_timeout=5, health_check_interval=30
+        )
+    )
     app[REDIS] = client
 
     async def probe() -> dict[str, Any]:

@@ -276,3 +276,27 @@ async def test_healthz_fails_on_a_database_recreated_empty(client: Any) -> None:
     assert resp.status == 503
     doc = await resp.json()
     assert doc["status"] == "fail" and "migrate" in doc["database"]["error"]
+
+
+async def test_redis_out_of_connections_is_a_503_not_a_500() -> None:
+    """Under a burst the Redis pool ran out of connections and every request past it was a
+    500 (bench/tracking.py's probe found it); the pool now waits, and a Redis failure that
+    does reach the edge is a 503 with the error shape."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import MaxConnectionsError
+
+    from contact_center.http.errors import error_middleware
+
+    async def busy(_request: web.Request) -> web.Response:
+        raise MaxConnectionsError("Too many connections")
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/api/v1/busy", busy)
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        body = await _error(await client.get("/api/v1/busy"), 503)
+        assert body["error"] == "redis-unavailable"
+    finally:
+        await client.close()
+    assert issubclass(aioredis.BlockingConnectionPool, aioredis.ConnectionPool)

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from crm_core import errors
@@ -131,6 +132,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status == 413:
             return error_response(413, "body-too-large", "request body too large")
         return error_response(exc.status, f"http-{exc.status}", exc.reason)
+    except RedisError as exc:
+        log_failure(request, exc, "redis unavailable")
+        return error_response(503, "redis-unavailable", "Redis does not answer; try again")
     except (DBAPIError, OverflowError) as exc:
         if isinstance(exc, OverflowError) or _refused_by_database(exc):
             log_failure(request, exc, "value refused by the database")
