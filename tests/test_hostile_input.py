@@ -154,6 +154,14 @@ async def test_nul_characters_are_422_everywhere(client: Any) -> None:
     await _error(resp, 422)
     resp = await client.get("/api/v1/recordings?call_id=1%00", headers=headers)
     await _error(resp, 422)
+    # A lone surrogate ("\ud800" in JSON) is no text either: no driver can send it.
+    resp = await client.post(
+        "/api/v1/tasks",
+        data=b'{"title": "a\\ud800b"}',
+        headers={**headers, "Content-Type": "application/json"},
+    )
+    body = await _error(resp, 422)
+    assert "title" in body["message"]
 
 
 async def test_nul_in_the_login_form_is_a_russian_422_page(client: Any) -> None:

@@ -61,6 +61,16 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _encodable(text: str) -> bool:
+    """Whether ``text`` is valid UTF-8 material (JSON's "\\ud800" decodes to a lone surrogate,
+    which no database driver can send)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_values(data: Any, what: str = "body") -> None:
     """Refuse (422) what no field may hold: nesting deeper than :data:`MAX_JSON_DEPTH`, a NUL
     character in a string or key, a non-finite number, an integer past 64 bits."""
@@ -71,6 +81,11 @@ def check_values(data: Any, what: str = "body") -> None:
             if "\x00" in value:
                 raise InvalidInput(
                     f"{where}: contains a NUL character", details={"fields": {where: "NUL"}}
+                )
+            if not value.isascii() and not _encodable(value):
+                raise InvalidInput(
+                    f"{where}: not valid Unicode (a lone surrogate)",
+                    details={"fields": {where: "not valid Unicode"}},
                 )
         elif isinstance(value, bool) or value is None:
             continue
