@@ -208,7 +208,7 @@ def parse_frames(buffer: bytes, keep: EventFilter | None = None) -> ParseResult:
         except ValueError:
             pass  # a line without ": " (banner, blank, garbage): take the careful path
         else:
-            if len(headers) == len(pairs):
+            if len(headers) == len(pairs) and "" not in headers:
                 append(Frame(headers))
                 continue
         frame, bad, seen_banner = _parse_block_slow(lines)

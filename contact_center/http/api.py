@@ -270,8 +270,14 @@ class Api:
                 path_id(request, name)
             check_values(dict(request.match_info), "path")
             if request.client_max_size != op.max_body and request.can_read_body:
-                # The operation's own limit, enforced while the body is read.
-                clone = request.clone(client_max_size=op.max_body)
+                # The operation's own limit, enforced while the body is read. A clone forgets
+                # what an earlier clone (the trusted-proxy middleware) set unless told again.
+                clone = request.clone(
+                    client_max_size=op.max_body,
+                    remote=request.remote or "",
+                    scheme=request.scheme,
+                    host=request.host,
+                )
                 try:
                     return await _run(op, clone)
                 finally:
