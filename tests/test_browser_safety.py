@@ -68,6 +68,19 @@ async def test_cookie_requests_from_other_origins_are_refused(
     assert listed["total"] == 0  # nothing was created in the victim's name
 
 
+async def test_a_public_endpoint_takes_a_sibling_sites_form_despite_the_cookie(
+    client: Any, signed_in: aiohttp.ClientSession
+) -> None:
+    """The company's website on a sibling domain posts to the public endpoints; the manager's
+    browser carries his cookie along (same-site). The request goes on as anonymous."""
+    resp = await signed_in.post(
+        f"{_origin(client)}/api/v1/tracking/session",
+        json={"site": "nosuch"},
+        headers={"Origin": "https://shop.example.ru", "Sec-Fetch-Site": "same-site"},
+    )
+    assert resp.status == 404, await resp.text()  # no such site: it got past the cookie
+
+
 async def test_cookie_requests_from_our_pages_pass(
     client: Any, signed_in: aiohttp.ClientSession
 ) -> None:

@@ -38,6 +38,15 @@ _INT64 = 2**63
 ID_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_DB_INT}
 
 
+CROSS_ORIGIN = web.RequestKey("cross_origin", str)
+"""Set (to the Origin) by the auth middleware when a cookie came on another site's request:
+the request goes on unauthenticated, and an operation that needs a user refuses it (403)."""
+
+
+class CrossOriginRefused(PermissionDenied):
+    error_id = "cross-origin-refused"
+
+
 class BodyTooLarge(TooLarge):
     """A request body over the operation's limit (answered 413)."""
 
@@ -259,6 +268,11 @@ class Api:
         async def handle(request: web.Request) -> web.StreamResponse:
             user = request.get(USER)
             if not op.public:
+                if user is None and CROSS_ORIGIN in request:
+                    raise CrossOriginRefused(
+                        f"cross-origin request refused (from {request[CROSS_ORIGIN]!r})",
+                        details={"origin": request[CROSS_ORIGIN]},
+                    )
                 if user is None:
                     raise NotAuthenticated("authentication required")
                 if op.roles is not None and user.role not in op.roles:

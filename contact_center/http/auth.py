@@ -15,7 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from contact_center.http import security
-from contact_center.http.api import USER, Api, path_id
+from contact_center.http.api import CROSS_ORIGIN, USER, Api, path_id
 from contact_center.i18n import pick_language, translator
 from contact_center.keys import BUS, SESSIONS, SETTINGS
 from crm_core.errors import InvalidInput, NotFound, PermissionDenied, RateLimited
@@ -141,8 +141,10 @@ class PasswordChangeRequired(PermissionDenied):
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Put the user of a valid bearer token or session cookie on ``request[USER]``.
 
-    A request signed in by cookie that changes something must come from one of our pages
-    (:func:`security.require_own_page`). A user who must change his one-time password gets
+    A request signed in by cookie that changes something counts as signed in only when it
+    comes from one of our pages (:func:`security.from_own_page`): from another site's page it
+    goes on anonymous (a website form on a sibling domain still reaches its public endpoint)
+    and whatever needs the user refuses it. A user who must change his one-time password gets
     nothing but the password change until he has."""
     settings = request.app[SETTINGS]
     secret: str | None = None
@@ -159,8 +161,13 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
             await session.commit()
         if found is not None:
             user, token_id = found
-            if kind is TokenKind.SESSION and request.method not in SAFE_METHODS:
-                security.require_own_page(request)
+            if (
+                kind is TokenKind.SESSION
+                and request.method not in SAFE_METHODS
+                and not security.from_own_page(request)
+            ):
+                request[CROSS_ORIGIN] = request.headers.get("Origin") or "another site"
+                return await handler(request)
             if user.must_change_password and not _password_change_allowed(request):
                 return _password_change_first(request)
             request[USER] = user

@@ -25,8 +25,10 @@ from typing import Any
 from aiohttp import hdrs, web
 from yarl import URL
 
+from contact_center.http.api import CrossOriginRefused
 from contact_center.keys import SETTINGS
-from crm_core.errors import PermissionDenied
+
+__all__ = ["CrossOriginRefused", "from_own_page", "require_own_page", "script_json"]
 
 CSP_BASE = (
     "default-src 'self'",
@@ -45,10 +47,6 @@ STATIC_HEADERS = {
     "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
 }
-
-
-class CrossOriginRefused(PermissionDenied):
-    error_id = "cross-origin-refused"
 
 
 def own_origin(request: web.Request) -> str:
