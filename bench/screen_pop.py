@@ -201,7 +201,10 @@ async def main() -> None:
                     pop = json.loads(msg.data)
                     call_id = pop["call_id"]
                     if pbx.rang.get(call_id) != extension:
-                        wrong_socket.append(call_id)  # not the phone that rang
+                        # not the phone that rang (or no ringing frame seen for the call)
+                        wrong_socket.append(
+                            f"{call_id} at {extension}, rang {pbx.rang.get(call_id)}"
+                        )
                         continue
                     if pop["caller"] in loaded and not (pop.get("client") or {}).get("id"):
                         card_missing.append(call_id)
@@ -290,7 +293,7 @@ async def main() -> None:
     print(f"missing (rung, no pop-up at the ringing manager): {len(missing)}", end="")
     print(f" ({', '.join(missing[:5])})" if missing else "")
     print(
-        f"pop-ups at another manager's socket: {len(wrong_socket)}; "
+        f"pop-ups at another manager's socket: {len(wrong_socket)} {wrong_socket[:3]}; "
         f"known caller without the card: {len(card_missing)}; "
         f"unknown caller with a card: {len(card_unexpected)}"
     )
