@@ -178,6 +178,11 @@ def parse_frames(buffer: bytes, keep: EventFilter | None = None) -> ParseResult:
     """
     if b"\r" in buffer:
         buffer = buffer.replace(b"\r\n", b"\n")
+        # Every run of CRs before a LF goes, not only the last: normalising is then the same
+        # whether the tail was normalised before the next read or not ("\r\r\n" cut after
+        # the first CR gave a different header value than read whole).
+        while b"\r\n" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")
     end = buffer.rfind(_SEP)
     if end < 0:
         return ParseResult([], buffer, 0, None)
@@ -203,7 +208,7 @@ def parse_frames(buffer: bytes, keep: EventFilter | None = None) -> ParseResult:
         except ValueError:
             pass  # a line without ": " (banner, blank, garbage): take the careful path
         else:
-            if len(headers) == len(pairs):
+            if len(headers) == len(pairs) and "" not in headers:
                 append(Frame(headers))
                 continue
         frame, bad, seen_banner = _parse_block_slow(lines)

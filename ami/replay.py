@@ -5,15 +5,79 @@
 progress when the capture ends are not printed.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from os import PathLike
-from pathlib import Path
 from typing import Any
 
 from ami.fold import CallEnded, CallFolder
 from ami.frames import FrameParser
 
-__all__ = ["replay_bytes", "replay_chunks", "replay_file"]
+__all__ = [
+    "MAX_FRAME_BYTES",
+    "ReplayError",
+    "iter_replay",
+    "read_chunks",
+    "replay_bytes",
+    "replay_chunks",
+    "replay_file",
+]
+
+MAX_FRAME_BYTES = 1 << 20
+"""No AMI frame is this long (a large one, a ``CoreShowChannel`` list entry, is a few KB): past
+it the input is not an AMI capture, and reading on would only fill memory."""
+READ_SIZE = 64 * 1024
+
+
+class ReplayError(Exception):
+    """The input is not an AMI capture (no frames, or a "frame" past the size cap)."""
+
+
+def iter_replay(
+    chunks: Iterable[bytes],
+    *,
+    trunks: Sequence[str],
+    extension_pattern: str,
+    count_threshold_s: float = 60,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
+) -> Iterator[dict[str, Any]]:
+    """Parse and fold a capture delivered as successive reads; yield each finished call as it
+    ends. Memory stays bounded by the calls in progress and one frame. Raises
+    :class:`ReplayError` at the first frame longer than ``max_frame_bytes`` and, at the end,
+    when the input held no AMI frame at all."""
+    parser = FrameParser(max_frame_bytes=max_frame_bytes)
+    folder: CallFolder
+    # Frames without a Timestamp (resync lists) take the capture's own clock, so a replay
+    # never depends on when it runs.
+    folder = CallFolder(
+        trunks,
+        extension_pattern,
+        count_threshold_s,
+        now=lambda: folder.last_timestamp,
+    )
+    seen_ami = False
+    offset = 0
+    for chunk in chunks:
+        offset += len(chunk)
+        frames = parser.feed(chunk)
+        if parser.dropped_bytes:
+            raise ReplayError(
+                f"no AMI frame ends within {max_frame_bytes} bytes (before byte {offset}):"
+                " not an AMI capture"
+            )
+        for frame in frames:
+            seen_ami = seen_ami or frame.event is not None or frame.response is not None
+            for event in folder.feed(frame):
+                if isinstance(event, CallEnded):
+                    yield event.record.to_json_dict()
+    for frame in parser.flush():
+        seen_ami = seen_ami or frame.event is not None or frame.response is not None
+        for event in folder.feed(frame):
+            if isinstance(event, CallEnded):
+                yield event.record.to_json_dict()
+    if not seen_ami and parser.banner is None:
+        raise ReplayError(
+            f"no AMI frames in {offset} bytes (expected 'Event: …' blocks ended by empty lines)"
+        )
 
 
 def replay_chunks(
@@ -24,27 +88,14 @@ def replay_chunks(
     count_threshold_s: float = 60,
 ) -> list[dict[str, Any]]:
     """Parse and fold a capture delivered as successive reads; return finished calls."""
-    parser = FrameParser()
-    folder: CallFolder
-    # Frames without a Timestamp (resync lists) take the capture's own clock, so a replay
-    # never depends on when it runs.
-    folder = CallFolder(
-        trunks,
-        extension_pattern,
-        count_threshold_s,
-        now=lambda: folder.last_timestamp,
+    return list(
+        iter_replay(
+            chunks,
+            trunks=trunks,
+            extension_pattern=extension_pattern,
+            count_threshold_s=count_threshold_s,
+        )
     )
-    records: list[dict[str, Any]] = []
-    for chunk in chunks:
-        for frame in parser.feed(chunk):
-            for event in folder.feed(frame):
-                if isinstance(event, CallEnded):
-                    records.append(event.record.to_json_dict())
-    for frame in parser.flush():
-        for event in folder.feed(frame):
-            if isinstance(event, CallEnded):
-                records.append(event.record.to_json_dict())
-    return records
 
 
 def replay_bytes(
@@ -68,6 +119,13 @@ def replay_bytes(
     )
 
 
+def read_chunks(path: str | PathLike[str], size: int = READ_SIZE) -> Iterator[bytes]:
+    """The file at ``path`` in reads of ``size`` bytes (a pipe or a device works too)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(size):
+            yield chunk
+
+
 def replay_file(
     path: str | PathLike[str],
     *,
@@ -76,11 +134,10 @@ def replay_file(
     count_threshold_s: float = 60,
     chunk_size: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Replay the capture file at ``path`` (the raw bytes Asterisk sent)."""
-    return replay_bytes(
-        Path(path).read_bytes(),
+    """Replay the capture file at ``path`` (the raw bytes Asterisk sent), read in chunks."""
+    return replay_chunks(
+        read_chunks(path, chunk_size or READ_SIZE),
         trunks=trunks,
         extension_pattern=extension_pattern,
         count_threshold_s=count_threshold_s,
-        chunk_size=chunk_size,
     )

@@ -13,7 +13,14 @@ writes the rule's turn: the slowest strategy), and the server as its own process
   independent of the others), measured per request at the client;
 - ceiling: ``--concurrency`` lookups always in flight (default 8), lookups per second.
 
-The last line is one JSON object: ``{"requests_per_s" (the ceiling), "p50_ms", "p99_ms"}``.
+Only correct answers count: HTTP 200 with one of the configured extensions (a manager's, or
+the default); anything else is an error, reported apart and left out of the figures.
+
+Baseline, in the same run and measured the same way: a bare aiohttp server (its own process)
+whose one handler answers a constant extension; both are printed with their ratio.
+
+The last line is one JSON object: ``{"requests_per_s" (the ceiling), "p50_ms", "p99_ms",
+"errors", "baseline_requests_per_s", "baseline_p50_ms", "baseline_p99_ms"}``.
 """
 
 from __future__ import annotations
@@ -47,6 +54,20 @@ from crm_core.users import service as users
 DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 DB_NAME = "cc_bench_dialplan"
 MANAGERS = 20
+DEFAULT_EXTENSION = "600"
+EXTENSIONS = frozenset({*(str(200 + i) for i in range(MANAGERS)), DEFAULT_EXTENSION})
+# The baseline: aiohttp answering a constant, nothing else (no middleware, no database).
+BARE_SERVER = """
+import sys
+from aiohttp import web
+
+async def dial(request):
+    return web.Response(text="600", content_type="text/plain")
+
+app = web.Application()
+app.router.add_get("/api/v1/routing/dial", dial)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
 
 
 async def _prepare(url: str, contacts: int, rng: random.Random) -> list[str]:
@@ -99,23 +120,50 @@ async def _serve(url: str, port: int) -> asyncio.subprocess.Process:
             "CC_DATABASE_URL": crm_lookup._sa_url(url, DB_NAME),
             "CC_SERVER_PORT": str(port),
             "CC_DISTRIBUTION_DEFAULT_REGION": "RU-MOW",
-            "CC_DISTRIBUTION_DEFAULT_EXTENSION": "600",
+            "CC_DISTRIBUTION_DEFAULT_EXTENSION": DEFAULT_EXTENSION,
         }
     )
 
 
-async def _ask(http: aiohttp.ClientSession, base: str, caller: str) -> tuple[float, bool]:
-    """One lookup as ``CURL()`` makes it: (latency in ms, answered with a manager's extension)."""
+class Tally:
+    """Answers by kind; only correct ones are figures."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []  # of correct answers
+        self.managers = 0
+        self.defaults = 0
+        self.errors = 0
+        self.examples: list[str] = []
+
+    def add(self, ms: float, status: int, body: str) -> None:
+        if status != 200 or body not in EXTENSIONS:
+            self.errors += 1
+            if len(self.examples) < 3:
+                self.examples.append(f"{status} {body[:100]!r}")
+            return
+        self.latencies.append(ms)
+        if body == DEFAULT_EXTENSION:
+            self.defaults += 1
+        else:
+            self.managers += 1
+
+
+async def _ask(http: aiohttp.ClientSession, base: str, caller: str, tally: Tally) -> None:
+    """One lookup as ``CURL()`` makes it, tallied (a refused connection is an error too)."""
     params = {"caller": caller, "did": "+74951110000"}
     started = time.perf_counter()
-    async with http.get(f"{base}/api/v1/routing/dial", params=params) as resp:
-        extension = await resp.text()
-    return (time.perf_counter() - started) * 1000, extension != "600"
+    try:
+        async with http.get(f"{base}/api/v1/routing/dial", params=params) as resp:
+            status, body = resp.status, (await resp.text()).strip()
+    except aiohttp.ClientError as exc:
+        status, body = 0, repr(exc)
+    tally.add((time.perf_counter() - started) * 1000, status, body)
 
 
-async def _paced(base: str, callers: list[str], rate: float) -> list[tuple[float, bool]]:
+async def _paced(base: str, callers: list[str], rate: float) -> Tally:
     """Lookups started at ``rate`` per second whatever the answers take (calls arrive on
     their own), as a PBX's incoming calls do."""
+    tally = Tally()
     async with aiohttp.ClientSession() as http:
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -124,24 +172,51 @@ async def _paced(base: str, callers: list[str], rate: float) -> list[tuple[float
             delay = start + i / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            pending.append(asyncio.ensure_future(_ask(http, base, caller)))
-        return list(await asyncio.gather(*pending))
+            pending.append(asyncio.ensure_future(_ask(http, base, caller, tally)))
+        await asyncio.gather(*pending)
+    return tally
 
 
-async def _saturate(base: str, callers: list[str], concurrency: int) -> float:
-    """Lookups per second with ``concurrency`` always in flight: the ceiling."""
+async def _saturate(base: str, callers: list[str], concurrency: int) -> tuple[float, Tally]:
+    """Correct answers per second with ``concurrency`` always in flight: the ceiling."""
     queue: asyncio.Queue[str] = asyncio.Queue()
     for caller in callers:
         queue.put_nowait(caller)
+    tally = Tally()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as http:
 
         async def worker() -> None:
             while not queue.empty():
-                await _ask(http, base, queue.get_nowait())
+                await _ask(http, base, queue.get_nowait(), tally)
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return len(callers) / (time.perf_counter() - started)
+        return len(tally.latencies) / (time.perf_counter() - started), tally
+
+
+async def _bare_server(port: int) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        BARE_SERVER,
+        str(port),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+async def _wait_bare(base: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(f"{base}/api/v1/routing/dial") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"the bare server at {base} did not start")
 
 
 _BUCKET = re.compile(
@@ -192,31 +267,61 @@ async def main() -> None:
     gc.collect()
     gc.freeze()
     base = f"http://127.0.0.1:{args.port}"
+    bare_base = f"http://127.0.0.1:{args.port + 1}"
     server = await _serve(url, args.port)
+    bare = await _bare_server(args.port + 1)
     try:
         await harness.wait_ready(base)
+        await _wait_bare(bare_base)
         await _saturate(base, callers[:500], args.concurrency)  # warm-up: pools, caches, plans
+        await _saturate(bare_base, callers[:500], args.concurrency)
         before = await _server_buckets(base)
-        answers = await _paced(base, callers, args.rate)
+        paced = await _paced(base, callers, args.rate)
         server_side = _share(before, await _server_buckets(base))
-        rate = await _saturate(base, callers, args.concurrency)
+        rate, ceiling = await _saturate(base, callers, args.concurrency)
+        bare_paced = await _paced(bare_base, callers, args.rate)
+        bare_rate, bare_ceiling = await _saturate(bare_base, callers, args.concurrency)
     finally:
         await harness.stop(server)
+        await harness.stop(bare)
         await harness.drop_database(url, DB_NAME)
-    latencies = [ms for ms, _ in answers]
+    if not paced.latencies:
+        raise SystemExit(f"no correct answer; errors: {paced.examples}")
+    latencies = paced.latencies
     p50, p99 = crm_lookup._pct(latencies, 0.50), crm_lookup._pct(latencies, 0.99)
-    managers = sum(1 for _, manager in answers if manager)
+    b50 = crm_lookup._pct(bare_paced.latencies, 0.50)
+    b99 = crm_lookup._pct(bare_paced.latencies, 0.99)
+    errors = paced.errors + ceiling.errors
     print(
-        f"{len(latencies):,} dialplan lookups at {args.rate:g}/s: p50 {p50:.2f} ms, "
+        f"{len(latencies):,} correct dialplan lookups at {args.rate:g}/s: p50 {p50:.2f} ms, "
         f"p90 {crm_lookup._pct(latencies, 0.90):.2f} ms, p99 {p99:.2f} ms (goal: p99 < 5 ms)"
     )
     print(
         "inside the server (its latency histogram): "
         + ", ".join(f"{share:.1%} under {le * 1000:g} ms" for le, share in server_side.items())
     )
-    print(f"answers: {managers:,} a manager's extension, {len(answers) - managers:,} default")
-    print(f"ceiling: {rate:,.0f} lookups/s with {args.concurrency} always in flight")
-    result = {"requests_per_s": round(rate, 1), "p50_ms": round(p50, 3), "p99_ms": round(p99, 3)}
+    print(
+        f"answers: {paced.managers:,} a manager's extension, {paced.defaults:,} default; "
+        f"errors: {errors}" + (f" e.g. {paced.examples + ceiling.examples}" if errors else "")
+    )
+    print(f"ceiling: {rate:,.0f} correct lookups/s with {args.concurrency} always in flight")
+    print(
+        f"baseline (bare aiohttp answering a constant): p50 {b50:.2f} ms, p99 {b99:.2f} ms, "
+        f"ceiling {bare_rate:,.0f}/s; errors: {bare_paced.errors + bare_ceiling.errors}"
+    )
+    print(
+        f"dialplan / baseline: p50 {p50 / b50:.1f}x, p99 {p99 / b99:.1f}x, "
+        f"ceiling {rate / bare_rate:.0%} of the bare server's"
+    )
+    result = {
+        "requests_per_s": round(rate, 1),
+        "p50_ms": round(p50, 3),
+        "p99_ms": round(p99, 3),
+        "errors": errors,
+        "baseline_requests_per_s": round(bare_rate, 1),
+        "baseline_p50_ms": round(b50, 3),
+        "baseline_p99_ms": round(b99, 3),
+    }
     print(json.dumps(result))
 
 

@@ -39,19 +39,26 @@ async def drop_database(url: str, name: str) -> None:
 
 async def serve(settings: Mapping[str, str]) -> asyncio.subprocess.Process:
     """``contact-center serve`` with config.yaml and ``settings`` (``CC_*`` variables; none of
-    this process's own ``CC_*`` leak in), logging warnings only, output discarded."""
+    this process's own ``CC_*`` leak in), logging warnings only, output discarded (appended to
+    the file ``BENCH_SERVER_LOG`` names, when set)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CC_")}
     env.update(CC_CONFIG=CONFIG, CC_PBX="[]", CC_SERVER_LOG_LEVEL="WARNING")
     env.update(settings)
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "contact_center",
-        "serve",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    log = os.environ.get("BENCH_SERVER_LOG")
+    out: Any = open(log, "ab") if log else asyncio.subprocess.DEVNULL  # noqa: SIM115, ASYNC230
+    try:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "contact_center",
+            "serve",
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+    finally:
+        if log:
+            out.close()
 
 
 async def stop(server: asyncio.subprocess.Process, timeout: float = 30) -> None:

@@ -38,8 +38,8 @@ from contact_center import distribution_service, recordings_service, tracking_se
 from contact_center.bus import BusMetrics, EventBus, RedisEventBus
 from contact_center.config import Settings
 from contact_center.health import StatusAggregator
-from contact_center.http import auth, ops, proxies
-from contact_center.http.api import Api
+from contact_center.http import auth, ops, proxies, security
+from contact_center.http.api import DEFAULT_MAX_BODY, Api
 from contact_center.http.errors import error_middleware
 from contact_center.keys import (
     API,
@@ -106,7 +106,8 @@ def create_app(
     if settings.server.trusted_proxies:
         middlewares.append(proxies.middleware(proxies.networks(settings.server.trusted_proxies)))
     middlewares.append(auth.auth_middleware)
-    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024 * 1024)
+    # Operations raise or lower it for their own body (Api.route(max_body=...)).
+    app = web.Application(middlewares=middlewares, client_max_size=DEFAULT_MAX_BODY)
 
     # What everything else is built from.
     app[SETTINGS] = settings
@@ -115,7 +116,10 @@ def create_app(
     app[RULES] = settings.crm.rules()
     app[METRICS] = registry
     app[HEALTH] = StatusAggregator()
-    app[auth.THROTTLE] = auth.LoginThrottle(settings.auth.login_attempts_per_15min)
+    app[auth.THROTTLE] = auth.LoginThrottle(
+        settings.auth.login_attempts_per_15min,
+        per_address=settings.auth.login_attempts_per_address_15min,
+    )
     app[ws.HUB] = ws.Hub()
     app[HEALTH].add("ws", app[ws.HUB].provide_status)
     _template_engine(app)  # the workspace's pages are rendered from templates
@@ -141,6 +145,7 @@ def create_app(
     api = Api()
     api.operations.extend(auth.api.operations)
     app[API] = api
+    security.setup(app)  # security headers on every response
     auth.routes(app)
     ws.routes(app)
     app.on_shutdown.append(ws.on_shutdown)  # sockets closed before in-flight requests drain
@@ -204,6 +209,7 @@ def _database(announce: Callable[[str], None], progress: StartupProgress) -> Ste
             )
         app[ENGINE] = engine
         app[SESSIONS] = sessions
+        schema = database.SchemaCheck(engine)
 
         async def probe() -> dict[str, Any]:
             started = time.perf_counter()
@@ -211,6 +217,9 @@ def _database(announce: Callable[[str], None], progress: StartupProgress) -> Ste
                 await database.ping(engine, timeout=2.0)
             except Exception as exc:
                 return {"status": "fail", "error": database.describe_error(exc)}
+            problem = await schema.problem()
+            if problem is not None:
+                return {"status": "fail", "backend": engine.dialect.name, "error": problem}
             return {
                 "status": "ok",
                 "backend": engine.dialect.name,

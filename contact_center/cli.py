@@ -292,20 +292,22 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    from ami.replay import replay_file
+    from ami.replay import ReplayError, iter_replay, read_chunks
 
+    out = sys.stdout
     try:
-        calls = replay_file(
-            args.trace,
+        for call in iter_replay(
+            read_chunks(args.trace),
             trunks=trunks,
             extension_pattern=pattern,
             count_threshold_s=settings.telephony.count_threshold_s,
-        )
+        ):
+            out.write(json.dumps(call, ensure_ascii=False) + "\n")
+            out.flush()
     except OSError as exc:
         print(f"error: cannot read {args.trace}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_REFUSED
-    out = sys.stdout
-    for call in calls:
-        out.write(json.dumps(call, ensure_ascii=False) + "\n")
-    out.flush()
+    except ReplayError as exc:
+        print(f"error: {args.trace}: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     return 0

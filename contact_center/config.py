@@ -361,6 +361,8 @@ class AuthSettings(_Section):
     # scrypt cost; 2**15 with r=8 takes 32 MiB per hash. Lower only for tests.
     scrypt_n: int = Field(2**15, ge=2**10, le=2**20)
     login_attempts_per_15min: int = Field(10, ge=1)
+    # failed sign-ins from one address over all logins (password spraying)
+    login_attempts_per_address_15min: int = Field(100, ge=1)
 
     @field_validator("scrypt_n")
     @classmethod

@@ -110,6 +110,47 @@ class ReadConnection:
             await self._drop()
 
 
+class SchemaCheck:
+    """Whether the database's schema is the one this code needs (``alembic_version`` at the
+    head revision), cached for ``ttl_s``: a database recreated empty (or restored from an old
+    dump) answers ``SELECT 1`` while every real query fails."""
+
+    def __init__(self, engine: AsyncEngine, ttl_s: float = 5.0) -> None:
+        self._engine = engine
+        self._ttl_s = ttl_s
+        self._head = migrations.head_revision()
+        self._checked_at = -float("inf")
+        self._problem: str | None = None
+
+    async def problem(self, timeout: float = 2.0) -> str | None:
+        """None when the schema is at the head revision, else what is wrong."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._checked_at < self._ttl_s:
+            return self._problem
+        try:
+            async with asyncio.timeout(timeout), self._engine.connect() as conn:
+                current = (
+                    await conn.execute(text("SELECT version_num FROM alembic_version"))
+                ).scalar()
+        except (DBAPIError, OperationalError) as exc:
+            current, error = None, describe_error(exc)
+        else:
+            error = None
+        if current == self._head:
+            self._problem = None
+        elif error is not None and "alembic_version" in error:
+            self._problem = "the database has no schema (run: contact-center migrate)"
+        elif error is not None:
+            self._problem = error
+        else:
+            self._problem = (
+                f"schema at revision {current or 'none'}, expected {self._head}"
+                " (run: contact-center migrate)"
+            )
+        self._checked_at = loop.time()
+        return self._problem
+
+
 def describe_error(exc: BaseException) -> str:
     """One line for a connection failure, without the SQLAlchemy boilerplate."""
     inner = getattr(exc, "orig", None) or exc

@@ -1,9 +1,14 @@
 """``GET /ws``: pushes each signed-in user the events meant for him.
 
 An event reaches a socket when its audience meets the user's: ``user:<id>``, ``role:<role>``,
-``ext:<number>`` for each extension he owns, and ``all``. The hub is one bus subscriber; each
-socket has its own bounded queue and writer task, so a slow browser never holds up the others
-(it is disconnected when it falls too far behind).
+``ext:<number>`` for each extension he owns, and ``all``. A socket lives no longer than the
+token that opened it: when tokens are revoked (sign-out, a revoked API token, a password change,
+a deactivated user) the bus carries :class:`TokensRevoked` to every instance and each hub closes
+the sockets those tokens opened. The upgrade must come from one of our pages when a browser
+makes it (``Origin``), so another site cannot open a socket with the visitor's cookie.
+
+The hub is one bus subscriber; each socket has its own bounded queue and writer task, so a slow
+browser never holds up the others (it is disconnected when it falls too far behind).
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
+from contact_center.http import security
 from contact_center.http.api import USER
+from contact_center.http.auth import TOKEN_ID, PasswordChangeRequired
 from contact_center.keys import SESSIONS
 from crm_core.events import DomainEvent
 from crm_core.notifications import service as notifications
 from crm_core.users import service as users
+from crm_core.users.events import TokensRevoked
 from crm_core.users.model import TokenKind, User
 
 log = logging.getLogger(__name__)
@@ -48,6 +56,7 @@ class Client:
     user_id: int
     audience: frozenset[str]
     ws: web.WebSocketResponse
+    token_id: int | None = None
     queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
 
 
@@ -59,6 +68,9 @@ class Hub:
         self.sent = 0
 
     async def on_event(self, event: DomainEvent) -> None:
+        if isinstance(event, TokensRevoked):
+            await self.close_revoked(event)
+            return
         if not event.audience:
             return
         wanted = set(event.audience)
@@ -73,6 +85,17 @@ class Hub:
                 log.warning("ws client of user %s is too slow; disconnecting", client.user_id)
                 await client.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow")
 
+    async def close_revoked(self, event: TokensRevoked) -> None:
+        """Close the sockets the revoked tokens opened (all the user's when every token
+        went)."""
+        for client in list(self.clients):
+            if client.user_id != event.user_id:
+                continue
+            if event.token_ids and client.token_id not in event.token_ids:
+                continue
+            log.info("ws of user %s closed: its token was revoked", client.user_id)
+            await client.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"token revoked")
+
     def provide_status(self) -> dict[str, Any]:
         return {"status": "ok", "connections": len(self.clients), "sent": self.sent}
 
@@ -80,25 +103,34 @@ class Hub:
 HUB = web.AppKey("ws_hub", Hub)
 
 
-async def _user_from_query(request: web.Request) -> User | None:
+async def _user_from_query(request: web.Request) -> tuple[User, int] | None:
     # Browsers cannot set headers on a WebSocket; non-browser clients may pass ?token=.
     token = request.query.get("token")
     if not token:
         return None
     async with request.app[SESSIONS]() as session:
-        user = await users.resolve_token(session, token, kind=TokenKind.API)
+        found = await users.resolve(session, token, kind=TokenKind.API)
         await session.commit()
-    return user
+    if found is not None and found[0].must_change_password:
+        raise PasswordChangeRequired("change the one-time password first")
+    return found
 
 
 async def ws_handler(request: web.Request) -> web.StreamResponse:
-    user = request.get(USER) or await _user_from_query(request)
+    # Cross-site WebSocket hijacking: another site's page would open the socket with our
+    # visitor's cookie; browsers always send Origin on an upgrade.
+    security.require_own_page(request)
+    user, token_id = request.get(USER), request.get(TOKEN_ID)
+    if user is None:
+        found = await _user_from_query(request)
+        if found is not None:
+            user, token_id = found
     if user is None:
         raise web.HTTPUnauthorized(text="sign in or pass a token")
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=64 * 1024)
     await ws.prepare(request)
     hub = request.app[HUB]
-    client = Client(user_id=user.id, audience=audience_of(user), ws=ws)
+    client = Client(user_id=user.id, audience=audience_of(user), ws=ws, token_id=token_id)
     hub.clients.add(client)
     log.info("ws connected: user %s", user.login, extra={"user_id": user.id})
     writer = asyncio.get_running_loop().create_task(_writer(client, hub))

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
+from pydantic import Field
 from sqlalchemy import JSON, BigInteger, ColumnElement, DateTime, MetaData, false, select, union
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
+
+MAX_DB_INT = 2**31 - 1
+"""The largest value of an ``INTEGER`` column (PostgreSQL's is 32-bit): every id and count a
+request carries must fit, or the database refuses the query."""
+MIN_DB_INT = -(2**31)
+DbId = Annotated[int, Field(ge=1, le=MAX_DB_INT)]
+"""A record id as a request carries it: 1 … 2³¹−1 (the range of the id columns)."""
 
 
 def contains(column: Any, text: str) -> ColumnElement[bool]:

@@ -31,6 +31,12 @@ class InvalidInput(DomainError):
     error_id = "invalid-input"
 
 
+class TooLarge(DomainError):
+    """What was sent is larger than allowed (a request body, an uploaded file)."""
+
+    error_id = "too-large"
+
+
 class NotAuthenticated(DomainError):
     error_id = "not-authenticated"
 

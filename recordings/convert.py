@@ -248,13 +248,15 @@ def _load(
         data = src.read_bytes()
     except FileNotFoundError:
         raise RecordingMissing(
-            f"recording {src} does not exist", details={"file": src.name}
+            f"recording {src.name} does not exist", details={"file": src.name}
         ) from None
     except IsADirectoryError:
-        raise CorruptAudio(f"recording {src} is a directory", details={"file": src.name}) from None
+        raise CorruptAudio(
+            f"recording {src.name} is a directory", details={"file": src.name}
+        ) from None
     except OSError as exc:
         raise StorageUnavailable(
-            f"cannot read recording {src}: {exc.strerror}",
+            f"cannot read recording {src.name}: {exc.strerror}",
             details={"file": src.name, "errno": exc.errno},
         ) from exc
     if not data:
@@ -543,8 +545,8 @@ def _replace(src: Path, dst: Path) -> None:
 
 def _scratch_unavailable(path: Path, exc: OSError) -> StorageUnavailable:
     return StorageUnavailable(
-        f"cannot write {path}: {exc.strerror}",
-        details={"path": str(path), "errno": exc.errno},
+        f"cannot write {path.name}: {exc.strerror}",
+        details={"file": path.name, "errno": exc.errno},
     )
 
 

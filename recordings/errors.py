@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crm_core.errors import DomainError, InvalidInput, NotFound, Unavailable
+from crm_core.errors import DomainError, InvalidInput, NotFound, TooLarge, Unavailable
 
 
 def _rebuild(cls: type[RecordingError], message: str, details: dict[str, Any]) -> RecordingError:
@@ -107,7 +107,7 @@ class InvalidTransition(RecordingError):
     error_id = "recording-invalid-transition"
 
 
-class UploadTooLarge(RecordingError, InvalidInput):
+class UploadTooLarge(RecordingError, TooLarge):
     """A pushed recording is larger than the configured limit."""
 
     error_id = "recording-upload-too-large"

@@ -123,7 +123,7 @@ async def wait_until_complete(
             ) from None
         except OSError as exc:
             raise StorageUnavailable(
-                f"cannot stat recording {path}: {exc.strerror}",
+                f"cannot stat recording {path.name}: {exc.strerror}",
                 details={"file": path.name, "errno": exc.errno},
             ) from exc
         seen = (st.st_size, st.st_mtime_ns)
@@ -426,7 +426,7 @@ class RecordingProcessor:
         source = await asyncio.to_thread(find_recording, self.spool_dir, job.filename)
         if source is None:
             error = RecordingMissing(
-                f"no {job.filename} in {self.spool_dir}", details={"file": job.filename}
+                f"no {job.filename} in the spool directory", details={"file": job.filename}
             )
             return self._waiting(job, error)
         try:
@@ -528,8 +528,8 @@ class RecordingProcessor:
             await asyncio.to_thread(self.work_dir.mkdir, parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageUnavailable(
-                f"cannot create the work directory {self.work_dir}: {exc.strerror}",
-                details={"path": str(self.work_dir), "errno": exc.errno},
+                f"cannot create the work directory (recordings.work_dir): {exc.strerror}",
+                details={"errno": exc.errno},
             ) from exc
 
 
@@ -562,12 +562,27 @@ def check_upload_name(filename: str, call_id: str) -> str:
             f"{name!r} is not a MixMonitor file ({', '.join(SPOOL_EXTENSIONS)})",
             details={"filename": name},
         )
-    if not call_id or call_id not in name:
+    if not _names_call(name, call_id):
         raise InvalidRecordingName(
             f"{name!r} is not a recording of call {call_id!r}",
             details={"filename": name, "call_id": call_id},
         )
     return name
+
+
+def _names_call(name: str, call_id: str) -> bool:
+    """Whether the call id is one of the name's parts: a whole ``-``/``_``/``+``-separated
+    part of the name without its extension (``…-74950000001-1795722921.5.wav`` names call
+    ``1795722921.5``; it does not name ``1``, ``5`` or ``1795722921``)."""
+    if not call_id:
+        return False
+    stem = name
+    for ext in SPOOL_EXTENSIONS:
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    pattern = rf"(?:^|[-_+]){re.escape(call_id)}(?:$|[-_+])"
+    return re.search(pattern, stem) is not None
 
 
 async def receive_upload(
@@ -609,7 +624,7 @@ async def receive_upload(
         await asyncio.to_thread(os.replace, tmp, spool_dir / name)
     except OSError as exc:
         raise StorageUnavailable(
-            f"cannot write {name} into {spool_dir}: {exc.strerror}",
+            f"cannot write {name} into the spool directory (recordings.spool_dir): {exc.strerror}",
             details={"filename": name, "errno": exc.errno},
         ) from exc
     finally:

@@ -235,10 +235,11 @@ class LocalStorage:
             src = local_path.open("rb")
         except FileNotFoundError:
             raise RecordingMissing(
-                f"cannot store {local_path}: it does not exist", details={"file": local_path.name}
+                f"cannot store {local_path.name}: it does not exist",
+                details={"file": local_path.name},
             ) from None
         except OSError as exc:
-            raise _unavailable(f"cannot read {local_path}", exc) from exc
+            raise _unavailable(f"cannot read {local_path.name}", exc) from exc
         tmp: Path | None = None
         try:
             with src:
@@ -258,7 +259,7 @@ class LocalStorage:
             with tmp.open("rb") as written:
                 if hashlib.file_digest(written, "sha256").hexdigest() != sha256:
                     raise StorageUnavailable(
-                        f"the copy of {local_path.name} written to {self.root} reads back"
+                        f"the copy of {local_path.name} written to the storage reads back"
                         " different bytes",
                         details={"file": local_path.name},
                     )
@@ -266,7 +267,7 @@ class LocalStorage:
             tmp = None
             self._fs.fsync_dir(final.parent)
         except OSError as exc:
-            raise _unavailable(f"cannot store {local_path.name} in {self.root}", exc) from exc
+            raise _unavailable(f"cannot store {local_path.name} in the storage", exc) from exc
         finally:
             if tmp is not None:
                 with contextlib.suppress(OSError):
@@ -370,7 +371,7 @@ class S3Storage:
         try:
             body = local_path.open("rb")
         except OSError as exc:
-            raise _unavailable(f"cannot read {local_path}", exc) from exc
+            raise _unavailable(f"cannot read {local_path.name}", exc) from exc
         with body:
             self._call(
                 key,

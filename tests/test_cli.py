@@ -248,3 +248,64 @@ def test_replay_prints_the_expected_calls(trace: str, tmp_path: Path) -> None:
         for key in ("ring_seconds", "talk_seconds"):
             assert abs(g.pop(key) - e.pop(key)) <= 1
         assert g == e
+
+
+_ONE_PBX = (
+    '[{"name": "t", "username": "u", "secret": "s", '
+    '"trunks": ["provider"], "extension_pattern": "^\\\\d{3}$"}]'
+)
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"GIF89a\x00\x01garbage\n\nmore garbage\n\n" * 100, "no AMI frames"),
+        (b"", "no AMI frames"),
+        (b"x" * (3 << 20), "no AMI frame ends within"),  # 3 MB without an empty line
+    ],
+)
+def test_replay_refuses_what_is_not_an_ami_capture(
+    content: bytes, says: str, tmp_path: Path
+) -> None:
+    trace = tmp_path / "t.ami"
+    trace.write_bytes(content)
+    proc = subprocess.run(
+        _cli("replay", str(trace)),
+        env=_env(tmp_path, CC_PBX=_ONE_PBX),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 4, proc.stderr
+    assert says in proc.stderr and proc.stdout == ""
+
+
+def test_replay_of_an_endless_stream_stops_at_the_frame_cap(tmp_path: Path) -> None:
+    """/dev/zero never ends: reading it whole never returns; streamed, the first "frame"
+    longer than the cap ends the run, with a message."""
+    proc = subprocess.run(
+        _cli("replay", "/dev/zero"),
+        env=_env(tmp_path, CC_PBX=_ONE_PBX),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 4 and "not an AMI capture" in proc.stderr
+
+
+def test_replay_prints_calls_as_they_end_before_garbage(tmp_path: Path) -> None:
+    """A capture followed by endless junk: the calls that ended are printed (streamed) and
+    the run still fails on the junk."""
+    good = (FIXTURES / "a_inbound_queue_answered.ami").read_bytes()
+    trace = tmp_path / "t.ami"
+    trace.write_bytes(good + b"\n\n" + b"y" * (2 << 20))
+    proc = subprocess.run(
+        _cli("replay", str(trace)),
+        env=_env(tmp_path, CC_PBX=_ONE_PBX),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 4
+    expected = (FIXTURES / "a_inbound_queue_answered.expected.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in proc.stdout.splitlines()] == [json.loads(x) for x in expected]

@@ -10,14 +10,17 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contact_center.http.api import USER
+from contact_center.http.api import USER, path_id
 from contact_center.keys import BUS, CLOCK, RULES, SESSIONS, SETTINGS
 from crm_core.clock import Clock
-from crm_core.errors import NotAuthenticated, NotFound
+from crm_core.db import MAX_DB_INT
+from crm_core.errors import NotAuthenticated
 from crm_core.events import DomainEvent
 from crm_core.notifications import service as notifications
 from crm_core.rules import CrmRules
 from crm_core.users.model import User
+
+__all__ = ["PageQuery", "UnitOfWork", "actor", "page", "path_id", "uow"]
 
 
 class UnitOfWork:
@@ -61,15 +64,6 @@ def uow(request: web.Request) -> UnitOfWork:
     return UnitOfWork(request)
 
 
-def path_id(request: web.Request, name: str, what: str | None = None) -> int:
-    """An integer id from the path; anything else is a missing record (404), never a 500."""
-    try:
-        return int(request.match_info[name])
-    except ValueError:
-        what = what or name.removesuffix("_id")
-        raise NotFound(f"no {what} {request.match_info[name]!r}") from None
-
-
 def actor(request: web.Request) -> User:
     user = request.get(USER)
     if user is None:
@@ -91,7 +85,7 @@ def settings(request: web.Request) -> Any:
 
 class PageQuery(BaseModel):
     limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_DB_INT)
 
 
 def page(items: Sequence[Any], total: int, query: PageQuery) -> dict[str, Any]:

@@ -22,6 +22,9 @@ api = Api()
 TAGS = ["plans"]
 
 
+DAY = {"type": "string", "format": "date", "description": "YYYY-MM-DD"}
+
+
 def path_day(request: web.Request) -> date:
     raw = request.match_info["day"]
     try:
@@ -51,6 +54,7 @@ class PlanQuery(BaseModel):
     response=PlanOut,
     roles=["admin", "head"],
     tags=TAGS,
+    path_params={"day": DAY},
     errors={404: "No such user"},
 )
 async def set_plan(request: web.Request, body: PlanInput) -> PlanOut:
@@ -71,6 +75,7 @@ async def set_plan(request: web.Request, body: PlanInput) -> PlanOut:
     summary="Plan and fact of a manager on a day",
     response=PlanDayOut,
     tags=TAGS,
+    path_params={"day": DAY},
     errors={403: "Another manager's plan"},
 )
 async def get_plan_day(request: web.Request) -> PlanDayOut:

@@ -19,6 +19,7 @@ from contact_center.keys import RECORDINGS
 from crm_core.audit.model import AuditEntry
 from crm_core.calls import service as calls
 from crm_core.clients.model import Company, Contact
+from crm_core.db import DbId
 from crm_core.deals.model import Deal
 from crm_core.errors import (
     Conflict,
@@ -30,12 +31,19 @@ from crm_core.errors import (
 )
 from crm_core.recordings import service as recordings
 from crm_core.recordings.model import Recording, RecordingState
-from recordings.intake import receive_upload
+from recordings.intake import UploadedRecording, receive_upload
 from recordings.storage import content_type
 
 api = Api()
 TAGS = ["recordings"]
+_CALL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_HUGE = 2**62  # any position past every file; longer digit strings are not converted
+
+
+def _position(digits: str) -> int:
+    # int() of a 5,000-digit string raises (and is slow); no file is that long anyway.
+    return int(digits) if len(digits) <= 18 else _HUGE
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -51,13 +59,13 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first and not last:
         return None
     if not first:  # the last N bytes
-        length = int(last)
+        length = _position(last)
         if length == 0:
             raise RangeNotSatisfiable(size)
         return max(0, size - length), size
-    start = int(first)
-    stop = size if not last else min(int(last) + 1, size)
-    if last and int(last) < start:
+    start = _position(first)
+    stop = size if not last else min(_position(last) + 1, size)
+    if last and _position(last) < start:
         return None
     if start >= size:
         raise RangeNotSatisfiable(size)
@@ -101,8 +109,7 @@ async def list_recordings(request: web.Request, query: RecordingQuery) -> list[d
     summary="Listen: the audio, with HTTP Range (206) for seeking; every access is audited",
     tags=TAGS,
     errors={
-        403: "a recording of another manager's call or client",
-        404: "no such recording",
+        404: "no such recording, or one of another manager's call or client",
         409: "not stored (yet)",
         416: "the Range lies outside the recording",
     },
@@ -121,7 +128,11 @@ async def stream_recording(request: web.Request) -> web.StreamResponse:
                 w.session, recording_id, user, at=clock(request).now(), detail={}, allowed=False
             )
             await w.commit()
-            raise
+            # The same answer as for a recording that does not exist: a manager probing ids
+            # learns nothing about other managers' calls (the attempt is audited).
+            raise NotFound(
+                f"no recording {recording_id}", details={"recording_id": recording_id}
+            ) from None
         if row.state != RecordingState.STORED.value or not row.storage_key:
             raise Conflict(
                 f"recording {row.id} is {row.state}", details={"id": row.id, "state": row.state}
@@ -178,6 +189,30 @@ async def _parts(part: Any) -> Any:
         yield chunk
 
 
+async def _receive(
+    request: web.Request, reader: Any, call_id: str, max_upload_mb: int
+) -> tuple[str, UploadedRecording | None]:
+    """Stream the parts: ``call_id`` (unless given in the query), then ``file`` to the spool."""
+    uploaded = None
+    async for part in reader:
+        if part.name == "call_id":
+            call_id = (await part.read(decode=False))[:200].decode("utf-8", "replace").strip()
+        elif part.name == "file":
+            if not _CALL_ID.match(call_id):
+                raise InvalidInput(
+                    "call_id (the call's Linkedid, before the file) is required",
+                    details={"field": "call_id"},
+                )
+            uploaded = await receive_upload(
+                _parts(part),
+                Path(settings(request).recordings.spool_dir),
+                part.filename or "",
+                call_id,
+                max_bytes=max_upload_mb * 1024 * 1024,
+            )
+    return call_id, uploaded
+
+
 @api.route(
     "POST",
     "/recordings",
@@ -185,29 +220,34 @@ async def _parts(part: Any) -> Any:
     public=True,
     status=202,
     tags=TAGS,
-    errors={401: "no or a wrong PBX upload token", 422: "bad call id or file name"},
+    errors={
+        401: "no or a wrong PBX upload token",
+        413: "file larger than recordings.max_upload_mb",
+        422: "bad call id or file name, or not a multipart body",
+    },
 )
 async def upload_recording(request: web.Request) -> dict[str, Any]:
     pbx = _pbx_of(request)
     cfg = settings(request).recordings
     call_id = request.query.get("call_id", "")
-    reader = await request.multipart()
-    uploaded = None
-    async for part in reader:
-        if part.name == "call_id":
-            call_id = (await part.text()).strip()
-        elif part.name == "file":
-            if not call_id:
-                raise InvalidInput(
-                    "call_id must come before the file", details={"field": "call_id"}
-                )
-            uploaded = await receive_upload(
-                _parts(part),
-                Path(cfg.spool_dir),
-                part.filename or "",
-                call_id,
-                max_bytes=cfg.max_upload_mb * 1024 * 1024,
-            )
+    if not request.content_type.startswith("multipart/"):
+        raise InvalidInput(
+            f"expected a multipart/form-data body (call_id, then file), got "
+            f"{request.content_type or 'none'}",
+            details={"field": "body"},
+        )
+    try:
+        reader = await request.multipart()
+    except (ValueError, AssertionError, RuntimeError) as exc:
+        raise InvalidInput(
+            f"the multipart body cannot be read: {str(exc)[:100]}", details={"field": "body"}
+        ) from None
+    try:
+        call_id, uploaded = await _receive(request, reader, call_id, cfg.max_upload_mb)
+    except ValueError as exc:  # a malformed part (boundary, headers)
+        raise InvalidInput(
+            f"the multipart body cannot be read: {str(exc)[:100]}", details={"field": "body"}
+        ) from None
     if uploaded is None:
         raise InvalidInput("the multipart body has no file part", details={"field": "file"})
     now = clock(request).now()
@@ -232,7 +272,7 @@ async def upload_recording(request: web.Request) -> dict[str, Any]:
 
 class LegalHoldInput(BaseModel):
     object_type: Literal["contact", "company", "deal"]
-    id: int = Field(ge=1)
+    id: DbId
     hold: bool = Field(description="true: keep this client's or deal's recordings past retention")
 
 
@@ -243,6 +283,7 @@ class LegalHoldInput(BaseModel):
     body=LegalHoldInput,
     roles=["admin", "head"],
     tags=TAGS,
+    errors={404: "No such contact, company or deal"},
 )
 async def set_legal_hold(request: web.Request, body: LegalHoldInput) -> dict[str, Any]:
     user = actor(request)

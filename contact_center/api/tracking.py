@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contact_center.api.common import path_id, uow
-from contact_center.http.api import Api
+from contact_center.http.api import PUBLIC_MAX_BODY, Api
 from contact_center.keys import TRACKER
 from contact_center.tracking_service import SessionRequest, TrackingService, tags_of
 from crm_core.errors import InvalidInput
@@ -52,6 +52,7 @@ HEADS = ("head", "admin")
 STATIC = Path(__file__).parent.parent / "web" / "static"
 CORS_SITE = web.RequestKey("tracking_cors_site", str)
 _PUBLIC_PREFIX = "/api/v1/tracking/session"
+SESSION_KEY = {"type": "string", "pattern": "^[A-Za-z0-9]{8,64}$"}
 
 
 def tracker(request: web.Request) -> TrackingService:
@@ -102,6 +103,7 @@ def _site_of_query(request: web.Request) -> None:
     response=SessionOut,
     public=True,
     tags=TAGS,
+    max_body=PUBLIC_MAX_BODY,
     errors={404: "No such site", 429: "Rate limited"},
 )
 async def start_session(request: web.Request, body: SessionInput) -> dict[str, Any]:
@@ -134,7 +136,9 @@ def _session_key(request: web.Request) -> str:
     summary="Keep a session's number (every heartbeat_s while the page is visible)",
     public=True,
     tags=TAGS,
-    errors={429: "Rate limited"},
+    max_body=PUBLIC_MAX_BODY,
+    path_params={"id": SESSION_KEY},
+    errors={422: "Not a session id", 429: "Rate limited"},
 )
 async def heartbeat(request: web.Request) -> dict[str, Any]:
     _site_of_query(request)
@@ -148,7 +152,9 @@ async def heartbeat(request: web.Request) -> dict[str, Any]:
     summary="Give a session's number back (page closed; navigator.sendBeacon works)",
     public=True,
     tags=TAGS,
-    errors={429: "Rate limited"},
+    max_body=PUBLIC_MAX_BODY,
+    path_params={"id": SESSION_KEY},
+    errors={422: "Not a session id", 429: "Rate limited"},
 )
 async def release(request: web.Request) -> dict[str, Any]:
     _site_of_query(request)

@@ -9,7 +9,6 @@ address and per visitor (in Redis when configured, so every instance counts toge
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 from aiohttp import web
@@ -17,37 +16,53 @@ from sqlalchemy import select
 
 from contact_center import distribution_service
 from contact_center.api.common import clock, rules, settings, uow
-from contact_center.http.api import Api
+from contact_center.http.api import (
+    PUBLIC_MAX_BODY,
+    Api,
+    BodyTooLarge,
+    check_values,
+    read_json,
+)
 from contact_center.keys import LIMITER, SETTINGS, TRACKER
 from crm_core.distribution import requests as web_requests
 from crm_core.distribution.errors import InvalidWebRequest
 from crm_core.distribution.schemas import WebForm
-from crm_core.errors import NotAuthenticated, RateLimited
+from crm_core.errors import InvalidInput, NotAuthenticated, RateLimited
 from crm_core.tracking import service as tracking
 from crm_core.tracking.model import TrackingSite
 
 api = Api()
 TAGS = ["leads"]
 PATH = "/leads/web"
-MAX_BODY = 64 * 1024
+MAX_BODY = PUBLIC_MAX_BODY
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 _CORS_HEADERS = "Content-Type, X-CC-Site-Key"
 ALLOWED_ORIGIN = web.RequestKey("web_lead_allowed_origin", str)
 
 
 async def _fields(request: web.Request) -> dict[str, Any]:
-    """The posted fields, from JSON or a form (files are ignored)."""
-    if (request.content_length or 0) > MAX_BODY:
-        raise InvalidWebRequest(f"body: larger than {MAX_BODY} bytes", details={"field": "body"})
+    """The posted fields, from JSON or a form (files are ignored), read up to the route's
+    limit (:data:`MAX_BODY`, chunked bodies included)."""
     if request.content_type == "application/json":
         try:
-            raw = await request.json(loads=json.loads)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidWebRequest(
-                f"body: not valid JSON ({exc})", details={"field": "body"}
-            ) from exc
+            raw = await read_json(request)
+        except InvalidInput as exc:
+            if isinstance(exc, InvalidWebRequest):
+                raise
+            raise InvalidWebRequest(f"body: {exc.message}", details={"field": "body"}) from None
     elif request.content_type in _FORM_TYPES:
-        raw = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        try:
+            form = await request.post()
+        except web.HTTPRequestEntityTooLarge:
+            raise BodyTooLarge(
+                f"body: larger than {MAX_BODY} bytes", details={"limit_bytes": MAX_BODY}
+            ) from None
+        except ValueError as exc:  # a malformed multipart body
+            raise InvalidWebRequest(
+                f"body: not a readable form ({str(exc)[:100]})", details={"field": "body"}
+            ) from None
+        raw = {k: v for k, v in form.items() if isinstance(v, str)}
+        check_values(raw)
     else:
         raise InvalidWebRequest(
             f"body: expected JSON or a form, got {request.content_type}",
@@ -115,8 +130,10 @@ async def _ip_region(request: web.Request, raw: dict[str, Any]) -> int | None:
     public=True,
     status=201,
     tags=TAGS,
+    max_body=MAX_BODY,
     errors={
         401: "Unknown site or wrong form key",
+        413: "Body larger than 16 KB",
         422: "A field cannot be used (details.field names it)",
         429: "Too many requests from this address or visitor",
     },

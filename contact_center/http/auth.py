@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, Field
-from yarl import URL
 
-from contact_center.http.api import AUTH_KIND, USER, Api
+from contact_center.http import security
+from contact_center.http.api import AUTH_KIND, CROSS_ORIGIN, USER, Api, path_id
 from contact_center.i18n import pick_language, translator
 from contact_center.keys import BUS, SESSIONS, SETTINGS
-from crm_core.errors import NotFound, PermissionDenied, RateLimited
+from crm_core.errors import InvalidInput, NotFound, PermissionDenied, RateLimited
 from crm_core.users import service as users
 from crm_core.users.errors import InvalidCredentials
+from crm_core.users.events import TokensRevoked
 from crm_core.users.model import Role, TokenKind, User
 
 log = logging.getLogger(__name__)
@@ -28,46 +30,120 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class LoginThrottle:
-    """Failed sign-ins per (remote address, login) in a sliding 15-minute window.
+    """Failed sign-ins in a sliding 15-minute window, per (address, login) and per address.
 
-    In-process: with several instances each counts its own, which still bounds guessing.
+    The pair limit stops guessing one password; the address limit (several times larger)
+    stops spraying a few passwords over many logins. Memory is bounded: past ``max_keys``
+    entries the oldest that are not throttled are forgotten, never a throttled one (so a
+    flood of fresh keys cannot buy the guesser a clean slate). In-process: with several
+    instances each counts its own, which still bounds guessing.
     """
 
     WINDOW_S = 15 * 60
 
-    def __init__(self, limit: int) -> None:
+    def __init__(
+        self,
+        limit: int,
+        *,
+        per_address: int | None = None,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limit = limit
-        self._failures: dict[tuple[str, str], deque[float]] = defaultdict(deque)
+        self.per_address = per_address or limit * 10
+        self.max_keys = max_keys
+        self._clock = clock
+        self._pairs: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
+        self._addresses: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
-        q = self._failures[key]
+    def _recent(self, store: OrderedDict[Any, deque[float]], key: Any, now: float) -> int:
+        q = store.get(key)
+        if q is None:
+            return 0
         while q and now - q[0] > self.WINDOW_S:
             q.popleft()
-        return q
+        if not q:
+            del store[key]
+            return 0
+        return len(q)
 
     def check(self, remote: str, login: str) -> None:
-        key = (remote, login.lower())
-        if len(self._recent(key, time.monotonic())) >= self.limit:
+        """Raise :class:`RateLimited` when this address, or this login from it, is throttled."""
+        now = self._clock()
+        if (
+            self._recent(self._pairs, (remote, login.lower()), now) >= self.limit
+            or self._recent(self._addresses, remote, now) >= self.per_address
+        ):
             raise RateLimited(
                 "too many failed sign-ins; try again later",
                 details={"retry_after_s": self.WINDOW_S},
             )
 
     def failed(self, remote: str, login: str) -> None:
-        self._recent((remote, login.lower()), time.monotonic()).append(time.monotonic())
-        if len(self._failures) > 100_000:  # bound memory under a spray of logins
-            self._failures.clear()
+        now = self._clock()
+        for store, key, limit in (
+            (self._pairs, (remote, login.lower()), self.limit),
+            (self._addresses, remote, self.per_address),
+        ):
+            self._recent(store, key, now)
+            store.setdefault(key, deque()).append(now)
+            store.move_to_end(key)
+            self._bound(store, limit, now)
 
     def succeeded(self, remote: str, login: str) -> None:
-        self._failures.pop((remote, login.lower()), None)
+        self._pairs.pop((remote, login.lower()), None)
+
+    def _bound(self, store: OrderedDict[Any, deque[float]], limit: int, now: float) -> None:
+        """Forget the oldest entries that are not throttled until ``max_keys`` remain; a
+        throttled one met on the way goes to the young end (it is looked at again once
+        its window has passed)."""
+        budget = len(store)
+        while len(store) > self.max_keys and budget > 0:
+            budget -= 1
+            key, q = next(iter(store.items()))
+            while q and now - q[0] > self.WINDOW_S:
+                q.popleft()
+            if len(q) >= limit:
+                store.move_to_end(key)
+            else:
+                del store[key]
+
+    def __len__(self) -> int:
+        return len(self._pairs)
 
 
 THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 
 
+TOKEN_ID = web.RequestKey("token_id", int)  # the token USER signed in with
+# What a user who must change his one-time password may still do: see and change it, sign out.
+PASSWORD_CHANGE_PATHS = frozenset(
+    {
+        ("GET", "/api/v1/me"),
+        ("POST", "/api/v1/me/password"),
+        ("POST", "/api/v1/auth/token"),
+        ("GET", "/settings/password"),
+        ("POST", "/settings/password"),
+        ("POST", "/logout"),
+        ("GET", "/login"),
+        ("POST", "/login"),
+    }
+)
+
+
+class PasswordChangeRequired(PermissionDenied):
+    error_id = "password-change-required"
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Put the user of a valid bearer token or session cookie on ``request[USER]``."""
+    """Put the user of a valid bearer token or session cookie on ``request[USER]``.
+
+    A request signed in by cookie that changes something counts as signed in only when it
+    comes from one of our pages (:func:`security.from_own_page`): from another site's page it
+    goes on anonymous (a website form on a sibling domain still reaches its public endpoint)
+    and whatever needs the user refuses it. A user who must change his one-time password gets
+    nothing but the password change until he has."""
     settings = request.app[SETTINGS]
     secret: str | None = None
     kind = TokenKind.API
@@ -77,25 +153,45 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     elif settings.auth.cookie_name in request.cookies:
         secret = request.cookies[settings.auth.cookie_name]
         kind = TokenKind.SESSION
-    if secret and not request.path.startswith("/static/"):
+    if secret:
         async with request.app[SESSIONS]() as session:
-            user = await users.resolve_token(session, secret, kind=kind)
+            found = await users.resolve(session, secret, kind=kind)
             await session.commit()
-        if user is not None:
-            if kind is TokenKind.SESSION and request.method not in SAFE_METHODS:
-                _check_same_origin(request)
+        if found is not None:
+            user, token_id = found
+            if (
+                kind is TokenKind.SESSION
+                and request.method not in SAFE_METHODS
+                and not security.from_own_page(request)
+            ):
+                request[CROSS_ORIGIN] = request.headers.get("Origin") or "another site"
+                return await handler(request)
+            if user.must_change_password and not _password_change_allowed(request):
+                return _password_change_first(request)
             request[USER] = user
+            request[TOKEN_ID] = token_id
             request[AUTH_KIND] = kind
         elif kind is TokenKind.API:
             raise InvalidCredentials("invalid, expired or revoked token")
     return await handler(request)
 
 
-def _check_same_origin(request: web.Request) -> None:
-    # SameSite=Lax already keeps the cookie off cross-site POSTs; this refuses what slips through.
-    origin = request.headers.get("Origin")
-    if origin and origin != "null" and URL(origin).authority != request.host:
-        raise PermissionDenied(f"cross-origin request from {origin} refused")
+def _password_change_allowed(request: web.Request) -> bool:
+    path = request.path
+    return (
+        (request.method, path) in PASSWORD_CHANGE_PATHS
+        or path.startswith("/static/")
+        or path in ("/healthz", "/metrics", "/api/v1/openapi.json")
+    )
+
+
+def _password_change_first(request: web.Request) -> web.StreamResponse:
+    if request.path.startswith("/api/") or request.path == "/ws":
+        raise PasswordChangeRequired(
+            "change the one-time password first (POST /api/v1/me/password)",
+            details={"change_password": "/api/v1/me/password"},
+        )
+    raise web.HTTPSeeOther("/settings/password")
 
 
 def current_user(request: web.Request) -> User:
@@ -230,17 +326,16 @@ async def my_tokens(request: web.Request) -> list[dict[str, Any]]:
 )
 async def revoke_token(request: web.Request) -> None:
     user = current_user(request)
-    try:
-        token_id = int(request.match_info["token_id"])
-    except ValueError as exc:
-        raise NotFound("no such token") from exc
+    token_id = path_id(request, "token_id", "token")
     async with request.app[SESSIONS]() as session:
         tokens = await users.list_tokens(session, user.id)
         if user.role != Role.ADMIN and token_id not in {t.id for t in tokens}:
             raise NotFound(f"no token {token_id} of yours")
-        if not await users.revoke_token(session, token_id=token_id):
+        owner = await users.token_owner(session, token_id)
+        if owner is None or not await users.revoke_token(session, token_id=token_id):
             raise NotFound(f"no live token {token_id}")
         await session.commit()
+    await request.app[BUS].publish(TokensRevoked(user_id=owner, token_ids=(token_id,)))
     log.info("token %s revoked by %s", token_id, user.login)
 
 
@@ -252,10 +347,11 @@ async def me(request: web.Request) -> UserOut:
 @api.route(
     "POST",
     "/me/password",
-    summary="Change my password (revokes my web sessions)",
+    summary="Change my password (revokes every token and web session I hold, this one too)",
     body=PasswordChange,
     status=204,
     tags=["users"],
+    errors={401: "Wrong current password"},
 )
 async def change_password(request: web.Request, body: PasswordChange) -> None:
     settings = request.app[SETTINGS]
@@ -264,8 +360,12 @@ async def change_password(request: web.Request, body: PasswordChange) -> None:
         fresh = await users.authenticate(
             session, user.login, body.current_password, scrypt_n=settings.auth.scrypt_n
         )
-        await users.set_password(session, fresh, body.new_password, scrypt_n=settings.auth.scrypt_n)
+        revoked = await users.set_password(
+            session, fresh, body.new_password, scrypt_n=settings.auth.scrypt_n
+        )
         await session.commit()
+    await request.app[BUS].publish(revoked)
+    log.info("password changed by %s; every token revoked", user.login)
 
 
 @api.route("GET", "/users", summary="All users", roles=[Role.ADMIN, Role.HEAD], tags=["users"])
@@ -303,6 +403,45 @@ async def create_user(request: web.Request, body: UserCreate) -> UserOut:
     return UserOut.of(user)
 
 
+class UserUpdate(BaseModel):
+    is_active: bool | None = Field(None, description="false: the user can no longer sign in")
+    display_name: str | None = Field(None, min_length=1, max_length=200)
+
+
+@api.route(
+    "PATCH",
+    "/users/{user_id}",
+    summary="Rename, deactivate (revokes every token and closes his sockets) or reactivate",
+    body=UserUpdate,
+    response=UserOut,
+    roles=[Role.ADMIN],
+    tags=["users"],
+    errors={404: "No such user"},
+)
+async def update_user(request: web.Request, body: UserUpdate) -> UserOut:
+    admin = current_user(request)
+    user_id = path_id(request, "user_id", "user")
+    revoked = None
+    async with request.app[SESSIONS]() as session:
+        user = await users.get_user(session, user_id)
+        if user is None:
+            raise NotFound(f"no user {user_id}", details={"user_id": user_id})
+        if body.is_active is False and user.id == admin.id:
+            raise InvalidInput(
+                "is_active: an administrator cannot deactivate himself",
+                details={"fields": {"is_active": "not yourself"}},
+            )
+        if body.display_name is not None:
+            user.display_name = body.display_name
+        if body.is_active is not None and body.is_active != user.is_active:
+            revoked = await users.set_active(session, user, body.is_active)
+        await session.commit()
+    if revoked is not None:
+        await request.app[BUS].publish(revoked)
+        log.info("user %s deactivated by %s; every token revoked", user.login, admin.login)
+    return UserOut.of(user)
+
+
 # ---------------------------------------------------------------- web pages
 
 
@@ -337,17 +476,42 @@ async def login_page(request: web.Request) -> web.Response:
     return await _login_page(request)
 
 
+def _has_nul(*values: str) -> bool:
+    return any("\x00" in v for v in values)
+
+
+async def _form(request: web.Request) -> dict[str, str] | None:
+    """The posted form's text fields; None when the body is over the limit."""
+    try:
+        form = await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        return None
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
 async def login_submit(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    form = await request.post()
-    login = str(form.get("login", ""))[:64]
-    password = str(form.get("password", ""))[:1024]
+
+    async def refuse(status: int, key: str, login: str = "") -> web.Response:
+        return await _login_page(request, key, login, status=status)
+
+    # Signing a victim in to the attacker's account (login CSRF) is refused like any other
+    # cross-site form.
+    if not security.from_own_page(request):
+        return await refuse(403, "login.cross_origin")
+    form = await _form(request)
+    if form is None:
+        return await refuse(413, "login.too_large")
+    login = form.get("login", "")[:64]
+    password = form.get("password", "")[:1024]
+    if _has_nul(login, password):
+        return await refuse(422, "login.bad_input")
     remote = request.remote or "?"
     throttle = request.app[THROTTLE]
     try:
         throttle.check(remote, login)
     except RateLimited:
-        return await _login_page(request, "login.throttled", login, status=429)
+        return await refuse(429, "login.throttled", login)
     async with request.app[SESSIONS]() as session:
         try:
             user = await users.authenticate(
@@ -356,41 +520,51 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         except InvalidCredentials:
             throttle.failed(remote, login)
             log.warning("failed sign-in for %r from %s", login, remote)
-            return await _login_page(request, "login.failed", login, status=401)
+            return await refuse(401, "login.failed", login)
         throttle.succeeded(remote, login)
         ttl = timedelta(hours=settings.auth.session_ttl_hours)
         issued = await users.issue_token(session, user, kind=TokenKind.SESSION, ttl=ttl)
         await session.commit()
-    target = _safe_next(str(form.get("next", ""))) or "/"
+    target = _safe_next(form.get("next", "")) or "/"
     if user.must_change_password:
         target = "/settings/password"
     resp = web.HTTPSeeOther(target)
+    set_session_cookie(request, resp, issued.secret, ttl)
+    raise resp
+
+
+def set_session_cookie(
+    request: web.Request, resp: web.StreamResponse, secret: str, ttl: timedelta
+) -> None:
+    """The session cookie: HttpOnly, SameSite=Lax, Secure when the (forwarded) scheme is https."""
+    settings = request.app[SETTINGS]
     resp.set_cookie(
         settings.auth.cookie_name,
-        issued.secret,
+        secret,
         max_age=int(ttl.total_seconds()),
         httponly=True,
         samesite="Lax",
-        secure=settings.auth.cookie_secure,
+        secure=security.secure_cookies(request),
         path="/",
     )
-    raise resp
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    secret = request.cookies.get(settings.auth.cookie_name)
-    if secret:
+    user, token_id = request.get(USER), request.get(TOKEN_ID)
+    if user is not None and token_id is not None and request.get(AUTH_KIND) is TokenKind.SESSION:
         async with request.app[SESSIONS]() as session:
-            await users.revoke_token(session, secret=secret)
+            await users.revoke_token(session, token_id=token_id)
             await session.commit()
+        await request.app[BUS].publish(TokensRevoked(user_id=user.id, token_ids=(token_id,)))
     resp = web.HTTPSeeOther("/login")
     resp.del_cookie(settings.auth.cookie_name, path="/")
     raise resp
 
 
 def routes(app: web.Application) -> None:
-    """The sign-in form and sign-out (the throttle is built by the composition root)."""
+    """The sign-in form and sign-out (the throttle is built by the composition root; the
+    password pages are the workspace's /settings/password and /settings/profile)."""
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login_submit)
     app.router.add_post("/logout", logout)

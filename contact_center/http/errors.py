@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from crm_core import errors
 
 log = logging.getLogger(__name__)
 
 STATUS: list[tuple[type[errors.DomainError], int]] = [
+    (errors.TooLarge, 413),
     (errors.NotFound, 404),
     (errors.Conflict, 409),
     (errors.InvalidInput, 422),
@@ -41,6 +45,76 @@ def validation_details(exc: ValidationError) -> dict[str, Any]:
     return {"fields": fields}
 
 
+class LogLimiter:
+    """At most one log record per kind of failure per ``window_s``: a client repeating a
+    request that fails must not fill the disk with the same traceback. The first of a kind is
+    logged with its traceback; the repeats are counted and the count is logged with the next
+    one let through."""
+
+    def __init__(self, window_s: float = 60.0, max_kinds: int = 1000) -> None:
+        self.window_s = window_s
+        self.max_kinds = max_kinds
+        self._last: dict[tuple[str, ...], tuple[float, int]] = {}
+
+    def allow(self, kind: tuple[str, ...], now: float | None = None) -> tuple[bool, int]:
+        """(log it?, repeats suppressed since the last record of this kind)."""
+        now = time.monotonic() if now is None else now
+        last = self._last.get(kind)
+        if last is not None and now - last[0] < self.window_s:
+            self._last[kind] = (last[0], last[1] + 1)
+            return False, 0
+        if last is None and len(self._last) >= self.max_kinds:
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.window_s}
+            if len(self._last) >= self.max_kinds:
+                return False, 0
+        self._last[kind] = (now, 0)
+        return True, last[1] if last is not None else 0
+
+
+_LOG_LIMIT = LogLimiter()
+
+
+def _kind(exc: BaseException) -> tuple[str, ...]:
+    """What makes two failures "the same": the exception type and where it was raised."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+    return (type(exc).__name__, where)
+
+
+def log_failure(request: web.Request, exc: BaseException, what: str) -> None:
+    """Log an unexpected failure of ``request`` (rate-limited per kind)."""
+    allowed, repeats = _LOG_LIMIT.allow(_kind(exc))
+    if not allowed:
+        return
+    more = f" ({repeats} more like it since the last report)" if repeats else ""
+    log.error(
+        "%s on %s %s: %s: %s%s",
+        what,
+        request.method,
+        request.path,
+        type(exc).__name__,
+        str(exc)[:300],
+        more,
+        exc_info=exc if not repeats else None,
+    )
+
+
+def _refused_by_database(exc: DBAPIError) -> bool:
+    """A value the database refuses (an integer past its column, a NUL in text): the input's
+    fault, should it slip past validation."""
+    orig = getattr(exc, "orig", None)
+    name = type(orig).__name__ if orig is not None else ""
+    text = str(orig or exc)
+    return (
+        name in ("DataError", "CharacterNotInRepertoireError", "NumericValueOutOfRangeError")
+        or "out of int32 range" in text
+        or "out of int64 range" in text
+        or "too large to convert" in text
+    )
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
@@ -55,4 +129,31 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except web.HTTPException as exc:
         if not request.path.startswith("/api/") or exc.status < 400:
             raise
+        if exc.status == 413:
+            return error_response(413, "body-too-large", "request body too large")
         return error_response(exc.status, f"http-{exc.status}", exc.reason)
+    except RedisError as exc:
+        log_failure(request, exc, "redis unavailable")
+        return error_response(503, "redis-unavailable", "Redis does not answer; try again")
+    except (DBAPIError, OverflowError) as exc:
+        if isinstance(exc, OverflowError) or _refused_by_database(exc):
+            log_failure(request, exc, "value refused by the database")
+            return error_response(
+                422,
+                "invalid-input",
+                "a value is out of range or holds a character that cannot be stored",
+            )
+        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+            log_failure(request, exc, "database unavailable")
+            return error_response(503, "database-unavailable", "the database does not answer")
+        log_failure(request, exc, "database error")
+        return _internal_error(request)
+    except Exception as exc:
+        log_failure(request, exc, "unexpected error")
+        return _internal_error(request)
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    if request.path.startswith("/api/"):
+        return error_response(500, "internal-error", "internal error; it has been logged")
+    return web.Response(status=500, text="Внутренняя ошибка сервера. Она записана в журнал.")

@@ -18,6 +18,7 @@ not come through the proxy (a PBX asking the dialplan endpoint directly).
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -83,19 +84,54 @@ def client_address(
     return client
 
 
+_HOST = re.compile(r"^(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+
+
+def forwarded_scheme_and_host(
+    peer: str | None, headers: Any, trusted: Sequence[Network]
+) -> tuple[str | None, str | None]:
+    """(scheme, host) the client used, as a trusted proxy forwarded them (``X-Forwarded-Proto``,
+    ``X-Forwarded-Host``; the first value of a list: the hop that faced the client); (None,
+    None) for a peer that is not a trusted proxy or headers that are not a scheme and a host."""
+    peer_address = address(peer or "")
+    if peer_address is None or not any(peer_address in net for net in trusted):
+        return None, None
+    proto = headers.get(hdrs.X_FORWARDED_PROTO, "").split(",")[0].strip().lower()
+    host = headers.get(hdrs.X_FORWARDED_HOST, "").split(",")[0].strip()
+    return (
+        proto if proto in ("http", "https") else None,
+        host if host and _HOST.match(host) else None,
+    )
+
+
 def middleware(trusted: Sequence[Network]) -> Any:
-    """An aiohttp middleware giving handlers the client's address as ``request.remote``."""
+    """An aiohttp middleware giving handlers the client's address as ``request.remote`` (and
+    the scheme and host he used as ``request.scheme``/``request.host``)."""
 
     @web.middleware
     async def real_client(request: web.Request, handler: Handler) -> web.StreamResponse:
+        changes: dict[str, str] = {}
         forwarded = request.headers.getall(hdrs.X_FORWARDED_FOR, [])
-        if not forwarded:
+        if forwarded:
+            remote = client_address(request.remote, forwarded, trusted)
+            if remote != request.remote:
+                if remote:
+                    request[CLIENT_ADDRESS] = remote
+                changes["remote"] = remote or ""
+        scheme, host = forwarded_scheme_and_host(request.remote, request.headers, trusted)
+        if scheme and scheme != request.scheme:
+            changes["scheme"] = scheme
+        if host and host != request.host:
+            changes["host"] = host
+        if not changes:
             return await handler(request)
-        remote = client_address(request.remote, forwarded, trusted)
-        if remote == request.remote:
-            return await handler(request)
-        if remote:
-            request[CLIENT_ADDRESS] = remote
-        return await handler(request.clone(remote=remote or ""))
+        clone = request.clone(**changes)  # type: ignore[arg-type]
+        try:
+            return await handler(clone)
+        finally:
+            # The response is prepared with the original request: what handlers noted on the
+            # clone (CORS decisions, the user) must be there for the response-prepare hooks.
+            for key, value in clone.items():
+                request[key] = value
 
     return real_client

@@ -8,8 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
+from contact_center.http import auth
 from contact_center.i18n import LANGUAGES
-from contact_center.keys import RULES, SESSIONS, SETTINGS
+from contact_center.keys import BUS, RULES, SESSIONS, SETTINGS
 from contact_center.web.shell import (
     PASSWORD_PAGE,
     language,
@@ -40,15 +41,7 @@ async def _new_session(request: web.Request, user: User, response: web.StreamRes
         assert fresh is not None
         issued = await users.issue_token(session, fresh, kind=TokenKind.SESSION, ttl=ttl)
         await session.commit()
-    response.set_cookie(
-        settings.auth.cookie_name,
-        issued.secret,
-        max_age=int(ttl.total_seconds()),
-        httponly=True,
-        samesite="Lax",
-        secure=settings.auth.cookie_secure,
-        path="/",
-    )
+    auth.set_session_cookie(request, response, issued.secret, ttl)
 
 
 async def _change_password(request: web.Request, user: User) -> dict[str, str]:
@@ -75,8 +68,9 @@ async def _change_password(request: web.Request, user: User) -> dict[str, str]:
             )
         except InvalidCredentials:
             return {"current_password": t("password.wrong_current")}
-        await users.set_password(session, fresh, new, scrypt_n=settings.auth.scrypt_n)
+        revoked = await users.set_password(session, fresh, new, scrypt_n=settings.auth.scrypt_n)
         await session.commit()
+    await request.app[BUS].publish(revoked)  # every other page of his is closed
     return {}
 
 

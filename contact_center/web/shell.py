@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import json
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -24,6 +23,7 @@ from aiohttp import web
 from yarl import URL
 
 from contact_center.http.api import AUTH_KIND, USER
+from contact_center.http.security import script_json
 from contact_center.i18n import (
     LANGUAGES,
     Translate,
@@ -161,16 +161,6 @@ def now(request: web.Request) -> datetime:
     return request.app[CLOCK].now()
 
 
-def _json(value: Any) -> str:
-    """JSON safe inside a ``<script type="application/json">`` element."""
-    return (
-        json.dumps(value, ensure_ascii=False, default=str)
-        .replace("<", "\\u003c")
-        .replace(">", "\\u003e")
-        .replace("&", "\\u0026")
-    )
-
-
 def pbx_state(app: web.Application) -> str:
     """``ok`` (a PBX link is up, or another instance holds it), ``down``, or ``none`` (no PBX
     is configured)."""
@@ -194,7 +184,7 @@ async def context(request: web.Request) -> dict[str, Any]:
         "user": user,
         "path": request.path,
         "csrf_token": csrf_token(request),
-        "i18n_json": _json(table(lang)),
+        "i18n_json": script_json(table(lang)),
     }
     if user is not None:
         ctx["menu"] = menu_for(request.app, user)
@@ -208,7 +198,7 @@ async def context(request: web.Request) -> dict[str, Any]:
 def page_data(request: web.Request, **extra: Any) -> str:
     """The JSON the page's scripts read (``<script type="application/json" id="cc-page">``)."""
     user = request[USER]
-    return _json(
+    return script_json(
         {
             "user_id": user.id,
             "role": user.role,

@@ -114,12 +114,14 @@ async def change_user(request: web.Request, user: User) -> Any:
         target = await _user(u.session, user_id)
         if action == "deactivate":
             await users.update_user(u.session, target, actor_id=user.id, is_active=False)
+            u.emit(await users.revoke_all_tokens(u.session, target.id))  # his pages close
         elif action == "activate":
             await users.update_user(u.session, target, actor_id=user.id, is_active=True)
         elif action == "reset":
-            password = await users.reset_password(
+            password, revoked = await users.reset_password(
                 u.session, target, scrypt_n=request.app[SETTINGS].auth.scrypt_n
             )
+            u.emit(revoked)
             issued = {"login": target.login, "name": target.display_name, "password": password}
         else:
             await users.update_user(

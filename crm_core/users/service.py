@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core.db import utcnow
 from crm_core.users.errors import ExtensionTaken, InvalidCredentials, InvalidUser, LoginTaken
-from crm_core.users.events import UserCreated
+from crm_core.users.events import TokensRevoked, UserCreated
 from crm_core.users.model import AuthToken, Role, TokenKind, User, UserExtension
 from crm_core.users.passwords import (
     hash_password,
@@ -146,8 +146,9 @@ async def authenticate(
 
 async def set_password(
     session: AsyncSession, user: User, password: str, *, scrypt_n: int = 2**15
-) -> None:
-    """Change a password and revoke every session of the user."""
+) -> TokensRevoked:
+    """Change a password and revoke every token of the user (sessions and API tokens: whoever
+    learnt the old password may have taken a token with it)."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise InvalidUser(
             f"password: at least {MIN_PASSWORD_LENGTH} characters",
@@ -155,15 +156,26 @@ async def set_password(
         )
     user.password_hash = await asyncio.to_thread(hash_password, password, n=scrypt_n)
     user.must_change_password = False
+    return await revoke_all_tokens(session, user.id)
+
+
+async def revoke_all_tokens(session: AsyncSession, user_id: int) -> TokensRevoked:
+    """Revoke every live token of the user, web sessions and API tokens alike; the event
+    tells the WebSocket hubs to close what they opened (publish it after the commit)."""
     await session.execute(
         update(AuthToken)
-        .where(
-            AuthToken.user_id == user.id,
-            AuthToken.kind == TokenKind.SESSION.value,
-            AuthToken.revoked_at.is_(None),
-        )
+        .where(AuthToken.user_id == user_id, AuthToken.revoked_at.is_(None))
         .values(revoked_at=utcnow())
     )
+    return TokensRevoked(user_id=user_id)
+
+
+async def set_active(session: AsyncSession, user: User, active: bool) -> TokensRevoked | None:
+    """(De)activate a user; deactivating revokes every token he holds."""
+    user.is_active = active
+    if active:
+        return None
+    return await revoke_all_tokens(session, user.id)
 
 
 async def issue_token(
@@ -195,6 +207,14 @@ async def resolve_token(
     session: AsyncSession, secret: str, *, kind: TokenKind, now: datetime | None = None
 ) -> User | None:
     """The active user a live, unrevoked token of ``kind`` belongs to, else None."""
+    found = await resolve(session, secret, kind=kind, now=now)
+    return found[0] if found is not None else None
+
+
+async def resolve(
+    session: AsyncSession, secret: str, *, kind: TokenKind, now: datetime | None = None
+) -> tuple[User, int] | None:
+    """(user, token id) of a live, unrevoked token of ``kind`` of an active user, else None."""
     now = now or utcnow()
     try:
         digest = hash_token(secret)
@@ -219,7 +239,7 @@ async def resolve_token(
     # Write last use at most once a minute, so a busy API client does not write on every call.
     if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
         token.last_used_at = now
-    return user
+    return user, token.id
 
 
 async def revoke_token(
@@ -235,6 +255,12 @@ async def revoke_token(
         update(AuthToken).where(cond, AuthToken.revoked_at.is_(None)).values(revoked_at=utcnow())
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def token_owner(session: AsyncSession, token_id: int) -> int | None:
+    """The id of the user a token belongs to, or None for no such token."""
+    owner = await session.scalar(select(AuthToken.user_id).where(AuthToken.id == token_id))
+    return int(owner) if owner is not None else None
 
 
 async def list_tokens(session: AsyncSession, user_id: int) -> list[AuthToken]:
@@ -322,11 +348,14 @@ async def update_user(
     return user
 
 
-async def reset_password(session: AsyncSession, user: User, *, scrypt_n: int = 2**15) -> str:
+async def reset_password(
+    session: AsyncSession, user: User, *, scrypt_n: int = 2**15
+) -> tuple[str, TokensRevoked]:
     """Give ``user`` a new one-time password (returned once, never stored in clear): he must
-    change it at his next sign-in; his web sessions end."""
+    change it at his next sign-in; every token he held is revoked (publish the event after
+    the commit: his open pages are closed)."""
     password = new_password()
-    await set_password(session, user, password, scrypt_n=scrypt_n)
+    revoked = await set_password(session, user, password, scrypt_n=scrypt_n)
     user.must_change_password = True
     await session.flush()
-    return password
+    return password, revoked

@@ -33,7 +33,7 @@ async def _ws_messages(client: Any, login: str) -> tuple[Any, list[dict[str, Any
         "/login", data={"login": login, "password": PASSWORD}, allow_redirects=False
     )
     assert resp.status == 303
-    ws = await client.ws_connect("/ws", headers={"Origin": str(client.make_url(""))[:-1]})
+    ws = await client.ws_connect("/ws", headers={"Origin": f"http://{client.host}:{client.port}"})
     seen: list[dict[str, Any]] = []
 
     async def read() -> None:

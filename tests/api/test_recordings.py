@@ -201,7 +201,8 @@ async def test_who_may_listen(app_client: Any) -> None:
         await s.commit()
     row = await _stored(client)
     url = f"/api/v1/recordings/{row.id}"
-    expected = {"ivan": 200, "anna": 200, "petr": 403, "boss": 200}  # took it, owns the client
+    # Took it, owns the client; petr's 404 is the answer for a recording that is not there.
+    expected = {"ivan": 200, "anna": 200, "petr": 404, "boss": 200}
     got = {
         login: (await client.get(url, headers=await _auth(client, login))).status
         for login in expected
@@ -222,8 +223,27 @@ async def test_who_may_listen(app_client: Any) -> None:
     assert [(a.user_id, a.object_id) for a in denied] == [
         (await _user_id(client, "petr"), str(row.id))
     ]
-    assert (await client.get("/api/v1/recordings/999999", headers=petr)).status == 404
+    missing = await client.get("/api/v1/recordings/999999", headers=petr)
+    assert missing.status == 404
     assert (await client.get("/api/v1/recordings/..%2Fetc", headers=petr)).status == 404
+    # Not his and not there read the same: nothing tells a manager probing ids which exist.
+    not_his = await (await client.get(url, headers=petr)).json()
+    absent = await missing.json()
+    assert not_his["error"] == absent["error"] == "not-found"
+    assert not_his["message"].replace(str(row.id), "N") == absent["message"].replace("999999", "N")
+    for huge in ("2147483648", "9" * 30, "0"):
+        resp = await client.get(f"/api/v1/recordings/{huge}", headers=petr)
+        assert resp.status == 404 and (await resp.json())["error"] == "not-found"
+
+    # A 5,000-digit Range: past the end (416), or to "the end" (the rest), never a 500.
+    boss = await _auth(client, "boss")
+    digits = "9" * 5000
+    past = await client.get(url, headers={**boss, "Range": f"bytes={digits}-"})
+    assert past.status == 416
+    rest = await client.get(url, headers={**boss, "Range": f"bytes=1-{digits}"})
+    assert rest.status == 206 and len(await rest.read()) == row.size - 1
+    tail = await client.get(url, headers={**boss, "Range": f"bytes=-{digits}"})
+    assert tail.status == 206 and len(await tail.read()) == row.size
 
 
 async def test_retention_purges_except_under_legal_hold(app_client: Any) -> None:
@@ -355,6 +375,31 @@ async def test_a_pbx_pushes_its_file(app_client: Any, tmp_path: Path) -> None:
     other.add_field("file", b"x", filename="../../etc/passwd")
     bad = await client.post("/api/v1/recordings", data=other, headers=token)
     assert bad.status == 422 and "etc" not in {p.name for p in client.spool.iterdir()}
+
+    # A one-character call id is in almost every file name; it must name the call exactly.
+    for call_id in ("1", "5", FIXTURE_CALL_ID.split(".")[0]):
+        short = aiohttp.FormData()
+        short.add_field("call_id", call_id)
+        short.add_field("file", b"RIFF", filename=wav.name, content_type="audio/wav")
+        resp = await client.post("/api/v1/recordings", data=short, headers=token)
+        assert resp.status == 422, call_id
+        assert (await resp.json())["error"] in ("recording-invalid-name", "invalid-input")
+
+    # Not multipart at all: a 4xx saying so, not a 500.
+    for body, ctype in ((b'{"call_id": "x"}', "application/json"), (b"", "text/plain")):
+        resp = await client.post(
+            "/api/v1/recordings", data=body, headers={**token, "Content-Type": ctype}
+        )
+        assert resp.status == 422 and (await resp.json())["details"] == {"field": "body"}
+
+    # The spool cannot be written: the answer does not show where it is.
+    shutil.rmtree(client.spool)
+    client.spool.write_text("not a directory")
+    resp = await client.post("/api/v1/recordings", data=form(), headers=token)
+    assert resp.status == 503
+    text = await resp.text()
+    assert str(client.spool) not in text and str(tmp_path) not in text
+    assert "recordings.spool_dir" in (await resp.json())["message"]
 
 
 async def test_health_says_when_ffmpeg_is_missing(

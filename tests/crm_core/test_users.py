@@ -126,17 +126,19 @@ async def test_tokens_are_stored_hashed_expire_and_revoke(session: AsyncSession)
     assert await users.resolve_token(session, issued.secret, kind=TokenKind.API, now=now) is None
 
 
-async def test_password_change_revokes_web_sessions(session: AsyncSession) -> None:
+async def test_password_change_revokes_web_sessions_and_api_tokens(session: AsyncSession) -> None:
     user, _ = await users.create_user(
         session, login="web", role="manager", password="password1", scrypt_n=N
     )
     web = await users.issue_token(session, user, kind=TokenKind.SESSION, ttl=timedelta(hours=1))
     api = await users.issue_token(session, user, kind=TokenKind.API, ttl=None)
     await session.commit()
-    await users.set_password(session, user, "password2", scrypt_n=N)
+    revoked = await users.set_password(session, user, "password2", scrypt_n=N)
     await session.commit()
+    assert revoked.user_id == user.id and revoked.token_ids == ()  # every token
     assert await users.resolve_token(session, web.secret, kind=TokenKind.SESSION) is None
-    assert await users.resolve_token(session, api.secret, kind=TokenKind.API) is not None
+    # Whoever learnt the old password may have taken an API token with it.
+    assert await users.resolve_token(session, api.secret, kind=TokenKind.API) is None
     assert (await users.authenticate(session, "web", "password2", scrypt_n=N)).id == user.id
 
 
@@ -148,3 +150,18 @@ async def test_bootstrap_admin_only_on_empty_database(session: AsyncSession) -> 
     assert admin.role == "admin" and admin.must_change_password
     assert (await users.authenticate(session, "admin", password, scrypt_n=N)).id == admin.id
     assert await users.ensure_bootstrap_admin(session, login="admin", scrypt_n=N) is None
+
+
+async def test_deactivation_revokes_every_token(session: AsyncSession) -> None:
+    user, _ = await users.create_user(
+        session, login="gone", role="manager", password="password1", scrypt_n=N
+    )
+    api = await users.issue_token(session, user, kind=TokenKind.API, ttl=None)
+    await session.commit()
+    revoked = await users.set_active(session, user, False)
+    await session.commit()
+    assert revoked is not None and revoked.user_id == user.id
+    await users.set_active(session, user, True)
+    await session.commit()
+    # Reactivated, the old token stays dead: it was revoked, not merely refused.
+    assert await users.resolve_token(session, api.secret, kind=TokenKind.API) is None
