@@ -21,6 +21,7 @@ import pytest
 
 from ami.fold import CallEnded, CallEvent, CallFolder
 from ami.frames import FrameParser
+from ami.replay import record_json
 from tests.ami._support import COUNT_THRESHOLD_S, EXTENSION_PATTERN, FIXTURES, TRUNKS
 
 GOLDEN = FIXTURES.parent / "replay_golden"
@@ -82,7 +83,7 @@ def test_replay_prints_the_golden_bytes_for_every_capture(tmp_path: Path) -> Non
 
 def _event_line(event: CallEvent) -> str:
     if isinstance(event, CallEnded):
-        doc = {"event": "CallEnded", **event.record.to_json_dict()}
+        doc = {"event": "CallEnded", **record_json(event.record)}
     else:
         doc = {"event": type(event).__name__, **dataclasses.asdict(event)}
     return json.dumps(doc, ensure_ascii=False) + "\n"

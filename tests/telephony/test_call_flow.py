@@ -24,6 +24,7 @@ from crm_core.phones import digits_reversed
 from crm_core.tasks.model import Task
 from crm_core.users import service as users
 from tests.helpers import until
+from tests.telephony.trackers import tracking_service
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ami"
 PBX = '[{"name": "main", "username": "u", "secret": "s", "trunks": ["provider"]}]'
@@ -43,7 +44,12 @@ async def _setup(make_settings: Any, database_url: str) -> tuple[Telephony, Any,
     await bus.start()
     clock = ManualClock(datetime(2026, 11, 26, 20, 0, tzinfo=UTC))
     tel = Telephony(
-        settings=settings, sessions=sessions, bus=bus, rules=settings.crm.rules(), clock=clock
+        settings=settings,
+        sessions=sessions,
+        bus=bus,
+        rules=settings.crm.rules(),
+        clock=clock,
+        tracker=tracking_service(settings, sessions, clock),
     )
     await tel.start()
     return tel, (engine, sessions, bus), seen

@@ -8,8 +8,8 @@ from decimal import Decimal
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contact_center.crm_hooks import card_summary_for_number
 from crm_core.activities.model import Activity
+from crm_core.calls.screen_pop import card_summary
 from crm_core.clients.model import Company, Contact, ContactCompany, Phone
 from crm_core.deals.model import Deal, PipelineStage
 from crm_core.leads.model import Lead
@@ -79,7 +79,7 @@ async def test_contact_of_a_company_shows_the_company_card(session: AsyncSession
     )
     await session.commit()
 
-    card = await card_summary_for_number(session, PHONE, rules=CrmRules())
+    card = await card_summary(session, PHONE, rules=CrmRules())
 
     assert card is not None
     assert (card["type"], card["id"], card["company_id"]) == ("contact", contact.id, company.id)
@@ -115,7 +115,7 @@ async def test_open_lead_and_unknown_number(session: AsyncSession) -> None:
     session.add(_phone("+74957654321", lead_id=lead.id))
     await session.commit()
 
-    card = await card_summary_for_number(session, "+74957654321", rules=CrmRules())
+    card = await card_summary(session, "+74957654321", rules=CrmRules())
     assert card is not None
     assert (card["type"], card["id"], card["lead_id"]) == ("lead", lead.id, lead.id)
     assert card["company"] is None and card["region"] is None and card["potential"] is None
@@ -123,5 +123,5 @@ async def test_open_lead_and_unknown_number(session: AsyncSession) -> None:
     assert card["deals"] == [] and card["activities"] == [] and card["tasks"] == []
     assert card["url"] == f"/clients/lead/{lead.id}"
 
-    assert await card_summary_for_number(session, "+74950000001", rules=CrmRules()) is None
-    assert await card_summary_for_number(session, "101", rules=CrmRules()) is None
+    assert await card_summary(session, "+74950000001", rules=CrmRules()) is None
+    assert await card_summary(session, "101", rules=CrmRules()) is None
