@@ -4,8 +4,8 @@ Per PBX: a :class:`~ami.fold.CallFolder` folds frames (synchronously, in the AMI
 the events it yields go, in order, through two lanes to :class:`Telephony`:
 
 * the pop-up lane (live calls, only reads and pushes): when a call comes in the caller is
-  identified; on ringing ``call.ringing`` is pushed with the client card summary
-  (:mod:`crm_core.calls.screen_pop`) to that extension;
+  identified; on ringing ``call.ringing`` is pushed with the client card summary, as the owner
+  of the ringing extension may see it (:mod:`crm_core.calls.screen_pop`), to that extension;
   on answer ``call.answered`` goes to every extension that rang (their pop-ups update);
   click-to-call's card lookups ahead of the ring (:class:`CardPrefetch`) share the lane;
 * the call-log lane (finished calls, writes): the call's outcome is stored once
@@ -270,6 +270,7 @@ class Telephony:
             or loop.time() - info.looked_up_at > PREFETCH_FRESH_S
         ):
             await self._look_up(info, event.caller, event.did)
+        client = await self._card_for(pbx, event.extension, info.client)
         # A ringing extension with a DID is an inbound call; otherwise a colleague or a
         # callback is calling it (live_calls() would tell exactly, but costs O(live calls)).
         direction = "inbound" if event.did else "internal"
@@ -283,7 +284,7 @@ class Telephony:
                 extension=event.extension,
                 queue=event.queue,
                 direction=direction,
-                client=info.client,
+                client=client,
                 tracking=info.tracking,
                 occurred_at=_ts(event.ts),
                 audience=(f"ext:{event.extension}",),
@@ -304,7 +305,8 @@ class Telephony:
         info.looked_up, info.looked_up_at = (caller, None), found.looked_up_at
 
     async def _look_up(self, info: _LiveInfo, caller: str | None, did: str | None) -> None:
-        """The card summary of ``caller`` and the tracking data of ``did``, into ``info``."""
+        """The whole card summary of ``caller`` and the tracking data of ``did``, into
+        ``info``: looked up once per call, cut down per ringing phone (:meth:`_card_for`)."""
         async with self._reader.session() as session:
             info.client = await screen_pop.card_summary(
                 session, caller, rules=self.rules, region=self.settings.crm.default_region
@@ -312,6 +314,16 @@ class Telephony:
             info.tracking = await call_tracking(self.tracker, session, did, self.clock.now())
         info.looked_up = (caller, did)
         info.looked_up_at = asyncio.get_running_loop().time()
+
+    async def _card_for(
+        self, pbx: str, extension: str, card: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """``card`` as the owner of ``extension`` may see it (the pop-up goes to him)."""
+        if card is None or self.rules.managers_read_all:
+            return card  # no card, or every user may read every card: no need to ask who
+        async with self._reader.session() as session:
+            viewer = await screen_pop.extension_viewer(session, pbx, extension)
+        return screen_pop.card_as_seen_by(card, viewer, self.rules)
 
     async def _answered(self, pbx: str, event: fold.CallAnswered) -> None:
         info = self._live.get((pbx, event.call_id))

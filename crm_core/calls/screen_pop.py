@@ -1,15 +1,22 @@
-"""The screen-pop's client card: who is calling (:func:`card_summary` answers the
-latency-critical question in three round trips whatever the card holds)."""
+"""The screen-pop's client card: who is calling, as the manager whose phone rings may see it.
+
+:func:`card_summary` answers the latency-critical question "who is calling" in three round
+trips whatever the card holds; :func:`card_as_seen_by` cuts it down for a manager who may not
+read the card (:mod:`crm_core.access`): he sees the caller's name, company and responsible
+manager only, no deals, tasks, activities or recordings, and no link to the card.
+"""
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Integer, String, and_, bindparam, false, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_core import access
 from crm_core.activities.model import Activity
 from crm_core.clients import service as clients
 from crm_core.clients.model import Company, Contact
@@ -20,7 +27,52 @@ from crm_core.recordings.model import Recording, RecordingState
 from crm_core.reference.model import Region, Source
 from crm_core.rules import CrmRules
 from crm_core.tasks.model import Task, TaskStatus
-from crm_core.users.model import User
+from crm_core.users.model import User, UserExtension
+
+# What a manager who may not read the card is shown of it.
+RESTRICTED_KEYS = ("name", "company", "responsible")
+
+
+@dataclass(slots=True)
+class Viewer:
+    """The user a pop-up is for (an :class:`crm_core.access.Actor`)."""
+
+    id: int
+    role: str
+
+
+_EXTENSION_VIEWER = (
+    select(User.id, User.role)
+    .join(UserExtension, UserExtension.user_id == User.id)
+    .where(
+        UserExtension.extension == bindparam("extension"),
+        or_(UserExtension.pbx == bindparam("pbx"), UserExtension.pbx == ""),
+        User.is_active.is_(True),
+    )
+    .order_by(UserExtension.pbx.desc())  # a PBX-specific owner wins over a global one
+    .limit(1)
+)
+
+
+async def extension_viewer(session: AsyncSession, pbx: str, extension: str) -> Viewer | None:
+    """Who sees the pop-ups of ``extension`` on ``pbx``: its active owner (as
+    :func:`crm_core.calls.service.extension_owner`), in one round trip of plain rows."""
+    conn = await session.connection()
+    row = (await conn.execute(_EXTENSION_VIEWER, {"pbx": pbx, "extension": extension})).first()
+    return Viewer(row.id, row.role) if row is not None else None
+
+
+def card_as_seen_by(
+    card: dict[str, Any] | None, viewer: access.Actor | None, rules: CrmRules
+) -> dict[str, Any] | None:
+    """``card`` (from :func:`card_summary`) for ``viewer``: whole when he may read the card,
+    else only its :data:`RESTRICTED_KEYS` and ``"restricted": True`` (nobody owns the ringing
+    extension: the same). Pure, so one lookup serves every phone the call rings."""
+    if card is None:
+        return None
+    if viewer is not None and access.can_read(viewer, card["responsible_id"], rules):
+        return card
+    return {**{key: card[key] for key in RESTRICTED_KEYS}, "restricted": True}
 
 
 def _money(amount: Decimal | None) -> str | None:
