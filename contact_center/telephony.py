@@ -125,6 +125,9 @@ class Telephony:
         self._live: dict[tuple[str, str], _LiveInfo] = {}
         # (pbx, E.164) -> card looked up when a click-to-call was requested, taken at its ring.
         self._prefetched: dict[tuple[str, str], _LiveInfo] = {}
+        # Who owns each extension (a pop-up is cut for him), and when that was read (loop time).
+        self._viewers: screen_pop.Viewers = {}
+        self._viewers_read_at: float | None = None
         self._popups_idle = asyncio.Event()
         self._popups_idle.set()
         self._workers: list[asyncio.Task[None]] = []
@@ -312,6 +315,9 @@ class Telephony:
                 session, caller, rules=self.rules, region=self.settings.crm.default_region
             )
             info.tracking = await call_tracking(self.tracker, session, did, self.clock.now())
+            if info.client is not None and self._must_cut_cards() and self._viewers_stale():
+                # Before any phone rings: the ring itself then needs no query for it.
+                await self._read_viewers(session)
         info.looked_up = (caller, did)
         info.looked_up_at = asyncio.get_running_loop().time()
 
@@ -319,11 +325,28 @@ class Telephony:
         self, pbx: str, extension: str, card: dict[str, Any] | None
     ) -> dict[str, Any] | None:
         """``card`` as the owner of ``extension`` may see it (the pop-up goes to him)."""
-        if card is None or self.rules.managers_read_all:
-            return card  # no card, or every user may read every card: no need to ask who
-        async with self._reader.session() as session:
-            viewer = await screen_pop.extension_viewer(session, pbx, extension)
+        if card is None or not self._must_cut_cards():
+            return card
+        if self._viewers_stale():
+            async with self._reader.session() as session:
+                await self._read_viewers(session)
+        viewer = screen_pop.viewer_of(self._viewers, pbx, extension)
         return screen_pop.card_as_seen_by(card, viewer, self.rules)
+
+    def _must_cut_cards(self) -> bool:
+        """Whether a card may reach someone who may not read it: not when every user may
+        read every card (then nobody needs to know who owns a phone)."""
+        return not self.rules.managers_read_all
+
+    def _viewers_stale(self) -> bool:
+        """The extensions' owners are read again when older than a card may be when it is
+        shown (``PREFETCH_FRESH_S``): whose card it is may be that old anyway."""
+        read_at = self._viewers_read_at
+        return read_at is None or asyncio.get_running_loop().time() - read_at > PREFETCH_FRESH_S
+
+    async def _read_viewers(self, session: AsyncSession) -> None:
+        self._viewers = await screen_pop.extension_viewers(session)
+        self._viewers_read_at = asyncio.get_running_loop().time()
 
     async def _answered(self, pbx: str, event: fold.CallAnswered) -> None:
         info = self._live.get((pbx, event.call_id))

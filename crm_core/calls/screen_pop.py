@@ -41,25 +41,29 @@ class Viewer:
     role: str
 
 
-_EXTENSION_VIEWER = (
-    select(User.id, User.role)
-    .join(UserExtension, UserExtension.user_id == User.id)
-    .where(
-        UserExtension.extension == bindparam("extension"),
-        or_(UserExtension.pbx == bindparam("pbx"), UserExtension.pbx == ""),
-        User.is_active.is_(True),
-    )
-    .order_by(UserExtension.pbx.desc())  # a PBX-specific owner wins over a global one
-    .limit(1)
+# (pbx, extension) -> the active user owning it; pbx "" means on any PBX.
+Viewers = dict[tuple[str, str], Viewer]
+
+_EXTENSION_VIEWERS = (
+    select(UserExtension.pbx, UserExtension.extension, User.id, User.role)
+    .join(User, User.id == UserExtension.user_id)
+    .where(User.is_active.is_(True))
 )
 
 
-async def extension_viewer(session: AsyncSession, pbx: str, extension: str) -> Viewer | None:
-    """Who sees the pop-ups of ``extension`` on ``pbx``: its active owner (as
-    :func:`crm_core.calls.service.extension_owner`), in one round trip of plain rows."""
+async def extension_viewers(session: AsyncSession) -> Viewers:
+    """Every extension with its active owner, in one round trip of plain rows (a few hundred
+    rows: the pop-up keeps them in memory rather than ask at every ring)."""
     conn = await session.connection()
-    row = (await conn.execute(_EXTENSION_VIEWER, {"pbx": pbx, "extension": extension})).first()
-    return Viewer(row.id, row.role) if row is not None else None
+    return {
+        (r.pbx, r.extension): Viewer(r.id, r.role) for r in await conn.execute(_EXTENSION_VIEWERS)
+    }
+
+
+def viewer_of(viewers: Viewers, pbx: str, extension: str) -> Viewer | None:
+    """Who sees the pop-ups of ``extension`` on ``pbx``: its owner there, else its owner on
+    any PBX (as :func:`crm_core.calls.service.extension_owner`)."""
+    return viewers.get((pbx, extension)) or viewers.get(("", extension))
 
 
 def card_as_seen_by(

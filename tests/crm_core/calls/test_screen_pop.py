@@ -10,11 +10,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core.activities.model import Activity
+from crm_core.calls import service as calls
 from crm_core.calls.screen_pop import (
     Viewer,
     card_as_seen_by,
     card_summary,
-    extension_viewer,
+    extension_viewers,
+    viewer_of,
 )
 from crm_core.clients.model import Company, Contact, ContactCompany, Phone
 from crm_core.deals.model import Deal, PipelineStage
@@ -179,7 +181,13 @@ async def test_the_viewer_of_an_extension_is_its_active_owner(session: AsyncSess
     )
     gone.is_active = False
     await session.commit()
-    assert await extension_viewer(session, "main", "101") == Viewer(anyone.id, "manager")
-    assert await extension_viewer(session, "branch", "101") == Viewer(specific.id, "head")
-    assert await extension_viewer(session, "main", "102") is None
-    assert await extension_viewer(session, "main", "999") is None
+    viewers = await extension_viewers(session)
+    assert viewer_of(viewers, "main", "101") == Viewer(anyone.id, "manager")
+    assert viewer_of(viewers, "branch", "101") == Viewer(specific.id, "head")
+    assert viewer_of(viewers, "main", "102") is None
+    assert viewer_of(viewers, "main", "999") is None
+    # The same answer as the call log's own lookup.
+    for pbx, extension in (("main", "101"), ("branch", "101"), ("main", "102")):
+        owner = await calls.extension_owner(session, pbx, extension)
+        viewer = viewer_of(viewers, pbx, extension)
+        assert (owner.id if owner else None) == (viewer.id if viewer else None)
