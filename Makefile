@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run demo test lint format migrate lock clean
+.PHONY: run demo test lint format migrate lock clean assets
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,17 @@ lock:
 	{ echo '# Exact versions a fresh install uses (pip install -c constraints.txt). Regenerate with `make lock`.'; \
 	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.txt
 	rm -rf .lock-venv
+
+## assets: npm packages (package-lock.json) -> contact_center/web/static/vendor/ (committed)
+VENDOR := contact_center/web/static/vendor
+assets:
+	npm ci --no-audit --no-fund
+	rm -rf $(VENDOR) && mkdir -p $(VENDOR)/htmx $(VENDOR)/sortablejs
+	cp node_modules/htmx.org/dist/htmx.min.js node_modules/htmx.org/LICENSE $(VENDOR)/htmx/
+	cp node_modules/sortablejs/Sortable.min.js node_modules/sortablejs/LICENSE $(VENDOR)/sortablejs/
+	{ echo "Copied by make assets from package-lock.json; do not edit."; \
+	  node -e 'const l=require("./package-lock.json").packages; for (const [k,v] of Object.entries(l)) if (k) console.log(k.replace("node_modules/",""), v.version, v.license)'; \
+	} > $(VENDOR)/VERSIONS.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

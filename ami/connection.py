@@ -327,7 +327,11 @@ class AmiLink:
         self._background: set[asyncio.Task[Any]] = set()
 
         self.last_error: str | None = None
-        """Why the link last went down or failed to come up (None while never failed)."""
+        """Why the link is down or failed to come up (None while connected or never failed)."""
+        self.next_retry_s: float | None = None
+        """The wait before the next connection attempt (None while connected)."""
+        self.last_disconnect: str | None = None
+        """Why the last logged-in session ended (kept while connected again)."""
         self.version: str | None = None
         """The ``Asterisk Call Manager/x.y.z`` banner of the current/last connection."""
         self.reconnects = 0
@@ -503,6 +507,8 @@ class AmiLink:
             "state": self._state,
             "since": _iso(self._since),
             "last_error": self.last_error,
+            "next_retry_s": round(self.next_retry_s, 2) if self.next_retry_s is not None else None,
+            "last_disconnect": self.last_disconnect,
             "version": self.version,
             "reconnects": self.reconnects,
             "events_total": self.events_total,
@@ -566,10 +572,16 @@ class AmiLink:
             self._since = time.time()
 
     async def _supervise(self) -> None:
+        # Failed attempts in a row since the last login; short sessions in a row (a PBX that
+        # takes the login and drops at once must not be hammered). A login forgets earlier
+        # connection failures: a PBX that was down for long and restarts once is retried at
+        # once, not after the back-off its outage had grown to.
         failures = 0
+        short_sessions = 0
         auth_failures_in_row = 0
         while not self._closing:
             self._set_state("connecting")
+            self.next_retry_s = None
             started = time.monotonic()
             try:
                 await self._session()
@@ -601,7 +613,7 @@ class AmiLink:
                 self.connect_failures += 1
                 self.last_error = _describe(exc)
                 failures += 1
-                delay = self._backoff(failures - 1)
+                delay = self.next_retry_s = self._backoff(failures - 1)
                 self._set_state("disconnected")
                 # A PBX down for hours: one warning, then the attempts at INFO.
                 log.log(
@@ -629,9 +641,10 @@ class AmiLink:
             if self._closing:
                 return
             if time.monotonic() - started >= self._stable_after_s:
-                failures = 0
-            delay = self._backoff(failures)
-            failures += 1
+                short_sessions = 0
+            delay = self.next_retry_s = self._backoff(short_sessions)
+            short_sessions += 1
+            failures = short_sessions
             log.warning(
                 "pbx=%s AMI connection lost (%s); reconnecting in %.2f s",
                 self.name,
@@ -676,6 +689,7 @@ class AmiLink:
             )
             # The reader may already have seen the PBX hang up right after the answer.
             if not session_end.is_set():
+                self.last_error = None
                 self._set_state("connected")
                 assert self._connected_event is not None
                 self._connected_event.set()
@@ -697,7 +711,7 @@ class AmiLink:
             self._fail_pending(AmiUnavailable(f"AMI connection to PBX {self.name} lost: {reason}"))
             if logged_in:
                 self.disconnects += 1
-                self.last_error = reason
+                self.last_error = self.last_disconnect = reason
                 self._set_state("disconnected")
             await self._cancel_background()
             with contextlib.suppress(OSError):

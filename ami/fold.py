@@ -98,11 +98,14 @@ class CallRinging:
 @dataclass(frozen=True, slots=True)
 class CallAnswered:
     """The call was answered: by ``extension`` (inbound/internal) or by the far end of an
-    outbound call placed by ``extension``."""
+    outbound call placed by ``extension``. ``client`` is the outside party (the caller of an
+    inbound call, the callee of an outbound one): an outbound call has no ringing naming him."""
 
     call_id: str
     extension: str | None
     ts: float
+    direction: str = ""
+    client: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -700,7 +703,13 @@ class CallFolder:
                 if self._direction(call, first) == "outbound" and not call.answered_emitted:
                     call.answered_emitted = True
                     events.append(
-                        CallAnswered(call.linkedid, self._extension(call, first, "outbound"), ts)
+                        CallAnswered(
+                            call.linkedid,
+                            self._extension(call, first, "outbound"),
+                            ts,
+                            direction="outbound",
+                            client=self._callee(call, first, "outbound"),
+                        )
                     )
         return events
 
@@ -822,7 +831,8 @@ class CallFolder:
             direction = self._direction(call, first)
             if direction != "outbound" and not call.answered_emitted:
                 call.answered_emitted = True
-                return [CallAnswered(call.linkedid, ext, ts)]
+                client = self._caller(call, first, direction) if direction == "inbound" else None
+                return [CallAnswered(call.linkedid, ext, ts, direction=direction, client=client)]
             return []
         return []
 

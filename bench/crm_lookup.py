@@ -4,7 +4,7 @@
 
 Creates a database of its own (``cc_bench_lookup`` on the server of ``CC_BENCH_DATABASE_URL``,
 default ``postgresql+asyncpg://postgres@127.0.0.1:5432/test``), migrates it, bulk-loads the
-contacts and their phones with COPY, then times ``crm_core.clients.service.find_client_by_phone``
+contacts and their phones with COPY, then times ``crm_core.clients.lookup.find_client_by_phone``
 (the function the telephony service calls on every ringing call, one session per lookup as
 there) on random numbers written in mixed formats, a fifth of them unknown. The baseline runs
 the same lookups with PostgreSQL barred from using indexes (``enable_indexscan``,
@@ -32,11 +32,14 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from contact_center import db
 from contact_center.config import DatabaseSettings
+from crm_core.access import SYSTEM
+from crm_core.clients.lookup import find_client_by_phone
 from crm_core.clients.model import fold_name
-from crm_core.clients.service import find_client_by_phone
 from crm_core.phones import digits_reversed
+from crm_core.rules import CrmRules
 
 DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+RULES = CrmRules()
 DB_NAME = "cc_bench_lookup"
 BATCH = 100_000
 FIRST = ("Иван", "Анна", "Сергей", "Мария", "Олег", "Ольга", "Пётр", "Елена", "Андрей", "Юлия")
@@ -146,7 +149,7 @@ async def _measure(
         async with sessions() as session:
             await session.connection()
             started = time.perf_counter()
-            match = await find_client_by_phone(session, raw)
+            match = await find_client_by_phone(session, raw, actor=SYSTEM, rules=RULES)
             done = time.perf_counter()
         lookups.append((done - started) * 1000)
         totals.append((done - opened) * 1000)

@@ -1,7 +1,11 @@
-"""The composition root: builds every long-lived object from the settings and hands them on.
+"""The composition root: the one place that builds the server's objects and hands them on.
 
-Each resource is one ``cleanup_ctx`` entry (set up in order, torn down in reverse, and only if
-its set-up succeeded), stored under a typed key from :mod:`contact_center.keys`.
+:func:`create_app` shows the whole object graph. The runtime is a list of steps, in dependency
+order; each step builds its services from those built before it (passing them in by
+constructor), stores them under a typed key of :mod:`contact_center.keys`, and is one
+``cleanup_ctx`` entry: started in order when the server starts, stopped in reverse, and only
+if it started. HTTP slices then only register routes; their handlers read the services through
+the same keys. No service looks another up at run time.
 """
 
 from __future__ import annotations
@@ -9,68 +13,77 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp_jinja2
+import jinja2
 import redis.asyncio as aioredis
 from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contact_center import __version__, pbx, ws
 from contact_center import api as api_slices
 from contact_center import db as database
+from contact_center import distribution_service, recordings_service, tracking_service, ws
 from contact_center.bus import BusMetrics, EventBus, RedisEventBus
 from contact_center.config import Settings
 from contact_center.health import StatusAggregator
-from contact_center.http import auth, proxies
+from contact_center.http import auth, ops, proxies
 from contact_center.http.api import Api
 from contact_center.http.errors import error_middleware
 from contact_center.keys import (
     API,
     BUS,
     CLOCK,
+    DIALPLAN,
     ENGINE,
     HEALTH,
     INSTANCE_ID,
+    LIMITER,
     METRICS,
+    PBX,
+    RECORDINGS,
     REDIS,
     RULES,
+    SCHEDULER,
     SESSIONS,
     SETTINGS,
+    TELEPHONY,
+    TRACKER,
 )
+from contact_center.pbx import PbxLinks
+from contact_center.rate_limit import RateLimiter
+from contact_center.scheduler import JobHandlers, Scheduler
+from contact_center.startup import StartupProgress
+from contact_center.telephony import Telephony
 from contact_center.web import pages
+from contact_center.web.shell import MENU_KEY
 from crm_core.clock import Clock, SystemClock
+from crm_core.deals.pipelines import sync_pipelines
+from crm_core.invoices import service as invoices
+from crm_core.jobs.service import JobHandler
+from crm_core.rules import CrmRules
+from crm_core.tasks import service as tasks
+from crm_core.tracking.events import TrackingChanged
 from crm_core.users import service as users
 
 log = logging.getLogger(__name__)
 
-HTTP_METRICS = web.AppKey("http_metrics", tuple)
+Step = Callable[[web.Application], AsyncIterator[None]]
 
 
 def _stdout(text: str) -> None:
     print(text, file=sys.stdout, flush=True)
-
-
-async def _freeze_heap(_app: web.Application) -> None:
-    """Move what start-up built (modules, metadata, compiled statements: most of the heap)
-    out of the garbage collector's reach. A full collection otherwise walks it all and stalls
-    the event loop for ~100 ms every few minutes under load, which is a pop-up shown late."""
-    gc.collect()
-    gc.freeze()
-
-
-def freeze_heap_after_startup(app: web.Application) -> None:
-    """For long-running processes (``serve``, ``demo``); tests build many apps and skip it."""
-    app.on_startup.append(_freeze_heap)
 
 
 def create_app(
@@ -79,96 +92,95 @@ def create_app(
     instance_id: str | None = None,
     announce: Callable[[str], None] = _stdout,
     clock: Clock | None = None,
+    progress: StartupProgress | None = None,
 ) -> web.Application:
-    """Build the aiohttp application for ``settings``.
+    """The server for ``settings``.
 
     ``announce`` receives the one-time text meant for the operator's terminal (the first admin's
-    password); it never goes to the log. ``clock`` defaults to the system clock.
+    password); it never goes to the log. ``clock`` defaults to the system clock. ``progress``
+    learns what the start waits for (``serve`` shows it on the port meanwhile).
     """
-    middlewares: list[Any] = [_metrics_middleware, error_middleware]
+    registry = CollectorRegistry()
+    http_metrics = ops.HttpMetrics(registry)
+    middlewares: list[Any] = [http_metrics.middleware, error_middleware]
     if settings.server.trusted_proxies:
         middlewares.append(proxies.middleware(proxies.networks(settings.server.trusted_proxies)))
     middlewares.append(auth.auth_middleware)
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024 * 1024)
+
+    # What everything else is built from.
     app[SETTINGS] = settings
     app[INSTANCE_ID] = instance_id or uuid.uuid4().hex[:12]
-    registry = CollectorRegistry()
-    app[METRICS] = registry
-    app[HTTP_METRICS] = (
-        Counter(
-            "cc_http_requests_total",
-            "HTTP requests",
-            ["method", "route", "status"],
-            registry=registry,
-        ),
-        Histogram(
-            "cc_http_request_duration_seconds",
-            "HTTP request latency",
-            ["method", "route"],
-            registry=registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        ),
-    )
-    app[HEALTH] = StatusAggregator()
-
-    app[RULES] = settings.crm.rules()
     app[CLOCK] = clock or SystemClock()
+    app[RULES] = settings.crm.rules()
+    app[METRICS] = registry
+    app[HEALTH] = StatusAggregator()
+    app[auth.THROTTLE] = auth.LoginThrottle(settings.auth.login_attempts_per_15min)
+    app[ws.HUB] = ws.Hub()
+    app[HEALTH].add("ws", app[ws.HUB].provide_status)
+    _template_engine(app)  # the workspace's pages are rendered from templates
+    app[MENU_KEY] = pages.menu()
+
+    # The runtime, in dependency order.
+    app.cleanup_ctx.extend(
+        (
+            _database(announce, progress or StartupProgress()),  # ENGINE, SESSIONS
+            _redis,  # REDIS (None: the embedded mode)
+            _bus,  # BUS: in-process, or fanned out over Redis pub/sub
+            _rate_limits,  # LIMITER of the public endpoints
+            _tracking,  # TRACKER: call tracking (number leases, attribution)
+            _distribution,  # DIALPLAN: who takes a call of a region
+            _recordings,  # RECORDINGS: storage and converters (None when switched off)
+            _scheduler,  # SCHEDULER: durable jobs of tasks, invoices, recordings
+            _telephony,  # TELEPHONY and PBX: the AMI links feeding the call service
+            _websocket_hub,  # HUB: the bus's events to the browsers
+        )
+    )
+
+    # HTTP: routes only; handlers read the services above through contact_center.keys.
     api = Api()
     api.operations.extend(auth.api.operations)
     app[API] = api
-
-    app.cleanup_ctx.append(_redis_ctx)
-    app.cleanup_ctx.append(_database_ctx(announce))
-    app.cleanup_ctx.append(_bus_ctx)
-
-    auth.setup(app)
-    ws.setup(app)
-    pages.setup(app)
+    auth.routes(app)
+    ws.routes(app)
+    app.on_shutdown.append(ws.on_shutdown)  # sockets closed before in-flight requests drain
+    pages.routes(app)
     api_slices.install(app, api)
-    pbx.setup(app)
     api.install(app)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/api/v1/openapi.json", openapi)
+    ops.routes(app)
     return app
 
 
-# ---------------------------------------------------------------- resources
+def _template_engine(app: web.Application) -> None:
+    """Jinja2 through aiohttp-jinja2: every template autoescaped, an undefined name an error."""
+    env = aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.PackageLoader(*pages.TEMPLATES),
+        autoescape=jinja2.select_autoescape(["html"], default=True, default_for_string=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.globals["zip"] = zip
 
 
-async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    url = app[SETTINGS].redis.url
-    if not url:
-        app[HEALTH].add("redis", lambda: {"status": "disabled"})
-        yield
-        return
-    client = aioredis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
-    app[REDIS] = client
-
-    async def probe() -> dict[str, Any]:
-        try:
-            async with asyncio.timeout(2):
-                await client.ping()
-        except (aioredis.RedisError, OSError, TimeoutError) as exc:
-            return {"status": "fail", "error": f"{type(exc).__name__}: {exc}"}
-        return {"status": "ok"}
-
-    app[HEALTH].add("redis", probe)
-    yield
-    await client.aclose()
+# ---------------------------------------------------------------- the runtime's steps
 
 
-def _database_ctx(
-    announce: Callable[[str], None],
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
+def _database(announce: Callable[[str], None], progress: StartupProgress) -> Step:
+    """The engine, once the database answers; migrated, the first admin, the pipelines."""
+
+    async def step(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         engine = database.create_engine(settings.database)
         try:
             log.info("connecting to database %s", database.safe_url(settings.database.url))
             await database.wait_for_database(
-                engine, max_delay=settings.database.connect_retry_max_s
+                engine,
+                max_delay=settings.database.connect_retry_max_s,
+                on_retry=progress.database_unreachable,
             )
+            progress.step = "migrating the database"
             if settings.database.migrate_on_start:
                 await database.migrate(engine)
             sessions = database.sessionmaker(engine)
@@ -179,6 +191,7 @@ def _database_ctx(
                     scrypt_n=settings.auth.scrypt_n,
                 )
                 await session.commit()
+            await _sync_pipelines(sessions, app[RULES])
         except BaseException:
             await engine.dispose()
             raise
@@ -208,21 +221,81 @@ def _database_ctx(
         yield
         await engine.dispose()
 
-    return ctx
+    return step
 
 
-async def _bus_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _sync_pipelines(sessions: async_sessionmaker[AsyncSession], rules: CrmRules) -> None:
+    """Mirror the configured pipelines into the database. Several instances may start at once;
+    the loser of the insert race finds the rows there."""
+    for attempt in (1, 2):
+        async with sessions() as session:
+            try:
+                report = await sync_pipelines(session, rules)
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+                if attempt == 2:
+                    raise
+                continue
+        if report.changed:
+            log.info(
+                "pipelines synchronised: created %s, updated %s, deactivated %s",
+                report.created,
+                report.updated,
+                report.deactivated,
+            )
+        return
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    url = app[SETTINGS].redis.url
+    if not url:
+        app[REDIS] = None
+        app[HEALTH].add("redis", lambda: {"status": "disabled"})
+        yield
+        return
+    cfg = app[SETTINGS].redis
+    # A bounded pool: past max_connections an operation waits (pool_timeout_s) for one instead
+    # of failing; a connection Redis dropped (a restart) is retried once on a fresh one.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=cfg.max_connections,
+        timeout=cfg.pool_timeout_s,
+        socket_timeout=cfg.socket_timeout_s,
+        socket_connect_timeout=cfg.socket_timeout_s,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+    client = aioredis.Redis.from_pool(pool)  # the client closes the pool
+    app[REDIS] = client
+
+    async def probe() -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(2):
+                await client.ping()
+        except (aioredis.RedisError, OSError, TimeoutError) as exc:
+            return {"status": "fail", "error": f"{type(exc).__name__}: {exc}"}
+        return {"status": "ok"}
+
+    app[HEALTH].add("redis", probe)
+    yield
+    await client.aclose()
+
+
+async def _bus(app: web.Application) -> AsyncIterator[None]:
     metrics = BusMetrics(app[METRICS])
-    bus: EventBus
-    if REDIS in app:
-        bus = RedisEventBus(
-            app[REDIS],
+    redis = app[REDIS]
+    bus = (
+        RedisEventBus(
+            redis,
             prefix=app[SETTINGS].redis.prefix,
             instance_id=app[INSTANCE_ID],
             metrics=metrics,
         )
-    else:
-        bus = EventBus(metrics=metrics)
+        if redis is not None
+        else EventBus(metrics=metrics)
+    )
     app[BUS] = bus
     app[HEALTH].add("bus", bus.provide_status)
     await bus.start()
@@ -230,42 +303,140 @@ async def _bus_ctx(app: web.Application) -> AsyncIterator[None]:
     await bus.close()
 
 
-# ---------------------------------------------------------------- handlers
+async def _rate_limits(app: web.Application) -> AsyncIterator[None]:
+    app[LIMITER] = RateLimiter(app[REDIS], app[SETTINGS].redis.prefix)
+    yield
 
 
-@web.middleware
-async def _metrics_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    started = time.perf_counter()
-    status = 500
+async def _tracking(app: web.Application) -> AsyncIterator[None]:
+    tracker, config_changed = await tracking_service.open_service(
+        app[SETTINGS], sessions=app[SESSIONS], redis=app[REDIS], clock=app[CLOCK]
+    )
+    app[TRACKER] = tracker
+    app[HEALTH].add("tracking", tracker.provide_status)
+    bus = app[BUS]
+    bus.subscribe(tracker.on_event, name="tracking-directory", events=("tracking.changed",))
+    if config_changed:  # other running instances reload their directories
+        await bus.publish(TrackingChanged(entity="config", entity_id=0))
+    tracker.writer.start()
+    yield
+    await tracker.writer.close()
+
+
+async def _distribution(app: web.Application) -> AsyncIterator[None]:
+    dialplan = distribution_service.Dialplan(
+        app[SETTINGS],
+        sessions=app[SESSIONS],
+        tracker=app[TRACKER],
+        rules=app[RULES],
+        clock=app[CLOCK],
+    )
+    app[DIALPLAN] = dialplan
+    app[BUS].subscribe(
+        dialplan.cache.on_event,
+        name="distribution-rule-cache",
+        events=distribution_service.INVALIDATING,
+    )
+    yield
+    await dialplan.close()
+
+
+async def _recordings(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if not settings.recordings.enabled:
+        app[RECORDINGS] = None
+        yield
+        return
+    runtime = recordings_service.open_runtime(
+        settings.recordings,
+        clock=app[CLOCK],
+        timezone=settings.locale.timezone,
+        registry=app[METRICS],
+    )
+    app[RECORDINGS] = runtime
+    app[HEALTH].add("recordings", runtime.provide_status)
     try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
+        yield
     finally:
-        # The route pattern, not the path, keeps label cardinality bounded.
-        info = request.match_info.route.resource
-        route = info.canonical if info is not None else "unmatched"
-        requests, latency = request.app[HTTP_METRICS]
-        requests.labels(request.method, route, str(status)).inc()
-        latency.labels(request.method, route).observe(time.perf_counter() - started)
+        app[HEALTH].remove("recordings")
+        await runtime.close()
 
 
-async def healthz(request: web.Request) -> web.Response:
-    healthy, doc = await request.app[HEALTH].collect()
-    doc["version"] = __version__
-    doc["instance"] = request.app[INSTANCE_ID]
-    return web.json_response(doc, status=200 if healthy else 503)
+async def _scheduler(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS].scheduler
+    handlers: dict[str, JobHandler] = {
+        tasks.REMINDER_JOB: tasks.remind_task,
+        invoices.REMINDER_JOB: invoices.remind_invoice,
+    }
+    recordings = app[RECORDINGS]
+    if recordings is not None:
+        handlers.update(recordings_service.job_handlers(recordings))
+    scheduler = Scheduler(
+        sessions=app[SESSIONS],
+        bus=app[BUS],
+        clock=app[CLOCK],
+        handlers=JobHandlers(handlers),
+        worker_id=f"{app[INSTANCE_ID]}:{os.getpid()}",
+        interval=settings.interval_s,
+        batch=settings.batch,
+        registry=app[METRICS],
+    )
+    app[SCHEDULER] = scheduler
+    app[HEALTH].add("scheduler", scheduler.provide_status)
+    scheduler.start()
+    yield
+    await scheduler.close()
+    app[HEALTH].remove("scheduler")
 
 
-async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS])
-    resp = web.Response(body=body)
-    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
-    return resp
+async def _telephony(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    telephony = Telephony(
+        settings=settings,
+        sessions=app[SESSIONS],
+        bus=app[BUS],
+        rules=app[RULES],
+        clock=app[CLOCK],
+        tracker=app[TRACKER],
+    )
+    links = PbxLinks(
+        settings,
+        telephony=telephony,
+        clock=app[CLOCK],
+        redis=app[REDIS],
+        instance_id=app[INSTANCE_ID],
+    )
+    app[TELEPHONY] = telephony
+    app[PBX] = links
+    app[HEALTH].add("telephony", telephony.provide_status)
+    for name, link in links.links.items():
+        app[HEALTH].add_to_group("pbx", name, link.provide_status)
+    app[METRICS].register(links.collector())
+    await telephony.start()
+    await links.start()
+    yield
+    await links.close()
+    await telephony.close()
 
 
-async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(request.app[API].openapi())
+async def _websocket_hub(app: web.Application) -> AsyncIterator[None]:
+    hub, bus = app[ws.HUB], app[BUS]
+    subscription = bus.subscribe(hub.on_event, name="ws")
+    yield
+    await bus.unsubscribe(subscription)
+
+
+# ---------------------------------------------------------------- long-running processes
+
+
+async def _freeze_heap(_app: web.Application) -> None:
+    """Move what start-up built (modules, metadata, compiled statements: most of the heap)
+    out of the garbage collector's reach. A full collection otherwise walks it all and stalls
+    the event loop for ~100 ms every few minutes under load, which is a pop-up shown late."""
+    gc.collect()
+    gc.freeze()
+
+
+def freeze_heap_after_startup(app: web.Application) -> None:
+    """For long-running processes (``serve``, ``demo``); tests build many apps and skip it."""
+    app.on_startup.append(_freeze_heap)

@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from crm_core.events import DomainEvent, UnknownEvent
+from routing.circuit import REDIS_DOWN, Circuit
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,7 @@ class RedisEventBus(EventBus):
         self._listener: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._last_error: str | None = None
+        self._circuit = Circuit("bus")
 
     async def start(self) -> None:
         await super().start()
@@ -229,13 +231,17 @@ class RedisEventBus(EventBus):
 
     async def publish(self, event: DomainEvent) -> None:
         await super().publish(event)
+        if not self._circuit.allows():
+            return  # Redis is away: local subscribers have it, other instances miss it
         message = json.dumps({"origin": self.instance_id, "event": event.to_dict()})
         try:
             await self._redis.publish(self.channel, message)
-        except (aioredis.RedisError, OSError) as exc:
+        except REDIS_DOWN as exc:
             # Local subscribers already have it; other instances miss a realtime event only.
             self._last_error = f"{type(exc).__name__}: {exc}"
-            log.warning("redis publish of %s %s failed: %s", event.name, event.event_id, exc)
+            self._circuit.failed(exc)
+        else:
+            self._circuit.succeeded()
 
     async def _listen(self) -> None:
         delay = 0.5
@@ -282,7 +288,7 @@ class RedisEventBus(EventBus):
             mode="redis",
             channel=self.channel,
             subscribed=self._connected.is_set(),
-            status="ok" if self._connected.is_set() else "degraded",
+            status="ok" if self._connected.is_set() and not self._circuit.degraded else "degraded",
         )
         if self._last_error:
             status["last_error"] = self._last_error

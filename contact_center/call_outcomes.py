@@ -20,12 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contact_center import recordings_service
 from contact_center.call_attribution import CallAttributor, call_tracking
+from contact_center.tracking_service import display_number
+from crm_core import access
 from crm_core.activities import service as activities
 from crm_core.activities.events import ActivityRecorded
 from crm_core.activities.schemas import ActivityInput
 from crm_core.calls import service as calls
 from crm_core.calls.model import Call
-from crm_core.calls.record import CallRecord
+from crm_core.calls.record import MISSED, CallRecord
 from crm_core.clients import service as clients
 from crm_core.distribution import service as distribution
 from crm_core.events import DomainEvent
@@ -36,8 +38,6 @@ from crm_core.tasks import service as tasks
 from crm_core.tasks.model import TaskKind
 from crm_core.tasks.schemas import TaskInput
 from crm_core.users.model import User
-
-MISSED = frozenset({"missed", "abandoned"})
 
 
 def missed_call_key(number: str) -> str:
@@ -164,7 +164,7 @@ class CallOutcomes:
         call = _EndedCall(pbx, record, now, manager, None, tracking)
         if call.e164:
             call.match = await clients.find_client_by_phone(
-                session, call.e164, region=self.region, rules=self.rules
+                session, call.e164, actor=access.SYSTEM, rules=self.rules, region=self.region
             )
         if tracking is None and record.direction == "inbound":
             call.tracking = await call_tracking(
@@ -222,7 +222,7 @@ class CallOutcomes:
         lead, lead_events = await leads.create_lead(
             session,
             LeadInput(
-                title=f"Звонок с {call.e164}",
+                title=f"Звонок с {display_number(call.e164)}",
                 origin="call",
                 phones=[call.e164],
                 source_id=call.tracking.get("source_id") if call.tracking else None,
@@ -230,7 +230,7 @@ class CallOutcomes:
                 responsible_id=responsible,
                 tracking=call.tracking,
             ),
-            actor=None,
+            actor=access.SYSTEM,
             rules=self.rules,
             now=call.now,
         )
@@ -274,7 +274,7 @@ class CallOutcomes:
                     "queue": record.queue,
                 },
             ),
-            actor_id=None,
+            actor=access.SYSTEM,
             now=call.now,
         )
         outcome.activity_id = activity.id
@@ -295,14 +295,15 @@ class CallOutcomes:
             session,
             TaskInput(
                 kind=TaskKind.CALL_BACK,
-                title=f"Перезвонить {number}" + (f" ({match.name})" if match else ""),
+                title=f"Перезвонить {display_number(number)}"
+                + (f" ({match.name})" if match else ""),
                 description=_missed_text(call.record),
                 due_at=call.now + timedelta(minutes=self.callback_due_minutes),
                 responsible_id=call.responsible_id,
                 **call.client_links(),
                 origin_key=missed_call_key(number),
             ),
-            actor=None,
+            actor=access.SYSTEM,
             rules=self.rules,
             now=call.now,
         )

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from contact_center import __version__
 
-from contact_center import __version__, logs
-from contact_center.config import ConfigError, Settings, load_settings
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from contact_center.config import Settings
 
 log = logging.getLogger("contact_center")
 
@@ -85,7 +91,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_quietly(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # Until the server installs its own handlers (and after it removed them), a SIGTERM ends
+    # the process quietly with status 0: a service manager stopping it during start-up (the
+    # imports alone take a second or two) is not an error.
+    signal.signal(signal.SIGTERM, _stop_quietly)
+    # Imported here, after the handler: configuration pulls in pydantic, logs pulls in aiohttp.
+    from contact_center import logs
+    from contact_center.config import ConfigError, load_settings
+
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
@@ -118,33 +136,65 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve(settings: Settings) -> int:
     """Run the HTTP server until SIGINT/SIGTERM, then shut down within the configured time."""
-    from aiohttp import web
+    from contact_center.config import ConfigError
 
-    from contact_center.app import create_app, freeze_heap_after_startup
-
-    app = create_app(settings)
-    freeze_heap_after_startup(app)
-    log.info(
-        "contact-center %s starting on http://%s:%s",
-        __version__,
-        settings.server.host,
-        settings.server.port,
-    )
     try:
-        web.run_app(
-            app,
-            host=settings.server.host,
-            port=settings.server.port,
-            shutdown_timeout=settings.server.shutdown_timeout_s,
-            access_log_class=logs.AccessLogger,
-            access_log=logging.getLogger("contact_center.access"),
-            print=None,
-            handle_signals=True,
-        )
+        return asyncio.run(_serve(settings))
     except ConfigError as exc:  # configuration that only the database can check (start-up)
         for line in exc.lines:
             print(line, file=sys.stderr)
         return EXIT_CONFIG
+
+
+async def _serve(settings: Settings) -> int:
+    """A stand-in answers on the port while the runtime starts (it may wait long for the
+    database); the server takes the port over (SO_REUSEPORT) once started, then serves until
+    a signal, then stops: in-flight requests get ``server.shutdown_timeout_s``."""
+    from aiohttp import web
+
+    from contact_center import logs
+    from contact_center.app import create_app, freeze_heap_after_startup
+    from contact_center.startup import StartupProgress, standin_app
+
+    host, port = settings.server.host, settings.server.port
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    progress = StartupProgress()
+    app = create_app(settings, progress=progress)
+    freeze_heap_after_startup(app)
+    log.info("contact-center %s starting on http://%s:%s", __version__, host, port)
+    standin = web.AppRunner(standin_app(progress), access_log=None)
+    await standin.setup()
+    await web.TCPSite(standin, host, port, reuse_port=True).start()
+    runner = web.AppRunner(
+        app,
+        access_log_class=logs.AccessLogger,
+        access_log=logging.getLogger("contact_center.access"),
+        shutdown_timeout=settings.server.shutdown_timeout_s,
+    )
+    started = asyncio.ensure_future(runner.setup())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({started, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not started.done():  # stopped while starting: what started is stopped again
+            started.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await started
+        else:
+            started.result()  # a failed start raises here
+            await web.TCPSite(runner, host, port, reuse_port=True).start()
+            await standin.cleanup()
+            log.info("contact-center serving on http://%s:%s", host, port)
+            await stopped
+    finally:
+        stopped.cancel()
+        if standin.sites:
+            await standin.cleanup()
+        await runner.cleanup()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
     log.info("contact-center stopped")
     return 0
 

@@ -87,6 +87,9 @@ class DatabaseSettings(_Section):
 class RedisSettings(_Section):
     url: str | None = None
     prefix: str = Field("cc", pattern=r"^[A-Za-z0-9_.:-]+$")
+    max_connections: int = Field(64, ge=2, le=10_000)
+    pool_timeout_s: float = Field(2.0, gt=0, le=60)
+    socket_timeout_s: float = Field(2.0, gt=0, le=60)
 
     @field_validator("url")
     @classmethod
@@ -124,6 +127,11 @@ class PbxSettings(_Section):
 class TelephonySettings(_Section):
     count_threshold_s: float = Field(60.0, ge=0)
     callback_due_minutes: int = Field(30, ge=1)
+
+
+class SchedulerSettings(_Section):
+    interval_s: float = Field(1.0, gt=0, le=3600)
+    batch: int = Field(20, ge=1, le=1000)
 
 
 class StageSettings(_Section):
@@ -164,6 +172,7 @@ class CrmSettings(_Section):
     custom_fields: list[CustomFieldSettings] = Field(default_factory=list)
     invoice_reminder_days: list[int] = Field(default_factory=lambda: [3, 0])
     managers_read_all: bool = False
+    lookups_per_minute: int = Field(60, ge=1)
 
     @field_validator("lead_gate")
     @classmethod
@@ -383,6 +392,7 @@ class Settings(_Section):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     pbx: list[PbxSettings] = Field(default_factory=list)
     telephony: TelephonySettings = Field(default_factory=TelephonySettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     crm: CrmSettings = Field(default_factory=CrmSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     distribution: DistributionSettings = Field(default_factory=DistributionSettings)

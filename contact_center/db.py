@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from contact_center.config import DatabaseSettings
 from crm_core import migrations
@@ -124,7 +124,11 @@ async def ping(engine: AsyncEngine, timeout: float = 2.0) -> None:
 
 
 async def wait_for_database(
-    engine: AsyncEngine, *, max_delay: float = 30.0, give_up_after: float | None = None
+    engine: AsyncEngine,
+    *,
+    max_delay: float = 30.0,
+    give_up_after: float | None = None,
+    on_retry: Callable[[str], None] | None = None,
 ) -> None:
     """Retry until the database answers, logging one line per attempt (no traceback).
 
@@ -144,6 +148,8 @@ async def wait_for_database(
         elapsed = loop.time() - started
         if give_up_after is not None and elapsed >= give_up_after:
             raise DatabaseUnavailable(f"database {url} unreachable after {elapsed:.0f} s: {reason}")
+        if on_retry is not None:
+            on_retry(reason)
         wait = min(delay, max_delay) * random.uniform(0.8, 1.2)
         log.warning(
             "database %s unreachable (%s); retrying in %.1f s",
@@ -163,14 +169,43 @@ def _upgrade(conn: Connection) -> None:
     migrations.upgrade(conn)
 
 
+def _transactional_sqlite(engine: AsyncEngine) -> AsyncEngine:
+    """An engine of its own on the same SQLite file whose transactions really begin at BEGIN.
+
+    The sqlite3 driver only opens a transaction before data changes, so CREATE TABLE and the
+    other DDL of a migration would each commit at once: a server stopped mid-migration left a
+    half-built schema that the next start could not migrate ("table users already exists").
+    SQLite's DDL is transactional when the transaction is opened explicitly (the recipe of
+    SQLAlchemy's SQLite dialect documentation), so migrations are all or nothing.
+    """
+    migrating = create_async_engine(engine.url, poolclass=NullPool)
+
+    @event.listens_for(migrating.sync_engine, "connect")
+    def _connect(dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
+        _sqlite_pragmas(dbapi_conn, record)
+        dbapi_conn.isolation_level = None  # the driver emits no BEGIN of its own
+
+    @event.listens_for(migrating.sync_engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return migrating
+
+
 async def migrate(engine: AsyncEngine) -> tuple[str | None, str | None]:
-    """Apply pending migrations; return (revision before, revision after)."""
-    async with engine.connect() as conn:
-        before = await conn.run_sync(migrations.current_revision)
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
-    async with engine.connect() as conn:
-        after = await conn.run_sync(migrations.current_revision)
+    """Apply pending migrations, all in one transaction; return (revision before, after)."""
+    sqlite = engine.dialect.name == "sqlite"
+    migrating = _transactional_sqlite(engine) if sqlite else engine
+    try:
+        async with migrating.connect() as conn:
+            before = await conn.run_sync(migrations.current_revision)
+        async with migrating.begin() as conn:
+            await conn.run_sync(_upgrade)
+        async with migrating.connect() as conn:
+            after = await conn.run_sync(migrations.current_revision)
+    finally:
+        if sqlite:
+            await migrating.dispose()
     if before != after:
         log.info("database migrated from %s to %s", before or "empty", after)
     return before, after

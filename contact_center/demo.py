@@ -21,7 +21,7 @@ from ami.simulator import SimulatedPbx
 from contact_center import db, demo_data, demo_tracking, logs
 from contact_center.app import create_app, freeze_heap_after_startup
 from contact_center.config import PbxSettings, Settings
-from contact_center.tracking_service import TRACKER
+from contact_center.keys import TRACKER
 
 log = logging.getLogger(__name__)
 

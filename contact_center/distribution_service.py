@@ -6,25 +6,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
+    AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
 
 from contact_center.config import Settings
-from contact_center.keys import BUS, CLOCK, RULES, SESSIONS, SETTINGS
-from contact_center.tracking_service import TRACKER
+from contact_center.tracking_service import TrackingService
+from crm_core.clock import Clock
 from crm_core.distribution import service as distribution
 from crm_core.distribution.requests import Policy
 from crm_core.events import DomainEvent
 from crm_core.phones import try_normalize_phone
+from crm_core.rules import CrmRules
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,11 @@ class RuleCache:
     change event (from any instance, over the bus). One reload at a time: a burst of calls
     after a change costs one read."""
 
-    def __init__(self, max_age_s: float) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], *, max_age_s: float, timezone: str
+    ) -> None:
+        self._sessions = sessions
+        self._timezone = timezone
         self.max_age_s = max_age_s
         self._book: distribution.RuleBook | None = None
         self._loaded_at = 0.0
@@ -67,7 +71,7 @@ class RuleCache:
             return self._book
         return None
 
-    async def get(self, app: web.Application) -> distribution.RuleBook:
+    async def get(self) -> distribution.RuleBook:
         book = self._fresh()
         if book is not None:
             return book
@@ -76,16 +80,11 @@ class RuleCache:
             if book is not None:
                 return book
             generation = self._generation
-            async with app[SESSIONS]() as session:
-                book = await distribution.load_rulebook(
-                    session, default_timezone=app[SETTINGS].locale.timezone
-                )
+            async with self._sessions() as session:
+                book = await distribution.load_rulebook(session, default_timezone=self._timezone)
             if generation == self._generation:  # no change arrived while reading
                 self._book, self._loaded_at = book, time.monotonic()
             return book
-
-
-RULE_CACHE = web.AppKey("distribution_rule_cache", RuleCache)
 
 
 class DialSessions:
@@ -118,22 +117,7 @@ class DialSessions:
             await self._engine.dispose()
 
 
-DIAL_SESSIONS = web.AppKey("distribution_dial_sessions", DialSessions)
 _DIAL_POOL = 4  # concurrent lookups; more would only queue at the database of a small server
-
-
-def setup(app: web.Application) -> None:
-    """The rule cache (dropped by change events) and the dialplan's own sessions."""
-    cache = RuleCache(app[SETTINGS].distribution.rule_cache_s)
-    app[RULE_CACHE] = cache
-
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        app[BUS].subscribe(cache.on_event, name="distribution-rule-cache", events=INVALIDATING)
-        app[DIAL_SESSIONS] = DialSessions(app[SETTINGS], app[SESSIONS])
-        yield
-        await app[DIAL_SESSIONS].close()
-
-    app.cleanup_ctx.append(resources)
 
 
 @dataclass(frozen=True)
@@ -154,52 +138,76 @@ class DialAnswer:
         }
 
 
-async def dial(app: web.Application, caller: str, did: str, pbx: str | None) -> DialAnswer:
-    """The extension for ``caller`` dialing ``did``; ``distribution.default_extension`` when
-    nobody fits, when anything fails, or when the answer takes longer than
-    ``distribution.dial_timeout_ms`` (the PBX must never wait on us)."""
-    cfg = app[SETTINGS].distribution
-    try:
-        async with asyncio.timeout(cfg.dial_timeout_ms / 1000):
-            return await _decide(app, caller, did, pbx)
-    except TimeoutError:
-        log.warning("dialplan lookup for %s on %s timed out; default extension", caller, did)
-        return DialAnswer(cfg.default_extension, reason="timeout")
-    except Exception:  # the safe default is the point: log it and let the call through
-        log.exception("dialplan lookup for %s on %s failed; default extension", caller, did)
-        return DialAnswer(cfg.default_extension, reason="error")
+class Dialplan:
+    """The dialplan's question, "which extension for ``caller`` dialing ``did``": the call's
+    region from call tracking, then the region's distribution rules (from the cached rule
+    book), answered on sessions of its own."""
 
-
-async def _decide(app: web.Application, caller: str, did: str, pbx: str | None) -> DialAnswer:
-    """The call's region is the one its lead will get (:meth:`TrackingService.locate_call`:
-    the tracking session holding a pool number, the number's region, ``did_regions``,
-    ``default_region``); a pool number costs one lease-store read, the directory and the
-    rule book are in memory."""
-    cfg = app[SETTINGS].distribution
-    rules = app[RULES]
-    book = await app[RULE_CACHE].get(app)
-    did_e164 = try_normalize_phone(did, rules.default_region) or did
-    now = app[CLOCK].now()
-    dial_sessions = app[DIAL_SESSIONS]
-    async with dial_sessions.factory() as session:
-        _, region = await app[TRACKER].locate_call(session, did_e164, now)
-        region_id = region.id
-        assignment = await distribution.distribute(
-            session,
-            region_id,
-            try_normalize_phone(caller, rules.default_region),
-            now,
-            "call",
-            rules=rules,
-            book=book,
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        tracker: TrackingService,
+        rules: CrmRules,
+        clock: Clock,
+    ) -> None:
+        self.settings = settings.distribution
+        self.tracker = tracker
+        self.rules = rules
+        self.clock = clock
+        self.cache = RuleCache(
+            sessions, max_age_s=self.settings.rule_cache_s, timezone=settings.locale.timezone
         )
-        if not dial_sessions.autocommit:
-            await session.commit()  # a round-robin turn was taken
-    extension = book.extension_of(assignment.user_id, pbx)
-    return DialAnswer(
-        extension=extension or cfg.default_extension,
-        user_id=assignment.user_id if extension else None,
-        reason=assignment.reason if extension else f"{assignment.reason}:no_extension",
-        queued=assignment.queued,
-        region_id=region_id,
-    )
+        self.sessions = DialSessions(settings, sessions)
+
+    async def close(self) -> None:
+        await self.sessions.close()
+
+    async def dial(self, caller: str, did: str, pbx: str | None) -> DialAnswer:
+        """The extension for ``caller`` dialing ``did``; ``distribution.default_extension``
+        when nobody fits, when anything fails, or when the answer takes longer than
+        ``distribution.dial_timeout_ms`` (the PBX must never wait on us)."""
+        cfg = self.settings
+        try:
+            async with asyncio.timeout(cfg.dial_timeout_ms / 1000):
+                return await self._decide(caller, did, pbx)
+        except TimeoutError:
+            log.warning("dialplan lookup for %s on %s timed out; default extension", caller, did)
+            return DialAnswer(cfg.default_extension, reason="timeout")
+        except Exception:  # the safe default is the point: log it and let the call through
+            log.exception("dialplan lookup for %s on %s failed; default extension", caller, did)
+            return DialAnswer(cfg.default_extension, reason="error")
+
+    async def _decide(self, caller: str, did: str, pbx: str | None) -> DialAnswer:
+        """The call's region is the one its lead will get (:meth:`TrackingService.locate_call`:
+        the tracking session holding a pool number, the number's region, ``did_regions``,
+        ``default_region``); a pool number costs one lease-store read, the directory and the
+        rule book are in memory."""
+        rules = self.rules
+        book = await self.cache.get()
+        did_e164 = try_normalize_phone(did, rules.default_region) or did
+        now = self.clock.now()
+        dial_sessions = self.sessions
+        async with dial_sessions.factory() as session:
+            _, region = await self.tracker.locate_call(session, did_e164, now)
+            region_id = region.id
+            assignment = await distribution.distribute(
+                session,
+                region_id,
+                try_normalize_phone(caller, rules.default_region),
+                now,
+                "call",
+                rules=rules,
+                book=book,
+            )
+            if not dial_sessions.autocommit:
+                await session.commit()  # a round-robin turn was taken
+        extension = book.extension_of(assignment.user_id, pbx)
+        return DialAnswer(
+            extension=extension or self.settings.default_extension,
+            user_id=assignment.user_id if extension else None,
+            reason=assignment.reason if extension else f"{assignment.reason}:no_extension",
+            queued=assignment.queued,
+            region_id=region_id,
+        )

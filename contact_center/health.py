@@ -13,7 +13,9 @@ Probe = Callable[[], Awaitable[dict[str, Any]] | dict[str, Any]]
 
 
 class StatusAggregator:
-    """Named probes; ``database`` decides the overall verdict, the others inform."""
+    """Named probes. ``database`` decides whether the instance serves (200, else 503); the
+    overall ``status`` is ``ok``, ``degraded`` (serving while another part is down or falling
+    back) or ``fail``."""
 
     def __init__(self) -> None:
         self._probes: dict[str, Probe] = {}
@@ -37,7 +39,12 @@ class StatusAggregator:
         for group, probes in self._groups.items():
             doc[group] = {name: await _run(f"{group}.{name}", p) for name, p in probes.items()}
         healthy = doc.get("database", {}).get("status") == "ok"
-        doc["status"] = "ok" if healthy else "fail"
+        # Serving (200) but not whole: Redis, a PBX link or another part is down or falling back.
+        parts = [v for k, v in doc.items() if k in self._probes] + [
+            member for group in self._groups for member in doc[group].values()
+        ]
+        whole = all(part.get("status") in ("ok", "disabled", "standby") for part in parts)
+        doc["status"] = ("ok" if whole else "degraded") if healthy else "fail"
         return healthy, doc
 
 

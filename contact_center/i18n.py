@@ -1,263 +1,36 @@
-"""Interface texts. Russian is the default language of the web UI; English is available."""
+"""Interface texts, from the gettext catalogues in ``contact_center/locale/<lang>/LC_MESSAGES``.
+
+Russian is the default language; English is available. A message id is a stable key
+(``login.title``, ``menu.leads``, ``error.lead-gate-missing-fields``): the browser scripts
+look texts up by the same keys. The catalogues are ``.po`` files a translator edits; they are
+read once (Babel's ``read_po``, no compile step) the first time a language is asked for.
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
 from aiohttp import web
+from babel.messages.pofile import read_po
 
 LANGUAGES = ("ru", "en")
+LOCALE_DIR = Path(__file__).parent / "locale"
 
-MESSAGES: dict[str, dict[str, str]] = {
-    "ru": {
-        "app.title": "Контакт-центр",
-        "login.title": "Вход",
-        "login.login": "Логин",
-        "login.password": "Пароль",
-        "login.submit": "Войти",
-        "login.failed": "Неверный логин или пароль",
-        "login.throttled": "Слишком много попыток входа. Попробуйте позже.",
-        "home.title": "Рабочее место",
-        "home.greeting": "Здравствуйте, {name}",
-        "home.role": "Роль",
-        "home.extensions": "Внутренние номера",
-        "home.none": "нет",
-        "home.logout": "Выйти",
-        "home.change_password": "Смените пароль, выданный при первом запуске.",
-        "role.admin": "администратор",
-        "role.head": "руководитель отдела продаж",
-        "role.manager": "менеджер",
-        "lang.switch": "English",
-        "home.calls": "Звонки",
-        "home.time": "Время",
-        "home.number": "Номер",
-        "home.event": "Событие",
-        "home.waiting": "Ожидание звонков…",
-        "ws.online": "на связи",
-        "ws.offline": "нет связи, переподключение…",
-        "pop.incoming": "Входящий звонок",
-        "pop.hidden_number": "номер скрыт",
-        "pop.no_name": "Без имени",
-        "pop.open_card": "Открыть карточку",
-        "pop.restricted": "Клиент другого менеджера",
-        "pop.new_client": "Новый клиент",
-        "pop.did": "Номер линии",
-        "pop.contact_name": "Имя контакта",
-        "pop.company_name": "Компания",
-        "pop.comment": "Комментарий",
-        "pop.create_lead": "Создать лид",
-        "pop.lead_created": "Лид создан",
-        "pop.lead_failed": "Не удалось создать лид",
-        "pop.close": "Закрыть",
-        "card.company": "Компания",
-        "card.client_type": "Тип клиента",
-        "card.potential": "Потенциал",
-        "card.responsible": "Ответственный",
-        "card.region": "Регион",
-        "card.source": "Источник",
-        "card.call_source": "Источник звонка",
-        "card.deals": "Открытые сделки",
-        "card.tasks": "Задачи",
-        "card.activities": "Последние события",
-        "card.back": "К рабочему месту",
-        "card.loading": "Загрузка карточки…",
-        "card.not_found": "Карточка не найдена или нет доступа",
-        "card.title.contact": "Контакт",
-        "card.title.company": "Компания",
-        "card.title.lead": "Лид",
-        "card.phones": "Телефоны",
-        "card.emails": "Эл. почта",
-        "card.position": "Должность",
-        "card.companies": "Компании",
-        "card.contacts": "Контакты",
-        "card.decision_maker": "ЛПР",
-        "card.decision_maker_reached": "Выход на ЛПР",
-        "card.target_fit": "Целевая аудитория",
-        "card.purchase_mode": "Характер закупок",
-        "card.needs_products": "Что закупает",
-        "card.current_suppliers": "У кого закупает",
-        "card.conditions": "Условия",
-        "card.current_need": "Текущая потребность",
-        "card.comment": "Комментарий",
-        "card.website": "Сайт",
-        "card.stage": "Этап",
-        "card.legal_entities": "Юридические лица",
-        "card.inn": "ИНН",
-        "card.kpp": "КПП",
-        "card.ogrn": "ОГРН",
-        "card.legal_address": "Юр. адрес",
-        "card.bank": "Банк",
-        "card.all_deals": "Сделки",
-        "card.open_tasks": "Открытые задачи",
-        "card.timeline": "История",
-        "card.nothing": "нет",
-        "card.yes": "да",
-        "card.no": "нет",
-        "card.due": "срок",
-        "card.talk": "разговор",
-        "card.recording": "Запись",
-        "card.recording_missing": "запись не найдена",
-        "card.recording_pending": "запись обрабатывается",
-        "card.tracking": "Отслеживание",
-        "purchase.one_off": "разовые",
-        "purchase.regular": "регулярные",
-        "kind.call": "Звонок",
-        "kind.meeting": "Встреча",
-        "kind.email": "Письмо",
-        "kind.message": "Сообщение",
-        "kind.note": "Заметка",
-        "direction.inbound": "входящий",
-        "direction.outbound": "исходящий",
-        "direction.internal": "внутренний",
-        "toast.task_due": "Напоминание",
-        "toast.task_assigned": "Новая задача",
-        "toast.lead_assigned": "Новый лид",
-        "toast.web_request_queued": "Заявка с сайта ждёт распределения",
-        "toast.invoice": "Счёт",
-        "toast.notification": "Уведомление",
-        "toast.open": "Открыть",
-        "client_type.wholesaler": "Оптовик",
-        "client_type.chain_retail": "Сетевая розница",
-        "client_type.retail": "Розница",
-        "client_type.web_shop": "Интернет-магазин",
-        "client_type.tender_bidder": "Тендерист",
-        "client_type.kitting_supplier": "Комплектовщик",
-        "client_type.end_customer_hotel": "Конечный клиент: гостиница",
-        "client_type.end_customer_restaurant": "Конечный клиент: ресторан",
-        "client_type.end_customer_office": "Конечный клиент: офис",
-        "log.ringing": "звонит на",
-        "log.answered": "ответил",
-        "log.seconds": "с",
-        "disposition.answered": "разговор окончен",
-        "disposition.missed": "пропущен",
-        "disposition.abandoned": "абонент не дождался",
-        "disposition.busy": "занято",
-        "disposition.failed": "не удался",
-    },
-    "en": {
-        "app.title": "Contact center",
-        "login.title": "Sign in",
-        "login.login": "Login",
-        "login.password": "Password",
-        "login.submit": "Sign in",
-        "login.failed": "Wrong login or password",
-        "login.throttled": "Too many sign-in attempts. Try again later.",
-        "home.title": "Workplace",
-        "home.greeting": "Hello, {name}",
-        "home.role": "Role",
-        "home.extensions": "Extensions",
-        "home.none": "none",
-        "home.logout": "Sign out",
-        "home.change_password": "Change the password issued at first start.",
-        "role.admin": "administrator",
-        "role.head": "head of sales",
-        "role.manager": "manager",
-        "lang.switch": "Русский",
-        "home.calls": "Calls",
-        "home.time": "Time",
-        "home.number": "Number",
-        "home.event": "Event",
-        "home.waiting": "Waiting for calls…",
-        "ws.online": "online",
-        "ws.offline": "offline, reconnecting…",
-        "pop.incoming": "Incoming call",
-        "pop.hidden_number": "number withheld",
-        "pop.no_name": "No name",
-        "pop.open_card": "Open the card",
-        "pop.restricted": "Another manager's client",
-        "pop.new_client": "New client",
-        "pop.did": "Line",
-        "pop.contact_name": "Contact name",
-        "pop.company_name": "Company",
-        "pop.comment": "Comment",
-        "pop.create_lead": "Create lead",
-        "pop.lead_created": "Lead created",
-        "pop.lead_failed": "Could not create the lead",
-        "pop.close": "Close",
-        "card.company": "Company",
-        "card.client_type": "Client type",
-        "card.potential": "Potential",
-        "card.responsible": "Responsible",
-        "card.region": "Region",
-        "card.source": "Source",
-        "card.call_source": "Call source",
-        "card.deals": "Open deals",
-        "card.tasks": "Tasks",
-        "card.activities": "Recent activity",
-        "card.back": "Back to the workplace",
-        "card.loading": "Loading the card…",
-        "card.not_found": "The card does not exist or you have no access",
-        "card.title.contact": "Contact",
-        "card.title.company": "Company",
-        "card.title.lead": "Lead",
-        "card.phones": "Phones",
-        "card.emails": "E-mail",
-        "card.position": "Position",
-        "card.companies": "Companies",
-        "card.contacts": "Contacts",
-        "card.decision_maker": "decision maker",
-        "card.decision_maker_reached": "Decision maker reached",
-        "card.target_fit": "Target audience",
-        "card.purchase_mode": "Purchases",
-        "card.needs_products": "Buys",
-        "card.current_suppliers": "Buys from",
-        "card.conditions": "Conditions",
-        "card.current_need": "Current need",
-        "card.comment": "Comment",
-        "card.website": "Website",
-        "card.stage": "Stage",
-        "card.legal_entities": "Legal entities",
-        "card.inn": "INN",
-        "card.kpp": "KPP",
-        "card.ogrn": "OGRN",
-        "card.legal_address": "Legal address",
-        "card.bank": "Bank",
-        "card.all_deals": "Deals",
-        "card.open_tasks": "Open tasks",
-        "card.timeline": "Timeline",
-        "card.nothing": "none",
-        "card.yes": "yes",
-        "card.no": "no",
-        "card.due": "due",
-        "card.talk": "talk",
-        "card.recording": "Recording",
-        "card.recording_missing": "recording not found",
-        "card.recording_pending": "recording is being processed",
-        "card.tracking": "Tracking",
-        "purchase.one_off": "one-off",
-        "purchase.regular": "regular",
-        "kind.call": "Call",
-        "kind.meeting": "Meeting",
-        "kind.email": "E-mail",
-        "kind.message": "Message",
-        "kind.note": "Note",
-        "direction.inbound": "inbound",
-        "direction.outbound": "outbound",
-        "direction.internal": "internal",
-        "toast.task_due": "Reminder",
-        "toast.task_assigned": "New task",
-        "toast.lead_assigned": "New lead",
-        "toast.web_request_queued": "A website request awaits assignment",
-        "toast.invoice": "Invoice",
-        "toast.notification": "Notification",
-        "toast.open": "Open",
-        "client_type.wholesaler": "Wholesaler",
-        "client_type.chain_retail": "Chain retail",
-        "client_type.retail": "Retail",
-        "client_type.web_shop": "Web shop",
-        "client_type.tender_bidder": "Tender bidder",
-        "client_type.kitting_supplier": "Kitting supplier",
-        "client_type.end_customer_hotel": "End customer: hotel",
-        "client_type.end_customer_restaurant": "End customer: restaurant",
-        "client_type.end_customer_office": "End customer: office",
-        "log.ringing": "ringing at",
-        "log.answered": "answered by",
-        "log.seconds": "s",
-        "disposition.answered": "call ended",
-        "disposition.missed": "missed",
-        "disposition.abandoned": "caller gave up",
-        "disposition.busy": "busy",
-        "disposition.failed": "failed",
-    },
-}
+Translate = Callable[..., str]
+
+
+@functools.cache
+def catalogue(lang: str) -> Mapping[str, str]:
+    """Every translated message of ``lang`` by its id (read once)."""
+    path = LOCALE_DIR / lang / "LC_MESSAGES" / "messages.po"
+    with path.open("rb") as fh:
+        cat = read_po(fh, locale=lang)
+    return {
+        str(m.id): str(m.string) for m in cat if m.id and isinstance(m.string, str) and m.string
+    }
 
 
 def pick_language(request: web.Request, default: str, user_locale: str | None = None) -> str:
@@ -270,14 +43,48 @@ def pick_language(request: web.Request, default: str, user_locale: str | None = 
 
 def table(lang: str) -> dict[str, str]:
     """Every text of ``lang`` (English filling any gap), for the browser."""
-    return {**MESSAGES["en"], **MESSAGES.get(lang, MESSAGES["ru"])}
+    return {**catalogue("en"), **catalogue(lang if lang in LANGUAGES else "ru")}
 
 
-def translator(lang: str):  # type: ignore[no-untyped-def]
-    table = MESSAGES.get(lang, MESSAGES["ru"])
+def translator(lang: str) -> Translate:
+    """``t(key, **values)``: the text of ``key`` in ``lang`` with ``{values}`` filled in; an
+    unknown key comes back as itself (visible in a test, never a crash)."""
+    texts = catalogue(lang if lang in LANGUAGES else "ru")
+    fallback = catalogue("en")
 
-    def t(key: str, **kwargs: object) -> str:
-        text = table.get(key) or MESSAGES["en"].get(key) or key
-        return text.format(**kwargs) if kwargs else text
+    def t(key: str, **kwargs: Any) -> str:
+        text = texts.get(key) or fallback.get(key) or key
+        if not kwargs:
+            return text
+        try:
+            return text.format(**kwargs)
+        except (KeyError, IndexError, ValueError):
+            return text
 
     return t
+
+
+def has(lang: str, key: str) -> bool:
+    return key in catalogue(lang if lang in LANGUAGES else "ru")
+
+
+def error_text(t: Translate, error_id: str, details: Mapping[str, Any] | None = None) -> str:
+    """A domain error (stable ``error_id`` and ``details``) as a sentence a person reads: what
+    is wrong and what to do. Field names in the details are translated too."""
+    details = details or {}
+    lang_has = t("error." + error_id) != "error." + error_id
+    if error_id == "lead-gate-missing-fields":
+        missing = [t("requirement." + str(m)) for m in details.get("missing", [])]
+        return t("error.lead-gate-missing-fields", fields=", ".join(missing))
+    field = details.get("field")
+    if isinstance(field, str):
+        label = t("field." + field.split(".")[-1])
+        if label.startswith("field."):
+            label = field
+        key = f"error.{error_id}.field"
+        text = t(key, field=label)
+        if text != key:
+            return text
+    if lang_has:
+        return t("error." + error_id)
+    return t("error.generic")

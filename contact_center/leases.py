@@ -80,6 +80,7 @@ class LeaseKeeper:
         self._on_loss = on_loss
         self.interval_s = interval_s or (lease.ttl_ms / 3000 if lease else 1.0)
         self.held = False
+        self.redis_down = False
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -94,9 +95,14 @@ class LeaseKeeper:
         while True:
             try:
                 ok = await self.lease.try_acquire()
-            except (aioredis.RedisError, OSError) as exc:
+            except (aioredis.RedisError, OSError, TimeoutError) as exc:
+                # Nobody can take the lease while Redis is away: a holder keeps its job (the
+                # PBX's calls keep being followed) and decides again when Redis answers.
                 log.warning("lease %s: redis unavailable (%s)", self.lease.key, exc)
-                ok = False
+                self.redis_down = True
+                await asyncio.sleep(self.interval_s)
+                continue
+            self.redis_down = False
             if ok and not self.held:
                 self.held = True
                 log.info("lease %s taken by %s", self.lease.key, self.lease.owner)

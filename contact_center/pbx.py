@@ -1,9 +1,11 @@
-"""Wiring of the PBXes: one AMI link per configured PBX feeding the telephony service.
+"""The PBXes: one AMI link and one call fold per configured PBX, feeding the telephony service.
 
 Each PBX link runs only while this instance holds the PBX's lease (Redis; always, without
-Redis), so exactly one instance consumes each AMI stream. After every (re)connect the calls in
-memory are reconciled with the PBX's own channel list (``CoreShowChannels``), so a call that
-began or ended during the outage is neither lost nor recorded twice.
+Redis), so exactly one instance consumes each AMI stream. The fold state (the calls in progress)
+belongs to the link that reads the stream: frames are folded in the AMI reader and the call
+events go to :class:`~contact_center.telephony.Telephony`. After every (re)connect the calls in
+memory are reconciled with the PBX's own channel list (``Status``, ``QueueStatus``), so a call
+that began or ended during the outage is neither lost nor recorded twice.
 """
 
 from __future__ import annotations
@@ -11,56 +13,67 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from aiohttp import web
+import redis.asyncio as aioredis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ami import fold
 from ami.connection import AmiLink
+from ami.frames import Frame
 from ami.resync import resync_calls
-from contact_center.config import PbxSettings
-from contact_center.keys import (
-    BUS,
-    CLOCK,
-    HEALTH,
-    INSTANCE_ID,
-    METRICS,
-    REDIS,
-    RULES,
-    SESSIONS,
-    SETTINGS,
-)
+from contact_center.config import PbxSettings, Settings
 from contact_center.leases import LeaseKeeper, RedisLease
 from contact_center.telephony import Telephony
-from contact_center.tracking_service import TRACKER
+from crm_core.clock import Clock
 from crm_core.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
-TELEPHONY = web.AppKey("telephony", Telephony)
-LINKS = web.AppKey("pbx_links", dict)
-
 LEASE_TTL_S = 10.0
 EXPIRE_EVERY_S = 60.0
+# A call silent for this long lost its Hangup (RTCP keeps live calls chatty with read=all).
+EXPIRE_AFTER_S = 4 * 3600.0
 
 
-class PbxRuntime:
-    """One PBX: its lease keeper and, while the lease is held, its AMI link."""
+class PbxLink:
+    """One PBX: its call fold, its lease keeper and, while the lease is held, its AMI link."""
 
-    def __init__(self, app: web.Application, pbx: PbxSettings, telephony: Telephony) -> None:
-        self.app = app
+    def __init__(
+        self,
+        pbx: PbxSettings,
+        *,
+        settings: Settings,
+        telephony: Telephony,
+        clock: Clock,
+        lease: RedisLease | None,
+    ) -> None:
         self.pbx = pbx
         self.telephony = telephony
+        self.clock = clock
+        self.folder = fold.CallFolder(
+            pbx.trunks,
+            pbx.extension_pattern,
+            settings.telephony.count_threshold_s,
+            region=settings.crm.default_region,
+        )
         self.link: AmiLink | None = None
-        lease = None
-        if REDIS in app:
-            prefix = app[SETTINGS].redis.prefix
-            lease = RedisLease(
-                app[REDIS], f"{prefix}:ami:{pbx.name}", app[INSTANCE_ID], ttl_s=LEASE_TTL_S
-            )
         self.keeper = LeaseKeeper(lease, on_gain=self._connect, on_loss=self._disconnect)
+
+    @property
+    def name(self) -> str:
+        return self.pbx.name
+
+    def feed(self, frame: Frame) -> None:
+        """Fold one AMI frame; called from the AMI reader, never blocks."""
+        for event in self.folder.feed(frame):
+            self.telephony.enqueue(self.pbx.name, event)
+
+    def expire(self) -> None:
+        """End the calls whose Hangup never came."""
+        for event in self.folder.expire(self.clock.now().timestamp(), EXPIRE_AFTER_S):
+            self.telephony.enqueue(self.pbx.name, event)
 
     async def _connect(self) -> None:
         self.link = AmiLink(
@@ -69,7 +82,7 @@ class PbxRuntime:
             port=self.pbx.port,
             username=self.pbx.username,
             secret=self.pbx.secret.get_secret_value(),
-            on_frame=lambda frame: self.telephony.feed(self.pbx.name, frame),
+            on_frame=self.feed,
             on_connected=self._resync,
             keep=fold.NEEDED,
         )
@@ -85,9 +98,9 @@ class PbxRuntime:
         # arrived during the outage keeps its DID; QueueStatus keeps waiting callers' queue.
         ended = await resync_calls(
             link,
-            self.telephony.folders[self.pbx.name],
-            feed=lambda frame: self.telephony.feed(self.pbx.name, frame),
-            now=lambda: self.app[CLOCK].now().timestamp(),
+            self.folder,
+            feed=self.feed,
+            now=lambda: self.clock.now().timestamp(),
             queues=True,
         )
         for event in ended:
@@ -101,21 +114,87 @@ class PbxRuntime:
         status = self.link.provide_status()
         state = status.get("state")
         status["status"] = "ok" if state == "connected" else "fail"
+        status["live_calls"] = len(self.folder.live_calls())
         return status
 
 
-class _AmiCollector:
+class PbxLinks:
+    """Every enabled PBX of the settings, by name, in the order configured."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        telephony: Telephony,
+        clock: Clock,
+        redis: aioredis.Redis | None,
+        instance_id: str,
+    ) -> None:
+        self.links: dict[str, PbxLink] = {}
+        for pbx in settings.pbx:
+            if not pbx.enabled:
+                continue
+            lease = (
+                RedisLease(
+                    redis, f"{settings.redis.prefix}:ami:{pbx.name}", instance_id, ttl_s=LEASE_TTL_S
+                )
+                if redis is not None
+                else None
+            )
+            self.links[pbx.name] = PbxLink(
+                pbx, settings=settings, telephony=telephony, clock=clock, lease=lease
+            )
+        self._expirer: asyncio.Task[None] | None = None
+
+    def __getitem__(self, name: str) -> PbxLink:
+        return self.links[name]
+
+    def get(self, name: str | None = None) -> PbxLink:
+        """The link of ``name`` (default: the first PBX); Unavailable when there is none."""
+        if not self.links:
+            raise Unavailable("no PBX is configured")
+        link = self.links.get(name) if name else next(iter(self.links.values()))
+        if link is None:
+            raise Unavailable(f"no PBX named {name!r}")
+        return link
+
+    async def start(self) -> None:
+        """Start competing for each PBX's lease (taking it at once without Redis)."""
+        for link in self.links.values():
+            await link.keeper.start()
+        self._expirer = asyncio.get_running_loop().create_task(self._expire_loop())
+
+    async def close(self) -> None:
+        if self._expirer is not None:
+            self._expirer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expirer
+            self._expirer = None
+        for link in self.links.values():
+            await link.keeper.stop()
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRE_EVERY_S)
+            for link in self.links.values():
+                link.expire()
+
+    def collector(self) -> AmiCollector:
+        return AmiCollector(self.links)
+
+
+class AmiCollector:
     """Each PBX link's figures (``AmiLink.metrics()``) as ``cc_ami_*{pbx=...}``."""
 
-    def __init__(self, runtimes: dict[str, PbxRuntime]) -> None:
-        self._runtimes = runtimes
+    def __init__(self, links: dict[str, PbxLink]) -> None:
+        self._links = links
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
-        for name, rt in self._runtimes.items():
-            if rt.link is None:
+        for name, pbx in self._links.items():
+            if pbx.link is None:
                 continue
-            for key, value in rt.link.metrics().items():
+            for key, value in pbx.link.metrics().items():
                 if key.endswith("_total"):
                     family = families.setdefault(
                         key, CounterMetricFamily(f"cc_ami_{key[:-6]}", f"AMI {key}", labels=["pbx"])
@@ -126,58 +205,3 @@ class _AmiCollector:
                     )
                 family.add_metric([name], value)
         yield from families.values()
-
-
-def runtime(app: web.Application, pbx_name: str | None = None) -> PbxRuntime:
-    """The runtime of ``pbx_name`` (default: the first PBX); Unavailable when none is up."""
-    links: dict[str, PbxRuntime] = app[LINKS]
-    if not links:
-        raise Unavailable("no PBX is configured")
-    rt = links.get(pbx_name) if pbx_name else next(iter(links.values()))
-    if rt is None:
-        raise Unavailable(f"no PBX named {pbx_name!r}")
-    return rt
-
-
-async def _telephony_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    telephony = Telephony(
-        settings=settings,
-        sessions=app[SESSIONS],
-        bus=app[BUS],
-        rules=app[RULES],
-        clock=app[CLOCK],
-        tracker=app.get(TRACKER),
-    )
-    app[TELEPHONY] = telephony
-    app[HEALTH].add("telephony", telephony.provide_status)
-    await telephony.start()
-    runtimes: dict[str, PbxRuntime] = {}
-    app[LINKS] = runtimes
-    for pbx in settings.pbx:
-        if not pbx.enabled:
-            continue
-        rt = PbxRuntime(app, pbx, telephony)
-        runtimes[pbx.name] = rt
-        app[HEALTH].add_to_group("pbx", pbx.name, rt.provide_status)
-        await rt.keeper.start()
-    app[METRICS].register(_AmiCollector(runtimes))
-    expirer = asyncio.get_running_loop().create_task(_expire_loop(telephony))
-    yield
-    expirer.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await expirer
-    for rt in runtimes.values():
-        await rt.keeper.stop()
-    await telephony.close()
-
-
-async def _expire_loop(telephony: Telephony) -> None:
-    while True:
-        await asyncio.sleep(EXPIRE_EVERY_S)
-        telephony.expire_stale()
-
-
-def setup(app: web.Application) -> None:
-    """Install the telephony service and the PBX links (after the database and the bus)."""
-    app.cleanup_ctx.append(_telephony_ctx)

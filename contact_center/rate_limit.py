@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
+from routing.circuit import REDIS_DOWN, Circuit
+
 _MEMORY_KEYS = 100_000  # forget everything past this many keys (a spray of addresses)
 
 
@@ -26,6 +28,7 @@ class RateLimiter:
         self._redis = redis
         self._prefix = prefix
         self._clock = clock
+        self.circuit = Circuit("rate limits")
         self._counts: dict[str, int] = {}
         self._window_of: dict[str, int] = {}
 
@@ -33,12 +36,18 @@ class RateLimiter:
         """Count one hit of ``key``; True while it is within ``limit`` for this window."""
         window = int(self._clock() // window_s)
         name = f"{self._prefix}:rl:{key}:{window}"
-        if self._redis is not None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.incr(name)
-                pipe.expire(name, window_s, nx=True)
-                count, _ = await pipe.execute()
-            return int(count) <= limit
+        if self._redis is not None and self.circuit.allows():
+            try:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.incr(name)
+                    pipe.expire(name, window_s, nx=True)
+                    count, _ = await pipe.execute()
+            except REDIS_DOWN as exc:
+                # Limits are a safeguard, not a record: count in this process meanwhile.
+                self.circuit.failed(exc)
+            else:
+                self.circuit.succeeded()
+                return int(count) <= limit
         if len(self._counts) > _MEMORY_KEYS:
             self._counts.clear()
             self._window_of.clear()

@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from aiohttp import web
-from prometheus_client import Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contact_center import scheduler
 from contact_center.config import RecordingsSettings
-from contact_center.keys import CLOCK, HEALTH, METRICS, SETTINGS
+from crm_core.clock import Clock
 from crm_core.events import DomainEvent
 from crm_core.jobs import service as jobs
 from crm_core.jobs.model import ScheduledJob
@@ -63,7 +61,7 @@ class RecordingsRuntime:
         *,
         storage: Storage,
         pool: ConverterPool,
-        clock: Any,
+        clock: Clock,
         timezone: str = "Europe/Moscow",
     ) -> None:
         self.settings = settings
@@ -91,6 +89,9 @@ class RecordingsRuntime:
         if self.outcomes is not None:
             self.outcomes.labels(state).inc(n)
 
+    async def close(self) -> None:
+        await self.pool.close()
+
     def provide_status(self) -> dict[str, Any]:
         doc: dict[str, Any] = {}
         self.pool.provide_status(doc)
@@ -98,9 +99,6 @@ class RecordingsRuntime:
         entry["storage"] = self.settings.storage
         entry["spool_dir"] = str(self.spool_dir)
         return entry
-
-
-RECORDINGS = web.AppKey("recordings", RecordingsRuntime)
 
 
 def build_storage(settings: RecordingsSettings) -> Storage:
@@ -175,10 +173,6 @@ async def file_arrived(
         row.next_attempt_at = now
         await _schedule_step(session, row, now)
     return row
-
-
-def spool_dir(app: web.Application) -> Path:
-    return Path(app[SETTINGS].recordings.spool_dir)
 
 
 async def _schedule_step(session: AsyncSession, row: Recording, due_at: datetime) -> None:
@@ -292,12 +286,18 @@ async def run_purge(
     return []
 
 
-# ---------------------------------------------------------------- wiring
+# ---------------------------------------------------------------- construction
 
 
-async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
-
-    settings: RecordingsSettings = app[SETTINGS].recordings
+def open_runtime(
+    settings: RecordingsSettings,
+    *,
+    clock: Clock,
+    timezone: str,
+    registry: CollectorRegistry,
+) -> RecordingsRuntime:
+    """The storage, the converter pool (started lazily) and the processor, with their metrics
+    in ``registry``. Close it with :meth:`RecordingsRuntime.close`."""
     pool = ConverterPool(
         workers=settings.workers,
         format=settings.format,
@@ -306,53 +306,29 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         niceness=settings.niceness,
     )
     runtime = RecordingsRuntime(
-        settings,
-        storage=build_storage(settings),
-        pool=pool,
-        clock=app[CLOCK],
-        timezone=app[SETTINGS].locale.timezone,
+        settings, storage=build_storage(settings), pool=pool, clock=clock, timezone=timezone
     )
     runtime.outcomes = Counter(
         "cc_recordings_total",
         "Recording jobs by outcome (stored, missing, failed, retry, purged)",
         ["outcome"],
-        registry=app[METRICS],
+        registry=registry,
     )
     Gauge(
         "cc_recordings_converter_available",
         "1 when ffmpeg is there to convert recordings; 0 when they are kept as WAV",
-        registry=app[METRICS],
+        registry=registry,
     ).set(1 if pool.converter_available else 0)
-    app[RECORDINGS] = runtime
-    app[HEALTH].add("recordings", runtime.provide_status)
-    try:
-        yield
-    finally:
-        app[HEALTH].remove("recordings")
-        await pool.close()
+    return runtime
 
 
-def setup(app: web.Application) -> None:
-    """Register the job handlers and the runtime, started before the scheduler so no job runs
-    without it and stopped after it."""
-    if not app[SETTINGS].recordings.enabled:
-        return
-    scheduler.setup(app)
-    handlers = scheduler.job_handlers(app)
-    handlers.register(PROCESS_JOB, _bound(app, process))
-    handlers.register(PURGE_JOB, _bound(app, run_purge))
-    ctx = list(app.cleanup_ctx)
-    position = next(
-        (i for i, c in enumerate(ctx) if getattr(c, "__name__", "") == "_scheduler_ctx"),
-        len(ctx),
-    )
-    app.cleanup_ctx.insert(position, _runtime_ctx)
+def job_handlers(runtime: RecordingsRuntime) -> dict[str, jobs.JobHandler]:
+    """The scheduler's handlers of the recordings' durable jobs, bound to ``runtime``."""
 
+    async def run_process(session: AsyncSession, job: ScheduledJob, now: datetime) -> Any:
+        return await process(runtime, session, job, now)
 
-def _bound(app: web.Application, handler: Any) -> jobs.JobHandler:
-    """``handler`` as a scheduler job handler working with ``app``'s runtime."""
+    async def run_purge_job(session: AsyncSession, job: ScheduledJob, now: datetime) -> Any:
+        return await run_purge(runtime, session, job, now)
 
-    async def run(session: AsyncSession, job: ScheduledJob, now: datetime) -> Any:
-        return await handler(app[RECORDINGS], session, job, now)
-
-    return run
+    return {PROCESS_JOB: run_process, PURGE_JOB: run_purge_job}

@@ -8,28 +8,27 @@ handler rolls back and the job is retried with backoff until it ends ``failed``;
 up the other jobs. Claims are leases, so with several instances each job runs once, and a job
 whose worker died is picked up again when its lease runs out.
 
-Handlers (``crm_core.jobs.service.JobHandler``) are registered per kind, by any slice:
-``job_handlers(app).register("task.remind", tasks.remind_task)``.
+Handlers (``crm_core.jobs.service.JobHandler``), one per job kind, are handed to the scheduler
+by the composition root (``contact_center.app``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from contact_center.background import Periodic
 from crm_core.clock import Clock
 from crm_core.events import DomainEvent
 from crm_core.jobs import service as jobs
 from crm_core.jobs.model import ScheduledJob
+from crm_core.notifications import service as notifications
 from crm_core.ports import EventPublisher
 
 log = logging.getLogger(__name__)
@@ -45,8 +44,10 @@ class UnknownJobKind(Exception):
 class JobHandlers:
     """Job kind -> handler."""
 
-    def __init__(self) -> None:
+    def __init__(self, handlers: Mapping[str, jobs.JobHandler] | None = None) -> None:
         self._handlers: dict[str, jobs.JobHandler] = {}
+        for kind, handler in (handlers or {}).items():
+            self.register(kind, handler)
 
     def register(self, kind: str, handler: jobs.JobHandler) -> None:
         existing = self._handlers.get(kind)
@@ -83,11 +84,10 @@ class Scheduler:
         self._clock = clock
         self.handlers = handlers or JobHandlers()
         self.worker_id = (worker_id or f"pid{os.getpid()}")[:64]
-        self.interval = interval
         self.batch = batch
         self.lease = lease
         self.base_backoff = base_backoff
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("scheduler", self._tick, interval)
         self._last_purge: datetime | None = None
         self._last_tick: datetime | None = None
         self._last_error: str | None = None
@@ -120,7 +120,7 @@ class Scheduler:
             for job in claimed:
                 await self._run(job)
             ran += len(claimed)
-            if len(claimed) < self.batch:
+            if len(claimed) < self.batch or self._loop.stopping:
                 break
         self._last_tick = self._clock.now()
         await self._maybe_purge()
@@ -134,6 +134,7 @@ class Scheduler:
                 raise UnknownJobKind(f"no handler for job kind {job.kind!r}")
             async with self._sessions() as session:
                 events = list(await handler(session, job, self._clock.now()))
+                events += await notifications.record(session, events, now=self._clock.now())
                 held = await jobs.complete(
                     session, job.id, worker_id=self.worker_id, now=self._clock.now()
                 )
@@ -197,30 +198,22 @@ class Scheduler:
         if purged:
             log.info("purged %d finished jobs", purged)
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-                self._last_error = None
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database may be away for a while; keep polling
-                self._last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("scheduler tick failed: %s", self._last_error)
-            await asyncio.sleep(self.interval)
+    async def _tick(self) -> None:
+        try:
+            await self.run_once()
+            self._last_error = None
+        except Exception as exc:  # the database may be away for a while; keep polling
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("scheduler tick failed: %s", self._last_error)
 
     def start(self) -> None:
-        """Start polling in the background (once)."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+        """Start polling in the background (once; the first tick at once)."""
+        self._loop.start()
 
     async def close(self) -> None:
-        """Stop polling; a job being run is abandoned to its lease."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop polling: the jobs already claimed are finished first (for a bounded time),
+        then the loop ends; a job still running after that is abandoned to its lease."""
+        await self._loop.stop()
 
     def provide_status(self) -> dict[str, Any]:
         status: dict[str, Any] = {
@@ -234,46 +227,3 @@ class Scheduler:
         if self._last_error:
             status["last_error"] = self._last_error
         return status
-
-
-JOB_HANDLERS = web.AppKey("job_handlers", JobHandlers)
-SCHEDULER = web.AppKey("scheduler", Scheduler)
-SCHEDULER_INTERVAL = web.AppKey("scheduler_interval", float)
-
-
-def job_handlers(app: web.Application) -> JobHandlers:
-    """The application's job handler registry (created on first use, so slices may register
-    in their ``setup(app)`` in any order)."""
-    if JOB_HANDLERS not in app:
-        app[JOB_HANDLERS] = JobHandlers()
-    return app[JOB_HANDLERS]
-
-
-def setup(app: web.Application) -> None:
-    """Add the scheduler to ``app`` as one ``cleanup_ctx`` entry (after the database and bus,
-    so it stops before them). Idempotent."""
-    if SCHEDULER_INTERVAL in app:
-        return
-    app[SCHEDULER_INTERVAL] = 1.0
-    job_handlers(app)
-    app.cleanup_ctx.append(_scheduler_ctx)
-
-
-async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
-    from contact_center.keys import BUS, CLOCK, HEALTH, INSTANCE_ID, METRICS, SESSIONS
-
-    scheduler = Scheduler(
-        sessions=app[SESSIONS],
-        bus=app[BUS],
-        clock=app[CLOCK],
-        handlers=job_handlers(app),
-        worker_id=f"{app[INSTANCE_ID]}:{os.getpid()}",
-        interval=app[SCHEDULER_INTERVAL],
-        registry=app[METRICS],
-    )
-    app[SCHEDULER] = scheduler
-    app[HEALTH].add("scheduler", scheduler.provide_status)
-    scheduler.start()
-    yield
-    await scheduler.close()
-    app[HEALTH].remove("scheduler")

@@ -1,7 +1,7 @@
 """Telephony application service: AMI frames in, screen-pops and CRM facts out.
 
-Per PBX: a :class:`~ami.fold.CallFolder` folds frames (synchronously, in the AMI reader);
-the events it yields go, in order, through two lanes to :class:`Telephony`:
+Each PBX link (:mod:`contact_center.pbx`) folds its frames (synchronously, in the AMI reader);
+the call events it yields go, in order, through two lanes to :class:`Telephony`:
 
 * the pop-up lane (live calls, only reads and pushes): when a call comes in the caller is
   identified; on ringing ``call.ringing`` is pushed with the client card summary, as the owner
@@ -39,8 +39,6 @@ from crm_core.rules import CrmRules
 
 log = logging.getLogger(__name__)
 
-# A call silent for this long lost its Hangup (RTCP keeps live calls chatty with read=all).
-EXPIRE_AFTER_S = 4 * 3600.0
 QUEUE_LIMIT = 100_000
 # A card looked up when the call came in is shown as it is if a phone rings within this time;
 # after a long queue wait it is looked up again (a colleague may have changed it meanwhile).
@@ -55,6 +53,10 @@ PREFETCH_MAX = 1000
 
 # Longest a click-to-call waits for its card before the PBX is asked to ring.
 PREFETCH_WAIT_S = 0.3
+
+# Who else sees every call's ringing, answer and end on /ws: the head of sales watches who is
+# on a call (his screen pops nothing: app.js pops only for the user's own extensions).
+WATCHERS = ("role:head",)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class _LiveInfo:
     client: dict[str, Any] | None = None
     tracking: dict[str, Any] | None = None
     rang: set[str] = field(default_factory=set)
+    caller: str | None = None  # the client's number, as the ringing named it
     # (caller, did) the lookup was made for, and when (loop time); None: not looked up yet.
     looked_up: tuple[str | None, str | None] | None = None
     looked_up_at: float = 0.0
@@ -102,15 +105,6 @@ class Telephony:
         self.bus = bus
         self.rules = rules
         self.clock = clock
-        self.folders: dict[str, fold.CallFolder] = {
-            p.name: fold.CallFolder(
-                p.trunks,
-                p.extension_pattern,
-                settings.telephony.count_threshold_s,
-                region=settings.crm.default_region,
-            )
-            for p in settings.pbx
-        }
         self.outcomes = CallOutcomes(
             tracker=tracker,
             rules=rules,
@@ -137,14 +131,6 @@ class Telephony:
 
     # ---------------------------------------------------------------- intake (sync)
 
-    def feed(self, pbx: str, frame: Any) -> None:
-        """Fold one AMI frame of ``pbx``; called from the AMI reader, never blocks."""
-        folder = self.folders.get(pbx)
-        if folder is None:
-            return
-        for event in folder.feed(frame):
-            self.enqueue(pbx, event)
-
     async def prefetch(self, pbx: str, number: str) -> None:
         """Look the card of ``number`` (E.164) up on the pop-up lane and wait for it (at most
         ``PREFETCH_WAIT_S``): a click-to-call first rings the manager's own phone, showing the
@@ -160,7 +146,8 @@ class Telephony:
             await asyncio.wait_for(asyncio.shield(done), PREFETCH_WAIT_S)
 
     def enqueue(self, pbx: str, event: fold.CallEvent) -> None:
-        """Queue a folded event of ``pbx`` on its lane; never blocks."""
+        """Queue a folded call event of ``pbx`` on its lane; called from the AMI reader, never
+        blocks."""
         try:
             if isinstance(event, fold.CallEnded):
                 self._call_log.put_nowait((pbx, event))
@@ -196,12 +183,6 @@ class Telephony:
         """Wait until every queued event is handled (tests, replays)."""
         await self._popups.join()
         await self._call_log.join()
-
-    def expire_stale(self) -> None:
-        now = self.clock.now().timestamp()
-        for pbx, folder in self.folders.items():
-            for event in folder.expire(now, EXPIRE_AFTER_S):
-                self.enqueue(pbx, event)
 
     async def _run(
         self, lane: asyncio.Queue[tuple[str, PopupWork]] | asyncio.Queue[tuple[str, fold.CallEnded]]
@@ -265,6 +246,7 @@ class Telephony:
     async def _ringing(self, pbx: str, event: fold.CallRinging) -> None:
         info = self._live.setdefault((pbx, event.call_id), _LiveInfo())
         info.rang.add(event.extension)
+        info.caller = event.caller or info.caller
         loop = asyncio.get_running_loop()
         if info.looked_up is None and self._prefetched and event.did is None:
             self._adopt_prefetched(pbx, info, event.caller)
@@ -290,7 +272,7 @@ class Telephony:
                 client=client,
                 tracking=info.tracking,
                 occurred_at=_ts(event.ts),
-                audience=(f"ext:{event.extension}",),
+                audience=(f"ext:{event.extension}", *WATCHERS),
             )
         )
 
@@ -355,11 +337,14 @@ class Telephony:
             audience.add(f"ext:{event.extension}")
         if not audience:
             return
+        audience.update(WATCHERS)
         await self.bus.publish(
             call_events.CallAnswered(
                 call_id=event.call_id,
                 pbx=pbx,
                 extension=event.extension,
+                caller=event.client or (info.caller if info else None),
+                direction=event.direction,
                 occurred_at=_ts(event.ts),
                 audience=tuple(sorted(audience)),
             )
@@ -384,11 +369,14 @@ class Telephony:
         if info:
             audience.update(f"ext:{e}" for e in info.rang)
         if audience:
+            audience.update(WATCHERS)
             await self.bus.publish(
                 call_events.CallEnded(
                     call_id=record.call_id,
                     pbx=pbx,
                     extension=record.extension,
+                    caller=record.outside_number or record.caller,
+                    direction=record.direction,
                     disposition=record.disposition,
                     talk_seconds=record.talk_seconds,
                     counted=record.counted,
@@ -405,7 +393,6 @@ class Telephony:
             "processed": self.processed,
             "failures": self.failures,
             "prefetch_hits": self.prefetch_hits,
-            "live_calls": {name: len(f.live_calls()) for name, f in self.folders.items()},
         }
 
 

@@ -11,37 +11,37 @@ visitors and sessions are written by :class:`HistoryWriter` in batches.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 import phonenumbers
-from aiohttp import web
+import redis.asyncio as aioredis
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contact_center import tracking_config
+from contact_center.background import Periodic
 from contact_center.config import Settings, TrackingSettings
-from contact_center.keys import BUS, CLOCK, HEALTH, REDIS, SESSIONS, SETTINGS
 from crm_core.clock import Clock
 from crm_core.errors import NotFound, RateLimited
 from crm_core.events import DomainEvent
 from crm_core.phones import try_normalize_phone
 from crm_core.tracking import history
 from crm_core.tracking.directory import Directory, PoolInfo, SiteInfo, load_directory
-from crm_core.tracking.events import TrackingChanged
 from crm_core.tracking.model import NumberKind
 from crm_core.tracking.service import attribution_at, attribution_dict
+from routing.circuit import Circuit
 from routing.ip_regions import IpRegions
 from routing.number_leases import (
+    FallbackLeaseStore,
     LeaseRateLimited,
     LeaseStore,
     MemoryLeaseStore,
@@ -61,10 +61,6 @@ _MAX_ATTEMPTS = 5  # a batch refused this often in a row is dropped (one bad row
 
 class SiteNotFound(NotFound):
     error_id = "tracking-site-not-found"
-
-
-class SessionNotFound(NotFound):
-    error_id = "tracking-session-not-found"
 
 
 @dataclass(frozen=True)
@@ -120,9 +116,8 @@ class HistoryWriter:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], interval_s: float) -> None:
         self._sessions = sessions
-        self._interval = interval_s
+        self._loop = Periodic("tracking-history", self.flush, interval_s, immediately=False)
         self._batch = self._empty()
-        self._task: asyncio.Task[None] | None = None
         self.written = 0
         self.failures = 0
         self._attempts = 0
@@ -206,19 +201,11 @@ class HistoryWriter:
         batch.ends.update(newer.ends)
         self._batch = batch
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.flush()
-
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
         await self.flush()
 
 
@@ -360,6 +347,9 @@ class TrackingService:
     def provide_status(self) -> dict[str, Any]:
         """The ``tracking`` entry of ``/healthz``."""
         entry: dict[str, Any] = {"status": "ok"}
+        if isinstance(self.store, FallbackLeaseStore) and self.store.degraded:
+            entry["status"] = "degraded"
+            entry["leases"] = "in memory while Redis is unreachable (low-confidence attribution)"
         if self._directory is not None:
             entry["sites"] = len(self._directory.sites)
             entry["numbers"] = len(self._directory.numbers)
@@ -639,47 +629,40 @@ def tags_of(body: Mapping[str, Any]) -> dict[str, str]:
     return clean_tags({**(nested if isinstance(nested, Mapping) else {}), **body})
 
 
-# ---------------------------------------------------------------- wiring
-
-TRACKER = web.AppKey("tracking_service", TrackingService)
+# ---------------------------------------------------------------- construction
 
 
-def setup(app: web.Application) -> None:
-    """The tracking service: after the database, Redis and the bus are up."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        settings = app[SETTINGS]
-        redis = app.get(REDIS)
-        store: LeaseStore = (
-            RedisLeaseStore(redis, settings.redis.prefix)
-            if redis is not None
-            else MemoryLeaseStore()
+async def open_service(
+    settings: Settings,
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    redis: aioredis.Redis | None,
+    clock: Clock,
+) -> tuple[TrackingService, bool]:
+    """The tracking service, after ``tracking.sites`` of the config were written to the
+    database and the IP-to-region table was read; (service, whether the config changed
+    anything — other running instances must then reload their directories)."""
+    store: LeaseStore = (
+        FallbackLeaseStore(
+            RedisLeaseStore(redis, settings.redis.prefix),
+            MemoryLeaseStore(),
+            Circuit("tracking leases"),
         )
-        async with app[SESSIONS]() as session:
-            changed = await tracking_config.sync_config_sites(session, settings)
-            table = await tracking_config.load_ip_regions(session, settings)
-            await session.commit()
-        if table is not None:
-            log.info(
-                "tracking: %d IP ranges from %s", len(table), settings.tracking.ip_regions_file
-            )
-        service = TrackingService(
-            settings.tracking,
-            app[SESSIONS],
-            store,
-            app[CLOCK],
-            fallbacks=RegionFallbacks.of(settings),
-            ip_regions=table,
-        )
-        app[TRACKER] = service
-        app[HEALTH].add("tracking", service.provide_status)
-        app[BUS].subscribe(
-            service.on_event, name="tracking-directory", events=("tracking.changed",)
-        )
-        if changed:  # other running instances reload their directories
-            await app[BUS].publish(TrackingChanged(entity="config", entity_id=0))
-        service.writer.start()
-        yield
-        await service.writer.close()
-
-    app.cleanup_ctx.append(ctx)
+        if redis is not None
+        else MemoryLeaseStore()
+    )
+    async with sessions() as session:
+        changed = await tracking_config.sync_config_sites(session, settings)
+        table = await tracking_config.load_ip_regions(session, settings)
+        await session.commit()
+    if table is not None:
+        log.info("tracking: %d IP ranges from %s", len(table), settings.tracking.ip_regions_file)
+    service = TrackingService(
+        settings.tracking,
+        sessions,
+        store,
+        clock,
+        fallbacks=RegionFallbacks.of(settings),
+        ip_regions=table,
+    )
+    return service, changed

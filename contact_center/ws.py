@@ -13,15 +13,15 @@ import contextlib
 import json
 import logging
 import weakref
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSCloseCode, web
 
 from contact_center.http.api import USER
-from contact_center.keys import BUS, HEALTH, SESSIONS
+from contact_center.keys import SESSIONS
 from crm_core.events import DomainEvent
+from crm_core.notifications import service as notifications
 from crm_core.users import service as users
 from crm_core.users.model import TokenKind, User
 
@@ -103,7 +103,11 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     log.info("ws connected: user %s", user.login, extra={"user_id": user.id})
     writer = asyncio.get_running_loop().create_task(_writer(client, hub))
     try:
-        await ws.send_str(json.dumps({"type": "hello", "user_id": user.id}))
+        async with request.app[SESSIONS]() as session:
+            unread = await notifications.unread_count(session, user.id)
+        # What waited for him while he was away (the list: GET /api/v1/notifications).
+        hello = {"type": "hello", "user_id": user.id, "unread_notifications": unread}
+        await ws.send_str(json.dumps(hello))
         async for msg in ws:
             if msg.type == web.WSMsgType.TEXT and msg.data == "ping":
                 await ws.send_str('{"type": "pong"}')
@@ -127,22 +131,12 @@ async def _writer(client: Client, hub: Hub) -> None:
         hub.sent += 1
 
 
-async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
-    hub = app[HUB]
-    sub = app[BUS].subscribe(hub.on_event, name="ws")
-    yield
-    await app[BUS].unsubscribe(sub)
-
-
-async def _close_sockets(app: web.Application) -> None:
+async def on_shutdown(app: web.Application) -> None:
+    """Close every socket with GOING_AWAY: the server is shutting down."""
     for client in list(app[HUB].clients):
         await client.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
 
 
-def setup(app: web.Application) -> None:
-    """Install /ws; the hub subscribes to the bus once the bus exists."""
-    app[HUB] = Hub()
+def routes(app: web.Application) -> None:
+    """``GET /ws`` (the hub is built by the composition root)."""
     app.router.add_get("/ws", ws_handler)
-    app.cleanup_ctx.append(_hub_ctx)
-    app.on_shutdown.append(_close_sockets)
-    app[HEALTH].add("ws", app[HUB].provide_status)

@@ -65,11 +65,6 @@ class DomainEvent:
         return cls(**kwargs)
 
 
-def registered_events() -> dict[str, type[DomainEvent]]:
-    """Every event type by wire name."""
-    return dict(_REGISTRY)
-
-
 def _dump(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()

@@ -10,6 +10,7 @@ from crm_core.distribution import model as distribution_model
 from crm_core.invoices import model as invoices_model
 from crm_core.jobs import model as jobs_model
 from crm_core.leads import model as leads_model
+from crm_core.notifications import model as notifications_model
 from crm_core.recordings import model as recordings_model
 from crm_core.reference import model as reference_model
 from crm_core.tasks import model as tasks_model
@@ -27,6 +28,7 @@ __all__ = [
     "invoices_model",
     "jobs_model",
     "leads_model",
+    "notifications_model",
     "recordings_model",
     "reference_model",
     "tasks_model",

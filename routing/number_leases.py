@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import redis.asyncio as aioredis
 
+from routing.circuit import REDIS_DOWN, Circuit
+
 _SEP = "\x1f"
+T = TypeVar("T")
 
 
 class LeaseRateLimited(Exception):
@@ -526,3 +529,113 @@ def _raise_over(limits: Sequence[RateRule], over: bytes | str | None) -> None:
     for rule in limits:
         if rule.key == key:
             raise LeaseRateLimited(rule)
+
+
+# ---------------------------------------------------------------- Redis with a way out
+
+
+class FallbackLeaseStore:
+    """The Redis store, falling back to a store in memory while Redis does not answer.
+
+    Redis is where leases are shared, not where anything is kept for good: while it is away a
+    visitor still gets a number (from this instance's memory, marked low-confidence because
+    another instance may lease the same number meanwhile) and a call is still attributed from
+    what this instance leased. ``circuit`` says when to try Redis again; leases given out in
+    memory keep being served from memory until they end, new ones go to Redis again.
+    """
+
+    def __init__(self, redis: RedisLeaseStore, memory: MemoryLeaseStore, circuit: Circuit) -> None:
+        self.redis = redis
+        self.memory = memory
+        self.circuit = circuit
+        self.fallbacks = 0  # operations answered from memory
+
+    @property
+    def degraded(self) -> bool:
+        return self.circuit.degraded
+
+    async def _try(self, operation: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
+        """(True, result) from Redis, or (False, None) when Redis is (still) away."""
+        if not self.circuit.allows():
+            return False, None
+        try:
+            result = await operation()
+        except REDIS_DOWN as exc:
+            self.circuit.failed(exc)
+            return False, None
+        self.circuit.succeeded()
+        return True, result
+
+    async def hit(self, limits: Sequence[RateRule]) -> None:
+        answered, _ = await self._try(lambda: self.redis.hit(limits))
+        if not answered:
+            self.fallbacks += 1
+            await self.memory.hit(limits)
+
+    async def acquire(
+        self,
+        pool: str,
+        dids: Sequence[str],
+        session: str,
+        payload: str,
+        *,
+        ttl_s: float,
+        cooldown_s: float,
+        reuse: bool,
+        limits: Sequence[RateRule] = (),
+    ) -> Lease | None:
+        answered, lease = await self._try(
+            lambda: self.redis.acquire(
+                pool,
+                dids,
+                session,
+                payload,
+                ttl_s=ttl_s,
+                cooldown_s=cooldown_s,
+                reuse=reuse,
+                limits=limits,
+            )
+        )
+        if answered:
+            return lease
+        self.fallbacks += 1
+        kept = await self.memory.acquire(
+            pool,
+            dids,
+            session,
+            payload,
+            ttl_s=ttl_s,
+            cooldown_s=cooldown_s,
+            reuse=reuse,
+            limits=limits,
+        )
+        # Another instance may lease the same number meanwhile: a call on it may be another's.
+        return Lease(kept.did, True, kept.evicted) if kept is not None else None
+
+    async def renew(self, session: str, *, ttl_s: float, cooldown_s: float) -> bool:
+        if await self.memory.renew(session, ttl_s=ttl_s, cooldown_s=cooldown_s):
+            return True  # leased from memory during an outage
+        answered, alive = await self._try(
+            lambda: self.redis.renew(session, ttl_s=ttl_s, cooldown_s=cooldown_s)
+        )
+        # While Redis cannot say, the page keeps its number rather than start over.
+        return bool(alive) if answered else True
+
+    async def release(self, session: str, *, cooldown_s: float) -> bool:
+        if await self.memory.release(session, cooldown_s=cooldown_s):
+            return True
+        _, released = await self._try(lambda: self.redis.release(session, cooldown_s=cooldown_s))
+        return bool(released)
+
+    async def holder(self, did: str) -> Holder | None:
+        _, found = await self._try(lambda: self.redis.holder(did))
+        if found is not None:
+            return found
+        kept = await self.memory.holder(did)
+        return Holder(kept.session, True, kept.payload) if kept is not None else None
+
+    async def stats(self, pool: str) -> PoolStats:
+        answered, stats = await self._try(lambda: self.redis.stats(pool))
+        if answered and stats is not None:
+            return stats
+        return await self.memory.stats(pool)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# System packages the test suite needs beyond Python: ffmpeg (pydub conversions) and Chromium
-# (browser tests). Installs only what is missing; needs root (CI and the dev machines run as root).
+# System packages the test suite needs beyond Python: ffmpeg (pydub conversions), Chromium
+# (browser tests) and Dovecot (the IMAP server of the e-mail channel tests, started privately
+# by each test on its own port). Installs only what is missing; needs root (CI and the dev
+# machines run as root).
 set -euo pipefail
 
 want=()
@@ -8,6 +10,7 @@ command -v ffmpeg >/dev/null 2>&1 || want+=(ffmpeg)
 command -v chromium >/dev/null 2>&1 || want+=(chromium)
 command -v pg_isready >/dev/null 2>&1 || want+=(postgresql-client)
 command -v redis-cli >/dev/null 2>&1 || want+=(redis-tools)
+[ -x /usr/sbin/dovecot ] || command -v dovecot >/dev/null 2>&1 || want+=(dovecot-imapd)
 
 if ((${#want[@]})); then
   if [ "$(id -u)" -ne 0 ]; then

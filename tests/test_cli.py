@@ -113,14 +113,22 @@ def test_database_down_at_start_is_a_clear_retry_not_a_traceback(tmp_path: Path)
         CC_SERVER_PORT=str(free_port()),
     )
     proc = subprocess.Popen(
-        _cli("serve"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _cli("serve"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
+    assert proc.stderr is not None
+    lines: list[str] = []
     try:
-        time.sleep(4)
+        # Two retries logged (however long a loaded machine takes to start the process), and
+        # the server still waiting for its database.
+        while sum("unreachable" in line for line in lines) < 2:
+            line = proc.stderr.readline()
+            assert line, "the server must keep retrying:\n" + "".join(lines)
+            lines.append(line)
         assert proc.poll() is None, "the server must keep retrying"
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
+        _, rest = proc.communicate(timeout=20)
+    err = "".join(lines) + rest
     retries = [line for line in err.splitlines() if "unreachable" in line]
     assert len(retries) >= 2, err
     assert f"database postgresql+asyncpg://postgres@127.0.0.1:{port}/cc unreachable" in retries[0]

@@ -61,13 +61,18 @@ async def test_a_task_reminder_fires_at_its_time_not_before(
     assert bus.events == []
     clock.advance(timedelta(seconds=1))
     assert await scheduler.run_once() == 1
-    [event] = bus.events
+    [event, notice] = bus.events  # the reminder, and its notification stored with the job
     assert event.name == "task.due" and event.task_id == task_id
+    assert (notice.name, notice.kind, notice.audience) == (
+        "notification.created",
+        "task.due",
+        event.audience,
+    )
     assert event.due_at == T0 + 30 * MIN and event.remind_at == T0 + 20 * MIN
     assert event.audience[0].startswith("user:")
     clock.advance(timedelta(hours=1))
     assert await scheduler.run_once() == 0  # once only
-    assert len(bus.events) == 1
+    assert len(bus.events) == 2
 
 
 async def test_a_new_scheduler_on_the_same_database_still_fires(
@@ -82,7 +87,7 @@ async def test_a_new_scheduler_on_the_same_database_still_fires(
     bus = Recorder()
     restarted = make_scheduler(sessions, clock, bus)
     assert await restarted.run_once() == 1
-    assert [e.name for e in bus.events] == ["task.due"]
+    assert [e.name for e in bus.events] == ["task.due", "notification.created"]
 
 
 async def test_a_worker_that_died_mid_job_is_taken_over_after_its_lease(
@@ -98,7 +103,7 @@ async def test_a_worker_that_died_mid_job_is_taken_over_after_its_lease(
     assert await scheduler.run_once() == 0
     clock.advance(3 * MIN)
     assert await scheduler.run_once() == 1
-    assert [e.name for e in bus.events] == ["task.due"]
+    assert [e.name for e in bus.events] == ["task.due", "notification.created"]
     async with sessions() as s:
         done = await s.get(ScheduledJob, job.id)
         assert done is not None and done.status == JobStatus.DONE and done.attempts == 2

@@ -1,6 +1,8 @@
 """REST API slices. Each module here exposes ``api`` (an :class:`~contact_center.http.api.Api`)
-and optionally ``setup(app)``; :func:`install` picks every module up, so a new slice is one new
-file."""
+and optionally ``routes(app)`` for routes outside the API (a script, a CORS preflight);
+:func:`install` picks every module up, so a new slice is one new file. Slices only register
+routes: the services they use are built by the composition root (``contact_center.app``) and
+read through the typed keys of ``contact_center.keys``."""
 
 from __future__ import annotations
 
@@ -22,11 +24,11 @@ def slices() -> list[object]:
 
 
 def install(app: web.Application, api: Api) -> None:
-    """Add every slice's operations to ``api`` and run its ``setup(app)``."""
+    """Add every slice's operations to ``api`` and its other routes to ``app``."""
     for module in slices():
         module_api = getattr(module, "api", None)
         if isinstance(module_api, Api):
             api.operations.extend(module_api.operations)
-        setup = getattr(module, "setup", None)
-        if callable(setup):
-            setup(app)
+        routes = getattr(module, "routes", None)
+        if callable(routes):
+            routes(app)

@@ -10,10 +10,9 @@ from aiohttp import web
 from pydantic import BaseModel, Field, create_model
 from sqlalchemy.orm import Mapped
 
-from contact_center import pbx as pbx_wiring
 from contact_center.api.common import PageQuery, actor, page, path_id, rules, uow
 from contact_center.http.api import Api
-from contact_center.keys import SETTINGS
+from contact_center.keys import PBX, SETTINGS, TELEPHONY
 from crm_core import access
 from crm_core.calls import service as calls
 from crm_core.calls.model import Call
@@ -104,7 +103,7 @@ async def get_call(request: web.Request) -> _StoredCall:
         call = await u.session.get(Call, call_pk)
     if call is None:
         raise NotFound(f"no call {call_pk}")
-    access.ensure_read(user, call.user_id, rules(request), f"call {call_pk}")
+    access.check(user, call.user_id, rules(request), write=False, what=f"call {call_pk}")
     return CallOut.of(call)
 
 
@@ -144,11 +143,12 @@ async def click_to_call(request: web.Request, body: ClickToCall) -> ClickToCallO
         raise PermissionDenied("you own no extension to call from; pass from_extension")
     if extension not in own and not access.is_privileged(user):
         raise PermissionDenied(f"extension {extension} is not yours")
-    rt = pbx_wiring.runtime(request.app, body.pbx or own.get(extension) or None)
+    rt = request.app[PBX].get(body.pbx or own.get(extension) or None)
     link = rt.link
     if link is None or not link.connected:
         raise Unavailable(f"PBX {rt.pbx.name} is not connected; try again shortly")
-    await rt.telephony.prefetch(rt.pbx.name, number)  # the card is ready when the phone rings
+    # The card is looked up first, so it is ready when the manager's phone rings.
+    await request.app[TELEPHONY].prefetch(rt.pbx.name, number)
     result = await link.originate(
         f"{rt.pbx.originate_tech}/{extension}",
         exten=rt.pbx.originate_exten.format(e164=number, digits=number.lstrip("+")),

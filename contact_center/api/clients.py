@@ -1,25 +1,27 @@
 """Client cards API: contacts, companies, legal entities, requisites (with history),
 contact-company links, merges and the screen-pop lookup by phone.
 
-Who may do what (crm_core.access): head and admin everything; a manager reads and changes the
-clients he is responsible for (with ``crm.managers_read_all`` he reads the others' too). A
-client he may not read is 404, one he may only read is 403. Deleting is for head and admin,
-and only for clients without history (merge the others).
+Who may do what is the clients service's business (crm_core.access): head and admin
+everything; a manager reads and changes the clients he is responsible for (with
+``crm.managers_read_all`` he reads the others' too). A client he may not read is 404, one he
+may only read is 403. Deleting is for head and admin, and only for clients without history
+(merge the others). The handlers here translate HTTP to the service and publish the events it
+returns once the unit of work has committed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field
 
-from contact_center.api.common import PageQuery, actor, page, path_id, rules, uow
+from contact_center.api.common import PageQuery, actor, page, path_id, rules, settings, uow
 from contact_center.http.api import Api
-from crm_core.clients import events
+from contact_center.keys import LIMITER
 from crm_core.clients import service as clients
-from crm_core.clients.errors import CompanyNotFound
-from crm_core.clients.model import Company, Contact
 from crm_core.clients.schemas import (
     CompanyInput,
     CompanyLinkInput,
@@ -36,16 +38,15 @@ from crm_core.clients.schemas import (
     RequisitesInput,
     RequisitesOut,
 )
-from crm_core.clients.search import ClientFilter, list_companies, list_contacts
-from crm_core.errors import NotFound
+from crm_core.clients.search import ClientFilter
+from crm_core.errors import RateLimited
 from crm_core.phones import try_normalize_phone
-from crm_core.rules import CrmRules
-from crm_core.users.model import User
 
 api = Api()
 TAGS = ["clients"]
 PRIVILEGED = ["admin", "head"]
 DUPLICATE = "duplicate-client: a phone, e-mail, messenger id or INN belongs to another client"
+LOOKUP_WINDOW_S = 60
 
 
 # ---------------------------------------------------------------- shapes
@@ -94,7 +95,7 @@ class _ClientQuery(PageQuery):
     head_id: int | None = Field(None, description="the group of this head organisation")
     include_merged: bool = False
 
-    def filter(self, **extra: Any) -> ClientFilter:
+    def filter(self) -> ClientFilter:
         return ClientFilter(
             q=self.q,
             client_type=self.client_type,
@@ -105,12 +106,18 @@ class _ClientQuery(PageQuery):
             created_to=self.created_to,
             head_id=self.head_id,
             include_merged=self.include_merged,
-            **extra,
+            **self._extra(),
         )
+
+    def _extra(self) -> dict[str, Any]:
+        return {}
 
 
 class ContactQuery(_ClientQuery):
     company_id: int | None = Field(None, description="contacts linked to this company")
+
+    def _extra(self) -> dict[str, Any]:
+        return {"company_id": self.company_id}
 
 
 class CompanyQuery(_ClientQuery):
@@ -146,184 +153,224 @@ class RequisitesQuery(BaseModel):
     include_retired: bool = True
 
 
-# ---------------------------------------------------------------- helpers
+# ---------------------------------------------------------------- contacts and companies
 
 
-async def _contact_out(session: Any, contact: Contact) -> ContactOut:
-    return (await clients.contact_cards(session, [contact]))[0]
+@dataclass(frozen=True)
+class CardKind:
+    """What differs between the contact and the company endpoints; the handlers are one."""
+
+    kind: Literal["contact", "company"]
+    plural: str
+    create_body: type[ContactCreate] | type[CompanyCreate]
+    data: type[ContactInput] | type[CompanyInput]
+    patch: type[ContactPatch] | type[CompanyPatch]
+    out: type[ContactOut] | type[CompanyOut]
+    page: type[ContactPage] | type[CompanyPage]
+    query: type[ContactQuery] | type[CompanyQuery]
+    summaries: dict[str, str]
+    save: Callable[..., Awaitable[tuple[clients.SaveResult, list[Any]]]]
+    get: Callable[..., Awaitable[Any]]
+    update: Callable[..., Awaitable[tuple[Any, list[Any]]]]
+    delete: Callable[..., Awaitable[None]]
+    merge: Callable[..., Awaitable[tuple[Any, list[Any]]]]
+    listing: Callable[..., Awaitable[tuple[list[Any], int]]]
+    cards: Callable[..., Awaitable[list[Any]]]
+
+    @property
+    def id_name(self) -> str:
+        return f"{self.kind}_id"
+
+    async def card(self, session: Any, record: Any) -> Any:
+        return (await self.cards(session, [record]))[0]
 
 
-async def _company_out(session: Any, company: Company) -> CompanyOut:
-    return (await clients.company_cards(session, [company]))[0]
-
-
-def _changed(model: BaseModel, *skip: str) -> tuple[str, ...]:
-    return tuple(sorted(set(model.model_fields_set) - set(skip)))
-
-
-async def _company_of_entity(
-    session: Any, legal_entity_id: int, user: User, crm: CrmRules, *, write: bool
-) -> Company:
-    entity = await clients.get_legal_entity(session, legal_entity_id)
-    try:
-        return await clients.get_company(
-            session, entity.company_id, actor=user, rules=crm, write=write
-        )
-    except CompanyNotFound:
-        raise NotFound(f"no legal entity {legal_entity_id}") from None
-
-
-# ---------------------------------------------------------------- contacts
-
-
-@api.route(
-    "GET",
-    "/contacts",
-    summary="Contacts: search and filters",
+CONTACTS = CardKind(
+    kind="contact",
+    plural="contacts",
+    create_body=ContactCreate,
+    data=ContactInput,
+    patch=ContactPatch,
+    out=ContactOut,
+    page=ContactPage,
     query=ContactQuery,
-    tags=TAGS,
-    response=ContactPage,
+    summaries={
+        "list": "Contacts: search and filters",
+        "create": "Create a contact (201), or merge it into its duplicate (200)",
+        "get": "A contact's card",
+        "update": "Change a contact (only the fields given)",
+        "delete": "Delete a contact without history",
+        "merge": "Merge another contact into this one (everything moves here)",
+    },
+    save=clients.save_contact,
+    get=clients.get_contact,
+    update=clients.update_contact,
+    delete=clients.delete_contact,
+    merge=clients.merge_contacts,
+    listing=clients.list_contacts,
+    cards=clients.contact_cards,
 )
-async def list_contacts_(request: web.Request, query: ContactQuery) -> dict[str, Any]:
-    user, crm = actor(request), rules(request)
-    async with uow(request) as u:
-        rows, total = await list_contacts(
-            u.session,
-            query.filter(company_id=query.company_id),
-            actor=user,
-            rules=crm,
-            limit=query.limit,
-            offset=query.offset,
-        )
-        cards = await clients.contact_cards(u.session, rows)
-    return page([c.model_dump(mode="json") for c in cards], total, query)
+
+COMPANIES = CardKind(
+    kind="company",
+    plural="companies",
+    create_body=CompanyCreate,
+    data=CompanyInput,
+    patch=CompanyPatch,
+    out=CompanyOut,
+    page=CompanyPage,
+    query=CompanyQuery,
+    summaries={
+        "list": "Companies: search and filters",
+        "create": "Create a company with legal entities and requisites (201), or merge it into "
+        "its duplicate (200)",
+        "get": "A company's card",
+        "update": "Change a company (only the fields given)",
+        "delete": "Delete a company without history",
+        "merge": "Merge another company into this one (legal entities, members, deals... move "
+        "here)",
+    },
+    save=clients.save_company,
+    get=clients.get_company,
+    update=clients.update_company,
+    delete=clients.delete_company,
+    merge=clients.merge_companies,
+    listing=clients.list_companies,
+    cards=clients.company_cards,
+)
 
 
-@api.route(
-    "POST",
-    "/contacts",
-    summary="Create a contact (201), or merge it into its duplicate (200)",
-    body=ContactCreate,
-    response=ContactOut,
-    status=201,
-    tags=TAGS,
-    errors={409: DUPLICATE},
-)
-async def create_contact(request: web.Request, body: ContactCreate) -> Any:
-    user, crm = actor(request), rules(request)
-    data = ContactInput.model_validate(body.model_dump(exclude={"on_duplicate"}))
-    async with uow(request) as u:
-        result = await clients.save_contact(
-            u.session, data, actor=user, rules=crm, on_duplicate=body.on_duplicate
-        )
-        contact: Contact = result.client
+def _named(name: str, handler: Any) -> Any:
+    # The handler's name is the OpenAPI operation id.
+    handler.__name__ = handler.__qualname__ = name
+    return handler
+
+
+def card_routes(k: CardKind) -> None:
+    """The six endpoints of a card kind: list, create (or merge into a duplicate), get,
+    change, delete, merge another record in."""
+    one = f"/{k.plural}/{{{k.id_name}}}"
+
+    async def list_(request: web.Request, query: Any) -> dict[str, Any]:
+        async with uow(request) as u:
+            rows, total = await k.listing(
+                u.session,
+                query.filter(),
+                actor=actor(request),
+                rules=rules(request),
+                limit=query.limit,
+                offset=query.offset,
+            )
+            cards = await k.cards(u.session, rows)
+        return page([c.model_dump(mode="json") for c in cards], total, query)
+
+    async def create(request: web.Request, body: Any) -> Any:
+        # Only the fields sent: a merge into a duplicate reports them as what changed.
+        data = k.data.model_validate(body.model_dump(exclude={"on_duplicate"}, exclude_unset=True))
+        async with uow(request) as u:
+            result, events = await k.save(
+                u.session,
+                data,
+                actor=actor(request),
+                rules=rules(request),
+                on_duplicate=body.on_duplicate,
+            )
+            u.emit(*events)
+            await u.commit()
+            out = await k.card(u.session, result.client)
         if result.created:
-            u.emit(
-                events.created("contact", contact.id, contact.name, contact.responsible_id, user.id)
+            return out
+        return web.json_response(out.model_dump(mode="json"), status=200)
+
+    async def get(request: web.Request) -> Any:
+        record_id = path_id(request, k.id_name)
+        async with uow(request) as u:
+            record = await k.get(u.session, record_id, actor=actor(request), rules=rules(request))
+            return await k.card(u.session, record)
+
+    async def update(request: web.Request, body: Any) -> Any:
+        record_id = path_id(request, k.id_name)
+        async with uow(request) as u:
+            record, events = await k.update(
+                u.session, record_id, body, actor=actor(request), rules=rules(request)
             )
-        else:
-            u.emit(
-                events.updated(
-                    "contact",
-                    contact.id,
-                    _changed(body, "on_duplicate"),
-                    contact.responsible_id,
-                    user.id,
-                )
+            u.emit(*events)
+            await u.commit()
+            return await k.card(u.session, record)
+
+    async def delete(request: web.Request) -> None:
+        record_id = path_id(request, k.id_name)
+        async with uow(request) as u:
+            await k.delete(u.session, record_id, actor=actor(request), rules=rules(request))
+            await u.commit()
+
+    async def merge(request: web.Request, body: ClientMergeInput) -> Any:
+        survivor_id = path_id(request, k.id_name)
+        async with uow(request) as u:
+            survivor, events = await k.merge(
+                u.session, survivor_id, body.loser_id, actor=actor(request), rules=rules(request)
             )
-        await u.commit()
-        out = await _contact_out(u.session, contact)
-    if result.created:
-        return out
-    return web.json_response(out.model_dump(mode="json"), status=200)
+            u.emit(*events)
+            await u.commit()
+            return await k.card(u.session, survivor)
+
+    no_such = f"No such {k.kind}"
+    api.route(
+        "GET",
+        f"/{k.plural}",
+        summary=k.summaries["list"],
+        query=k.query,
+        tags=TAGS,
+        response=k.page,
+    )(_named(f"list_{k.plural}_", list_))
+    api.route(
+        "POST",
+        f"/{k.plural}",
+        summary=k.summaries["create"],
+        body=k.create_body,
+        response=k.out,
+        status=201,
+        tags=TAGS,
+        errors={409: DUPLICATE},
+    )(_named(f"create_{k.kind}", create))
+    api.route(
+        "GET",
+        one,
+        summary=k.summaries["get"],
+        response=k.out,
+        tags=TAGS,
+        errors={404: f"{no_such} (or merged: details.merged_into_id)"},
+    )(_named(f"get_{k.kind}", get))
+    api.route(
+        "PATCH",
+        one,
+        summary=k.summaries["update"],
+        body=k.patch,
+        response=k.out,
+        tags=TAGS,
+        errors={403: "Read-only for you", 404: no_such, 409: DUPLICATE},
+    )(_named(f"update_{k.kind}", update))
+    api.route(
+        "DELETE",
+        one,
+        summary=k.summaries["delete"],
+        status=204,
+        roles=PRIVILEGED,
+        tags=TAGS,
+        errors={404: no_such, 409: "client-has-history: merge it instead"},
+    )(_named(f"delete_{k.kind}", delete))
+    api.route(
+        "POST",
+        f"{one}/merge",
+        summary=k.summaries["merge"],
+        body=ClientMergeInput,
+        response=k.out,
+        tags=TAGS,
+        errors={403: "Read-only for you", 404: no_such, 422: "Cannot merge into itself"},
+    )(_named(f"merge_{k.plural}", merge))
 
 
-@api.route(
-    "GET",
-    "/contacts/{contact_id}",
-    summary="A contact's card",
-    response=ContactOut,
-    tags=TAGS,
-    errors={404: "No such contact (or merged: details.merged_into_id)"},
-)
-async def get_contact(request: web.Request) -> ContactOut:
-    contact_id = path_id(request, "contact_id")
-    async with uow(request) as u:
-        contact = await clients.get_contact(
-            u.session, contact_id, actor=actor(request), rules=rules(request)
-        )
-        return await _contact_out(u.session, contact)
-
-
-@api.route(
-    "PATCH",
-    "/contacts/{contact_id}",
-    summary="Change a contact (only the fields given)",
-    body=ContactPatch,
-    response=ContactOut,
-    tags=TAGS,
-    errors={403: "Read-only for you", 404: "No such contact", 409: DUPLICATE},
-)
-async def update_contact(request: web.Request, body: ContactPatch) -> ContactOut:
-    user, contact_id = actor(request), path_id(request, "contact_id")
-    async with uow(request) as u:
-        contact = await clients.update_contact(
-            u.session, contact_id, body, actor=user, rules=rules(request)
-        )
-        u.emit(
-            events.updated("contact", contact.id, _changed(body), contact.responsible_id, user.id)
-        )
-        await u.commit()
-        return await _contact_out(u.session, contact)
-
-
-@api.route(
-    "DELETE",
-    "/contacts/{contact_id}",
-    summary="Delete a contact without history",
-    status=204,
-    roles=PRIVILEGED,
-    tags=TAGS,
-    errors={404: "No such contact", 409: "client-has-history: merge it instead"},
-)
-async def delete_contact(request: web.Request) -> None:
-    contact_id = path_id(request, "contact_id")
-    async with uow(request) as u:
-        await clients.delete_contact(u.session, contact_id, actor=actor(request))
-        await u.commit()
-
-
-@api.route(
-    "POST",
-    "/contacts/{contact_id}/merge",
-    summary="Merge another contact into this one (everything moves here)",
-    body=ClientMergeInput,
-    response=ContactOut,
-    tags=TAGS,
-    errors={403: "Read-only for you", 404: "No such contact", 422: "Cannot merge into itself"},
-)
-async def merge_contacts(request: web.Request, body: ClientMergeInput) -> ContactOut:
-    user, crm = actor(request), rules(request)
-    survivor_id = path_id(request, "contact_id")
-    async with uow(request) as u:
-        await clients.get_contact(u.session, survivor_id, actor=user, rules=crm, write=True)
-        loser = await clients.get_contact(
-            u.session, body.loser_id, actor=user, rules=crm, write=True
-        )
-        loser_responsible = loser.responsible_id
-        survivor = await clients.merge_contacts(u.session, survivor_id, body.loser_id, actor=user)
-        u.emit(
-            events.merged(
-                "contact",
-                survivor.id,
-                body.loser_id,
-                survivor.responsible_id,
-                user.id,
-                loser_responsible,
-            )
-        )
-        await u.commit()
-        return await _contact_out(u.session, survivor)
+card_routes(CONTACTS)
 
 
 # ---------------------------------------------------------------- contact-company links
@@ -340,23 +387,18 @@ async def merge_contacts(request: web.Request, body: ClientMergeInput) -> Contac
     errors={403: "Read-only for you", 404: "No such contact or company", 409: "Already linked"},
 )
 async def add_link(request: web.Request, body: CompanyLinkInput) -> LinkOut:
-    user, crm = actor(request), rules(request)
     contact_id = path_id(request, "contact_id")
     async with uow(request) as u:
-        contact = await clients.get_contact(
-            u.session, contact_id, actor=user, rules=crm, write=True
-        )
-        await clients.get_company(u.session, body.company_id, actor=user, rules=crm)
-        link = await clients.add_link(
+        link, events = await clients.add_link(
             u.session,
             contact_id,
             body.company_id,
+            actor=actor(request),
+            rules=rules(request),
             position=body.position,
             is_decision_maker=body.is_decision_maker,
         )
-        u.emit(
-            events.updated("contact", contact_id, ("companies",), contact.responsible_id, user.id)
-        )
+        u.emit(*events)
         await u.commit()
         return LinkOut.model_validate(link)
 
@@ -371,24 +413,20 @@ async def add_link(request: web.Request, body: CompanyLinkInput) -> LinkOut:
     errors={403: "Read-only for you", 404: "No such contact or link"},
 )
 async def update_link(request: web.Request, body: LinkPatch) -> LinkOut:
-    user, crm = actor(request), rules(request)
     contact_id = path_id(request, "contact_id")
     company_id = path_id(request, "company_id")
     async with uow(request) as u:
-        contact = await clients.get_contact(
-            u.session, contact_id, actor=user, rules=crm, write=True
-        )
-        link = await clients.update_link(
+        link, events = await clients.update_link(
             u.session,
             contact_id,
             company_id,
+            actor=actor(request),
+            rules=rules(request),
             position=body.position,
             set_position="position" in body.model_fields_set,
             is_decision_maker=body.is_decision_maker,
         )
-        u.emit(
-            events.updated("contact", contact_id, ("companies",), contact.responsible_id, user.id)
-        )
+        u.emit(*events)
         await u.commit()
         return LinkOut.model_validate(link)
 
@@ -402,172 +440,20 @@ async def update_link(request: web.Request, body: LinkPatch) -> LinkOut:
     errors={403: "Read-only for you", 404: "No such contact or link"},
 )
 async def delete_link(request: web.Request) -> None:
-    user, crm = actor(request), rules(request)
     contact_id = path_id(request, "contact_id")
     company_id = path_id(request, "company_id")
     async with uow(request) as u:
-        contact = await clients.get_contact(
-            u.session, contact_id, actor=user, rules=crm, write=True
+        events = await clients.unlink_contact_company(
+            u.session, contact_id, company_id, actor=actor(request), rules=rules(request)
         )
-        await clients.unlink_contact_company(u.session, contact_id, company_id)
-        u.emit(
-            events.updated("contact", contact_id, ("companies",), contact.responsible_id, user.id)
-        )
+        u.emit(*events)
         await u.commit()
 
 
 # ---------------------------------------------------------------- companies
 
 
-@api.route(
-    "GET",
-    "/companies",
-    summary="Companies: search and filters",
-    query=CompanyQuery,
-    tags=TAGS,
-    response=CompanyPage,
-)
-async def list_companies_(request: web.Request, query: CompanyQuery) -> dict[str, Any]:
-    user, crm = actor(request), rules(request)
-    async with uow(request) as u:
-        rows, total = await list_companies(
-            u.session,
-            query.filter(),
-            actor=user,
-            rules=crm,
-            limit=query.limit,
-            offset=query.offset,
-        )
-        cards = await clients.company_cards(u.session, rows)
-    return page([c.model_dump(mode="json") for c in cards], total, query)
-
-
-@api.route(
-    "POST",
-    "/companies",
-    summary="Create a company with legal entities and requisites (201), or merge it into its "
-    "duplicate (200)",
-    body=CompanyCreate,
-    response=CompanyOut,
-    status=201,
-    tags=TAGS,
-    errors={409: DUPLICATE},
-)
-async def create_company(request: web.Request, body: CompanyCreate) -> Any:
-    user, crm = actor(request), rules(request)
-    data = CompanyInput.model_validate(body.model_dump(exclude={"on_duplicate"}))
-    async with uow(request) as u:
-        result = await clients.save_company(
-            u.session, data, actor=user, rules=crm, on_duplicate=body.on_duplicate
-        )
-        company: Company = result.client
-        if result.created:
-            u.emit(
-                events.created("company", company.id, company.name, company.responsible_id, user.id)
-            )
-        else:
-            u.emit(
-                events.updated(
-                    "company",
-                    company.id,
-                    _changed(body, "on_duplicate"),
-                    company.responsible_id,
-                    user.id,
-                )
-            )
-        await u.commit()
-        out = await _company_out(u.session, company)
-    if result.created:
-        return out
-    return web.json_response(out.model_dump(mode="json"), status=200)
-
-
-@api.route(
-    "GET",
-    "/companies/{company_id}",
-    summary="A company's card",
-    response=CompanyOut,
-    tags=TAGS,
-    errors={404: "No such company (or merged: details.merged_into_id)"},
-)
-async def get_company(request: web.Request) -> CompanyOut:
-    company_id = path_id(request, "company_id")
-    async with uow(request) as u:
-        company = await clients.get_company(
-            u.session, company_id, actor=actor(request), rules=rules(request)
-        )
-        return await _company_out(u.session, company)
-
-
-@api.route(
-    "PATCH",
-    "/companies/{company_id}",
-    summary="Change a company (only the fields given)",
-    body=CompanyPatch,
-    response=CompanyOut,
-    tags=TAGS,
-    errors={403: "Read-only for you", 404: "No such company", 409: DUPLICATE},
-)
-async def update_company(request: web.Request, body: CompanyPatch) -> CompanyOut:
-    user, company_id = actor(request), path_id(request, "company_id")
-    async with uow(request) as u:
-        company = await clients.update_company(
-            u.session, company_id, body, actor=user, rules=rules(request)
-        )
-        u.emit(
-            events.updated("company", company.id, _changed(body), company.responsible_id, user.id)
-        )
-        await u.commit()
-        return await _company_out(u.session, company)
-
-
-@api.route(
-    "DELETE",
-    "/companies/{company_id}",
-    summary="Delete a company without history",
-    status=204,
-    roles=PRIVILEGED,
-    tags=TAGS,
-    errors={404: "No such company", 409: "client-has-history: merge it instead"},
-)
-async def delete_company(request: web.Request) -> None:
-    company_id = path_id(request, "company_id")
-    async with uow(request) as u:
-        await clients.delete_company(u.session, company_id, actor=actor(request))
-        await u.commit()
-
-
-@api.route(
-    "POST",
-    "/companies/{company_id}/merge",
-    summary="Merge another company into this one (legal entities, members, deals... move here)",
-    body=ClientMergeInput,
-    response=CompanyOut,
-    tags=TAGS,
-    errors={403: "Read-only for you", 404: "No such company", 422: "Cannot merge into itself"},
-)
-async def merge_companies(request: web.Request, body: ClientMergeInput) -> CompanyOut:
-    user, crm = actor(request), rules(request)
-    survivor_id = path_id(request, "company_id")
-    async with uow(request) as u:
-        await clients.get_company(u.session, survivor_id, actor=user, rules=crm, write=True)
-        loser = await clients.get_company(
-            u.session, body.loser_id, actor=user, rules=crm, write=True
-        )
-        loser_responsible = loser.responsible_id
-        survivor = await clients.merge_companies(u.session, survivor_id, body.loser_id, actor=user)
-        u.emit(
-            events.merged(
-                "company",
-                survivor.id,
-                body.loser_id,
-                survivor.responsible_id,
-                user.id,
-                loser_responsible,
-            )
-        )
-        await u.commit()
-        return await _company_out(u.session, survivor)
+card_routes(COMPANIES)
 
 
 @api.route(
@@ -581,12 +467,12 @@ async def merge_companies(request: web.Request, body: ClientMergeInput) -> Compa
 async def company_group(request: web.Request) -> GroupOut:
     company_id = path_id(request, "company_id")
     async with uow(request) as u:
-        await clients.get_company(u.session, company_id, actor=actor(request), rules=rules(request))
-        return GroupOut(
-            company_id=company_id,
-            top_head_id=await clients.top_head_id(u.session, company_id),
-            company_ids=await clients.group_company_ids(u.session, company_id),
+        group = await clients.company_group(
+            u.session, company_id, actor=actor(request), rules=rules(request)
         )
+    return GroupOut(
+        company_id=group.company_id, top_head_id=group.top_head_id, company_ids=group.company_ids
+    )
 
 
 # ---------------------------------------------------------------- legal entities, requisites
@@ -606,16 +492,13 @@ async def add_legal_entity(request: web.Request, body: LegalEntityInput) -> Lega
     user, crm = actor(request), rules(request)
     company_id = path_id(request, "company_id")
     async with uow(request) as u:
-        company = await clients.get_company(
-            u.session, company_id, actor=user, rules=crm, write=True
+        entity, events = await clients.add_legal_entity(
+            u.session, company_id, body, actor=user, rules=crm
         )
-        entity = await clients.add_legal_entity(u.session, company_id, body, actor=user)
-        reqs = await clients.requisites_history(u.session, entity.id, include_retired=False)
-        u.emit(
-            events.updated(
-                "company", company_id, ("legal_entities",), company.responsible_id, user.id
-            )
+        reqs = await clients.requisites_history(
+            u.session, entity.id, actor=user, rules=crm, include_retired=False
         )
+        u.emit(*events)
         await u.commit()
         return clients.legal_entity_out(entity, reqs)
 
@@ -633,14 +516,13 @@ async def update_legal_entity(request: web.Request, body: LegalEntityPatch) -> L
     user, crm = actor(request), rules(request)
     entity_id = path_id(request, "legal_entity_id")
     async with uow(request) as u:
-        company = await _company_of_entity(u.session, entity_id, user, crm, write=True)
-        entity = await clients.update_legal_entity(u.session, entity_id, body)
-        reqs = await clients.requisites_history(u.session, entity_id, include_retired=False)
-        u.emit(
-            events.updated(
-                "company", company.id, ("legal_entities",), company.responsible_id, user.id
-            )
+        entity, events = await clients.update_legal_entity(
+            u.session, entity_id, body, actor=user, rules=crm
         )
+        reqs = await clients.requisites_history(
+            u.session, entity_id, actor=user, rules=crm, include_retired=False
+        )
+        u.emit(*events)
         await u.commit()
         return clients.legal_entity_out(entity, reqs)
 
@@ -654,12 +536,14 @@ async def update_legal_entity(request: web.Request, body: LegalEntityPatch) -> L
     errors={404: "No such legal entity"},
 )
 async def requisites_history(request: web.Request, query: RequisitesQuery) -> list[Any]:
-    user, crm = actor(request), rules(request)
     entity_id = path_id(request, "legal_entity_id")
     async with uow(request) as u:
-        await _company_of_entity(u.session, entity_id, user, crm, write=False)
         rows = await clients.requisites_history(
-            u.session, entity_id, include_retired=query.include_retired
+            u.session,
+            entity_id,
+            actor=actor(request),
+            rules=rules(request),
+            include_retired=query.include_retired,
         )
     return [RequisitesOut.model_validate(r).model_dump(mode="json") for r in rows]
 
@@ -675,23 +559,14 @@ async def requisites_history(request: web.Request, query: RequisitesQuery) -> li
     errors={403: "Read-only for you", 404: "No such legal entity", 409: DUPLICATE},
 )
 async def add_requisites(request: web.Request, body: RequisitesInput) -> RequisitesOut:
-    user, crm = actor(request), rules(request)
     entity_id = path_id(request, "legal_entity_id")
     async with uow(request) as u:
-        company = await _company_of_entity(u.session, entity_id, user, crm, write=True)
-        row = await clients.add_requisites(u.session, entity_id, body, actor=user)
-        u.emit(
-            events.updated("company", company.id, ("requisites",), company.responsible_id, user.id)
+        row, events = await clients.add_requisites(
+            u.session, entity_id, body, actor=actor(request), rules=rules(request)
         )
+        u.emit(*events)
         await u.commit()
         return RequisitesOut.model_validate(row)
-
-
-async def _requisites_company(
-    session: Any, requisites_id: int, user: User, crm: CrmRules
-) -> Company:
-    row = await clients.get_requisites(session, requisites_id)
-    return await _company_of_entity(session, row.legal_entity_id, user, crm, write=True)
 
 
 @api.route(
@@ -705,14 +580,12 @@ async def _requisites_company(
     errors={403: "Read-only for you", 404: "No such requisites", 409: "Already retired"},
 )
 async def change_requisites(request: web.Request, body: RequisitesInput) -> RequisitesOut:
-    user, crm = actor(request), rules(request)
     requisites_id = path_id(request, "requisites_id")
     async with uow(request) as u:
-        company = await _requisites_company(u.session, requisites_id, user, crm)
-        row = await clients.change_requisites(u.session, requisites_id, body, actor=user)
-        u.emit(
-            events.updated("company", company.id, ("requisites",), company.responsible_id, user.id)
+        row, events = await clients.change_requisites(
+            u.session, requisites_id, body, actor=actor(request), rules=rules(request)
         )
+        u.emit(*events)
         await u.commit()
         return RequisitesOut.model_validate(row)
 
@@ -726,14 +599,12 @@ async def change_requisites(request: web.Request, body: RequisitesInput) -> Requ
     errors={403: "Read-only for you", 404: "No such requisites", 409: "Already retired"},
 )
 async def retire_requisites(request: web.Request) -> RequisitesOut:
-    user, crm = actor(request), rules(request)
     requisites_id = path_id(request, "requisites_id")
     async with uow(request) as u:
-        company = await _requisites_company(u.session, requisites_id, user, crm)
-        row = await clients.retire_requisites(u.session, requisites_id)
-        u.emit(
-            events.updated("company", company.id, ("requisites",), company.responsible_id, user.id)
+        row, events = await clients.retire_requisites(
+            u.session, requisites_id, actor=actor(request), rules=rules(request)
         )
+        u.emit(*events)
         await u.commit()
         return RequisitesOut.model_validate(row)
 
@@ -741,20 +612,33 @@ async def retire_requisites(request: web.Request) -> RequisitesOut:
 # ---------------------------------------------------------------- the screen-pop lookup
 
 
+async def _check_lookup_rate(request: web.Request, user_id: int) -> None:
+    """Each user may look numbers up ``crm.lookups_per_minute`` times a minute: enough for
+    a person at a phone, too few to walk the client base number by number."""
+    limit = settings(request).crm.lookups_per_minute
+    limiter = request.app[LIMITER]
+    if not await limiter.hit(f"client-lookup:{user_id}", limit=limit, window_s=LOOKUP_WINDOW_S):
+        raise RateLimited(
+            "too many number lookups; try again in a minute",
+            details={"retry_after_s": LOOKUP_WINDOW_S, "limit": limit},
+        )
+
+
 @api.route(
     "GET",
     "/clients/lookup",
-    summary="Who calls from this number (any format): the screen-pop lookup",
+    summary="Who calls from this number (any format), among the clients you may read: the "
+    "screen-pop lookup (rate-limited per user)",
     query=LookupQuery,
     response=LookupOut,
     tags=TAGS,
+    errors={429: "rate-limited: too many lookups this minute"},
 )
 async def lookup(request: web.Request, query: LookupQuery) -> LookupOut:
-    crm = rules(request)
+    user, crm = actor(request), rules(request)
+    await _check_lookup_rate(request, user.id)
     async with uow(request) as u:
-        match = await clients.find_client_by_phone(
-            u.session, query.phone, region=crm.default_region, rules=crm
-        )
+        match = await clients.find_client_by_phone(u.session, query.phone, actor=user, rules=crm)
     return LookupOut(
         phone=try_normalize_phone(query.phone, crm.default_region),
         match=ClientMatchOut(**match.__dict__) if match is not None else None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, Field
@@ -15,14 +15,14 @@ from contact_center.keys import BUS, CLOCK, RULES, SESSIONS, SETTINGS
 from crm_core.clock import Clock
 from crm_core.errors import NotAuthenticated, NotFound
 from crm_core.events import DomainEvent
+from crm_core.notifications import service as notifications
 from crm_core.rules import CrmRules
 from crm_core.users.model import User
 
-T = TypeVar("T")
-
 
 class UnitOfWork:
-    """One session and the events to publish once it has committed (never before)."""
+    """One session and the events to publish once it has committed (never before); the
+    notifications they give rise to are stored in the same transaction."""
 
     def __init__(self, request: web.Request) -> None:
         self._request = request
@@ -33,6 +33,9 @@ class UnitOfWork:
         self.events.extend(events)
 
     async def commit(self) -> None:
+        """Commit, with the notifications the events give rise to; then publish the events."""
+        now = self._request.app[CLOCK].now()
+        self.events.extend(await notifications.record(self.session, self.events, now=now))
         await self.session.commit()
         events, self.events = self.events, []
         bus = self._request.app[BUS]
@@ -89,13 +92,6 @@ def settings(request: web.Request) -> Any:
 class PageQuery(BaseModel):
     limit: int = Field(50, ge=1, le=500)
     offset: int = Field(0, ge=0)
-
-
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    total: int
-    limit: int
-    offset: int
 
 
 def page(items: Sequence[Any], total: int, query: PageQuery) -> dict[str, Any]:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from aiohttp import web
 from pydantic import AwareDatetime, Field
-from sqlalchemy.exc import IntegrityError
 
 from contact_center.api.common import PageQuery, actor, clock, page, path_id, rules, uow
 from contact_center.http.api import Api
-from contact_center.keys import RULES, SESSIONS
 from crm_core.deals import service as deals
-from crm_core.deals.pipelines import list_pipelines, sync_pipelines
+from crm_core.deals.pipelines import list_pipelines
 from crm_core.deals.schemas import (
     DealInput,
     DealMove,
@@ -23,7 +20,6 @@ from crm_core.deals.schemas import (
     PipelinesOut,
 )
 
-log = logging.getLogger(__name__)
 api = Api()
 TAGS = ["deals"]
 
@@ -196,31 +192,3 @@ async def delete_deal(request: web.Request) -> None:
         )
         u.emit(*events)
         await u.commit()
-
-
-async def _sync_pipelines(app: web.Application) -> None:
-    # Several instances may start at once; the loser of the insert race finds the rows there.
-    for attempt in (1, 2):
-        async with app[SESSIONS]() as session:
-            try:
-                report = await sync_pipelines(session, app[RULES])
-                await session.commit()
-            except IntegrityError:
-                await session.rollback()
-                if attempt == 2:
-                    raise
-                continue
-        if report.changed:
-            log.info(
-                "pipelines synchronised: created %s, updated %s, deactivated %s",
-                report.created,
-                report.updated,
-                report.deactivated,
-            )
-        return
-
-
-def setup(app: web.Application) -> None:
-    """Mirror the configured pipelines once the database is up (on_startup runs after the
-    cleanup contexts have set up, so the session factory exists)."""
-    app.on_startup.append(_sync_pipelines)

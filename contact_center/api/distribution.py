@@ -14,6 +14,7 @@ from contact_center import distribution_service
 from contact_center.api.common import PageQuery, actor, clock, page, path_id, rules, settings, uow
 from contact_center.http import proxies
 from contact_center.http.api import Api
+from contact_center.keys import DIALPLAN
 from crm_core.distribution import requests as web_requests
 from crm_core.distribution import rules as rule_book
 from crm_core.distribution import stats
@@ -216,7 +217,7 @@ def _dial_pbx(request: web.Request, query: DialQuery) -> str | None:
 )
 async def dial(request: web.Request, query: DialQuery) -> web.StreamResponse:
     pbx = _dial_pbx(request, query)
-    answer = await distribution_service.dial(request.app, query.caller, query.did, pbx)
+    answer = await request.app[DIALPLAN].dial(query.caller, query.did, pbx)
     if query.format == "json":
         return web.json_response(answer.as_dict())
     return web.Response(text=answer.extension, content_type="text/plain")
@@ -262,8 +263,3 @@ async def web_request_stats(request: web.Request, query: StatsQuery) -> dict[str
         "to": query.end.isoformat(),
         "items": [r.model_dump(mode="json") for r in rows],
     }
-
-
-def setup(app: web.Application) -> None:
-    """The dialplan's rule cache, dropped by rule changes."""
-    distribution_service.setup(app)

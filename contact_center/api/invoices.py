@@ -9,7 +9,6 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from pydantic import Field
 
-from contact_center import scheduler
 from contact_center.api.common import PageQuery, actor, clock, page, path_id, rules, settings, uow
 from contact_center.http.api import Api
 from crm_core.invoices import service as invoices
@@ -191,9 +190,3 @@ async def cancel_invoice(request: web.Request) -> InvoiceOut:
 @api.route("GET", "/invoice-statuses", summary="Invoice statuses with their names", tags=TAGS)
 async def invoice_statuses(request: web.Request) -> list[dict[str, str]]:
     return [{"code": str(k), "name_ru": ru, "name_en": en} for k, (ru, en) in STATUS_LABELS.items()]
-
-
-def setup(app: web.Application) -> None:
-    """The payment reminder handler (the scheduler itself comes with the tasks slice)."""
-    scheduler.setup(app)
-    scheduler.job_handlers(app).register(invoices.REMINDER_JOB, invoices.remind_invoice)

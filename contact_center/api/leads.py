@@ -90,7 +90,7 @@ async def list_leads(request: web.Request, query: LeadQuery) -> dict[str, Any]:
             limit=query.limit,
             offset=query.offset,
         )
-        items = await leads.describe(u.session, rows, rules(request))
+        items = await leads.describe(u.session, rows, rules(request), actor=actor(request))
     return page([lead.model_dump(mode="json") for lead in items], total, query)
 
 
@@ -109,7 +109,9 @@ async def create_lead(request: web.Request, body: LeadInput) -> LeadOut:
         lead, events = await leads.create_lead(
             u.session, body, actor=actor(request), rules=rules(request), now=clock(request).now()
         )
-        [out] = await leads.describe(u.session, [lead], rules(request), with_duplicates=True)
+        [out] = await leads.describe(
+            u.session, [lead], rules(request), actor=actor(request), with_duplicates=True
+        )
         u.emit(*events)
         await u.commit()
     return out
@@ -128,7 +130,9 @@ async def get_lead(request: web.Request) -> LeadOut:
         lead = await leads.get_lead(
             u.session, _lead_id(request), actor=actor(request), rules=rules(request)
         )
-        [out] = await leads.describe(u.session, [lead], rules(request), with_duplicates=True)
+        [out] = await leads.describe(
+            u.session, [lead], rules(request), actor=actor(request), with_duplicates=True
+        )
     return out
 
 
@@ -151,7 +155,9 @@ async def update_lead(request: web.Request, body: LeadPatch) -> LeadOut:
             rules=rules(request),
             now=clock(request).now(),
         )
-        [out] = await leads.describe(u.session, [lead], rules(request), with_duplicates=True)
+        [out] = await leads.describe(
+            u.session, [lead], rules(request), actor=actor(request), with_duplicates=True
+        )
         u.emit(*events)
         await u.commit()
     return out
@@ -177,7 +183,7 @@ async def move_lead(request: web.Request, body: LeadMove) -> LeadOut:
             rules=rules(request),
             now=clock(request).now(),
         )
-        [out] = await leads.describe(u.session, [lead], rules(request))
+        [out] = await leads.describe(u.session, [lead], rules(request), actor=actor(request))
         u.emit(*events)
         await u.commit()
     return out
@@ -205,7 +211,9 @@ async def convert_lead(request: web.Request, body: ConvertInput) -> ConversionOu
             rules=rules(request),
             now=clock(request).now(),
         )
-        [lead] = await leads.describe(u.session, [result.lead], rules(request))
+        [lead] = await leads.describe(
+            u.session, [result.lead], rules(request), actor=actor(request)
+        )
         u.emit(*events)
         await u.commit()
     return ConversionOut(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
@@ -14,6 +15,7 @@ from sqlalchemy import select
 from contact_center import recordings_service
 from contact_center.api.common import actor, clock, path_id, settings, uow
 from contact_center.http.api import Api
+from contact_center.keys import RECORDINGS
 from crm_core.audit.model import AuditEntry
 from crm_core.calls import service as calls
 from crm_core.clients.model import Company, Contact
@@ -24,6 +26,7 @@ from crm_core.errors import (
     NotAuthenticated,
     NotFound,
     PermissionDenied,
+    Unavailable,
 )
 from crm_core.recordings import service as recordings
 from crm_core.recordings.model import Recording, RecordingState
@@ -106,7 +109,9 @@ async def list_recordings(request: web.Request, query: RecordingQuery) -> list[d
 )
 async def stream_recording(request: web.Request) -> web.StreamResponse:
     user = actor(request)
-    runtime = request.app[recordings_service.RECORDINGS]
+    runtime = request.app[RECORDINGS]
+    if runtime is None:
+        raise Unavailable("recordings are switched off (recordings.enabled)")
     recording_id = path_id(request, "recording_id", "recording")
     async with uow(request) as w:
         try:
@@ -198,7 +203,7 @@ async def upload_recording(request: web.Request) -> dict[str, Any]:
                 )
             uploaded = await receive_upload(
                 _parts(part),
-                recordings_service.spool_dir(request.app),
+                Path(cfg.spool_dir),
                 part.filename or "",
                 call_id,
                 max_bytes=cfg.max_upload_mb * 1024 * 1024,
@@ -258,7 +263,3 @@ async def set_legal_hold(request: web.Request, body: LegalHoldInput) -> dict[str
         )
         await w.commit()
     return {"object_type": body.object_type, "id": body.id, "legal_hold": body.hold}
-
-
-def setup(app: web.Application) -> None:
-    recordings_service.setup(app)

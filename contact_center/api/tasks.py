@@ -9,7 +9,6 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import ConfigDict, Field
 
-from contact_center import scheduler
 from contact_center.api.common import PageQuery, actor, clock, page, path_id, rules, uow
 from contact_center.http.api import Api
 from crm_core.tasks import service as tasks
@@ -184,9 +183,3 @@ async def task_kinds(request: web.Request) -> dict[str, list[dict[str, str]]]:
         return [{"code": str(k), "name_ru": ru, "name_en": en} for k, (ru, en) in table.items()]
 
     return {"kinds": labels(KIND_LABELS), "statuses": labels(STATUS_LABELS)}
-
-
-def setup(app: web.Application) -> None:
-    """The scheduler, and the reminder handler of tasks."""
-    scheduler.setup(app)
-    scheduler.job_handlers(app).register(tasks.REMINDER_JOB, tasks.remind_task)

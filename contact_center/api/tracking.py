@@ -23,10 +23,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contact_center import tracking_service
 from contact_center.api.common import path_id, uow
 from contact_center.http.api import Api
-from contact_center.tracking_service import TRACKER, SessionRequest, TrackingService, tags_of
+from contact_center.keys import TRACKER
+from contact_center.tracking_service import SessionRequest, TrackingService, tags_of
 from crm_core.errors import InvalidInput
 from crm_core.tracking import service as tracking
 from crm_core.tracking.events import TrackingChanged
@@ -337,8 +337,8 @@ async def pool_stats(request: web.Request) -> PoolStatsOut:
     )
 
 
-def setup(app: web.Application) -> None:
-    tracking_service.setup(app)
+def routes(app: web.Application) -> None:
+    """track.js, the demo landing page and the public session endpoints' CORS."""
     script = StaticScript(STATIC / "track.js")
     app.router.add_get("/track.js", script.handle)
     app.router.add_get("/demo/landing", demo_landing)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -19,9 +18,7 @@ from sqlalchemy import select
 from contact_center import distribution_service
 from contact_center.api.common import clock, rules, settings, uow
 from contact_center.http.api import Api
-from contact_center.keys import REDIS, SETTINGS
-from contact_center.rate_limit import RateLimiter
-from contact_center.tracking_service import TRACKER
+from contact_center.keys import LIMITER, SETTINGS, TRACKER
 from crm_core.distribution import requests as web_requests
 from crm_core.distribution.errors import InvalidWebRequest
 from crm_core.distribution.schemas import WebForm
@@ -36,7 +33,6 @@ MAX_BODY = 64 * 1024
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 _CORS_HEADERS = "Content-Type, X-CC-Site-Key"
 ALLOWED_ORIGIN = web.RequestKey("web_lead_allowed_origin", str)
-LIMITER = web.AppKey("web_lead_rate_limiter", RateLimiter)
 
 
 async def _fields(request: web.Request) -> dict[str, Any]:
@@ -185,13 +181,7 @@ async def _cors_headers(request: web.Request, response: web.StreamResponse) -> N
         response.headers["Access-Control-Max-Age"] = "600"
 
 
-def setup(app: web.Application) -> None:
-    """The preflight route, CORS headers on every answer (errors too), the rate limiter."""
+def routes(app: web.Application) -> None:
+    """The preflight route and CORS headers on every answer (errors too)."""
     app.router.add_route("OPTIONS", "/api/v1" + PATH, preflight)
     app.on_response_prepare.append(_cors_headers)
-
-    async def limiter(app: web.Application) -> AsyncIterator[None]:
-        app[LIMITER] = RateLimiter(app.get(REDIS), f"{app[SETTINGS].redis.prefix}")
-        yield
-
-    app.cleanup_ctx.append(limiter)

@@ -13,10 +13,11 @@ from pydantic import BaseModel
 
 from contact_center import __version__
 from crm_core.errors import InvalidInput, NotAuthenticated, PermissionDenied
-from crm_core.users.model import User
+from crm_core.users.model import TokenKind, User
 
 PREFIX = "/api/v1"
 USER = web.RequestKey("user", User)  # set by the auth middleware
+AUTH_KIND = web.RequestKey("auth_kind", TokenKind)  # how USER signed in (session or API token)
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
 Handler = Callable[..., Awaitable[Any]]
 

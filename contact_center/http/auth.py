@@ -3,7 +3,6 @@ the login page, and the users API."""
 
 from __future__ import annotations
 
-import html
 import logging
 import time
 from collections import defaultdict, deque
@@ -14,7 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 from yarl import URL
 
-from contact_center.http.api import USER, Api
+from contact_center.http.api import AUTH_KIND, USER, Api
 from contact_center.i18n import pick_language, translator
 from contact_center.keys import BUS, SESSIONS, SETTINGS
 from crm_core.errors import NotFound, PermissionDenied, RateLimited
@@ -25,7 +24,6 @@ from crm_core.users.model import Role, TokenKind, User
 log = logging.getLogger(__name__)
 api = Api()
 
-AUTH_KIND = web.RequestKey("auth_kind", TokenKind)  # how USER signed in
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -79,7 +77,7 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     elif settings.auth.cookie_name in request.cookies:
         secret = request.cookies[settings.auth.cookie_name]
         kind = TokenKind.SESSION
-    if secret:
+    if secret and not request.path.startswith("/static/"):
         async with request.app[SESSIONS]() as session:
             user = await users.resolve_token(session, secret, kind=kind)
             await session.commit()
@@ -307,61 +305,40 @@ async def create_user(request: web.Request, body: UserCreate) -> UserOut:
 
 # ---------------------------------------------------------------- web pages
 
-_PAGE = """<!doctype html>
-<html lang="{lang}"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} — {app}</title>
-<style>
-body{{font-family:system-ui,sans-serif;margin:0;background:#f4f6f8;color:#1d2733}}
-main{{max-width:420px;margin:10vh auto;background:#fff;padding:2rem;border-radius:8px;
-box-shadow:0 1px 4px rgba(0,0,0,.1)}}
-label{{display:block;margin:.8rem 0 .2rem}} input{{width:100%;padding:.5rem;box-sizing:border-box}}
-button{{margin-top:1rem;padding:.6rem 1.2rem}} .err{{color:#b00020}} nav{{float:right}}
-</style></head>
-<body><main><nav><a href="?lang={other}">{switch}</a></nav>{body}</main></body></html>"""
 
+async def _login_page(
+    request: web.Request, error_key: str = "", login: str = "", status: int = 200
+) -> web.Response:
+    """The sign-in form (template ``account/login.html``), with a translated error."""
+    from contact_center.web.shell import render
 
-def _page(request: web.Request, lang: str, title_key: str, body: str) -> web.Response:
-    t = translator(lang)
-    other = "en" if lang == "ru" else "ru"
-    text = _PAGE.format(
-        lang=lang,
-        title=t(title_key),
-        app=t("app.title"),
-        other=other,
-        switch=t("lang.switch"),
-        body=body,
+    t = translator(pick_language(request, request.app[SETTINGS].locale.default))
+    return await render(
+        "account/login.html",
+        request,
+        {
+            "title": t("login.title"),
+            "error": t(error_key) if error_key else "",
+            "login": login,
+            "next": _safe_next(request.query.get("next")),
+        },
+        status=status,
     )
-    resp = web.Response(text=text, content_type="text/html")
-    if request.query.get("lang") == lang:
-        resp.set_cookie("cc_lang", lang, max_age=365 * 86400, samesite="Lax", httponly=True)
-    return resp
 
 
-def _login_form(t: Any, error: str = "", login: str = "") -> str:
-    err = f'<p class="err" role="alert">{html.escape(error)}</p>' if error else ""
-    return (
-        f"<h1>{t('login.title')}</h1>{err}"
-        '<form method="post" action="/login">'
-        f'<label for="login">{t("login.login")}</label>'
-        f'<input id="login" name="login" autocomplete="username" required '
-        f'value="{html.escape(login)}">'
-        f'<label for="password">{t("login.password")}</label>'
-        '<input id="password" name="password" type="password" '
-        'autocomplete="current-password" required>'
-        f'<button type="submit">{t("login.submit")}</button></form>'
-    )
+def _safe_next(target: str | None) -> str:
+    """A local path to go to after signing in (never another site)."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return ""
 
 
 async def login_page(request: web.Request) -> web.Response:
-    lang = pick_language(request, request.app[SETTINGS].locale.default)
-    return _page(request, lang, "login.title", _login_form(translator(lang)))
+    return await _login_page(request)
 
 
 async def login_submit(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    lang = pick_language(request, settings.locale.default)
-    t = translator(lang)
     form = await request.post()
     login = str(form.get("login", ""))[:64]
     password = str(form.get("password", ""))[:1024]
@@ -370,9 +347,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     try:
         throttle.check(remote, login)
     except RateLimited:
-        page = _page(request, lang, "login.title", _login_form(t, t("login.throttled"), login))
-        page.set_status(429)
-        return page
+        return await _login_page(request, "login.throttled", login, status=429)
     async with request.app[SESSIONS]() as session:
         try:
             user = await users.authenticate(
@@ -381,14 +356,15 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         except InvalidCredentials:
             throttle.failed(remote, login)
             log.warning("failed sign-in for %r from %s", login, remote)
-            page = _page(request, lang, "login.title", _login_form(t, t("login.failed"), login))
-            page.set_status(401)
-            return page
+            return await _login_page(request, "login.failed", login, status=401)
         throttle.succeeded(remote, login)
         ttl = timedelta(hours=settings.auth.session_ttl_hours)
         issued = await users.issue_token(session, user, kind=TokenKind.SESSION, ttl=ttl)
         await session.commit()
-    resp = web.HTTPSeeOther("/")
+    target = _safe_next(str(form.get("next", ""))) or "/"
+    if user.must_change_password:
+        target = "/settings/password"
+    resp = web.HTTPSeeOther(target)
     resp.set_cookie(
         settings.auth.cookie_name,
         issued.secret,
@@ -413,9 +389,8 @@ async def logout(request: web.Request) -> web.StreamResponse:
     raise resp
 
 
-def setup(app: web.Application) -> None:
-    """Install the auth routes and state on ``app``."""
-    app[THROTTLE] = LoginThrottle(app[SETTINGS].auth.login_attempts_per_15min)
+def routes(app: web.Application) -> None:
+    """The sign-in form and sign-out (the throttle is built by the composition root)."""
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login_submit)
     app.router.add_post("/logout", logout)

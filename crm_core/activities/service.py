@@ -10,7 +10,6 @@ Every function takes the caller's session; the caller commits.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,8 +23,8 @@ from crm_core import access
 from crm_core.access import Actor
 from crm_core.activities.model import Activity
 from crm_core.activities.schemas import MANUAL_KINDS, ActivityInput, ActivityPatch
+from crm_core.clients.companies import group_company_ids
 from crm_core.clients.model import Company, Contact
-from crm_core.clients.service import group_company_ids
 from crm_core.db import utcnow
 from crm_core.deals.model import Deal
 from crm_core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
@@ -72,10 +71,10 @@ async def check_links(
     session: AsyncSession,
     links: ClientLinks,
     *,
-    actor: Actor | None,
+    actor: Actor,
     rules: CrmRules,
 ) -> None:
-    """Every link exists and ``actor`` may change it (None: the system, no permission check).
+    """Every link exists and ``actor`` may change it.
 
     A missing or unreadable link is invalid input naming the field (ids of other managers'
     clients do not leak); one the actor may only read is refused.
@@ -86,12 +85,15 @@ async def check_links(
             await session.execute(select(model.id, model.responsible_id).where(model.id == ident))
         ).first()
         what = f"{_NAMES[field]} {ident}"
-        if row is None or (actor is not None and not access.can_read(actor, row[1], rules)):
-            raise InvalidInput(f"no {what}", details={"field": field, "value": ident})
-        if actor is not None and not access.can_write(actor, row[1]):
+        missing = InvalidInput(f"no {what}", details={"field": field, "value": ident})
+        if row is None:
+            raise missing
+        try:
+            access.check(actor, row[1], rules, write=True, what=what, missing=missing)
+        except PermissionDenied:
             raise PermissionDenied(
                 f"{what} belongs to another manager", details={"field": field, "value": ident}
-            )
+            ) from None
 
 
 async def complete_links(session: AsyncSession, links: ClientLinks) -> ClientLinks:
@@ -131,33 +133,6 @@ def linked_to_clients_of(
     return out
 
 
-def may_read(user: Actor, own_id: int | None, owners: Iterable[int], rules: CrmRules) -> bool:
-    """A record that is ``own_id``'s and linked to clients of ``owners``."""
-    return access.can_read(user, own_id, rules) or user.id in set(owners)
-
-
-def may_write(user: Actor, own_id: int | None, owners: Iterable[int]) -> bool:
-    return access.can_write(user, own_id) or user.id in set(owners)
-
-
-def ensure_record_write(
-    user: Actor, own_id: int | None, owners: set[int], rules: CrmRules, what: str
-) -> None:
-    """404 when ``user`` may not even read the record, 403 when he may only read it."""
-    if not may_read(user, own_id, owners, rules):
-        raise NotFound(f"no {what}")
-    if not may_write(user, own_id, owners):
-        raise PermissionDenied(f"{what} belongs to another manager; you may only read it")
-
-
-def ensure_self_or_privileged(user: Actor, user_id: int | None, field: str) -> None:
-    """A manager may only act for himself; head and admin for anyone."""
-    if user_id is not None and user_id != user.id and not access.is_privileged(user):
-        raise PermissionDenied(
-            f"a manager may not set {field} to another user", details={"field": field}
-        )
-
-
 async def ensure_active_user(session: AsyncSession, user_id: int | None, field: str) -> None:
     if user_id is None:
         return
@@ -169,14 +144,15 @@ async def ensure_active_user(session: AsyncSession, user_id: int | None, field: 
 # ---------------------------------------------------------------- activities
 
 
-def _scope(stmt: Select[Any], user: Actor, rules: CrmRules) -> Select[Any]:
-    if access.is_privileged(user) or rules.managers_read_all:
+def _scope(stmt: Select[Any], actor: Actor, rules: CrmRules) -> Select[Any]:
+    if access.is_privileged(actor) or rules.managers_read_all:
         return stmt
+    assert actor.id is not None  # only the system has none, and it is privileged
     return stmt.where(
         or_(
-            Activity.user_id == user.id,
+            Activity.user_id == actor.id,
             *linked_to_clients_of(
-                user.id,
+                actor.id,
                 company=Activity.company_id,
                 contact=Activity.contact_id,
                 deal=Activity.deal_id,
@@ -199,10 +175,12 @@ async def record_activity(
     session: AsyncSession,
     data: ActivityInput,
     *,
-    actor_id: int | None,
+    actor: Actor,
     now: datetime | None = None,
 ) -> Activity:
-    """Store a timeline entry; no permission checks (adapters and :func:`add_activity` call it).
+    """Store a timeline entry on behalf of ``actor`` without permission checks: the adapters'
+    write (they pass :data:`~crm_core.access.SYSTEM`) and :func:`add_activity`'s, which has
+    checked them.
 
     With ``external_id`` the write is idempotent: when an entry with that id exists it is
     updated with the fields ``data`` sets and returned, never duplicated (also when two writers
@@ -226,7 +204,7 @@ async def record_activity(
             .values(
                 **values,
                 created_at=now or utcnow(),
-                created_by_id=actor_id,
+                created_by_id=actor.id,
             )
             .on_conflict_do_nothing(index_elements=["external_id"])
             .returning(Activity.id)
@@ -247,7 +225,7 @@ async def record_activity(
             setattr(existing, key, values[key])
         await session.flush()
         return existing
-    activity = Activity(**values, created_at=now or utcnow(), created_by_id=actor_id)
+    activity = Activity(**values, created_at=now or utcnow(), created_by_id=actor.id)
     session.add(activity)
     await session.flush()
     return activity
@@ -269,10 +247,10 @@ async def add_activity(
             details={"field": "kind", "value": str(data.kind)},
         )
     data = data.model_copy(update={"user_id": data.user_id or actor.id, "external_id": None})
-    ensure_self_or_privileged(actor, data.user_id, "user_id")
+    access.check_acting_for(actor, data.user_id, "user_id")
     await ensure_active_user(session, data.user_id, "user_id")
     await check_links(session, _links(data), actor=actor, rules=rules)
-    return await record_activity(session, data, actor_id=actor.id, now=now)
+    return await record_activity(session, data, actor=actor, now=now)
 
 
 async def get_activity(
@@ -283,8 +261,9 @@ async def get_activity(
     if activity is None:
         raise NotFound(f"no activity {activity_id}")
     owners = await link_owners(session, _links(activity))
-    if not may_read(actor, activity.user_id, owners, rules):
-        raise NotFound(f"no activity {activity_id}")
+    access.check(
+        actor, activity.user_id, rules, write=False, what=f"activity {activity_id}", owners=owners
+    )
     return activity
 
 
@@ -295,7 +274,9 @@ async def _editable(
     if activity is None:
         raise NotFound(f"no activity {activity_id}")
     owners = await link_owners(session, _links(activity))
-    ensure_record_write(actor, activity.user_id, owners, rules, f"activity {activity_id}")
+    access.check(
+        actor, activity.user_id, rules, write=True, what=f"activity {activity_id}", owners=owners
+    )
     if activity.external_id is not None or activity.kind not in MANUAL_KINDS:
         raise Conflict(
             f"activity {activity_id} was recorded by the system and cannot be changed",

@@ -31,6 +31,10 @@ class CallAnswered(DomainEvent):
     call_id: str
     pbx: str = ""
     extension: str | None = None
+    # The client's number (the caller of an inbound call, the callee of an outbound one), so a
+    # screen that missed the ringing (the head's, a page opened mid-call) still names him.
+    caller: str | None = None
+    direction: str = ""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -39,6 +43,8 @@ class CallEnded(DomainEvent):
     call_id: str
     pbx: str = ""
     extension: str | None = None
+    caller: str | None = None  # the client's number, as in call.answered
+    direction: str = ""
     disposition: str = ""
     talk_seconds: float = 0.0
     counted: bool = False

@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+# The dispositions of a call nobody answered: the caller is to be called back.
+MISSED = frozenset({"missed", "abandoned"})
+
 
 @dataclass(frozen=True, slots=True)
 class CallRecord:

@@ -96,7 +96,9 @@ async def card_summary(
     """
     if not number or not number.startswith("+"):
         return None
-    match = await clients.find_client_by_phone(session, number, region=region, rules=rules)
+    match = await clients.find_client_by_phone(
+        session, number, actor=access.SYSTEM, rules=rules, region=region
+    )
     if match is None:
         return None
     kind, record_id = _card_record(match)

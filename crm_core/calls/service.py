@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_core import listing
 from crm_core.calls.model import Call
 from crm_core.calls.record import CallRecord
 from crm_core.users.model import User, UserExtension
@@ -61,7 +63,7 @@ async def list_calls(
     *,
     user_ids: list[int] | None = None,
     direction: str | None = None,
-    disposition: str | None = None,
+    disposition: str | Sequence[str] | None = None,
     counted: bool | None = None,
     contact_id: int | None = None,
     company_id: int | None = None,
@@ -70,6 +72,8 @@ async def list_calls(
     until: datetime | None = None,
     limit: int = 50,
     offset: int = 0,
+    sort: str | None = None,
+    count_cap: int | None = None,
 ) -> tuple[list[Call], int]:
     """Calls newest first with their total, filtered; ``user_ids`` None means everyone's."""
     stmt = select(Call)
@@ -77,8 +81,10 @@ async def list_calls(
         stmt = stmt.where(Call.user_id.in_(user_ids))
     if direction:
         stmt = stmt.where(Call.direction == direction)
-    if disposition:
+    if isinstance(disposition, str):
         stmt = stmt.where(Call.disposition == disposition)
+    elif disposition:
+        stmt = stmt.where(Call.disposition.in_(list(disposition)))
     if counted is not None:
         stmt = stmt.where(Call.counted.is_(counted))
     if contact_id is not None:
@@ -91,8 +97,12 @@ async def list_calls(
         stmt = stmt.where(Call.started_at >= since)
     if until is not None:
         stmt = stmt.where(Call.started_at < until)
-    total = await session.scalar(select(func.count()).select_from(stmt.subquery()))
-    rows = await session.scalars(
-        stmt.order_by(Call.started_at.desc(), Call.id.desc()).limit(limit).offset(offset)
-    )
-    return list(rows), int(total or 0)
+    total = await listing.total(session, stmt, count_cap)
+    sorts = {
+        "started_at": Call.started_at,
+        "talk_seconds": Call.talk_seconds,
+        "ring_seconds": Call.ring_seconds,
+    }
+    stmt = listing.order(stmt, sorts, sort, (Call.started_at.desc(), Call.id.desc()), Call.id)
+    rows = await session.scalars(stmt.limit(limit).offset(offset))
+    return list(rows), total

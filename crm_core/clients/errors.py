@@ -58,10 +58,6 @@ class InvalidReference(InvalidInput):
     error_id = "invalid-reference"
 
 
-class InvalidClientInput(InvalidInput):
-    error_id = "invalid-client"
-
-
 class CompanyGroupCycle(InvalidInput):
     """A head organisation cannot be one of its own members."""
 

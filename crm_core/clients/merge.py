@@ -15,27 +15,32 @@ from typing import Any, TypeVar
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_core import access
+from crm_core.access import Actor
 from crm_core.audit.model import AuditEntry
-from crm_core.clients import service
+from crm_core.clients import events
+from crm_core.clients.checks import fill_empty, merge_custom
+from crm_core.clients.companies import group_company_ids
 from crm_core.clients.errors import MergeNotAllowed
 from crm_core.clients.model import Company, Contact, ContactCompany, Email, Phone
+from crm_core.clients.records import get_company, get_contact, referencing_columns
 from crm_core.clients.schemas import CARD_FIELDS
-from crm_core.errors import PermissionDenied
-from crm_core.users.model import User
+from crm_core.events import DomainEvent
+from crm_core.rules import CrmRules
 
 
 async def merge_contacts(
-    session: AsyncSession, survivor_id: int, loser_id: int, *, actor: User
-) -> Contact:
+    session: AsyncSession, survivor_id: int, loser_id: int, *, actor: Actor, rules: CrmRules
+) -> tuple[Contact, list[DomainEvent]]:
     """Merge contact ``loser_id`` into ``survivor_id`` and return the survivor.
 
     Moves every activity, deal, task, call, lead, phone, e-mail, messenger id and company
     link; fills the survivor's empty card fields; marks the loser merged; writes an audit
-    entry. The actor must be allowed to change both contacts.
+    entry. The actor must be allowed to change both contacts (404 for one he may not read,
+    403 for one he may only read).
     """
-    survivor, loser = await _pair(session, "contact", survivor_id, loser_id, actor)
+    survivor, loser = await _pair(session, "contact", survivor_id, loser_id, actor, rules)
     assert isinstance(survivor, Contact) and isinstance(loser, Contact)
+    loser_responsible = loser.responsible_id
     loser_values = {n: getattr(loser, n) for n in (*CARD_FIELDS, "position", "comment")}
     loser_custom = dict(loser.custom or {})
     await _fold_owned(session, "contact_id", survivor_id, loser_id)
@@ -55,28 +60,31 @@ async def merge_contacts(
     await session.flush()
     moved = await _repoint(session, "contacts", survivor_id, loser_id)
     survivor, loser = await _reload(session, Contact, survivor_id, loser_id)
-    filled = service.fill_empty(survivor, loser_values) + service.merge_custom(
-        survivor, loser_custom
-    )
+    filled = fill_empty(survivor, loser_values) + merge_custom(survivor, loser_custom)
     survivor.legal_hold = survivor.legal_hold or loser.legal_hold
     loser.merged_into_id = survivor_id
     _audit(session, actor, "contact", survivor_id, loser_id, moved, filled)
     await session.flush()
-    return survivor
+    event = events.merged(
+        "contact", survivor_id, loser_id, survivor.responsible_id, actor.id, loser_responsible
+    )
+    return survivor, [event]
 
 
 async def merge_companies(
-    session: AsyncSession, survivor_id: int, loser_id: int, *, actor: User
-) -> Company:
+    session: AsyncSession, survivor_id: int, loser_id: int, *, actor: Actor, rules: CrmRules
+) -> tuple[Company, list[DomainEvent]]:
     """Merge company ``loser_id`` into ``survivor_id`` and return the survivor.
 
     Moves every activity, deal, task, call, invoice, lead, phone, e-mail, contact link, legal
     entity (with its requisites) and member company; fills the survivor's empty card fields;
-    marks the loser merged; writes an audit entry. The actor must be allowed to change both.
-    A survivor that was a member of the loser takes the loser's place in the group.
+    marks the loser merged; writes an audit entry. The actor must be allowed to change both
+    (404 for one he may not read, 403 for one he may only read). A survivor that was a member
+    of the loser takes the loser's place in the group.
     """
-    survivor, loser = await _pair(session, "company", survivor_id, loser_id, actor)
+    survivor, loser = await _pair(session, "company", survivor_id, loser_id, actor, rules)
     assert isinstance(survivor, Company) and isinstance(loser, Company)
+    loser_responsible = loser.responsible_id
     loser_values = {n: getattr(loser, n) for n in (*CARD_FIELDS, "website", "comment")}
     loser_custom = dict(loser.custom or {})
     loser_head = loser.head_id
@@ -109,38 +117,38 @@ async def merge_companies(
     await session.flush()
     moved = await _repoint(session, "companies", survivor_id, loser_id)
     survivor, loser = await _reload(session, Company, survivor_id, loser_id)
-    group = await service.group_company_ids(session, survivor_id)
+    group = await group_company_ids(session, survivor_id)
     if loser_head is not None and (loser_head in group or loser_head == loser_id):
         loser_values["head_id"] = None
     else:
         loser_values["head_id"] = loser_head
-    filled = service.fill_empty(survivor, loser_values) + service.merge_custom(
-        survivor, loser_custom
-    )
+    filled = fill_empty(survivor, loser_values) + merge_custom(survivor, loser_custom)
     survivor.legal_hold = survivor.legal_hold or loser.legal_hold
     loser.merged_into_id = survivor_id
     _audit(session, actor, "company", survivor_id, loser_id, moved, filled)
     await session.flush()
-    return survivor
+    event = events.merged(
+        "company", survivor_id, loser_id, survivor.responsible_id, actor.id, loser_responsible
+    )
+    return survivor, [event]
 
 
 async def _pair(
-    session: AsyncSession, kind: str, survivor_id: int, loser_id: int, actor: User
+    session: AsyncSession,
+    kind: str,
+    survivor_id: int,
+    loser_id: int,
+    actor: Actor,
+    rules: CrmRules,
 ) -> tuple[Contact | Company, Contact | Company]:
+    get = get_contact if kind == "contact" else get_company
+    survivor = await get(session, survivor_id, actor=actor, rules=rules, write=True)
     if survivor_id == loser_id:
         raise MergeNotAllowed(
             f"cannot merge {kind} {survivor_id} into itself",
             details={"survivor_id": survivor_id, "loser_id": loser_id},
         )
-    get = service.get_contact if kind == "contact" else service.get_company
-    survivor = await get(session, survivor_id)
-    loser = await get(session, loser_id)
-    for record in (survivor, loser):
-        if not access.can_write(actor, record.responsible_id):
-            raise PermissionDenied(
-                f"{kind} {record.id} belongs to another manager",
-                details={f"{kind}_id": record.id},
-            )
+    loser = await get(session, loser_id, actor=actor, rules=rules, write=True)
     return survivor, loser
 
 
@@ -162,7 +170,7 @@ async def _repoint(
     """Point every foreign key to ``<table_name>.id`` = loser at the survivor."""
     moved: dict[str, int] = {}
     touched: set[str] = set()
-    for table, column in service.referencing_columns(table_name):
+    for table, column in referencing_columns(table_name):
         result: Any = await session.execute(
             update(table).where(column == loser_id).values({column.key: survivor_id})
         )
@@ -191,7 +199,7 @@ async def _reload(
 
 def _audit(
     session: AsyncSession,
-    actor: User,
+    actor: Actor,
     kind: str,
     survivor_id: int,
     loser_id: int,

@@ -3,7 +3,6 @@ phones, e-mails and messenger ids."""
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -12,18 +11,6 @@ from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueC
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column, validates
 
 from crm_core.db import Base, JsonDoc, Money, utcnow
-
-
-class PurchaseMode(enum.StrEnum):
-    ONE_OFF = "one_off"
-    REGULAR = "regular"
-
-
-class Interest(enum.StrEnum):
-    NONE = "none"
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
 
 
 def last10_of(number: str) -> str:

@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_core import access
+from crm_core import access, listing
+from crm_core.access import Actor
+from crm_core.clients.companies import group_company_ids
+from crm_core.clients.lookup import digits_rev_prefix
 from crm_core.clients.model import (
     Company,
     Contact,
@@ -26,11 +29,9 @@ from crm_core.clients.model import (
     Requisites,
     fold_name,
 )
-from crm_core.clients.service import digits_rev_prefix, group_company_ids
 from crm_core.db import contains, matching
 from crm_core.phones import digits_of, try_normalize_phone
 from crm_core.rules import CrmRules
-from crm_core.users.model import User
 
 MIN_SUFFIX_DIGITS = 4
 
@@ -41,6 +42,7 @@ class ClientFilter:
 
     q: str | None = None
     client_type: str | None = None
+    purchase_mode: str | None = None  # the potential: one_off or regular
     source_id: int | None = None
     region_id: int | None = None
     responsible_id: int | None = None
@@ -114,17 +116,19 @@ async def _list(
     kind: str,
     flt: ClientFilter,
     *,
-    actor: User,
+    actor: Actor,
     rules: CrmRules,
     limit: int,
     offset: int,
+    sort: str | None = None,
+    count_cap: int | None = None,
 ) -> tuple[list[Any], int]:
     table: Any = Contact if kind == "contact" else Company
     stmt = select(table)
     if not flt.include_merged:
         stmt = stmt.where(table.merged_into_id.is_(None))
     stmt = access.scope(stmt, table.responsible_id, actor, rules)
-    for name in ("client_type", "source_id", "region_id", "responsible_id"):
+    for name in ("client_type", "purchase_mode", "source_id", "region_id", "responsible_id"):
         value = getattr(flt, name)
         if value is not None:
             stmt = stmt.where(getattr(table, name) == value)
@@ -150,25 +154,40 @@ async def _list(
         )
     if flt.q and flt.q.strip():
         stmt = stmt.where(_search_clause(kind, flt.q, rules.default_region))
-    total = await session.scalar(select(func.count()).select_from(stmt.subquery()))
-    rows = await session.scalars(
-        stmt.order_by(table.name_search, table.id).limit(limit).offset(offset)
-    )
-    return list(rows), int(total or 0)
+    total = await listing.total(session, stmt, count_cap)
+    sorts = {
+        "name": table.name_search,
+        "created_at": table.created_at,
+        "potential": table.potential_amount,
+        "updated_at": table.updated_at,
+    }
+    stmt = listing.order(stmt, sorts, sort, (table.name_search, table.id), table.id)
+    rows = await session.scalars(stmt.limit(limit).offset(offset))
+    return list(rows), total
 
 
 async def list_contacts(
     session: AsyncSession,
     flt: ClientFilter,
     *,
-    actor: User,
+    actor: Actor,
     rules: CrmRules,
     limit: int = 50,
     offset: int = 0,
+    sort: str | None = None,
+    count_cap: int | None = None,
 ) -> tuple[list[Contact], int]:
     """Contacts ``actor`` may read matching ``flt``, by name, with the total count."""
     return await _list(
-        session, "contact", flt, actor=actor, rules=rules, limit=limit, offset=offset
+        session,
+        "contact",
+        flt,
+        actor=actor,
+        rules=rules,
+        limit=limit,
+        offset=offset,
+        sort=sort,
+        count_cap=count_cap,
     )
 
 
@@ -176,12 +195,22 @@ async def list_companies(
     session: AsyncSession,
     flt: ClientFilter,
     *,
-    actor: User,
+    actor: Actor,
     rules: CrmRules,
     limit: int = 50,
     offset: int = 0,
+    sort: str | None = None,
+    count_cap: int | None = None,
 ) -> tuple[list[Company], int]:
     """Companies ``actor`` may read matching ``flt``, by name, with the total count."""
     return await _list(
-        session, "company", flt, actor=actor, rules=rules, limit=limit, offset=offset
+        session,
+        "company",
+        flt,
+        actor=actor,
+        rules=rules,
+        limit=limit,
+        offset=offset,
+        sort=sort,
+        count_cap=count_cap,
     )

@@ -15,7 +15,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_core import access
+from crm_core import access, listing
+from crm_core.access import Actor
 from crm_core.clients import service as clients
 from crm_core.clients.errors import InvalidReference
 from crm_core.clients.model import LegalEntity
@@ -36,7 +37,7 @@ from crm_core.deals.events import (
 from crm_core.deals.model import Deal, DealStageChange, Pipeline, PipelineStage, StageKind
 from crm_core.deals.pipelines import first_stage, get_pipeline, load_stages, resolve_stage
 from crm_core.deals.schemas import MILESTONES, DealInput, DealOut, DealPatch, DealStageChangeOut
-from crm_core.errors import NotFound, PermissionDenied
+from crm_core.errors import NotFound
 from crm_core.events import DomainEvent
 from crm_core.reference.model import Region, Source
 from crm_core.rules import CrmRules
@@ -77,34 +78,9 @@ async def check_references(
             )
 
 
-def initial_responsible(actor: User | None, requested: int | None) -> int | None:
-    """A manager creates records for himself; head and admin assign anyone; the system
-    (``actor`` None, e.g. a call) assigns what it was given."""
-    if actor is None:
-        return requested
-    if requested is None:
-        return actor.id
-    if requested != actor.id and not access.is_privileged(actor):
-        raise PermissionDenied(
-            "a manager may only make himself responsible",
-            details={"field": "responsible_id", "value": requested},
-        )
-    return requested
-
-
-def check_handover(actor: User | None, current: int | None, requested: int | None) -> None:
-    """Only the head of sales or an admin hands a record to another manager (or to nobody)."""
-    if actor is None or requested == current or access.is_privileged(actor):
-        return
-    raise PermissionDenied(
-        "only the head of sales or an admin changes the responsible manager",
-        details={"field": "responsible_id", "value": requested},
-    )
-
-
 async def _check_clients(
     session: AsyncSession,
-    actor: User | None,
+    actor: Actor,
     rules: CrmRules,
     *,
     company_id: int | None,
@@ -147,16 +123,6 @@ async def _check_clients(
     return company_id
 
 
-def _ensure(actor: User | None, deal: Deal, rules: CrmRules | None, write: bool) -> None:
-    if actor is None:
-        return
-    rules = rules or CrmRules()
-    if write:
-        access.ensure_write(actor, deal.responsible_id, rules, f"deal {deal.id}")
-    else:
-        access.ensure_read(actor, deal.responsible_id, rules, f"deal {deal.id}")
-
-
 # ---------------------------------------------------------------- loading
 
 
@@ -164,18 +130,19 @@ async def get_deal(
     session: AsyncSession,
     deal_id: int,
     *,
-    actor: User | None = None,
-    rules: CrmRules | None = None,
+    actor: Actor,
+    rules: CrmRules,
     write: bool = False,
 ) -> Deal:
-    """A deal; with ``actor``, one he may read (or change, with ``write``): 404 otherwise."""
+    """A deal ``actor`` may read (or change, with ``write``): 404 when there is none or he may
+    not read it, 403 when he may only read it."""
+    missing = DealNotFound(f"no deal {deal_id}", details={"deal_id": deal_id})
     deal = await session.get(Deal, deal_id)
     if deal is None:
-        raise DealNotFound(f"no deal {deal_id}", details={"deal_id": deal_id})
-    try:
-        _ensure(actor, deal, rules, write)
-    except NotFound:
-        raise DealNotFound(f"no deal {deal_id}", details={"deal_id": deal_id}) from None
+        raise missing
+    access.check(
+        actor, deal.responsible_id, rules, write=write, what=f"deal {deal_id}", missing=missing
+    )
     return deal
 
 
@@ -231,7 +198,7 @@ def _apply_move(
     move: Move,
     *,
     from_stage: PipelineStage | None,
-    actor: User | None,
+    actor: Actor,
     now: datetime,
 ) -> DealStageChanged:
     stage = move.stage
@@ -248,7 +215,7 @@ def _apply_move(
             deal_id=deal.id,
             from_stage_id=from_stage.id if from_stage else None,
             to_stage_id=stage.id,
-            user_id=actor.id if actor else None,
+            user_id=actor.id,
             at=now,
             reason=move.reason,
         )
@@ -261,7 +228,7 @@ def _apply_move(
         kind=stage.kind,
         reason=move.reason,
         responsible_id=deal.responsible_id,
-        actor_id=actor.id if actor else None,
+        actor_id=actor.id,
         audience=funnel_audience(deal.responsible_id),
         occurred_at=now,
     )
@@ -274,7 +241,7 @@ async def create_deal(
     session: AsyncSession,
     data: DealInput,
     *,
-    actor: User | None,
+    actor: Actor,
     rules: CrmRules,
     now: datetime | None = None,
 ) -> tuple[Deal, list[DomainEvent]]:
@@ -287,7 +254,7 @@ async def create_deal(
     else:
         stage = await resolve_stage(session, pipeline, data.stage)
     _check_lost_reason(stage, data.reason, rules)
-    responsible_id = initial_responsible(actor, data.responsible_id)
+    responsible_id = access.responsible_for_new(actor, data.responsible_id)
     await check_references(session, source_id=data.source_id, responsible_id=responsible_id)
     company_id = await _check_clients(
         session,
@@ -309,7 +276,7 @@ async def create_deal(
         company_id=company_id,
         contact_id=data.contact_id,
         legal_entity_id=data.legal_entity_id,
-        created_by_id=actor.id if actor else None,
+        created_by_id=actor.id,
         created_at=now,
         updated_at=now,
         **{m: _utc(getattr(data, m)) for m in MILESTONES},
@@ -327,7 +294,7 @@ async def create_deal(
         stage=stage.code,
         amount=deal.amount,
         responsible_id=deal.responsible_id,
-        actor_id=actor.id if actor else None,
+        actor_id=actor.id,
         audience=funnel_audience(deal.responsible_id),
         occurred_at=now,
     )
@@ -340,7 +307,7 @@ async def move_deal(
     stage: str | int,
     *,
     reason: str | None = None,
-    actor: User | None,
+    actor: Actor,
     rules: CrmRules,
     now: datetime | None = None,
 ) -> tuple[Deal, list[DomainEvent]]:
@@ -360,7 +327,7 @@ async def _move(
     stage: str | int,
     reason: str | None,
     *,
-    actor: User | None,
+    actor: Actor,
     rules: CrmRules,
     now: datetime,
 ) -> DealStageChanged | None:
@@ -382,7 +349,7 @@ async def update_deal(
     deal_id: int,
     patch: DealPatch,
     *,
-    actor: User | None,
+    actor: Actor,
     rules: CrmRules,
     now: datetime | None = None,
 ) -> tuple[Deal, list[DomainEvent]]:
@@ -395,7 +362,7 @@ async def update_deal(
     if "title" in sent and patch.title is None:
         raise InvalidDealInput("title: cannot be null", details={"field": "title", "value": None})
     if "responsible_id" in sent:
-        check_handover(actor, deal.responsible_id, patch.responsible_id)
+        access.check_handover(actor, deal.responsible_id, patch.responsible_id)
         await check_references(session, responsible_id=patch.responsible_id)
     if "source_id" in sent:
         await check_references(session, source_id=patch.source_id)
@@ -441,7 +408,7 @@ async def update_deal(
                 deal_id=deal.id,
                 fields=tuple(changed),
                 responsible_id=deal.responsible_id,
-                actor_id=actor.id if actor else None,
+                actor_id=actor.id,
                 audience=funnel_audience(deal.responsible_id),
                 occurred_at=now,
             ),
@@ -465,7 +432,7 @@ def _set(target: Any, values: Mapping[str, Any]) -> list[str]:
 
 
 async def delete_deal(
-    session: AsyncSession, deal_id: int, *, actor: User, rules: CrmRules
+    session: AsyncSession, deal_id: int, *, actor: Actor, rules: CrmRules
 ) -> list[DomainEvent]:
     """Delete a deal and its stage history (invoices, tasks and activities keep existing,
     unlinked)."""
@@ -506,10 +473,12 @@ async def list_deals(
     session: AsyncSession,
     flt: DealFilter,
     *,
-    actor: User,
+    actor: Actor,
     rules: CrmRules,
     limit: int = 50,
     offset: int = 0,
+    sort: str | None = None,
+    count_cap: int | None = None,
 ) -> tuple[list[Deal], int]:
     """Deals ``actor`` may read matching ``flt``, newest first, with the total count."""
     stmt = select(Deal).join(PipelineStage, PipelineStage.id == Deal.stage_id)
@@ -549,11 +518,18 @@ async def list_deals(
         )
     if clauses:
         stmt = stmt.where(*clauses)
-    total = await session.scalar(select(func.count()).select_from(stmt.subquery()))
-    rows = await session.scalars(
-        stmt.order_by(Deal.created_at.desc(), Deal.id.desc()).limit(limit).offset(offset)
-    )
-    return list(rows), int(total or 0)
+    total = await listing.total(session, stmt, count_cap)
+    sorts = {
+        "created_at": Deal.created_at,
+        "title": Deal.title,
+        "amount": Deal.amount,
+        "stage": PipelineStage.sort,
+        "stage_changed_at": Deal.stage_changed_at,
+        "closed_at": Deal.closed_at,
+    }
+    stmt = listing.order(stmt, sorts, sort, (Deal.created_at.desc(), Deal.id.desc()), Deal.id)
+    rows = await session.scalars(stmt.limit(limit).offset(offset))
+    return list(rows), total
 
 
 async def _history(session: AsyncSession, deal_id: int) -> list[DealStageChangeOut]:
@@ -582,7 +558,7 @@ async def _history(session: AsyncSession, deal_id: int) -> list[DealStageChangeO
 
 
 async def deal_history(
-    session: AsyncSession, deal_id: int, *, actor: User, rules: CrmRules
+    session: AsyncSession, deal_id: int, *, actor: Actor, rules: CrmRules
 ) -> list[DealStageChangeOut]:
     """The deal's stage changes, oldest first (the first row is its creation)."""
     await get_deal(session, deal_id, actor=actor, rules=rules)

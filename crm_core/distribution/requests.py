@@ -16,6 +16,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_core import access
+from crm_core.access import Actor
 from crm_core.clients import service as clients
 from crm_core.deals import service as deals
 from crm_core.distribution import service as distribution
@@ -209,9 +211,7 @@ async def _earlier_client(
         if row is not None:
             return _Client(*row)
     if phone:
-        match = await clients.find_client_by_phone(
-            session, phone, region=rules.default_region, rules=rules
-        )
+        match = await clients.find_client_by_phone(session, phone, actor=access.SYSTEM, rules=rules)
         if match is not None:
             return _Client(match.lead_id, match.contact_id, match.company_id, match.responsible_id)
     return None
@@ -255,7 +255,7 @@ async def _new_lead(
             responsible_id=responsible,
             tracking=tracking,
         ),
-        actor=None,
+        actor=access.SYSTEM,
         rules=rules,
         now=now,
     )
@@ -286,7 +286,7 @@ async def _hand_over(
             company_id=request.company_id if request.contact_id is None else None,
             origin_key=f"web-request:{request.id}",
         ),
-        actor=None,
+        actor=access.SYSTEM,
         rules=rules,
         now=now,
     )
@@ -327,21 +327,12 @@ async def list_queue(
     return list(rows.scalars()), int(total or 0)
 
 
-async def get_request(session: AsyncSession, request_id: int) -> WebRequest:
-    request = await session.get(WebRequest, request_id)
-    if request is None:
-        raise WebRequestNotFound(
-            f"no website request {request_id}", details={"request_id": request_id}
-        )
-    return request
-
-
 async def assign(
     session: AsyncSession,
     request_id: int,
     user_id: int,
     *,
-    actor: User,
+    actor: Actor,
     rules: CrmRules,
     policy: Policy,
     now: datetime,

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_core import access
 from crm_core.clients import service as clients
 from crm_core.distribution.model import DistributionRule, RuleManager, Strategy
 from crm_core.leads.model import Lead
@@ -218,9 +219,7 @@ async def distribute(
     if book is None:
         book = await load_rulebook(session, default_timezone=default_timezone)
     if phone:
-        match = await clients.find_client_by_phone(
-            session, phone, region=rules.default_region, rules=rules
-        )
+        match = await clients.find_client_by_phone(session, phone, actor=access.SYSTEM, rules=rules)
         if match is not None and match.responsible_id in book.active_users:
             return Assignment(match.responsible_id, False, "existing_client")
     for rule in book.chain(region_id):

@@ -18,20 +18,17 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Select, extract, func, or_, select
+from sqlalchemy import Select, extract, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_core import access
+from crm_core import access, listing
 from crm_core.access import Actor
 from crm_core.activities.service import (
     ClientLinks,
     check_links,
     ensure_active_user,
-    ensure_record_write,
-    ensure_self_or_privileged,
     link_owners,
     linked_to_clients_of,
-    may_read,
 )
 from crm_core.clients.model import Company, LegalEntity
 from crm_core.deals.model import Deal
@@ -70,11 +67,6 @@ def _zone_name(tz: tzinfo) -> str | None:
 
 def local_today(now: datetime, tz: tzinfo) -> date:
     return now.astimezone(tz).date()
-
-
-def is_overdue(invoice: Invoice, today: date) -> bool:
-    """Issued and past its due date (``today`` in the configured zone)."""
-    return invoice.status == InvoiceStatus.ISSUED.value and invoice.due_on < today
 
 
 async def sync_reminders(
@@ -203,7 +195,7 @@ async def create_invoice(
         await check_links(session, ClientLinks(company_id=company_id), actor=actor, rules=rules)
     if "responsible_id" in data.model_fields_set:
         responsible = data.responsible_id
-        ensure_self_or_privileged(actor, responsible, "responsible_id")
+        access.check_acting_for(actor, responsible, "responsible_id")
     else:
         responsible = deal_responsible or company_responsible or actor.id
     await ensure_active_user(session, responsible, "responsible_id")
@@ -239,10 +231,17 @@ async def get_invoice(
 ) -> Invoice:
     """An invoice ``actor`` may read: his, or of his client or deal (404 otherwise)."""
     invoice = await session.get(Invoice, invoice_id)
-    if invoice is None or not may_read(
-        actor, invoice.responsible_id, await _owners(session, invoice), rules
-    ):
+    if invoice is None:
         raise NotFound(f"no invoice {invoice_id}")
+    owners = await _owners(session, invoice)
+    access.check(
+        actor,
+        invoice.responsible_id,
+        rules,
+        write=False,
+        what=f"invoice {invoice_id}",
+        owners=owners,
+    )
     return invoice
 
 
@@ -253,7 +252,14 @@ async def _writable_issued(
     if invoice is None:
         raise NotFound(f"no invoice {invoice_id}")
     owners = await _owners(session, invoice)
-    ensure_record_write(actor, invoice.responsible_id, owners, rules, f"invoice {invoice_id}")
+    access.check(
+        actor,
+        invoice.responsible_id,
+        rules,
+        write=True,
+        what=f"invoice {invoice_id}",
+        owners=owners,
+    )
     if invoice.status != InvoiceStatus.ISSUED.value:
         raise InvoiceNotIssued(
             f"cannot {action} invoice {invoice.number!r}: it is {invoice.status}",
@@ -283,7 +289,7 @@ async def update_invoice(
     if due_on < issued_on:
         raise InvalidInput("due_on must not be before issued_on", details={"field": "due_on"})
     if "responsible_id" in sent:
-        ensure_self_or_privileged(actor, sent["responsible_id"], "responsible_id")
+        access.check_acting_for(actor, sent["responsible_id"], "responsible_id")
         await ensure_active_user(session, sent["responsible_id"], "responsible_id")
     if sent.get("deal_id") is not None:
         await check_links(session, ClientLinks(deal_id=sent["deal_id"]), actor=actor, rules=rules)
@@ -357,6 +363,7 @@ def scope(stmt: Select[Any], actor: Actor, rules: CrmRules) -> Select[Any]:
     """Restrict an invoice query to what ``actor`` may read."""
     if access.is_privileged(actor) or rules.managers_read_all:
         return stmt
+    assert actor.id is not None  # only the system has none, and it is privileged
     return stmt.where(
         or_(
             Invoice.responsible_id == actor.id,
@@ -380,6 +387,8 @@ async def list_invoices(
     due_to: date | None = None,
     limit: int = 50,
     offset: int = 0,
+    sort: str | None = None,
+    count_cap: int | None = None,
 ) -> tuple[list[Invoice], int]:
     """Invoices ``actor`` may read, by due date, with their total. ``status`` "overdue" is the
     derived state: issued and due before ``today``."""
@@ -401,11 +410,16 @@ async def list_invoices(
     if due_to is not None:
         stmt = stmt.where(Invoice.due_on <= due_to)
     stmt = scope(stmt, actor, rules)
-    total = await session.scalar(select(func.count()).select_from(stmt.subquery()))
-    rows = await session.scalars(
-        stmt.order_by(Invoice.due_on, Invoice.id).limit(limit).offset(offset)
-    )
-    return list(rows), int(total or 0)
+    total = await listing.total(session, stmt, count_cap)
+    sorts = {
+        "due_on": Invoice.due_on,
+        "issued_on": Invoice.issued_on,
+        "number": Invoice.number,
+        "amount": Invoice.amount,
+    }
+    stmt = listing.order(stmt, sorts, sort, (Invoice.due_on, Invoice.id), Invoice.id)
+    rows = await session.scalars(stmt.limit(limit).offset(offset))
+    return list(rows), total
 
 
 async def remind_invoice(

@@ -96,7 +96,7 @@ class ConvertInput(_Strict):
 
 class DuplicateOut(BaseModel):
     type: str
-    id: int
+    id: int | None = Field(description="null for a client of another manager you may not read")
     matched_on: str
     value: str
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_core import access
-from crm_core.clients import events as client_events
+from crm_core import access, listing
+from crm_core.access import Actor
 from crm_core.clients import service as clients
 from crm_core.clients.errors import InvalidReference
 from crm_core.clients.model import (
@@ -76,7 +76,6 @@ from crm_core.leads.schemas import (
 )
 from crm_core.phones import digits_of, digits_reversed, try_normalize_phone
 from crm_core.rules import CrmRules, StageDef
-from crm_core.users.model import User
 from crm_core.validation import validate_client_type, validate_custom_fields, validate_inn
 
 # Patch fields copied as they are (after the checks).
@@ -144,17 +143,6 @@ def _clean_inn(value: str | None) -> str | None:
 
 def _clean_custom(values: dict[str, Any], rules: CrmRules) -> dict[str, Any]:
     return validate_custom_fields(values, rules, applies_to="lead") if values else {}
-
-
-def _ensure(actor: User | None, lead: Lead, rules: CrmRules | None, write: bool) -> None:
-    if actor is None:
-        return
-    rules = rules or CrmRules()
-    what = f"lead {lead.id}"
-    if write:
-        access.ensure_write(actor, lead.responsible_id, rules, what)
-    else:
-        access.ensure_read(actor, lead.responsible_id, rules, what)
 
 
 async def _contacts_of(
@@ -247,7 +235,7 @@ def _record_move(
     sdef: StageDef,
     reason: str | None,
     *,
-    actor: User | None,
+    actor: Actor,
     now: datetime,
 ) -> LeadStageChanged:
     previous = lead.stage
@@ -260,7 +248,7 @@ def _record_move(
             lead_id=lead.id,
             from_stage=previous,
             to_stage=sdef.code,
-            user_id=actor.id if actor else None,
+            user_id=actor.id,
             at=now,
             reason=reason,
         )
@@ -271,7 +259,7 @@ def _record_move(
         to_stage=sdef.code,
         reason=reason,
         responsible_id=lead.responsible_id,
-        actor_id=actor.id if actor else None,
+        actor_id=actor.id,
         audience=lead_audience(lead.responsible_id),
         occurred_at=now,
     )
@@ -284,16 +272,16 @@ async def create_lead(
     session: AsyncSession,
     data: LeadInput,
     *,
-    actor: User | None,
+    actor: Actor,
     rules: CrmRules,
     now: datetime | None = None,
 ) -> tuple[Lead, list[DomainEvent]]:
-    """Create a lead (by hand, from a call, a website request, a message or an import;
-    ``actor`` None is the system). It starts in the first stage, or in ``data.stage`` if its
-    gate is met (a junk stage needs a reason; the converted stage only by conversion)."""
+    """Create a lead by hand, or from a call, a website request, a message or an import (those
+    by :data:`~crm_core.access.SYSTEM`). It starts in the first stage, or in ``data.stage`` if
+    its gate is met (a junk stage needs a reason; the converted stage only by conversion)."""
     now = now or utcnow()
     target = data.stage or rules.lead_stages[0].code
-    responsible_id = deals.initial_responsible(actor, data.responsible_id)
+    responsible_id = access.responsible_for_new(actor, data.responsible_id)
     validate_client_type(data.client_type, rules)
     await deals.check_references(
         session,
@@ -316,7 +304,7 @@ async def create_lead(
         comment=data.comment,
         tracking=data.tracking,
         custom={k: v for k, v in custom.items() if v is not None} or None,
-        created_by_id=actor.id if actor else None,
+        created_by_id=actor.id,
         created_at=now,
         updated_at=now,
         stage_changed_at=now,
@@ -334,7 +322,7 @@ async def create_lead(
             lead_id=lead.id,
             from_stage=None,
             to_stage=sdef.code,
-            user_id=actor.id if actor else None,
+            user_id=actor.id,
             at=now,
             reason=lead.junk_reason,
         )
@@ -346,7 +334,7 @@ async def create_lead(
         stage=lead.stage,
         title=lead.title,
         responsible_id=lead.responsible_id,
-        actor_id=actor.id if actor else None,
+        actor_id=actor.id,
         audience=lead_audience(lead.responsible_id),
         occurred_at=now,
     )
@@ -357,18 +345,19 @@ async def get_lead(
     session: AsyncSession,
     lead_id: int,
     *,
-    actor: User | None = None,
-    rules: CrmRules | None = None,
+    actor: Actor,
+    rules: CrmRules,
     write: bool = False,
 ) -> Lead:
-    """A lead; with ``actor``, one he may read (or change, with ``write``): 404 otherwise."""
+    """A lead ``actor`` may read (or change, with ``write``): 404 when there is none or he may
+    not read it, 403 when he may only read it."""
+    missing = LeadNotFound(f"no lead {lead_id}", details={"lead_id": lead_id})
     lead = await session.get(Lead, lead_id)
     if lead is None:
-        raise LeadNotFound(f"no lead {lead_id}", details={"lead_id": lead_id})
-    try:
-        _ensure(actor, lead, rules, write)
-    except NotFound:
-        raise LeadNotFound(f"no lead {lead_id}", details={"lead_id": lead_id}) from None
+        raise missing
+    access.check(
+        actor, lead.responsible_id, rules, write=write, what=f"lead {lead_id}", missing=missing
+    )
     return lead
 
 
@@ -377,7 +366,7 @@ async def update_lead(
     lead_id: int,
     patch: LeadPatch,
     *,
-    actor: User | None,
+    actor: Actor,
     rules: CrmRules,
     now: datetime | None = None,
 ) -> tuple[Lead, list[DomainEvent]]:
@@ -390,7 +379,7 @@ async def update_lead(
     if "title" in sent and patch.title is None:
         raise InvalidLeadInput("title: cannot be null", details={"field": "title", "value": None})
     if "responsible_id" in sent:
-        deals.check_handover(actor, lead.responsible_id, patch.responsible_id)
+        access.check_handover(actor, lead.responsible_id, patch.responsible_id)
     if "client_type" in sent:
         validate_client_type(patch.client_type, rules)
     await deals.check_references(
@@ -444,7 +433,7 @@ async def update_lead(
                 lead_id=lead.id,
                 fields=tuple(changed),
                 responsible_id=lead.responsible_id,
-                actor_id=actor.id if actor else None,
+                actor_id=actor.id,
                 audience=lead_audience(lead.responsible_id),
                 occurred_at=now,
             )
@@ -462,7 +451,7 @@ async def move_lead(
     stage: str,
     *,
     reason: str | None = None,
-    actor: User | None,
+    actor: Actor,
     rules: CrmRules,
     now: datetime | None = None,
 ) -> tuple[Lead, list[DomainEvent]]:
@@ -482,7 +471,7 @@ async def move_lead(
 
 
 async def delete_lead(
-    session: AsyncSession, lead_id: int, *, actor: User, rules: CrmRules
+    session: AsyncSession, lead_id: int, *, actor: Actor, rules: CrmRules
 ) -> list[DomainEvent]:
     """Delete a lead that was not converted (a converted one is the history of its client)."""
     lead = await get_lead(session, lead_id, actor=actor, rules=rules, write=True)
@@ -539,34 +528,38 @@ async def _use_existing(
     lead: Lead,
     matched: Sequence[clients.DuplicateRef],
     *,
-    actor: User,
+    actor: Actor,
     rules: CrmRules,
     now: datetime,
 ) -> list[DomainEvent]:
     """Link to an existing client found by de-duplication: fill its empty card fields from the
     lead when ``actor`` may change it, link as it is when he may only read it, refuse when he
-    may not even see it."""
+    may not even see it (naming no record: only what matched)."""
     if access.can_write(actor, record.responsible_id):
-        card = _card_of(lead) | {"responsible_id": None}  # the client keeps its manager
-        filled = clients.fill_empty(record, card)
-        filled += clients.merge_custom(record, _custom_for(lead, rules, kind))
-        if not filled:
-            return []
-        record.updated_at = now
-        return [
-            client_events.updated(kind, record.id, tuple(filled), record.responsible_id, actor.id)
-        ]
+        return await clients.complete_card(
+            session,
+            kind,
+            record.id,
+            _card_of(lead),
+            custom=_custom_for(lead, rules, kind),
+            actor=actor,
+            rules=rules,
+            now=now,
+        )
     if access.can_read(actor, record.responsible_id, rules):
         return []
     raise DuplicateNotAccessible(
-        f"the lead's {kind} already exists as {kind} {record.id} of another manager; "
+        f"the lead's {kind} already exists at another manager; "
         "ask the head of sales to hand it over",
-        details={"duplicates": [d.as_dict() for d in matched]},
+        details={"duplicates": [d.shown_to(actor, rules) for d in matched]},
     )
 
 
 async def _pick_existing(
-    session: AsyncSession, kind: clients.ClientType, refs: Sequence[clients.DuplicateRef]
+    session: AsyncSession,
+    kind: clients.ClientType,
+    refs: Sequence[clients.DuplicateRef],
+    rules: CrmRules,
 ) -> tuple[Any, list[clients.DuplicateRef]]:
     """The existing client of ``kind`` to link: the INN match first, then the lowest id."""
     mine = [d for d in refs if d.type == kind]
@@ -574,14 +567,14 @@ async def _pick_existing(
         return None, []
     mine.sort(key=lambda d: (d.matched_on != "inn", d.id))
     chosen = mine[0].id
-    record = await (clients.get_contact if kind == "contact" else clients.get_company)(
-        session, chosen
-    )
+    # De-duplication looks at every client; what the actor may do with it is decided after.
+    load = clients.get_contact if kind == "contact" else clients.get_company
+    record = await load(session, chosen, actor=access.SYSTEM, rules=rules)
     return record, [d for d in mine if d.id == chosen]
 
 
 async def _chosen(
-    session: AsyncSession, kind: str, record_id: int, actor: User, rules: CrmRules
+    session: AsyncSession, kind: str, record_id: int, actor: Actor, rules: CrmRules
 ) -> Any:
     load = clients.get_contact if kind == "contact" else clients.get_company
     try:
@@ -599,7 +592,7 @@ async def convert_lead(
     lead_id: int,
     options: ConvertInput,
     *,
-    actor: User,
+    actor: Actor,
     rules: CrmRules,
     now: datetime | None = None,
 ) -> tuple[Conversion, list[DomainEvent]]:
@@ -633,14 +626,14 @@ async def convert_lead(
     card["responsible_id"] = lead.responsible_id
 
     if result.contact is None:
-        existing, matched = await _pick_existing(session, "contact", refs)
+        existing, matched = await _pick_existing(session, "contact", refs, rules)
         if existing is not None:
             events += await _use_existing(
                 session, existing, "contact", lead, matched, actor=actor, rules=rules, now=now
             )
             result.contact, result.linked = existing, result.linked + matched
         elif lead.contact_name:
-            contact = await clients.create_contact(
+            contact, contact_events = await clients.create_contact(
                 session,
                 ContactInput(
                     name=lead.contact_name,
@@ -653,14 +646,10 @@ async def convert_lead(
                 rules=rules,
             )
             result.contact, result.contact_created = contact, True
-            events.append(
-                client_events.created(
-                    "contact", contact.id, contact.name, contact.responsible_id, actor.id
-                )
-            )
+            events += contact_events
 
     if result.company is None:
-        existing, matched = await _pick_existing(session, "company", refs)
+        existing, matched = await _pick_existing(session, "company", refs, rules)
         if existing is not None:
             events += await _use_existing(
                 session, existing, "company", lead, matched, actor=actor, rules=rules, now=now
@@ -670,7 +659,7 @@ async def convert_lead(
             # A person's numbers stay on the person; the company gets them only when the lead
             # is the company itself.
             own = result.contact is None
-            company = await clients.create_company(
+            company, company_events = await clients.create_company(
                 session,
                 CompanyInput(
                     name=lead.company_name,
@@ -695,11 +684,7 @@ async def convert_lead(
                 rules=rules,
             )
             result.company, result.company_created = company, True
-            events.append(
-                client_events.created(
-                    "company", company.id, company.name, company.responsible_id, actor.id
-                )
-            )
+            events += company_events
 
     if result.contact is None and result.company is None:
         raise NothingToConvert(
@@ -713,7 +698,12 @@ async def convert_lead(
             and fold_name(lead.decision_maker_name) == fold_name(result.contact.name)
         )
         await clients.link_contact_company(
-            session, result.contact.id, result.company.id, is_decision_maker=is_dm
+            session,
+            result.contact.id,
+            result.company.id,
+            actor=actor,
+            rules=rules,
+            is_decision_maker=is_dm,
         )
 
     if pipeline is not None:
@@ -796,6 +786,8 @@ class LeadFilter:
     created_from: datetime | None = None
     created_to: datetime | None = None
     q: str | None = None  # a name, a phone in any format or its last digits, an e-mail, an INN
+    client_type: str | None = None
+    purchase_mode: str | None = None  # the potential: one_off or regular
 
 
 def _search(q: str, region: str) -> Any:
@@ -822,18 +814,38 @@ def _search(q: str, region: str) -> Any:
     return matching(Lead.id, by_name, ids)
 
 
+LEAD_SORTS = {
+    "created_at": Lead.created_at,
+    "title": Lead.title,
+    "stage": Lead.stage,
+    "stage_changed_at": Lead.stage_changed_at,
+    "potential": Lead.potential_amount,
+}
+
+
 async def list_leads(
     session: AsyncSession,
     flt: LeadFilter,
     *,
-    actor: User,
+    actor: Actor,
     rules: CrmRules,
     limit: int = 50,
     offset: int = 0,
+    sort: str | None = None,
+    count_cap: int | None = None,
 ) -> tuple[list[Lead], int]:
-    """Leads ``actor`` may read matching ``flt``, newest first, with the total count."""
+    """Leads ``actor`` may read matching ``flt``, newest first (or by ``sort``: a key of
+    :data:`LEAD_SORTS`), with the total count (at most ``count_cap + 1``)."""
     stmt = access.scope(select(Lead), Lead.responsible_id, actor, rules)
-    for name in ("stage", "origin", "source_id", "region_id", "responsible_id"):
+    for name in (
+        "stage",
+        "origin",
+        "source_id",
+        "region_id",
+        "responsible_id",
+        "client_type",
+        "purchase_mode",
+    ):
         value = getattr(flt, name)
         if value is not None:
             stmt = stmt.where(getattr(Lead, name) == value)
@@ -843,11 +855,10 @@ async def list_leads(
         stmt = stmt.where(Lead.created_at < flt.created_to)
     if flt.q and flt.q.strip():
         stmt = stmt.where(_search(flt.q, rules.default_region))
-    total = await session.scalar(select(func.count()).select_from(stmt.subquery()))
-    rows = await session.scalars(
-        stmt.order_by(Lead.created_at.desc(), Lead.id.desc()).limit(limit).offset(offset)
-    )
-    return list(rows), int(total or 0)
+    total = await listing.total(session, stmt, count_cap)
+    stmt = listing.order(stmt, LEAD_SORTS, sort, (Lead.created_at.desc(), Lead.id.desc()), Lead.id)
+    rows = await session.scalars(stmt.limit(limit).offset(offset))
+    return list(rows), total
 
 
 async def describe(
@@ -855,10 +866,12 @@ async def describe(
     leads: Sequence[Lead],
     rules: CrmRules,
     *,
+    actor: Actor,
     with_duplicates: bool = False,
 ) -> list[LeadOut]:
-    """The API view of leads: phones, e-mails, what each later stage still needs and (for a
-    single lead) the clients that already have its phones, e-mails or INN."""
+    """The API view of leads ``actor`` has loaded: phones, e-mails, what each later stage
+    still needs and (for a single lead) the clients that already have its phones, e-mails or
+    INN (without the ids of those ``actor`` may not read)."""
     contacts = await _contacts_of(session, (lead.id for lead in leads))
     out = []
     for lead in leads:
@@ -870,7 +883,7 @@ async def describe(
             refs = await clients.find_duplicates(
                 session, phones=phones, emails=emails, inn=lead.inn, region=rules.default_region
             )
-            duplicates = [DuplicateOut(**r.as_dict()) for r in refs]
+            duplicates = [DuplicateOut(**r.shown_to(actor, rules)) for r in refs]
         out.append(
             LeadOut.of(lead, phones=phones, emails=emails, gate=gates, duplicates=duplicates)
         )
@@ -878,7 +891,7 @@ async def describe(
 
 
 async def lead_history(
-    session: AsyncSession, lead_id: int, *, actor: User, rules: CrmRules
+    session: AsyncSession, lead_id: int, *, actor: Actor, rules: CrmRules
 ) -> list[LeadStageChange]:
     """The lead's stage changes, oldest first (the first row is its creation)."""
     await get_lead(session, lead_id, actor=actor, rules=rules)

@@ -16,22 +16,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_core import access
+from crm_core import access, listing
 from crm_core.access import Actor
 from crm_core.activities.service import (
     ClientLinks,
     check_links,
     complete_links,
     ensure_active_user,
-    ensure_record_write,
-    ensure_self_or_privileged,
     link_owners,
     linked_to_clients_of,
-    may_read,
-    may_write,
 )
 from crm_core.clients.model import Company, Contact
 from crm_core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
@@ -98,22 +94,30 @@ def _links(task: Task | TaskInput | TaskPatch) -> ClientLinks:
 
 
 async def _check_invoice(
-    session: AsyncSession, invoice_id: int, *, actor: Actor | None, rules: CrmRules
+    session: AsyncSession, invoice_id: int, *, actor: Actor, rules: CrmRules
 ) -> Invoice:
+    missing = InvalidInput(f"no invoice {invoice_id}", details={"field": "invoice_id"})
     invoice = await session.get(Invoice, invoice_id)
     if invoice is None:
-        raise InvalidInput(f"no invoice {invoice_id}", details={"field": "invoice_id"})
-    if actor is not None:
-        owners = await link_owners(
-            session, ClientLinks(company_id=invoice.company_id, deal_id=invoice.deal_id)
+        raise missing
+    owners = await link_owners(
+        session, ClientLinks(company_id=invoice.company_id, deal_id=invoice.deal_id)
+    )
+    try:
+        access.check(
+            actor,
+            invoice.responsible_id,
+            rules,
+            write=True,
+            what=f"invoice {invoice_id}",
+            owners=owners,
+            missing=missing,
         )
-        if not may_read(actor, invoice.responsible_id, owners, rules):
-            raise InvalidInput(f"no invoice {invoice_id}", details={"field": "invoice_id"})
-        if not may_write(actor, invoice.responsible_id, owners):
-            raise PermissionDenied(
-                f"invoice {invoice_id} belongs to another manager",
-                details={"field": "invoice_id", "value": invoice_id},
-            )
+    except PermissionDenied:
+        raise PermissionDenied(
+            f"invoice {invoice_id} belongs to another manager",
+            details={"field": "invoice_id", "value": invoice_id},
+        ) from None
     return invoice
 
 
@@ -131,16 +135,16 @@ async def create_task(
     session: AsyncSession,
     data: TaskInput,
     *,
-    actor: Actor | None,
+    actor: Actor,
     rules: CrmRules,
     now: datetime,
 ) -> tuple[Task, list[DomainEvent]]:
     """Create a task and schedule its reminder.
 
-    ``actor`` None is the system: no permission checks, and a responsible who is no longer
-    active leaves the task unassigned. A manager creates tasks for himself about clients he may
-    change; head and admin for anyone. With ``origin_key``, an open task of that origin is
-    returned instead of a second one (and no event).
+    For :data:`~crm_core.access.SYSTEM` (a missed call, a website request) a responsible who
+    is no longer active leaves the task unassigned. A manager creates tasks for himself about
+    clients he may change; head and admin for anyone. With ``origin_key``, an open task of
+    that origin is returned instead of a second one (and no event).
     """
     if data.origin_key is not None:
         existing = await find_open_by_origin(session, data.origin_key)
@@ -148,10 +152,10 @@ async def create_task(
             return existing, []
     fields = data.model_fields_set
     responsible = data.responsible_id
-    if "responsible_id" not in fields and actor is not None:
+    if "responsible_id" not in fields:
         responsible = actor.id
-    if actor is not None:
-        ensure_self_or_privileged(actor, responsible, "responsible_id")
+    if not access.is_system(actor):
+        access.check_acting_for(actor, responsible, "responsible_id")
         await ensure_active_user(session, responsible, "responsible_id")
     elif responsible is not None and not await session.scalar(
         select(User.is_active).where(User.id == responsible)
@@ -178,7 +182,7 @@ async def create_task(
         due_at=data.due_at,
         remind_at=data.remind_at,
         responsible_id=responsible,
-        created_by_id=actor.id if actor is not None else None,
+        created_by_id=actor.id,
         company_id=links.company_id,
         contact_id=links.contact_id,
         deal_id=links.deal_id,
@@ -210,10 +214,12 @@ async def _owners(session: AsyncSession, task: Task) -> set[int]:
 async def get_task(session: AsyncSession, task_id: int, *, actor: Actor, rules: CrmRules) -> Task:
     """A task ``actor`` may read: his, or about his clients (404 otherwise)."""
     task = await session.get(Task, task_id)
-    if task is None or not may_read(
-        actor, task.responsible_id, await _owners(session, task), rules
-    ):
+    if task is None:
         raise NotFound(f"no task {task_id}")
+    owners = await _owners(session, task)
+    access.check(
+        actor, task.responsible_id, rules, write=False, what=f"task {task_id}", owners=owners
+    )
     return task
 
 
@@ -222,7 +228,9 @@ async def _writable(session: AsyncSession, task_id: int, *, actor: Actor, rules:
     if task is None:
         raise NotFound(f"no task {task_id}")
     owners = await _owners(session, task)
-    ensure_record_write(actor, task.responsible_id, owners, rules, f"task {task_id}")
+    access.check(
+        actor, task.responsible_id, rules, write=True, what=f"task {task_id}", owners=owners
+    )
     return task
 
 
@@ -243,7 +251,7 @@ async def update_task(
             raise InvalidInput(f"{key} may not be null", details={"field": key})
     previous_responsible = task.responsible_id
     if "responsible_id" in sent:
-        ensure_self_or_privileged(actor, sent["responsible_id"], "responsible_id")
+        access.check_acting_for(actor, sent["responsible_id"], "responsible_id")
         await ensure_active_user(session, sent["responsible_id"], "responsible_id")
     changed_links = ClientLinks(**{k: sent[k] for k in _LINK_FIELDS if sent.get(k) is not None})
     await check_links(session, changed_links, actor=actor, rules=rules)
@@ -369,6 +377,7 @@ def scope(stmt: Select[Any], actor: Actor, rules: CrmRules) -> Select[Any]:
     """Restrict a task query to what ``actor`` may read."""
     if access.is_privileged(actor) or rules.managers_read_all:
         return stmt
+    assert actor.id is not None  # only the system has none, and it is privileged
     return stmt.where(
         or_(
             Task.responsible_id == actor.id,
@@ -402,6 +411,8 @@ async def list_tasks(
     overdue_at: datetime | None = None,
     limit: int = 50,
     offset: int = 0,
+    sort: str | None = None,
+    count_cap: int | None = None,
 ) -> tuple[list[Task], int]:
     """Tasks ``actor`` may read, soonest due first (undated last), with their total.
     ``overdue_at``: only open tasks due before that moment."""
@@ -427,11 +438,16 @@ async def list_tasks(
     if overdue_at is not None:
         stmt = stmt.where(Task.status == TaskStatus.OPEN.value, Task.due_at < overdue_at)
     stmt = scope(stmt, actor, rules)
-    total = await session.scalar(select(func.count()).select_from(stmt.subquery()))
-    rows = await session.scalars(
-        stmt.order_by(Task.due_at.is_(None), Task.due_at, Task.id).limit(limit).offset(offset)
-    )
-    return list(rows), int(total or 0)
+    total = await listing.total(session, stmt, count_cap)
+    sorts = {
+        "due_at": Task.due_at,
+        "title": Task.title,
+        "created_at": Task.created_at,
+        "completed_at": Task.completed_at,
+    }
+    stmt = listing.order(stmt, sorts, sort, (Task.due_at.is_(None), Task.due_at, Task.id), Task.id)
+    rows = await session.scalars(stmt.limit(limit).offset(offset))
+    return list(rows), total
 
 
 async def bulk_create_tasks(
@@ -452,10 +468,10 @@ async def bulk_create_tasks(
     privileged = access.is_privileged(actor)
     responsible_filter = f.responsible_id
     if not privileged:
-        ensure_self_or_privileged(actor, f.responsible_id, "filter.responsible_id")
+        access.check_acting_for(actor, f.responsible_id, "filter.responsible_id")
         responsible_filter = actor.id
         if spec.assign != "responsible":
-            ensure_self_or_privileged(actor, spec.assign, "assign")
+            access.check_acting_for(actor, spec.assign, "assign")
     if isinstance(spec.assign, int):
         await ensure_active_user(session, spec.assign, "assign")
     if f.client_type is not None and f.client_type not in rules.client_types:

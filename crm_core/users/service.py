@@ -117,7 +117,7 @@ async def ensure_bootstrap_admin(
         login=login,
         role=Role.ADMIN,
         password=password,
-        display_name="Administrator",
+        display_name="Администратор",
         must_change_password=True,
         scrypt_n=scrypt_n,
     )
@@ -252,3 +252,81 @@ async def get_user(session: AsyncSession, user_id: int) -> User | None:
 
 async def list_users(session: AsyncSession) -> list[User]:
     return list(await session.scalars(select(User).order_by(User.id)))
+
+
+async def update_user(
+    session: AsyncSession,
+    user: User,
+    *,
+    actor_id: int | None = None,
+    display_name: str | None = None,
+    role: Role | str | None = None,
+    is_active: bool | None = None,
+    extensions: Iterable[str] | None = None,
+    pbx: str = "",
+    locale: str | None = None,
+) -> User:
+    """Change what is given of ``user``. Refuses a bad role or extension, an extension another
+    user owns, and an administrator taking his own admin role or activity away (the last way
+    back into the system)."""
+    problems: dict[str, str] = {}
+    if role is not None:
+        try:
+            role = Role(role)
+        except ValueError:
+            problems["role"] = f"one of {', '.join(r.value for r in Role)}"
+    exts: list[str] | None = None
+    if extensions is not None:
+        exts = list(dict.fromkeys(e.strip() for e in extensions if e.strip()))
+        bad = [e for e in exts if not _EXTENSION_RE.match(e)]
+        if bad:
+            problems["extensions"] = f"digits only, got {', '.join(map(repr, bad))}"
+    if actor_id == user.id and (is_active is False or (role is not None and role != Role.ADMIN)):
+        problems["role" if role is not None else "is_active"] = "you may not demote yourself"
+    if locale is not None and locale not in ("ru", "en"):
+        problems["locale"] = "ru or en"
+    if problems:
+        raise InvalidUser(
+            "invalid user: " + "; ".join(f"{k}: {v}" for k, v in problems.items()),
+            details={"fields": problems, "field": next(iter(problems))},
+        )
+    if exts is not None:
+        owner = await session.execute(
+            select(UserExtension.extension, User.login)
+            .join(User)
+            .where(
+                UserExtension.pbx == pbx,
+                UserExtension.extension.in_(exts),
+                UserExtension.user_id != user.id,
+            )
+        )
+        taken = owner.first()
+        if taken:
+            raise ExtensionTaken(
+                f"extension {taken[0]} already belongs to {taken[1]!r}",
+                details={"extension": taken[0], "owner": taken[1], "field": "extensions"},
+            )
+        keep = [e for e in user.extensions if e.pbx != pbx or e.extension in exts]
+        have = {e.extension for e in keep if e.pbx == pbx}
+        keep.extend(UserExtension(extension=e, pbx=pbx) for e in exts if e not in have)
+        user.extensions = keep
+    if display_name is not None:
+        user.display_name = display_name.strip() or user.login
+    if role is not None:
+        user.role = str(role)
+    if is_active is not None:
+        user.is_active = is_active
+    if locale is not None:
+        user.locale = locale
+    await session.flush()
+    return user
+
+
+async def reset_password(session: AsyncSession, user: User, *, scrypt_n: int = 2**15) -> str:
+    """Give ``user`` a new one-time password (returned once, never stored in clear): he must
+    change it at his next sign-in; his web sessions end."""
+    password = new_password()
+    await set_password(session, user, password, scrypt_n=scrypt_n)
+    user.must_change_password = True
+    await session.flush()
+    return password

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import subprocess
 import sys
 import time
@@ -274,7 +275,9 @@ async def test_an_unanswered_ping_drops_and_reconnects(
         await until(lambda: server.connections >= 2 and link.connected, timeout=3)
     assert link.ping_timeouts >= 1
     assert link.reconnects >= 1
-    assert "Ping" in (link.provide_status()["last_error"] or "")
+    status = link.provide_status()
+    assert "Ping" in (status["last_disconnect"] or "")  # why it went down, kept while up
+    assert status["last_error"] is None  # connected again: no current error
     assert any("pbx-test" in r.getMessage() and "Ping" in r.getMessage() for r in caplog.records)
     # Once the PBX answers again the link stays on one connection.
     server.answer_ping = True
@@ -848,3 +851,34 @@ async def test_folding_through_the_link_gives_the_expected_record(
     await session.send(capture("e_blind_transfer_refer"), chunk_size=1000)
     await until(lambda: records)
     assert record_mismatches(expected_records("e_blind_transfer_refer"), records) == []
+
+
+async def test_a_login_resets_the_back_off_of_a_long_outage(
+    make_link: MakeLink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PBX down for long, then up, then restarted (``core restart now``): the reconnect after
+    the restart waits the first back-off step, not the one the outage had grown to (17.3 s
+    on a real Asterisk). While connected, /healthz names no old error."""
+    srv = FakeAmiServer()
+    await srv.start()
+    port = srv.port
+    await srv.stop_listening()
+    link = make_link(srv, backoff_initial_s=0.01, backoff_max_s=30.0)
+    try:
+        await link.start()
+        await until(lambda: link.connect_failures >= 7, timeout=10)
+        grown = link.next_retry_s
+        assert grown is not None and grown > 0.3  # 0.01 doubled six times, less jitter
+        srv.port = port
+        await srv.start()
+        await until(lambda: link.connected, timeout=10)
+        status = link.provide_status()
+        assert status["last_error"] is None and status["next_retry_s"] is None
+        with caplog.at_level(logging.WARNING, logger="ami.connection"):
+            await srv.logged_in_sessions()[-1].drop()  # the PBX restarts
+            await until(lambda: link.connected and len(srv.logged_in_sessions()) == 2, timeout=3)
+        [lost] = [r.getMessage() for r in caplog.records if "connection lost" in r.getMessage()]
+        waited = re.search(r"reconnecting in ([0-9.]+) s", lost)
+        assert waited is not None and float(waited.group(1)) <= 0.01
+    finally:
+        await srv.close()

@@ -556,7 +556,11 @@ def test_resync_listing_rebuilds_a_call_with_its_age() -> None:
     listing = FrameParser().feed(capture_bytes("resync_CoreShowChannels"))
     folder = _folder(now=1795722807.0)
     # Caller and 101 share a bridge: the listing itself shows the answer we never saw.
-    assert folder.feed_many(listing) == [CallAnswered("1795722788.0", "101", 1795722807.0)]
+    assert folder.feed_many(listing) == [
+        CallAnswered(
+            "1795722788.0", "101", 1795722807.0, direction="inbound", client="+74951234567"
+        )
+    ]
     [live] = folder.live_calls()
     assert live.call_id == "1795722788.0"
     assert live.direction == "inbound"

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from contact_center.keys import BUS, SESSIONS
+from crm_core.access import SYSTEM
 from crm_core.activities import service as activities
 from crm_core.activities.schemas import ActivityInput
 from tests.crm_core.tasks.world import T0, World, api_world, manual_clock_client
@@ -37,7 +38,7 @@ async def _calls(client: Any, w: World) -> dict[str, int]:
                 occurred_at=T0 + i * MIN,
                 external_id=f"call:main:{i}",
             )
-            out[name] = (await activities.record_activity(s, data, actor_id=None)).id
+            out[name] = (await activities.record_activity(s, data, actor=SYSTEM)).id
         await s.commit()
     return out
 

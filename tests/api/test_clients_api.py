@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from contact_center.keys import BUS, SESSIONS
 from crm_core.users import service as users
 from tests.helpers import until
@@ -199,25 +201,76 @@ async def test_duplicates_refused_then_merged_on_request(client: Any) -> None:
         },
     )
     assert status == 200 and body["id"] == first["id"] and body["emails"] == ["s@x.ru"]
-    # Another manager's duplicate: refused even with merge (he may not change it).
-    status, _ = await ctx.call(
+    # Another manager's duplicate: refused even with merge (he may not change it), naming
+    # neither the record nor its name (issue 15).
+    status, body = await ctx.call(
         "anna",
         "POST",
         "/contacts",
         json={"name": "С.", "phones": ["+74951234567"], "on_duplicate": "merge"},
     )
     assert status == 403
-    company = await new_company(ctx, "ivan", legal_entities=[{"name": "ЮЛ", "requisites": [SBER]}])
-    status, body = await ctx.call(
-        "anna",
-        "POST",
-        "/companies",
-        json={"name": "Сбер", "legal_entities": [{"name": "ЮЛ", "requisites": [SBER]}]},
-    )
-    assert status == 409
     assert body["details"]["duplicates"] == [
-        {"type": "company", "id": company["id"], "matched_on": "inn", "value": "7707083893"}
+        {"type": "contact", "id": None, "matched_on": "phone", "value": "+74951234567"}
     ]
+    assert str(first["id"]) not in body["message"] and "Сергей" not in str(body)
+    company = await new_company(
+        ctx, "ivan", name="Сбербанк", legal_entities=[{"name": "ЮЛ", "requisites": [SBER]}]
+    )
+    sber = {"name": "Сбер", "legal_entities": [{"name": "ЮЛ", "requisites": [SBER]}]}
+    for who, shown_id in (("anna", None), ("boss", company["id"]), ("ivan", company["id"])):
+        status, body = await ctx.call(who, "POST", "/companies", json=sber)
+        assert status == 409 and body["error"] == "duplicate-client", who
+        assert body["details"]["duplicates"] == [
+            {"type": "company", "id": shown_id, "matched_on": "inn", "value": "7707083893"}
+        ], who
+        assert (f"company {company['id']}" in body["message"]) == (shown_id is not None)
+        assert "Сбербанк" not in str(body)
+
+
+async def test_a_duplicate_of_a_client_you_may_not_see_is_not_named(client: Any) -> None:
+    """Issue 15: a 409 told any manager the id of another manager's client (a contact, a
+    company, the INN of requisites, a lead's matches); now only that it exists, and on what."""
+    ctx = await setup_team(client)
+    contact = await new_contact(ctx, "ivan", name="Тайный", emails=["secret@x.ru"])
+    company = await new_company(
+        ctx, "ivan", name="Тайная", legal_entities=[{"name": "ЮЛ", "requisites": [SBER]}]
+    )
+    other = await new_company(ctx, "anna", name="Своя")
+    attempts = [
+        (
+            "/contacts",
+            {"name": "Мой", "emails": ["SECRET@x.ru"]},
+            "contact",
+            "email",
+            "secret@x.ru",
+        ),
+        (
+            f"/companies/{other['id']}/legal-entities",
+            {"name": "ЮЛ", "requisites": [SBER]},
+            "company",
+            "inn",
+            "7707083893",
+        ),
+    ]
+    for path, body, kind, matched_on, value in attempts:
+        status, out = await ctx.call("anna", "POST", path, json=body)
+        assert status == 409 and out["error"] == "duplicate-client", path
+        assert out["details"] == {
+            "duplicates": [{"type": kind, "id": None, "matched_on": matched_on, "value": value}]
+        }
+        for named in (f"contact {contact['id']}", f"company {company['id']}", "Тайн"):
+            assert named not in out["message"], path
+    # A lead with the same e-mail lists the match without its id for Anna, with it for Ivan.
+    status, lead = await ctx.call(
+        "anna", "POST", "/leads", json={"contact_name": "Лид", "emails": ["secret@x.ru"]}
+    )
+    assert status == 201
+    assert lead["duplicates"] == [
+        {"type": "contact", "id": None, "matched_on": "email", "value": "secret@x.ru"}
+    ]
+    status, seen = await ctx.call("boss", "GET", f"/leads/{lead['id']}")
+    assert seen["duplicates"][0]["id"] == contact["id"]
 
 
 async def test_merge_endpoints(client: Any) -> None:
@@ -379,7 +432,7 @@ async def test_lookup_endpoint(client: Any) -> None:
         phones=["+74951234567"],
         companies=[{"company_id": company["id"], "is_decision_maker": True}],
     )
-    for who in ("ivan", "anna", "boss", "adm"):
+    for who in ("ivan", "boss", "adm"):
         status, body = await ctx.call(
             who, "GET", "/clients/lookup", params={"phone": "8 (495) 123-45-67"}
         )
@@ -396,6 +449,11 @@ async def test_lookup_endpoint(client: Any) -> None:
                 "phone": "+74951234567",
             },
         }
+    # Issue 15: another manager learnt whose number it is; for him it is unknown.
+    status, body = await ctx.call(
+        "anna", "GET", "/clients/lookup", params={"phone": "8 (495) 123-45-67"}
+    )
+    assert status == 200 and body == {"phone": "+74951234567", "match": None}
     status, body = await ctx.call(
         "ivan", "GET", "/clients/lookup", params={"phone": "+7 999 000-00-00"}
     )
@@ -434,3 +492,46 @@ async def test_events_reach_the_responsible_and_the_heads(client: Any) -> None:
     await ctx.call("ivan", "POST", "/contacts", json={"name": "C", "phones": ["+74951234567"]})
     await ctx.call("ivan", "GET", "/contacts")
     assert len(seen) == 4
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def lookup_client(
+    request: pytest.FixtureRequest,
+    make_settings: Callable[..., Any],
+    database_url: str,
+    aiohttp_client_factory: Any,
+) -> Any:
+    from contact_center.app import create_app
+
+    env = {
+        "CC_DATABASE_URL": database_url,
+        "CC_CRM_LOOKUPS_PER_MINUTE": "3",
+        "CC_CRM_MANAGERS_READ_ALL": "true",
+    }
+    if request.param == "redis":
+        env.update(
+            CC_REDIS_URL=request.getfixturevalue("redis_url"),
+            CC_REDIS_PREFIX=request.getfixturevalue("redis_prefix"),
+        )
+    settings = make_settings(**env)
+    return await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+
+
+async def test_lookup_is_rate_limited_per_user(lookup_client: Any) -> None:
+    """Issue 15: nothing stopped a user from walking the client base number by number."""
+    ctx = await setup_team(lookup_client)
+    made = await new_contact(ctx, "ivan", name="Сергей", phones=["+74951234567"])
+
+    async def lookup(who: str, number: str) -> tuple[int, Any]:
+        return await ctx.call(who, "GET", "/clients/lookup", params={"phone": number})
+
+    # crm.managers_read_all: Anna may read Ivan's contact, so she finds it...
+    assert (await lookup("anna", "+74951234567"))[1]["match"]["contact_id"] == made["id"]
+    assert [(await lookup("anna", f"+7495000000{i}"))[0] for i in range(2)] == [200, 200]
+    # ... three times a minute, then 429 with the stable error shape.
+    status, body = await lookup("anna", "+74951234567")
+    assert status == 429
+    assert body["error"] == "rate-limited" and set(body) == {"error", "message", "details"}
+    assert body["details"]["retry_after_s"] == 60
+    # Per user: Ivan still has his own.
+    assert (await lookup("ivan", "+74951234567"))[0] == 200

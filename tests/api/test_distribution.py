@@ -190,7 +190,7 @@ async def test_region_codes_naming_no_region_are_named_in_the_log_and_healthz(
     """distribution.did_regions / default_region codes that name no region are skipped when a
     call's region is chosen; the operator is told once, which setting and which code."""
     from contact_center.app import create_app
-    from contact_center.tracking_service import TRACKER
+    from contact_center.keys import TRACKER
 
     settings = make_settings(
         CC_DATABASE_URL=database_url,

@@ -9,8 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from contact_center.keys import BUS
-from contact_center.scheduler import SCHEDULER
+from contact_center.keys import BUS, SCHEDULER
 from crm_core.events import DomainEvent
 from tests.crm_core.tasks.world import T0, World, api_world, manual_clock_client
 from tests.helpers import until

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from contact_center.keys import SESSIONS
+from crm_core.access import SYSTEM
 from crm_core.activities import service as activities
 from crm_core.activities.schemas import ActivityInput
 from tests.crm_core.tasks.world import T0, api_world, manual_clock_client
@@ -83,7 +84,7 @@ async def test_plan_vs_fact_day_and_week(app: tuple[Any, Any]) -> None:
                     user_id=w["ivan"],
                     occurred_at=T0 + timedelta(hours=i),
                 ),
-                actor_id=None,
+                actor=SYSTEM,
             )
         await s.commit()
     day = await (await client.get(f"/api/v1/plans/{w['ivan']}/{DAY}", headers=h["ivan"])).json()

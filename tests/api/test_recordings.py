@@ -22,10 +22,7 @@ from contact_center import recordings_service
 from contact_center.app import create_app
 from contact_center.call_outcomes import CallOutcomes
 from contact_center.config import ConfigError, load_settings
-from contact_center.keys import CLOCK, SESSIONS
-from contact_center.pbx import LINKS
-from contact_center.scheduler import SCHEDULER
-from contact_center.tracking_service import TRACKER
+from contact_center.keys import CLOCK, PBX, RECORDINGS, SCHEDULER, SESSIONS, TRACKER
 from crm_core.activities.model import Activity
 from crm_core.audit.model import AuditEntry
 from crm_core.calls import screen_pop
@@ -239,7 +236,7 @@ async def test_retention_purges_except_under_legal_hold(app_client: Any) -> None
         await s.commit()
         contact_id = contact.id
     row = await _stored(client)
-    runtime = client.app[recordings_service.RECORDINGS]
+    runtime = client.app[RECORDINGS]
     now = client.app[CLOCK].now()
     async with client.app[SESSIONS]() as s:
         await s.execute(
@@ -525,8 +522,7 @@ async def test_end_to_end_a_pbx_call_with_mixmonitor_is_stored_and_streamed(
             await s.commit()
         await until(
             lambda: (
-                client.app[LINKS]["main"].link is not None
-                and client.app[LINKS]["main"].link.connected
+                client.app[PBX]["main"].link is not None and client.app[PBX]["main"].link.connected
             ),
             timeout=10,
         )

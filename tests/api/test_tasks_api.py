@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from contact_center.keys import BUS
-from contact_center.scheduler import SCHEDULER
+from contact_center.keys import BUS, SCHEDULER
 from crm_core.events import DomainEvent
 from tests.crm_core.tasks.world import T0, api_world, manual_clock_client
 from tests.helpers import until

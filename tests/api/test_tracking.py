@@ -15,8 +15,7 @@ from sqlalchemy import event
 from contact_center import demo_tracking, tracking_config
 from contact_center.call_attribution import call_tracking
 from contact_center.config import ConfigError, load_settings
-from contact_center.keys import CLOCK, ENGINE, SESSIONS
-from contact_center.tracking_service import TRACKER
+from contact_center.keys import CLOCK, ENGINE, SESSIONS, TRACKER
 from crm_core.reference.model import Region, Source
 from crm_core.tracking import service as tracking
 from crm_core.users import service as users

@@ -18,6 +18,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # The browser of a Russian sales team: dates in inputs read дд.мм.гггг.
+    "--lang=ru-RU",
 ]
 
 

@@ -168,6 +168,6 @@ async def test_a_reminder_pops_a_toast_with_a_link_to_the_client(client: Any, br
 
 async def test_card_page_needs_a_session_and_a_known_kind(client: Any) -> None:
     resp = await client.get("/clients/contact/1", allow_redirects=False)
-    assert resp.status == 303 and resp.headers["Location"] == "/login"
+    assert resp.status == 303 and resp.headers["Location"] == "/login?next=/clients/contact/1"
     assert (await client.get("/clients/deal/1", allow_redirects=False)).status == 404
     assert (await client.get("/clients/contact/x", allow_redirects=False)).status == 404

@@ -7,8 +7,7 @@ from typing import Any
 
 from ami.simulator import SimulatedPbx
 from contact_center.app import create_app
-from contact_center.keys import SESSIONS
-from contact_center.pbx import LINKS
+from contact_center.keys import PBX, SESSIONS
 from crm_core.clients.model import Company, Contact, ContactCompany, Phone
 from crm_core.users import service as users
 from tests.helpers import until
@@ -54,8 +53,7 @@ async def test_fake_pbx_rings_101_and_ivans_browser_pops_the_card(
             await session.commit()
         await until(
             lambda: (
-                client.app[LINKS]["main"].link is not None
-                and client.app[LINKS]["main"].link.connected
+                client.app[PBX]["main"].link is not None and client.app[PBX]["main"].link.connected
             ),
             timeout=10,
         )
@@ -72,7 +70,7 @@ async def test_fake_pbx_rings_101_and_ivans_browser_pops_the_card(
         pop = page.locator(".pop")
         await pop.first.wait_for(timeout=15000)
         text = await pop.first.inner_text()
-        assert "+74951234567" in text
+        assert "+7 (495) 123-45-67" in text
         assert "Сергей Ковалёв" in text and "ООО «Ромашка»" in text
         await page.locator(".pop.answered").wait_for(timeout=20000)
     finally:

@@ -56,7 +56,9 @@ async def test_sign_in_and_pop_up_for_my_extension_only(client: Any, browser: An
     pop = page.locator(".pop[data-call='c1']")
     await pop.wait_for(timeout=5000)
     text = await pop.inner_text()
-    assert "+74951234567" in text and "ООО Ромашка" in text and "Поставка" in text
+    # The caller as people write numbers, dialled by a click (tel: / click-to-call).
+    assert "+7 (495) 123-45-67" in text and "ООО Ромашка" in text and "Поставка" in text
+    assert await pop.locator("a[href='tel:+74951234567']").count() == 1
     assert "yandex / spring" in text
     assert await page.locator(".pop[data-call='other']").count() == 0
     await bus.publish(CallAnswered(call_id="c1", extension="101", audience=("ext:101",)))

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from contact_center import demo_tracking
-from contact_center.keys import SESSIONS
-from contact_center.tracking_service import TRACKER, display_number
+from contact_center.keys import SESSIONS, TRACKER
+from contact_center.tracking_service import display_number
 
 SPB_YANDEX = demo_tracking.POOLS["yandex-spb"][-1]
 

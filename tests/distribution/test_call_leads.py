@@ -7,19 +7,21 @@ from typing import Any
 
 import pytest
 
-from contact_center import db
+from contact_center import db, tracking_service
 from contact_center.call_outcomes import CallOutcomes
 from crm_core.calls.record import CallRecord
+from crm_core.clock import SystemClock
 from crm_core.distribution import service as distribution
 from crm_core.leads.model import Lead
 from crm_core.rules import CrmRules
 from tests.distribution.world import NOON_MSK, add_rule, build
-from tests.telephony.trackers import tracking_service
 
 
 @pytest.fixture
-def outcomes(make_settings: Any, engine: Any) -> CallOutcomes:
-    tracker = tracking_service(make_settings(), db.sessionmaker(engine))
+async def outcomes(make_settings: Any, engine: Any) -> CallOutcomes:
+    tracker, _ = await tracking_service.open_service(
+        make_settings(), sessions=db.sessionmaker(engine), redis=None, clock=SystemClock()
+    )
     return CallOutcomes(tracker=tracker, rules=CrmRules(), callback_due_minutes=30)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ami.frames import FrameParser
-from contact_center import db
+from contact_center import db, tracking_service
 from contact_center.bus import EventBus
 from contact_center.config import Settings
+from contact_center.pbx import PbxLink
 from contact_center.telephony import Telephony
 from crm_core.activities.model import Activity
 from crm_core.calls.model import Call
@@ -24,7 +26,6 @@ from crm_core.phones import digits_reversed
 from crm_core.tasks.model import Task
 from crm_core.users import service as users
 from tests.helpers import until
-from tests.telephony.trackers import tracking_service
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ami"
 PBX = '[{"name": "main", "username": "u", "secret": "s", "trunks": ["provider"]}]'
@@ -43,13 +44,16 @@ async def _setup(make_settings: Any, database_url: str) -> tuple[Telephony, Any,
     bus.subscribe(collect, name="test")
     await bus.start()
     clock = ManualClock(datetime(2026, 11, 26, 20, 0, tzinfo=UTC))
+    tracker, _ = await tracking_service.open_service(
+        settings, sessions=sessions, redis=None, clock=clock
+    )
     tel = Telephony(
         settings=settings,
         sessions=sessions,
         bus=bus,
         rules=settings.crm.rules(),
         clock=clock,
-        tracker=tracking_service(settings, sessions, clock),
+        tracker=tracker,
     )
     await tel.start()
     return tel, (engine, sessions, bus), seen
@@ -66,9 +70,12 @@ def _replay(tel: Telephony, trace: str, replace: tuple[bytes, bytes] | None = No
     data = (FIXTURES / f"{trace}.ami").read_bytes()
     if replace:
         data = data.replace(*replace)
-    parser = FrameParser()
-    for frame in parser.feed(data):
-        tel.feed("main", frame)
+    # The PBX link's fold, as the server runs it (a fresh one: each capture is whole calls).
+    link = PbxLink(
+        tel.settings.pbx[0], settings=tel.settings, telephony=tel, clock=tel.clock, lease=None
+    )
+    for frame in FrameParser().feed(data):
+        link.feed(frame)
 
 
 async def _known_client(sessions: Any, phone: str, owner_id: int) -> tuple[int, int]:
@@ -103,7 +110,7 @@ async def test_answered_call_of_a_known_client(make_settings: Any, database_url:
         await until(lambda: any(e.name == "call.ended" for e in seen))
 
         ringing = [e for e in seen if e.name == "call.ringing"]
-        assert ringing and ringing[0].audience == ("ext:101",)
+        assert ringing and ringing[0].audience == ("ext:101", "role:head")
         pop = ringing[0]
         assert pop.caller == "+74951234567" and pop.did == "+74951112233"
         assert pop.client is not None and pop.client["name"] == "Сергей Ковалёв"
@@ -153,7 +160,7 @@ async def test_missed_call_creates_a_callback_task_closed_by_a_later_answer(
             task = await s.scalar(select(Task))
             assert task is not None and task.kind == "call_back" and task.status == "open"
             assert task.origin_key == "missed-call:+79161234567"
-            assert "+79161234567" in task.title
+            assert "+7 (916) 123-45-67" in task.title  # the number as people write it
             call = await s.scalar(select(Call))
             assert call is not None and call.disposition == "missed"
             # The unknown caller became a lead, and the task and call point at it.
@@ -210,5 +217,31 @@ async def test_caller_is_identified_when_the_call_comes_in_and_again_after_a_lon
         await until(lambda: len([e for e in seen if e.name == "call.ringing"]) == 2)
         pops = [e for e in seen if e.name == "call.ringing"]
         assert pops[-1].client is not None and pops[-1].client["name"] == "Сергей Ковалёв"
+    finally:
+        await _teardown(tel, ctx)
+
+
+async def test_the_head_watches_every_call_and_each_event_names_the_client(
+    make_settings: Any, database_url: str
+) -> None:
+    """The head of sales (no extension) sees who is on a call: ringing, answer and end reach
+    role:head; answer and end carry the client's number (the call feed showed the extension
+    for answered calls and nothing for a missed one)."""
+    tel, ctx, seen = await _setup(make_settings, database_url)
+    try:
+        for trace in ("a_inbound_queue_answered", "b_inbound_missed", "d_outbound_answered"):
+            seen.clear()
+            _replay(tel, trace)
+            await tel.drain()
+            await until(lambda: any(e.name == "call.ended" for e in seen))
+            expected = json.loads((FIXTURES / f"{trace}.expected.jsonl").read_text())
+            client = (
+                expected["caller"] if expected["direction"] == "inbound" else expected["callee"]
+            )
+            calls = [e for e in seen if e.name.startswith("call.")]
+            assert calls and all("role:head" in e.audience for e in calls), trace
+            for event in calls:
+                if event.name in ("call.answered", "call.ended"):
+                    assert event.caller == client, (trace, event)
     finally:
         await _teardown(tel, ctx)

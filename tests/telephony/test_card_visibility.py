@@ -21,8 +21,7 @@ from sqlalchemy import select
 
 from ami.simulator import SimulatedPbx
 from contact_center.app import create_app
-from contact_center.keys import SESSIONS
-from contact_center.pbx import LINKS
+from contact_center.keys import PBX, SESSIONS
 from crm_core.activities.model import Activity
 from crm_core.calls.model import Call
 from crm_core.clients.model import Company, Contact, ContactCompany, Phone
@@ -108,9 +107,7 @@ async def _live(
             contact=contact.id, company=company.id, earlier=earlier.id, recording=recording.id
         )
     await until(
-        lambda: (
-            client.app[LINKS]["main"].link is not None and client.app[LINKS]["main"].link.connected
-        ),
+        lambda: client.app[PBX]["main"].link is not None and client.app[PBX]["main"].link.connected,
         timeout=10,
     )
     client.ids = ids

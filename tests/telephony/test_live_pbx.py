@@ -12,8 +12,7 @@ from sqlalchemy import select
 
 from ami.simulator import SimulatedPbx
 from contact_center.app import create_app
-from contact_center.keys import SESSIONS
-from contact_center.pbx import LINKS
+from contact_center.keys import PBX, SESSIONS
 from crm_core.calls.model import Call
 from crm_core.users import service as users
 from tests.helpers import until
@@ -38,9 +37,7 @@ async def live(
             )
         await session.commit()
     await until(
-        lambda: (
-            client.app[LINKS]["main"].link is not None and client.app[LINKS]["main"].link.connected
-        ),
+        lambda: client.app[PBX]["main"].link is not None and client.app[PBX]["main"].link.connected,
         timeout=10,
     )
     return client
@@ -141,7 +138,7 @@ async def test_click_to_call_pops_the_card_looked_up_when_it_was_requested(
 
 async def test_click_to_call_with_the_pbx_down_is_a_clear_503(live: Any, pbx: SimulatedPbx) -> None:
     await pbx.close()
-    await until(lambda: not live.app[LINKS]["main"].link.connected, timeout=10)
+    await until(lambda: not live.app[PBX]["main"].link.connected, timeout=10)
     resp = await live.post(
         "/api/v1/calls", json={"to": "+74997654321"}, headers=await _token(live, "anna")
     )

@@ -15,9 +15,7 @@ from sqlalchemy import select
 from ami.simulator import SimulatedPbx
 from contact_center import demo_tracking
 from contact_center.app import create_app
-from contact_center.keys import SESSIONS
-from contact_center.pbx import LINKS
-from contact_center.tracking_service import TRACKER
+from contact_center.keys import PBX, SESSIONS, TRACKER
 from crm_core.calls.model import Call
 from crm_core.db import utcnow
 from crm_core.leads.model import Lead
@@ -58,9 +56,7 @@ async def start_live(
         await session.commit()
     client.app[TRACKER].invalidate()
     await until(
-        lambda: (
-            client.app[LINKS]["main"].link is not None and client.app[LINKS]["main"].link.connected
-        ),
+        lambda: client.app[PBX]["main"].link is not None and client.app[PBX]["main"].link.connected,
         timeout=10,
     )
     return client

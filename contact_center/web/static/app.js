@@ -1,20 +1,35 @@
-// Manager workplace: live call pop-ups over /ws. No dependencies.
+// The workspace shell: live call pop-ups and toasts over /ws, the call feed and the head's
+// "on a call now" panel, click-to-call, row links, the collapsible menu and keyboard keys.
+// No inline code anywhere: the page's data comes in <script type="application/json"> elements,
+// and text is only ever put in with textContent (never innerHTML).
 (function () {
   "use strict";
-  const T = window.CC_I18N || {};
-  const t = (key) => T[key] || key;
-  const pops = document.getElementById("pops");
-  const log = document.getElementById("call-log");
-  const linkState = document.getElementById("ws-state");
-  const cards = new Map(); // call_id -> pop element
-  const toasts = document.getElementById("toasts");
-  const me = (window.CC_PAGE || {}).user_id;
+
+  function readJson(id) {
+    const node = document.getElementById(id);
+    if (!node) return {};
+    try { return JSON.parse(node.textContent || "{}"); } catch (err) { return {}; }
+  }
+
+  const T = readJson("cc-i18n");
+  const PAGE = readJson("cc-page");
+  window.CC_I18N = T;
+  window.CC_PAGE = PAGE;
+  const t = (key, values) => {
+    let text = T[key] || key;
+    for (const [k, v] of Object.entries(values || {})) text = text.split("{" + k + "}").join(String(v));
+    return text;
+  };
+  const me = PAGE.user_id;
+  const myExtensions = PAGE.extensions || [];
+  const csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+  const MAX_OPEN_POPS = 3;
 
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
       if (k === "class") node.className = v;
-      else if (k.startsWith("data-")) node.setAttribute(k, v);
+      else if (k.startsWith("data-") || k.startsWith("aria-")) node.setAttribute(k, v);
       else node[k] = v;
     }
     for (const child of children) {
@@ -23,6 +38,88 @@
     }
     return node;
   }
+
+  // +74951234567 -> +7 (495) 123-45-67 (as the server writes it); other numbers as they are.
+  function formatPhone(number) {
+    if (!number) return "";
+    const m = /^\+7(\d{3})(\d{3})(\d{2})(\d{2})$/.exec(number);
+    return m ? "+7 (" + m[1] + ") " + m[2] + "-" + m[3] + "-" + m[4] : number;
+  }
+
+  function phoneLink(number) {
+    if (!number) return el("span", { class: "muted" }, t("pop.hidden_number"));
+    if (!number.startsWith("+")) return el("span", {}, number);
+    return el("a", { href: "tel:" + number, class: "phone", "data-call-to": number, title: t("call.click_to_call") }, formatPhone(number));
+  }
+
+  function when(iso) {
+    return iso ? new Date(iso).toLocaleString(PAGE.lang === "en" ? "en-GB" : "ru-RU", { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" }) : "";
+  }
+
+  // A refusal from the API as a sentence (its stable error id in the catalogue).
+  function errorText(body, fallbackKey) {
+    if (body && body.error) {
+      if (body.error === "lead-gate-missing-fields" && body.details && body.details.missing) {
+        return t("error.lead-gate-missing-fields", { fields: body.details.missing.map((m) => t("requirement." + m)).join(", ") });
+      }
+      const field = body.details && typeof body.details.field === "string" ? body.details.field : null;
+      if (field && T["error." + body.error + ".field"]) {
+        return t("error." + body.error + ".field", { field: T["field." + field.split(".").pop()] || field });
+      }
+      if (T["error." + body.error]) return t("error." + body.error);
+    }
+    return t(fallbackKey || "error.generic");
+  }
+
+  async function api(method, path, data) {
+    const resp = await fetch(path, {
+      method, credentials: "same-origin",
+      headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRF-Token": csrf },
+      body: data === undefined ? undefined : JSON.stringify(data),
+    });
+    const body = await resp.json().catch(() => ({}));
+    return { ok: resp.ok, status: resp.status, body };
+  }
+
+  // ------------------------------------------------------------ toasts and the bell
+
+  const toasts = document.getElementById("toasts");
+  const bellList = document.getElementById("bell-list");
+  const bellCount = document.getElementById("bell-count");
+
+  function remember(title, text, href) {
+    if (!bellList) return;
+    const empty = document.getElementById("bell-empty");
+    if (empty) empty.hidden = true;
+    const item = el("div", { class: "note" }, el("strong", {}, title), " ", text || "");
+    if (href) item.append(" ", el("a", { href }, t("toast.open")));
+    bellList.prepend(item);
+    const count = Number(bellCount.dataset.count || 0) + 1;
+    bellCount.dataset.count = String(count);
+    bellCount.textContent = String(count);
+    bellCount.classList.add("has");
+  }
+
+  function toast(title, text, href, kind) {
+    if (!toasts) return;
+    const box = el("div", { class: "toast" + (kind ? " " + kind : ""), role: "status" }, el("strong", {}, title), text || "",
+      href ? el("div", {}, el("a", { href }, t("toast.open"))) : null);
+    box.addEventListener("click", (e) => { if (e.target.tagName !== "A") box.remove(); });
+    toasts.prepend(box);
+    while (toasts.children.length > 4) toasts.lastChild.remove();
+    setTimeout(() => box.remove(), kind === "error" ? 12000 : 8000);
+  }
+
+  function notify(title, text, href) {
+    toast(title, text, href);
+    remember(title, text, href);
+  }
+
+  // ------------------------------------------------------------ pop-ups
+
+  const pops = document.getElementById("pops");
+  const cards = new Map(); // call_id -> pop element
+  const callers = new Map(); // call_id -> the client's number, from the ringing
 
   function row(list, label, value) {
     if (value === null || value === undefined || value === "") return;
@@ -34,30 +131,43 @@
       el("input", { name: "contact_name", placeholder: t("pop.contact_name") }),
       el("input", { name: "company_name", placeholder: t("pop.company_name") }),
       el("textarea", { name: "comment", rows: 2, placeholder: t("pop.comment") }),
-      el("button", { type: "submit" }, t("pop.create_lead")));
+      el("button", { type: "submit", class: "primary" }, t("pop.create_lead")));
     form.addEventListener("submit", async (e) => {
       e.preventDefault();
       const data = Object.fromEntries(new FormData(form).entries());
       data.phones = msg.caller ? [msg.caller] : [];
       data.origin = "call";
       if (msg.tracking) data.tracking = msg.tracking;
-      const resp = await fetch("/api/v1/leads", {
-        method: "POST", credentials: "same-origin",
-        headers: { "Content-Type": "application/json" }, body: JSON.stringify(data),
-      });
-      const out = await resp.json().catch(() => ({}));
-      form.replaceWith(el("p", { class: "muted" },
-        resp.ok ? t("pop.lead_created") + " #" + out.id : t("pop.lead_failed") + ": " + (out.message || resp.status)));
+      const out = await api("POST", "/api/v1/leads", data);
+      if (out.ok) {
+        form.replaceWith(el("p", {}, t("pop.lead_created") + " · ", el("a", { href: "/clients/lead/" + out.body.id }, t("pop.open_card"))));
+      } else {
+        form.append(el("p", { class: "field-error" }, errorText(out.body, "pop.lead_failed")));
+      }
     });
     return form;
   }
 
+  // At most MAX_OPEN_POPS open, newest first; older ones collapse to their header line.
+  function arrangePops() {
+    if (!pops) return;
+    Array.from(pops.children).forEach((pop, i) => {
+      if (pop.dataset.pinned === "1") return;
+      pop.classList.toggle("collapsed", i >= MAX_OPEN_POPS);
+    });
+  }
+
   function showRinging(msg) {
+    if (!pops) return;
     const c = msg.client;
     const pop = el("div", { class: "pop", "data-call": msg.call_id, role: "alert" });
-    pop.append(el("button", { class: "close", title: t("pop.close"), onclick: () => pop.remove() }, "×"));
-    pop.append(el("div", { class: "muted" }, t("pop.incoming") + (msg.queue ? " · " + msg.queue : "")));
-    pop.append(el("div", { class: "phone" }, msg.caller || t("pop.hidden_number")));
+    const close = el("button", { class: "close", type: "button", title: t("pop.close"), "aria-label": t("pop.close") }, "×");
+    close.addEventListener("click", (e) => { e.stopPropagation(); pop.remove(); arrangePops(); });
+    pop.append(el("div", { class: "pop-head" },
+      el("span", { class: "muted" }, t("pop.incoming") + (msg.queue ? " · " + msg.queue : "")),
+      el("span", { class: "pop-who" }, c && c.name ? c.name : formatPhone(msg.caller) || t("pop.hidden_number")),
+      close));
+    pop.append(el("div", { class: "phone" }, phoneLink(msg.caller)));
     const dl = el("dl");
     if (c) {
       pop.append(el("h3", {}, c.name || t("pop.no_name")));
@@ -76,35 +186,77 @@
       row(dl, t("card.call_source"), [msg.tracking.source, msg.tracking.campaign].filter(Boolean).join(" / "));
       row(dl, t("card.region"), msg.tracking.region);
     }
-    row(dl, t("pop.did"), msg.did);
+    row(dl, t("pop.did"), msg.did ? formatPhone(msg.did) : null);
     pop.append(dl);
     if (c && c.deals && c.deals.length) {
       pop.append(el("strong", {}, t("card.deals")));
-      pop.append(el("ul", {}, ...c.deals.map((d) => el("li", {}, d.title + " — " + (d.stage || "") + (d.amount ? " · " + d.amount + " ₽" : "")))));
+      pop.append(el("ul", {}, ...c.deals.map((d) => el("li", {}, d.title + " — " + (d.stage || "") + (d.amount ? " · " + Number(d.amount).toLocaleString("ru-RU") + " ₽" : "")))));
     }
     if (c && c.tasks && c.tasks.length) {
       pop.append(el("strong", {}, t("card.tasks")));
-      pop.append(el("ul", {}, ...c.tasks.map((x) => el("li", {}, x.title + (x.due_at ? " · " + new Date(x.due_at).toLocaleString() : "")))));
+      pop.append(el("ul", {}, ...c.tasks.map((x) => el("li", {}, x.title + (x.due_at ? " · " + when(x.due_at) : "")))));
     }
     if (c && c.activities && c.activities.length) {
       pop.append(el("strong", {}, t("card.activities")));
       pop.append(el("ul", {}, ...c.activities.map((a) => el("li", {},
-        new Date(a.occurred_at).toLocaleDateString() + " " + (a.subject || a.kind),
+        new Date(a.occurred_at).toLocaleDateString("ru-RU") + " " + (a.subject || a.kind),
         a.recording && a.recording.url ? el("audio", { controls: true, preload: "none", src: a.recording.url, class: "player" }) : null))));
     }
     if (!c) pop.append(leadForm(msg));
+    pop.addEventListener("click", () => {
+      if (pop.classList.contains("collapsed")) {
+        pop.dataset.pinned = "1";
+        pop.classList.remove("collapsed");
+      }
+    });
     const old = cards.get(msg.call_id);
     if (old) old.remove();
     cards.set(msg.call_id, pop);
     pops.prepend(pop);
+    arrangePops();
   }
 
+  // ------------------------------------------------------------ the call feed (/calls)
+
+  const feed = document.getElementById("call-log");
+  const feedEmpty = document.getElementById("call-empty");
+
   function addLog(msg, text) {
-    if (!log) return;
-    const tr = el("tr", {}, el("td", {}, new Date().toLocaleTimeString()), el("td", {}, msg.caller || msg.extension || ""), el("td", {}, text));
-    log.prepend(tr);
-    while (log.children.length > 50) log.lastChild.remove();
+    if (!feed) return;
+    const number = callers.get(msg.call_id) || msg.caller || null;
+    const who = (PAGE.ext_names || {})[msg.extension] || msg.extension || "";
+    const tr = el("tr", { "data-call": msg.call_id },
+      el("td", { class: "nowrap" }, new Date().toLocaleTimeString("ru-RU", { hour: "2-digit", minute: "2-digit", second: "2-digit" })),
+      el("td", {}, phoneLink(number)),
+      el("td", {}, text),
+      el("td", { class: "muted" }, who));
+    feed.prepend(tr);
+    if (feedEmpty) feedEmpty.hidden = true;
+    while (feed.children.length > 50) feed.lastChild.remove();
   }
+
+  // ------------------------------------------------------------ the head's "on a call now"
+
+  const onCall = document.getElementById("on-call");
+  const onCallEmpty = document.getElementById("on-call-empty");
+
+  function trackCall(msg) {
+    if (!onCall) return;
+    let item = onCall.querySelector('[data-call="' + CSS.escape(msg.call_id) + '"]');
+    if (msg.type === "call.ended") {
+      if (item) item.remove();
+    } else {
+      const who = (PAGE.ext_names || {})[msg.extension] || msg.extension || "";
+      const state = msg.type === "call.answered" ? "answered" : "ringing";
+      const fresh = el("li", { "data-call": msg.call_id, class: state },
+        el("strong", {}, who), " · ", formatPhone(callers.get(msg.call_id) || msg.caller) || t("pop.hidden_number"), " ",
+        el("span", { class: "muted" }, t(state === "answered" ? "oncall.talking" : "oncall.ringing")));
+      if (item) item.replaceWith(fresh); else onCall.prepend(fresh);
+    }
+    if (onCallEmpty) onCallEmpty.hidden = onCall.children.length > 0;
+  }
+
+  // ------------------------------------------------------------ events from /ws
 
   // The client a task or reminder is about, as a card link (or null).
   function clientLink(msg) {
@@ -114,57 +266,63 @@
     return null;
   }
 
-  function toast(title, text, href) {
-    if (!toasts) return;
-    const box = el("div", { class: "toast", role: "status" }, el("strong", {}, title), text || "",
-      href ? el("div", {}, el("a", { href: href }, t("toast.open"))) : null);
-    box.addEventListener("click", (e) => { if (e.target.tagName !== "A") box.remove(); });
-    toasts.prepend(box);
-    while (toasts.children.length > 5) toasts.lastChild.remove();
-    setTimeout(() => box.remove(), 20000);
-  }
-
   // Notifications meant for this user (the server sends only his; events he caused himself
   // are not news to him).
-  function notify(msg) {
-    const due = (iso) => (iso ? " · " + new Date(iso).toLocaleString() : "");
+  function onNotification(msg) {
+    const due = (iso) => (iso ? " · " + when(iso) : "");
     if (msg.type === "task.due") {
-      toast(t("toast.task_due"), msg.title + due(msg.due_at), clientLink(msg));
+      notify(t("toast.task_due"), msg.title + due(msg.due_at), clientLink(msg));
     } else if (msg.type === "task.created" && msg.responsible_id === me && msg.created_by_id !== me) {
-      toast(t("toast.task_assigned"), msg.title + due(msg.due_at), clientLink(msg));
+      notify(t("toast.task_assigned"), msg.title + due(msg.due_at), clientLink(msg));
     } else if (msg.type === "lead.created" && msg.responsible_id === me && msg.actor_id !== me) {
-      toast(t("toast.lead_assigned"), msg.title, "/clients/lead/" + msg.lead_id);
+      notify(t("toast.lead_assigned"), msg.title, "/clients/lead/" + msg.lead_id);
     } else if (msg.type === "web_request.received" && msg.queued) {
-      toast(t("toast.web_request_queued"), [msg.client_name, msg.phone, msg.region].filter(Boolean).join(" · "),
-        msg.lead_id ? "/clients/lead/" + msg.lead_id : null);
+      notify(t("toast.web_request_queued"), [msg.client_name, formatPhone(msg.phone), msg.region].filter(Boolean).join(" · "),
+        msg.lead_id ? "/clients/lead/" + msg.lead_id : "/distribution");
     } else if (msg.type === "invoice.reminder") {
-      toast(t("toast.invoice"), "№ " + msg.number + " · " + msg.due_on, msg.company_id ? "/clients/company/" + msg.company_id : null);
+      notify(t("toast.invoice"), "№ " + msg.number + " · " + msg.due_on, msg.company_id ? "/clients/company/" + msg.company_id : null);
     } else if (msg.type === "notification") {
-      toast(msg.title || t("toast.notification"), msg.text || "", msg.url || null);
+      notify(msg.title || t("toast.notification"), msg.text || "", msg.url || null);
     }
   }
 
   function onMessage(msg) {
-    notify(msg);
+    onNotification(msg);
+    if (!msg.type || !msg.type.startsWith("call.")) return;
+    if (msg.type === "call.ringing" && msg.caller) callers.set(msg.call_id, msg.caller);
+    if (msg.caller && !callers.has(msg.call_id)) callers.set(msg.call_id, msg.caller);
+    const mine = msg.extension && myExtensions.includes(msg.extension);
     if (msg.type === "call.ringing") {
-      showRinging(msg);
-      addLog(msg, t("log.ringing") + " " + (msg.extension || ""));
+      if (mine) showRinging(msg);
+      addLog(msg, t("log.ringing"));
     } else if (msg.type === "call.answered") {
       const pop = cards.get(msg.call_id);
       if (pop) pop.classList.add("answered");
-      addLog(msg, t("log.answered") + " " + (msg.extension || ""));
+      addLog(msg, t("log.answered"));
     } else if (msg.type === "call.ended") {
       const pop = cards.get(msg.call_id);
       if (pop) {
         pop.classList.add("ended");
-        if (!pop.querySelector("form")) setTimeout(() => pop.remove(), 8000);
+        if (!pop.querySelector("form")) setTimeout(() => { pop.remove(); arrangePops(); }, 8000);
       }
-      addLog(msg, t("disposition." + msg.disposition) + (msg.talk_seconds ? " · " + Math.round(msg.talk_seconds) + " " + t("log.seconds") : ""));
+      const talk = msg.talk_seconds ? " · " + formatDuration(msg.talk_seconds) : "";
+      addLog(msg, t("disposition." + msg.disposition) + talk);
+      callers.delete(msg.call_id);
     }
+    trackCall(msg);
   }
 
+  function formatDuration(seconds) {
+    const s = Math.round(seconds);
+    const m = Math.floor(s / 60);
+    const rest = String(s % 60).padStart(m ? 2 : 1, "0");
+    return m ? m + " " + t("time.min") + " " + rest + " " + t("time.s") : rest + " " + t("time.s");
+  }
+
+  const linkState = document.getElementById("ws-state");
   let delay = 1000;
   function connect() {
+    if (!linkState) return;
     const proto = location.protocol === "https:" ? "wss://" : "ws://";
     const ws = new WebSocket(proto + location.host + "/ws");
     ws.onopen = () => { delay = 1000; linkState.className = "status ok"; linkState.textContent = t("ws.online"); };
@@ -174,6 +332,76 @@
       setTimeout(connect, delay); delay = Math.min(delay * 2, 30000);
     };
   }
-  window.CC = { onMessage, el };
+
+  // ------------------------------------------------------------ clicks and keys
+
+  async function clickToCall(number, button) {
+    if (!myExtensions.length) { toast(t("toast.calling"), t("call.no_extension"), null, "error"); return; }
+    if (button) button.disabled = true;
+    try {
+      const out = await api("POST", "/api/v1/calls", { to: number });
+      if (out.ok) toast(t("toast.calling"), formatPhone(number) + " · " + t("call.calling"));
+      else toast(t("call.failed"), errorText(out.body, "call.failed"), null, "error");
+    } finally {
+      if (button) setTimeout(() => { button.disabled = false; }, 3000);
+    }
+  }
+
+  document.addEventListener("click", (e) => {
+    const caller = e.target.closest("[data-call-to]");
+    if (caller) {
+      if (!myExtensions.length && caller.tagName === "A") return; // the phone's own dialer
+      e.preventDefault();
+      clickToCall(caller.dataset.callTo, caller.tagName === "BUTTON" ? caller : null);
+      return;
+    }
+    const rowLink = e.target.closest("tr[data-href]");
+    if (rowLink && !e.target.closest("a, button, input, select, textarea, audio, summary, label, form")) {
+      if (e.ctrlKey || e.metaKey) window.open(rowLink.dataset.href, "_blank");
+      else location.href = rowLink.dataset.href;
+    }
+  });
+
+  document.addEventListener("keydown", (e) => {
+    const typing = e.target.closest("input, textarea, select, [contenteditable]");
+    if (e.key === "/" && !typing) {
+      const search = document.getElementById("global-search");
+      if (search) { e.preventDefault(); search.focus(); }
+    } else if (e.key === "Escape") {
+      const open = document.querySelector("details.dropdown[open], details.inline-edit[open]");
+      if (open) { open.open = false; return; }
+      const newest = pops && pops.firstElementChild;
+      if (newest) { newest.remove(); arrangePops(); }
+    }
+  });
+
+  // One dropdown open at a time; a click elsewhere closes it.
+  document.addEventListener("click", (e) => {
+    document.querySelectorAll("details.dropdown[open]").forEach((d) => { if (!d.contains(e.target)) d.open = false; });
+  });
+
+  const toggle = document.getElementById("menu-toggle");
+  const root = document.documentElement;
+  if (localStorage.getItem("cc-menu") === "collapsed") root.classList.add("menu-collapsed");
+  if (toggle) {
+    toggle.setAttribute("aria-expanded", String(!root.classList.contains("menu-collapsed")));
+    toggle.addEventListener("click", () => {
+      const collapsed = root.classList.toggle("menu-collapsed");
+      localStorage.setItem("cc-menu", collapsed ? "collapsed" : "open");
+      toggle.setAttribute("aria-expanded", String(!collapsed));
+    });
+  }
+
+  // htmx: what the server says after an action (HX-Trigger: cc-toast), and its refusals.
+  document.body.addEventListener("cc-toast", (e) => { toast(e.detail.text || "", ""); });
+  document.body.addEventListener("htmx:responseError", (e) => {
+    const html = e.detail.xhr ? e.detail.xhr.responseText : "";
+    const doc = new DOMParser().parseFromString(html || "", "text/html");
+    const box = doc.querySelector(".error-box");
+    toast(t("error.title.other"), box ? box.textContent.trim() : t("error.generic"), null, "error");
+  });
+  document.body.addEventListener("htmx:sendError", () => toast(t("error.title.other"), t("ws.offline"), null, "error"));
+
+  window.CC = { onMessage, el, formatPhone, phoneLink, errorText, toast };
   connect();
 })();

@@ -43,7 +43,7 @@
     const span = el("span");
     phones.forEach((p, i) => {
       if (i) span.append(", ");
-      span.append(el("a", { href: "tel:" + p }, p));
+      span.append(window.CC.phoneLink(p));
     });
     return span;
   }

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from contact_center import db
+from crm_core.access import SYSTEM
 from crm_core.activities import service as activities
 from crm_core.activities.events import ActivityRecorded
 from crm_core.activities.model import Activity
@@ -42,9 +43,9 @@ def call(w: World, **kw: object) -> ActivityInput:
 
 async def test_record_is_idempotent_by_external_id(session: AsyncSession) -> None:
     w = await build_world(session)
-    first = await activities.record_activity(session, call(w), actor_id=None)
+    first = await activities.record_activity(session, call(w), actor=SYSTEM)
     again = await activities.record_activity(
-        session, call(w, talk_s=81.0, company_id=w["ivan_co"]), actor_id=None
+        session, call(w, talk_s=81.0, company_id=w["ivan_co"]), actor=SYSTEM
     )
     await session.commit()
     assert again.id == first.id
@@ -56,9 +57,9 @@ async def test_record_is_idempotent_by_external_id(session: AsyncSession) -> Non
 
 async def test_a_rewrite_keeps_fields_it_does_not_set(session: AsyncSession) -> None:
     w = await build_world(session)
-    await activities.record_activity(session, call(w, subject="first"), actor_id=None)
+    await activities.record_activity(session, call(w, subject="first"), actor=SYSTEM)
     partial = ActivityInput(kind="call", external_id="call:main:1700000000.1", outcome="answered")
-    again = await activities.record_activity(session, partial, actor_id=None)
+    again = await activities.record_activity(session, partial, actor=SYSTEM)
     assert again.subject == "first" and again.outcome == "answered"
     assert again.contact_id == w["contact"] and again.talk_s == 80.0
 
@@ -69,7 +70,7 @@ async def test_two_writers_of_one_call_make_one_activity(engine: AsyncEngine) ->
         w = await build_world(s)
     for _ in range(2):
         async with sessions() as s:
-            await activities.record_activity(s, call(w), actor_id=None)
+            await activities.record_activity(s, call(w), actor=SYSTEM)
             await s.commit()
     async with sessions() as s:
         assert await s.scalar(select(func.count()).select_from(Activity)) == 1
@@ -92,7 +93,7 @@ async def test_links_are_completed_from_the_deal(session: AsyncSession) -> None:
 
 async def test_event_of_an_activity(session: AsyncSession) -> None:
     w = await build_world(session)
-    activity = await activities.record_activity(session, call(w), actor_id=None)
+    activity = await activities.record_activity(session, call(w), actor=SYSTEM)
     event = ActivityRecorded.of(activity)
     assert event.audience == (f"user:{w['ivan']}",)
     again = DomainEvent.from_dict(event.to_dict())
@@ -148,7 +149,7 @@ async def _timeline(session: AsyncSession, w: World) -> dict[str, int]:
     }.items():
         offset = len(ids)
         activity = await activities.record_activity(
-            session, call(w, occurred_at=T0 + offset * MIN, contact_id=None, **kw), actor_id=None
+            session, call(w, occurred_at=T0 + offset * MIN, contact_id=None, **kw), actor=SYSTEM
         )
         ids[name] = activity.id
     note = await activities.record_activity(
@@ -156,7 +157,7 @@ async def _timeline(session: AsyncSession, w: World) -> dict[str, int]:
         ActivityInput(
             kind="note", company_id=w["ivan_co"], user_id=w["anna"], occurred_at=T0 - MIN
         ),
-        actor_id=None,
+        actor=SYSTEM,
     )
     ids["anna_note_on_ivan_co"] = note.id
     await session.commit()

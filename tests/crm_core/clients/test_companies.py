@@ -47,7 +47,7 @@ def company(name: str, *reqs: RequisitesInput, **kw: object) -> CompanyInput:
 async def test_company_with_legal_entity_and_requisites(
     session: AsyncSession, team: Team, rules: CrmRules
 ) -> None:
-    made = await clients.create_company(
+    made, _ = await clients.create_company(
         session,
         company("Сбер", SBER, phones=["8 800 555-55-50"], custom={"founded": "1991-06-20"}),
         actor=team.ivan,
@@ -90,7 +90,7 @@ async def test_bad_requisites_name_the_nested_field(
 async def test_inn_duplicate_refused_then_merged(
     session: AsyncSession, team: Team, rules: CrmRules
 ) -> None:
-    first = await clients.create_company(
+    first, _ = await clients.create_company(
         session, company("Сбербанк", SBER), actor=team.ivan, rules=rules
     )
     await session.commit()
@@ -103,7 +103,7 @@ async def test_inn_duplicate_refused_then_merged(
         ]
     }
     await session.rollback()
-    merged = await clients.save_company(
+    merged, _ = await clients.save_company(
         session,
         company("Сбер", SBER, website="sberbank.ru", phones=["+74955005550"]),
         actor=team.ivan,
@@ -121,14 +121,14 @@ async def test_inn_duplicate_refused_then_merged(
 async def test_retired_requisites_do_not_count_as_duplicates(
     session: AsyncSession, team: Team, rules: CrmRules
 ) -> None:
-    first = await clients.create_company(
+    first, _ = await clients.create_company(
         session, company("Старая", SBER), actor=team.ivan, rules=rules
     )
     req = await session.scalar(select(Requisites))
     assert req is not None
-    await clients.retire_requisites(session, req.id)
+    await clients.retire_requisites(session, req.id, actor=team.ivan, rules=rules)
     assert await clients.find_duplicates(session, inn="7707083893") == []
-    second = await clients.create_company(
+    second, _ = await clients.create_company(
         session, company("Новая", SBER), actor=team.ivan, rules=rules
     )
     assert second.id != first.id
@@ -137,69 +137,76 @@ async def test_retired_requisites_do_not_count_as_duplicates(
 async def test_requisites_change_retire_and_history(
     session: AsyncSession, team: Team, rules: CrmRules
 ) -> None:
-    made = await clients.create_company(
+    made, _ = await clients.create_company(
         session, company("Сбер", SBER), actor=team.ivan, rules=rules
     )
     entity_id = (await clients.company_cards(session, [made]))[0].legal_entities[0].id
-    original = (await clients.requisites_history(session, entity_id))[0]
-    changed = await clients.change_requisites(
+    ivan = {"actor": team.ivan, "rules": rules}
+    original = (await clients.requisites_history(session, entity_id, **ivan))[0]
+    changed, _ = await clients.change_requisites(
         session,
         original.id,
         SBER.model_copy(update={"legal_address": "Москва, ул. Вавилова, 19"}),
-        actor=team.ivan,
+        **ivan,
     )
     await session.commit()
-    history = await clients.requisites_history(session, entity_id)
+    history = await clients.requisites_history(session, entity_id, **ivan)
     assert [r.id for r in history] == [original.id, changed.id]
     assert history[0].retired_at is not None and history[0].replaced_by_id == changed.id
     assert history[1].retired_at is None and history[1].legal_address == "Москва, ул. Вавилова, 19"
-    live = await clients.requisites_history(session, entity_id, include_retired=False)
+    live = await clients.requisites_history(session, entity_id, include_retired=False, **ivan)
     assert [r.id for r in live] == [changed.id]
     with pytest.raises(RequisitesRetired):
-        await clients.change_requisites(session, original.id, SBER, actor=team.ivan)
-    extra = await clients.add_requisites(
+        await clients.change_requisites(session, original.id, SBER, **ivan)
+    extra, _ = await clients.add_requisites(
         session,
         entity_id,
         RequisitesInput(label="для отгрузок", full_name="ПАО Сбербанк", inn="7707083893"),
-        actor=team.ivan,
+        **ivan,
     )
-    await clients.retire_requisites(session, extra.id)
+    await clients.retire_requisites(session, extra.id, **ivan)
     with pytest.raises(RequisitesRetired):
-        await clients.retire_requisites(session, extra.id)
+        await clients.retire_requisites(session, extra.id, **ivan)
     await session.commit()
     card = (await clients.company_cards(session, [made]))[0]
     assert [r.id for r in card.legal_entities[0].requisites] == [changed.id]
-    await clients.update_legal_entity(session, entity_id, LegalEntityPatch(is_active=False))
-    assert await clients.requisites_history(session, entity_id, include_retired=False) == []
+    await clients.update_legal_entity(session, entity_id, LegalEntityPatch(is_active=False), **ivan)
+    assert await clients.requisites_history(session, entity_id, include_retired=False, **ivan) == []
 
 
 async def test_requisites_inn_of_another_company_is_a_duplicate(
     session: AsyncSession, team: Team, rules: CrmRules
 ) -> None:
     await clients.create_company(session, company("Сбер", SBER), actor=team.ivan, rules=rules)
-    other = await clients.create_company(session, company("Другая"), actor=team.ivan, rules=rules)
+    other, _ = await clients.create_company(
+        session, company("Другая"), actor=team.ivan, rules=rules
+    )
     with pytest.raises(DuplicateClient):
         await clients.add_legal_entity(
-            session, other.id, LegalEntityInput(name="ЮЛ", requisites=[SBER]), actor=team.ivan
+            session,
+            other.id,
+            LegalEntityInput(name="ЮЛ", requisites=[SBER]),
+            actor=team.ivan,
+            rules=rules,
         )
 
 
 async def test_group_rolls_up_recursively_and_refuses_cycles(
     session: AsyncSession, team: Team, rules: CrmRules
 ) -> None:
-    holding = await clients.create_company(
+    holding, _ = await clients.create_company(
         session, company("Холдинг"), actor=team.head, rules=rules
     )
-    a = await clients.create_company(
+    a, _ = await clients.create_company(
         session, company("A", head_id=holding.id), actor=team.head, rules=rules
     )
-    b = await clients.create_company(
+    b, _ = await clients.create_company(
         session, company("B", head_id=a.id), actor=team.head, rules=rules
     )
-    c = await clients.create_company(
+    c, _ = await clients.create_company(
         session, company("C", head_id=holding.id), actor=team.head, rules=rules
     )
-    outsider = await clients.create_company(session, company("Z"), actor=team.head, rules=rules)
+    outsider, _ = await clients.create_company(session, company("Z"), actor=team.head, rules=rules)
     await session.commit()
     assert await clients.group_company_ids(session, holding.id) == sorted(
         [holding.id, a.id, b.id, c.id]
@@ -218,7 +225,7 @@ async def test_group_rolls_up_recursively_and_refuses_cycles(
         await clients.create_company(
             session, company("Q", head_id=999), actor=team.head, rules=rules
         )
-    moved = await clients.update_company(
+    moved, _ = await clients.update_company(
         session, b.id, CompanyPatch(head_id=c.id), actor=team.head, rules=rules
     )
     assert moved.head_id == c.id
@@ -228,15 +235,15 @@ async def test_group_rolls_up_recursively_and_refuses_cycles(
 async def test_company_update_and_duplicates(
     session: AsyncSession, team: Team, rules: CrmRules
 ) -> None:
-    a = await clients.create_company(
+    a, _ = await clients.create_company(
         session, company("A", emails=["info@a.ru"]), actor=team.ivan, rules=rules
     )
-    b = await clients.create_company(session, company("B"), actor=team.ivan, rules=rules)
+    b, _ = await clients.create_company(session, company("B"), actor=team.ivan, rules=rules)
     with pytest.raises(DuplicateClient):
         await clients.update_company(
             session, b.id, CompanyPatch(emails=["INFO@a.ru"]), actor=team.ivan, rules=rules
         )
-    updated = await clients.update_company(
+    updated, _ = await clients.update_company(
         session,
         a.id,
         CompanyPatch(name="АО «А»", emails=["sales@a.ru"], client_type="wholesaler"),
@@ -259,7 +266,7 @@ async def test_delete_company_refused_with_history_or_hold(
     from crm_core.errors import PermissionDenied
     from crm_core.invoices.model import Invoice
 
-    billed = await clients.create_company(
+    billed, _ = await clients.create_company(
         session, company("Счёт", SBER), actor=team.ivan, rules=rules
     )
     entity_id = await session.scalar(select(LegalEntity.id))
@@ -273,21 +280,21 @@ async def test_delete_company_refused_with_history_or_hold(
             due_on=date(2026, 1, 2),
         )
     )
-    held = await clients.create_company(session, company("Архив"), actor=team.ivan, rules=rules)
+    held, _ = await clients.create_company(session, company("Архив"), actor=team.ivan, rules=rules)
     held.legal_hold = True
-    plain = await clients.create_company(
+    plain, _ = await clients.create_company(
         session, company("Пустая", phones=["+74951234567"]), actor=team.ivan, rules=rules
     )
     await session.commit()
     with pytest.raises(PermissionDenied):
-        await clients.delete_company(session, plain.id, actor=team.ivan)
+        await clients.delete_company(session, plain.id, actor=team.ivan, rules=rules)
     with pytest.raises(ClientHasHistory) as err:
-        await clients.delete_company(session, billed.id, actor=team.head)
+        await clients.delete_company(session, billed.id, actor=team.head, rules=rules)
     assert err.value.details["referenced_by"] == ["invoices"]
     with pytest.raises(ClientHasHistory) as err:
-        await clients.delete_company(session, held.id, actor=team.head)
+        await clients.delete_company(session, held.id, actor=team.head, rules=rules)
     assert err.value.details["legal_hold"] is True
     plain_id = plain.id
-    await clients.delete_company(session, plain_id, actor=team.admin)
+    await clients.delete_company(session, plain_id, actor=team.admin, rules=rules)
     await session.commit()
     assert await session.get(Company, plain_id) is None

@@ -24,7 +24,7 @@ from .conftest import Team
 async def test_phone_formats_are_one_number(
     session: AsyncSession, team: Team, rules: CrmRules
 ) -> None:
-    contact = await clients.create_contact(
+    contact, _ = await clients.create_contact(
         session,
         ContactInput(
             name="Сергей Ковалёв",
@@ -59,7 +59,7 @@ async def test_invalid_phone_names_its_position(
 async def test_duplicate_phone_email_messenger_refused_with_pointer(
     session: AsyncSession, team: Team, rules: CrmRules
 ) -> None:
-    first = await clients.create_contact(
+    first, _ = await clients.create_contact(
         session,
         ContactInput(
             name="Мария",
@@ -83,15 +83,20 @@ async def test_duplicate_phone_email_messenger_refused_with_pointer(
             "telegram:4242",
         ),
     ):
-        with pytest.raises(DuplicateClient) as err:
-            await clients.create_contact(session, data, actor=team.ivan, rules=rules)
-        assert err.value.error_id == "duplicate-client"
-        assert err.value.details == {
-            "duplicates": [
-                {"type": "contact", "id": first_id, "matched_on": matched_on, "value": value}
-            ]
-        }
-        await session.rollback()
+        # The pointer for whoever may read the duplicate; another manager learns only that
+        # it exists and on what (issue 15: no ids of records he may not see).
+        for who, shown_id in ((team.head, first_id), (team.anna, first_id), (team.ivan, None)):
+            with pytest.raises(DuplicateClient) as err:
+                await clients.create_contact(session, data, actor=who, rules=rules)
+            assert err.value.error_id == "duplicate-client"
+            assert err.value.details == {
+                "duplicates": [
+                    {"type": "contact", "id": shown_id, "matched_on": matched_on, "value": value}
+                ]
+            }
+            assert (f"contact {first_id}" in err.value.message) == (shown_id is not None)
+            assert "Мария" not in err.value.message
+            await session.rollback()
 
 
 async def test_company_phone_on_a_person_is_not_a_duplicate(
@@ -99,10 +104,10 @@ async def test_company_phone_on_a_person_is_not_a_duplicate(
 ) -> None:
     from crm_core.clients.schemas import CompanyInput
 
-    company = await clients.create_company(
+    company, _ = await clients.create_company(
         session, CompanyInput(name="Ромашка", phones=["+74951234567"]), actor=team.ivan, rules=rules
     )
-    contact = await clients.create_contact(
+    contact, _ = await clients.create_contact(
         session,
         ContactInput(name="Секретарь", phones=["+74951234567"]),
         actor=team.ivan,
@@ -121,14 +126,14 @@ async def test_on_duplicate_merge_adds_to_the_existing_contact(
 ) -> None:
     company = Company(name="Балтика", responsible_id=team.anna.id)
     session.add(company)
-    existing = await clients.create_contact(
+    existing, _ = await clients.create_contact(
         session,
         ContactInput(name="Мария Орлова", phones=["+78125550011"], client_type="retail"),
         actor=team.anna,
         rules=rules,
     )
     await session.commit()
-    result = await clients.save_contact(
+    result, events = await clients.save_contact(
         session,
         ContactInput(
             name="М. Орлова",
@@ -145,6 +150,8 @@ async def test_on_duplicate_merge_adds_to_the_existing_contact(
     )
     await session.commit()
     assert not result.created and result.client.id == existing.id
+    assert [(e.name, e.client_id) for e in events] == [("client.updated", existing.id)]
+    assert [(e.name, e.client_id) for e in events] == [("client.updated", existing.id)]
     card = (await clients.contact_cards(session, [result.client]))[0]
     assert card.name == "Мария Орлова"  # the existing record keeps its own values
     assert card.client_type == "retail"
@@ -206,7 +213,7 @@ async def test_manager_cannot_assign_another_manager(
             actor=team.ivan,
             rules=rules,
         )
-    made = await clients.create_contact(
+    made, _ = await clients.create_contact(
         session, ContactInput(name="X", responsible_id=team.anna.id), actor=team.head, rules=rules
     )
     assert made.responsible_id == team.anna.id
@@ -225,7 +232,7 @@ async def test_update_replaces_sets_and_checks_duplicates(
 ) -> None:
     region = Region(code="RU-MOW", name="Москва")
     session.add(region)
-    a = await clients.create_contact(
+    a, _ = await clients.create_contact(
         session,
         ContactInput(
             name="A",
@@ -236,7 +243,7 @@ async def test_update_replaces_sets_and_checks_duplicates(
         actor=team.ivan,
         rules=rules,
     )
-    b = await clients.create_contact(
+    b, _ = await clients.create_contact(
         session, ContactInput(name="B", phones=["+74990000000"]), actor=team.ivan, rules=rules
     )
     await session.commit()
@@ -277,7 +284,9 @@ async def test_update_needs_write_access(
 ) -> None:
     from crm_core.errors import NotFound
 
-    c = await clients.create_contact(session, ContactInput(name="A"), actor=team.anna, rules=rules)
+    c, _ = await clients.create_contact(
+        session, ContactInput(name="A"), actor=team.anna, rules=rules
+    )
     with pytest.raises(NotFound):
         await clients.update_contact(
             session, c.id, ContactPatch(name="B"), actor=team.ivan, rules=rules
@@ -301,13 +310,22 @@ async def test_one_decision_maker_per_company(
     company = Company(name="Ромашка", responsible_id=team.ivan.id)
     session.add(company)
     await session.flush()
-    a = await clients.create_contact(session, ContactInput(name="A"), actor=team.ivan, rules=rules)
-    b = await clients.create_contact(session, ContactInput(name="B"), actor=team.ivan, rules=rules)
-    await clients.link_contact_company(
-        session, a.id, company.id, position="директор", is_decision_maker=True
+    a, _ = await clients.create_contact(
+        session, ContactInput(name="A"), actor=team.ivan, rules=rules
     )
-    link = await clients.link_contact_company(session, b.id, company.id, is_decision_maker=True)
-    again = await clients.link_contact_company(session, b.id, company.id, position="закупщик")
+    b, _ = await clients.create_contact(
+        session, ContactInput(name="B"), actor=team.ivan, rules=rules
+    )
+    ivan = {"actor": team.ivan, "rules": rules}
+    await clients.link_contact_company(
+        session, a.id, company.id, position="директор", is_decision_maker=True, **ivan
+    )
+    link = await clients.link_contact_company(
+        session, b.id, company.id, is_decision_maker=True, **ivan
+    )
+    again = await clients.link_contact_company(
+        session, b.id, company.id, position="закупщик", **ivan
+    )
     await session.commit()
     assert again.id == link.id and again.position == "закупщик" and again.is_decision_maker
     flags = dict(
@@ -318,16 +336,16 @@ async def test_one_decision_maker_per_company(
         ).all()
     )
     assert flags == {a.id: False, b.id: True}
-    await clients.update_link(session, a.id, company.id, is_decision_maker=True)
+    await clients.update_link(session, a.id, company.id, is_decision_maker=True, **ivan)
     await session.commit()
     card = (await clients.company_cards(session, [company]))[0]
     assert [(c.contact_id, c.is_decision_maker) for c in card.contacts] == [
         (a.id, True),
         (b.id, False),
     ]
-    await clients.unlink_contact_company(session, a.id, company.id)
+    await clients.unlink_contact_company(session, a.id, company.id, **ivan)
     with pytest.raises(LinkNotFound):
-        await clients.get_link(session, a.id, company.id)
+        await clients.get_link(session, a.id, company.id, **ivan)
 
 
 async def test_delete_refused_with_history(
@@ -336,17 +354,19 @@ async def test_delete_refused_with_history(
     from crm_core.activities.model import Activity
     from crm_core.clients.errors import ClientHasHistory
 
-    a = await clients.create_contact(
+    a, _ = await clients.create_contact(
         session, ContactInput(name="A", phones=["+74951234567"]), actor=team.ivan, rules=rules
     )
-    b = await clients.create_contact(session, ContactInput(name="B"), actor=team.ivan, rules=rules)
+    b, _ = await clients.create_contact(
+        session, ContactInput(name="B"), actor=team.ivan, rules=rules
+    )
     session.add(Activity(kind="note", contact_id=b.id))
     await session.commit()
     with pytest.raises(PermissionDenied):
-        await clients.delete_contact(session, a.id, actor=team.ivan)
+        await clients.delete_contact(session, a.id, actor=team.ivan, rules=rules)
     with pytest.raises(ClientHasHistory) as err:
-        await clients.delete_contact(session, b.id, actor=team.head)
+        await clients.delete_contact(session, b.id, actor=team.head, rules=rules)
     assert err.value.details["referenced_by"] == ["activities"]
-    await clients.delete_contact(session, a.id, actor=team.head)
+    await clients.delete_contact(session, a.id, actor=team.head, rules=rules)
     await session.commit()
     assert await session.scalar(select(Phone.id)) is None  # the card's parts go with it

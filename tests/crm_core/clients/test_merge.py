@@ -13,7 +13,7 @@ from crm_core.activities.model import Activity
 from crm_core.audit.model import AuditEntry
 from crm_core.calls.model import Call
 from crm_core.clients import service as clients
-from crm_core.clients.errors import ClientMerged, MergeNotAllowed
+from crm_core.clients.errors import ClientMerged, ContactNotFound, MergeNotAllowed
 from crm_core.clients.model import (
     Company,
     Contact,
@@ -29,9 +29,10 @@ from crm_core.errors import PermissionDenied
 from crm_core.invoices.model import Invoice
 from crm_core.leads.model import Lead
 from crm_core.phones import digits_reversed
+from crm_core.rules import CrmRules
 from crm_core.tasks.model import Task
 
-from .conftest import Team
+from .conftest import RULES, Team
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -108,7 +109,7 @@ async def test_merge_contacts_moves_everything(session: AsyncSession, team: Team
     _history(session, pipeline, contact_id=lo)
     await session.commit()
 
-    merged = await clients.merge_contacts(session, s, lo, actor=team.ivan)
+    merged, _ = await clients.merge_contacts(session, s, lo, actor=team.ivan, rules=RULES)
     await session.commit()
 
     assert merged.id == s
@@ -145,7 +146,7 @@ async def test_merge_contacts_moves_everything(session: AsyncSession, team: Team
     assert audit.details["moved"]["activities.contact_id"] == 1
     assert "client_type" in audit.details["filled"]
     with pytest.raises(ClientMerged):
-        await clients.merge_contacts(session, s, lo, actor=team.ivan)
+        await clients.merge_contacts(session, s, lo, actor=team.ivan, rules=RULES)
 
 
 async def test_merge_refusals(session: AsyncSession, team: Team) -> None:
@@ -154,12 +155,17 @@ async def test_merge_refusals(session: AsyncSession, team: Team) -> None:
     session.add_all([a, b])
     await session.commit()
     with pytest.raises(MergeNotAllowed):
-        await clients.merge_contacts(session, a.id, a.id, actor=team.head)
+        await clients.merge_contacts(session, a.id, a.id, actor=team.head, rules=RULES)
+    with pytest.raises(ContactNotFound):
+        await clients.merge_contacts(session, a.id, b.id, actor=team.ivan, rules=RULES)
+    shared = CrmRules(managers_read_all=True)  # Ivan may read B, not change it
     with pytest.raises(PermissionDenied):
-        await clients.merge_contacts(session, a.id, b.id, actor=team.ivan)
-    with pytest.raises(clients.ContactNotFound):
-        await clients.merge_contacts(session, a.id, 999, actor=team.head)
-    await clients.merge_contacts(session, a.id, b.id, actor=team.head)
+        await clients.merge_contacts(session, a.id, b.id, actor=team.ivan, rules=shared)
+    with pytest.raises(ContactNotFound):
+        await clients.merge_contacts(session, a.id, 999, actor=team.head, rules=RULES)
+    _, events = await clients.merge_contacts(session, a.id, b.id, actor=team.head, rules=RULES)
+    assert [(e.name, e.survivor_id, e.loser_id) for e in events] == [("client.merged", a.id, b.id)]
+    assert events[0].audience == (f"user:{team.ivan.id}", f"user:{team.anna.id}", "role:head")
 
 
 async def test_merge_companies_moves_everything(session: AsyncSession, team: Team) -> None:
@@ -209,7 +215,7 @@ async def test_merge_companies_moves_everything(session: AsyncSession, team: Tea
         other_dm.id,
     )
 
-    merged = await clients.merge_companies(session, s, lo, actor=team.head)
+    merged, _ = await clients.merge_companies(session, s, lo, actor=team.head, rules=RULES)
     await session.commit()
 
     assert merged.id == s
@@ -219,7 +225,7 @@ async def test_merge_companies_moves_everything(session: AsyncSession, team: Tea
     invoice = await session.scalar(select(Invoice))
     assert invoice is not None and invoice.legal_entity_id == entity_id  # the entity moved along
     assert await clients.find_duplicates(session, inn="7707083893") == [
-        clients.DuplicateRef("company", s, "inn", "7707083893")
+        clients.DuplicateRef("company", s, "inn", "7707083893", team.head.id)
     ]
     session.expunge_all()
     kept = await session.get(Company, s)
@@ -249,7 +255,7 @@ async def test_merge_into_a_member_of_the_loser_cannot_make_a_cycle(
     survivor = Company(name="S", head_id=loser.id)
     session.add(survivor)
     await session.flush()
-    await clients.merge_companies(session, survivor.id, loser.id, actor=team.admin)
+    await clients.merge_companies(session, survivor.id, loser.id, actor=team.admin, rules=RULES)
     await session.commit()
     session.expunge_all()
     kept = await session.get(Company, survivor.id)
@@ -264,7 +270,7 @@ async def test_merge_is_one_transaction(session: AsyncSession, team: Team) -> No
     session.add(phone("+74951234567", contact_id=b.id))
     await session.commit()
     a_id, b_id = a.id, b.id
-    await clients.merge_contacts(session, a_id, b_id, actor=team.ivan)
+    await clients.merge_contacts(session, a_id, b_id, actor=team.ivan, rules=RULES)
     await session.rollback()  # the caller fails after the merge: nothing of it stays
     session.expunge_all()
     assert await _count(session, Phone, contact_id=b_id) == 1

@@ -24,7 +24,7 @@ from .conftest import Team
 
 
 async def _world(session: AsyncSession, team: Team, rules: CrmRules) -> dict[str, int]:
-    romashka = await clients.create_company(
+    romashka, _ = await clients.create_company(
         session,
         CompanyInput(
             name="ООО «РОМАШКА»",
@@ -40,19 +40,19 @@ async def _world(session: AsyncSession, team: Team, rules: CrmRules) -> dict[str
         actor=team.ivan,
         rules=rules,
     )
-    member = await clients.create_company(
+    member, _ = await clients.create_company(
         session,
         CompanyInput(name="Ромашка-Юг", head_id=romashka.id, client_type="retail"),
         actor=team.ivan,
         rules=rules,
     )
-    hotel = await clients.create_company(
+    hotel, _ = await clients.create_company(
         session,
         CompanyInput(name="Отель «Ёлка»", client_type="end_customer_hotel"),
         actor=team.anna,
         rules=rules,
     )
-    sergey = await clients.create_contact(
+    sergey, _ = await clients.create_contact(
         session,
         ContactInput(
             name="Сергей Ковалёв",
@@ -63,7 +63,7 @@ async def _world(session: AsyncSession, team: Team, rules: CrmRules) -> dict[str
         actor=team.ivan,
         rules=rules,
     )
-    maria = await clients.create_contact(
+    maria, _ = await clients.create_contact(
         session,
         ContactInput(name="Мария Орлова", phones=["+78125550011"]),
         actor=team.anna,
@@ -137,10 +137,10 @@ async def test_digits_match_names_phones_and_inns_at_once(
     """Digits can be a phone's last digits, an INN, or part of a name: all of them match
     (one UNION of the parts, each served by its index)."""
     ids = await _world(session, team, rules)
-    store = await clients.create_company(
+    store, _ = await clients.create_company(
         session, CompanyInput(name="Магазин 4567"), actor=team.ivan, rules=rules
     )
-    inn_named = await clients.create_company(
+    inn_named, _ = await clients.create_company(
         session, CompanyInput(name="Склад 7707083893"), actor=team.ivan, rules=rules
     )
     await session.commit()
@@ -193,7 +193,7 @@ async def test_merged_records_are_hidden(
     b = Contact(name="Дубль", responsible_id=team.ivan.id)
     session.add_all([a, b, Company(name="Пусто")])
     await session.commit()
-    await clients.merge_contacts(session, a.id, b.id, actor=team.ivan)
+    await clients.merge_contacts(session, a.id, b.id, actor=team.ivan, rules=rules)
     await session.commit()
     assert await _contacts(session, team, rules, q="дубль") == [a.id]
     assert len(await _contacts(session, team, rules, q="дубль", include_merged=True)) == 2

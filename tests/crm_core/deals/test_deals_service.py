@@ -170,7 +170,8 @@ async def test_a_deal_never_leaves_its_pipeline(session: AsyncSession, team: Tea
     await session.commit()
     did = await new_deal(session, team, TWO)
     tender = await new_deal(session, team, TWO, pipeline="tenders")
-    [tender_view] = await deals.describe(session, [await deals.get_deal(session, tender)])
+    tender_deal = await deals.get_deal(session, tender, actor=team.ivan, rules=TWO)
+    [tender_view] = await deals.describe(session, [tender_deal])
     assert (tender_view.pipeline, tender_view.stage.code) == ("tenders", "found")
     with pytest.raises(StageNotInPipeline) as info:
         await deals.move_deal(session, did, tender_view.stage.id, actor=team.ivan, rules=TWO)
@@ -224,13 +225,13 @@ async def test_update_fields_milestones_and_stage(
 
 
 async def test_links_are_checked(session: AsyncSession, team: Team, rules: CrmRules) -> None:
-    mine = await clients.create_company(
+    mine, _ = await clients.create_company(
         session,
         CompanyInput(name="Моя", legal_entities=[LegalEntityInput(name="ООО Моя")]),
         actor=team.ivan,
         rules=rules,
     )
-    hers = await clients.create_company(
+    hers, _ = await clients.create_company(
         session,
         CompanyInput(name="Её", legal_entities=[LegalEntityInput(name="ООО Её")]),
         actor=team.anna,

@@ -125,13 +125,13 @@ async def test_conversion_links_existing_clients_instead_of_duplicating(
     session: AsyncSession, team: Team
 ) -> None:
     rules = CrmRules(managers_read_all=True)
-    existing_contact = await clients.create_contact(
+    existing_contact, _ = await clients.create_contact(
         session,
         ContactInput(name="Петров П.", phones=["+7 495 1234567"]),
         actor=team.ivan,
         rules=rules,
     )
-    existing_company = await clients.create_company(
+    existing_company, _ = await clients.create_company(
         session,
         CompanyInput(
             name="Ромашка (группа)",
@@ -227,7 +227,7 @@ async def test_a_converted_lead_is_final(
 async def test_conversion_links_chosen_records(
     session: AsyncSession, team: Team, rules: CrmRules
 ) -> None:
-    company = await clients.create_company(
+    company, _ = await clients.create_company(
         session, CompanyInput(name="Выбранная"), actor=team.ivan, rules=rules
     )
     await session.commit()

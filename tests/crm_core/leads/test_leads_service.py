@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_core.access import SYSTEM
 from crm_core.clients.model import Phone
 from crm_core.errors import PermissionDenied
 from crm_core.leads import service as leads
@@ -66,7 +67,7 @@ async def test_create_normalises_and_records_the_first_stage(
     await session.commit()
     assert lead.stage == "new" and lead.responsible_id == team.ivan.id
     assert lead.contact_name == "Пётр" and lead.stage_changed_at == T0
-    [view] = await leads.describe(session, [lead], rules)
+    [view] = await leads.describe(session, [lead], rules, actor=team.ivan)
     assert view.phones == ["+74951234567"] and view.emails == ["petr@example.ru"]
     assert view.tracking == {"utm_source": "yandex"}
     assert view.gate["in_work"] == ["source", "client_type", "potential"]
@@ -90,7 +91,9 @@ async def test_create_validates_its_fields(
         session, LeadInput(responsible_id=team.anna.id), actor=team.head, rules=rules
     )
     assert lead.responsible_id == team.anna.id
-    system, _ = await leads.create_lead(session, LeadInput(origin="call"), actor=None, rules=rules)
+    system, _ = await leads.create_lead(
+        session, LeadInput(origin="call"), actor=SYSTEM, rules=rules
+    )
     assert system.responsible_id is None and system.created_by_id is None
 
 

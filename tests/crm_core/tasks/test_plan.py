@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_core.access import SYSTEM
 from crm_core.activities import service as activities
 from crm_core.activities.schemas import ActivityInput
 from crm_core.errors import InvalidInput, NotFound, PermissionDenied
@@ -71,7 +72,7 @@ async def _facts(session: AsyncSession, w: World) -> None:
         data = ActivityInput(
             kind=kind, occurred_at=at, counted=counted, user_id=w["ivan"], external_id=ext
         )
-        await activities.record_activity(session, data, actor_id=None)
+        await activities.record_activity(session, data, actor=SYSTEM)
 
     await act("call", msk(MONDAY, 0, 0), True, "c1")
     await act("call", msk(MONDAY, 23, 59), True, "c2")

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_core.access import SYSTEM
 from crm_core.errors import InvalidInput, NotFound, PermissionDenied
 from crm_core.jobs import service as jobs
 from crm_core.rules import CrmRules
@@ -102,9 +103,9 @@ async def test_origin_key_dedupes_and_closes_call_backs(session: AsyncSession) -
         responsible_id=w["ivan"],
         origin_key=key,
     )
-    first, events = await tasks.create_task(session, data, actor=None, rules=RULES, now=T0)
+    first, events = await tasks.create_task(session, data, actor=SYSTEM, rules=RULES, now=T0)
     assert first.created_by_id is None and len(events) == 1
-    second, events = await tasks.create_task(session, data, actor=None, rules=RULES, now=T0)
+    second, events = await tasks.create_task(session, data, actor=SYSTEM, rules=RULES, now=T0)
     assert second.id == first.id and events == []
     other = await _create(session, w, due_at=T0 + HOUR, origin_key="missed-call:+74959999999")
     assert await tasks.close_tasks_by_origin(session, key, at=T0 + 10 * HOUR) == 1
@@ -114,7 +115,7 @@ async def test_origin_key_dedupes_and_closes_call_backs(session: AsyncSession) -
     assert await _reminder(session, first.id) == ("cancelled", T0 + HOUR)
     assert (await session.get(Task, other.id)).status == "open"  # type: ignore[union-attr]
     # After closing, a new missed call makes a new call-back.
-    third, _ = await tasks.create_task(session, data, actor=None, rules=RULES, now=T0)
+    third, _ = await tasks.create_task(session, data, actor=SYSTEM, rules=RULES, now=T0)
     assert third.id != first.id
 
 
@@ -324,7 +325,7 @@ async def test_the_system_assigns_nobody_rather_than_an_inactive_manager(
     w = await build_world(session)
     w.user("anna").is_active = False
     data = TaskInput(title="Перезвонить", kind="call_back", responsible_id=w["anna"])
-    task, _ = await tasks.create_task(session, data, actor=None, rules=RULES, now=T0)
+    task, _ = await tasks.create_task(session, data, actor=SYSTEM, rules=RULES, now=T0)
     assert task.responsible_id is None
     with pytest.raises(InvalidInput):
         await tasks.create_task(session, data, actor=w.user("boss"), rules=RULES, now=T0)

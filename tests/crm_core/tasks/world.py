@@ -149,10 +149,11 @@ async def manual_clock_client(settings: Any, factory: Any) -> tuple[Any, Any]:
     """The full app on a ManualClock at T0 whose scheduler polls only when told
     (``client.app[SCHEDULER].run_once()``)."""
     from contact_center.app import create_app
-    from contact_center.scheduler import SCHEDULER_INTERVAL
     from crm_core.clock import ManualClock
 
     clock = ManualClock(T0)
+    settings = settings.model_copy(
+        update={"scheduler": settings.scheduler.model_copy(update={"interval_s": 3600.0})}
+    )
     app = create_app(settings, announce=lambda _t: None, clock=clock)
-    app[SCHEDULER_INTERVAL] = 3600.0
     return await factory(app), clock

@@ -1,0 +1,45 @@
+"""What every listing shares: a whitelisted sort key, the page, and the total (optionally capped).
+
+A sort key is a column name from the listing's own table of sortable columns, ``-`` in front for
+descending (``-created_at``); an unknown key falls back to the listing's default order, so a
+hand-edited URL never fails. The record id breaks ties, so pages never overlap.
+
+The total of a broad listing on a big table is the slowest part of a page (``count(*)`` walks
+every matching row); with ``cap`` it counts at most ``cap + 1`` rows and the caller shows
+"10 000+".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+def order(
+    stmt: Select[Any],
+    sorts: Mapping[str, Any],
+    sort: str | None,
+    default: Sequence[Any],
+    id_column: Any,
+) -> Select[Any]:
+    """``stmt`` ordered by ``sort`` (a key of ``sorts``, ``-`` for descending) then the id,
+    or by ``default`` when ``sort`` is empty or unknown."""
+    key = (sort or "").strip()
+    desc = key.startswith("-")
+    column = sorts.get(key.lstrip("-")) if key else None
+    if column is None:
+        return stmt.order_by(*default)
+    if desc:
+        return stmt.order_by(column.desc().nulls_last(), id_column.desc())
+    return stmt.order_by(column.asc().nulls_last(), id_column.asc())
+
+
+async def total(session: AsyncSession, stmt: Select[Any], cap: int | None = None) -> int:
+    """How many rows ``stmt`` selects; with ``cap``, at most ``cap + 1`` (more than ``cap``)."""
+    inner = stmt.order_by(None)
+    if cap is not None:
+        inner = inner.limit(cap + 1)
+    return int(await session.scalar(select(func.count()).select_from(inner.subquery())) or 0)

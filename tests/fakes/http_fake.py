@@ -1,0 +1,116 @@
+"""The common part of the fake HTTP APIs: an aiohttp app on 127.0.0.1:0 that records every
+request (method, path, query, headers, raw body) for the test to assert the exact wire format,
+and can be told to fail the next calls. The idea of aiohttp's ``examples/fake_server.py``."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    form: dict[str, Any] = field(default_factory=dict)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Failure:
+    status: int
+    body: Any
+
+
+class FakeHttpApi:
+    """Subclasses add routes in ``setup_routes``; handlers call :meth:`record` first."""
+
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        self.failures: list[Failure] = []
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.setup_routes(self.app.router)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def setup_routes(self, router: web.UrlDispatcher) -> None:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> FakeHttpApi:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeHttpApi:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def fail_next(self, status: int, body: Any) -> None:
+        """The next recorded call answers ``status`` with ``body`` (JSON) instead."""
+        self.failures.append(Failure(status, body))
+
+    async def record(self, request: web.Request) -> Recorded:
+        body = await request.read()
+        form: dict[str, Any] = {}
+        ctype = request.content_type
+        if ctype == "multipart/form-data":
+            head = f"Content-Type: {request.headers['Content-Type']}\r\n\r\n".encode()
+            msg = email.parser.BytesParser(policy=email.policy.default).parsebytes(head + body)
+            for part in msg.iter_parts():
+                name = part.get_param("name", header="content-disposition")
+                if part.get_filename():
+                    form[str(name)] = {
+                        "filename": part.get_filename(),
+                        "content_type": part.get_content_type(),
+                        "data": part.get_payload(decode=True),
+                    }
+                else:
+                    form[str(name)] = part.get_content().strip()
+        elif ctype == "application/x-www-form-urlencoded":
+            form = dict(parse_qsl(body.decode(), keep_blank_values=True))
+        recorded = Recorded(
+            request.method,
+            request.path,
+            dict(request.query),
+            dict(request.headers),
+            body,
+            form,
+        )
+        self.requests.append(recorded)
+        return recorded
+
+    def failure(self) -> web.Response | None:
+        if not self.failures:
+            return None
+        failure = self.failures.pop(0)
+        return web.json_response(failure.body, status=failure.status)
+
+    def calls(self, suffix: str) -> list[Recorded]:
+        return [r for r in self.requests if r.path.endswith(suffix)]

@@ -1,0 +1,120 @@
+"""Redis is a cache, a bus and a lease table, never the system of record: with Redis killed
+a website request is still stored and a visitor still gets a number (attribution marked
+low-confidence), /healthz says degraded, and when Redis is back everything recovers by itself
+(no stale pooled connection answering 500). Each test owns its redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from contact_center import demo_tracking
+from contact_center.app import create_app
+from contact_center.config import Settings
+from contact_center.keys import SESSIONS, TRACKER
+from crm_core.distribution.model import WebRequest
+from tests.api.test_tracking import SESSION, seeded
+from tests.helpers import until
+from tests.services import OwnRedis, own_redis  # noqa: F401  (fixture)
+
+
+@pytest.fixture
+async def redis_client(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    own_redis: OwnRedis,  # noqa: F811
+    aiohttp_client_factory: Callable[..., Any],
+) -> Any:
+    settings = make_settings(
+        CC_DATABASE_URL=database_url,
+        CC_REDIS_URL=own_redis.url,
+        CC_REDIS_MAX_CONNECTIONS="4",
+        CC_REDIS_POOL_TIMEOUT_S="5",
+        CC_REDIS_SOCKET_TIMEOUT_S="1",
+        CC_TRACKING_SESSIONS_PER_IP="1000",
+    )
+    return await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+
+
+async def _web_request(client: Any, phone: str) -> Any:
+    body = {"site": demo_tracking.SITE, "name": "Ольга", "phone": phone, "comment": "Прайс"}
+    headers = {"X-CC-Site-Key": demo_tracking.FORM_KEY, "Origin": demo_tracking.ORIGINS[0]}
+    return await client.post("/api/v1/leads/web", json=body, headers=headers)
+
+
+async def _stored(client: Any) -> int:
+    async with client.app[SESSIONS]() as session:
+        return int(await session.scalar(select(func.count()).select_from(WebRequest)) or 0)
+
+
+async def test_redis_killed_and_back_loses_nothing(
+    redis_client: Any,
+    own_redis: OwnRedis,  # noqa: F811
+) -> None:
+    client = redis_client
+    await seeded(client)
+    before = await client.post(SESSION, json={"site": "demo", "utm_source": "google"})
+    assert before.status == 200, await before.text()
+    assert not (await before.json())["low_confidence"]
+
+    own_redis.kill()
+    resp = await _web_request(client, "8 812 555-01-01")
+    assert resp.status == 201, await resp.text()
+    stored = (await resp.json())["id"]
+    assert await _stored(client) == 1
+    during = await client.post(
+        SESSION, json={"site": "demo", "utm_source": "google", "region": "RU-SPE"}
+    )
+    assert during.status == 200, await during.text()
+    leased = await during.json()
+    assert leased["leased"] and leased["low_confidence"]  # from memory: may be shared
+    health = await client.get("/healthz")
+    doc = await health.json()
+    assert health.status == 200 and doc["status"] == "degraded"
+    assert doc["redis"]["status"] == "fail" and doc["tracking"]["status"] == "degraded"
+    # The number leased from memory still attributes a call to its visitor.
+    tracker = client.app[TRACKER]
+    assert (await tracker.store.holder(leased["number"])) is not None
+
+    own_redis.start()  # same port: the pooled connections are all dead now
+    await asyncio.sleep(tracker.store.circuit.retry_s)  # the next try goes to Redis
+    for phone in ("8 812 555-01-02", "8 812 555-01-03", "8 812 555-01-04"):
+        again = await _web_request(client, phone)
+        assert again.status == 201, await again.text()
+    after = await client.post(SESSION, json={"site": "demo", "utm_source": "yandex"})
+    assert after.status == 200, await after.text()
+    assert not (await after.json())["low_confidence"]
+
+    async def healthy() -> bool:
+        doc = await (await client.get("/healthz")).json()
+        return doc["redis"]["status"] == "ok" and doc["tracking"]["status"] == "ok"
+
+    await until(healthy, timeout=15)
+    async with client.app[SESSIONS]() as session:
+        row = await session.get(WebRequest, stored)
+    assert row is not None and row.lead_id is not None  # stored with its lead during the outage
+
+
+async def test_more_concurrent_visitors_than_redis_connections(
+    redis_client: Any,
+) -> None:
+    """200 visitors at once on a pool of 4 connections: they wait for a connection, none gets
+    a 500 (redis-py's default pool raised MaxConnectionsError past its size)."""
+    client = redis_client
+    await seeded(client)
+
+    async def visit(i: int) -> int:
+        resp = await client.post(
+            SESSION, json={"site": "demo", "utm_source": "google", "visitor_id": f"visitor-{i:04d}"}
+        )
+        await resp.read()
+        return int(resp.status)
+
+    statuses = await asyncio.gather(*(visit(i) for i in range(200)))
+    assert sorted(set(statuses)) == [200], {s: statuses.count(s) for s in set(statuses)}
+    store = client.app[TRACKER].store
+    assert not store.degraded and store.fallbacks == 0  # all of them went through Redis
