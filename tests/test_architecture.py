@@ -25,7 +25,17 @@ def _discover() -> list[str]:
 PACKAGES = _discover()
 # Everything but the composition root and the domain is an adapter at the edge.
 ADAPTERS = [p for p in PACKAGES if p not in ("contact_center", "crm_core")]
-TRANSPORTS = ["aiohttp", "panoramisk", "pywa", "aiosmtplib", "aioimaplib", "redis", "pydub"]
+TRANSPORTS = [
+    "aiohttp",
+    "panoramisk",
+    "pywa",
+    "aiosmtplib",
+    "aioimaplib",
+    "httpx",
+    "nh3",
+    "redis",
+    "pydub",
+]
 # The HTTP slices: they register routes and read services through contact_center.keys.
 SLICES = ["contact_center/api", "contact_center/http", "contact_center/web"]
 

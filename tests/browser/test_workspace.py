@@ -12,8 +12,7 @@ from typing import Any
 from sqlalchemy import select
 
 from contact_center import demo_tracking
-from contact_center.keys import BUS, SESSIONS, TRACKER
-from contact_center.recordings_service import RECORDINGS
+from contact_center.keys import BUS, RECORDINGS, SESSIONS, TRACKER
 from crm_core.activities.model import Activity
 from crm_core.calls.events import CallAnswered, CallEnded, CallRinging
 from crm_core.calls.model import Call
