@@ -18,23 +18,18 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
-from typing import Any
-
-import phonenumbers
 
 from ami.frames import EventFilter, Frame
+from crm_core.calls.record import CallRecord
+from crm_core.phones import normalize_call_number
 
 __all__ = [
     "CallAnswered",
     "CallEnded",
     "CallEvent",
     "CallFolder",
-    "CallRecord",
     "CallRinging",
     "LiveCall",
-    "format_timestamp",
-    "normalize_number",
     "parse_channel_name",
 ]
 
@@ -59,7 +54,8 @@ _DIALSTATUS_DISPOSITION = {
     "CANCEL": "missed",
 }
 
-_UNKNOWN_NUMBERS = frozenset({"", "<unknown>", "unknown", "anonymous", "<anonymous>"})
+# Caller ID names that name nobody.
+_NO_NAME = frozenset({"", "<unknown>", "unknown", "anonymous", "<anonymous>"})
 
 _FINISHED_MEMORY = 20_000
 
@@ -72,55 +68,6 @@ _MAX_LISTED_AGE_S = 7 * 24 * 3600.0
 
 
 # --------------------------------------------------------------------------- public data
-
-
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    """A finished call, as printed by ``contact-center replay`` (see DESIGN.md)."""
-
-    call_id: str
-    direction: str
-    caller: str | None
-    callee: str | None
-    did: str | None
-    queue: str | None
-    extension: str | None
-    rang: tuple[str, ...]
-    disposition: str
-    started_at: datetime
-    answered_at: datetime | None
-    ended_at: datetime
-    ring_seconds: float
-    talk_seconds: float
-    counted: bool
-    transfers: tuple[str, ...]
-    recording: str | None
-    hangup_cause: int | None
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """The stable replay/JSON shape: exactly the DESIGN.md keys, in order."""
-        return {
-            "call_id": self.call_id,
-            "direction": self.direction,
-            "caller": self.caller,
-            "callee": self.callee,
-            "did": self.did,
-            "queue": self.queue,
-            "extension": self.extension,
-            "rang": list(self.rang),
-            "disposition": self.disposition,
-            "started_at": format_timestamp(self.started_at),
-            "answered_at": (
-                format_timestamp(self.answered_at) if self.answered_at is not None else None
-            ),
-            "ended_at": format_timestamp(self.ended_at),
-            "ring_seconds": self.ring_seconds,
-            "talk_seconds": self.talk_seconds,
-            "counted": self.counted,
-            "transfers": list(self.transfers),
-            "recording": self.recording,
-            "hangup_cause": self.hangup_cause,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,35 +144,8 @@ class LiveCall:
 # --------------------------------------------------------------------------- helpers
 
 
-def format_timestamp(value: datetime) -> str:
-    """ISO 8601 UTC with milliseconds (microseconds truncated): ``2026-11-26T19:53:08.254Z``."""
-    value = value.astimezone(UTC)
-    return f"{value:%Y-%m-%dT%H:%M:%S}.{value.microsecond // 1000:03d}Z"
-
-
 def _to_datetime(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
-
-
-@lru_cache(maxsize=8192)
-def normalize_number(raw: str | None, region: str = "RU") -> str | None:
-    """An outside phone number in E.164, or None when there is no number at all.
-
-    ``74951112233``, ``84951112233`` and ``+74951112233`` all give ``+74951112233``. A string
-    with digits that is not a possible phone number (a short code) is returned stripped.
-    """
-    if raw is None:
-        return None
-    text = raw.strip()
-    if text.lower() in _UNKNOWN_NUMBERS or not any(ch.isdigit() for ch in text):
-        return None
-    try:
-        parsed = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException:
-        return text
-    if not phonenumbers.is_possible_number(parsed):
-        return text
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
 def _number_from_dialstring(dialstring: str | None) -> str | None:
@@ -417,9 +337,10 @@ class CallFolder:
 
     ``feed(frame)`` returns the live events the frame caused (:class:`CallRinging`,
     :class:`CallAnswered`, :class:`CallEnded`); a :class:`CallEnded` carries the finished
-    :class:`CallRecord`. It never raises: malformed or unexpected events are logged and
-    skipped. Duplicated events (a reconnect replaying what was already seen) are ignored
-    where they could double-count: a second ``Hangup``, ``Newchannel`` or transfer.
+    :class:`~crm_core.calls.record.CallRecord`. It never raises: malformed or unexpected
+    events are logged and skipped. Duplicated events (a reconnect replaying what was already
+    seen) are ignored where they could double-count: a second ``Hangup``, ``Newchannel`` or
+    transfer.
 
     ``trunks`` are the endpoint names of trunk channels (``provider`` for
     ``PJSIP/provider-00000002``); ``extension_pattern`` is a regular expression that an
@@ -599,7 +520,7 @@ class CallFolder:
             return None
         if self._is_ext(text):
             return text
-        return normalize_number(text, self._region)
+        return normalize_call_number(text, self._region)
 
     def _ext_of(self, ch: _Channel | None) -> str | None:
         """The extension a channel stands for: the phone itself, or the one behind a Local."""
@@ -722,8 +643,8 @@ class CallFolder:
         return [
             CallStarted(
                 call_id=ch.linkedid,
-                caller=normalize_number(ch.caller_num, self._region),
-                did=normalize_number(ch.exten, self._region),
+                caller=normalize_call_number(ch.caller_num, self._region),
+                did=normalize_call_number(ch.exten, self._region),
                 ts=ts,
             )
         ]
@@ -1057,7 +978,7 @@ class CallFolder:
         if target_ch is not None:
             target = self._ext_of(target_ch)
             if target is None and target_ch.is_trunk:
-                target = normalize_number(target_ch.caller_num, self._region)
+                target = normalize_call_number(target_ch.caller_num, self._region)
         if target is None:
             target_name = h.get("TransferTargetChannel")
             if target_name:
@@ -1293,13 +1214,13 @@ class CallFolder:
     def _did(self, first: _Channel | None) -> str | None:
         if first is None:
             return None
-        return normalize_number(first.exten, self._region)
+        return normalize_call_number(first.exten, self._region)
 
     def _caller(self, call: _Call, first: _Channel | None, direction: str) -> str | None:
         if first is None:
             return None
         if direction == "inbound":
-            return normalize_number(first.caller_num, self._region)
+            return normalize_call_number(first.caller_num, self._region)
         ext = self._ext_of(first)
         if ext is not None:
             return ext
@@ -1317,7 +1238,7 @@ class CallFolder:
             number = _number_from_dialstring(call.trunk_dialstring)
             if number is None and not first.is_trunk:
                 number = first.exten
-            return normalize_number(number, self._region)
+            return normalize_call_number(number, self._region)
         if self._is_ext(first.exten):
             return first.exten
         if call.dialed_ext is not None:
@@ -1366,7 +1287,7 @@ class CallFolder:
         else:
             caller = self._caller(call, first, direction)
             name = first.caller_name if first is not None else None
-        if name is not None and name.strip().lower() in _UNKNOWN_NUMBERS:
+        if name is not None and name.strip().lower() in _NO_NAME:
             name = None
         ext = ch.phone_ext or ""
         log.debug("call linkedid=%s ringing on %s", call.linkedid, ext)

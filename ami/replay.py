@@ -2,21 +2,25 @@
 
 ``contact-center replay TRACE`` prints ``json.dumps(d, ensure_ascii=False)`` for each dict
 :func:`replay_file` returns: one per finished call, in order of call end. Calls still in
-progress when the capture ends are not printed.
+progress when the capture ends are not printed. :func:`record_json` is that dict's shape.
 """
 
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from os import PathLike
 from typing import Any
 
 from ami.fold import CallEnded, CallFolder
 from ami.frames import FrameParser
+from crm_core.calls.record import CallRecord
 
 __all__ = [
     "MAX_FRAME_BYTES",
     "ReplayError",
+    "format_timestamp",
     "iter_replay",
     "read_chunks",
+    "record_json",
     "replay_bytes",
     "replay_chunks",
     "replay_file",
@@ -68,16 +72,48 @@ def iter_replay(
             seen_ami = seen_ami or frame.event is not None or frame.response is not None
             for event in folder.feed(frame):
                 if isinstance(event, CallEnded):
-                    yield event.record.to_json_dict()
+                    yield record_json(event.record)
     for frame in parser.flush():
         seen_ami = seen_ami or frame.event is not None or frame.response is not None
         for event in folder.feed(frame):
             if isinstance(event, CallEnded):
-                yield event.record.to_json_dict()
+                yield record_json(event.record)
     if not seen_ami and parser.banner is None:
         raise ReplayError(
             f"no AMI frames in {offset} bytes (expected 'Event: …' blocks ended by empty lines)"
         )
+
+
+def format_timestamp(value: datetime) -> str:
+    """ISO 8601 UTC with milliseconds (microseconds truncated): ``2026-11-26T19:53:08.254Z``."""
+    value = value.astimezone(UTC)
+    return f"{value:%Y-%m-%dT%H:%M:%S}.{value.microsecond // 1000:03d}Z"
+
+
+def record_json(record: CallRecord) -> dict[str, Any]:
+    """The stable replay shape of a finished call: exactly the DESIGN.md keys, in order."""
+    return {
+        "call_id": record.call_id,
+        "direction": record.direction,
+        "caller": record.caller,
+        "callee": record.callee,
+        "did": record.did,
+        "queue": record.queue,
+        "extension": record.extension,
+        "rang": list(record.rang),
+        "disposition": record.disposition,
+        "started_at": format_timestamp(record.started_at),
+        "answered_at": (
+            format_timestamp(record.answered_at) if record.answered_at is not None else None
+        ),
+        "ended_at": format_timestamp(record.ended_at),
+        "ring_seconds": record.ring_seconds,
+        "talk_seconds": record.talk_seconds,
+        "counted": record.counted,
+        "transfers": list(record.transfers),
+        "recording": record.recording,
+        "hangup_cause": record.hangup_cause,
+    }
 
 
 def replay_chunks(

@@ -6,7 +6,7 @@ Creates a database of its own (``cc_bench_lookup`` on the server of ``CC_BENCH_D
 default ``postgresql+asyncpg://postgres@127.0.0.1:5432/test``), migrates it, bulk-loads the
 contacts and their phones with COPY, then times the lookup of a ringing call's card as the
 telephony service does it: the session on its kept read connection
-(``contact_center.db.ReadConnection``) and ``crm_hooks.card_summary_for_number`` (who is
+(``contact_center.db.ReadConnection``) and ``crm_core.calls.screen_pop.card_summary`` (who is
 calling, then the card and its deals, activities and tasks), on random numbers written in mixed
 formats (normalised first, as the call fold does), a fifth of them unknown. The clock runs
 around all of it; the who-is-calling query alone (``find_client_by_phone`` on a pooled session
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 # The repository before bench/: bench/recordings.py must not shadow the recordings package
-# (imported through contact_center.crm_hooks).
+# (imported through contact_center).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg  # type: ignore[import-untyped]
@@ -42,8 +42,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from contact_center import db
 from contact_center.config import DatabaseSettings
-from contact_center.crm_hooks import card_summary_for_number
 from crm_core.access import SYSTEM
+from crm_core.calls.screen_pop import card_summary
 from crm_core.clients.lookup import find_client_by_phone
 from crm_core.clients.model import fold_name
 from crm_core.phones import digits_reversed, try_normalize_phone
@@ -163,7 +163,7 @@ async def _measure(
             number = try_normalize_phone(raw, "RU")
             started = time.perf_counter()
             async with reader.session() as session:
-                card = await card_summary_for_number(session, number, rules=rules, region="RU")
+                card = await card_summary(session, number, rules=rules, region="RU")
             whole.append((time.perf_counter() - started) * 1000)
             if (card is not None) != expected:
                 raise AssertionError(f"card of {raw!r}: expected found={expected}, got {card}")

@@ -1,14 +1,16 @@
 """Telephony application service: AMI frames in, screen-pops and CRM facts out.
 
 Each PBX link (:mod:`contact_center.pbx`) folds its frames (synchronously, in the AMI reader);
-the call events it yields go through ordered queues to :class:`Telephony`, which
+the call events it yields go, in order, through two lanes to :class:`Telephony`:
 
-* on ringing identifies the caller and pushes ``call.ringing`` with the client card summary to
-  the extension that rings;
-* on answer pushes ``call.answered`` to every extension that rang (their pop-ups update);
-* on the end stores the call once, writes the call activity, creates a lead for an unknown
-  inbound caller, a call-back task for a missed call (and closes it when a later call with
-  that number is answered), and pushes ``call.ended``.
+* the pop-up lane (live calls, only reads and pushes): when a call comes in the caller is
+  identified; on ringing ``call.ringing`` is pushed with the client card summary, as the owner
+  of the ringing extension may see it (:mod:`crm_core.calls.screen_pop`), to that extension;
+  on answer ``call.answered`` goes to every extension that rang (their pop-ups update);
+  click-to-call's card lookups ahead of the ring (:class:`CardPrefetch`) share the lane;
+* the call-log lane (finished calls, writes): the call's outcome is stored once
+  (:mod:`contact_center.call_outcomes`: the call, a lead for an unknown inbound caller, the
+  activity, call-back tasks, the recording job), then ``call.ended`` is pushed.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ami import fold
-from contact_center import crm_hooks, db
+from contact_center import db
 from contact_center.bus import EventBus
+from contact_center.call_attribution import CallAttributor, call_tracking
+from contact_center.call_outcomes import CallOutcomes
 from contact_center.config import Settings
 from crm_core.calls import events as call_events
-from crm_core.calls import service as calls
+from crm_core.calls import screen_pop
+from crm_core.calls.record import CallRecord
 from crm_core.clock import Clock
 from crm_core.phones import try_normalize_phone
 from crm_core.rules import CrmRules
@@ -38,7 +43,7 @@ QUEUE_LIMIT = 100_000
 # A card looked up when the call came in is shown as it is if a phone rings within this time;
 # after a long queue wait it is looked up again (a colleague may have changed it meanwhile).
 PREFETCH_FRESH_S = 30.0
-# Longest a finished call waits for the screen-pop lane to go quiet before it is written.
+# Longest a finished call waits for the pop-up lane to go quiet before it is written.
 YIELD_MAX_S = 0.5
 
 
@@ -55,12 +60,16 @@ WATCHERS = ("role:head",)
 
 
 @dataclass(frozen=True)
-class _Prefetch:
-    """Look up ``number``'s card ahead of a call the server itself places (click-to-call)."""
+class CardPrefetch:
+    """Look up ``number``'s card ahead of a call the server itself places (click-to-call);
+    ``done`` is resolved once it is looked up (or the lookup failed)."""
 
     number: str  # E.164
     done: asyncio.Future[None]
-    call_id: str = ""  # none yet: the PBX has not created the call
+
+
+# What the pop-up lane carries: a live call's events and click-to-call's card lookups.
+PopupWork = fold.CallStarted | fold.CallRinging | fold.CallAnswered | CardPrefetch
 
 
 @dataclass
@@ -87,7 +96,7 @@ class Telephony:
         bus: EventBus,
         rules: CrmRules,
         clock: Clock,
-        tracker: crm_hooks.CallAttributor,
+        tracker: CallAttributor,
     ) -> None:
         self.settings = settings
         self.tracker = tracker  # attributes calls to tracking numbers (website sessions)
@@ -96,15 +105,25 @@ class Telephony:
         self.bus = bus
         self.rules = rules
         self.clock = clock
-        # Two lanes: ringing/answered only read and push (the screen-pop must not wait behind
-        # the database writes of calls that ended); ended calls are written in order.
-        self._fast: asyncio.Queue[tuple[str, fold.CallEvent]] = asyncio.Queue(QUEUE_LIMIT)
-        self._queue: asyncio.Queue[tuple[str, fold.CallEvent]] = asyncio.Queue(QUEUE_LIMIT)
+        self.outcomes = CallOutcomes(
+            tracker=tracker,
+            rules=rules,
+            callback_due_minutes=settings.telephony.callback_due_minutes,
+            region=settings.crm.default_region,
+            recordings=settings.recordings.enabled,
+        )
+        # Two lanes: the pop-ups only read and push (a screen-pop must not wait behind the
+        # database writes of calls that ended); the call log writes finished calls in order.
+        self._popups: asyncio.Queue[tuple[str, PopupWork]] = asyncio.Queue(QUEUE_LIMIT)
+        self._call_log: asyncio.Queue[tuple[str, fold.CallEnded]] = asyncio.Queue(QUEUE_LIMIT)
         self._live: dict[tuple[str, str], _LiveInfo] = {}
         # (pbx, E.164) -> card looked up when a click-to-call was requested, taken at its ring.
         self._prefetched: dict[tuple[str, str], _LiveInfo] = {}
-        self._fast_idle = asyncio.Event()
-        self._fast_idle.set()
+        # Who owns each extension (a pop-up is cut for him), and when that was read (loop time).
+        self._viewers: screen_pop.Viewers = {}
+        self._viewers_read_at: float | None = None
+        self._popups_idle = asyncio.Event()
+        self._popups_idle.set()
         self._workers: list[asyncio.Task[None]] = []
         self.processed = 0
         self.failures = 0
@@ -119,7 +138,7 @@ class Telephony:
         the card is ready at that ring."""
         done = asyncio.get_running_loop().create_future()
         try:
-            self._fast.put_nowait((pbx, _Prefetch(number, done)))  # type: ignore[arg-type]
+            self._popups.put_nowait((pbx, CardPrefetch(number, done)))
         except asyncio.QueueFull:
             log.warning("telephony queue full; the card of %s is looked up at the ring", number)
             return
@@ -127,10 +146,13 @@ class Telephony:
             await asyncio.wait_for(asyncio.shield(done), PREFETCH_WAIT_S)
 
     def enqueue(self, pbx: str, event: fold.CallEvent) -> None:
-        """Queue a folded call event of ``pbx``; called from the AMI reader, never blocks."""
-        lane = self._queue if isinstance(event, fold.CallEnded) else self._fast
+        """Queue a folded call event of ``pbx`` on its lane; called from the AMI reader, never
+        blocks."""
         try:
-            lane.put_nowait((pbx, event))
+            if isinstance(event, fold.CallEnded):
+                self._call_log.put_nowait((pbx, event))
+            else:
+                self._popups.put_nowait((pbx, event))
         except asyncio.QueueFull:
             # Only with a stalled database: the fold keeps state, the pop-up is what is lost.
             log.error(
@@ -141,7 +163,10 @@ class Telephony:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._workers = [loop.create_task(self._run(q)) for q in (self._fast, self._queue)]
+        self._workers = [
+            loop.create_task(self._run(self._popups)),
+            loop.create_task(self._run(self._call_log)),
+        ]
 
     async def close(self, drain_timeout: float = 5.0) -> None:
         with contextlib.suppress(TimeoutError):
@@ -156,65 +181,67 @@ class Telephony:
 
     async def drain(self) -> None:
         """Wait until every queued event is handled (tests, replays)."""
-        await self._fast.join()
-        await self._queue.join()
+        await self._popups.join()
+        await self._call_log.join()
 
-    async def _run(self, queue: asyncio.Queue[tuple[str, fold.CallEvent]]) -> None:
-        """Handle ``queue`` in order. The writing lane starts its next call only while no
-        pop-up is being prepared (waiting at most ``YIELD_MAX_S``): its ORM work would otherwise
-        run in every gap the pop-up's queries leave on the event loop."""
-        fast = queue is self._fast
+    async def _run(
+        self, lane: asyncio.Queue[tuple[str, PopupWork]] | asyncio.Queue[tuple[str, fold.CallEnded]]
+    ) -> None:
+        """Handle ``lane`` in order. The call log starts its next call only while no pop-up
+        is being prepared (waiting at most ``YIELD_MAX_S``): its ORM work would otherwise run
+        in every gap the pop-up's queries leave on the event loop."""
+        popups = lane is self._popups
         while True:
-            pbx, event = await queue.get()
-            if fast:
-                self._fast_idle.clear()
+            pbx, work = await lane.get()
+            if popups:
+                self._popups_idle.clear()
             else:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(YIELD_MAX_S):
-                        await self._fast_idle.wait()
+                        await self._popups_idle.wait()
             try:
-                await self.handle(pbx, event)
+                await self.handle(pbx, work)
             except asyncio.CancelledError:
-                queue.task_done()
+                lane.task_done()
                 raise
             except Exception:
                 self.failures += 1
-                log.exception(
-                    "telephony failed on %s of call %s (pbx %s)",
-                    type(event).__name__,
-                    event.call_id,
-                    pbx,
-                )
+                log.exception("telephony failed on %s (pbx %s)", _describe(work), pbx)
             self.processed += 1
-            queue.task_done()
-            if fast and queue.empty():
-                self._fast_idle.set()
+            lane.task_done()
+            if popups and lane.empty():
+                self._popups_idle.set()
 
     # ---------------------------------------------------------------- handling
 
-    async def handle(self, pbx: str, event: fold.CallEvent | _Prefetch) -> None:
-        if isinstance(event, _Prefetch):
-            try:
-                info = _LiveInfo()
-                await self._look_up(info, event.number, None)
-                cache = self._prefetched
-                cache.pop((pbx, event.number), None)
-                cache[(pbx, event.number)] = info
-                if len(cache) > PREFETCH_MAX:
-                    del cache[next(iter(cache))]
-            finally:
-                if not event.done.done():
-                    event.done.set_result(None)
-        elif isinstance(event, fold.CallStarted):
-            # Identify the caller while the IVR or the queue plays, before any phone rings.
-            info = self._live.setdefault((pbx, event.call_id), _LiveInfo())
-            await self._look_up(info, event.caller, event.did)
-        elif isinstance(event, fold.CallRinging):
-            await self._ringing(pbx, event)
-        elif isinstance(event, fold.CallAnswered):
-            await self._answered(pbx, event)
-        elif isinstance(event, fold.CallEnded):
-            await self._ended(pbx, event.record)
+    async def handle(self, pbx: str, work: PopupWork | fold.CallEnded) -> None:
+        """Do what one lane item of ``pbx`` asks (the lanes' workers call this in order)."""
+        match work:
+            case CardPrefetch():
+                await self._prefetch_card(pbx, work)
+            case fold.CallStarted():
+                # Identify the caller while the IVR or the queue plays, before any phone rings.
+                info = self._live.setdefault((pbx, work.call_id), _LiveInfo())
+                await self._look_up(info, work.caller, work.did)
+            case fold.CallRinging():
+                await self._ringing(pbx, work)
+            case fold.CallAnswered():
+                await self._answered(pbx, work)
+            case fold.CallEnded():
+                await self._ended(pbx, work.record)
+
+    async def _prefetch_card(self, pbx: str, work: CardPrefetch) -> None:
+        try:
+            info = _LiveInfo()
+            await self._look_up(info, work.number, None)
+            cache = self._prefetched
+            cache.pop((pbx, work.number), None)
+            cache[(pbx, work.number)] = info
+            if len(cache) > PREFETCH_MAX:
+                del cache[next(iter(cache))]
+        finally:
+            if not work.done.done():
+                work.done.set_result(None)
 
     async def _ringing(self, pbx: str, event: fold.CallRinging) -> None:
         info = self._live.setdefault((pbx, event.call_id), _LiveInfo())
@@ -228,6 +255,7 @@ class Telephony:
             or loop.time() - info.looked_up_at > PREFETCH_FRESH_S
         ):
             await self._look_up(info, event.caller, event.did)
+        client = await self._card_for(pbx, event.extension, info.client)
         # A ringing extension with a DID is an inbound call; otherwise a colleague or a
         # callback is calling it (live_calls() would tell exactly, but costs O(live calls)).
         direction = "inbound" if event.did else "internal"
@@ -241,7 +269,7 @@ class Telephony:
                 extension=event.extension,
                 queue=event.queue,
                 direction=direction,
-                client=info.client,
+                client=client,
                 tracking=info.tracking,
                 occurred_at=_ts(event.ts),
                 audience=(f"ext:{event.extension}", *WATCHERS),
@@ -262,16 +290,45 @@ class Telephony:
         info.looked_up, info.looked_up_at = (caller, None), found.looked_up_at
 
     async def _look_up(self, info: _LiveInfo, caller: str | None, did: str | None) -> None:
-        """The card summary of ``caller`` and the tracking data of ``did``, into ``info``."""
+        """The whole card summary of ``caller`` and the tracking data of ``did``, into
+        ``info``: looked up once per call, cut down per ringing phone (:meth:`_card_for`)."""
         async with self._reader.session() as session:
-            info.client = await crm_hooks.card_summary_for_number(
+            info.client = await screen_pop.card_summary(
                 session, caller, rules=self.rules, region=self.settings.crm.default_region
             )
-            info.tracking = await crm_hooks.tracking_for_did(
-                session, did, tracker=self.tracker, at=self.clock.now()
-            )
+            info.tracking = await call_tracking(self.tracker, session, did, self.clock.now())
+            if info.client is not None and self._must_cut_cards() and self._viewers_stale():
+                # Before any phone rings: the ring itself then needs no query for it.
+                await self._read_viewers(session)
         info.looked_up = (caller, did)
         info.looked_up_at = asyncio.get_running_loop().time()
+
+    async def _card_for(
+        self, pbx: str, extension: str, card: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """``card`` as the owner of ``extension`` may see it (the pop-up goes to him)."""
+        if card is None or not self._must_cut_cards():
+            return card
+        if self._viewers_stale():
+            async with self._reader.session() as session:
+                await self._read_viewers(session)
+        viewer = screen_pop.viewer_of(self._viewers, pbx, extension)
+        return screen_pop.card_as_seen_by(card, viewer, self.rules)
+
+    def _must_cut_cards(self) -> bool:
+        """Whether a card may reach someone who may not read it: not when every user may
+        read every card (then nobody needs to know who owns a phone)."""
+        return not self.rules.managers_read_all
+
+    def _viewers_stale(self) -> bool:
+        """The extensions' owners are read again when older than a card may be when it is
+        shown (``PREFETCH_FRESH_S``): whose card it is may be that old anyway."""
+        read_at = self._viewers_read_at
+        return read_at is None or asyncio.get_running_loop().time() - read_at > PREFETCH_FRESH_S
+
+    async def _read_viewers(self, session: AsyncSession) -> None:
+        self._viewers = await screen_pop.extension_viewers(session)
+        self._viewers_read_at = asyncio.get_running_loop().time()
 
     async def _answered(self, pbx: str, event: fold.CallAnswered) -> None:
         info = self._live.get((pbx, event.call_id))
@@ -293,43 +350,38 @@ class Telephony:
             )
         )
 
-    async def _ended(self, pbx: str, record: fold.CallRecord) -> None:
-        facts = calls.CallFacts.from_record(pbx, record.to_json_dict())
-        info = self._live.pop((pbx, facts.call_id), None)
+    async def _ended(self, pbx: str, record: CallRecord) -> None:
+        info = self._live.pop((pbx, record.call_id), None)
         async with self.sessions() as session:
-            outcome = await crm_hooks.record_finished_call(
+            outcome = await self.outcomes.record(
                 session,
-                facts,
-                rules=self.rules,
+                pbx,
+                record,
                 now=self.clock.now(),
-                callback_due_minutes=self.settings.telephony.callback_due_minutes,
-                region=self.settings.crm.default_region,
                 tracking=info.tracking if info else None,
-                recordings=self.settings.recordings.enabled,
-                tracker=self.tracker,
             )
             await session.commit()
         for event in outcome.events:
             await self.bus.publish(event)
-        audience = {f"ext:{e}" for e in facts.rang}
-        if facts.extension:
-            audience.add(f"ext:{facts.extension}")
+        audience = {f"ext:{e}" for e in record.rang}
+        if record.extension:
+            audience.add(f"ext:{record.extension}")
         if info:
             audience.update(f"ext:{e}" for e in info.rang)
         if audience:
             audience.update(WATCHERS)
             await self.bus.publish(
                 call_events.CallEnded(
-                    call_id=facts.call_id,
+                    call_id=record.call_id,
                     pbx=pbx,
-                    extension=facts.extension,
-                    caller=facts.outside_number or facts.caller,
-                    direction=facts.direction,
-                    disposition=facts.disposition,
-                    talk_seconds=facts.talk_seconds,
-                    counted=facts.counted,
-                    recording=facts.recording,
-                    occurred_at=facts.ended_at,
+                    extension=record.extension,
+                    caller=record.outside_number or record.caller,
+                    direction=record.direction,
+                    disposition=record.disposition,
+                    talk_seconds=record.talk_seconds,
+                    counted=record.counted,
+                    recording=record.recording,
+                    occurred_at=record.ended_at,
                     audience=tuple(sorted(audience)),
                 )
             )
@@ -337,7 +389,7 @@ class Telephony:
     def provide_status(self) -> dict[str, Any]:
         return {
             "status": "ok",
-            "queued": self._fast.qsize() + self._queue.qsize(),
+            "queued": self._popups.qsize() + self._call_log.qsize(),
             "processed": self.processed,
             "failures": self.failures,
             "prefetch_hits": self.prefetch_hits,
@@ -346,3 +398,10 @@ class Telephony:
 
 def _ts(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
+
+
+def _describe(work: PopupWork | fold.CallEnded) -> str:
+    """A lane item for the log: what it is and which call (or number) it is about."""
+    if isinstance(work, CardPrefetch):
+        return f"the card lookup of {work.number}"
+    return f"{type(work).__name__} of call {work.call_id}"

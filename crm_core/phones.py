@@ -59,6 +59,27 @@ def _parse(text: str, region: str) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+# How a PBX reports a withheld or missing caller ID.
+_NO_NUMBER = frozenset({"", "<unknown>", "unknown", "anonymous", "<anonymous>"})
+
+
+@functools.lru_cache(maxsize=8192)
+def normalize_call_number(raw: str | None, region: str = "RU") -> str | None:
+    """A number as a call presents it (caller ID, dialed digits): E.164 when it is a phone
+    number, else the text as written, stripped (a short code such as ``112``, an extension);
+    None when it names no number at all (empty, ``anonymous``, ``<unknown>``, no digit).
+
+    The same rules as :func:`normalize_phone`, so a caller's number is the one his card holds.
+    """
+    if raw is None:
+        return None
+    text = raw.strip()
+    if text.lower() in _NO_NUMBER or not _DIGITS.search(text):
+        return None
+    e164 = _parse(text, region)
+    return text if e164 in (_NOT_A_NUMBER, _IMPOSSIBLE) else e164
+
+
 def try_normalize_phone(raw: str | None, region: str = "RU") -> str | None:
     """E.164 or None, for inputs that may legitimately be something else (an extension)."""
     if not raw:

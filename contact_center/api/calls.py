@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import typing
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
+from sqlalchemy.orm import Mapped
 
 from contact_center.api.common import PageQuery, actor, page, path_id, rules, uow
 from contact_center.http.api import Api
@@ -20,39 +22,31 @@ from crm_core.phones import normalize_phone, try_normalize_phone
 api = Api()
 
 
-class CallOut(BaseModel):
-    id: int
-    pbx: str
-    call_id: str
-    direction: str
-    caller: str | None
-    callee: str | None
-    did: str | None
-    queue: str | None
-    extension: str | None
-    rang: list[str]
-    disposition: str
-    started_at: datetime
-    answered_at: datetime | None
-    ended_at: datetime
-    ring_seconds: float
-    talk_seconds: float
-    counted: bool
-    transfers: list[str]
-    recording: str | None
-    hangup_cause: int | None
-    user_id: int | None
-    contact_id: int | None
-    company_id: int | None
-    lead_id: int | None
-    deal_id: int | None
-    source_id: int | None
-    region_id: int | None
-    tracking: dict[str, Any] | None
+def _stored_fields(model: type[Any], *, exclude: frozenset[str]) -> dict[str, Any]:
+    """Pydantic field definitions (all required) of ``model``'s mapped columns, in their
+    declaration order: the response model reads what the table holds, declared once."""
+    hints = typing.get_type_hints(model)  # resolves the Mapped[...] annotations
+    return {
+        name: (typing.get_args(hint)[0], ...)
+        for name, hint in hints.items()
+        if typing.get_origin(hint) is Mapped and name not in exclude
+    }
 
+
+class _StoredCall(BaseModel):
     @classmethod
-    def of(cls, call: Call) -> CallOut:
+    def of(cls, call: Call) -> Self:
         return cls.model_validate(call, from_attributes=True)
+
+
+# A call of the call log: the finished call's record (crm_core.calls.record.CallRecord), the
+# PBX and its links to the manager, the client and the source: every column of ``Call`` but
+# its bookkeeping ``created_at``.
+CallOut = create_model(
+    "CallOut",
+    __base__=_StoredCall,
+    **_stored_fields(Call, exclude=frozenset({"created_at"})),
+)
 
 
 class CallQuery(PageQuery):
@@ -102,7 +96,7 @@ async def list_calls(request: web.Request, query: CallQuery) -> dict[str, Any]:
     tags=["calls"],
     errors={404: "No such call"},
 )
-async def get_call(request: web.Request) -> CallOut:
+async def get_call(request: web.Request) -> _StoredCall:
     user = actor(request)
     call_pk = path_id(request, "id", "call")
     async with uow(request) as u:

@@ -12,11 +12,11 @@ from aiohttp import web
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contact_center.crm_hooks import MISSED
 from contact_center.keys import PBX, RULES, SESSIONS
 from contact_center.web import links, listing
 from contact_center.web.shell import HEADS, MenuEntry, now, page, t_of, zone
 from crm_core.calls.model import Call
+from crm_core.calls.record import MISSED
 from crm_core.distribution.model import RequestStatus, WebRequest
 from crm_core.invoices.model import Invoice, InvoiceStatus
 from crm_core.tasks import plan as plans

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,71 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core import listing
 from crm_core.calls.model import Call
+from crm_core.calls.record import CallRecord
 from crm_core.users.model import User, UserExtension
-
-
-@dataclass(frozen=True)
-class CallFacts:
-    """A finished call as the telephony adapter reports it (the ``replay`` record)."""
-
-    pbx: str
-    call_id: str
-    direction: str
-    caller: str | None
-    callee: str | None
-    did: str | None
-    queue: str | None
-    extension: str | None
-    rang: tuple[str, ...]
-    disposition: str
-    started_at: datetime
-    answered_at: datetime | None
-    ended_at: datetime
-    ring_seconds: float
-    talk_seconds: float
-    counted: bool
-    transfers: tuple[str, ...]
-    recording: str | None
-    hangup_cause: int | None
-
-    @property
-    def outside_number(self) -> str | None:
-        """The client's number: the caller of an inbound call, the callee of an outbound one."""
-        if self.direction == "inbound":
-            return self.caller
-        if self.direction == "outbound":
-            return self.callee
-        return None
-
-    @staticmethod
-    def from_record(pbx: str, record: dict[str, Any]) -> CallFacts:
-        def ts(value: str | None) -> datetime | None:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-        started = ts(record["started_at"])
-        ended = ts(record["ended_at"])
-        assert started is not None and ended is not None
-        return CallFacts(
-            pbx=pbx,
-            call_id=record["call_id"],
-            direction=record["direction"],
-            caller=record["caller"],
-            callee=record["callee"],
-            did=record["did"],
-            queue=record["queue"],
-            extension=record["extension"],
-            rang=tuple(record["rang"]),
-            disposition=record["disposition"],
-            started_at=started,
-            answered_at=ts(record["answered_at"]),
-            ended_at=ended,
-            ring_seconds=float(record["ring_seconds"]),
-            talk_seconds=float(record["talk_seconds"]),
-            counted=bool(record["counted"]),
-            transfers=tuple(record["transfers"]),
-            recording=record["recording"],
-            hangup_cause=record["hangup_cause"],
-        )
 
 
 async def extension_owner(session: AsyncSession, pbx: str, extension: str | None) -> User | None:
@@ -101,37 +38,21 @@ async def get_call(session: AsyncSession, pbx: str, call_id: str) -> Call | None
     return await session.scalar(select(Call).where(Call.pbx == pbx, Call.call_id == call_id))
 
 
-async def store_call(session: AsyncSession, facts: CallFacts, **links: Any) -> tuple[Call, bool]:
-    """Insert the call unless it is already stored (a replay after reconnect); (call, created).
+async def store_call(
+    session: AsyncSession, pbx: str, record: CallRecord, **links: Any
+) -> tuple[Call, bool]:
+    """Insert the call ``record`` of ``pbx`` unless it is already stored (a replay after a
+    reconnect); (call, created).
 
     ``links`` are the attribution columns (user_id, contact_id, company_id, lead_id, deal_id,
     source_id, region_id, tracking).
     """
-    existing = await get_call(session, facts.pbx, facts.call_id)
+    existing = await get_call(session, pbx, record.call_id)
     if existing is not None:
         return existing, False
-    call = Call(
-        pbx=facts.pbx,
-        call_id=facts.call_id,
-        direction=facts.direction,
-        caller=facts.caller,
-        callee=facts.callee,
-        did=facts.did,
-        queue=facts.queue,
-        extension=facts.extension,
-        rang=list(facts.rang),
-        disposition=facts.disposition,
-        started_at=facts.started_at,
-        answered_at=facts.answered_at,
-        ended_at=facts.ended_at,
-        ring_seconds=facts.ring_seconds,
-        talk_seconds=facts.talk_seconds,
-        counted=facts.counted,
-        transfers=list(facts.transfers),
-        recording=facts.recording,
-        hangup_cause=facts.hangup_cause,
-        **links,
-    )
+    fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    fields.update(rang=list(record.rang), transfers=list(record.transfers))
+    call = Call(pbx=pbx, **fields, **links)
     session.add(call)
     await session.flush()
     return call, True

@@ -4,7 +4,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ami.frames import Frame
+from ami.fold import CallEnded, CallFolder
+from ami.frames import Frame, FrameParser
+from crm_core.calls.record import CallRecord
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "ami"
 
@@ -81,3 +83,16 @@ def record_mismatches(expected: list[dict[str, Any]], got: list[dict[str, Any]])
 def frame(event: str, **headers: str) -> Frame:
     """A hand-made event frame, headers in the given order after ``Event``."""
     return Frame({"Event": event, **headers})
+
+
+def folded_calls(name: str) -> list[CallRecord]:
+    """The finished calls of capture ``name`` as the server's fold records them."""
+    parser = FrameParser()
+    folder = CallFolder(TRUNKS, EXTENSION_PATTERN, COUNT_THRESHOLD_S, now=lambda: 0.0)
+    events = folder.feed_many(parser.feed(capture_bytes(name)) + parser.flush())
+    return [e.record for e in events if isinstance(e, CallEnded)]
+
+
+def folded_call(name: str) -> CallRecord:
+    """The first finished call of capture ``name``."""
+    return folded_calls(name)[0]

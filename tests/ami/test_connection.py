@@ -27,6 +27,7 @@ from ami.connection import (
 )
 from ami.fold import CallEnded, CallFolder
 from ami.frames import Frame
+from ami.replay import record_json
 from crm_core.errors import InvalidInput
 from tests.ami._support import COUNT_THRESHOLD_S, EXTENSION_PATTERN, TRUNKS
 from tests.fakes.ami_server import AmiSession, FakeAmiServer, capture, event_frames, list_reply
@@ -843,7 +844,7 @@ async def test_folding_through_the_link_gives_the_expected_record(
     def on_frame(frame: Frame) -> None:
         for ev in folder.feed(frame):
             if isinstance(ev, CallEnded):
-                records.append(ev.record.to_json_dict())
+                records.append(record_json(ev.record))
 
     link = make_link(server, on_frame=on_frame)
     session = await connected(link, server)

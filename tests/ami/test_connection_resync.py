@@ -25,6 +25,7 @@ import pytest
 from ami.connection import AmiLink
 from ami.fold import CallEnded, CallEvent, CallFolder
 from ami.frames import Frame
+from ami.replay import record_json
 from ami.resync import (
     ChannelsAction,
     channel_uniqueids,
@@ -119,7 +120,7 @@ class Harness:
     def collect(self, events: list[CallEvent]) -> None:
         for ev in events:
             if isinstance(ev, CallEnded):
-                self.records.append(ev.record.to_json_dict())
+                self.records.append(record_json(ev.record))
 
     def on_frame(self, frame: Frame) -> None:
         if frame.event == "UserEvent" and frame.get("UserEvent") == "end-of-test":
@@ -497,7 +498,7 @@ async def test_resync_calls_ends_vanished_calls_and_keeps_new_ones() -> None:
     )
     assert sender.asked == ["Status", "QueueStatus"]
     assert [type(e).__name__ for e in ended] == ["CallEnded"]
-    record = ended[0].record.to_json_dict()  # type: ignore[union-attr]
+    record = record_json(ended[0].record)  # type: ignore[union-attr]
     assert record["call_id"] == "1795722788.0"
     assert record["extension"] == "101"
     assert record["disposition"] == "answered"

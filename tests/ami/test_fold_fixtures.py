@@ -8,7 +8,7 @@ import pytest
 
 from ami.fold import NEEDED, CallAnswered, CallEnded, CallFolder, CallRinging, CallStarted
 from ami.frames import EventFilter, Frame, FrameParser
-from ami.replay import replay_bytes, replay_chunks, replay_file
+from ami.replay import record_json, replay_bytes, replay_chunks, replay_file
 from tests.ami._support import (
     COUNT_THRESHOLD_S,
     EXTENSION_PATTERN,
@@ -39,7 +39,7 @@ def _fold(frames: list[Frame], folder: CallFolder | None = None) -> list[dict[st
     if folder is None:
         folder = CallFolder(TRUNKS, EXTENSION_PATTERN, COUNT_THRESHOLD_S, now=lambda: 0.0)
     return [
-        event.record.to_json_dict()
+        record_json(event.record)
         for event in folder.feed_many(frames)
         if isinstance(event, CallEnded)
     ]
@@ -76,7 +76,7 @@ def _live_and_records(frames: list[Frame]) -> tuple[list[Any], list[dict[str, An
     folder = CallFolder(TRUNKS, EXTENSION_PATTERN, COUNT_THRESHOLD_S, now=lambda: 0.0)
     events = folder.feed_many(frames)
     live = [e for e in events if isinstance(e, CallStarted | CallRinging | CallAnswered)]
-    return live, [e.record.to_json_dict() for e in events if isinstance(e, CallEnded)]
+    return live, [record_json(e.record) for e in events if isinstance(e, CallEnded)]
 
 
 @pytest.mark.parametrize("name", CAPTURES)

@@ -12,13 +12,12 @@ from ami.fold import (
     CallEnded,
     CallEvent,
     CallFolder,
-    CallRecord,
     CallRinging,
-    format_timestamp,
-    normalize_number,
     parse_channel_name,
 )
 from ami.frames import Frame, FrameParser
+from ami.replay import format_timestamp, record_json
+from crm_core.calls.record import CallRecord
 from tests.ami._pbx_script import T0, Chan, Script
 from tests.ami._support import (
     COUNT_THRESHOLD_S,
@@ -126,7 +125,7 @@ def test_local_channel_queue_members_resolve_to_their_phones() -> None:
     assert [(a.extension, a.ts) for a in answered] == [("202", info["answered_ts"])]
 
     [record] = _records(events)
-    data = record.to_json_dict()
+    data = record_json(record)
     assert data["call_id"] == info["caller"].uid
     assert data["direction"] == "inbound"
     assert (data["caller"], data["callee"], data["did"]) == (
@@ -160,7 +159,7 @@ def test_cyrillic_caller_name_survives_bytes_split_anywhere() -> None:
             events.extend(folder.feed(parsed))
     names = [e.caller_name for e in events if isinstance(e, CallRinging)]
     assert names == ["Иван Петров", "Иван Петров"]
-    assert _records(events)[0].to_json_dict() == _records(_run(s))[0].to_json_dict()
+    assert record_json(_records(events)[0]) == record_json(_records(_run(s))[0])
 
 
 def _ring_group(s: Script, answer: str | None) -> Chan:
@@ -329,7 +328,7 @@ def test_callback_originated_to_the_customer_first_is_outbound() -> None:
     s.hangup(p101, 16)
     events = _run(s)
     [record] = _records(events)
-    data = record.to_json_dict()
+    data = record_json(record)
     assert data["direction"] == "outbound"
     assert (data["caller"], data["callee"], data["did"]) == ("101", "+79161234567", None)
     assert data["extension"] == "101"
@@ -631,22 +630,11 @@ def test_mutated_real_events_never_reach_the_catch_all() -> None:
         assert folder.skipped_frames == 0
         for event in folder.expire(now=1e12, max_age_s=0):
             assert isinstance(event, CallEnded)
-            assert isinstance(event.record.to_json_dict(), dict)
+            assert isinstance(record_json(event.record), dict)
         assert folder.live_calls() == []
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def test_normalize_number() -> None:
-    assert normalize_number("74951112233") == "+74951112233"
-    assert normalize_number("84951112233") == "+74951112233"
-    assert normalize_number("+7 (916) 123-45-67") == "+79161234567"
-    assert normalize_number("4951112233") == "+74951112233"
-    assert normalize_number("+4930123456") == "+4930123456"
-    assert normalize_number("112") == "112"
-    for nothing in (None, "", "<unknown>", "anonymous", "s"):
-        assert normalize_number(nothing) is None
 
 
 def test_parse_channel_name() -> None:

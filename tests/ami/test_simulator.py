@@ -6,6 +6,7 @@ import asyncio
 
 from ami.fold import CallEnded, CallFolder, CallRinging
 from ami.frames import FrameParser
+from ami.replay import record_json
 from ami.simulator import SimulatedPbx
 
 
@@ -28,7 +29,7 @@ async def _collect(reader: asyncio.StreamReader, folder: CallFolder, calls: int,
             for ev in folder.feed(frame):
                 events.append(ev)
                 if isinstance(ev, CallEnded):
-                    records.append(ev.record.to_json_dict())
+                    records.append(record_json(ev.record))
     return records
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,8 +9,7 @@ import pytest
 from contact_center.keys import SESSIONS
 from crm_core.calls import service as calls
 from crm_core.users import service as users
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ami"
+from tests.ami._support import folded_call
 
 
 async def _setup(client: Any) -> dict[str, Any]:
@@ -34,10 +31,11 @@ async def _setup(client: Any) -> dict[str, Any]:
             )
             out[login] = user.id
         for trace in ("a_inbound_queue_answered", "d_outbound_answered"):
-            rec = json.loads((FIXTURES / f"{trace}.expected.jsonl").read_text().splitlines()[0])
-            facts = calls.CallFacts.from_record("main", rec)
-            owner = await calls.extension_owner(session, "main", facts.extension)
-            call, _ = await calls.store_call(session, facts, user_id=owner.id if owner else None)
+            record = folded_call(trace)
+            owner = await calls.extension_owner(session, "main", record.extension)
+            call, _ = await calls.store_call(
+                session, "main", record, user_id=owner.id if owner else None
+            )
             out[trace] = call.id
         await session.commit()
     for login in ("adm", "boss", "ivan", "anna"):

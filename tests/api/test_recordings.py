@@ -5,6 +5,7 @@ ffmpeg, both databases."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from datetime import UTC, datetime, time, timedelta
@@ -17,13 +18,15 @@ import pytest
 from sqlalchemy import func, select, update
 
 from ami.simulator import SimulatedPbx
-from contact_center import crm_hooks, recordings_service
+from contact_center import recordings_service
 from contact_center.app import create_app
+from contact_center.call_outcomes import CallOutcomes
 from contact_center.config import ConfigError, load_settings
-from contact_center.keys import CLOCK, PBX, RECORDINGS, SCHEDULER, SESSIONS
+from contact_center.keys import CLOCK, PBX, RECORDINGS, SCHEDULER, SESSIONS, TRACKER
 from crm_core.activities.model import Activity
 from crm_core.audit.model import AuditEntry
-from crm_core.calls.service import CallFacts
+from crm_core.calls import screen_pop
+from crm_core.calls.record import CallRecord
 from crm_core.clients.model import Contact, Phone
 from crm_core.deals.model import Deal, Pipeline, PipelineStage
 from crm_core.jobs import service as jobs
@@ -33,13 +36,14 @@ from crm_core.recordings.model import Recording
 from crm_core.rules import CrmRules
 from crm_core.users import service as users
 from crm_core.users.model import User
+from tests.ami._support import folded_call
 from tests.helpers import until
 from tests.recordings import FIXTURE_CALL_ID, FIXTURE_WAV, write_wav
 from tests.telephony.conftest import pbx_setting
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ami"
-RECORD = json.loads((FIXTURES / "c_inbound_short_answered.expected.jsonl").read_text())
-CALLER = RECORD["caller"]
+RECORD = folded_call("c_inbound_short_answered")
+CALLER = RECORD.caller
 
 
 @pytest.fixture
@@ -88,17 +92,13 @@ async def _auth(client: Any, login: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {(await resp.json())['token']}"}
 
 
-async def _finish_call(client: Any, record: dict[str, Any] = RECORD) -> None:
+async def _finish_call(client: Any, record: CallRecord = RECORD) -> None:
     """The call ends the way the telephony service stores it (call, activity, recording job)."""
+    outcomes = CallOutcomes(
+        tracker=client.app[TRACKER], rules=CrmRules(), callback_due_minutes=30, recordings=True
+    )
     async with client.app[SESSIONS]() as s:
-        await crm_hooks.record_finished_call(
-            s,
-            CallFacts.from_record("main", record),
-            rules=CrmRules(),
-            now=client.app[CLOCK].now(),
-            callback_due_minutes=30,
-            recordings=True,
-        )
+        await outcomes.record(s, "main", record, now=client.app[CLOCK].now())
         await s.commit()
 
 
@@ -135,7 +135,7 @@ async def test_a_finished_call_is_stored_attached_and_streamed_with_ranges(app_c
     client = app_client
     row = await _stored(client)
     assert row.format == "mp3" and row.size and row.sha256
-    assert row.duration_s == pytest.approx(RECORD["talk_seconds"], abs=1.5)
+    assert row.duration_s == pytest.approx(RECORD.talk_seconds, abs=1.5)
     assert not (client.spool / FIXTURE_WAV.name).exists()  # deleted after the verified copy
     stored_files = [p for p in client.store.rglob("*.mp3")]
     assert len(stored_files) == 1 and FIXTURE_CALL_ID not in str(stored_files[0])
@@ -156,7 +156,7 @@ async def test_a_finished_call_is_stored_attached_and_streamed_with_ranges(app_c
     [item] = timeline["items"]
     assert item["recording"]["id"] == row.id and item["recording"]["url"] == listing[0]["url"]
     async with client.app[SESSIONS]() as s:
-        card = await crm_hooks.card_summary_for_number(s, CALLER, rules=CrmRules())
+        card = await screen_pop.card_summary(s, CALLER, rules=CrmRules())
     assert card is not None and card["activities"][0]["recording"]["id"] == row.id
 
     url = listing[0]["url"]
@@ -309,12 +309,15 @@ async def test_missing_corrupt_and_unavailable_storage(app_client: Any, tmp_path
     assert 'cc_recordings_total{outcome="missing"} 1.0' in metrics
 
     # Corrupt audio: failed, the original kept for a person to look at.
-    bad = dict(RECORD, call_id="1795722999.1", recording="20261126-bad-1795722999.1.wav")
-    (client.spool / bad["recording"]).write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk" * 20)
+    bad = dataclasses.replace(
+        RECORD, call_id="1795722999.1", recording="20261126-bad-1795722999.1.wav"
+    )
+    assert bad.recording is not None
+    (client.spool / bad.recording).write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk" * 20)
     await _finish_call(client, bad)
-    failed = await _settle(client, bad["call_id"], "failed", "stored", "missing")
+    failed = await _settle(client, bad.call_id, "failed", "stored", "missing")
     assert failed.state == "failed" and failed.error
-    assert (client.spool / bad["recording"]).exists()
+    assert (client.spool / bad.recording).exists()
 
 
 async def test_storage_down_keeps_the_original_and_retries(
@@ -419,7 +422,7 @@ async def test_health_says_when_ffmpeg_is_missing(
 async def test_a_late_file_is_looked_for_again_with_backoff(app_client: Any) -> None:
     client = app_client
     now = client.app[CLOCK].now()
-    await _finish_call(client, dict(RECORD, ended_at=now.isoformat()))
+    await _finish_call(client, dataclasses.replace(RECORD, ended_at=now))
     await client.app[SCHEDULER].run_once()
     first = await _row(client)
     assert first.state == "pending" and first.attempts == 1 and first.next_attempt_at is not None
@@ -513,11 +516,14 @@ async def test_without_ffmpeg_the_wav_is_kept_and_said_once(
     (tmp_path / "spool").mkdir()
     client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
     client.spool = tmp_path / "spool"
-    second = dict(RECORD, call_id="1795722999.7", recording="20261126-x-1795722999.7.wav")
+    second = dataclasses.replace(
+        RECORD, call_id="1795722999.7", recording="20261126-x-1795722999.7.wav"
+    )
     for record in (RECORD, second):
-        write_wav(client.spool / record["recording"], 2.0)
+        assert record.recording is not None
+        write_wav(client.spool / record.recording, 2.0)
         await _finish_call(client, record)
-        row = await _settle(client, record["call_id"], "stored", "failed", "missing")
+        row = await _settle(client, record.call_id, "stored", "failed", "missing")
         assert row.state == "stored" and row.format == "wav"
         assert row.duration_s == pytest.approx(2.0, abs=0.1)
     said = [r for r in caplog.records if "ffmpeg not found" in r.getMessage()]

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from contact_center import crm_hooks, demo_tracking, tracking_config
+from contact_center import demo_tracking, tracking_config
+from contact_center.call_attribution import call_tracking
 from contact_center.config import ConfigError, load_settings
-from contact_center.keys import ENGINE, SESSIONS, TRACKER
+from contact_center.keys import CLOCK, ENGINE, SESSIONS, TRACKER
 from crm_core.reference.model import Region, Source
 from crm_core.tracking import service as tracking
 from crm_core.users import service as users
@@ -591,8 +592,9 @@ async def test_calls_to_unknown_and_legacy_dids_cost_no_query(client: Any) -> No
     event.listen(engine, "before_cursor_execute", count)
     try:
         async with client.app[SESSIONS]() as session:
-            legacy = await crm_hooks.tracking_for_did(session, "+74957770000", tracker=tracker)
-            unknown = await crm_hooks.tracking_for_did(session, "+74950000999", tracker=tracker)
+            now = client.app[CLOCK].now()
+            legacy = await call_tracking(tracker, session, "+74957770000", now)
+            unknown = await call_tracking(tracker, session, "+74950000999", now)
     finally:
         event.remove(engine, "before_cursor_execute", count)
     assert statements == []

@@ -172,6 +172,7 @@
     if (c) {
       pop.append(el("h3", {}, c.name || t("pop.no_name")));
       if (c.url) pop.append(el("a", { href: c.url, target: "_blank" }, t("pop.open_card")));
+      if (c.restricted) pop.append(el("div", { class: "muted" }, t("pop.restricted")));
       row(dl, t("card.company"), c.company);
       row(dl, t("card.client_type"), c.client_type ? t("client_type." + c.client_type) : null);
       row(dl, t("card.potential"), c.potential);

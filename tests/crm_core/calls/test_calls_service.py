@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core.calls import service as calls
 from crm_core.users import service as users
-
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "ami"
-
-
-def record(trace: str) -> dict:
-    line = (FIXTURES / f"{trace}.expected.jsonl").read_text().splitlines()[0]
-    return json.loads(line)
+from tests.ami._support import folded_call
 
 
 async def test_store_call_is_idempotent_and_keeps_utc(session: AsyncSession) -> None:
-    facts = calls.CallFacts.from_record("main", record("c_inbound_short_answered"))
-    call, created = await calls.store_call(session, facts)
-    again, created_again = await calls.store_call(session, facts)
+    facts = folded_call("c_inbound_short_answered")
+    call, created = await calls.store_call(session, "main", facts)
+    again, created_again = await calls.store_call(session, "main", facts)
     await session.commit()
     assert created and not created_again and again.id == call.id
     session.expunge_all()
@@ -54,7 +45,7 @@ async def test_extension_owner_prefers_the_pbx_specific_owner(session: AsyncSess
 
 async def test_list_filters(session: AsyncSession) -> None:
     for trace in ("a_inbound_queue_answered", "b_inbound_missed", "d_outbound_answered"):
-        await calls.store_call(session, calls.CallFacts.from_record("main", record(trace)))
+        await calls.store_call(session, "main", folded_call(trace))
     await session.commit()
     rows, total = await calls.list_calls(session)
     assert total == 3 and [r.started_at for r in rows] == sorted(

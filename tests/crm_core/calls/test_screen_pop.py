@@ -1,4 +1,5 @@
-"""The screen-pop's card summary: what a manager sees about a caller before he answers."""
+"""The screen-pop's card summary: what a manager sees about a caller before he answers, and
+what of it a manager who may not read the card sees."""
 
 from __future__ import annotations
 
@@ -8,14 +9,22 @@ from decimal import Decimal
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contact_center.crm_hooks import card_summary_for_number
 from crm_core.activities.model import Activity
+from crm_core.calls import service as calls
+from crm_core.calls.screen_pop import (
+    Viewer,
+    card_as_seen_by,
+    card_summary,
+    extension_viewers,
+    viewer_of,
+)
 from crm_core.clients.model import Company, Contact, ContactCompany, Phone
 from crm_core.deals.model import Deal, PipelineStage
 from crm_core.leads.model import Lead
 from crm_core.phones import digits_reversed
 from crm_core.rules import CrmRules
 from crm_core.tasks.model import Task
+from crm_core.users import service as users
 from tests.crm_core.deals.world import T0, make_team
 
 PHONE = "+74951234567"
@@ -79,7 +88,7 @@ async def test_contact_of_a_company_shows_the_company_card(session: AsyncSession
     )
     await session.commit()
 
-    card = await card_summary_for_number(session, PHONE, rules=CrmRules())
+    card = await card_summary(session, PHONE, rules=CrmRules())
 
     assert card is not None
     assert (card["type"], card["id"], card["company_id"]) == ("contact", contact.id, company.id)
@@ -115,7 +124,7 @@ async def test_open_lead_and_unknown_number(session: AsyncSession) -> None:
     session.add(_phone("+74957654321", lead_id=lead.id))
     await session.commit()
 
-    card = await card_summary_for_number(session, "+74957654321", rules=CrmRules())
+    card = await card_summary(session, "+74957654321", rules=CrmRules())
     assert card is not None
     assert (card["type"], card["id"], card["lead_id"]) == ("lead", lead.id, lead.id)
     assert card["company"] is None and card["region"] is None and card["potential"] is None
@@ -123,5 +132,62 @@ async def test_open_lead_and_unknown_number(session: AsyncSession) -> None:
     assert card["deals"] == [] and card["activities"] == [] and card["tasks"] == []
     assert card["url"] == f"/clients/lead/{lead.id}"
 
-    assert await card_summary_for_number(session, "+74950000001", rules=CrmRules()) is None
-    assert await card_summary_for_number(session, "101", rules=CrmRules()) is None
+    assert await card_summary(session, "+74950000001", rules=CrmRules()) is None
+    assert await card_summary(session, "101", rules=CrmRules()) is None
+
+
+async def test_a_card_is_whole_for_who_may_read_it_else_only_who_is_calling(
+    session: AsyncSession,
+) -> None:
+    team = await make_team(session)
+    contact = Contact(name="Сергей Ковалёв", responsible_id=team.anna.id)
+    session.add(contact)
+    await session.flush()
+    session.add(_phone(PHONE, contact_id=contact.id))
+    await session.commit()
+    card = await card_summary(session, PHONE, rules=CrmRules())
+    assert card is not None
+
+    for user in (team.anna, team.head, team.admin):
+        assert card_as_seen_by(card, user, CrmRules()) is card
+    assert card_as_seen_by(card, team.ivan, CrmRules(managers_read_all=True)) is card
+    restricted = {
+        "name": "Сергей Ковалёв",
+        "company": None,
+        "responsible": team.anna.display_name,
+        "restricted": True,
+    }
+    assert card_as_seen_by(card, team.ivan, CrmRules()) == restricted
+    # A phone nobody owns: nobody known to show the card to.
+    assert card_as_seen_by(card, None, CrmRules()) == restricted
+    assert card_as_seen_by(None, team.ivan, CrmRules()) is None
+
+
+async def test_the_viewer_of_an_extension_is_its_active_owner(session: AsyncSession) -> None:
+    anyone, _ = await users.create_user(
+        session, login="a", role="manager", password="password1", extensions=["101"], scrypt_n=1024
+    )
+    specific, _ = await users.create_user(
+        session,
+        login="b",
+        role="head",
+        password="password1",
+        extensions=["101"],
+        pbx="branch",
+        scrypt_n=1024,
+    )
+    gone, _ = await users.create_user(
+        session, login="c", role="admin", password="password1", extensions=["102"], scrypt_n=1024
+    )
+    gone.is_active = False
+    await session.commit()
+    viewers = await extension_viewers(session)
+    assert viewer_of(viewers, "main", "101") == Viewer(anyone.id, "manager")
+    assert viewer_of(viewers, "branch", "101") == Viewer(specific.id, "head")
+    assert viewer_of(viewers, "main", "102") is None
+    assert viewer_of(viewers, "main", "999") is None
+    # The same answer as the call log's own lookup.
+    for pbx, extension in (("main", "101"), ("branch", "101"), ("main", "102")):
+        owner = await calls.extension_owner(session, pbx, extension)
+        viewer = viewer_of(viewers, pbx, extension)
+        assert (owner.id if owner else None) == (viewer.id if viewer else None)

@@ -1,0 +1,45 @@
+"""A finished call as the PBX adapter folds it from the PBX's events: the one record the fold
+produces, ``contact-center replay`` prints and the call log stores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+# The dispositions of a call nobody answered: the caller is to be called back.
+MISSED = frozenset({"missed", "abandoned"})
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """A finished call (DESIGN.md, ``replay``; ``tests/fixtures/ami/README.md`` says how each
+    field is read from the events). ``call_id`` is the Linkedid; which PBX the call went
+    through is not part of the record (the fold of one PBX does not know its name)."""
+
+    call_id: str
+    direction: str  # inbound | outbound | internal
+    caller: str | None  # E.164 for an outside number, the extension for an internal party
+    callee: str | None
+    did: str | None  # the dialed outside number of an inbound call
+    queue: str | None
+    extension: str | None  # answered an inbound call or placed an outbound one
+    rang: tuple[str, ...]  # extensions that rang, in order
+    disposition: str  # answered | missed | abandoned | busy | failed
+    started_at: datetime
+    answered_at: datetime | None
+    ended_at: datetime
+    ring_seconds: float
+    talk_seconds: float
+    counted: bool  # talk_seconds reached telephony.count_threshold_s
+    transfers: tuple[str, ...]  # extensions the call was transferred to, in order
+    recording: str | None  # the MixMonitor file name
+    hangup_cause: int | None  # Q.850 cause of the first channel's Hangup
+
+    @property
+    def outside_number(self) -> str | None:
+        """The client's number: the caller of an inbound call, the callee of an outbound one."""
+        if self.direction == "inbound":
+            return self.caller
+        if self.direction == "outbound":
+            return self.callee
+        return None
