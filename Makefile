@@ -19,10 +19,11 @@ run: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/contact-center demo
 
-## test: lint and run the test suite
+## test: lint, type-check and run the test suite
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/.installed

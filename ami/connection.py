@@ -986,7 +986,10 @@ class AmiLink:
         writer = self._writer
         if writer is None:
             raise self._unavailable("not connected")
-        payload = {"Action": pending.action, "ActionID": pending.action_id}
+        payload: dict[str, ActionValue] = {
+            "Action": pending.action,
+            "ActionID": pending.action_id,
+        }
         payload.update({k: v for k, v in action.items() if k not in ("Action", "ActionID")})
         data = encode_action(payload)
         try:

@@ -73,6 +73,8 @@ class Frame:
             return NotImplemented
         return self.headers == other.headers and (self._multi or {}) == (other._multi or {})
 
+    # Equal frames compare by their (mutable) headers: a frame is not hashable. typeshed
+    # declares __hash__ as a method, so mypy cannot see this standard way of saying so.
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:

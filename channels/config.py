@@ -116,7 +116,9 @@ class SmsConfig(_Channel):
 ChannelConfig = Annotated[
     WhatsAppConfig | EmailConfig | TelegramConfig | SmsConfig, Field(discriminator="kind")
 ]
-_ADAPTER: TypeAdapter[Any] = TypeAdapter(ChannelConfig)
+_ADAPTER: TypeAdapter[WhatsAppConfig | EmailConfig | TelegramConfig | SmsConfig] = TypeAdapter(
+    ChannelConfig
+)
 
 
 def _problems(exc: ValidationError) -> dict[str, str]:
@@ -143,7 +145,7 @@ def parse_channel_config(raw: Mapping[str, Any]) -> ChannelConfig:
             problems={"kind": "must be one of whatsapp, email, telegram, sms"},
         )
     try:
-        return _ADAPTER.validate_python(dict(raw))  # type: ignore[no-any-return]
+        return _ADAPTER.validate_python(dict(raw))
     except ValidationError as exc:
         problems = _problems(exc)
         raise ChannelConfigInvalid(

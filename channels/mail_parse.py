@@ -184,7 +184,8 @@ def _auto_reply(msg: Message, sender: str, subject: str) -> str | None:
 def _bounce(msg: Message) -> Bounce | None:
     if msg.get_content_type() != "multipart/report":
         return None
-    if (msg.get_param("report-type") or "").lower() != "delivery-status":
+    report_type = msg.get_param("report-type")
+    if not isinstance(report_type, str) or report_type.lower() != "delivery-status":
         return None
     recipient = status = action = diagnostic = original = None
     for part in msg.walk():
@@ -205,8 +206,9 @@ def _bounce(msg: Message) -> Bounce | None:
                 inner = part.get_payload()
                 inner_msg = inner[0] if isinstance(inner, list) and inner else None
             else:
+                headers = part.get_payload(decode=True)
                 inner_msg = BytesParser(policy=policy.default).parsebytes(
-                    part.get_payload(decode=True) or b"", headersonly=True
+                    headers if isinstance(headers, bytes) else b"", headersonly=True
                 )
             if isinstance(inner_msg, Message):
                 found = _ids(inner_msg.get("Message-ID"))
@@ -221,11 +223,11 @@ def _bounce(msg: Message) -> Bounce | None:
 
 
 def _filename(part: Message) -> str | None:
-    name = part.get_filename()
+    name: str | None = part.get_filename()
     if not name:
-        name = part.get_param("name")
-        if isinstance(name, tuple):  # RFC 2231 (charset, language, value)
-            name = email.utils.collapse_rfc2231_value(name)
+        param = part.get_param("name")
+        # RFC 2231 gives (charset, language, value)
+        name = email.utils.collapse_rfc2231_value(param) if isinstance(param, tuple) else param
     return _decode_words(str(name)).strip() if name else None
 
 
@@ -284,7 +286,10 @@ def parse_email(
 ) -> InboundMessage:
     """One e-mail as an ``InboundMessage`` of kind ``email`` (never raises on odd mail:
     a header that cannot be decoded is kept as written)."""
-    msg: EmailMessage = BytesParser(policy=policy.default).parsebytes(raw)  # type: ignore[assignment]
+    parsed = BytesParser(policy=policy.default).parsebytes(raw)
+    # policy.default makes every message an EmailMessage (typeshed types it as Message).
+    assert isinstance(parsed, EmailMessage)
+    msg = parsed
     senders = _addresses(msg, "From") or _addresses(msg, "Sender") or _addresses(msg, "Return-Path")
     display, address = senders[0] if senders else ("", "unknown@invalid")
     subject = _header(msg, "Subject") or ""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from channels.base import ChannelKind
 from channels.config import ChannelConfig, EmailConfig, SmsConfig, TelegramConfig, WhatsAppConfig
@@ -33,7 +33,7 @@ CONFIGS: dict[ChannelKind, type[Any]] = {
 def adapter_class(kind: str) -> type[Adapter]:
     """The adapter class of ``kind``; ``KeyError`` naming the known kinds otherwise."""
     try:
-        return ADAPTERS[kind]  # type: ignore[index]
+        return ADAPTERS[cast(ChannelKind, kind)]
     except KeyError:
         raise KeyError(f"unknown channel kind {kind!r} (known: {', '.join(ADAPTERS)})") from None
 

@@ -22,16 +22,17 @@ import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import httpx
 from pywa.errors import WhatsAppError
 from pywa.types.templates import TemplateLanguage
-from pywa_async import WhatsApp
+from pywa_async.client import WhatsApp
 
 from channels.base import (
     Attachment,
     ChannelKind,
+    DeliveryStatus,
     FetchedMedia,
     Identity,
     Inbound,
@@ -195,7 +196,8 @@ def _message(
             msg_id,
         )
     mtype = str(msg.get("type") or "unknown")
-    body = msg.get(mtype) if isinstance(msg.get(mtype), Mapping) else {}
+    found = msg.get(mtype)
+    body: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     kind: MessageKind = "unsupported"
     text: str | None = None
     payload: str | None = None
@@ -207,7 +209,7 @@ def _message(
     if mtype == "text":
         kind, text = "text", body.get("body")
     elif mtype in _MEDIA_KINDS and body.get("id"):
-        kind = mtype  # type: ignore[assignment]
+        kind = cast(MessageKind, mtype)  # one of _MEDIA_KINDS
         text = body.get("caption")
         attachments = (
             Attachment(
@@ -234,8 +236,9 @@ def _message(
         shared = tuple(_shared_contact(card) for card in msg["contacts"])
         text = ", ".join(c.name for c in shared if c.name) or None
     elif mtype == "interactive":
-        itype = body.get("type")
-        reply = body.get(itype) if isinstance(body.get(itype), Mapping) else {}
+        itype = str(body.get("type"))
+        answer = body.get(itype)
+        reply: Mapping[str, Any] = answer if isinstance(answer, Mapping) else {}
         if itype in ("button_reply", "list_reply"):
             kind, text, payload = "interactive", reply.get("title"), reply.get("id")
         elif itype == "nfm_reply":
@@ -300,7 +303,7 @@ def _status(channel: str, st: Mapping[str, Any]) -> StatusUpdate | None:
     return StatusUpdate(
         channel=channel,
         provider_message_id=str(st["id"]),
-        status=status,  # type: ignore[arg-type]
+        status=cast(DeliveryStatus, status),
         at=from_unix(st.get("timestamp") or 0),
         recipient=st.get("recipient_id") or st.get("recipient_user_id"),
         error_code=str(first["code"]) if first.get("code") is not None else None,

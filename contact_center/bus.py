@@ -264,8 +264,9 @@ class RedisEventBus(EventBus):
                 await asyncio.sleep(wait)
                 delay *= 2
             finally:
+                close: Callable[[], Awaitable[None]] = pubsub.aclose  # untyped in redis-py
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await close()
 
     def _on_message(self, message: dict[str, Any]) -> None:
         if message.get("type") != "message":

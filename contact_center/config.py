@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -53,6 +53,13 @@ def _ip_networks(value: list[str]) -> list[str]:
 
 IpNetworks = Annotated[list[str], AfterValidator(_ip_networks)]
 """Addresses or CIDR networks, each checked."""
+
+
+CardKind = Literal["lead", "contact", "company"]
+
+
+def _every_card_kind() -> list[CardKind]:
+    return ["lead", "contact", "company"]
 
 
 class _Section(BaseModel):
@@ -155,9 +162,7 @@ class CustomFieldSettings(_Section):
     label_ru: str = ""
     label_en: str = ""
     options: list[str] = Field(default_factory=list)
-    applies_to: list[Literal["lead", "contact", "company"]] = Field(
-        default_factory=lambda: ["lead", "contact", "company"]
-    )
+    applies_to: list[CardKind] = Field(default_factory=_every_card_kind)
 
 
 class CrmSettings(_Section):
@@ -426,7 +431,7 @@ def _env_overrides(
             continue
         var = ENV_PREFIX + "_".join(key).upper()
         if _allows_none(annotation):  # Optional[X]: parse as X
-            inner = [a for a in annotation.__args__ if a is not type(None)]  # type: ignore[union-attr]
+            inner = [a for a in get_args(annotation) if a is not type(None)]
             annotation = inner[0] if len(inner) == 1 else annotation
         origin = getattr(annotation, "__origin__", None)
         item = (getattr(annotation, "__args__", None) or (None,))[0]

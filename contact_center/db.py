@@ -127,6 +127,8 @@ class SchemaCheck:
         loop = asyncio.get_running_loop()
         if loop.time() - self._checked_at < self._ttl_s:
             return self._problem
+        current: str | None
+        error: str | None
         try:
             async with asyncio.timeout(timeout), self._engine.connect() as conn:
                 current = (

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from ami.simulator import SimulatedPbx
 from contact_center import db, demo_data, demo_tracking, logs
@@ -35,7 +36,7 @@ def demo_settings(settings: Settings, pbx_port: int, *, database_url: str | None
         host="127.0.0.1",
         port=pbx_port,
         username="cc",
-        secret="demo",  # type: ignore[arg-type]
+        secret=SecretStr("demo"),
         trunks=["provider"],
         extension_pattern=r"^\d{3}$",
     )

@@ -54,8 +54,8 @@ async def seed(session: AsyncSession, *, scrypt_n: int) -> DemoSeed:
     """Create the demo data once; on an already seeded database change nothing."""
     existing = await session.scalar(select(User).where(User.login == "ivan"))
     if existing is not None:
-        ids = {u.login: u.id for u in await session.scalars(select(User))}
-        return DemoSeed(users=ids, created=False)
+        present = {u.login: u.id for u in await session.scalars(select(User))}
+        return DemoSeed(users=present, created=False)
     ids: dict[str, int] = {}
     for login, role, name, exts in TEAM:
         user, _ = await users.create_user(

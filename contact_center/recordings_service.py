@@ -95,7 +95,7 @@ class RecordingsRuntime:
     def provide_status(self) -> dict[str, Any]:
         doc: dict[str, Any] = {}
         self.pool.provide_status(doc)
-        entry = doc["recordings_converter"]
+        entry: dict[str, Any] = doc["recordings_converter"]
         entry["storage"] = self.settings.storage
         entry["spool_dir"] = str(self.spool_dir)
         return entry

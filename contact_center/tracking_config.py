@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -236,7 +236,7 @@ async def _sync_pool(
     channel, kind = p.channel, p.kind
     if channel is None and kind is None:
         if source.code in _KINDS:
-            kind = source.code
+            kind = cast(KINDS, source.code)
         else:
             channel = source.code
     changed = _set(

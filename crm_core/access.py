@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from sqlalchemy import ColumnElement, Select
+from sqlalchemy.orm import InstrumentedAttribute
 
-from crm_core.errors import NotFound, PermissionDenied
+from crm_core.errors import DomainError, NotFound, PermissionDenied
 from crm_core.rules import CrmRules
 
 PRIVILEGED = frozenset({"admin", "head"})
@@ -83,7 +84,7 @@ def check(
     write: bool,
     what: str,
     owners: Iterable[int] = (),
-    missing: NotFound | None = None,
+    missing: DomainError | None = None,
 ) -> None:
     """The access check: raise ``missing`` (default ``NotFound("no <what>")``) when ``actor``
     may not read the record, ``PermissionDenied`` when ``write`` and he may only read it."""
@@ -95,7 +96,10 @@ def check(
 
 
 def scope(
-    stmt: Select[Any], responsible: ColumnElement[Any], actor: Actor, rules: CrmRules
+    stmt: Select[Any],
+    responsible: ColumnElement[Any] | InstrumentedAttribute[Any],
+    actor: Actor,
+    rules: CrmRules,
 ) -> Select[Any]:
     """Restrict a listing to what ``actor`` may read."""
     if is_privileged(actor) or rules.managers_read_all:

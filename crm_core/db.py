@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, cast
 
 from pydantic import Field
 from sqlalchemy import JSON, BigInteger, ColumnElement, DateTime, MetaData, false, select, union
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import CursorResult, Dialect, Result
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
@@ -21,10 +21,16 @@ DbId = Annotated[int, Field(ge=1, le=MAX_DB_INT)]
 """A record id as a request carries it: 1 … 2³¹−1 (the range of the id columns)."""
 
 
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE touched (a statement's result is a ``CursorResult``)."""
+    return int(cast("CursorResult[Any]", result).rowcount or 0)
+
+
 def contains(column: Any, text: str) -> ColumnElement[bool]:
     """``column LIKE '%text%'`` with ``text`` taken literally (``%``, ``_`` and ``\\`` escaped)."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return column.like(f"%{escaped}%", escape="\\")
+    condition: ColumnElement[bool] = column.like(f"%{escaped}%", escape="\\")
+    return condition
 
 
 def matching(id_column: Any, by_name: Any, id_selects: list[Any]) -> ColumnElement[bool]:
@@ -32,12 +38,15 @@ def matching(id_column: Any, by_name: Any, id_selects: list[Any]) -> ColumnEleme
     ids each meaning of the query selects (``by_name`` among them as ``id_column``'s rows).
     Each part is answered by its own index; an ``OR`` of them made PostgreSQL walk the whole
     table."""
+    condition: ColumnElement[bool]
     if not id_selects:
-        return by_name if by_name is not None else false()
+        condition = by_name if by_name is not None else false()
+        return condition
     parts = list(id_selects)
     if by_name is not None:
         parts.append(select(id_column).where(by_name))
-    return id_column.in_(union(*parts)) if len(parts) > 1 else id_column.in_(parts[0])
+    condition = id_column.in_(union(*parts)) if len(parts) > 1 else id_column.in_(parts[0])
+    return condition
 
 
 # Stable constraint names, so Alembic migrations can address them on SQLite and PostgreSQL alike.
@@ -79,9 +88,10 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        stored: datetime = value
+        if stored.tzinfo is None:
+            return stored.replace(tzinfo=UTC)
+        return stored.astimezone(UTC)
 
 
 class Base(DeclarativeBase):

@@ -482,7 +482,15 @@ class RedisLeaseStore:
             if len(self._versions) > 10_000:
                 self._versions.clear()
             self._versions[tuple(dids)] = version
-        args = [self._prefix, pool, session, payload, _ms(ttl_s), _ms(cooldown_s), int(reuse)]
+        args: list[str | int] = [
+            self._prefix,
+            pool,
+            session,
+            payload,
+            _ms(ttl_s),
+            _ms(cooldown_s),
+            int(reuse),
+        ]
         args += [version, *_limits(limits)]
         result = await self._acquire(args=args)
         if result[0] == -1:  # Redis has another version of the pool's numbers: send them
@@ -495,7 +503,7 @@ class RedisLeaseStore:
         return Lease(_text(did), bool(int(low)), _text(evicted) or None)
 
     async def renew(self, session: str, *, ttl_s: float, cooldown_s: float) -> bool:
-        args = [self._prefix, session, _ms(ttl_s), _ms(cooldown_s)]
+        args: list[str | int] = [self._prefix, session, _ms(ttl_s), _ms(cooldown_s)]
         return bool(await self._renew(args=args))
 
     async def release(self, session: str, *, cooldown_s: float) -> bool:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from types import ModuleType
 
 from aiohttp import web
 
 from contact_center.http.api import Api
 
 
-def slices() -> list[object]:
+def slices() -> list[ModuleType]:
     modules = []
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_") or info.name == "common":

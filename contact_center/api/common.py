@@ -65,7 +65,7 @@ def uow(request: web.Request) -> UnitOfWork:
 
 
 def actor(request: web.Request) -> User:
-    user = request.get(USER)
+    user: User | None = request.get(USER)
     if user is None:
         raise NotAuthenticated("authentication required")
     return user

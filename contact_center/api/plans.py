@@ -104,9 +104,9 @@ async def plan_report(request: web.Request, query: PlanQuery) -> PlanReport:
     if query.week_of is not None or (query.start is None and query.end is None):
         start, end = plans.week_of(query.week_of or clock(request).now().astimezone(tz).date())
     else:
-        start = query.start or query.end
-        end = query.end or query.start
-        assert start is not None and end is not None
+        first, last = query.start or query.end, query.end or query.start
+        assert first is not None and last is not None
+        start, end = first, last
     user_ids: list[int] | None
     if query.user_id is not None:
         plans.ensure_may_read_plans(user, query.user_id)

@@ -81,14 +81,15 @@ class LoginThrottle:
 
     def failed(self, remote: str, login: str) -> None:
         now = self._clock()
-        for store, key, limit in (
-            (self._pairs, (remote, login.lower()), self.limit),
-            (self._addresses, remote, self.per_address),
-        ):
-            self._recent(store, key, now)
-            store.setdefault(key, deque()).append(now)
-            store.move_to_end(key)
-            self._bound(store, limit, now)
+        pair = (remote, login.lower())
+        self._recent(self._pairs, pair, now)
+        self._pairs.setdefault(pair, deque()).append(now)
+        self._pairs.move_to_end(pair)
+        self._bound(self._pairs, self.limit, now)
+        self._recent(self._addresses, remote, now)
+        self._addresses.setdefault(remote, deque()).append(now)
+        self._addresses.move_to_end(remote)
+        self._bound(self._addresses, self.per_address, now)
 
     def succeeded(self, remote: str, login: str) -> None:
         self._pairs.pop((remote, login.lower()), None)
@@ -165,7 +166,8 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
                 and not security.from_own_page(request)
             ):
                 request[CROSS_ORIGIN] = request.headers.get("Origin") or "another site"
-                return await handler(request)
+                passed: web.StreamResponse = await handler(request)
+                return passed
             if user.must_change_password and not _password_change_allowed(request):
                 return _password_change_first(request)
             request[USER] = user
@@ -173,7 +175,8 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
             request[AUTH_KIND] = kind
         elif kind is TokenKind.API:
             raise InvalidCredentials("invalid, expired or revoked token")
-    return await handler(request)
+    response: web.StreamResponse = await handler(request)
+    return response
 
 
 def _password_change_allowed(request: web.Request) -> bool:
@@ -195,7 +198,7 @@ def _password_change_first(request: web.Request) -> web.StreamResponse:
 
 
 def current_user(request: web.Request) -> User:
-    user = request.get(USER)
+    user: User | None = request.get(USER)
     if user is None:
         raise InvalidCredentials("authentication required")
     return user

@@ -118,7 +118,8 @@ def _refused_by_database(exc: DBAPIError) -> bool:
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
     except errors.DomainError as exc:
         status = next(code for cls, code in STATUS if isinstance(exc, cls))
         return error_response(status, exc.error_id, exc.message, exc.details)

@@ -42,7 +42,7 @@ class HttpMetrics:
         started = time.perf_counter()
         status = 500
         try:
-            response = await handler(request)
+            response: web.StreamResponse = await handler(request)
             status = response.status
             return response
         except web.HTTPException as exc:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from aiohttp import hdrs, web
 
@@ -104,13 +104,21 @@ def forwarded_scheme_and_host(
     )
 
 
+class _Changes(TypedDict, total=False):
+    """What a request from a trusted proxy is cloned with."""
+
+    remote: str
+    scheme: str
+    host: str
+
+
 def middleware(trusted: Sequence[Network]) -> Any:
     """An aiohttp middleware giving handlers the client's address as ``request.remote`` (and
     the scheme and host he used as ``request.scheme``/``request.host``)."""
 
     @web.middleware
     async def real_client(request: web.Request, handler: Handler) -> web.StreamResponse:
-        changes: dict[str, str] = {}
+        changes: _Changes = {}
         forwarded = request.headers.getall(hdrs.X_FORWARDED_FOR, [])
         if forwarded:
             remote = client_address(request.remote, forwarded, trusted)
@@ -125,7 +133,7 @@ def middleware(trusted: Sequence[Network]) -> Any:
             changes["host"] = host
         if not changes:
             return await handler(request)
-        clone = request.clone(**changes)  # type: ignore[arg-type]
+        clone = request.clone(**changes)
         try:
             return await handler(clone)
         finally:

@@ -61,23 +61,33 @@ async def clients_page(request: web.Request, user: User) -> dict[str, Any]:
             created_from=listing.day_start(state.date_value("from"), tz),
             created_to=listing.day_end(state.date_value("to"), tz),
         )
-        lister = list_contacts if kind == "contact" else list_companies
-        rows, state.total = await lister(
-            session,
-            flt,
-            actor=user,
-            rules=rules,
-            limit=listing.PER_PAGE,
-            offset=state.offset,
-            sort=state.sort,
-            count_cap=listing.COUNT_CAP,
-        )
         cards: list[Any]
         if kind == "contact":
-            cards = list(await clients.contact_cards(session, rows))
+            contacts, state.total = await list_contacts(
+                session,
+                flt,
+                actor=user,
+                rules=rules,
+                limit=listing.PER_PAGE,
+                offset=state.offset,
+                sort=state.sort,
+                count_cap=listing.COUNT_CAP,
+            )
+            cards, shown = list(await clients.contact_cards(session, contacts)), len(contacts)
         else:
-            cards = list(await clients.company_cards(session, rows, full=False))
-    state.shown = len(rows)
+            companies, state.total = await list_companies(
+                session,
+                flt,
+                actor=user,
+                rules=rules,
+                limit=listing.PER_PAGE,
+                offset=state.offset,
+                sort=state.sort,
+                count_cap=listing.COUNT_CAP,
+            )
+            cards = list(await clients.company_cards(session, companies, full=False))
+            shown = len(companies)
+    state.shown = shown
     state.make_chips(t)
     items = [
         {

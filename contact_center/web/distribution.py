@@ -3,7 +3,7 @@ manager) and the rules per region (who gets which region's requests, and how).""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from sqlalchemy import select
@@ -15,7 +15,7 @@ from contact_center.web import listing
 from contact_center.web.shell import HEADS, MenuEntry, hx_redirect, now, page, t_of
 from crm_core.distribution import requests as web_requests
 from crm_core.distribution import rules as rule_book
-from crm_core.distribution.schemas import ManagerInput, RuleInput
+from crm_core.distribution.schemas import ManagerInput, RuleInput, StrategyLiteral
 from crm_core.errors import InvalidInput
 from crm_core.reference.model import Region
 from crm_core.users.model import User
@@ -105,7 +105,7 @@ def _rule_input(request: web.Request, form: Any) -> RuleInput:
     try:
         return RuleInput(
             region_id=int(region) if region.isdigit() else None,
-            strategy=strategy,  # type: ignore[arg-type]
+            strategy=cast(StrategyLiteral, strategy),  # checked by RuleInput
             is_active=form.get("is_active", "1") == "1",
             managers=[ManagerInput(user_id=i) for i in ids],
         )

@@ -40,7 +40,7 @@ async def client_refs(session: AsyncSession, rows: list[Any]) -> dict[int, Clien
     company_names: dict[int, str] = {}
     lead_names: dict[int, str] = {}
     deal_titles: dict[int, str] = {}
-    phones: dict[tuple[str, int], str] = {}
+    phones: dict[tuple[str, int | None], str] = {}
     if contacts:
         contact_names = dict(
             (
@@ -76,17 +76,17 @@ async def client_refs(session: AsyncSession, rows: list[Any]) -> dict[int, Clien
     if leads:
         owners.append(Phone.lead_id.in_(leads))
     if owners:
-        for contact_id, company_id, lead_id, e164 in await session.execute(
+        for of_contact, of_company, of_lead, e164 in await session.execute(
             select(Phone.contact_id, Phone.company_id, Phone.lead_id, Phone.e164)
             .where(or_(*owners))
             .order_by(Phone.id)
         ):
             key = (
-                ("contact", contact_id)
-                if contact_id
-                else ("company", company_id)
-                if company_id
-                else ("lead", lead_id)
+                ("contact", of_contact)
+                if of_contact
+                else ("company", of_company)
+                if of_company
+                else ("lead", of_lead)
             )
             phones.setdefault(key, e164)
     out: dict[int, ClientRef | None] = {}

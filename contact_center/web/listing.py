@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
-from multidict import MultiDict, MultiDictProxy
+from multidict import MultiMapping
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from yarl import URL
@@ -62,7 +62,7 @@ class ListState:
     """The state of a list page, read from and written to its URL."""
 
     path: str
-    params: MultiDictProxy[str] | MultiDict[str]
+    params: MultiMapping[str]
     filters: list[Filter]
     sorts: tuple[str, ...]
     default_sort: str

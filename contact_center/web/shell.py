@@ -230,7 +230,8 @@ def session_user(request: web.Request) -> User:
         if is_partial(request):
             raise web.HTTPUnauthorized(headers={"HX-Redirect": str(location)})
         raise web.HTTPSeeOther(location)
-    return user
+    signed_in: User = user
+    return signed_in
 
 
 async def render(

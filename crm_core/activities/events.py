@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
 
 from crm_core.activities.model import Activity
 from crm_core.events import DomainEvent
@@ -19,7 +18,6 @@ class ActivityRecorded(DomainEvent):
     kind: str
     direction: str | None = None
     subject: str = ""
-    occurred_at: datetime | None = None
     counted: bool = False
     user_id: int | None = None
     contact_id: int | None = None

@@ -151,8 +151,8 @@ async def save_company(
     for le, reqs in entities:
         await add_entity_rows(session, company.id, le.name, reqs, created_by_id=actor.id)
     await session.flush()
-    event = events.created("company", company.id, company.name, company.responsible_id, actor.id)
-    return SaveResult(company, True), [event]
+    created = events.created("company", company.id, company.name, company.responsible_id, actor.id)
+    return SaveResult(company, True), [created]
 
 
 async def _check_head(session: AsyncSession, head_id: int, actor: Actor, rules: CrmRules) -> None:

@@ -168,8 +168,8 @@ async def save_contact(
             is_decision_maker=link.is_decision_maker,
         )
     await session.flush()
-    event = events.created("contact", contact.id, contact.name, contact.responsible_id, actor.id)
-    return SaveResult(contact, True), [event]
+    created = events.created("contact", contact.id, contact.name, contact.responsible_id, actor.id)
+    return SaveResult(contact, True), [created]
 
 
 async def _add_parts(

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,6 +22,8 @@ from crm_core.clients.model import Company, Contact
 from crm_core.db import Base, utcnow
 from crm_core.events import DomainEvent
 from crm_core.rules import CrmRules
+
+ClientT = TypeVar("ClientT", Contact, Company)
 
 # Rows that are part of a card itself (deleted with it), as opposed to its history.
 _CARD_PARTS = frozenset(
@@ -41,14 +43,14 @@ class SaveResult:
 
 async def _load(
     session: AsyncSession,
-    model: type[Contact] | type[Company],
+    model: type[ClientT],
     client_id: int,
     *,
     actor: Actor,
     rules: CrmRules,
     write: bool,
     include_merged: bool,
-) -> Any:
+) -> ClientT:
     kind = "contact" if model is Contact else "company"
     not_found = ContactNotFound if model is Contact else CompanyNotFound
     missing = not_found(f"no {kind} {client_id}", details={f"{kind}_id": client_id})

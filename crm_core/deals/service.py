@@ -58,13 +58,14 @@ async def check_references(
 ) -> None:
     """The source and region exist and are active, the responsible user exists and is active
     (422 ``invalid-reference`` naming the field otherwise). None is not checked."""
-    for key, model, what, ref_id in (
+    references: tuple[tuple[str, type[Source] | type[Region], str, int | None], ...] = (
         ("source_id", Source, "source", source_id),
         ("region_id", Region, "region", region_id),
-    ):
+    )
+    for key, model, what, ref_id in references:
         if ref_id is None:
             continue
-        row = await session.get(model, ref_id)
+        row: Source | Region | None = await session.get(model, ref_id)
         if row is None or not row.is_active:
             raise InvalidReference(
                 f"{key}: no active {what} {ref_id}", details={"field": key, "value": ref_id}

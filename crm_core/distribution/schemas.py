@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -62,9 +62,9 @@ class RuleInput(BaseModel):
         ids = [m.user_id for m in self.managers]
         if len(set(ids)) != len(ids):
             raise ValueError("managers: a user appears twice")
-        if self.strategy == Strategy.FIXED and len(ids) != 1:
+        if Strategy(self.strategy) is Strategy.FIXED and len(ids) != 1:
             raise ValueError("managers: a fixed rule has exactly one manager")
-        if self.strategy != Strategy.MANUAL and not ids:
+        if Strategy(self.strategy) is not Strategy.MANUAL and not ids:
             raise ValueError(f"managers: a {self.strategy} rule needs at least one manager")
         return self
 
@@ -90,7 +90,7 @@ class RuleOut(BaseModel):
             id=rule.id,
             region_id=rule.region_id,
             region=region,
-            strategy=rule.strategy,  # type: ignore[arg-type]
+            strategy=cast(StrategyLiteral, rule.strategy),  # stored as text
             is_active=rule.is_active,
             managers=[ManagerOut.of(m) for m in managers],
             updated_at=rule.updated_at,

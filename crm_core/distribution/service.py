@@ -19,10 +19,10 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core import access
@@ -150,7 +150,8 @@ class RuleBook:
         owned = self.extensions.get(user_id, ())
         exact = [ext for p, ext in owned if pbx and p == pbx]
         anywhere = [ext for p, ext in owned if p == ""]
-        return (exact or anywhere or [None])[0]
+        found = exact or anywhere
+        return found[0] if found else None
 
 
 async def load_rulebook(session: AsyncSession, *, default_timezone: str) -> RuleBook:
@@ -260,7 +261,7 @@ def _take_turn_statement() -> Any:
     """``UPDATE ... SET turn = turn + 1 ... RETURNING turn``: atomic under the row lock on
     PostgreSQL and the single writer on SQLite. A Core statement built once: the ORM's bulk
     update path costs more than the round trip on the dialplan's hot path."""
-    table = DistributionRule.__table__
+    table = cast(Table, DistributionRule.__table__)  # a mapped class's table (typed FromClause)
     return (
         table.update()
         .where(table.c.id == bindparam("rule_id"))
@@ -305,7 +306,8 @@ async def open_load(
     )
     for stmt in (lead_counts, task_counts):
         for user_id, count in await session.execute(stmt):
-            load[user_id] += count
+            if user_id is not None:  # selected among ids
+                load[user_id] += count
     return load
 
 

@@ -32,6 +32,7 @@ async def web_request_funnel(
     largest first. A lead counts as qualified once converted or in one of
     ``qualified_stages``; a deal as won in a stage of kind ``won``. Each lead and deal counts
     once per group however many requests joined it. One query."""
+    key_model: type[Region] | type[Source]
     if group_by == "region":
         key_model, key_column, key_of = Region, Region.code, WebRequest.region_id
     else:

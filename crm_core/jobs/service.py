@@ -21,7 +21,7 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_core.db import utcnow
+from crm_core.db import rowcount, utcnow
 from crm_core.events import DomainEvent
 from crm_core.jobs.model import JobStatus, ScheduledJob
 
@@ -115,11 +115,14 @@ async def schedule(
     )
     stmt = select(ScheduledJob).execution_options(populate_existing=True)
     if new_id is not None:
-        job = await session.scalar(stmt.where(ScheduledJob.id == new_id))
-        assert job is not None
-        return job
-    job = await session.scalar(stmt.where(ScheduledJob.dedupe_key == dedupe_key).with_for_update())
-    assert job is not None
+        inserted = await session.scalar(stmt.where(ScheduledJob.id == new_id))
+        assert inserted is not None
+        return inserted
+    existing = await session.scalar(
+        stmt.where(ScheduledJob.dedupe_key == dedupe_key).with_for_update()
+    )
+    assert existing is not None
+    job = existing
     job.kind = kind
     job.payload = payload
     job.max_attempts = max_attempts
@@ -200,7 +203,7 @@ async def cancel(session: AsyncSession, dedupe_key: str, *, at: datetime | None 
         )
         .execution_options(synchronize_session=False)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return rowcount(result) > 0
 
 
 def _prefix_like(prefix: str) -> Any:
@@ -230,7 +233,7 @@ async def cancel_prefix(session: AsyncSession, prefix: str, *, at: datetime | No
         )
         .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return rowcount(result)
 
 
 async def claim_due(
@@ -325,14 +328,15 @@ async def complete(session: AsyncSession, job_id: int, *, worker_id: str, now: d
         )
         .execution_options(synchronize_session=False)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return rowcount(result) > 0
 
 
 def retry_delay(
     attempts: int, *, base: timedelta = BASE_BACKOFF, cap: timedelta = MAX_BACKOFF
 ) -> timedelta:
     """Exponential backoff after the ``attempts``-th failure: base, 2×base, 4×base … capped."""
-    return min(base * (2 ** max(attempts - 1, 0)), cap)
+    delay: timedelta = min(base * (2 ** max(attempts - 1, 0)), cap)
+    return delay
 
 
 async def fail(
@@ -384,4 +388,4 @@ async def purge_finished(session: AsyncSession, *, finished_before: datetime) ->
         )
         .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return rowcount(result)

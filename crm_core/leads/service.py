@@ -156,11 +156,13 @@ async def _contacts_of(
     for lead_id, number in await session.execute(
         select(Phone.lead_id, Phone.e164).where(Phone.lead_id.in_(ids)).order_by(Phone.id)
     ):
-        out[lead_id][0].append(number)
+        if lead_id is not None:  # selected among ids
+            out[lead_id][0].append(number)
     for lead_id, address in await session.execute(
         select(Email.lead_id, Email.address).where(Email.lead_id.in_(ids)).order_by(Email.id)
     ):
-        out[lead_id][1].append(address)
+        if lead_id is not None:
+            out[lead_id][1].append(address)
     return out
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 
 from crm_core.db import Money, UTCDateTime
 from crm_core.migrations import include_object
@@ -15,7 +16,7 @@ if connection is None:
     raise RuntimeError("run migrations through `contact-center migrate`")
 
 
-def _render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     # UTCDateTime and Money are Python-side wrappers of plain timestamptz and bigint columns.
     if type_ == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"

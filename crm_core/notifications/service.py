@@ -19,14 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_core.db import rowcount
 from crm_core.deals.events import DealCreated
 from crm_core.distribution.events import WebRequestAssigned, WebRequestReceived
 from crm_core.events import DomainEvent
@@ -287,4 +287,4 @@ async def mark_read(
     result = await session.execute(
         stmt.values(read_at=now).execution_options(synchronize_session=False)
     )
-    return int(cast("CursorResult[Any]", result).rowcount or 0)
+    return rowcount(result)

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, func
+from sqlalchemy import Table, bindparam, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -68,7 +68,7 @@ _ATTRIBUTION = ("kind", "channel", "source_id", "campaign", "utm", "landing_page
 
 
 _CHUNK = 25
-_SESSIONS = TrackingSession.__table__
+_SESSIONS = cast(Table, TrackingSession.__table__)  # a mapped class's table (typed FromClause)
 _VISITORS = TrackingVisitor.__table__
 
 

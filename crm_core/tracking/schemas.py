@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, cast
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -17,6 +17,7 @@ from crm_core.tracking.model import (
     TrackingSite,
 )
 
+NumberKindText = Literal["static", "pool", "default"]  # crm_core.tracking.model.NumberKind
 KINDS = Literal["paid", "organic", "social", "referral", "direct", "email", "campaign"]
 
 
@@ -108,7 +109,7 @@ class PoolOut(PoolInput):
             code=p.code,
             name=p.name,
             channel=p.channel,
-            kind=p.kind,  # type: ignore[arg-type]
+            kind=cast(KINDS | None, p.kind),  # stored as text, written through KINDS
             region_id=p.region_id,
             source_id=p.source_id,
             is_active=p.is_active,
@@ -124,7 +125,7 @@ class NumberInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     did: str = Field(min_length=3, max_length=32, description="the DID, stored in E.164")
-    kind: Literal["static", "pool", "default"]
+    kind: NumberKindText
     site_id: int | None = None
     pool_id: int | None = None
     source_id: int | None = None
@@ -147,7 +148,7 @@ class NumberInput(BaseModel):
         }[NumberKind(self.kind)]
         if getattr(self, needs) is None:
             raise ValueError(f"{needs}: a {self.kind} number needs it")
-        if self.kind != NumberKind.POOL and self.pool_id is not None:
+        if NumberKind(self.kind) is not NumberKind.POOL and self.pool_id is not None:
             raise ValueError(f"pool_id: only a pool number belongs to a pool, not a {self.kind}")
         return self
 
@@ -161,7 +162,7 @@ class NumberOut(NumberInput):
         return cls.model_construct(
             id=n.id,
             did=n.did,
-            kind=n.kind,
+            kind=cast(NumberKindText, n.kind),
             site_id=n.site_id,
             pool_id=n.pool_id,
             source_id=n.source_id,

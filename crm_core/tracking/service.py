@@ -241,7 +241,8 @@ async def delete_entity(
 
 
 async def list_entities(session: AsyncSession, model: type[M], *conditions: Any) -> list[M]:
-    return list(await session.scalars(select(model).where(*conditions).order_by(model.id)))  # type: ignore[attr-defined]
+    order = model.__table__.c.id  # every tracking entity has an integer id
+    return list(await session.scalars(select(model).where(*conditions).order_by(order)))
 
 
 async def pool_dids(session: AsyncSession, pool_ids: Sequence[int]) -> dict[int, list[str]]:
@@ -252,7 +253,8 @@ async def pool_dids(session: AsyncSession, pool_ids: Sequence[int]) -> dict[int,
         .order_by(TrackingNumber.did)
     )
     for pool_id, did in rows:
-        out[pool_id].append(did)
+        if pool_id is not None:  # selected by pool_id: never None
+            out[pool_id].append(did)
     return out
 
 

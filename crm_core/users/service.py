@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_core.db import utcnow
+from crm_core.db import rowcount, utcnow
 from crm_core.users.errors import ExtensionTaken, InvalidCredentials, InvalidUser, LoginTaken
 from crm_core.users.events import TokensRevoked, UserCreated
 from crm_core.users.model import AuthToken, Role, TokenKind, User, UserExtension
@@ -254,7 +254,7 @@ async def revoke_token(
     result = await session.execute(
         update(AuthToken).where(cond, AuthToken.revoked_at.is_(None)).values(revoked_at=utcnow())
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return rowcount(result) > 0
 
 
 async def token_owner(session: AsyncSession, token_id: int) -> int | None:

@@ -19,7 +19,7 @@ JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgres
 TS = sa.DateTime(timezone=True)
 
 
-def _fk(column: str, table: str) -> sa.Column:
+def _fk(column: str, table: str) -> "sa.Column[int]":
     return sa.Column(
         column,
         sa.Integer(),

@@ -19,7 +19,7 @@ JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgres
 TS = sa.DateTime(timezone=True)
 
 
-def _fk(table: str, column: str, target: str, ondelete: str = "SET NULL") -> sa.Column:
+def _fk(table: str, column: str, target: str, ondelete: str = "SET NULL") -> "sa.Column[int]":
     return sa.Column(
         column,
         sa.Integer(),
@@ -30,7 +30,7 @@ def _fk(table: str, column: str, target: str, ondelete: str = "SET NULL") -> sa.
     )
 
 
-def _site(table: str, *, nullable: bool = False) -> sa.Column:
+def _site(table: str, *, nullable: bool = False) -> "sa.Column[int]":
     column = _fk(table, "site_id", "tracking_sites", "CASCADE")
     column.nullable = nullable
     return column

@@ -19,7 +19,7 @@ JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgres
 TS = sa.DateTime(timezone=True)
 
 
-def _fk(table: str, column: str, target: str, ondelete: str = "SET NULL") -> sa.Column:
+def _fk(table: str, column: str, target: str, ondelete: str = "SET NULL") -> "sa.Column[int]":
     return sa.Column(
         column,
         sa.Integer(),
