@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.helpers import free_port
 from tests.test_cli import _cli, _env
@@ -36,6 +37,8 @@ async def _healthy(url: str, proc: asyncio.subprocess.Process, timeout: float = 
     raise AssertionError("server not healthy in time")
 
 
+# Twenty starts and stops of a real process take a minute or two on a busy machine.
+@pytest.mark.timeout(900)
 async def test_sigterm_stops_the_server_cleanly_every_time(tmp_path: Path) -> None:
     rnd = random.Random(20261202)
     port = free_port()
