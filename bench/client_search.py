@@ -26,13 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import asyncpg  # type: ignore[import-untyped]
-import crm_lookup
-import harness
+import asyncpg
 
+from bench import crm_lookup, harness
 from contact_center import db
 from contact_center.config import DatabaseSettings
 from crm_core import migrations
