@@ -56,9 +56,7 @@ class FakeHttpApi:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        [(_host, self.port)] = self._runner.addresses
         return self
 
     async def stop(self) -> None:
