@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from contact_center.keys import BUS, SESSIONS
+from crm_core.distribution.events import WebRequestReceived
 from crm_core.distribution.model import WebRequest
 from crm_core.events import DomainEvent
 from crm_core.leads.model import Lead
@@ -98,6 +99,7 @@ async def test_a_visitors_request_reaches_his_regions_manager(client: Any) -> No
     assert lead.tracking["source"] == "Яндекс Директ" and lead.tracking["visitor_id"] == "v-spb"
     assert (task.responsible_id, task.lead_id, task.kind) == (w["anna"], lead.id, "call_back")
     await until(lambda: received)
+    assert isinstance(received[0], WebRequestReceived)
     assert received[0].audience == (f"user:{w['anna']}",) and received[0].source == "Яндекс Директ"
 
 
