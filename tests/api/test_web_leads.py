@@ -3,12 +3,14 @@ distribution, the lead, the task and the manager's notification."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from contact_center.keys import BUS, SESSIONS
+from crm_core.clock import ManualClock
 from crm_core.distribution.events import WebRequestReceived
 from crm_core.distribution.model import WebRequest
 from crm_core.events import DomainEvent
@@ -193,7 +195,9 @@ async def limited_client(
             CC_REDIS_PREFIX=request.getfixturevalue("redis_prefix"),
         )
     settings = make_settings(**env)
-    return await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+    # A clock that stands still: the fixed window cannot roll over between two posts.
+    clock = ManualClock(datetime(2026, 3, 2, 9, 0, 30, tzinfo=UTC))
+    return await aiohttp_client_factory(create_app(settings, announce=lambda _t: None, clock=clock))
 
 
 async def test_rate_limits_per_visitor_and_address(limited_client: Any) -> None:
