@@ -313,6 +313,10 @@ class CallOutcomes:
 
 def _subject(record: CallRecord) -> str:
     arrow = {"inbound": "Входящий", "outbound": "Исходящий"}.get(record.direction, "Звонок")
+    if record.unanswered_by == "manager":
+        return f"{arrow} звонок, менеджер не взял трубку"
+    if record.unanswered_by == "client" and record.disposition == "missed":
+        return f"{arrow} звонок, клиент не ответил"
     what = {
         "answered": f"{round(record.talk_seconds)} с",
         "missed": "пропущен",

@@ -68,6 +68,10 @@ class PbxLink:
     def feed(self, frame: Frame) -> None:
         """Fold one AMI frame; called from the AMI reader, never blocks."""
         for event in self.folder.feed(frame):
+            if isinstance(event, fold.CallRinging):
+                client = self.folder.click_to_call(event.call_id)
+                if client is not None:
+                    self.telephony.note_click_to_call(self.pbx.name, event.call_id, client)
             self.telephony.enqueue(self.pbx.name, event)
 
     def expire(self) -> None:

@@ -79,6 +79,9 @@ class _LiveInfo:
     client: dict[str, Any] | None = None
     tracking: dict[str, Any] | None = None
     rang: set[str] = field(default_factory=set)
+    # The card each ringing extension was shown: a queue retry ringing it again updates the
+    # pop-up only when the card changed, never pops a second one.
+    shown: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     caller: str | None = None  # the client's number, as the ringing named it
     # (caller, did) the lookup was made for, and when (loop time); None: not looked up yet.
     looked_up: tuple[str | None, str | None] | None = None
@@ -119,6 +122,8 @@ class Telephony:
         self._live: dict[tuple[str, str], _LiveInfo] = {}
         # (pbx, E.164) -> card looked up when a click-to-call was requested, taken at its ring.
         self._prefetched: dict[tuple[str, str], _LiveInfo] = {}
+        # (pbx, call id) -> the client's number of a click-to-call in progress ("" unknown).
+        self._click_to_call: dict[tuple[str, str], str] = {}
         # Who owns each extension (a pop-up is cut for him), and when that was read (loop time).
         self._viewers: screen_pop.Viewers = {}
         self._viewers_read_at: float | None = None
@@ -128,6 +133,7 @@ class Telephony:
         self.processed = 0
         self.failures = 0
         self.prefetch_hits = 0  # click-to-call rings that found their card already looked up
+        self.repeated_rings = 0  # a queue retry ringing an extension again: no second pop-up
 
     # ---------------------------------------------------------------- intake (sync)
 
@@ -144,6 +150,15 @@ class Telephony:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(done), PREFETCH_WAIT_S)
+
+    def note_click_to_call(self, pbx: str, call_id: str, client: str) -> None:
+        """Call ``call_id`` of ``pbx`` is a click-to-call to ``client`` (E.164, "" unknown):
+        its pop-ups show the client and say outbound. Called from the AMI reader before the
+        ringing is queued."""
+        cache = self._click_to_call
+        cache[(pbx, call_id)] = client
+        if len(cache) > PREFETCH_MAX:
+            del cache[next(iter(cache))]
 
     def enqueue(self, pbx: str, event: fold.CallEvent) -> None:
         """Queue a folded call event of ``pbx`` on its lane; called from the AMI reader, never
@@ -245,26 +260,37 @@ class Telephony:
 
     async def _ringing(self, pbx: str, event: fold.CallRinging) -> None:
         info = self._live.setdefault((pbx, event.call_id), _LiveInfo())
+        repeat = event.extension in info.rang
         info.rang.add(event.extension)
-        info.caller = event.caller or info.caller
-        loop = asyncio.get_running_loop()
-        if info.looked_up is None and self._prefetched and event.did is None:
-            self._adopt_prefetched(pbx, info, event.caller)
-        if (
-            info.looked_up != (event.caller, event.did)
-            or loop.time() - info.looked_up_at > PREFETCH_FRESH_S
-        ):
-            await self._look_up(info, event.caller, event.did)
-        client = await self._card_for(pbx, event.extension, info.client)
+        caller, caller_name = event.caller, event.caller_name
         # A ringing extension with a DID is an inbound call; otherwise a colleague or a
         # callback is calling it (live_calls() would tell exactly, but costs O(live calls)).
         direction = "inbound" if event.did else "internal"
+        click_to_call = self._click_to_call.get((pbx, event.call_id))
+        if click_to_call is not None:
+            # The manager's own phone rings first for his call to the client: the pop-up
+            # names the client (never the manager himself) and says outbound.
+            caller, caller_name, direction = click_to_call or caller, None, "outbound"
+        info.caller = caller or info.caller
+        loop = asyncio.get_running_loop()
+        if info.looked_up is None and self._prefetched and event.did is None:
+            self._adopt_prefetched(pbx, info, caller)
+        if (
+            info.looked_up != (caller, event.did)
+            or loop.time() - info.looked_up_at > PREFETCH_FRESH_S
+        ):
+            await self._look_up(info, caller, event.did)
+        client = await self._card_for(pbx, event.extension, info.client)
+        if repeat and info.shown.get(event.extension) == client:
+            self.repeated_rings += 1  # the pop-up is up already and shows this card
+            return
+        info.shown[event.extension] = client
         await self.bus.publish(
             call_events.CallRinging(
                 call_id=event.call_id,
                 pbx=pbx,
-                caller=event.caller,
-                caller_name=event.caller_name,
+                caller=caller,
+                caller_name=caller_name,
                 did=event.did,
                 extension=event.extension,
                 queue=event.queue,
@@ -352,6 +378,7 @@ class Telephony:
 
     async def _ended(self, pbx: str, record: CallRecord) -> None:
         info = self._live.pop((pbx, record.call_id), None)
+        self._click_to_call.pop((pbx, record.call_id), None)
         async with self.sessions() as session:
             outcome = await self.outcomes.record(
                 session,
@@ -393,6 +420,7 @@ class Telephony:
             "processed": self.processed,
             "failures": self.failures,
             "prefetch_hits": self.prefetch_hits,
+            "repeated_rings": self.repeated_rings,
         }
 
 

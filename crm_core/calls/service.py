@@ -51,7 +51,9 @@ async def store_call(
     if existing is not None:
         return existing, False
     fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
-    fields.update(rang=list(record.rang), transfers=list(record.transfers))
+    fields.update(
+        rang=list(record.rang), transfers=list(record.transfers), estimated=list(record.estimated)
+    )
     call = Call(pbx=pbx, **fields, **links)
     session.add(call)
     await session.flush()
