@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -32,10 +34,12 @@ from contact_center.call_outcomes import CallOutcomes
 from contact_center.config import Settings
 from crm_core.calls import events as call_events
 from crm_core.calls import screen_pop
+from crm_core.calls import service as calls
 from crm_core.calls.record import CallRecord
 from crm_core.clock import Clock
 from crm_core.phones import try_normalize_phone
 from crm_core.rules import CrmRules
+from recordings.intake import find_call_recording
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,23 @@ class CardPrefetch:
     number: str  # E.164
     done: asyncio.Future[None]
 
+
+@dataclass(frozen=True)
+class CdrCalls:
+    """Finished calls read from the PBX's CDR (:mod:`ami.cdr`) for a window the AMI link did
+    not see: stored unless stored already, or correcting the times a stored call only
+    estimated. ``done`` gets (calls added, calls corrected)."""
+
+    records: list[CallRecord]
+    done: asyncio.Future[tuple[int, int]]
+
+    @property
+    def call_id(self) -> str:
+        return ",".join(r.call_id for r in self.records[:3])
+
+
+# What the call-log lane carries: finished calls, live or from the CDR, written in order.
+LogWork = fold.CallEnded | CdrCalls
 
 # What the pop-up lane carries: a live call's events and click-to-call's card lookups.
 PopupWork = fold.CallStarted | fold.CallRinging | fold.CallAnswered | CardPrefetch
@@ -114,11 +135,14 @@ class Telephony:
             callback_due_minutes=settings.telephony.callback_due_minutes,
             region=settings.crm.default_region,
             recordings=settings.recordings.enabled,
+            count_threshold_s=settings.telephony.count_threshold_s,
         )
+        self.cdr_added = 0  # calls the AMI link never saw, stored from the CDR
+        self.cdr_corrected = 0  # stored calls whose estimated times the CDR replaced
         # Two lanes: the pop-ups only read and push (a screen-pop must not wait behind the
         # database writes of calls that ended); the call log writes finished calls in order.
         self._popups: asyncio.Queue[tuple[str, PopupWork]] = asyncio.Queue(QUEUE_LIMIT)
-        self._call_log: asyncio.Queue[tuple[str, fold.CallEnded]] = asyncio.Queue(QUEUE_LIMIT)
+        self._call_log: asyncio.Queue[tuple[str, LogWork]] = asyncio.Queue(QUEUE_LIMIT)
         self._live: dict[tuple[str, str], _LiveInfo] = {}
         # (pbx, E.164) -> card looked up when a click-to-call was requested, taken at its ring.
         self._prefetched: dict[tuple[str, str], _LiveInfo] = {}
@@ -199,8 +223,22 @@ class Telephony:
         await self._popups.join()
         await self._call_log.join()
 
+    async def from_cdr(self, pbx: str, records: list[CallRecord]) -> tuple[int, int]:
+        """Hand calls read from ``pbx``'s CDR to the call log (in order with the live calls'
+        ends) and wait until they are written; (added, corrected)."""
+        if not records:
+            return 0, 0
+        done: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        await self._call_log.put((pbx, CdrCalls(records, done)))
+        return await asyncio.shield(done)
+
+    async def newest_call_end(self, pbx: str) -> datetime | None:
+        """When the newest call of ``pbx`` in the call log ended (None: no call yet)."""
+        async with self._reader.session() as session:
+            return await calls.newest_end(session, pbx)
+
     async def _run(
-        self, lane: asyncio.Queue[tuple[str, PopupWork]] | asyncio.Queue[tuple[str, fold.CallEnded]]
+        self, lane: asyncio.Queue[tuple[str, PopupWork]] | asyncio.Queue[tuple[str, LogWork]]
     ) -> None:
         """Handle ``lane`` in order. The call log starts its next call only while no pop-up
         is being prepared (waiting at most ``YIELD_MAX_S``): its ORM work would otherwise run
@@ -229,7 +267,7 @@ class Telephony:
 
     # ---------------------------------------------------------------- handling
 
-    async def handle(self, pbx: str, work: PopupWork | fold.CallEnded) -> None:
+    async def handle(self, pbx: str, work: PopupWork | LogWork) -> None:
         """Do what one lane item of ``pbx`` asks (the lanes' workers call this in order)."""
         match work:
             case CardPrefetch():
@@ -244,6 +282,15 @@ class Telephony:
                 await self._answered(pbx, work)
             case fold.CallEnded():
                 await self._ended(pbx, work.record)
+            case CdrCalls():
+                try:
+                    result = await self._from_cdr(pbx, work.records)
+                except BaseException as exc:
+                    if not work.done.done():
+                        work.done.set_exception(exc)
+                    raise
+                if not work.done.done():
+                    work.done.set_result(result)
 
     async def _prefetch_card(self, pbx: str, work: CardPrefetch) -> None:
         try:
@@ -413,6 +460,42 @@ class Telephony:
                 )
             )
 
+    async def _from_cdr(self, pbx: str, records: list[CallRecord]) -> tuple[int, int]:
+        """Store the CDR's calls the call log lacks; give the stored calls whose times were
+        estimated the PBX's times. A call both know is never stored twice (one row per
+        (pbx, call id), and a call stored with exact times is left as it is)."""
+        added = corrected = 0
+        async with self._reader.session() as session:
+            known = await calls.estimates_of(session, pbx, [r.call_id for r in records])
+        for record in records:
+            if record.call_id in known and not known[record.call_id]:
+                continue  # stored with the times the fold saw happen
+            recording = None
+            if self.settings.recordings.enabled and record.answered_at is not None:
+                recording = await asyncio.to_thread(
+                    find_call_recording, Path(self.settings.recordings.spool_dir), record.call_id
+                )
+            async with self.sessions() as session:
+                if record.call_id not in known:
+                    if recording is not None:
+                        record = dataclasses.replace(record, recording=recording)
+                    outcome = await self.outcomes.record(session, pbx, record, now=self.clock.now())
+                    events = outcome.events
+                    added += outcome.created
+                else:
+                    events = await self.outcomes.correct(
+                        session, pbx, record, now=self.clock.now(), recording=recording
+                    )
+                    corrected += 1
+                await session.commit()
+            for event in events:
+                await self.bus.publish(event)
+        self.cdr_added += added
+        self.cdr_corrected += corrected
+        if added or corrected:
+            log.info("pbx %s: from the CDR %d call(s) added, %d corrected", pbx, added, corrected)
+        return added, corrected
+
     def provide_status(self) -> dict[str, Any]:
         return {
             "status": "ok",
@@ -421,6 +504,8 @@ class Telephony:
             "failures": self.failures,
             "prefetch_hits": self.prefetch_hits,
             "repeated_rings": self.repeated_rings,
+            "cdr_added": self.cdr_added,
+            "cdr_corrected": self.cdr_corrected,
         }
 
 
@@ -428,7 +513,7 @@ def _ts(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-def _describe(work: PopupWork | fold.CallEnded) -> str:
+def _describe(work: PopupWork | LogWork) -> str:
     """A lane item for the log: what it is and which call (or number) it is about."""
     if isinstance(work, CardPrefetch):
         return f"the card lookup of {work.number}"

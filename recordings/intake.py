@@ -92,6 +92,28 @@ def find_recording(spool_dir: Path, mixmonitor_filename: str) -> Path | None:
     return None
 
 
+def find_call_recording(spool_dir: Path, call_id: str) -> str | None:
+    """The name of the MixMonitor file in ``spool_dir`` whose name carries ``call_id`` (the
+    Linkedid, as the guide's MONITOR_FILENAME does), for a call the AMI link never told about;
+    the largest when there are several. Blocking (a directory listing)."""
+    best: tuple[int, str] | None = None
+    try:
+        entries = list(os.scandir(spool_dir))
+    except OSError:
+        return None
+    for entry in entries:
+        name = entry.name
+        if not name.endswith(SPOOL_EXTENSIONS) or not _names_call(name, call_id):
+            continue
+        try:
+            size = entry.stat().st_size if entry.is_file() else -1
+        except OSError:
+            continue
+        if size >= 0 and (best is None or size > best[0]):
+            best = (size, name)
+    return best[1] if best else None
+
+
 async def wait_until_complete(
     path: Path,
     *,
