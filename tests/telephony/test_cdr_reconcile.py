@@ -318,3 +318,61 @@ def test_the_cdr_fold_gives_the_pbxs_own_answer_and_end() -> None:
     assert records["pbx-1796184605.12"].disposition == "missed"
     assert records[B].ended_at - records[B].started_at == timedelta(seconds=9)
     assert all(r.started_at.tzinfo is UTC for r in records.values())
+
+
+async def test_a_cdr_table_reads_as_the_master_csv_does(database_url: str) -> None:
+    """cdr_pgsql / cdr_adaptive_odbc: a table with start/answer/end and linkedid (here the
+    fixture's rows, their uniqueid as linkedid) gives the same calls as Master.csv."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from ami.cdr import read_cdr_table
+
+    rows = read_master_csv(CDR)
+    engine = create_async_engine(database_url)
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                'CREATE TABLE cdr (start TIMESTAMP, answer TIMESTAMP, "end" TIMESTAMP,'
+                " src VARCHAR(80), dst VARCHAR(80), dcontext VARCHAR(80),"
+                " channel VARCHAR(80), dstchannel VARCHAR(80), lastapp VARCHAR(80),"
+                " lastdata VARCHAR(80), disposition VARCHAR(45), linkedid VARCHAR(150))"
+            )
+        )
+        for row in rows:
+            await conn.execute(
+                text(
+                    'INSERT INTO cdr (start, answer, "end", src, dst, dcontext, channel,'
+                    " dstchannel, lastapp, lastdata, disposition, linkedid) VALUES (:start,"
+                    " :answer, :end, :src, :dst, :dcontext, :channel, :dstchannel, :lastapp,"
+                    " :lastdata, :disposition, :linkedid)"
+                ),
+                {
+                    **{
+                        k: getattr(row, k)
+                        for k in (
+                            "src",
+                            "dst",
+                            "dcontext",
+                            "channel",
+                            "dstchannel",
+                            "lastapp",
+                            "lastdata",
+                            "disposition",
+                            "linkedid",
+                        )
+                    },
+                    # The PBX writes naive local times (here UTC).
+                    "start": row.start.replace(tzinfo=None),
+                    "answer": row.answer.replace(tzinfo=None) if row.answer else None,
+                    "end": row.end.replace(tzinfo=None),
+                },
+            )
+    await engine.dispose()
+    since = _at("04:13:30")
+    read = await read_cdr_table(database_url, "cdr", since)
+    opts: dict[str, Any] = {"trunks": ["provider"], "extension_pattern": r"^\d{3}$"}
+    from_table = records_from_cdr(read, ended_since=since, **opts)
+    from_csv = records_from_cdr(rows, ended_since=since, **opts)
+    assert from_table == from_csv
+    assert [r.call_id for r in from_table][:2] == [D, B]
