@@ -338,7 +338,9 @@ class DistributionSettings(_Section):
     default_strategy: Literal["fixed", "round_robin", "least_loaded", "manual"] = "round_robin"
     default_region: str | None = Field(None, max_length=32)
     did_regions: dict[str, str] = Field(default_factory=dict)
-    default_extension: str = Field("0", min_length=1, max_length=32, pattern=r"^[0-9A-Za-z*#_+-]+$")
+    # "" (the default): the dialplan gets nothing and goes on to its queue (issue 14: "0"
+    # made every unrouted call run Dial(PJSIP/0)).
+    default_extension: str = Field("", max_length=32, pattern=r"^[0-9A-Za-z*#_+-]*$")
     dial_timeout_ms: int = Field(300, ge=10, le=5000)
     dial_tokens: dict[str, SecretStr] = Field(default_factory=dict)
     dial_allow_from: IpNetworks = Field(default_factory=list)
