@@ -4,18 +4,23 @@ clause or the ``retention_days <= 0`` branch left the suite green)."""
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contact_center.recordings_service import EMPTY_SPOOL_AFTER_S
 from crm_core.activities.model import Activity
 from crm_core.calls.model import Call
 from crm_core.clients.model import Company, Contact
 from crm_core.deals.model import Deal, Pipeline, PipelineStage
 from crm_core.recordings import service as recordings
 from crm_core.recordings.model import Recording, RecordingState
+from recordings.intake import EMPTY_WAV_BYTES, sweep_empty_recordings
 
 NOW = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
 RETENTION_DAYS = 30
@@ -113,3 +118,30 @@ async def test_a_legal_hold_keeps_the_recording_until_it_is_released(
     held.legal_hold = False
     await session.commit()
     assert await _expired(session) == {"free", "held"}
+
+
+def test_the_empty_wavs_of_unanswered_calls_leave_the_spool(tmp_path: Path) -> None:
+    """MixMonitor(…,b) leaves a 44-byte WAV (a header, no sound) for a call nobody answered;
+    the server never attaches it. Old ones go; a fresh one (a call still ringing), a WAV with
+    sound and other files stay."""
+    now = time.time()
+    header = b"RIFF" + (36).to_bytes(4, "little") + b"WAVEfmt " + bytes(28)
+    assert len(header) == EMPTY_WAV_BYTES
+    files = {
+        "20261202-041005-in-+79264445566-+74951112233-pbx-1796184605.12.wav": header,
+        "old-empty.WAV": header,
+        "ringing-now.wav": header,
+        "answered.wav": header + bytes(16000),
+        "notes.txt": b"",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        if name != "ringing-now.wav":
+            os.utime(tmp_path / name, (now - 7 * 3600, now - 7 * 3600))
+    removed = sweep_empty_recordings(tmp_path, now=now, older_than_s=EMPTY_SPOOL_AFTER_S)
+    assert removed == sorted(list(files)[:2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "answered.wav",
+        "notes.txt",
+        "ringing-now.wav",
+    ]
