@@ -146,11 +146,41 @@ def parse_master_csv(
     return rows
 
 
+_TAIL_BLOCK = 1 << 20
+# Rows are appended when a call ends: a row ending this long before ``since`` means every row
+# before it ended earlier still (the margin covers rows written out of order, batch mode).
+_TAIL_MARGIN = timedelta(hours=6)
+
+
 def read_master_csv(
-    path: str | Path, *, timezone: str = "UTC", columns: Sequence[str] = MASTER_CSV_COLUMNS
+    path: str | Path,
+    *,
+    timezone: str = "UTC",
+    columns: Sequence[str] = MASTER_CSV_COLUMNS,
+    since: datetime | None = None,
 ) -> list[CdrRow]:
-    """``parse_master_csv`` of the file at ``path`` (blocking: run it in a thread)."""
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    """``parse_master_csv`` of the file at ``path``; with ``since`` only its tail back to the
+    rows that ended well before ``since`` (a CDR of years is not read at every reconnect).
+    Blocking: run it in a thread."""
+    with Path(path).open("rb") as f:
+        pos = f.seek(0, 2)
+        start = 0
+        while since is not None and pos > 0:
+            pos = max(0, pos - _TAIL_BLOCK)
+            if pos == 0:
+                break
+            f.seek(pos)
+            chunk = f.read(_TAIL_BLOCK)
+            newline = chunk.find(b"\n")
+            if newline < 0:
+                continue
+            line = chunk[newline + 1 :].split(b"\n", 1)[0].decode("utf-8", "replace")
+            rows = parse_master_csv(line, timezone=timezone, columns=columns)
+            if rows and rows[0].end < since - _TAIL_MARGIN:
+                start = pos + newline + 1
+                break
+        f.seek(start)
+        text = f.read().decode("utf-8", "replace")
     return parse_master_csv(text, timezone=timezone, columns=columns)
 
 

@@ -111,7 +111,11 @@ class PbxLink:
         if disconnects != self._heard_under:
             self._heard_under = disconnects
             if self._heard_at is not None and self._gap_since is None:
-                self._gap_since = self._heard_at
+                # The PBX's own clock too (the last event's Timestamp, not folded anew yet):
+                # the CDR is written in its time, and the two clocks may differ.
+                last = self.folder.last_timestamp
+                pbx_heard = datetime.fromtimestamp(last, UTC) if last else self._heard_at
+                self._gap_since = min(self._heard_at, pbx_heard)
         self._heard_at = now
 
     def expire(self) -> None:
@@ -210,7 +214,11 @@ class PbxLink:
             if cdr.csv is not None:
                 columns = tuple(cdr.columns) if cdr.columns else cdr_reader.MASTER_CSV_COLUMNS
                 rows = await asyncio.to_thread(
-                    cdr_reader.read_master_csv, cdr.csv, timezone=cdr.timezone, columns=columns
+                    cdr_reader.read_master_csv,
+                    cdr.csv,
+                    timezone=cdr.timezone,
+                    columns=columns,
+                    since=since,
                 )
             else:
                 assert cdr.url is not None

@@ -376,3 +376,23 @@ async def test_a_cdr_table_reads_as_the_master_csv_does(database_url: str) -> No
     from_csv = records_from_cdr(rows, ended_since=since, **opts)
     assert from_table == from_csv
     assert [r.call_id for r in from_table][:2] == [D, B]
+
+
+def test_a_long_master_csv_is_read_from_its_tail(tmp_path: Path) -> None:
+    """A CDR of years is not read whole at every reconnect: only back to the rows that ended
+    well before the window (and the window's rows are all there)."""
+    from ami import cdr as cdr_module
+
+    lines = CDR.read_text(encoding="utf-8").splitlines(keepends=True)
+    old = lines[0].replace("2026-12-02", "2025-01-15")
+    path = tmp_path / "Master.csv"
+    path.write_text(old * 40_000 + "".join(lines), encoding="utf-8")
+    assert path.stat().st_size > 3 * cdr_module._TAIL_BLOCK
+    since = _at("04:13:30")
+    tail = read_master_csv(path, since=since)
+    assert len(tail) < 40_000
+    opts: dict[str, Any] = {"trunks": ["provider"], "extension_pattern": r"^\d{3}$"}
+    assert records_from_cdr(tail, ended_since=since, **opts) == records_from_cdr(
+        read_master_csv(CDR), ended_since=since, **opts
+    )
+    assert len(read_master_csv(path)) == 40_000 + len(lines)
