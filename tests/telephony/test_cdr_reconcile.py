@@ -230,7 +230,8 @@ async def test_calls_the_ami_link_missed_take_the_pbxs_record_and_are_stored_onc
         return (call.answered_at, call.ended_at, call.talk_seconds, call.counted, call.estimated)
 
     # A: seen live from start to end: its own times (the CDR agrees: talk 40 s).
-    assert calls[A].answered_at.replace(microsecond=0) == _at("04:13:27")
+    answered_a = calls[A].answered_at
+    assert answered_a is not None and answered_a.replace(microsecond=0) == _at("04:13:27")
     assert calls[A].ended_at.replace(microsecond=0) == _at("04:14:07")
     assert times(calls[A])[2:] == (40.0, True, [])
     # D: answered live, ended during the cut: the CDR's end, not the reconnect's (talk 22 s).
