@@ -1,6 +1,6 @@
 """calls: which leg of an unanswered click-to-call failed, and which times are estimated
 
-Revision ID: 0012_pbx_truth
+Revision ID: 0012
 Revises: 0011
 """
 
