@@ -20,6 +20,7 @@ from contact_center.web import (
     deals,
     distribution,
     invoices,
+    kanban,
     leads,
     plans,
     tasks,
@@ -46,6 +47,7 @@ MODULES = (
     tracking,
     users,
     cards,
+    kanban,
 )
 
 

@@ -1,0 +1,462 @@
+"""The kanban boards: ``/leads?view=kanban`` (the lead funnel) and ``/deals?view=kanban``
+(one pipeline, ``&pipeline=`` its id or code). A column is a stage with its count and sum; it
+shows the first :data:`PER_COLUMN` cards and loads the next ones on demand ("ещё N"), so a
+pipeline with thousands of open deals opens at once.
+
+A card dropped on another column is moved by ``POST /leads/kanban/{id}/move`` or
+``POST /deals/kanban/{id}/move`` through the same service functions as the REST API (the lead gate,
+the deal rules, access), and answers JSON the board's script (``static/kanban.js``) reads: the
+new column totals, or the refusal as a sentence in the user's language with the record's card
+to open (the gate's missing fields named).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from aiohttp import web
+from yarl import URL
+
+from contact_center.api.common import UnitOfWork
+from contact_center.i18n import error_text
+from contact_center.keys import CLOCK, RULES, SESSIONS
+from contact_center.web import formats, links, listing
+from contact_center.web.shell import language, page, t_of
+from crm_core import access, errors
+from crm_core.deals import board as deal_board
+from crm_core.deals import service as deals
+from crm_core.deals.model import Pipeline
+from crm_core.deals.pipelines import get_pipeline, list_pipelines
+from crm_core.leads import board as lead_board
+from crm_core.leads import service as leads
+from crm_core.leads.errors import ConversionRequired, LeadGateMissingFields
+from crm_core.rules import CrmRules
+from crm_core.tasks.model import Task
+from crm_core.users.model import User
+
+MENU = ()
+PER_COLUMN = 50
+MAX_OFFSET = 100_000
+
+PageView = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def with_board(list_view: PageView, board_view: PageView) -> PageView:
+    """One path, two views: ``?view=kanban`` is the board, anything else the list."""
+
+    async def view(request: web.Request) -> web.StreamResponse:
+        if request.query.get("view") == "kanban":
+            return await board_view(request)
+        return await list_view(request)
+
+    return view
+
+
+def _label(lang: str, name_ru: str, name_en: str | None) -> str:
+    return (name_en or name_ru) if lang == "en" else name_ru
+
+
+def initials(name: str) -> str:
+    parts = [p for p in name.replace("«", " ").replace("»", " ").split() if p]
+    return "".join(p[0] for p in parts[:2]).upper()
+
+
+def _responsible_filter(request: web.Request, user: User) -> int | None:
+    """``?responsible=`` (any id the user may filter by; managers see their own anyway)."""
+    value = request.query.get("responsible", "")
+    return int(value) if value.isdigit() and len(value) < 10 else None
+
+
+def _offset(request: web.Request) -> int:
+    value = request.query.get("offset", "0")
+    return min(int(value), MAX_OFFSET) if value.isdigit() and len(value) < 7 else 0
+
+
+@dataclass(frozen=True)
+class NextTask:
+    title: str
+    due_at: datetime | None
+    overdue: bool
+
+
+def _next(task: Task | None, now: datetime) -> NextTask | None:
+    if task is None:
+        return None
+    due = task.due_at
+    if due is not None and due.tzinfo is None:  # SQLite gives naive UTC back
+        due = due.replace(tzinfo=UTC)
+    return NextTask(task.title, due, due is not None and due < now)
+
+
+# ---------------------------------------------------------------- cards
+
+
+async def _lead_cards(
+    request: web.Request, user: User, stage: str, responsible: int | None, offset: int
+) -> list[dict[str, Any]]:
+    rules = request.app[RULES]
+    t = t_of(request)
+    now = request.app[CLOCK].now()
+    async with request.app[SESSIONS]() as session:
+        rows = await lead_board.cards(
+            session,
+            stage,
+            actor=user,
+            rules=rules,
+            responsible_id=responsible,
+            limit=PER_COLUMN,
+            offset=offset,
+        )
+        names = await listing.names(session)
+        tasks = await lead_board.next_tasks(session, (r.id for r in rows))
+    return [
+        {
+            "id": lead.id,
+            "url": f"/clients/lead/{lead.id}",
+            "title": lead.title or lead.contact_name or lead.company_name or t("pop.no_name"),
+            "who": " · ".join(
+                x for x in (lead.contact_name, lead.company_name) if x and x != lead.title
+            ),
+            "client": None,
+            "amount": lead.potential_amount,
+            "responsible": names.user(lead.responsible_id),
+            "initials": initials(names.user(lead.responsible_id)),
+            "next": _next(tasks.get(lead.id), now),
+            "locked": not access.can_write(user, lead.responsible_id),
+        }
+        for lead in rows
+    ]
+
+
+async def _deal_cards(
+    request: web.Request, user: User, stage_id: int, responsible: int | None, offset: int
+) -> list[dict[str, Any]]:
+    rules = request.app[RULES]
+    now = request.app[CLOCK].now()
+    async with request.app[SESSIONS]() as session:
+        rows = await deal_board.cards(
+            session,
+            stage_id,
+            actor=user,
+            rules=rules,
+            responsible_id=responsible,
+            limit=PER_COLUMN,
+            offset=offset,
+        )
+        names = await listing.names(session)
+        tasks = await deal_board.next_tasks(session, (r.id for r in rows))
+        refs = await links.client_refs(session, rows)
+    return [
+        {
+            "id": deal.id,
+            "url": f"/deals/{deal.id}",
+            "title": deal.title,
+            "client": refs.get(id(deal)),
+            "who": "",
+            "amount": deal.amount,
+            "responsible": names.user(deal.responsible_id),
+            "initials": initials(names.user(deal.responsible_id)),
+            "next": _next(tasks.get(deal.id), now),
+            "locked": not access.can_write(user, deal.responsible_id),
+        }
+        for deal in rows
+    ]
+
+
+def _column(
+    key: str, name: str, kind: str, count: int, total: Decimal, cards: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "key": key,
+        "name": name,
+        "kind": kind,
+        "count": count,
+        "total": total,
+        "cards": cards,
+        "more": max(0, count - len(cards)),
+        "offset": len(cards),
+    }
+
+
+# ---------------------------------------------------------------- the lead board
+
+
+@page("kanban/board.html", partial="kanban/_cards.html")
+async def lead_board_page(request: web.Request, user: User) -> dict[str, Any]:
+    t = t_of(request)
+    lang = language(request)
+    rules = request.app[RULES]
+    responsible = _responsible_filter(request, user)
+    async with request.app[SESSIONS]() as session:
+        totals = await lead_board.columns(
+            session, actor=user, rules=rules, responsible_id=responsible
+        )
+        names = await listing.names(session)
+    columns = []
+    for col in totals:
+        cards = (
+            await _lead_cards(request, user, col.stage.code, responsible, 0) if col.count else []
+        )
+        name = _label(lang, col.stage.name_ru, col.stage.name_en)
+        columns.append(_column(col.stage.code, name, col.stage.kind, col.count, col.total, cards))
+    return {
+        "title": t("menu.leads"),
+        "board": "leads",
+        "view": "kanban",
+        "list_url": "/leads",
+        "column_url": "/leads/kanban/column",
+        "columns": columns,
+        "reasons": [(r, t("junk_reason." + r)) for r in rules.junk_reasons],
+        "reason_title": t("kanban.junk_reason_title"),
+        "pipelines": [],
+        "pipeline": None,
+        "responsible": responsible,
+        "managers": names.user_options() if not _own_only(user, rules) else (),
+        "_page": {"view": "kanban", "board": "leads"},
+    }
+
+
+@page("kanban/_cards.html")
+async def lead_column(request: web.Request, user: User) -> dict[str, Any]:
+    """The next cards of a lead column (the "ещё N" button)."""
+    rules = request.app[RULES]
+    stage = request.query.get("stage", "")
+    if stage not in rules.lead_stage_codes():
+        raise errors.NotFound("no such stage")
+    responsible = _responsible_filter(request, user)
+    offset = _offset(request)
+    cards = await _lead_cards(request, user, stage, responsible, offset)
+    return _more(request, "/leads/kanban/column", stage, responsible, offset, cards)
+
+
+def _more(
+    request: web.Request,
+    url: str,
+    key: str,
+    responsible: int | None,
+    offset: int,
+    cards: list[dict[str, Any]],
+) -> dict[str, Any]:
+    total = request.query.get("count", "")
+    count = int(total) if total.isdigit() and len(total) < 9 else 0
+    next_offset = offset + len(cards)
+    params = {"stage": key, "offset": str(next_offset), "count": str(count)}
+    if request.query.get("pipeline"):
+        params["pipeline"] = request.query["pipeline"]
+    if responsible is not None:
+        params["responsible"] = str(responsible)
+    more = max(0, count - next_offset) if len(cards) == PER_COLUMN else 0
+    return {
+        "board": "deals" if url.startswith("/deals") else "leads",
+        "column": {"key": key, "cards": cards, "more": more},
+        "more_url": str(URL(url).with_query(params)) if more else "",
+    }
+
+
+def _own_only(user: User, rules: CrmRules) -> bool:
+    return not access.is_privileged(user) and not rules.managers_read_all
+
+
+# ---------------------------------------------------------------- the deal board
+
+
+async def _pipeline(request: web.Request) -> Pipeline:
+    value = request.query.get("pipeline", "").strip()
+    async with request.app[SESSIONS]() as session:
+        if value.isdigit() and len(value) < 10:
+            found: Pipeline | None = await session.get(Pipeline, int(value))
+            if found is not None and found.is_active:
+                return found
+            raise errors.NotFound("no such pipeline")
+        return await get_pipeline(session, value[:64] or None)
+
+
+@page("kanban/board.html", partial="kanban/_cards.html")
+async def deal_board_page(request: web.Request, user: User) -> dict[str, Any]:
+    t = t_of(request)
+    lang = language(request)
+    rules = request.app[RULES]
+    responsible = _responsible_filter(request, user)
+    pipeline = await _pipeline(request)
+    async with request.app[SESSIONS]() as session:
+        pipelines = await list_pipelines(session, rules)
+        totals = await deal_board.columns(
+            session, pipeline, actor=user, rules=rules, responsible_id=responsible
+        )
+        names = await listing.names(session)
+    columns = []
+    for col in totals:
+        cards = await _deal_cards(request, user, col.stage.id, responsible, 0) if col.count else []
+        name = _label(lang, col.stage.name_ru, col.stage.name_en)
+        columns.append(
+            _column(str(col.stage.id), name, col.stage.kind, col.count, col.total, cards)
+        )
+    return {
+        "title": t("menu.deals"),
+        "board": "deals",
+        "view": "kanban",
+        "list_url": "/deals",
+        "column_url": "/deals/kanban/column",
+        "columns": columns,
+        "reasons": [(r, t("lost_reason." + r)) for r in rules.lost_reasons],
+        "reason_title": t("kanban.lost_reason_title"),
+        "pipelines": [{"id": p.id, "name": _label(lang, p.name_ru, p.name_en)} for p in pipelines],
+        "pipeline": pipeline.id,
+        "responsible": responsible,
+        "managers": names.user_options() if not _own_only(user, rules) else (),
+        "_page": {"view": "kanban", "board": "deals", "pipeline": pipeline.id},
+    }
+
+
+@page("kanban/_cards.html")
+async def deal_column(request: web.Request, user: User) -> dict[str, Any]:
+    """The next cards of a deal column (the "ещё N" button)."""
+    stage = request.query.get("stage", "")
+    if not stage.isdigit() or len(stage) > 9:
+        raise errors.NotFound("no such stage")
+    responsible = _responsible_filter(request, user)
+    offset = _offset(request)
+    cards = await _deal_cards(request, user, int(stage), responsible, offset)
+    return _more(request, "/deals/kanban/column", stage, responsible, offset, cards)
+
+
+# ---------------------------------------------------------------- moves
+
+
+async def _move_input(request: web.Request) -> tuple[str, str | None]:
+    if request.content_type == "application/json":
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise errors.InvalidInput("send a JSON object", details={"field": "stage"})
+    else:
+        body = dict(await request.post())
+    stage = body.get("stage")
+    reason = body.get("reason") or None
+    if not isinstance(stage, str) or not stage or len(stage) > 64:
+        raise errors.InvalidInput("stage: a stage code", details={"field": "stage"})
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 200):
+        raise errors.InvalidInput("reason: text", details={"field": "reason"})
+    return stage, reason
+
+
+def _refusal(
+    request: web.Request, exc: errors.DomainError, *, link: str, what: str
+) -> web.Response:
+    """A refused move as JSON: the sentence to show, what is missing, the card to open."""
+    from contact_center.http.errors import STATUS
+
+    t = t_of(request)
+    status = next(code for cls, code in STATUS if isinstance(exc, cls))
+    body: dict[str, Any] = {"ok": False, "error": exc.error_id}
+    if isinstance(exc, LeadGateMissingFields):
+        missing = [t("requirement." + str(m)) for m in exc.details.get("missing", [])]
+        body["message"] = t("kanban.gate_refused")
+        body["missing"] = missing
+        body["link"] = link
+        body["link_text"] = t("kanban.open_to_fill")
+    elif isinstance(exc, ConversionRequired):
+        body["message"] = t("kanban.convert_on_card")
+        body["link"] = link
+        body["link_text"] = t("kanban.open_" + what)
+    elif isinstance(exc, errors.PermissionDenied):
+        body["message"] = t("kanban.not_yours_" + what)
+    elif isinstance(exc, errors.NotFound):
+        body["message"] = t("error.not-found")
+    else:
+        body["message"] = error_text(t, exc.error_id, exc.details)
+        body["link"] = link
+        body["link_text"] = t("kanban.open_" + what)
+    return web.json_response(body, status=status)
+
+
+async def _lead_totals(request: web.Request, user: User) -> dict[str, dict[str, Any]]:
+    async with request.app[SESSIONS]() as session:
+        cols = await lead_board.columns(
+            session,
+            actor=user,
+            rules=request.app[RULES],
+            responsible_id=_responsible_filter(request, user),
+        )
+    return {c.stage.code: _totals(c.count, c.total) for c in cols}
+
+
+def _totals(count: int, total: Decimal) -> dict[str, Any]:
+    return {"count": count, "count_text": formats.number(count), "total": formats.money(total)}
+
+
+@page("kanban/board.html")
+async def move_lead(request: web.Request, user: User) -> web.StreamResponse:
+    lead_id = _path_id(request)
+    stage, reason = await _move_input(request)
+    rules = request.app[RULES]
+    try:
+        async with UnitOfWork(request) as u:
+            _, events = await leads.move_lead(
+                u.session,
+                lead_id,
+                stage,
+                reason=reason,
+                actor=user,
+                rules=rules,
+                now=request.app[CLOCK].now(),
+            )
+            u.emit(*events)
+            await u.commit()
+    except errors.DomainError as exc:
+        return _refusal(request, exc, link=f"/clients/lead/{lead_id}", what="lead")
+    return web.json_response({"ok": True, "columns": await _lead_totals(request, user)})
+
+
+@page("kanban/board.html")
+async def move_deal(request: web.Request, user: User) -> web.StreamResponse:
+    deal_id = _path_id(request)
+    stage, reason = await _move_input(request)
+    rules = request.app[RULES]
+    try:
+        async with UnitOfWork(request) as u:
+            deal, events = await deals.move_deal(
+                u.session,
+                deal_id,
+                stage,
+                reason=reason,
+                actor=user,
+                rules=rules,
+                now=request.app[CLOCK].now(),
+            )
+            pipeline = await u.session.get(Pipeline, deal.pipeline_id)
+            u.emit(*events)
+            await u.commit()
+            assert pipeline is not None  # a foreign key
+            cols = await deal_board.columns(
+                u.session,
+                pipeline,
+                actor=user,
+                rules=rules,
+                responsible_id=_responsible_filter(request, user),
+            )
+    except errors.DomainError as exc:
+        return _refusal(request, exc, link=f"/deals/{deal_id}", what="deal")
+    totals = {str(c.stage.id): _totals(c.count, c.total) for c in cols}
+    return web.json_response({"ok": True, "columns": totals})
+
+
+def _path_id(request: web.Request) -> int:
+    value = request.match_info["id"]
+    if len(value) > 18:
+        raise errors.NotFound("no such record")
+    return int(value)
+
+
+def routes(app: web.Application) -> None:
+    """The column pages and the moves (the boards themselves answer on /leads and /deals)."""
+    app.router.add_get("/leads/kanban/column", lead_column)
+    app.router.add_get("/deals/kanban/column", deal_column)
+    app.router.add_post(r"/leads/kanban/{id:\d+}/move", move_lead)
+    app.router.add_post(r"/deals/kanban/{id:\d+}/move", move_deal)
