@@ -130,6 +130,7 @@
     reasonSelect.focus();
   }
 
+  if (reasonSelect) reasonSelect.addEventListener("change", () => { reasonError.hidden = !!reasonSelect.value || reasonError.hidden; });
   const cancel = document.getElementById("reason-cancel");
   if (cancel) cancel.addEventListener("click", () => dialog.close());
 
@@ -140,6 +141,8 @@
       filter: ".locked, .kmore",
       preventOnFilter: false,
       animation: 120,
+      forceFallback: true, // mouse events, not native drag and drop: the same on every browser
+      fallbackOnBody: true,
       ghostClass: "ghost",
       onEnd: (evt) => {
         if (evt.from === evt.to) return; // order inside a stage is not kept
