@@ -22,6 +22,7 @@ from contact_center.web import (
     invoices,
     kanban,
     leads,
+    notifications,
     plans,
     tasks,
     today,
@@ -48,6 +49,7 @@ MODULES = (
     users,
     cards,
     kanban,
+    notifications,
 )
 
 

@@ -281,3 +281,50 @@ async def test_a_deal_is_dragged_to_the_next_stage_and_to_lost_with_a_reason(
         lost = await s.scalar(select(Deal).where(Deal.id == world["deal2"]))
         assert lost is not None and lost.lost_reason == "competitor"
         assert lost.stage_id == stages["lost"]
+
+
+async def test_the_bell_counts_a_task_the_head_gives_and_drops_after_reading(
+    client: Any, browser: Any
+) -> None:
+    world = await _world(client)
+    base = str(client.make_url("/")).rstrip("/")
+    page = await _page(browser)
+    await _sign_in(page, base, "ivan")
+    await page.locator("#ws-state.ok").wait_for(timeout=5000)
+    assert (await page.inner_text("#bell-count")).strip() == "0"
+
+    head = await _page(browser)
+    await _sign_in(head, base, "boss")
+    status = await head.evaluate(
+        """async ([ivan, lead]) => (await fetch('/api/v1/tasks', {
+            method: 'POST', credentials: 'same-origin',
+            headers: {'Content-Type': 'application/json',
+                      'X-CSRF-Token': document.querySelector('meta[name=csrf-token]').content},
+            body: JSON.stringify({kind: 'call_back', title: 'Позвонить в «Пышечную» до обеда',
+                responsible_id: ivan, lead_id: lead})})).status""",
+        [world["ivan"], world["gated"]],
+    )
+    assert status == 201
+
+    await page.wait_for_function(
+        "() => document.getElementById('bell-count').textContent.trim() === '1'", timeout=5000
+    )
+    assert await page.locator("#bell-count.has").count() == 1
+    toast = page.locator(".toast", has_text="Новая задача")
+    await toast.wait_for(timeout=5000)
+    assert "Позвонить в «Пышечную» до обеда" in await toast.inner_text()
+    assert await toast.locator("a").get_attribute("href") == f"/clients/lead/{world['gated']}"
+
+    await page.click("#bell > summary")
+    note = page.locator("#bell-list .note.unread", has_text="Позвонить в «Пышечную»")
+    await note.wait_for(timeout=5000)
+    await _shot(page, "34-manager-bell-dropdown")
+    await note.locator("a").click()
+    await page.wait_for_url(re.compile(rf".*/clients/lead/{world['gated']}$"))
+    await page.locator("#ws-state.ok").wait_for(timeout=5000)
+    assert (await page.inner_text("#bell-count")).strip() == "0"
+
+    await page.goto(f"{base}/notifications")
+    assert "Позвонить в «Пышечную» до обеда" in await page.inner_text("#notes")
+    assert await page.locator("#notes .note.unread").count() == 0
+    await _shot(page, "35-manager-notifications")
