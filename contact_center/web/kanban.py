@@ -1,6 +1,6 @@
 """The kanban boards: ``/leads?view=kanban`` (the lead funnel) and ``/deals?view=kanban``
 (one pipeline, ``&pipeline=`` its id or code). A column is a stage with its count and sum; it
-shows the first :data:`PER_COLUMN` cards and loads the next ones on demand ("ещё N"), so a
+shows the first :data:`PER_COLUMN` cards and loads :data:`MORE` at a time on demand ("ещё N"), so a
 pipeline with thousands of open deals opens at once.
 
 A card dropped on another column is moved by ``POST /leads/kanban/{id}/move`` or
@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
 from yarl import URL
 
 from contact_center.api.common import UnitOfWork
@@ -39,7 +40,8 @@ from crm_core.tasks.model import Task
 from crm_core.users.model import User
 
 MENU = ()
-PER_COLUMN = 50
+PER_COLUMN = 20  # the first cards of a column
+MORE = 50  # the next ones, per click on "ещё N"
 MAX_OFFSET = 100_000
 
 PageView = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -96,75 +98,100 @@ def _next(task: Task | None, now: datetime) -> NextTask | None:
 
 
 async def _lead_cards(
-    request: web.Request, user: User, stage: str, responsible: int | None, offset: int
-) -> list[dict[str, Any]]:
+    request: web.Request,
+    user: User,
+    session: AsyncSession,
+    names: listing.Names,
+    stages: list[str],
+    responsible: int | None,
+    offset: int,
+    limit: int = PER_COLUMN,
+) -> dict[str, list[dict[str, Any]]]:
+    """The cards of each of ``stages`` (one page each), with their next tasks in one query."""
     rules = request.app[RULES]
     t = t_of(request)
     now = request.app[CLOCK].now()
-    async with request.app[SESSIONS]() as session:
-        rows = await lead_board.cards(
+    by_stage = {
+        stage: await lead_board.cards(
             session,
             stage,
             actor=user,
             rules=rules,
             responsible_id=responsible,
-            limit=PER_COLUMN,
+            limit=limit,
             offset=offset,
         )
-        names = await listing.names(session)
-        tasks = await lead_board.next_tasks(session, (r.id for r in rows))
-    return [
-        {
-            "id": lead.id,
-            "url": f"/clients/lead/{lead.id}",
-            "title": lead.title or lead.contact_name or lead.company_name or t("pop.no_name"),
-            "who": " · ".join(
-                x for x in (lead.contact_name, lead.company_name) if x and x != lead.title
-            ),
-            "client": None,
-            "amount": lead.potential_amount,
-            "responsible": names.user(lead.responsible_id),
-            "initials": initials(names.user(lead.responsible_id)),
-            "next": _next(tasks.get(lead.id), now),
-            "locked": not access.can_write(user, lead.responsible_id),
-        }
-        for lead in rows
-    ]
+        for stage in stages
+    }
+    tasks = await lead_board.next_tasks(session, (r.id for rows in by_stage.values() for r in rows))
+    return {
+        stage: [
+            {
+                "id": lead.id,
+                "url": f"/clients/lead/{lead.id}",
+                "title": lead.title or lead.contact_name or lead.company_name or t("pop.no_name"),
+                "who": " · ".join(
+                    x for x in (lead.contact_name, lead.company_name) if x and x != lead.title
+                ),
+                "client": None,
+                "amount": lead.potential_amount,
+                "responsible": names.user(lead.responsible_id),
+                "initials": initials(names.user(lead.responsible_id)),
+                "next": _next(tasks.get(lead.id), now),
+                "locked": not access.can_write(user, lead.responsible_id),
+            }
+            for lead in rows
+        ]
+        for stage, rows in by_stage.items()
+    }
 
 
 async def _deal_cards(
-    request: web.Request, user: User, stage_id: int, responsible: int | None, offset: int
-) -> list[dict[str, Any]]:
+    request: web.Request,
+    user: User,
+    session: AsyncSession,
+    names: listing.Names,
+    stage_ids: list[int],
+    responsible: int | None,
+    offset: int,
+    limit: int = PER_COLUMN,
+) -> dict[int, list[dict[str, Any]]]:
+    """The cards of each of ``stage_ids`` (one page each); next tasks and clients in one go."""
     rules = request.app[RULES]
     now = request.app[CLOCK].now()
-    async with request.app[SESSIONS]() as session:
-        rows = await deal_board.cards(
+    by_stage = {
+        stage_id: await deal_board.cards(
             session,
             stage_id,
             actor=user,
             rules=rules,
             responsible_id=responsible,
-            limit=PER_COLUMN,
+            limit=limit,
             offset=offset,
         )
-        names = await listing.names(session)
-        tasks = await deal_board.next_tasks(session, (r.id for r in rows))
-        refs = await links.client_refs(session, rows)
-    return [
-        {
-            "id": deal.id,
-            "url": f"/deals/{deal.id}",
-            "title": deal.title,
-            "client": refs.get(id(deal)),
-            "who": "",
-            "amount": deal.amount,
-            "responsible": names.user(deal.responsible_id),
-            "initials": initials(names.user(deal.responsible_id)),
-            "next": _next(tasks.get(deal.id), now),
-            "locked": not access.can_write(user, deal.responsible_id),
-        }
-        for deal in rows
-    ]
+        for stage_id in stage_ids
+    }
+    every = [r for rows in by_stage.values() for r in rows]
+    tasks = await deal_board.next_tasks(session, (r.id for r in every))
+    refs = await links.client_refs(session, every)
+    return {
+        stage_id: [
+            {
+                "id": deal.id,
+                "url": f"/deals/{deal.id}",
+                "title": deal.title,
+                "client": refs.get(id(deal)),
+                "who": "",
+                "amount": deal.amount,
+                "responsible": names.user(deal.responsible_id),
+                "initials": initials(names.user(deal.responsible_id)),
+                "next": _next(tasks.get(deal.id), now),
+                "locked": not access.can_write(user, deal.responsible_id),
+            }
+            for deal in rows
+        ]
+        for stage_id, rows in by_stage.items()
+    }
 
 
 def _column(
@@ -196,13 +223,13 @@ async def lead_board_page(request: web.Request, user: User) -> dict[str, Any]:
             session, actor=user, rules=rules, responsible_id=responsible
         )
         names = await listing.names(session)
+        filled = [c.stage.code for c in totals if c.count]
+        cards = await _lead_cards(request, user, session, names, filled, responsible, 0)
     columns = []
     for col in totals:
-        cards = (
-            await _lead_cards(request, user, col.stage.code, responsible, 0) if col.count else []
-        )
         name = _label(lang, col.stage.name_ru, col.stage.name_en)
-        columns.append(_column(col.stage.code, name, col.stage.kind, col.count, col.total, cards))
+        shown = cards.get(col.stage.code, [])
+        columns.append(_column(col.stage.code, name, col.stage.kind, col.count, col.total, shown))
     return {
         "title": t("menu.leads"),
         "board": "leads",
@@ -229,8 +256,10 @@ async def lead_column(request: web.Request, user: User) -> dict[str, Any]:
         raise errors.NotFound("no such stage")
     responsible = _responsible_filter(request, user)
     offset = _offset(request)
-    cards = await _lead_cards(request, user, stage, responsible, offset)
-    return _more(request, "/leads/kanban/column", stage, responsible, offset, cards)
+    async with request.app[SESSIONS]() as session:
+        names = await listing.names(session)
+        cards = await _lead_cards(request, user, session, names, [stage], responsible, offset, MORE)
+    return _more(request, "/leads/kanban/column", stage, responsible, offset, cards[stage])
 
 
 def _more(
@@ -249,7 +278,7 @@ def _more(
         params["pipeline"] = request.query["pipeline"]
     if responsible is not None:
         params["responsible"] = str(responsible)
-    more = max(0, count - next_offset) if len(cards) == PER_COLUMN else 0
+    more = max(0, count - next_offset) if len(cards) == MORE else 0
     return {
         "board": "deals" if url.startswith("/deals") else "leads",
         "column": {"key": key, "cards": cards, "more": more},
@@ -288,12 +317,14 @@ async def deal_board_page(request: web.Request, user: User) -> dict[str, Any]:
             session, pipeline, actor=user, rules=rules, responsible_id=responsible
         )
         names = await listing.names(session)
+        filled = [c.stage.id for c in totals if c.count]
+        cards = await _deal_cards(request, user, session, names, filled, responsible, 0)
     columns = []
     for col in totals:
-        cards = await _deal_cards(request, user, col.stage.id, responsible, 0) if col.count else []
         name = _label(lang, col.stage.name_ru, col.stage.name_en)
+        shown = cards.get(col.stage.id, [])
         columns.append(
-            _column(str(col.stage.id), name, col.stage.kind, col.count, col.total, cards)
+            _column(str(col.stage.id), name, col.stage.kind, col.count, col.total, shown)
         )
     return {
         "title": t("menu.deals"),
@@ -320,8 +351,12 @@ async def deal_column(request: web.Request, user: User) -> dict[str, Any]:
         raise errors.NotFound("no such stage")
     responsible = _responsible_filter(request, user)
     offset = _offset(request)
-    cards = await _deal_cards(request, user, int(stage), responsible, offset)
-    return _more(request, "/deals/kanban/column", stage, responsible, offset, cards)
+    async with request.app[SESSIONS]() as session:
+        names = await listing.names(session)
+        cards = await _deal_cards(
+            request, user, session, names, [int(stage)], responsible, offset, MORE
+        )
+    return _more(request, "/deals/kanban/column", stage, responsible, offset, cards[int(stage)])
 
 
 # ---------------------------------------------------------------- moves
