@@ -218,6 +218,7 @@ async def test_the_deal_board_moves_a_deal_and_asks_a_reason_for_lost(client: An
 
     resp = await client.post(url, json={"stage": "nonsense"}, headers=hdr)
     assert resp.status == 422
+    assert (await resp.json())["message"].startswith("В воронке этой сделки нет такой стадии")
     resp = await client.post(url, data=b"{", headers={**hdr, "Content-Type": "application/json"})
     assert resp.status == 422
     assert (await client.get("/deals?view=kanban&pipeline=999")).status == 404
@@ -226,3 +227,39 @@ async def test_the_deal_board_moves_a_deal_and_asks_a_reason_for_lost(client: An
     await sign_in(client, "boss")
     html = await (await client.get("/deals?view=kanban")).text()
     assert "Чужая сделка" in html and 'class="kcard locked"' not in html
+
+
+async def test_with_read_all_another_managers_cards_are_shown_locked_and_refused(
+    make_settings: Any, database_url: str, aiohttp_client_factory: Any
+) -> None:
+    from contact_center.app import create_app
+
+    settings = make_settings(CC_DATABASE_URL=database_url, CC_CRM_MANAGERS_READ_ALL="true")
+    client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+    _, _, _, stages = await _world(client)
+    async with client.app[SESSIONS]() as s:
+        foreign = await s.scalar(select(Deal).where(Deal.title == "Чужая сделка"))
+        assert foreign is not None
+        foreign.title = "<script>alert(1)</script>"
+        await s.commit()
+    await sign_in(client, "ivan")
+    html = await (await client.get("/deals?view=kanban")).text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert(1)" not in html
+    card = re.search(rf'<article class="kcard locked" data-id="{foreign.id}"', html)
+    assert card, "another manager's card is shown, locked"
+    assert html.count('class="kcard locked"') == 1
+    token = await csrf(client, "/deals?view=kanban")
+    resp = await client.post(
+        f"/deals/kanban/{foreign.id}/move",
+        json={"stage": str(stages["needs"])},
+        headers={"X-CSRF-Token": token},
+    )
+    assert resp.status == 403
+    assert (await resp.json())["message"].startswith("Это сделка другого менеджера")
+    async with client.app[SESSIONS]() as s:
+        still = await s.get(Deal, foreign.id)
+        assert still is not None and still.stage_id == stages["contact"]
+    # By code as well as by id; an unknown one is a translated 422 page, not a 500.
+    assert (await client.get("/deals?view=kanban&pipeline=sales")).status == 200
+    unknown = await client.get("/deals?view=kanban&pipeline=nope")
+    assert unknown.status == 422 and "Такой воронки нет" in await unknown.text()
