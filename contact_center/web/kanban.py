@@ -381,7 +381,7 @@ async def _move_input(request: web.Request) -> tuple[str, str | None]:
     return stage, reason
 
 
-def _refusal(
+async def _refusal(
     request: web.Request, exc: errors.DomainError, *, link: str, what: str
 ) -> web.Response:
     """A refused move as JSON: the sentence to show, what is missing, the card to open."""
@@ -396,6 +396,9 @@ def _refusal(
         body["missing"] = missing
         body["link"] = link
         body["link_text"] = t("kanban.open_to_fill")
+        body["fields"] = await _gate_fields(request, exc.details.get("missing", []))
+        body["fill_title"] = t("kanban.fill_title")
+        body["fill_submit"] = t("kanban.fill_submit")
     elif isinstance(exc, ConversionRequired):
         body["message"] = t("kanban.convert_on_card")
         body["link"] = link
@@ -409,6 +412,65 @@ def _refusal(
         body["link"] = link
         body["link_text"] = t("kanban.open_" + what)
     return web.json_response(body, status=status)
+
+
+async def _gate_fields(request: web.Request, missing: list[Any]) -> list[dict[str, Any]]:
+    """The lead fields that meet the gate's ``missing`` requirements, for the board to ask for
+    them inline (sent to ``PATCH /api/v1/leads/{id}``); a requirement the board cannot ask
+    for (a custom field, the responsible) is left to the card."""
+    t = t_of(request)
+    rules = request.app[RULES]
+    async with request.app[SESSIONS]() as session:
+        names = await listing.names(session)
+    yes_no = [["true", t("card.yes")], ["false", t("card.no")]]
+    table: dict[str, list[dict[str, Any]]] = {
+        "name": [{"name": "contact_name", "label": t("kanban.contact_name"), "kind": "text"}],
+        "contact": [{"name": "phones", "label": t("field.phones"), "kind": "tel"}],
+        "source": [
+            {
+                "name": "source_id",
+                "label": t("card.source"),
+                "kind": "select",
+                "options": [list(o) for o in names.source_options()],
+            }
+        ],
+        "client_type": [
+            {
+                "name": "client_type",
+                "label": t("card.client_type"),
+                "kind": "select",
+                "options": [[c, t("client_type." + c)] for c in rules.client_types],
+            }
+        ],
+        "potential": [
+            {"name": "potential_amount", "label": t("kanban.amount"), "kind": "money"},
+            {
+                "name": "purchase_mode",
+                "label": t("kanban.purchase_mode"),
+                "kind": "select",
+                "options": [[m, t("purchase." + m)] for m in ("one_off", "regular")],
+            },
+        ],
+        "region": [
+            {
+                "name": "region_id",
+                "label": t("card.region"),
+                "kind": "select",
+                "options": [list(o) for o in names.region_options()],
+            }
+        ],
+        "decision_maker": [
+            {
+                "name": "decision_maker_reached",
+                "label": t("card.decision_maker_reached"),
+                "kind": "select",
+                "options": yes_no,
+            }
+        ],
+        "needs": [{"name": "needs_products", "label": t("card.needs_products"), "kind": "text"}],
+        "inn": [{"name": "inn", "label": t("field.inn"), "kind": "text"}],
+    }
+    return [f for m in missing for f in table.get(str(m), [])]
 
 
 async def _lead_totals(request: web.Request, user: User) -> dict[str, dict[str, Any]]:
@@ -445,7 +507,7 @@ async def move_lead(request: web.Request, user: User) -> web.StreamResponse:
             u.emit(*events)
             await u.commit()
     except errors.DomainError as exc:
-        return _refusal(request, exc, link=f"/clients/lead/{lead_id}", what="lead")
+        return await _refusal(request, exc, link=f"/clients/lead/{lead_id}", what="lead")
     return web.json_response({"ok": True, "columns": await _lead_totals(request, user)})
 
 
@@ -477,7 +539,7 @@ async def move_deal(request: web.Request, user: User) -> web.StreamResponse:
                 responsible_id=_responsible_filter(request, user),
             )
     except errors.DomainError as exc:
-        return _refusal(request, exc, link=f"/deals/{deal_id}", what="deal")
+        return await _refusal(request, exc, link=f"/deals/{deal_id}", what="deal")
     totals = {str(c.stage.id): _totals(c.count, c.total) for c in cols}
     return web.json_response({"ok": True, "columns": totals})
 

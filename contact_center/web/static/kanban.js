@@ -43,7 +43,7 @@
   }
 
   // Why the move was refused: the sentence, the missing fields, the card to open.
-  function showRefusal(body, card) {
+  function showRefusal(body, card, evt, stage) {
     if (!refusal) return;
     const close = el("button", { type: "button", class: "close", "aria-label": t("pop.close"), title: t("pop.close") }, "×");
     close.addEventListener("click", hideRefusal);
@@ -55,10 +55,72 @@
     if (body.missing && body.missing.length) {
       refusal.append(el("ul", { class: "missing" }, ...body.missing.map((m) => el("li", {}, m))));
     }
-    if (body.link) refusal.append(el("a", { href: body.link, class: "button primary" }, body.link_text || t("toast.open")));
+    if (body.fields && body.fields.length && evt) refusal.append(fillForm(body, evt, stage));
+    if (body.link) refusal.append(el("a", { href: body.link, class: body.fields && body.fields.length ? "button" : "button primary" }, body.link_text || t("toast.open")));
     refusal.hidden = false;
+    const first = refusal.querySelector("input, select");
+    if (first) first.focus();
     card.classList.add("refused");
     setTimeout(() => card.classList.remove("refused"), 2500);
+  }
+
+  // The gate's missing fields asked right here: saved through the API (PATCH the lead), then
+  // the move is tried again.
+  function fillForm(body, evt, stage) {
+    const form = el("form", { class: "gate-fill", novalidate: "" });
+    form.append(el("p", { class: "fill-title" }, body.fill_title || ""));
+    for (const f of body.fields) {
+      const id = "gate-" + f.name;
+      let input;
+      if (f.kind === "select") {
+        input = el("select", { id, name: f.name }, el("option", { value: "" }, "—"));
+        for (const [value, label] of f.options || []) input.append(el("option", { value }, label));
+      } else {
+        input = el("input", { id, name: f.name, type: f.kind === "tel" ? "tel" : "text", autocomplete: "off" });
+        if (f.kind === "money") input.setAttribute("inputmode", "decimal");
+      }
+      form.append(el("label", { for: id }, f.label), input);
+    }
+    const error = el("p", { class: "field-error", role: "alert" });
+    error.hidden = true;
+    const submit = el("button", { type: "submit", class: "primary" }, body.fill_submit || t("kanban.move"));
+    form.append(error, submit);
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const patch = {};
+      for (const f of body.fields) {
+        const value = (form.elements[f.name].value || "").trim();
+        if (!value) continue;
+        if (f.kind === "tel") patch[f.name] = [value];
+        else if (f.name === "source_id" || f.name === "region_id") patch[f.name] = Number(value);
+        else if (f.name === "decision_maker_reached") patch[f.name] = value === "true";
+        else if (f.kind === "money") patch[f.name] = value.replace(/[\s\u00a0\u202f₽]/g, "").replace(",", ".");
+        else patch[f.name] = value;
+      }
+      submit.disabled = true;
+      let out;
+      try {
+        const resp = await fetch("/api/v1/leads/" + encodeURIComponent(evt.item.dataset.id), {
+          method: "PATCH", credentials: "same-origin",
+          headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRF-Token": csrf },
+          body: JSON.stringify(patch),
+        });
+        out = { ok: resp.ok, body: await resp.json().catch(() => ({})) };
+      } catch (err) {
+        out = { ok: false, body: {} };
+      }
+      submit.disabled = false;
+      if (!out.ok) {
+        error.textContent = window.CC && window.CC.errorText ? window.CC.errorText(out.body) : t("error.generic");
+        error.hidden = false;
+        return;
+      }
+      // Saved: the card goes to the stage it was dropped on, and the move is asked again.
+      const again = { item: evt.item, from: evt.from, to: evt.to, oldIndex: evt.oldIndex };
+      evt.to.prepend(evt.item);
+      move(again, stage, null);
+    });
+    return form;
   }
 
   function putBack(evt) {
@@ -101,7 +163,7 @@
       setTimeout(() => card.classList.remove("moved"), 1500);
     } else {
       putBack(evt);
-      showRefusal(out.body, card);
+      showRefusal(out.body, card, evt, stage);
     }
   }
 
