@@ -1,9 +1,8 @@
 """The kanban boards and the bell in a real browser: a lead dragged to a stage the gate refuses
 snaps back naming the missing fields in Russian with a link to the lead; filled right on the
-board, it moves; a
-deal is dragged to the next stage and to lost (the reason asked first); the bell counts a task
-the head gives the manager, live, and drops after reading. Screenshots at 1440×900 in
-docs/screenshots/."""
+board, it moves; a deal is dragged to the next stage and to lost (the reason asked first); the bell
+counts a task the head gives the manager, live, and drops after reading. Screenshots at
+1440×900 in docs/screenshots/."""
 
 from __future__ import annotations
 
