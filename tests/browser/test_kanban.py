@@ -284,6 +284,25 @@ async def test_a_deal_is_dragged_to_the_next_stage_and_to_lost_with_a_reason(
         lost = await s.scalar(select(Deal).where(Deal.id == world["deal2"]))
         assert lost is not None and lost.lost_reason == "competitor"
         assert lost.stage_id == stages["lost"]
+    assert await page.locator("#kanban-stale").is_hidden()  # his own moves change nothing
+
+    # The head moves one of his deals: his open board offers a refresh.
+    head = await _page(browser)
+    await _sign_in(head, base, "boss")
+    status = await head.evaluate(
+        """async ([deal, stage]) => (await fetch('/api/v1/deals/' + deal + '/move', {
+            method: 'POST', credentials: 'same-origin',
+            headers: {'Content-Type': 'application/json',
+                      'X-CSRF-Token': document.querySelector('meta[name=csrf-token]').content},
+            body: JSON.stringify({stage: 'payment'})})).status""",
+        [world["deal"], stages["payment"]],
+    )
+    assert status == 200
+    stale = page.locator("#kanban-stale")
+    await stale.wait_for(timeout=5000)
+    assert "Доска изменилась" in await stale.inner_text()
+    await stale.locator("a").click()
+    await _count(page, stages["payment"], "1")
 
 
 async def test_the_bell_counts_a_task_the_head_gives_and_drops_after_reading(

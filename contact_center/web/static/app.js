@@ -300,6 +300,8 @@
   }
 
   function onMessage(msg) {
+    // Page scripts (the kanban) listen for what concerns them.
+    document.dispatchEvent(new CustomEvent("cc-ws", { detail: msg }));
     onNotification(msg);
     if (!msg.type || !msg.type.startsWith("call.")) return;
     if (msg.type === "call.ringing" && msg.caller) callers.set(msg.call_id, msg.caller);

@@ -217,4 +217,20 @@
   });
 
   document.addEventListener("keydown", (e) => { if (e.key === "Escape") hideRefusal(); });
+
+  // Someone else changed this board (a move, a new or deleted record): offer a refresh
+  // instead of moving cards under the user's hands.
+  const stale = document.getElementById("kanban-stale");
+  const me = (window.CC_PAGE || {}).user_id;
+  const kind = board.dataset.board === "deals" ? "deal." : "lead.";
+  const pipeline = board.dataset.pipeline || "";
+  document.addEventListener("cc-ws", (e) => {
+    const msg = e.detail || {};
+    if (!stale || !msg.type || !msg.type.startsWith(kind)) return;
+    if (!/^(deal|lead)\.(stage_changed|created|deleted)$/.test(msg.type)) return;
+    if (msg.actor_id === me || msg.by_id === me) return;
+    if (kind === "deal." && msg.pipeline && msg.pipeline !== pipeline) return;
+    stale.querySelector("a").setAttribute("href", location.pathname + location.search);
+    stale.hidden = false;
+  });
 })();
