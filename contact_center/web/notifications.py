@@ -16,6 +16,7 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contact_center.api.common import UnitOfWork
 from contact_center.keys import CLOCK, SESSIONS
 from contact_center.web.shell import (
     Formatter,
@@ -201,9 +202,13 @@ async def _ids(request: web.Request) -> list[int] | None:
 async def mark_read(request: web.Request, user: User) -> web.StreamResponse:
     """Mark one, some or all read; htmx gets the list again and the new unread count."""
     ids = await _ids(request)
-    async with request.app[SESSIONS]() as session:
-        await notifications.mark_read(session, user.id, ids=ids, now=request.app[CLOCK].now())
-        await session.commit()
+    moment = request.app[CLOCK].now()
+    async with UnitOfWork(request) as u:
+        marked = await notifications.mark_read(u.session, user.id, ids=ids, now=moment)
+        if marked:  # the user's other pages update their bell
+            unread = await notifications.unread_count(u.session, user.id)
+            u.emit(notifications.read_event(user.id, unread, moment))
+        await u.commit()
     if not is_partial(request):
         raise web.HTTPSeeOther("/notifications")
     data = await _list_data(request, user)

@@ -337,6 +337,12 @@ async def test_the_bell_counts_a_task_the_head_gives_and_drops_after_reading(
     assert "Позвонить в «Пышечную» до обеда" in await toast.inner_text()
     assert await toast.locator("a").get_attribute("href") == f"/clients/lead/{world['gated']}"
 
+    # A second tab of his, open on My day, follows the reading live.
+    other = await page.context.new_page()
+    await other.goto(f"{base}/today")
+    await other.locator("#ws-state.ok").wait_for(timeout=5000)
+    assert (await other.inner_text("#bell-count")).strip() == "1"
+
     await page.click("#bell > summary")
     note = page.locator("#bell-list .note.unread", has_text="Позвонить в «Пышечную»")
     await note.wait_for(timeout=5000)
@@ -345,6 +351,9 @@ async def test_the_bell_counts_a_task_the_head_gives_and_drops_after_reading(
     await page.wait_for_url(re.compile(rf".*/clients/lead/{world['gated']}$"))
     await page.locator("#ws-state.ok").wait_for(timeout=5000)
     assert (await page.inner_text("#bell-count")).strip() == "0"
+    await other.wait_for_function(
+        "() => document.getElementById('bell-count').textContent.trim() === '0'", timeout=5000
+    )
 
     await page.goto(f"{base}/notifications")
     assert "Позвонить в «Пышечную» до обеда" in await page.inner_text("#notes")

@@ -294,6 +294,9 @@
       setUnread(msg.unread_notifications);
     } else if (msg.type === "notification.created" && msg.user_id === me) {
       onStored(msg);
+    } else if (msg.type === "notifications.read" && msg.user_id === me) {
+      setUnread(msg.unread); // read on another page
+      if (bell && bell.open) loadBell();
     } else if (msg.type === "notification") {
       toast(msg.title || t("toast.notification"), msg.text || "", msg.url || null);
     }
