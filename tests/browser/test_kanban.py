@@ -262,6 +262,13 @@ async def test_a_deal_is_dragged_to_the_next_stage_and_to_lost_with_a_reason(
         deal = await s.get(Deal, world["deal"])
         assert deal is not None and deal.stage_id == stages["needs"]
 
+    # The keyboard does the same: Alt+→ on a card moves it to the next stage.
+    dishes = page.locator(f"{_col(stages['proposal_sent'])} .kcard", has_text="Посуда для кафе")
+    await dishes.locator(".kname").focus()
+    await page.keyboard.press("Alt+ArrowRight")
+    await _count(page, stages["proposal_viewed"], "1")
+    assert (await page.inner_text(f"{_col(stages['proposal_sent'])} .kcount")).strip() == "0"
+
     other = f'.kcard[data-id="{world["deal2"]}"]'
     await _drag(page, other, _col(stages["lost"]))
     dialog = page.locator("#reason-dialog")

@@ -218,6 +218,25 @@
 
   document.addEventListener("keydown", (e) => { if (e.key === "Escape") hideRefusal(); });
 
+  // The keyboard: on a card, Alt+→ / Alt+← moves it to the next / previous stage (the same
+  // move as a drop, so the same rules and questions).
+  board.addEventListener("keydown", (e) => {
+    if (!e.altKey || (e.key !== "ArrowRight" && e.key !== "ArrowLeft")) return;
+    const card = e.target.closest(".kcard");
+    if (!card || card.classList.contains("locked")) return;
+    const from = card.parentElement;
+    const columns = Array.from(board.querySelectorAll(".kcards"));
+    const to = columns[columns.indexOf(from) + (e.key === "ArrowRight" ? 1 : -1)];
+    if (!to) return;
+    e.preventDefault();
+    const evt = { item: card, from, to, oldIndex: Array.from(from.children).indexOf(card) };
+    to.prepend(card);
+    const link = card.querySelector(".kname");
+    if (link) link.focus();
+    if (to.closest(".kcol").dataset.kind === "lost") askReason(evt, to.dataset.stage);
+    else move(evt, to.dataset.stage, null);
+  });
+
   // Someone else changed this board (a move, a new or deleted record): offer a refresh
   // instead of moving cards under the user's hands.
   const stale = document.getElementById("kanban-stale");
