@@ -223,6 +223,10 @@ async def test_the_deal_board_moves_a_deal_and_asks_a_reason_for_lost(client: An
     assert resp.status == 422
     assert (await client.get("/deals?view=kanban&pipeline=999")).status == 404
 
+    english = await (await client.get("/deals?view=kanban&lang=en")).text()
+    assert "Contact established" in english and ">Kanban<" in english
+    assert "Chose a competitor" in english and "Контакт установлен" not in visible(english)
+
     # The head moves anyone's deal; a manager with read access to all may not.
     await sign_in(client, "boss")
     html = await (await client.get("/deals?view=kanban")).text()
