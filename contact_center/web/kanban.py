@@ -73,9 +73,26 @@ def _responsible_filter(request: web.Request, user: User) -> int | None:
     return int(value) if value.isdigit() and len(value) < 10 else None
 
 
-def _offset(request: web.Request) -> int:
-    value = request.query.get("offset", "0")
+def _shown(request: web.Request) -> int:
+    """How many cards the column shows already (for "ещё N")."""
+    value = request.query.get("shown", "0")
     return min(int(value), MAX_OFFSET) if value.isdigit() and len(value) < 7 else 0
+
+
+def _after(request: web.Request) -> tuple[datetime, int] | None:
+    """The last card shown, ``<stage_changed_at ISO>_<id>``: the next page starts after it."""
+    moved, _, last = request.query.get("after", "")[:80].rpartition("_")
+    try:
+        moment = datetime.fromisoformat(moved)
+    except ValueError:
+        return None
+    if moment.tzinfo is None or not last.isdigit() or len(last) > 18:
+        return None
+    return moment, int(last)
+
+
+def _cursor(moved: datetime, record_id: int) -> str:
+    return f"{moved.isoformat()}_{record_id}"
 
 
 @dataclass(frozen=True)
@@ -104,7 +121,7 @@ async def _lead_cards(
     names: listing.Names,
     stages: list[str],
     responsible: int | None,
-    offset: int,
+    after: tuple[datetime, int] | None,
     limit: int = PER_COLUMN,
 ) -> dict[str, list[dict[str, Any]]]:
     """The cards of each of ``stages`` (one page each), with their next tasks in one query."""
@@ -119,7 +136,7 @@ async def _lead_cards(
             rules=rules,
             responsible_id=responsible,
             limit=limit,
-            offset=offset,
+            after=after,
         )
         for stage in stages
     }
@@ -139,6 +156,7 @@ async def _lead_cards(
                 "initials": initials(names.user(lead.responsible_id)),
                 "next": _next(tasks.get(lead.id), now),
                 "locked": not access.can_write(user, lead.responsible_id),
+                "cursor": _cursor(lead.stage_changed_at, lead.id),
             }
             for lead in rows
         ]
@@ -153,7 +171,7 @@ async def _deal_cards(
     names: listing.Names,
     stage_ids: list[int],
     responsible: int | None,
-    offset: int,
+    after: tuple[datetime, int] | None,
     limit: int = PER_COLUMN,
 ) -> dict[int, list[dict[str, Any]]]:
     """The cards of each of ``stage_ids`` (one page each); next tasks and clients in one go."""
@@ -167,7 +185,7 @@ async def _deal_cards(
             rules=rules,
             responsible_id=responsible,
             limit=limit,
-            offset=offset,
+            after=after,
         )
         for stage_id in stage_ids
     }
@@ -187,6 +205,7 @@ async def _deal_cards(
                 "initials": initials(names.user(deal.responsible_id)),
                 "next": _next(tasks.get(deal.id), now),
                 "locked": not access.can_write(user, deal.responsible_id),
+                "cursor": _cursor(deal.stage_changed_at, deal.id),
             }
             for deal in rows
         ]
@@ -205,7 +224,8 @@ def _column(
         "total": total,
         "cards": cards,
         "more": max(0, count - len(cards)),
-        "offset": len(cards),
+        "shown": len(cards),
+        "after": cards[-1]["cursor"] if cards else "",
     }
 
 
@@ -224,7 +244,7 @@ async def lead_board_page(request: web.Request, user: User) -> dict[str, Any]:
         )
         names = await listing.names(session)
         filled = [c.stage.code for c in totals if c.count]
-        cards = await _lead_cards(request, user, session, names, filled, responsible, 0)
+        cards = await _lead_cards(request, user, session, names, filled, responsible, None)
     columns = []
     for col in totals:
         name = _label(lang, col.stage.name_ru, col.stage.name_en)
@@ -256,11 +276,12 @@ async def lead_column(request: web.Request, user: User) -> dict[str, Any]:
     if stage not in rules.lead_stage_codes():
         raise errors.NotFound("no such stage")
     responsible = _responsible_filter(request, user)
-    offset = _offset(request)
     async with request.app[SESSIONS]() as session:
         names = await listing.names(session)
-        cards = await _lead_cards(request, user, session, names, [stage], responsible, offset, MORE)
-    return _more(request, "/leads/kanban/column", stage, responsible, offset, cards[stage])
+        cards = await _lead_cards(
+            request, user, session, names, [stage], responsible, _after(request), MORE
+        )
+    return _more(request, "/leads/kanban/column", stage, responsible, cards[stage])
 
 
 def _more(
@@ -268,18 +289,18 @@ def _more(
     url: str,
     key: str,
     responsible: int | None,
-    offset: int,
     cards: list[dict[str, Any]],
 ) -> dict[str, Any]:
     total = request.query.get("count", "")
     count = int(total) if total.isdigit() and len(total) < 9 else 0
-    next_offset = offset + len(cards)
-    params = {"stage": key, "offset": str(next_offset), "count": str(count)}
+    shown = _shown(request) + len(cards)
+    after = cards[-1]["cursor"] if cards else ""
+    params = {"stage": key, "after": after, "shown": str(shown), "count": str(count)}
     if request.query.get("pipeline"):
         params["pipeline"] = request.query["pipeline"]
     if responsible is not None:
         params["responsible"] = str(responsible)
-    more = max(0, count - next_offset) if len(cards) == MORE else 0
+    more = max(0, count - shown) if len(cards) == MORE else 0
     return {
         "board": "deals" if url.startswith("/deals") else "leads",
         "column": {"key": key, "cards": cards, "more": more},
@@ -319,7 +340,7 @@ async def deal_board_page(request: web.Request, user: User) -> dict[str, Any]:
         )
         names = await listing.names(session)
         filled = [c.stage.id for c in totals if c.count]
-        cards = await _deal_cards(request, user, session, names, filled, responsible, 0)
+        cards = await _deal_cards(request, user, session, names, filled, responsible, None)
     columns = []
     for col in totals:
         name = _label(lang, col.stage.name_ru, col.stage.name_en)
@@ -352,13 +373,12 @@ async def deal_column(request: web.Request, user: User) -> dict[str, Any]:
     if not stage.isdigit() or len(stage) > 9:
         raise errors.NotFound("no such stage")
     responsible = _responsible_filter(request, user)
-    offset = _offset(request)
     async with request.app[SESSIONS]() as session:
         names = await listing.names(session)
         cards = await _deal_cards(
-            request, user, session, names, [int(stage)], responsible, offset, MORE
+            request, user, session, names, [int(stage)], responsible, _after(request), MORE
         )
-    return _more(request, "/deals/kanban/column", stage, responsible, offset, cards[int(stage)])
+    return _more(request, "/deals/kanban/column", stage, responsible, cards[int(stage)])
 
 
 # ---------------------------------------------------------------- moves

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core import access
@@ -52,14 +53,24 @@ async def cards(
     rules: CrmRules,
     responsible_id: int | None = None,
     limit: int = 50,
-    offset: int = 0,
+    after: tuple[datetime, int] | None = None,
 ) -> list[Lead]:
-    """The leads of one stage ``actor`` may read, the most recently moved in first."""
+    """The leads of one stage ``actor`` may read, the most recently moved in first; ``after``
+    (``stage_changed_at``, ``id``) of the last one shown gives the next page, unaffected by
+    cards moved meanwhile."""
     stmt = access.scope(select(Lead).where(Lead.stage == stage), Lead.responsible_id, actor, rules)
     if responsible_id is not None:
         stmt = stmt.where(Lead.responsible_id == responsible_id)
+    if after is not None:  # the next page: the cards after the last one shown
+        moved, last_id = after
+        stmt = stmt.where(
+            or_(
+                Lead.stage_changed_at < moved,
+                and_(Lead.stage_changed_at == moved, Lead.id < last_id),
+            )
+        )
     stmt = stmt.order_by(Lead.stage_changed_at.desc(), Lead.id.desc())
-    return list(await session.scalars(stmt.limit(limit).offset(offset)))
+    return list(await session.scalars(stmt.limit(limit)))
 
 
 async def next_tasks(session: AsyncSession, lead_ids: Iterable[int]) -> dict[int, Task]:
