@@ -366,3 +366,29 @@ async def test_the_bell_counts_a_task_the_head_gives_and_drops_after_reading(
     assert "Позвонить в «Пышечную» до обеда" in await page.inner_text("#notes")
     assert await page.locator("#notes .note.unread").count() == 0
     await _shot(page, "36-manager-notifications")
+
+
+async def test_a_long_column_loads_the_rest_on_demand(client: Any, browser: Any) -> None:
+    world = await _world(client)
+    async with client.app[SESSIONS]() as s:
+        for i in range(25):
+            s.add(
+                Lead(
+                    title=f"Спам {i:02d}",
+                    stage="junk",
+                    junk_reason="spam",
+                    responsible_id=world["ivan"],
+                )
+            )
+        await s.commit()
+    base = str(client.make_url("/")).rstrip("/")
+    page = await _page(browser)
+    await _sign_in(page, base, "ivan")
+    await page.goto(f"{base}/leads?view=kanban")
+    junk = page.locator(_col("junk"))
+    assert await junk.locator(".kcard").count() == 20
+    await junk.locator("button.kmore", has_text="Ещё 5").click()
+    await page.wait_for_function(
+        "() => document.querySelectorAll('.kcol[data-stage=junk] .kcard').length === 25"
+    )
+    assert await junk.locator("button.kmore").count() == 0
