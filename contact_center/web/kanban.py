@@ -23,11 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from yarl import URL
 
 from contact_center.api.common import UnitOfWork
+from contact_center.http.api import path_id
 from contact_center.i18n import error_text
 from contact_center.keys import CLOCK, RULES, SESSIONS
 from contact_center.web import formats, links, listing
 from contact_center.web.shell import language, page, t_of
 from crm_core import access, errors
+from crm_core.db import MAX_DB_INT
 from crm_core.deals import board as deal_board
 from crm_core.deals import service as deals
 from crm_core.deals.model import Pipeline
@@ -45,6 +47,11 @@ MORE = 50  # the next ones, per click on "ещё N"
 MAX_OFFSET = 100_000
 
 PageView = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes "²" and other digits int() refuses)."""
+    return text.isascii() and text.isdigit()
 
 
 def with_board(list_view: PageView, board_view: PageView) -> PageView:
@@ -70,13 +77,13 @@ def initials(name: str) -> str:
 def _responsible_filter(request: web.Request, user: User) -> int | None:
     """``?responsible=`` (any id the user may filter by; managers see their own anyway)."""
     value = request.query.get("responsible", "")
-    return int(value) if value.isdigit() and len(value) < 10 else None
+    return int(value) if _digits(value) and len(value) < 10 else None
 
 
 def _shown(request: web.Request) -> int:
     """How many cards the column shows already (for "ещё N")."""
     value = request.query.get("shown", "0")
-    return min(int(value), MAX_OFFSET) if value.isdigit() and len(value) < 7 else 0
+    return min(int(value), MAX_OFFSET) if _digits(value) and len(value) < 7 else 0
 
 
 def _after(request: web.Request) -> tuple[datetime, int] | None:
@@ -86,7 +93,9 @@ def _after(request: web.Request) -> tuple[datetime, int] | None:
         moment = datetime.fromisoformat(moved)
     except ValueError:
         return None
-    if moment.tzinfo is None or not last.isdigit() or len(last) > 18:
+    if moment.tzinfo is None or not _digits(last) or len(last) > 18:
+        return None
+    if not 0 < int(last) <= MAX_DB_INT:
         return None
     return moment, int(last)
 
@@ -292,7 +301,7 @@ def _more(
     cards: list[dict[str, Any]],
 ) -> dict[str, Any]:
     total = request.query.get("count", "")
-    count = int(total) if total.isdigit() and len(total) < 9 else 0
+    count = int(total) if _digits(total) and len(total) < 9 else 0
     shown = _shown(request) + len(cards)
     after = cards[-1]["cursor"] if cards else ""
     params = {"stage": key, "after": after, "shown": str(shown), "count": str(count)}
@@ -318,7 +327,7 @@ def _own_only(user: User, rules: CrmRules) -> bool:
 async def _pipeline(request: web.Request) -> Pipeline:
     value = request.query.get("pipeline", "").strip()
     async with request.app[SESSIONS]() as session:
-        if value.isdigit() and len(value) < 10:
+        if _digits(value) and len(value) < 10:
             found: Pipeline | None = await session.get(Pipeline, int(value))
             if found is not None and found.is_active:
                 return found
@@ -370,7 +379,7 @@ async def deal_board_page(request: web.Request, user: User) -> dict[str, Any]:
 async def deal_column(request: web.Request, user: User) -> dict[str, Any]:
     """The next cards of a deal column (the "ещё N" button)."""
     stage = request.query.get("stage", "")
-    if not stage.isdigit() or len(stage) > 9:
+    if not _digits(stage) or len(stage) > 9:
         raise errors.NotFound("no such stage")
     responsible = _responsible_filter(request, user)
     async with request.app[SESSIONS]() as session:
@@ -567,10 +576,7 @@ async def move_deal(request: web.Request, user: User) -> web.StreamResponse:
 
 
 def _path_id(request: web.Request) -> int:
-    value = request.match_info["id"]
-    if len(value) > 18:
-        raise errors.NotFound("no such record")
-    return int(value)
+    return path_id(request, "id", "record")
 
 
 def routes(app: web.Application) -> None:

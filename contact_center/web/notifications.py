@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contact_center.api.common import UnitOfWork
+from contact_center.http.api import path_id
 from contact_center.keys import CLOCK, SESSIONS
 from contact_center.web.shell import (
     Formatter,
@@ -55,6 +56,11 @@ PATHS = {
     "deal": "/deals/{}",
     "invoice": "/invoices/{}",
 }
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes "²" and other digits int() refuses)."""
+    return text.isascii() and text.isdigit()
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,7 @@ async def describe(
 
 def _before(request: web.Request) -> int | None:
     value = request.query.get("before", "")
-    return int(value) if value.isdigit() and len(value) < 10 else None
+    return int(value) if _digits(value) and len(value) < 10 else None
 
 
 @page("notifications/page.html", partial="notifications/_list.html")
@@ -192,7 +198,7 @@ async def _ids(request: web.Request) -> list[int] | None:
         return None
     if not isinstance(values, list) or len(values) > 500:
         raise errors.InvalidInput("id: notification ids", details={"field": "id"})
-    ids = [int(v) for v in values if str(v).isdigit() and len(str(v)) < 10]
+    ids = [int(v) for v in values if _digits(str(v)) and len(str(v)) < 10]
     if len(ids) != len(values):
         raise errors.InvalidInput("id: notification ids", details={"field": "id"})
     return ids
@@ -221,9 +227,9 @@ async def mark_read(request: web.Request, user: User) -> web.StreamResponse:
 @page("notifications/page.html")
 async def one_notification(request: web.Request, user: User) -> web.StreamResponse:
     """One of the user's notifications as the toast shows it (title, line, link)."""
-    value = request.match_info["id"]
+    notification_id = path_id(request, "id", "notification")
     async with request.app[SESSIONS]() as session:
-        row = await session.get(Notification, int(value)) if len(value) < 10 else None
+        row = await session.get(Notification, notification_id)
         if row is None or row.user_id != user.id:
             raise errors.NotFound("no such notification")
         [view] = await describe(request, session, [row])

@@ -277,3 +277,42 @@ async def test_with_read_all_another_managers_cards_are_shown_locked_and_refused
     assert (await client.get("/deals?view=kanban&pipeline=sales")).status == 200
     unknown = await client.get("/deals?view=kanban&pipeline=nope")
     assert unknown.status == 422 and "Такой воронки нет" in await unknown.text()
+
+
+async def test_hostile_ids_and_cursors_are_4xx_never_500(client: Any) -> None:
+    _, _, _, stages = await _world(client)
+    await sign_in(client, "boss")
+    token = await csrf(client, "/deals?view=kanban")
+    hdr = {"X-CSRF-Token": token}
+    for path in ("/leads/kanban/9999999999/move", "/deals/kanban/99999999999999999999/move"):
+        resp = await client.post(path, json={"stage": "new"}, headers=hdr)
+        assert resp.status == 404, path
+    async with client.app[SESSIONS]() as s:
+        deal = await s.scalar(select(Deal.id))
+    for stage in ("9999999999", "x" * 65, ""):
+        resp = await client.post(f"/deals/kanban/{deal}/move", json={"stage": stage}, headers=hdr)
+        assert resp.status == 422, stage
+    for query in (
+        "stage=new&after=garbage&shown=-1&count=abc",
+        "stage=new&after=2026-01-01T00:00:00_1&shown=99999999999",
+        "stage=new&after=2026-01-01T00:00:00%2B00:00_99999999999999999999",
+        "stage=new&after=2026-01-01T00:00:00%2B00:00_999999999999",
+        "stage=new&after=9999-12-31T23:59:59%2B00:00_1",
+        "stage=nope",
+        "stage=new&after=2026-01-01T00:00:00%2B00:00_%C2%B2&shown=%C2%B2&count=%C2%B2"
+        "&responsible=%C2%B2",
+    ):
+        resp = await client.get(f"/leads/kanban/column?{query}")
+        assert resp.status in (200, 404), query
+    for query in (
+        "stage=9999999999",
+        f"stage={stages['won']}&responsible=99999999999",
+        "stage=%C2%B2",
+    ):
+        assert (await client.get(f"/deals/kanban/column?{query}")).status in (200, 404), query
+    assert (await client.get("/notifications/99999999999.json")).status == 404
+    assert (await client.get("/notifications?before=99999999999999")).status == 200
+    assert (await client.get("/notifications?before=%C2%B2")).status == 200
+    assert (await client.get("/deals?view=kanban&pipeline=%C2%B2")).status == 422
+    resp = await client.post("/notifications/read", data={"id": "²"}, headers=hdr)
+    assert resp.status == 422
