@@ -20,7 +20,9 @@ from contact_center.web import (
     deals,
     distribution,
     invoices,
+    kanban,
     leads,
+    notifications,
     plans,
     tasks,
     today,
@@ -46,6 +48,8 @@ MODULES = (
     tracking,
     users,
     cards,
+    kanban,
+    notifications,
 )
 
 
