@@ -1,0 +1,235 @@
+"""Drill: ``kill -9`` of a real ``contact-center serve`` process while its reminders run, and
+more reminders fall due while it is down: after the restart each runs exactly once.
+
+The server is a subprocess on a PostgreSQL cluster of the test's own. Task reminders are
+durable jobs (``scheduled_jobs``): the job is marked done in the transaction that stores its
+notification, so a run cut short by the kill leaves nothing and runs again once its lease
+(``scheduler.lease_s``) runs out. The stored effect, one ``task.due`` notification per task,
+must be there exactly once for every task; the live push of a reminder whose commit landed
+just before the kill may be lost (the notification waits in the manager's list), never
+doubled.
+
+Robot steps and outbound messages have no durable jobs yet; invoice reminders and recording
+jobs run through the same scheduler and claims as the task reminders drilled here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import pytest
+from sqlalchemy import func, select
+
+from contact_center import db
+from contact_center.config import DatabaseSettings, load_settings
+from crm_core.jobs.model import ScheduledJob
+from crm_core.notifications.model import Notification
+from crm_core.tasks import service as tasks
+from crm_core.tasks.schemas import TaskInput
+from crm_core.users import service as users
+from tests.conftest import ROOT
+from tests.helpers import free_port, until
+from tests.services import OwnPostgres, own_postgres, postgres_cluster_template  # noqa: F401
+from tests.test_cli import _cli, _env
+
+SOON = 150  # due a moment after they are created: the kill lands while they run
+LATER = 50  # fall due while the server is down
+LEASE_S = 3.0
+
+
+async def _serve(env: dict[str, str], cwd: Path, name: str) -> asyncio.subprocess.Process:
+    log = (cwd / f"{name}.log").open("wb")
+    try:
+        return await asyncio.create_subprocess_exec(
+            *_cli("serve"), env=env, cwd=cwd, stdout=log, stderr=log
+        )
+    finally:
+        log.close()
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
+
+
+async def _healthy(base: str, proc: asyncio.subprocess.Process, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise AssertionError(f"the server exited:\n{_tail(log)}")
+            try:
+                async with http.get(base + "/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"server not healthy in time:\n{_tail(log)}")
+
+
+async def _listen(http: aiohttp.ClientSession, url: str, token: str, seen: Counter[int]) -> None:
+    """Count the ``task.due`` pushes a manager's socket receives, by task."""
+    try:
+        async with http.ws_connect(url, headers={"Authorization": f"Bearer {token}"}) as ws:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    data = json.loads(msg.data)
+                    if data["type"] == "task.due":
+                        seen[int(data["task_id"])] += 1
+    except (aiohttp.ClientError, ConnectionError):
+        return  # the server was killed
+
+
+@pytest.mark.timeout(120)
+async def test_kill_9_while_reminders_run_each_runs_once_after_restart(
+    own_postgres: OwnPostgres,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    url = own_postgres.url("cc")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = _env(
+        tmp_path,
+        CC_DATABASE_URL=url,
+        CC_SERVER_PORT=str(port),
+        CC_SCHEDULER_INTERVAL_S="0.05",
+        CC_SCHEDULER_BATCH="5",
+        CC_SCHEDULER_LEASE_S=str(LEASE_S),
+    )
+    first = await _serve(env, tmp_path, "first")
+    engine = db.create_engine(DatabaseSettings(url=url))
+    sessions = db.sessionmaker(engine)
+    pushed: Counter[int] = Counter()
+    listeners: list[asyncio.Task[None]] = []
+    second: asyncio.subprocess.Process | None = None
+    try:
+        await _healthy(base, first, tmp_path / "first.log")
+        # The tasks are created by the service the API calls, in one transaction (fast
+        # enough to have them all before the first falls due).
+        soon = datetime.now(UTC) + timedelta(seconds=3)
+        later = soon + timedelta(seconds=6)
+        rules = load_settings(ROOT / "config.yaml", env={}).crm.rules()
+        async with sessions() as session:
+            ivan, _ = await users.create_user(
+                session, login="ivan", role="manager", password="password1", scrypt_n=1024
+            )
+            ids = []
+            for i in range(SOON + LATER):
+                task, _ = await tasks.create_task(
+                    session,
+                    TaskInput(
+                        title=f"Позвонить клиенту {i}", remind_at=soon if i < SOON else later
+                    ),
+                    actor=ivan,
+                    rules=rules,
+                    now=datetime.now(UTC),
+                )
+                ids.append(task.id)
+            await session.commit()
+        assert datetime.now(UTC) < soon, "creating the tasks took too long"
+        async with aiohttp.ClientSession() as http:
+            resp = await http.post(
+                base + "/api/v1/auth/token", json={"login": "ivan", "password": "password1"}
+            )
+            token = (await resp.json())["token"]
+            listeners.append(asyncio.create_task(_listen(http, base + "/ws", token, pushed)))
+
+            async def notified() -> int:
+                async with sessions() as session:
+                    return int(
+                        await session.scalar(
+                            select(func.count())
+                            .select_from(Notification)
+                            .where(Notification.kind == "task.due")
+                        )
+                        or 0
+                    )
+
+            # Mid-run: some reminders stored, the scheduler busy with the others.
+            async def mid_run() -> bool:
+                """Some reminders stored and a batch claimed: its jobs are the worker's."""
+                async with sessions() as session:
+                    by_status = dict(
+                        (
+                            await session.execute(
+                                select(ScheduledJob.status, func.count()).group_by(
+                                    ScheduledJob.status
+                                )
+                            )
+                        ).all()
+                    )
+                return by_status.get("done", 0) >= 10 and by_status.get("running", 0) > 0
+
+            await until(mid_run, timeout=20, interval=0.002)
+            os.kill(first.pid, signal.SIGKILL)
+            await first.wait()
+            async with sessions() as session:
+                at_kill = dict(
+                    (
+                        await session.execute(
+                            select(ScheduledJob.status, func.count()).group_by(ScheduledJob.status)
+                        )
+                    ).all()
+                )
+            stored_at_kill = await notified()
+            assert stored_at_kill < SOON, f"all reminders ran before the kill: {at_kill}"
+
+            # The later reminders fall due while nothing runs.
+            await asyncio.sleep(max(0.0, (later - datetime.now(UTC)).total_seconds()) + 0.5)
+            assert await notified() == stored_at_kill
+            second = await _serve(env, tmp_path, "second")
+            await _healthy(base, second, tmp_path / "second.log")
+            listeners.append(asyncio.create_task(_listen(http, base + "/ws", token, pushed)))
+
+            async def all_done() -> bool:
+                async with sessions() as session:
+                    live = await session.scalar(
+                        select(func.count())
+                        .select_from(ScheduledJob)
+                        .where(ScheduledJob.status.in_(("pending", "running")))
+                    )
+                return live == 0
+
+            await until(all_done, timeout=LEASE_S + 30, interval=0.1)
+            await asyncio.sleep(0.5)  # the last pushes reach the socket
+
+            async with sessions() as session:
+                per_task = Counter(
+                    (
+                        await session.scalars(
+                            select(Notification.object_id).where(Notification.kind == "task.due")
+                        )
+                    ).all()
+                )
+                jobs = (
+                    await session.execute(
+                        select(ScheduledJob.dedupe_key, ScheduledJob.status, ScheduledJob.attempts)
+                    )
+                ).all()
+    finally:
+        for listener in listeners:
+            listener.cancel()
+        for proc in (first, second):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await engine.dispose()
+
+    keys = {tasks.reminder_key(i) for i in ids}
+    assert {key for key, _, _ in jobs} == keys
+    assert {status for _, status, _ in jobs} == {"done"}, Counter(s for _, s, _ in jobs)
+    assert per_task == Counter(dict.fromkeys(ids, 1)), "a reminder stored twice or never"
+    assert max(pushed.values(), default=0) == 1, "a reminder pushed twice"
+    second_runs = sum(1 for _, _, attempts in jobs if attempts > 1)
+    print(
+        f"\ndrill: killed with {stored_at_kill} of {SOON} due reminders stored, jobs {at_kill};"
+        f" after the restart all {len(ids)} stored once, {second_runs} ran again after their"
+        f" lease, {sum(pushed.values())} pushed live"
+    )
