@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import pytest
 from sqlalchemy import select
 
@@ -123,15 +124,31 @@ async def test_postgres_restarted_under_load_loses_no_accepted_request(
             calls(),
         )
     ]
-    await asyncio.sleep(WARM_S)
-    await asyncio.to_thread(own_postgres.stop, "immediate")  # as after a crash
-    went_at = time.monotonic()
-    await asyncio.sleep(DOWN_S)
-    await asyncio.to_thread(own_postgres.start)
-    back_at = time.monotonic()
-    await asyncio.sleep(AFTER_S)
-    stop.set()
-    await asyncio.gather(*load)
+    # A manager signed in to the workspace in his browser.
+    browser = aiohttp.ClientSession(
+        base_url=str(client.make_url("")), cookie_jar=aiohttp.CookieJar(unsafe=True)
+    )
+    try:
+        signed_in = await browser.post(
+            "/login", data={"login": "ivan", "password": "password1"}, allow_redirects=False
+        )
+        assert signed_in.status == 303
+        await asyncio.sleep(WARM_S)
+        await asyncio.to_thread(own_postgres.stop, "immediate")  # as after a crash
+        went_at = time.monotonic()
+        await asyncio.sleep(DOWN_S / 2)
+        page = await browser.get("/today")
+        assert page.status == 503 and page.headers["Retry-After"]
+        assert (await page.text()).startswith("База данных недоступна")
+        await asyncio.sleep(DOWN_S / 2)
+        await asyncio.to_thread(own_postgres.start)
+        back_at = time.monotonic()
+        await asyncio.sleep(AFTER_S)
+        stop.set()
+        await asyncio.gather(*load)
+        assert (await browser.get("/today")).status == 200
+    finally:
+        await browser.close()
     await asyncio.gather(*playing)  # the last calls end
     telephony = client.app[TELEPHONY]
     await until(lambda: telephony.provide_status()["queued"] == 0, timeout=30)

@@ -182,7 +182,11 @@ def _unavailable(request: web.Request, error_id: str) -> web.Response:
 
     default = request.app[SETTINGS].locale.default if SETTINGS in request.app else "ru"
     lang = pick_language(request, default)
-    response = error_response(503, error_id, translator(lang)("error." + error_id))
+    message = translator(lang)("error." + error_id)
+    if request.path.startswith("/api/"):
+        response = error_response(503, error_id, message)
+    else:  # a page: a person reads it
+        response = web.Response(status=503, text=message)
     response.headers["Retry-After"] = str(RETRY_AFTER_S)
     return response
 
