@@ -146,6 +146,7 @@ class Telephony:
         self.calls_waiting = 0
         self.store_retries = 0
         self._store_failing_since: float | None = None
+        self._storing: str | None = None  # the call being stored
         self._popup_db_away_logged = -float("inf")
 
     # ---------------------------------------------------------------- intake (sync)
@@ -197,11 +198,22 @@ class Telephony:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain_timeout):
                 await self.drain()
+        unsaved = [self._storing] if self._storing else []
         for worker in self._workers:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
         self._workers = []
+        while not self._call_log.empty():
+            unsaved.append(self._call_log.get_nowait()[1].call_id)
+            self._call_log.task_done()
+        if unsaved:
+            # Kept in memory only: say which, so they can be found in the PBX's CDRs.
+            log.error(
+                "stopping with %d finished calls not stored (database away): %s",
+                len(unsaved),
+                ", ".join(unsaved[:100]),
+            )
         await self._reader.close()
 
     async def drain(self) -> None:
@@ -424,6 +436,7 @@ class Telephony:
         until it is back (the outcome is written once per call: a retry after a commit whose
         answer was lost finds the call stored and adds nothing)."""
         delay = STORE_RETRY_FIRST_S
+        self._storing = record.call_id
         while True:
             try:
                 async with self.sessions() as session:
@@ -457,6 +470,7 @@ class Telephony:
                     record.call_id,
                     self.calls_waiting,
                 )
+            self._storing = None
             return outcome
 
     def provide_status(self) -> dict[str, Any]:

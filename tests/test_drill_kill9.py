@@ -39,9 +39,10 @@ from tests.helpers import free_port, until
 from tests.services import OwnPostgres, own_postgres, postgres_cluster_template  # noqa: F401
 from tests.test_cli import _cli, _env
 
-SOON = 150  # due a moment after they are created: the kill lands while they run
+SOON = 150  # due already when they are created: the kill lands while they run
 LATER = 50  # fall due while the server is down
 LEASE_S = 3.0
+LATER_IN_S = 12.0  # the later reminders are due this long after the start
 
 
 async def _serve(env: dict[str, str], cwd: Path, name: str) -> asyncio.subprocess.Process:
@@ -111,35 +112,41 @@ async def test_kill_9_while_reminders_run_each_runs_once_after_restart(
     second: asyncio.subprocess.Process | None = None
     try:
         await _healthy(base, first, tmp_path / "first.log")
-        # The tasks are created by the service the API calls, in one transaction (fast
-        # enough to have them all before the first falls due).
-        soon = datetime.now(UTC) + timedelta(seconds=3)
-        later = soon + timedelta(seconds=6)
-        rules = load_settings(ROOT / "config.yaml", env={}).crm.rules()
         async with sessions() as session:
             ivan, _ = await users.create_user(
                 session, login="ivan", role="manager", password="password1", scrypt_n=1024
             )
-            ids = []
-            for i in range(SOON + LATER):
-                task, _ = await tasks.create_task(
-                    session,
-                    TaskInput(
-                        title=f"Позвонить клиенту {i}", remind_at=soon if i < SOON else later
-                    ),
-                    actor=ivan,
-                    rules=rules,
-                    now=datetime.now(UTC),
-                )
-                ids.append(task.id)
             await session.commit()
-        assert datetime.now(UTC) < soon, "creating the tasks took too long"
         async with aiohttp.ClientSession() as http:
             resp = await http.post(
                 base + "/api/v1/auth/token", json={"login": "ivan", "password": "password1"}
             )
             token = (await resp.json())["token"]
             listeners.append(asyncio.create_task(_listen(http, base + "/ws", token, pushed)))
+            await asyncio.sleep(0.5)  # the socket is open
+
+            # The tasks are created by the service the API calls, in one transaction: the
+            # first ones due already (they run as soon as it commits), the others later.
+            soon = datetime.now(UTC) - timedelta(minutes=1)
+            later = datetime.now(UTC) + timedelta(seconds=LATER_IN_S)
+            rules = load_settings(ROOT / "config.yaml", env={}).crm.rules()
+            creating = time.monotonic()
+            async with sessions() as session:
+                ids = []
+                for i in range(SOON + LATER):
+                    task, _ = await tasks.create_task(
+                        session,
+                        TaskInput(
+                            title=f"Позвонить клиенту {i}", remind_at=soon if i < SOON else later
+                        ),
+                        actor=ivan,
+                        rules=rules,
+                        now=datetime.now(UTC),
+                    )
+                    ids.append(task.id)
+                await session.commit()
+            created_in = time.monotonic() - creating
+            assert datetime.now(UTC) < later - timedelta(seconds=4), "creating took too long"
 
             async def notified() -> int:
                 async with sessions() as session:
@@ -229,7 +236,8 @@ async def test_kill_9_while_reminders_run_each_runs_once_after_restart(
     assert max(pushed.values(), default=0) == 1, "a reminder pushed twice"
     second_runs = sum(1 for _, _, attempts in jobs if attempts > 1)
     print(
-        f"\ndrill: killed with {stored_at_kill} of {SOON} due reminders stored, jobs {at_kill};"
+        f"\ndrill: {len(ids)} tasks created in {created_in:.1f} s; killed with {stored_at_kill}"
+        f" of {SOON} due reminders stored, jobs {at_kill};"
         f" after the restart all {len(ids)} stored once, {second_runs} ran again after their"
         f" lease, {sum(pushed.values())} pushed live"
     )

@@ -75,3 +75,29 @@ async def test_calls_ending_while_the_database_is_down_are_stored_once_it_is_bac
     health = await (await client.get("/healthz")).json()
     assert health["telephony"]["status"] == "ok"
     assert telephony.failures == 0
+
+
+@pytest.mark.timeout(60)
+async def test_stopping_while_the_database_is_down_names_the_calls_not_stored(
+    make_settings: Any,
+    own_postgres: OwnPostgres,  # noqa: F811
+    pbx: SimulatedPbx,
+    aiohttp_client_factory: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The call log is memory: a server stopped before the database came back cannot store
+    its waiting calls, and says which ones (to be found in the PBX's records)."""
+    settings = make_settings(CC_DATABASE_URL=own_postgres.url("cc"), CC_PBX=pbx_setting(pbx))
+    client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+    await until(
+        lambda: client.app[PBX]["main"].link is not None and client.app[PBX]["main"].link.connected,
+        timeout=10,
+    )
+    telephony = client.app[TELEPHONY]
+    await asyncio.to_thread(own_postgres.stop, "fast")
+    for caller in ("79161110001", "79161110002"):
+        await pbx.play("c_inbound_short_answered", outside=caller, did="74950000001")
+    await until(lambda: telephony.calls_waiting == 2, timeout=15)
+    await telephony.close(drain_timeout=0.2)
+    lost = [r.getMessage() for r in caplog.records if "not stored" in r.getMessage()]
+    assert len(lost) == 1 and lost[0].startswith("stopping with 2 finished calls not stored")
