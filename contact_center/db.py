@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -38,17 +40,25 @@ class DatabaseUnavailable(Exception):
 # SQLSTATEs of a server that is going away or not there yet: class 08 (connection exception),
 # admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections.
 _AWAY_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+# A network that does not reach the server (a full disk is not the database being away).
+_NETWORK_ERRNOS = frozenset(
+    {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.ETIMEDOUT}
+)
 
 
 def unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` says the database is away (down, restarting, the connection lost)
     rather than that the statement is wrong: the work may succeed when it is tried again.
 
-    asyncpg's refused connection reaches us as a bare ``OSError`` (the pool's connect is not
-    wrapped); a server shutting down answers with SQLSTATEs SQLAlchemy maps to a plain
-    ``DBAPIError``."""
-    if isinstance(exc, OSError | TimeoutError):
+    asyncpg's refused connection reaches us as a bare ``ConnectionRefusedError`` (the pool's
+    connect is not wrapped); a server shutting down answers with SQLSTATEs SQLAlchemy maps to
+    a plain ``DBAPIError``."""
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
         return True
+    if isinstance(exc, OSError) and (
+        exc.errno in _NETWORK_ERRNOS or str(exc).startswith("Multiple exceptions")
+    ):
+        return True  # asyncio's connect to every address of a name, each refused
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
             return True

@@ -8,6 +8,7 @@ owns its PostgreSQL cluster (``initdb`` in a temporary folder)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +16,10 @@ from typing import Any
 import aiohttp
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from ami.simulator import SimulatedPbx
-from contact_center import demo_tracking
+from contact_center import db, demo_tracking
 from contact_center.app import create_app
 from contact_center.keys import PBX, SESSIONS, TELEPHONY
 from crm_core.calls.model import Call
@@ -32,6 +34,14 @@ WARM_S = 1.0  # load before the database goes
 DOWN_S = 2.0  # how long it stays away
 AFTER_S = 4.0  # load after it is back
 RECOVERED_WITHIN_S = 3.0  # every request succeeds from this long after the restart on
+
+
+class _Asyncpg(Exception):
+    """What SQLAlchemy's asyncpg adapter raises: the server's SQLSTATE on ``sqlstate``."""
+
+    def __init__(self, message: str, sqlstate: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
 
 
 @dataclass
@@ -194,3 +204,25 @@ async def test_postgres_restarted_under_load_loses_no_accepted_request(
         f"\ndrill: {len(answers)} requests {by_status}, {len(callers)} calls,"
         f" database away {back_at - went_at:.1f} s"
     )
+
+
+@pytest.mark.parametrize(
+    ("exc", "away"),
+    [
+        (ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed"), True),
+        (ConnectionResetError(), True),
+        (TimeoutError(), True),
+        (OSError("Multiple exceptions: [Errno 111] Connect call failed ('::1', 5432)"), True),
+        (OSError(errno.ENOSPC, "No space left on device"), False),
+        (ValueError("bad"), False),
+        (
+            DBAPIError("SELECT 1", {}, _Asyncpg("terminating connection", "57P01")),
+            True,
+        ),
+        (DBAPIError("SELECT 1", {}, _Asyncpg("division by zero", "22012")), False),
+    ],
+)
+def test_what_counts_as_the_database_away(exc: BaseException, away: bool) -> None:
+    """A 503 (and a retried call) for the database away, never for a wrong statement or a
+    full disk."""
+    assert db.unavailable(exc) is away
