@@ -5,12 +5,13 @@ The server is a subprocess on a PostgreSQL cluster of the test's own. Task remin
 durable jobs (``scheduled_jobs``): the job is marked done in the transaction that stores its
 notification, so a run cut short by the kill leaves nothing and runs again once its lease
 (``scheduler.lease_s``) runs out. The stored effect, one ``task.due`` notification per task,
-must be there exactly once for every task; the live push of a reminder whose commit landed
-just before the kill may be lost (the notification waits in the manager's list), never
-doubled.
+must be there exactly once for every task; a live push may be missed (a commit just before
+the kill, or a reminder run at start-up before the manager's page reconnects: the
+notification waits in his list), never doubled. Invoice reminders (due today, so due
+already) go through the same drill.
 
-Robot steps and outbound messages have no durable jobs yet; invoice reminders and recording
-jobs run through the same scheduler and claims as the task reminders drilled here."""
+Robot steps and outbound messages have no durable jobs yet; recording jobs run through the
+same scheduler and claims as the reminders drilled here."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import os
 import signal
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
@@ -29,6 +31,8 @@ from sqlalchemy import func, select
 
 from contact_center import db
 from contact_center.config import DatabaseSettings, load_settings
+from crm_core.invoices import service as invoices
+from crm_core.invoices.schemas import InvoiceInput
 from crm_core.jobs.model import ScheduledJob
 from crm_core.notifications.model import Notification
 from crm_core.tasks import service as tasks
@@ -39,8 +43,10 @@ from tests.helpers import free_port, until
 from tests.services import OwnPostgres, own_postgres, postgres_cluster_template  # noqa: F401
 from tests.test_cli import _cli, _env
 
+KINDS = ("task.due", "invoice.reminder")
 SOON = 150  # due already when they are created: the kill lands while they run
 LATER = 50  # fall due while the server is down
+INVOICES = 30  # due today: their reminder (at 09:00 local) is due already
 LEASE_S = 3.0
 LATER_IN_S = 12.0  # the later reminders are due this long after the start
 
@@ -75,15 +81,19 @@ async def _healthy(base: str, proc: asyncio.subprocess.Process, log: Path) -> No
     raise AssertionError(f"server not healthy in time:\n{_tail(log)}")
 
 
-async def _listen(http: aiohttp.ClientSession, url: str, token: str, seen: Counter[int]) -> None:
-    """Count the ``task.due`` pushes a manager's socket receives, by task."""
+async def _listen(
+    http: aiohttp.ClientSession, url: str, token: str, seen: Counter[tuple[str, int]]
+) -> None:
+    """Count the reminders a manager's socket receives, by kind and task or invoice."""
     try:
         async with http.ws_connect(url, headers={"Authorization": f"Bearer {token}"}) as ws:
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     data = json.loads(msg.data)
                     if data["type"] == "task.due":
-                        seen[int(data["task_id"])] += 1
+                        seen["task.due", int(data["task_id"])] += 1
+                    elif data["type"] == "invoice.reminder":
+                        seen["invoice.reminder", int(data["invoice_id"])] += 1
     except (aiohttp.ClientError, ConnectionError):
         return  # the server was killed
 
@@ -107,7 +117,7 @@ async def test_kill_9_while_reminders_run_each_runs_once_after_restart(
     first = await _serve(env, tmp_path, "first")
     engine = db.create_engine(DatabaseSettings(url=url))
     sessions = db.sessionmaker(engine)
-    pushed: Counter[int] = Counter()
+    pushed: Counter[tuple[str, int]] = Counter()
     listeners: list[asyncio.Task[None]] = []
     second: asyncio.subprocess.Process | None = None
     try:
@@ -131,6 +141,11 @@ async def test_kill_9_while_reminders_run_each_runs_once_after_restart(
             later = datetime.now(UTC) + timedelta(seconds=LATER_IN_S)
             rules = load_settings(ROOT / "config.yaml", env={}).crm.rules()
             creating = time.monotonic()
+            # Invoice reminders come at 09:00 local time on their days: in a zone where it is
+            # 14:00 now, today's has fallen due already.
+            offset = 14 - datetime.now(UTC).hour
+            local = timezone(timedelta(hours=offset - 24 if offset > 14 else offset))
+            today = datetime.now(local).date()
             async with sessions() as session:
                 ids = []
                 for i in range(SOON + LATER):
@@ -144,6 +159,22 @@ async def test_kill_9_while_reminders_run_each_runs_once_after_restart(
                         now=datetime.now(UTC),
                     )
                     ids.append(task.id)
+                invoice_ids = []
+                for i in range(INVOICES):
+                    invoice, _ = await invoices.create_invoice(
+                        session,
+                        InvoiceInput(
+                            number=f"DR-{i}",
+                            amount=Decimal("1500.00"),
+                            issued_on=today,
+                            due_on=today,
+                        ),
+                        actor=ivan,
+                        rules=rules,
+                        tz=local,
+                        now=datetime.now(UTC),
+                    )
+                    invoice_ids.append(invoice.id)
                 await session.commit()
             created_in = time.monotonic() - creating
             assert datetime.now(UTC) < later - timedelta(seconds=4), "creating took too long"
@@ -154,7 +185,7 @@ async def test_kill_9_while_reminders_run_each_runs_once_after_restart(
                         await session.scalar(
                             select(func.count())
                             .select_from(Notification)
-                            .where(Notification.kind == "task.due")
+                            .where(Notification.kind.in_(KINDS))
                         )
                         or 0
                     )
@@ -186,7 +217,7 @@ async def test_kill_9_while_reminders_run_each_runs_once_after_restart(
                     ).all()
                 )
             stored_at_kill = await notified()
-            assert stored_at_kill < SOON, f"all reminders ran before the kill: {at_kill}"
+            assert stored_at_kill < SOON + INVOICES, f"all ran before the kill: {at_kill}"
 
             # The later reminders fall due while nothing runs.
             await asyncio.sleep(max(0.0, (later - datetime.now(UTC)).total_seconds()) + 0.5)
@@ -208,10 +239,12 @@ async def test_kill_9_while_reminders_run_each_runs_once_after_restart(
             await asyncio.sleep(0.5)  # the last pushes reach the socket
 
             async with sessions() as session:
-                per_task = Counter(
+                per_fact = Counter(
                     (
-                        await session.scalars(
-                            select(Notification.object_id).where(Notification.kind == "task.due")
+                        await session.execute(
+                            select(Notification.kind, Notification.object_id).where(
+                                Notification.kind.in_(KINDS)
+                            )
                         )
                     ).all()
                 )
@@ -229,15 +262,16 @@ async def test_kill_9_while_reminders_run_each_runs_once_after_restart(
                 await proc.wait()
         await engine.dispose()
 
-    keys = {tasks.reminder_key(i) for i in ids}
+    keys = {tasks.reminder_key(i) for i in ids} | {invoices.reminder_key(i, 0) for i in invoice_ids}
     assert {key for key, _, _ in jobs} == keys
     assert {status for _, status, _ in jobs} == {"done"}, Counter(s for _, s, _ in jobs)
-    assert per_task == Counter(dict.fromkeys(ids, 1)), "a reminder stored twice or never"
+    expected = [("task.due", i) for i in ids] + [("invoice.reminder", i) for i in invoice_ids]
+    assert per_fact == Counter(expected), "a reminder stored twice or never"
     assert max(pushed.values(), default=0) == 1, "a reminder pushed twice"
     second_runs = sum(1 for _, _, attempts in jobs if attempts > 1)
     print(
-        f"\ndrill: {len(ids)} tasks created in {created_in:.1f} s; killed with {stored_at_kill}"
-        f" of {SOON} due reminders stored, jobs {at_kill};"
-        f" after the restart all {len(ids)} stored once, {second_runs} ran again after their"
-        f" lease, {sum(pushed.values())} pushed live"
+        f"\ndrill: {len(ids)} tasks and {INVOICES} invoices created in {created_in:.1f} s;"
+        f" killed with {stored_at_kill} of {SOON + INVOICES} due reminders stored, jobs"
+        f" {at_kill}; after the restart all {len(keys)} stored once, {second_runs} ran again"
+        f" after their lease, {sum(pushed.values())} pushed live"
     )
