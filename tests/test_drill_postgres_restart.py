@@ -61,7 +61,9 @@ async def pbx() -> Any:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["immediate", "kill"])
 async def test_postgres_restarted_under_load_loses_no_accepted_request(
+    how: str,
     make_settings: Any,
     own_postgres: OwnPostgres,  # noqa: F811
     pbx: SimulatedPbx,
@@ -144,7 +146,11 @@ async def test_postgres_restarted_under_load_loses_no_accepted_request(
         )
         assert signed_in.status == 303
         await asyncio.sleep(WARM_S)
-        await asyncio.to_thread(own_postgres.stop, "immediate")  # as after a crash
+        # As after a crash: an immediate stop, or SIGKILL to the postmaster and its backends.
+        if how == "kill":
+            await asyncio.to_thread(own_postgres.kill)
+        else:
+            await asyncio.to_thread(own_postgres.stop, "immediate")
         went_at = time.monotonic()
         await asyncio.sleep(DOWN_S / 2)
         page = await browser.get("/today")
