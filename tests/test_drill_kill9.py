@@ -10,8 +10,10 @@ the kill, or a reminder run at start-up before the manager's page reconnects: th
 notification waits in his list), never doubled. Invoice reminders (due today, so due
 already) go through the same drill.
 
-Robot steps and outbound messages have no durable jobs yet; recording jobs run through the
-same scheduler and claims as the reminders drilled here."""
+The calls' recording jobs (a MixMonitor file in the spool to store) are drilled the same way:
+each recording ends stored once, one file in the store, none left in the spool.
+
+Robot steps and outbound messages have no durable jobs yet."""
 
 from __future__ import annotations
 
@@ -29,26 +31,29 @@ import aiohttp
 import pytest
 from sqlalchemy import func, select
 
-from contact_center import db
+from contact_center import db, recordings_service
 from contact_center.config import DatabaseSettings, load_settings
 from crm_core.invoices import service as invoices
 from crm_core.invoices.schemas import InvoiceInput
 from crm_core.jobs.model import ScheduledJob
 from crm_core.notifications.model import Notification
+from crm_core.recordings.model import Recording
 from crm_core.tasks import service as tasks
 from crm_core.tasks.schemas import TaskInput
 from crm_core.users import service as users
 from tests.conftest import ROOT
 from tests.helpers import free_port, until
+from tests.recordings import wav_bytes
 from tests.services import OwnPostgres, own_postgres, postgres_cluster_template  # noqa: F401
 from tests.test_cli import _cli, _env
 
 KINDS = ("task.due", "invoice.reminder")
-SOON = 150  # due already when they are created: the kill lands while they run
-LATER = 50  # fall due while the server is down
+SOON = 100  # due already when they are created
+LATER = 40  # fall due while the server is down
 INVOICES = 30  # due today: their reminder (at 09:00 local) is due already
+RECORDINGS = 6  # calls' MixMonitor files waiting in the spool to be stored
 LEASE_S = 3.0
-LATER_IN_S = 12.0  # the later reminders are due this long after the start
+LATER_IN_S = 10.0  # the later reminders are due this long after the start
 
 
 async def _serve(env: dict[str, str], cwd: Path, name: str) -> asyncio.subprocess.Process:
@@ -106,8 +111,15 @@ async def test_kill_9_while_reminders_run_each_runs_once_after_restart(
     url = own_postgres.url("cc")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    spool, store = tmp_path / "spool", tmp_path / "recordings"
+    spool.mkdir()
     env = _env(
         tmp_path,
+        CC_RECORDINGS_SPOOL_DIR=str(spool),
+        CC_RECORDINGS_WORK_DIR=str(tmp_path / "work"),
+        CC_RECORDINGS_STORAGE_DIR=str(store),
+        CC_RECORDINGS_FFMPEG="/nonexistent/ffmpeg",  # kept as WAV: no conversion time
+        CC_RECORDINGS_WORKERS="1",
         CC_DATABASE_URL=url,
         CC_SERVER_PORT=str(port),
         CC_SCHEDULER_INTERVAL_S="0.05",
@@ -175,6 +187,22 @@ async def test_kill_9_while_reminders_run_each_runs_once_after_restart(
                         now=datetime.now(UTC),
                     )
                     invoice_ids.append(invoice.id)
+                # The recordings' jobs are the oldest: the kill lands among them.
+                recording_ids = []
+                audio = wav_bytes(1.0)
+                for i in range(RECORDINGS):
+                    name = f"20261202-101500-in-74957654321-74950000001-17961{i:05d}.1.wav"
+                    await asyncio.to_thread((spool / name).write_bytes, audio)
+                    row = await recordings_service.schedule_for_call(
+                        session,
+                        pbx="main",
+                        call_ref=f"17961{i:05d}.1",
+                        call_pk=None,
+                        filename=name,
+                        ended_at=soon - timedelta(days=1),
+                    )
+                    assert row is not None
+                    recording_ids.append(row.id)
                 await session.commit()
             created_in = time.monotonic() - creating
             assert datetime.now(UTC) < later - timedelta(seconds=4), "creating took too long"
@@ -190,9 +218,9 @@ async def test_kill_9_while_reminders_run_each_runs_once_after_restart(
                         or 0
                     )
 
-            # Mid-run: some reminders stored, the scheduler busy with the others.
+            # Mid-run: some jobs done, the scheduler busy with the others.
             async def mid_run() -> bool:
-                """Some reminders stored and a batch claimed: its jobs are the worker's."""
+                """Some jobs done and a batch claimed: its jobs are the worker's."""
                 async with sessions() as session:
                     by_status = dict(
                         (
@@ -203,11 +231,12 @@ async def test_kill_9_while_reminders_run_each_runs_once_after_restart(
                             )
                         ).all()
                     )
-                return by_status.get("done", 0) >= 10 and by_status.get("running", 0) > 0
+                return by_status.get("done", 0) >= 3 and by_status.get("running", 0) > 0
 
             await until(mid_run, timeout=20, interval=0.002)
             os.kill(first.pid, signal.SIGKILL)
             await first.wait()
+            assert datetime.now(UTC) < later, "killed too late: the later reminders ran already"
             async with sessions() as session:
                 at_kill = dict(
                     (
@@ -231,7 +260,10 @@ async def test_kill_9_while_reminders_run_each_runs_once_after_restart(
                     live = await session.scalar(
                         select(func.count())
                         .select_from(ScheduledJob)
-                        .where(ScheduledJob.status.in_(("pending", "running")))
+                        .where(
+                            ScheduledJob.status.in_(("pending", "running")),
+                            ScheduledJob.kind != "recording.purge",
+                        )
                     )
                 return live == 0
 
@@ -250,8 +282,13 @@ async def test_kill_9_while_reminders_run_each_runs_once_after_restart(
                 )
                 jobs = (
                     await session.execute(
-                        select(ScheduledJob.dedupe_key, ScheduledJob.status, ScheduledJob.attempts)
+                        select(
+                            ScheduledJob.dedupe_key, ScheduledJob.status, ScheduledJob.attempts
+                        ).where(ScheduledJob.kind != "recording.purge")
                     )
+                ).all()
+                recorded = (
+                    await session.execute(select(Recording.state, Recording.storage_key))
                 ).all()
     finally:
         for listener in listeners:
@@ -263,15 +300,22 @@ async def test_kill_9_while_reminders_run_each_runs_once_after_restart(
         await engine.dispose()
 
     keys = {tasks.reminder_key(i) for i in ids} | {invoices.reminder_key(i, 0) for i in invoice_ids}
+    keys |= {f"recording:{i}:0" for i in recording_ids}
     assert {key for key, _, _ in jobs} == keys
     assert {status for _, status, _ in jobs} == {"done"}, Counter(s for _, s, _ in jobs)
     expected = [("task.due", i) for i in ids] + [("invoice.reminder", i) for i in invoice_ids]
     assert per_fact == Counter(expected), "a reminder stored twice or never"
     assert max(pushed.values(), default=0) == 1, "a reminder pushed twice"
+    # Every recording stored once: one file each in the store, none left in the spool.
+    assert sorted(state for state, _ in recorded) == ["stored"] * RECORDINGS, recorded
+    files = sorted(p.name for p in store.rglob("*") if p.is_file())
+    assert len(files) == RECORDINGS == len({key for _, key in recorded}), files
+    assert not list(spool.iterdir())
     second_runs = sum(1 for _, _, attempts in jobs if attempts > 1)
     print(
-        f"\ndrill: {len(ids)} tasks and {INVOICES} invoices created in {created_in:.1f} s;"
-        f" killed with {stored_at_kill} of {SOON + INVOICES} due reminders stored, jobs"
-        f" {at_kill}; after the restart all {len(keys)} stored once, {second_runs} ran again"
+        f"\ndrill: {len(ids)} tasks, {INVOICES} invoices and {RECORDINGS} recordings created in"
+        f" {created_in:.1f} s;"
+        f" killed with jobs {at_kill} ({stored_at_kill} reminders stored);"
+        f" after the restart all {len(keys)} done once, {second_runs} ran again"
         f" after their lease, {sum(pushed.values())} pushed live"
     )
