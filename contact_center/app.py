@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from typing import Any
 
 import aiohttp_jinja2
@@ -391,6 +392,7 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
         worker_id=f"{app[INSTANCE_ID]}:{os.getpid()}",
         interval=settings.interval_s,
         batch=settings.batch,
+        lease=timedelta(seconds=settings.lease_s),
         registry=app[METRICS],
     )
     app[SCHEDULER] = scheduler

@@ -180,6 +180,9 @@ class TelephonySettings(_Section):
 class SchedulerSettings(_Section):
     interval_s: float = Field(1.0, gt=0, le=3600)
     batch: int = Field(20, ge=1, le=1000)
+    # How long a claimed job is its worker's: a job whose worker died (kill -9, a lost
+    # machine) runs again this long after it was claimed. Longer than any job takes.
+    lease_s: float = Field(120.0, ge=1, le=86400)
 
 
 class StageSettings(_Section):

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -33,6 +35,39 @@ _MIGRATION_LOCK_KEY = 0x43_43_4D_49  # "CCMI"
 
 class DatabaseUnavailable(Exception):
     """The database could not be reached within the allowed time."""
+
+
+# SQLSTATEs of a server that is going away or not there yet: class 08 (connection exception),
+# admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections.
+_AWAY_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+# A network that does not reach the server (a full disk is not the database being away).
+_NETWORK_ERRNOS = frozenset(
+    {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.ETIMEDOUT}
+)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is away (down, restarting, the connection lost)
+    rather than that the statement is wrong: the work may succeed when it is tried again.
+
+    asyncpg's refused connection reaches us as a bare ``ConnectionRefusedError`` (the pool's
+    connect is not wrapped); a server shutting down answers with SQLSTATEs SQLAlchemy maps to
+    a plain ``DBAPIError``."""
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+        return True
+    if isinstance(exc, OSError) and (
+        exc.errno in _NETWORK_ERRNOS or str(exc).startswith("Multiple exceptions")
+    ):
+        return True  # asyncio's connect to every address of a name, each refused
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+            return True
+        exc = exc.orig if exc.orig is not None else exc
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str) and (state.startswith("08") or state in _AWAY_SQLSTATES):
+        return True
+    # asyncpg's own "connection was closed in the middle of operation".
+    return type(exc).__name__ == "ConnectionDoesNotExistError"
 
 
 def safe_url(url: str) -> str:

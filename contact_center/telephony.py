@@ -11,6 +11,11 @@ the call events it yields go, in order, through two lanes to :class:`Telephony`:
 * the call-log lane (finished calls, writes): the call's outcome is stored once
   (:mod:`contact_center.call_outcomes`: the call, a lead for an unknown inbound caller, the
   activity, call-back tasks, the recording job), then ``call.ended`` is pushed.
+
+A call that ends while the database is away is not lost: the call log keeps it at the head of
+its lane and tries again with back-off (the calls after it wait in the lane, bounded by
+``QUEUE_LIMIT``) until the database is back; the outage is logged once, and ``/healthz``
+shows the call log degraded with the number of calls waiting.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +36,7 @@ from ami import fold
 from contact_center import db
 from contact_center.bus import EventBus
 from contact_center.call_attribution import CallAttributor, call_tracking
-from contact_center.call_outcomes import CallOutcomes
+from contact_center.call_outcomes import CallOutcome, CallOutcomes
 from contact_center.config import Settings
 from crm_core.calls import events as call_events
 from crm_core.calls import screen_pop
@@ -57,6 +63,12 @@ PREFETCH_MAX = 1000
 
 # Longest a click-to-call waits for its card before the PBX is asked to ring.
 PREFETCH_WAIT_S = 0.3
+
+# Back-off of the call log while the database is away: first retry, then doubling to the cap.
+STORE_RETRY_FIRST_S = 0.25
+STORE_RETRY_MAX_S = 10.0
+# The pop-up lane says the database is away at most this often.
+POPUP_AWAY_LOG_EVERY_S = 60.0
 
 # Who else sees every call's ringing, answer and end on /ws: the head of sales watches who is
 # on a call (his screen pops nothing: app.js pops only for the user's own extensions).
@@ -158,6 +170,14 @@ class Telephony:
         self.failures = 0
         self.prefetch_hits = 0  # click-to-call rings that found their card already looked up
         self.repeated_rings = 0  # a queue retry ringing an extension again: no second pop-up
+        self.dropped = 0  # events refused by a full lane
+        # The call log: finished calls not yet stored (queued or being stored), attempts that
+        # found the database away, and since when (loop time) it has been away.
+        self.calls_waiting = 0
+        self.store_retries = 0
+        self._store_failing_since: float | None = None
+        self._storing: str | None = None  # the call being stored
+        self._popup_db_away_logged = -float("inf")
 
     # ---------------------------------------------------------------- intake (sync)
 
@@ -190,13 +210,19 @@ class Telephony:
         try:
             if isinstance(event, fold.CallEnded):
                 self._call_log.put_nowait((pbx, event))
+                self.calls_waiting += 1
             else:
                 self._popups.put_nowait((pbx, event))
         except asyncio.QueueFull:
-            # Only with a stalled database: the fold keeps state, the pop-up is what is lost.
-            log.error(
-                "telephony queue full; dropped %s for call %s", type(event).__name__, event.call_id
-            )
+            # Only with a database away for hours: the fold keeps state, this event is lost.
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error(
+                    "telephony queue full; dropped %s for call %s (%d dropped so far)",
+                    type(event).__name__,
+                    event.call_id,
+                    self.dropped,
+                )
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -211,11 +237,28 @@ class Telephony:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain_timeout):
                 await self.drain()
+        unsaved = [self._storing] if self._storing else []
         for worker in self._workers:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
         self._workers = []
+        while not self._call_log.empty():
+            work = self._call_log.get_nowait()[1]
+            if isinstance(work, CdrCalls):
+                unsaved.extend(r.call_id for r in work.records)
+                if not work.done.done():
+                    work.done.cancel()
+            else:
+                unsaved.append(work.call_id)
+            self._call_log.task_done()
+        if unsaved:
+            # Kept in memory only: say which, so they can be found in the PBX's CDRs.
+            log.error(
+                "stopping with %d finished calls not stored (database away): %s",
+                len(unsaved),
+                ", ".join(unsaved[:100]),
+            )
         await self._reader.close()
 
     async def drain(self) -> None:
@@ -257,9 +300,23 @@ class Telephony:
             except asyncio.CancelledError:
                 lane.task_done()
                 raise
-            except Exception:
-                self.failures += 1
-                log.exception("telephony failed on %s (pbx %s)", _describe(work), pbx)
+            except Exception as exc:
+                if popups and db.unavailable(exc):
+                    # A pop-up without its card; said once a minute, not once per event.
+                    now = asyncio.get_running_loop().time()
+                    if now - self._popup_db_away_logged > POPUP_AWAY_LOG_EVERY_S:
+                        self._popup_db_away_logged = now
+                        log.warning(
+                            "database away: pop-ups go without cards (%s, first on %s)",
+                            db.describe_error(exc),
+                            _describe(work),
+                        )
+                else:
+                    self.failures += 1
+                    log.exception("telephony failed on %s (pbx %s)", _describe(work), pbx)
+            finally:
+                if isinstance(work, fold.CallEnded):
+                    self.calls_waiting -= 1
             self.processed += 1
             lane.task_done()
             if popups and lane.empty():
@@ -426,15 +483,7 @@ class Telephony:
     async def _ended(self, pbx: str, record: CallRecord) -> None:
         info = self._live.pop((pbx, record.call_id), None)
         self._click_to_call.pop((pbx, record.call_id), None)
-        async with self.sessions() as session:
-            outcome = await self.outcomes.record(
-                session,
-                pbx,
-                record,
-                now=self.clock.now(),
-                tracking=info.tracking if info else None,
-            )
-            await session.commit()
+        outcome = await self._store(pbx, record, info.tracking if info else None)
         for event in outcome.events:
             await self.bus.publish(event)
         audience = {f"ext:{e}" for e in record.rang}
@@ -459,6 +508,50 @@ class Telephony:
                     audience=tuple(sorted(audience)),
                 )
             )
+
+    async def _store(
+        self, pbx: str, record: CallRecord, tracking: dict[str, Any] | None
+    ) -> CallOutcome:
+        """Store the call's outcome; while the database is away, try again with back-off
+        until it is back (the outcome is written once per call: a retry after a commit whose
+        answer was lost finds the call stored and adds nothing)."""
+        delay = STORE_RETRY_FIRST_S
+        self._storing = record.call_id
+        while True:
+            try:
+                async with self.sessions() as session:
+                    outcome = await self.outcomes.record(
+                        session, pbx, record, now=self.clock.now(), tracking=tracking
+                    )
+                    await session.commit()
+            except Exception as exc:
+                if not db.unavailable(exc):
+                    raise
+                self.store_retries += 1
+                if self._store_failing_since is None:
+                    self._store_failing_since = asyncio.get_running_loop().time()
+                    log.warning(
+                        "database away (%s): the call log waits, call %s first; retrying"
+                        " with back-off up to %.0f s",
+                        db.describe_error(exc),
+                        record.call_id,
+                        STORE_RETRY_MAX_S,
+                    )
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
+                continue
+            if self._store_failing_since is not None:
+                away = asyncio.get_running_loop().time() - self._store_failing_since
+                self._store_failing_since = None
+                log.info(
+                    "database back after %.1f s: the call log resumes with call %s"
+                    " (%d calls waiting)",
+                    away,
+                    record.call_id,
+                    self.calls_waiting,
+                )
+            self._storing = None
+            return outcome
 
     async def _from_cdr(self, pbx: str, records: list[CallRecord]) -> tuple[int, int]:
         """Store the CDR's calls the call log lacks; give the stored calls whose times were
@@ -497,15 +590,21 @@ class Telephony:
         return added, corrected
 
     def provide_status(self) -> dict[str, Any]:
+        failing = self._store_failing_since
+        call_log: dict[str, Any] = {"waiting": self.calls_waiting, "retries": self.store_retries}
+        if failing is not None:
+            call_log["waiting_s"] = round(asyncio.get_running_loop().time() - failing, 1)
         return {
-            "status": "ok",
+            "status": "ok" if failing is None else "degraded",
             "queued": self._popups.qsize() + self._call_log.qsize(),
             "processed": self.processed,
             "failures": self.failures,
+            "dropped": self.dropped,
             "prefetch_hits": self.prefetch_hits,
             "repeated_rings": self.repeated_rings,
             "cdr_added": self.cdr_added,
             "cdr_corrected": self.cdr_corrected,
+            "call_log": call_log,
         }
 
 

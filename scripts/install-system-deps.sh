@@ -9,6 +9,8 @@ want=()
 command -v ffmpeg >/dev/null 2>&1 || want+=(ffmpeg)
 command -v chromium >/dev/null 2>&1 || want+=(chromium)
 command -v pg_isready >/dev/null 2>&1 || want+=(postgresql-client)
+# The drills make throwaway clusters of their own with initdb (tests/services.py OwnPostgres).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || want+=(postgresql)
 command -v redis-cli >/dev/null 2>&1 || want+=(redis-tools)
 [ -x /usr/sbin/dovecot ] || command -v dovecot >/dev/null 2>&1 || want+=(dovecot-imapd)
 

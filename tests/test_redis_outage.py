@@ -17,6 +17,7 @@ from contact_center.app import create_app
 from contact_center.config import Settings
 from contact_center.keys import SESSIONS, TRACKER
 from crm_core.distribution.model import WebRequest
+from crm_core.tracking.model import TrackingSession
 from tests.api.test_tracking import SESSION, seeded
 from tests.helpers import until
 from tests.services import OwnRedis, own_redis  # noqa: F401  (fixture)
@@ -118,3 +119,101 @@ async def test_more_concurrent_visitors_than_redis_connections(
     assert sorted(set(statuses)) == [200], {s: statuses.count(s) for s in set(statuses)}
     store = client.app[TRACKER].store
     assert not store.degraded and store.fallbacks == 0  # all of them went through Redis
+
+
+@pytest.fixture
+async def redis_pg_client(
+    make_settings: Callable[..., Settings],
+    postgres_url: str,
+    own_redis: OwnRedis,  # noqa: F811
+    aiohttp_client_factory: Callable[..., Any],
+) -> Any:
+    """Production mode: PostgreSQL and Redis (SQLite, the embedded mode, runs without Redis)."""
+    settings = make_settings(
+        CC_DATABASE_URL=postgres_url,
+        CC_REDIS_URL=own_redis.url,
+        CC_REDIS_MAX_CONNECTIONS="4",
+        CC_REDIS_POOL_TIMEOUT_S="5",
+        CC_REDIS_SOCKET_TIMEOUT_S="1",
+        CC_TRACKING_SESSIONS_PER_IP="1000000",
+        CC_TRACKING_SESSIONS_PER_VISITOR="1000000",
+        CC_DISTRIBUTION_REQUESTS_PER_IP="1000000",  # the load comes from one address
+    )
+    return await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+
+
+async def test_redis_killed_and_restarted_under_load_loses_nothing(
+    redis_pg_client: Any,
+    own_redis: OwnRedis,  # noqa: F811
+) -> None:
+    """Drill: website requests and visitors keep coming (concurrently, more of them than the
+    pool's four connections) while Redis is killed and, two seconds later, started again:
+    every website request is answered 201 and stored, every visitor's session is answered and
+    stored, and once Redis is back tracking goes through it again (no fallback to memory) and
+    /healthz is ok, without a restart."""
+    client = redis_pg_client
+    await seeded(client)
+    phase = "before"
+    web: list[tuple[str, int, Any]] = []
+    visits: list[tuple[str, int, Any]] = []
+    stop = asyncio.Event()
+
+    async def website(worker: int) -> None:
+        i = 0
+        while not stop.is_set():
+            resp = await _web_request(client, f"+7926{worker:02d}{i:05d}")
+            web.append((phase, resp.status, await resp.json()))
+            i += 1
+            await asyncio.sleep(0.01)
+
+    async def visitor(worker: int) -> None:
+        i = 0
+        while not stop.is_set():
+            body = {"site": "demo", "utm_source": "google", "visitor_id": f"visitor-{worker:04d}"}
+            resp = await client.post(SESSION, json=body)
+            visits.append((phase, resp.status, await resp.json()))
+            i += 1
+            await asyncio.sleep(0.01)
+
+    load = [
+        asyncio.create_task(job)
+        for job in (*(website(w) for w in range(6)), *(visitor(w) for w in range(6)))
+    ]
+    tracker = client.app[TRACKER]
+    await asyncio.sleep(1.0)
+    phase = "down"
+    own_redis.kill()
+    await asyncio.sleep(2.0)
+    own_redis.start()
+    phase = "back"
+    await asyncio.sleep(tracker.store.circuit.retry_s + 1.0)
+    fallbacks = tracker.store.fallbacks
+    phase = "after"
+    await asyncio.sleep(1.0)
+    stop.set()
+    await asyncio.gather(*load)
+
+    statuses = {(p, s) for p, s, _ in web + visits}
+    refused = [(p, s, b) for p, s, b in web + visits if s >= 300]
+    assert {s for _, s in statuses} == {200, 201}, refused[:3]
+    assert {p for p, _ in statuses} == {"before", "down", "back", "after"}
+    assert fallbacks > 0, "Redis was never missed"
+    assert tracker.store.fallbacks == fallbacks and not tracker.store.degraded
+    accepted = {body["id"] for _, _, body in web}
+    answered = {body["session_id"] for _, _, body in visits}
+
+    async def stored() -> bool:
+        async with client.app[SESSIONS]() as session:
+            requests = set((await session.scalars(select(WebRequest.id))).all())
+            keys = set((await session.scalars(select(TrackingSession.key))).all())
+        assert requests == accepted and len(accepted) == len(web)
+        return keys == answered
+
+    await until(stored, timeout=15)  # sessions are written in batches
+
+    async def healthy() -> bool:
+        doc = await (await client.get("/healthz")).json()
+        return doc["redis"]["status"] == "ok" and doc["tracking"]["status"] == "ok"
+
+    await until(healthy, timeout=15)
+    print(f"\ndrill: {len(web)} website requests, {len(visits)} visitors, all answered")

@@ -10,8 +10,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
+from contact_center import db
+from contact_center.i18n import pick_language, translator
 from crm_core import errors
 
 log = logging.getLogger(__name__)
@@ -83,12 +85,25 @@ def _kind(exc: BaseException) -> tuple[str, ...]:
     return (type(exc).__name__, where)
 
 
-def log_failure(request: web.Request, exc: BaseException, what: str) -> None:
-    """Log an unexpected failure of ``request`` (rate-limited per kind)."""
+def log_failure(
+    request: web.Request, exc: BaseException, what: str, *, expected: bool = False
+) -> None:
+    """Log a failure of ``request`` (rate-limited per kind). ``expected``: a service away,
+    which the operator sees on /healthz: one warning line, no traceback."""
     allowed, repeats = _LOG_LIMIT.allow(_kind(exc))
     if not allowed:
         return
     more = f" ({repeats} more like it since the last report)" if repeats else ""
+    if expected:
+        log.warning(
+            "%s on %s %s: %s%s",
+            what,
+            request.method,
+            request.path,
+            db.describe_error(exc),
+            more,
+        )
+        return
     log.error(
         "%s on %s %s: %s: %s%s",
         what,
@@ -134,8 +149,8 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
             return error_response(413, "body-too-large", "request body too large")
         return error_response(exc.status, f"http-{exc.status}", exc.reason)
     except RedisError as exc:
-        log_failure(request, exc, "redis unavailable")
-        return error_response(503, "redis-unavailable", "Redis does not answer; try again")
+        log_failure(request, exc, "redis unavailable", expected=True)
+        return _unavailable(request, "redis-unavailable")
     except (DBAPIError, OverflowError) as exc:
         if isinstance(exc, OverflowError) or _refused_by_database(exc):
             log_failure(request, exc, "value refused by the database")
@@ -144,14 +159,36 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
                 "invalid-input",
                 "a value is out of range or holds a character that cannot be stored",
             )
-        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
-            log_failure(request, exc, "database unavailable")
-            return error_response(503, "database-unavailable", "the database does not answer")
+        if db.unavailable(exc):
+            log_failure(request, exc, "database unavailable", expected=True)
+            return _unavailable(request, "database-unavailable")
         log_failure(request, exc, "database error")
         return _internal_error(request)
     except Exception as exc:
+        if db.unavailable(exc):  # a refused connection arrives as a bare OSError
+            log_failure(request, exc, "database unavailable", expected=True)
+            return _unavailable(request, "database-unavailable")
         log_failure(request, exc, "unexpected error")
         return _internal_error(request)
+
+
+# Seconds a client is asked to wait before trying again while a service is away.
+RETRY_AFTER_S = 2
+
+
+def _unavailable(request: web.Request, error_id: str) -> web.Response:
+    """503 in the stable shape, in the caller's language: nothing was stored, try again."""
+    from contact_center.keys import SETTINGS  # keys imports the HTTP layer
+
+    default = request.app[SETTINGS].locale.default if SETTINGS in request.app else "ru"
+    lang = pick_language(request, default)
+    message = translator(lang)("error." + error_id)
+    if request.path.startswith("/api/"):
+        response = error_response(503, error_id, message)
+    else:  # a page: a person reads it
+        response = web.Response(status=503, text=message)
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
 
 
 def _internal_error(request: web.Request) -> web.Response:

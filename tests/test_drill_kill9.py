@@ -1,0 +1,321 @@
+"""Drill: ``kill -9`` of a real ``contact-center serve`` process while its reminders run, and
+more reminders fall due while it is down: after the restart each runs exactly once.
+
+The server is a subprocess on a PostgreSQL cluster of the test's own. Task reminders are
+durable jobs (``scheduled_jobs``): the job is marked done in the transaction that stores its
+notification, so a run cut short by the kill leaves nothing and runs again once its lease
+(``scheduler.lease_s``) runs out. The stored effect, one ``task.due`` notification per task,
+must be there exactly once for every task; a live push may be missed (a commit just before
+the kill, or a reminder run at start-up before the manager's page reconnects: the
+notification waits in his list), never doubled. Invoice reminders (due today, so due
+already) go through the same drill.
+
+The calls' recording jobs (a MixMonitor file in the spool to store) are drilled the same way:
+each recording ends stored once, one file in the store, none left in the spool.
+
+Robot steps and outbound messages have no durable jobs yet."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+import pytest
+from sqlalchemy import func, select
+
+from contact_center import db, recordings_service
+from contact_center.config import DatabaseSettings, load_settings
+from crm_core.invoices import service as invoices
+from crm_core.invoices.schemas import InvoiceInput
+from crm_core.jobs.model import ScheduledJob
+from crm_core.notifications.model import Notification
+from crm_core.recordings.model import Recording
+from crm_core.tasks import service as tasks
+from crm_core.tasks.schemas import TaskInput
+from crm_core.users import service as users
+from tests.conftest import ROOT
+from tests.helpers import free_port, until
+from tests.recordings import wav_bytes
+from tests.services import OwnPostgres, own_postgres, postgres_cluster_template  # noqa: F401
+from tests.test_cli import _cli, _env
+
+KINDS = ("task.due", "invoice.reminder")
+SOON = 100  # due already when they are created
+LATER = 40  # fall due while the server is down
+INVOICES = 30  # due today: their reminder (at 09:00 local) is due already
+RECORDINGS = 6  # calls' MixMonitor files waiting in the spool to be stored
+LEASE_S = 3.0
+LATER_IN_S = 10.0  # the later reminders are due this long after the start
+
+
+async def _serve(env: dict[str, str], cwd: Path, name: str) -> asyncio.subprocess.Process:
+    log = (cwd / f"{name}.log").open("wb")
+    try:
+        return await asyncio.create_subprocess_exec(
+            *_cli("serve"), env=env, cwd=cwd, stdout=log, stderr=log
+        )
+    finally:
+        log.close()
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
+
+
+async def _healthy(base: str, proc: asyncio.subprocess.Process, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise AssertionError(f"the server exited:\n{_tail(log)}")
+            try:
+                async with http.get(base + "/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"server not healthy in time:\n{_tail(log)}")
+
+
+async def _listen(
+    http: aiohttp.ClientSession, url: str, token: str, seen: Counter[tuple[str, int]]
+) -> None:
+    """Count the reminders a manager's socket receives, by kind and task or invoice."""
+    try:
+        async with http.ws_connect(url, headers={"Authorization": f"Bearer {token}"}) as ws:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    data = json.loads(msg.data)
+                    if data["type"] == "task.due":
+                        seen["task.due", int(data["task_id"])] += 1
+                    elif data["type"] == "invoice.reminder":
+                        seen["invoice.reminder", int(data["invoice_id"])] += 1
+    except (aiohttp.ClientError, ConnectionError):
+        return  # the server was killed
+
+
+@pytest.mark.timeout(120)
+async def test_kill_9_while_reminders_run_each_runs_once_after_restart(
+    own_postgres: OwnPostgres,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    url = own_postgres.url("cc")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    spool, store = tmp_path / "spool", tmp_path / "recordings"
+    spool.mkdir()
+    env = _env(
+        tmp_path,
+        CC_RECORDINGS_SPOOL_DIR=str(spool),
+        CC_RECORDINGS_WORK_DIR=str(tmp_path / "work"),
+        CC_RECORDINGS_STORAGE_DIR=str(store),
+        CC_RECORDINGS_FFMPEG="/nonexistent/ffmpeg",  # kept as WAV: no conversion time
+        CC_RECORDINGS_WORKERS="1",
+        CC_DATABASE_URL=url,
+        CC_SERVER_PORT=str(port),
+        CC_SCHEDULER_INTERVAL_S="0.05",
+        CC_SCHEDULER_BATCH="5",
+        CC_SCHEDULER_LEASE_S=str(LEASE_S),
+    )
+    first = await _serve(env, tmp_path, "first")
+    engine = db.create_engine(DatabaseSettings(url=url))
+    sessions = db.sessionmaker(engine)
+    pushed: Counter[tuple[str, int]] = Counter()
+    listeners: list[asyncio.Task[None]] = []
+    second: asyncio.subprocess.Process | None = None
+    try:
+        await _healthy(base, first, tmp_path / "first.log")
+        async with sessions() as session:
+            ivan, _ = await users.create_user(
+                session, login="ivan", role="manager", password="password1", scrypt_n=1024
+            )
+            await session.commit()
+        async with aiohttp.ClientSession() as http:
+            resp = await http.post(
+                base + "/api/v1/auth/token", json={"login": "ivan", "password": "password1"}
+            )
+            token = (await resp.json())["token"]
+            listeners.append(asyncio.create_task(_listen(http, base + "/ws", token, pushed)))
+            await asyncio.sleep(0.5)  # the socket is open
+
+            # The tasks are created by the service the API calls, in one transaction: the
+            # first ones due already (they run as soon as it commits), the others later.
+            soon = datetime.now(UTC) - timedelta(minutes=1)
+            later = datetime.now(UTC) + timedelta(seconds=LATER_IN_S)
+            rules = load_settings(ROOT / "config.yaml", env={}).crm.rules()
+            creating = time.monotonic()
+            # Invoice reminders come at 09:00 local time on their days: in a zone where it is
+            # 14:00 now, today's has fallen due already.
+            offset = 14 - datetime.now(UTC).hour
+            local = timezone(timedelta(hours=offset - 24 if offset > 14 else offset))
+            today = datetime.now(local).date()
+            async with sessions() as session:
+                ids = []
+                for i in range(SOON + LATER):
+                    task, _ = await tasks.create_task(
+                        session,
+                        TaskInput(
+                            title=f"Позвонить клиенту {i}", remind_at=soon if i < SOON else later
+                        ),
+                        actor=ivan,
+                        rules=rules,
+                        now=datetime.now(UTC),
+                    )
+                    ids.append(task.id)
+                invoice_ids = []
+                for i in range(INVOICES):
+                    invoice, _ = await invoices.create_invoice(
+                        session,
+                        InvoiceInput(
+                            number=f"DR-{i}",
+                            amount=Decimal("1500.00"),
+                            issued_on=today,
+                            due_on=today,
+                        ),
+                        actor=ivan,
+                        rules=rules,
+                        tz=local,
+                        now=datetime.now(UTC),
+                    )
+                    invoice_ids.append(invoice.id)
+                # The recordings' jobs are the oldest: the kill lands among them.
+                recording_ids = []
+                audio = wav_bytes(1.0)
+                for i in range(RECORDINGS):
+                    name = f"20261202-101500-in-74957654321-74950000001-17961{i:05d}.1.wav"
+                    await asyncio.to_thread((spool / name).write_bytes, audio)
+                    row = await recordings_service.schedule_for_call(
+                        session,
+                        pbx="main",
+                        call_ref=f"17961{i:05d}.1",
+                        call_pk=None,
+                        filename=name,
+                        ended_at=soon - timedelta(days=1),
+                    )
+                    assert row is not None
+                    recording_ids.append(row.id)
+                await session.commit()
+            created_in = time.monotonic() - creating
+            assert datetime.now(UTC) < later - timedelta(seconds=4), "creating took too long"
+
+            async def notified() -> int:
+                async with sessions() as session:
+                    return int(
+                        await session.scalar(
+                            select(func.count())
+                            .select_from(Notification)
+                            .where(Notification.kind.in_(KINDS))
+                        )
+                        or 0
+                    )
+
+            # Mid-run: some jobs done, the scheduler busy with the others.
+            async def mid_run() -> bool:
+                """Some jobs done and a batch claimed: its jobs are the worker's."""
+                async with sessions() as session:
+                    by_status = dict(
+                        (
+                            await session.execute(
+                                select(ScheduledJob.status, func.count()).group_by(
+                                    ScheduledJob.status
+                                )
+                            )
+                        ).all()
+                    )
+                return by_status.get("done", 0) >= 3 and by_status.get("running", 0) > 0
+
+            await until(mid_run, timeout=20, interval=0.002)
+            os.kill(first.pid, signal.SIGKILL)
+            await first.wait()
+            assert datetime.now(UTC) < later, "killed too late: the later reminders ran already"
+            async with sessions() as session:
+                at_kill = dict(
+                    (
+                        await session.execute(
+                            select(ScheduledJob.status, func.count()).group_by(ScheduledJob.status)
+                        )
+                    ).all()
+                )
+            stored_at_kill = await notified()
+            assert stored_at_kill < SOON + INVOICES, f"all ran before the kill: {at_kill}"
+
+            # The later reminders fall due while nothing runs.
+            await asyncio.sleep(max(0.0, (later - datetime.now(UTC)).total_seconds()) + 0.5)
+            assert await notified() == stored_at_kill
+            second = await _serve(env, tmp_path, "second")
+            await _healthy(base, second, tmp_path / "second.log")
+            listeners.append(asyncio.create_task(_listen(http, base + "/ws", token, pushed)))
+
+            async def all_done() -> bool:
+                async with sessions() as session:
+                    live = await session.scalar(
+                        select(func.count())
+                        .select_from(ScheduledJob)
+                        .where(
+                            ScheduledJob.status.in_(("pending", "running")),
+                            ScheduledJob.kind != "recording.purge",
+                        )
+                    )
+                return live == 0
+
+            await until(all_done, timeout=LEASE_S + 30, interval=0.1)
+            await asyncio.sleep(0.5)  # the last pushes reach the socket
+
+            async with sessions() as session:
+                per_fact = Counter(
+                    (
+                        await session.execute(
+                            select(Notification.kind, Notification.object_id).where(
+                                Notification.kind.in_(KINDS)
+                            )
+                        )
+                    ).all()
+                )
+                jobs = (
+                    await session.execute(
+                        select(
+                            ScheduledJob.dedupe_key, ScheduledJob.status, ScheduledJob.attempts
+                        ).where(ScheduledJob.kind != "recording.purge")
+                    )
+                ).all()
+                recorded = (
+                    await session.execute(select(Recording.state, Recording.storage_key))
+                ).all()
+    finally:
+        for listener in listeners:
+            listener.cancel()
+        for proc in (first, second):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await engine.dispose()
+
+    keys = {tasks.reminder_key(i) for i in ids} | {invoices.reminder_key(i, 0) for i in invoice_ids}
+    keys |= {f"recording:{i}:0" for i in recording_ids}
+    assert {key for key, _, _ in jobs} == keys
+    assert {status for _, status, _ in jobs} == {"done"}, Counter(s for _, s, _ in jobs)
+    expected = [("task.due", i) for i in ids] + [("invoice.reminder", i) for i in invoice_ids]
+    assert per_fact == Counter(expected), "a reminder stored twice or never"
+    assert max(pushed.values(), default=0) == 1, "a reminder pushed twice"
+    # Every recording stored once: one file each in the store, none left in the spool.
+    assert sorted(state for state, _ in recorded) == ["stored"] * RECORDINGS, recorded
+    files = sorted(p.name for p in store.rglob("*") if p.is_file())
+    assert len(files) == RECORDINGS == len({key for _, key in recorded}), files
+    assert not list(spool.iterdir())
+    second_runs = sum(1 for _, _, attempts in jobs if attempts > 1)
+    print(
+        f"\ndrill: {len(ids)} tasks, {INVOICES} invoices and {RECORDINGS} recordings created in"
+        f" {created_in:.1f} s;"
+        f" killed with jobs {at_kill} ({stored_at_kill} reminders stored);"
+        f" after the restart all {len(keys)} done once, {second_runs} ran again"
+        f" after their lease, {sum(pushed.values())} pushed live"
+    )
