@@ -535,7 +535,11 @@ async def convert(request: web.Request, user: User) -> web.StreamResponse:
             data = await _convert_data(request, session, subject)
         data["convert_error"] = error
         return await render("cards/_convert.html", request, data, status=422)
-    return hx_redirect(request, target or f"/clients/lead/{lead_id}")
+    location = target or f"/clients/lead/{lead_id}"
+    if is_partial(request):
+        # A whole new page (the deal's), loaded as one: its scripts and WebSocket start afresh.
+        return web.Response(status=204, headers={"HX-Redirect": location})
+    return hx_redirect(request, location)
 
 
 # ---------------------------------------------------------------- the page
@@ -615,6 +619,7 @@ async def client_card(request: web.Request, user: User) -> Any:
     except NotFound:
         return await render_error(request, 404, t_of(request)("card.not_found"))
     data["back"] = {"lead": "/leads"}.get(kind, f"/clients?kind={kind}")
+    data["menu_path"] = "/leads" if kind == "lead" else "/clients"
     data["_page"] = {"view": "card", "kind": kind, "id": card_id}
     if is_partial(request):
         return data

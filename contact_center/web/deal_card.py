@@ -167,7 +167,13 @@ async def deal_card(request: web.Request, user: User) -> Any:
 
 
 async def _deal_rerender(
-    request: web.Request, user: User, template: str, *, error: str | None = None, **extra: Any
+    request: web.Request,
+    user: User,
+    template: str,
+    *,
+    error: str | None = None,
+    toast: str = "card.saved",
+    **extra: Any,
 ) -> web.StreamResponse:
     async with request.app[SESSIONS]() as session:
         subject = await _subject(request, session, user, "deal")
@@ -177,7 +183,7 @@ async def _deal_rerender(
     resp = await render(template, request, data, status=422 if error else 200)
     if error is None:
         resp.headers["HX-Trigger"] = json.dumps(
-            {"card-changed": None, "cc-toast": {"text": t_of(request)("card.saved")}}
+            {"card-changed": None, "cc-toast": {"text": t_of(request)(toast)}}
         )
     return resp
 
@@ -209,7 +215,7 @@ async def deal_move(request: web.Request, user: User) -> web.StreamResponse:
             else error_text(t, exc.error_id, exc.details)
         )
         return await _deal_rerender(request, user, "cards/_deal_bar.html", error=message)
-    return await _deal_rerender(request, user, "cards/_deal_bar.html")
+    return await _deal_rerender(request, user, "cards/_deal_bar.html", toast="card.moved")
 
 
 @page("cards/_deal_bar.html")

@@ -124,9 +124,9 @@ async def entries(
             who=names.user(a.user_id),
         )
         if a.kind == "call":
-            if a.outcome:
+            if a.outcome and a.outcome != "answered":
                 entry.badge = t("disposition." + a.outcome)
-                entry.badge_class = "call-missed" if a.outcome != "answered" else ""
+                entry.badge_class = "call-missed"
             if a.talk_s:
                 entry.title += " · " + t("card.talk") + " " + fmt.duration(a.talk_s)
             if a.counted:

@@ -309,7 +309,7 @@ async def test_the_lead_gate_refuses_naming_fields_then_moves_and_converts(clien
         assert row is not None and row.contact_id == w["maria"] and row.deal_id is not None
         deal = await s.get(Deal, row.deal_id)
         assert deal is not None and deal.amount == Decimal("300000")
-    assert converted.headers["HX-Location"] == f"/deals/{row.deal_id}"
+    assert converted.headers["HX-Redirect"] == f"/deals/{row.deal_id}"
     card = visible(await (await client.get(f"/deals/{row.deal_id}")).text())
     assert "Текстиль для отеля" in card and "Мария Орлова" in card
     assert "Контакт установлен" in card
