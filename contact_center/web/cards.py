@@ -6,6 +6,7 @@ click, and the conversion with a duplicate preview."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from decimal import Decimal
 from typing import Any
@@ -13,7 +14,6 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDict
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contact_center.api.common import UnitOfWork
@@ -37,7 +37,7 @@ from contact_center.web.shell import (
     zone,
 )
 from crm_core.clients.errors import ClientMerged
-from crm_core.deals.model import Deal, PipelineStage
+from crm_core.deals import service as deals
 from crm_core.errors import DomainError, NotFound
 from crm_core.leads import service as leads
 from crm_core.leads.schemas import ConvertInput
@@ -545,26 +545,25 @@ async def convert(request: web.Request, user: User) -> web.StreamResponse:
 # ---------------------------------------------------------------- the page
 
 
-async def client_deals(session: AsyncSession, subject: Subject, lang: str) -> list[dict[str, Any]]:
-    """The deals of a contact or company (the card already passed the access check; a deal of
-    the client is shown to whoever may read the client, as the timeline is)."""
-    column = Deal.contact_id if subject.kind == "contact" else Deal.company_id
-    rows = await session.execute(
-        select(Deal, PipelineStage)
-        .join(PipelineStage, PipelineStage.id == Deal.stage_id)
-        .where(column == subject.id)
-        .order_by(Deal.created_at.desc())
-        .limit(50)
+async def client_deals(
+    session: AsyncSession, subject: Subject, user: User, rules: CrmRules, lang: str
+) -> list[dict[str, Any]]:
+    """The deals of a contact or company that the reader may read (the API's listing)."""
+    flt = (
+        deals.DealFilter(contact_id=subject.id)
+        if subject.kind == "contact"
+        else deals.DealFilter(company_id=subject.id)
     )
+    rows, _ = await deals.list_deals(session, flt, actor=user, rules=rules, limit=50)
     return [
         {
-            "id": deal.id,
-            "title": deal.title,
-            "stage": (stage.name_en or stage.name_ru) if lang == "en" else stage.name_ru,
-            "status": stage.kind,
-            "amount": deal.amount,
+            "id": d.id,
+            "title": d.title,
+            "stage": (d.stage.name_en or d.stage.name_ru) if lang == "en" else d.stage.name_ru,
+            "status": d.status,
+            "amount": d.amount,
         }
-        for deal, stage in rows
+        for d in await deals.describe(session, rows)
     ]
 
 
@@ -595,9 +594,14 @@ async def card_page_data(
             (k, i) for k, i in (("contact", lead.contact_id), ("company", lead.company_id)) if i
         ]
         data["lead_links"] = await client_names(session, refs)
-        data["lead_deal"] = await session.get(Deal, lead.deal_id) if lead.deal_id else None
+        data["lead_deal"] = None
+        if lead.deal_id:
+            with contextlib.suppress(NotFound):  # a deal the reader may not see is not named
+                data["lead_deal"] = await deals.get_deal(
+                    session, lead.deal_id, actor=user, rules=request.app[RULES]
+                )
     if subject.kind in ("contact", "company"):
-        data["deals"] = await client_deals(session, subject, lang)
+        data["deals"] = await client_deals(session, subject, user, request.app[RULES], lang)
     if subject.kind == "company":
         data.update(await requisites.company_data(request, session, subject, user))
     return data

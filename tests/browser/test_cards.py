@@ -170,12 +170,24 @@ async def test_a_phone_edited_with_a_bad_value_is_refused_in_russian_then_saved(
     assert phones == ["+79160001122"]
     # The duplicate of a visible contact names it and links to it.
     await page.click("#f-phones button.edit")
-    await page.locator("#f-phones input[name=phones]").last.fill("+7 812 555-00-11")
+    second = page.locator("form#f-phones input[name=phones]").nth(1)
+    await second.wait_for(timeout=5000)
+    await second.fill("+7 812 555-00-11")
+    values = await page.locator("form#f-phones input[name=phones]").evaluate_all(
+        "(nodes) => nodes.map((n) => n.value)"
+    )
+    assert values == ["+7 (916) 000-11-22", "+7 812 555-00-11"]
     await page.click("#f-phones button[type=submit]")
     await page.locator("#f-phones .field-error").wait_for(timeout=5000)
     link = page.locator("#f-phones .field-error a")
     assert await link.inner_text() == "Мария Орлова"
     assert await link.get_attribute("href") == f"/clients/contact/{w['maria']}"
+    # Every phone has a call button: it asks the PBX (none here) through POST /api/v1/calls.
+    await page.click("#f-phones button:has-text('Отмена')")
+    await page.click("#f-phones button.call")
+    toast = page.locator(".toast.error")
+    await toast.wait_for(timeout=5000)
+    assert "Нет связи с АТС" in await toast.inner_text()
     assert problems == []
 
 

@@ -291,6 +291,10 @@ async def test_the_lead_gate_refuses_naming_fields_then_moves_and_converts(clien
         assert r.status == 200
     dialog = await (await client.get(f"/card/lead/{lead}/convert")).text()
     assert "Для конвертации" not in dialog
+    note = await _post(
+        client, f"/card/lead/{lead}/activity", {"kind": "note", "body": "Звонила с сайта"}, token
+    )
+    assert note.status == 200
     assert "Телефон +7 (812) 555-00-11 принадлежит" in dialog and "Мария Орлова" in dialog
     converted = await _post(
         client,
@@ -313,6 +317,22 @@ async def test_the_lead_gate_refuses_naming_fields_then_moves_and_converts(clien
     card = visible(await (await client.get(f"/deals/{row.deal_id}")).text())
     assert "Текстиль для отеля" in card and "Мария Орлова" in card
     assert "Контакт установлен" in card
+    # The lead's history is the new client's history too.
+    contact_page = visible(await (await client.get(f"/clients/contact/{w['maria']}")).text())
+    assert "Звонила с сайта" in contact_page and "Текстиль для отеля" in contact_page
+    lead_page = visible(await (await client.get(f"/clients/lead/{lead}")).text())
+    assert "Лид сконвертирован" in lead_page and "Мария Орлова" in lead_page
+
+
+async def test_a_lead_moved_to_junk_needs_a_reason(client: Any) -> None:
+    w = await _world(client)
+    await sign_in(client, "ivan")
+    lead = w["lead"]
+    token = await csrf(client, f"/clients/lead/{lead}")
+    r = await _post(client, f"/card/lead/{lead}/stage", {"stage": "junk", "reason": ""}, token)
+    assert r.status == 422 and "Укажите причину" in await r.text()
+    r = await _post(client, f"/card/lead/{lead}/stage", {"stage": "junk", "reason": "spam"}, token)
+    assert r.status == 200 and "спам" in await r.text()
 
 
 async def test_deal_card_moves_needs_a_lost_reason_and_issues_invoices(client: Any) -> None:
@@ -424,6 +444,17 @@ async def test_company_requisites_are_checked_and_kept_as_history(client: Any) -
     assert changed.status == 200, await changed.text()
     text = await changed.text()
     assert "ООО «Ромашка-М»" in text and "История реквизитов (1)" in text
+    async with client.app[SESSIONS]() as s:
+        holding = Company(name="Холдинг «Цветы»", responsible_id=w["ids"].ivan)
+        s.add(holding)
+        await s.commit()
+        holding_id = holding.id
+    r = await _post(client, f"/card/company/{company}/head", {"head": "Нет такой"}, token)
+    assert r.status == 422 and "Компания «Нет такой» не найдена" in await r.text()
+    r = await _post(client, f"/card/company/{company}/head", {"head": "Холдинг «Цветы»"}, token)
+    assert r.status == 200 and f'href="/clients/company/{holding_id}"' in await r.text()
+    head_page = visible(await (await client.get(f"/clients/company/{holding_id}")).text())
+    assert "Входят в группу" in head_page and "ООО «Ромашка»" in head_page
 
 
 async def test_names_typed_as_markup_render_as_text(client: Any) -> None:
