@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from contact_center.api.common import UnitOfWork
 from contact_center.keys import RULES, SESSIONS
 from contact_center.web import card_fields as cf
-from contact_center.web import listing, requisites, timeline
+from contact_center.web import card_links, listing, requisites, timeline
 from contact_center.web.card_subjects import Subject, change, client_names, load
 from contact_center.web.leads import client_type_options, potential_options, stage_names
 from contact_center.web.shell import (
@@ -644,3 +644,4 @@ def routes(app: web.Application) -> None:
     app.router.add_post(r"/card/{kind:lead}/{id:\d{1,18}}/convert", convert)
     timeline.routes(app)
     requisites.routes(app)
+    card_links.routes(app)

@@ -472,3 +472,63 @@ async def test_names_typed_as_markup_render_as_text(client: Any) -> None:
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert not re.search(r"<script(?![^>]*(src=|type=\"application/json\"))", page)
+
+
+async def test_a_contact_is_linked_to_a_company_marked_its_decision_maker_and_unlinked(
+    client: Any,
+) -> None:
+    w = await _world(client)
+    await sign_in(client, "ivan")
+    base = f"/card/contact/{w['sergey']}/companies"
+    token = await csrf(client, f"/clients/contact/{w['sergey']}")
+    r = await _post(client, base, {"action": "link", "company": "Нет такой"}, token)
+    assert r.status == 422 and "не найдена" in await r.text()
+    r = await _post(
+        client, base, {"action": "link", "company": "ООО «Ромашка»", "position": "закупщик"}, token
+    )
+    assert r.status == 200 and "ООО «Ромашка»</a> · закупщик" in await r.text()
+    r = await _post(client, base, {"action": "link", "company": "ООО «Ромашка»"}, token)
+    assert r.status == 422 and "уже привязан" in await r.text()
+    r = await _post(client, base, {"action": "dm", "company_id": str(w["company"])}, token)
+    assert r.status == 200 and '<span class="badge">ЛПР</span>' in await r.text()
+    company_page = visible(await (await client.get(f"/clients/company/{w['company']}")).text())
+    assert "Сергей Ковалёв" in company_page
+    r = await _post(client, base, {"action": "unlink", "company_id": str(w["company"])}, token)
+    assert r.status == 200 and "Не привязан к компаниям" in await r.text()
+
+
+@pytest.mark.parametrize("lang", ["ru", "en"])
+async def test_every_card_is_translated(client: Any, lang: str) -> None:
+    w = await _world(client)
+    async with client.app[SESSIONS]() as s:
+        s.add(
+            Invoice(
+                number="B-1",
+                company_id=w["company"],
+                amount=Decimal("1000"),
+                issued_on=date(2026, 12, 1),
+                due_on=date(2026, 12, 10),
+                responsible_id=w["ids"].ivan,
+            )
+        )
+        await s.commit()
+        invoice_id = await s.scalar(select(Invoice.id).where(Invoice.number == "B-1"))
+    await sign_in(client, "boss")
+    pages = [
+        f"/clients/contact/{w['sergey']}",
+        f"/clients/company/{w['company']}",
+        f"/clients/lead/{w['lead']}",
+        f"/invoices/{invoice_id}",
+        f"/card/lead/{w['lead']}/convert",
+        f"/card/contact/{w['sergey']}/field/potential/edit",
+        f"/card/contact/{w['sergey']}/field/messengers/edit",
+    ]
+    for path in pages:
+        resp = await client.get(path, params={"lang": lang})
+        assert resp.status == 200, path
+        html = visible(await resp.text())
+        raw = re.findall(
+            r"\b(?:card|error|requirement|interest|messenger|junk_reason|lost_reason)\.[a-z_]+",
+            re.sub(r'(?:hx-[a-z]+|href|action|id|class|name|for)="[^"]*"', "", html),
+        )
+        assert raw == [], (path, raw)
