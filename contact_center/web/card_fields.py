@@ -141,6 +141,10 @@ MAIN: dict[str, tuple[FieldSpec, ...]] = {
         _f("products", "card.products", AREA, maxlength=20_000),
         _f("responsible_id", "card.responsible", SELECT, options="user", heads_only=True),
         _f("source_id", "card.source", SELECT, options="source"),
+        _f("samples_sent_at", "card.samples_sent_at", DATE),
+        _f("meeting_at", "card.meeting_at", DATE),
+        _f("exhibition_invited_at", "card.exhibition_invited_at", DATE),
+        _f("promotion_offered_at", "card.promotion_offered_at", DATE),
     ),
     "invoice": (
         _f("number", "card.invoice_number", required=True, maxlength=64),

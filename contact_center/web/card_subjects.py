@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, tzinfo
+from datetime import date, datetime, time, tzinfo
 from typing import Any
 
 from sqlalchemy import select
@@ -17,7 +17,7 @@ from crm_core.clients import service as clients
 from crm_core.clients.model import Company, Contact
 from crm_core.clients.schemas import CompanyPatch, ContactPatch
 from crm_core.deals import service as deals
-from crm_core.deals.schemas import DealPatch
+from crm_core.deals.schemas import MILESTONES, DealPatch
 from crm_core.events import DomainEvent
 from crm_core.invoices import service as invoices
 from crm_core.invoices.schemas import InvoiceOut, InvoicePatch
@@ -164,6 +164,11 @@ async def change(
             session, record_id, LeadPatch.model_validate(values), actor=user, rules=rules, now=now
         )
     elif kind == "deal":
+        for name in MILESTONES:
+            day = values.get(name)
+            if isinstance(day, date) and not isinstance(day, datetime):
+                # A milestone is a day; it is stored as that day's noon in the local zone.
+                values[name] = datetime.combine(day, time(12, 0), tzinfo=tz)
         _, events = await deals.update_deal(
             session, record_id, DealPatch.model_validate(values), actor=user, rules=rules, now=now
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -141,6 +142,8 @@ def stored_values(spec: cf.FieldSpec, view: Any, ctx: FieldContext) -> dict[str,
     if spec.kind == cf.MONEY:
         return {spec.key: _money_input(value)}
     if spec.kind == cf.DATE:
+        if isinstance(value, datetime):
+            value = value.astimezone(ctx.fmt.tz).date()
         return {spec.key: value.strftime("%d.%m.%Y") if value else ""}
     del t
     return {spec.key: "" if value is None else str(value)}
@@ -184,6 +187,8 @@ def shown(spec: cf.FieldSpec, view: Any, ctx: FieldContext) -> tuple[str, list[A
     if spec.kind == cf.MONEY:
         return fmt.money(value) if value is not None else "", []
     if spec.kind == cf.DATE:
+        if isinstance(value, datetime):
+            value = value.astimezone(fmt.tz).date()
         return fmt.day(value) if value else "", []
     if spec.kind == cf.SELECT:
         return ctx.option_text(spec.options, value), []
@@ -594,6 +599,13 @@ async def card_page_data(
             (k, i) for k, i in (("contact", lead.contact_id), ("company", lead.company_id)) if i
         ]
         data["lead_links"] = await client_names(session, refs)
+        similar: list[dict[str, Any]] = []
+        hidden: list[str] = []
+        if not data["bar"]["converted"]:
+            preview = await _convert_data(request, session, subject)
+            similar = preview["choices"]["contact"] + preview["choices"]["company"]
+            hidden = preview["hidden"]
+        data["lead_similar"], data["lead_hidden"] = similar, hidden
         data["lead_deal"] = None
         if lead.deal_id:
             with contextlib.suppress(NotFound):  # a deal the reader may not see is not named

@@ -263,6 +263,7 @@ async def test_the_lead_gate_refuses_naming_fields_then_moves_and_converts(clien
     lead = w["lead"]
     page = visible(await (await client.get(f"/clients/lead/{lead}")).text())
     assert "Чтобы перейти на стадию «В работе», заполните:" in page
+    assert "Телефон +7 (812) 555-00-11 принадлежит" in page  # the duplicate, before converting
     assert "источник" in page and "тип клиента" in page
     token = await csrf(client, f"/clients/lead/{lead}")
     refused = await _post(client, f"/card/lead/{lead}/stage", {"stage": "in_work"}, token)
@@ -362,6 +363,13 @@ async def test_deal_card_moves_needs_a_lost_reason_and_issues_invoices(client: A
     assert r.status == 200 and 'aria-current="step">Разговор с ЛПР' in await r.text()
     r = await _post(client, f"/card/deal/{deal_id}/stage", {"stage": "lost"}, token)
     assert r.status == 422 and "Выберите причину проигрыша" in await r.text()
+    r = await _post(
+        client,
+        f"/card/deal/{deal_id}/field/samples_sent_at",
+        {"samples_sent_at": "05.12.2026"},
+        token,
+    )
+    assert r.status == 200 and "5 дек." in await r.text()
     r = await _post(client, f"/card/deal/{deal_id}/field/amount", {"amount": "-5"}, token)
     assert r.status == 422
     r = await _post(client, f"/card/deal/{deal_id}/field/amount", {"amount": "260 000,50"}, token)
