@@ -303,6 +303,7 @@ class Refusal:
     message: str
     link_text: str | None = None
     link_url: str | None = None
+    index: int | None = None  # which entry of a list field (phones.1) is wrong
 
 
 def duplicate_refusal(
@@ -336,15 +337,15 @@ def refusal_of(exc: DomainError, names: Mapping[tuple[str, int], str], t: Transl
     """A domain refusal as a sentence a person reads, next to the field."""
     if exc.error_id in ("duplicate-client", "lead-duplicate-belongs-to-another-manager"):
         return duplicate_refusal(exc.details, names, t)
-    if exc.error_id == "invalid-phone":
+    if exc.error_id in ("invalid-phone", "invalid-email"):
         value = exc.details.get("value")
-        return Refusal(t("card.error.phone", value=value) if value else t("error.invalid-phone"))
-    if exc.error_id == "invalid-email":
-        value = exc.details.get("value")
-        return Refusal(t("card.error.email", value=value) if value else t("error.invalid-email"))
+        tail = str(exc.details.get("field", "")).rsplit(".", 1)[-1]
+        index = int(tail) if tail.isdigit() else None
+        key = "card.error.phone" if exc.error_id == "invalid-phone" else "card.error.email"
+        text = t(key, value=value) if value else t("error." + exc.error_id)
+        return Refusal(text, index=index)
     if exc.error_id == "permission-denied":
-        field = exc.details.get("field")
-        if field == "responsible_id":
+        if exc.details.get("field") == "responsible_id":
             return Refusal(t("card.error.handover"))
         return Refusal(t("card.error.read_only"))
     return Refusal(error_text(t, exc.error_id, exc.details))

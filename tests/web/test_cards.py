@@ -99,6 +99,7 @@ async def test_a_contact_card_shows_the_fields_by_name_and_edits_them(client: An
     assert bad.status == 422
     text = await bad.text()
     assert "«12345» — это не номер телефона" in text and 'value="12345"' in text
+    assert text.count('aria-invalid="true"') == 1  # the wrong number, not the empty box
 
     good = await _post(
         client,
