@@ -62,12 +62,14 @@ def link_values(subject: Subject) -> dict[str, Any]:
 
 
 async def _lead_ids_of(session: AsyncSession, subject: Subject) -> list[int]:
-    """The converted leads of a contact or company: their calls and comments are the client's
-    history too."""
+    """The converted leads of a contact, company or deal: their calls and comments are the
+    client's history too."""
     if subject.kind == "contact":
         column = Lead.contact_id
     elif subject.kind == "company":
         column = Lead.company_id
+    elif subject.kind == "deal":
+        column = Lead.deal_id
     else:
         return []
     return list(await session.scalars(select(Lead.id).where(column == subject.id).limit(5)))

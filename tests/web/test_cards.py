@@ -318,7 +318,7 @@ async def test_the_lead_gate_refuses_naming_fields_then_moves_and_converts(clien
     assert converted.headers["HX-Redirect"] == f"/deals/{row.deal_id}"
     card = visible(await (await client.get(f"/deals/{row.deal_id}")).text())
     assert "Текстиль для отеля" in card and "Мария Орлова" in card
-    assert "Контакт установлен" in card
+    assert "Контакт установлен" in card and "Звонила с сайта" in card
     # The lead's history is the new client's history too.
     contact_page = visible(await (await client.get(f"/clients/contact/{w['maria']}")).text())
     assert "Звонила с сайта" in contact_page and "Текстиль для отеля" in contact_page
