@@ -17,6 +17,7 @@ from contact_center.web import (
     calls,
     cards,
     clients,
+    deal_card,
     deals,
     distribution,
     invoices,
@@ -48,6 +49,7 @@ MODULES = (
     tracking,
     users,
     cards,
+    deal_card,
     kanban,
     notifications,
 )

@@ -126,7 +126,7 @@ async def test_card_of_a_contact_shows_fields_deals_tasks_and_timeline(
     await page.locator("#card .card-title").wait_for(timeout=5000)
     company_text = await page.inner_text("#card")
     assert "Оптовик" in company_text and "Санкт-Петербург" in company_text
-    assert "1 200 000" in company_text.replace("\u00a0", " ")
+    assert "1 200 000" in company_text.replace("\u00a0", " ").replace("\u202f", " ")
 
     await page.goto(f"{base}/clients/contact/999999")
     await page.get_by_text("Карточка не найдена").wait_for(timeout=5000)
