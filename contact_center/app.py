@@ -38,9 +38,10 @@ from contact_center import distribution_service, recordings_service, tracking_se
 from contact_center.bus import BusMetrics, EventBus, RedisEventBus
 from contact_center.config import Settings
 from contact_center.health import StatusAggregator
-from contact_center.http import auth, ops, proxies, security
+from contact_center.http import auth, ops, proxies, security, webhooks
 from contact_center.http.api import DEFAULT_MAX_BODY, Api
 from contact_center.http.errors import error_middleware
+from contact_center.inbox_service import Inbox
 from contact_center.keys import (
     API,
     BUS,
@@ -48,6 +49,7 @@ from contact_center.keys import (
     DIALPLAN,
     ENGINE,
     HEALTH,
+    INBOX,
     INSTANCE_ID,
     LIMITER,
     METRICS,
@@ -69,6 +71,7 @@ from contact_center.telephony import Telephony
 from contact_center.web import pages
 from contact_center.web.shell import MENU_KEY
 from crm_core.clock import Clock, SystemClock
+from crm_core.conversations import service as conversations
 from crm_core.deals.pipelines import sync_pipelines
 from crm_core.invoices import service as invoices
 from crm_core.jobs.service import JobHandler
@@ -135,6 +138,7 @@ def create_app(
             _tracking,  # TRACKER: call tracking (number leases, attribution)
             _distribution,  # DIALPLAN: who takes a call of a region
             _recordings,  # RECORDINGS: storage and converters (None when switched off)
+            _channels,  # INBOX: the channel adapters (before the scheduler runs their outbox)
             _scheduler,  # SCHEDULER: durable jobs of tasks, invoices, recordings
             _telephony,  # TELEPHONY and PBX: the AMI links feeding the call service
             _websocket_hub,  # HUB: the bus's events to the browsers
@@ -149,6 +153,7 @@ def create_app(
     auth.routes(app)
     ws.routes(app)
     app.on_shutdown.append(ws.on_shutdown)  # sockets closed before in-flight requests drain
+    webhooks.routes(app)
     pages.routes(app)
     api_slices.install(app, api)
     api.install(app)
@@ -371,11 +376,31 @@ async def _recordings(app: web.Application) -> AsyncIterator[None]:
         await runtime.close()
 
 
+async def _channels(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    inbox = Inbox(
+        settings.channels,
+        sessions=app[SESSIONS],
+        bus=app[BUS],
+        rules=app[RULES],
+        clock=app[CLOCK],
+        timezone=settings.locale.timezone,
+    )
+    app[INBOX] = inbox
+    app[HEALTH].add("channels", inbox.provide_status)
+    try:
+        yield
+    finally:
+        app[HEALTH].remove("channels")
+        await inbox.close()
+
+
 async def _scheduler(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS].scheduler
     handlers: dict[str, JobHandler] = {
         tasks.REMINDER_JOB: tasks.remind_task,
         invoices.REMINDER_JOB: invoices.remind_invoice,
+        conversations.SEND_JOB: app[INBOX].send_job,
     }
     recordings = app[RECORDINGS]
     if recordings is not None:

@@ -1,0 +1,286 @@
+"""The inbox's application service: channel adapters in, conversations in the CRM, replies out.
+
+:class:`Inbox` holds one adapter per configured channel (built by the composition root from
+``settings.channels``). A webhook delivery is verified by its adapter (a forged or unsigned one
+is refused and logged with the reason), parsed into messages and status updates, and stored in
+one transaction; then the events go on the bus (the assigned manager's ``/ws`` gets
+``message.new``). Storing is idempotent on the provider's message id, so Meta's redeliveries
+store one message. Replies are written to the outbox by the API and sent by the durable job
+:meth:`Inbox.send_job`: a retryable provider failure is retried with back-off by the scheduler,
+a permanent one (or the last attempt) shows on the message as failed with the provider's error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from channels.base import InboundMessage, StatusUpdate, WebhookParser, WebhookRequest
+from channels.config import ChannelConfig
+from channels.errors import ChannelSendFailed, SignatureInvalid
+from channels.registry import Adapter, build_adapter
+from crm_core.clock import Clock
+from crm_core.conversations import service as conversations
+from crm_core.conversations.model import Conversation
+from crm_core.errors import NotFound
+from crm_core.events import DomainEvent
+from crm_core.jobs.model import ScheduledJob
+from crm_core.notifications import service as notifications
+from crm_core.ports import EventPublisher
+from crm_core.rules import CrmRules
+
+log = logging.getLogger(__name__)
+
+
+def to_incoming(item: InboundMessage, kind: str) -> conversations.Incoming:
+    """A channel adapter's message in the CRM's terms."""
+    email = item.email
+    payload: dict[str, Any] = {}
+    if item.referral is not None:
+        payload["referral"] = dataclasses.asdict(item.referral)
+    if item.location is not None:
+        payload["location"] = dataclasses.asdict(item.location)
+    if item.contacts:
+        payload["contacts"] = [dataclasses.asdict(c) for c in item.contacts]
+    if item.payload:
+        payload["payload"] = item.payload
+    if item.start_payload:
+        payload["start_payload"] = item.start_payload
+    if email is not None:
+        payload["email"] = {
+            "subject": email.subject,
+            "message_id": email.message_id,
+            "auto_reply": email.auto_reply,
+            "bounce": email.bounce is not None,
+        }
+    attachments = tuple(
+        {
+            "ref": a.ref,
+            "mime": a.mime,
+            "size": a.size,
+            "filename": a.filename,
+            "caption": a.caption,
+            "refused": a.refused,
+        }
+        for a in item.attachments
+    )
+    return conversations.Incoming(
+        channel=item.channel,
+        channel_kind=kind,
+        provider_message_id=item.provider_message_id,
+        identity_kind=item.sender.kind,
+        identity_value=item.sender.value,
+        sent_at=item.sent_at,
+        kind=item.kind,
+        text=item.text,
+        sender_name=item.sender_name,
+        phone=item.sender_phone,
+        email=item.sender.value if item.sender.kind == "email" else None,
+        aliases=tuple((i.kind, i.value) for i in item.also_known_as),
+        thread_key=email.thread_root if email is not None else "",
+        attachments=attachments,
+        payload=payload or None,
+        reply_to=item.reply_to,
+        creates_client=not (email is not None and email.creates_nothing),
+    )
+
+
+class Inbox:
+    """The configured channels and what goes through them."""
+
+    def __init__(
+        self,
+        configs: Sequence[ChannelConfig],
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        bus: EventPublisher,
+        rules: CrmRules,
+        clock: Clock,
+        timezone: str = "Europe/Moscow",
+        adapters: Mapping[str, Adapter] | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._bus = bus
+        self.rules = rules
+        self._clock = clock
+        self._timezone = timezone
+        self.configs = {c.code: c for c in configs}
+        self.adapters: dict[str, Adapter] = (
+            dict(adapters) if adapters is not None else {c.code: build_adapter(c) for c in configs}
+        )
+        self.received = 0
+        self.refused = 0
+
+    async def close(self) -> None:
+        for adapter in self.adapters.values():
+            await adapter.close()
+
+    def provide_status(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "channels": {code: a.kind for code, a in self.adapters.items()},
+            "received": self.received,
+            "refused": self.refused,
+        }
+
+    def adapter(self, kind: str, code: str) -> Adapter:
+        """The adapter of channel ``code``, which must be of ``kind``."""
+        adapter = self.adapters.get(code)
+        if adapter is None or adapter.kind != kind:
+            raise NotFound(f"no {kind} channel {code!r}")
+        return adapter
+
+    def label(self, code: str) -> str:
+        cfg = self.configs.get(code)
+        return (cfg.name if cfg is not None else None) or code
+
+    # ---------------------------------------------------------------- webhooks
+
+    def verify(self, code: str, query: Mapping[str, str]) -> str:
+        """Meta's verification handshake: the challenge, or ``SignatureInvalid`` (logged)."""
+        adapter = self.adapter("whatsapp", code)
+        try:
+            return adapter.verify_subscription(query)  # type: ignore[union-attr]
+        except SignatureInvalid as exc:
+            self.refused += 1
+            log.warning("webhook whatsapp/%s: verification refused: %s", code, exc.reason)
+            raise
+
+    async def ingest(
+        self, kind: str, code: str, request: WebhookRequest, *, peer: str | None = None
+    ) -> int:
+        """Verify and store one webhook delivery; the number of items it carried.
+
+        ``SignatureInvalid`` (forged, unsigned) is logged with its reason and re-raised; the
+        caller answers 403. A database failure propagates: the provider gets a 5xx and
+        redelivers, and the redelivery stores each message once."""
+        adapter = self.adapter(kind, code)
+        if not isinstance(adapter, WebhookParser):
+            raise NotFound(f"channel {code!r} takes no webhooks")
+        try:
+            items = adapter.parse_webhook(request)
+        except SignatureInvalid as exc:
+            self.refused += 1
+            log.warning(
+                "webhook %s/%s refused from %s: %s (%d bytes)",
+                kind,
+                code,
+                peer,
+                exc.reason,
+                len(request.body),
+            )
+            raise
+        if not items:
+            return 0
+        events: list[DomainEvent] = []
+        now = self._clock.now()
+        async with self._sessions() as session:
+            for item in items:
+                if isinstance(item, InboundMessage):
+                    got = await conversations.receive(
+                        session,
+                        to_incoming(item, kind),
+                        rules=self.rules,
+                        now=now,
+                        default_timezone=self._timezone,
+                    )
+                    if not got.created:
+                        log.info(
+                            "webhook %s/%s: message %s delivered again, stored once",
+                            kind,
+                            code,
+                            item.provider_message_id,
+                        )
+                    events.extend(got.events)
+                elif isinstance(item, StatusUpdate):
+                    error = None
+                    if item.status == "failed":
+                        error = ": ".join(
+                            p for p in (item.error_code, item.error_title, item.error_detail) if p
+                        )
+                    message, status_events = await conversations.apply_status(
+                        session,
+                        code,
+                        item.provider_message_id,
+                        item.status,
+                        at=item.at,
+                        error=error,
+                    )
+                    if message is None:
+                        log.info(
+                            "webhook %s/%s: status %s of unknown message %s",
+                            kind,
+                            code,
+                            item.status,
+                            item.provider_message_id,
+                        )
+                    events.extend(status_events)
+            events.extend(await notifications.record(session, events, now=now))
+            await session.commit()
+        self.received += len(items)
+        for event in events:
+            await self._bus.publish(event)
+        return len(items)
+
+    # ---------------------------------------------------------------- replies
+
+    def window_open(self, conv: Conversation, now: datetime) -> bool:
+        """May a free-form message go to ``conv`` now (WhatsApp: 24 h window)?"""
+        adapter = self.adapters.get(conv.channel)
+        if adapter is None:
+            return True  # an unconfigured channel: the send job reports it on the message
+        return adapter.messaging_window_open(conv.last_inbound_at, now)
+
+    async def send_job(
+        self, session: AsyncSession, job: ScheduledJob, now: datetime
+    ) -> list[DomainEvent]:
+        """The outbox's job: hand one queued message to its channel's provider."""
+        message_id = int(job.payload["message_id"])
+        out = await conversations.outgoing(session, message_id)
+        if out is None:
+            return []  # sent (or failed) already: a job that runs twice sends once
+        adapter = self.adapters.get(out.channel)
+        if adapter is None:
+            return await conversations.mark_failed(
+                session, message_id, f"канал {out.channel} не настроен", now=now
+            )
+        if not adapter.messaging_window_open(out.last_inbound_at, now):
+            return await conversations.mark_failed(
+                session,
+                message_id,
+                "окно 24 часов WhatsApp закрыто: нужен шаблон",
+                now=now,
+            )
+        try:
+            result = await adapter.send_text(out.to, out.text, reply_to=out.reply_to)
+        except ChannelSendFailed as exc:
+            last = job.attempts >= job.max_attempts
+            log.warning(
+                "send message=%s channel=%s attempt %d/%d failed: %s %s (retryable=%s)",
+                message_id,
+                out.channel,
+                job.attempts,
+                job.max_attempts,
+                exc.code,
+                exc.message,
+                exc.retryable,
+            )
+            if exc.retryable and not last:
+                raise  # the scheduler retries with back-off
+            return await conversations.mark_failed(
+                session, message_id, f"{exc.code}: {exc.message}", now=now
+            )
+        log.info(
+            "sent message=%s channel=%s provider_id=%s",
+            message_id,
+            out.channel,
+            result.provider_message_id,
+        )
+        return await conversations.mark_sent(
+            session, message_id, result.provider_message_id, now=now
+        )
