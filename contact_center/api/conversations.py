@@ -192,6 +192,26 @@ async def read_conversation(request: web.Request) -> ConversationOut:
     return ConversationOut.of(conv, request)
 
 
+class InboxCounts(BaseModel):
+    mine: int = Field(description="unread messages in the caller's open conversations")
+    unassigned: int = Field(description="open conversations nobody has")
+
+
+@api.route(
+    "GET",
+    "/inbox/counts",
+    summary="The inbox counters of the menu",
+    response=InboxCounts,
+    tags=TAGS,
+)
+async def inbox_counts(request: web.Request) -> InboxCounts:
+    async with uow(request) as u:
+        counts = await conversations.unread_counts(
+            u.session, actor=actor(request), rules=rules(request)
+        )
+    return InboxCounts(**counts)
+
+
 class MessageQuery(BaseModel):
     limit: int = Field(100, ge=1, le=500)
     before_id: DbId | None = None

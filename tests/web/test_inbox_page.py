@@ -1,0 +1,146 @@
+"""The Входящие page: lists, the open conversation with the client card, reply, note,
+resolve, reassign, the menu counter and the WhatsApp window explained."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from contact_center.app import create_app
+from contact_center.keys import SESSIONS
+from crm_core.conversations.model import Conversation, Message
+from crm_core.db import utcnow
+from crm_core.distribution import rules as distribution_rules
+from crm_core.distribution.schemas import ManagerInput, RuleInput
+from tests.fakes.graph_api import FakeGraphApi
+from tests.inbox_support import TOKEN, signed, wa_channel, wa_text
+from tests.web.world import csrf, sign_in, team, visible
+
+HOOK = "/webhooks/whatsapp/wa-main"
+
+
+@pytest.fixture
+async def graph() -> AsyncIterator[FakeGraphApi]:
+    async with FakeGraphApi(token=TOKEN) as fake:
+        yield fake  # type: ignore[misc]
+
+
+@pytest.fixture
+async def client(
+    make_settings: Any, database_url: str, graph: FakeGraphApi, aiohttp_client_factory: Any
+) -> Any:
+    settings = make_settings(
+        CC_DATABASE_URL=database_url,
+        CC_CHANNELS=json.dumps([wa_channel(graph.url)]),
+        CC_SCHEDULER_INTERVAL_S="3600",
+    )
+    return await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+
+
+async def _setup(client: Any) -> Any:
+    ids = await team(client)
+    async with client.app[SESSIONS]() as session:
+        await distribution_rules.create_rule(
+            session,
+            RuleInput(strategy="fixed", managers=[ManagerInput(user_id=ids.ivan)]),
+            now=utcnow(),
+        )
+        await session.commit()
+    return ids
+
+
+async def _deliver(client: Any, body: bytes) -> None:
+    resp = await client.post(HOOK, data=body, headers=signed(body))
+    assert resp.status == 200
+
+
+async def test_the_inbox_lists_shows_and_answers(client: Any) -> None:
+    ids = await _setup(client)
+    await _deliver(client, wa_text("wamid.p1", "Добрый день, нужен прайс <b>оптом</b>"))
+    await sign_in(client, "ivan")
+    page = visible(await (await client.get("/inbox")).text())
+    assert "Входящие" in page and "Иван Петров" in page
+    assert 'id="inbox-unread"' in page and ">1</span>" in page  # the menu counter
+    assert "нужен прайс &lt;b&gt;оптом&lt;/b&gt;" in page  # text, never markup
+    async with client.app[SESSIONS]() as session:
+        conv = (await session.scalars(select(Conversation))).one()
+    opened = visible(await (await client.get(f"/inbox?c={conv.id}")).text())
+    assert "Клиент" in opened and "лид" in opened and "WhatsApp (wa-main)" in opened
+    assert "Отправить" in opened and "Решено" in opened
+    token = await csrf(client, "/inbox")
+    resp = await client.post(
+        f"/inbox/{conv.id}/reply",
+        data={"text": "Прайс во вложении", "csrf_token": token},
+        headers={"HX-Request": "true"},
+    )
+    assert resp.status == 200
+    html = await resp.text()
+    assert "Прайс во вложении" in html and "отправляется" in html
+    resp = await client.post(
+        f"/inbox/{conv.id}/reply",
+        data={"text": "позвонить после обеда", "note": "1", "csrf_token": token},
+        headers={"HX-Request": "true"},
+    )
+    assert "Внутренняя заметка" in await resp.text()
+    resp = await client.post(
+        f"/inbox/{conv.id}/status",
+        data={"status": "resolved", "csrf_token": token},
+        headers={"HX-Request": "true"},
+    )
+    assert "Открыть снова" in await resp.text()
+    # ivan may not hand the conversation over; the head may
+    resp = await client.post(
+        f"/inbox/{conv.id}/assign",
+        data={"assignee_id": str(ids.anna), "csrf_token": token},
+        headers={"HX-Request": "true"},
+    )
+    assert resp.status == 403
+    await sign_in(client, "boss")
+    token = await csrf(client, "/inbox")
+    resp = await client.post(
+        f"/inbox/{conv.id}/assign",
+        data={"assignee_id": str(ids.anna), "csrf_token": token},
+        headers={"HX-Request": "true"},
+    )
+    assert resp.status == 200 and "Анна Смирнова" in await resp.text()
+    async with client.app[SESSIONS]() as session:
+        stored = await session.get(Conversation, conv.id)
+        assert stored is not None and stored.assignee_id == ids.anna
+        kinds = sorted(m.kind for m in (await session.scalars(select(Message))))
+        assert kinds == ["note", "text", "text"]
+
+
+async def test_outside_the_window_the_reply_box_explains(client: Any) -> None:
+    await _setup(client)
+    await _deliver(client, wa_text("wamid.old", "вчера писал", ts=time.time() - 30 * 3600))
+    await sign_in(client, "ivan")
+    async with client.app[SESSIONS]() as session:
+        conv = (await session.scalars(select(Conversation))).one()
+    page = visible(await (await client.get(f"/inbox?c={conv.id}")).text())
+    assert "Прошло больше 24 часов" in page
+    token = await csrf(client, "/inbox")
+    resp = await client.post(
+        f"/inbox/{conv.id}/reply",
+        data={"text": "ау", "csrf_token": token},
+        headers={"HX-Request": "true"},
+    )
+    assert resp.status == 422
+    html = await resp.text()
+    assert 'role="alert"' in html and "шаблон" in html and ">ау</textarea>" in html
+
+
+async def test_another_managers_conversation_is_not_shown(client: Any) -> None:
+    await _setup(client)
+    await _deliver(client, wa_text("wamid.x", "только Ивану"))
+    await sign_in(client, "anna")
+    page = visible(await (await client.get("/inbox?view=all")).text())
+    assert "только Ивану" not in page
+    async with client.app[SESSIONS]() as session:
+        conv = (await session.scalars(select(Conversation))).one()
+    resp = await client.get(f"/inbox?c={conv.id}")
+    assert resp.status == 404
