@@ -14,7 +14,8 @@ from sqlalchemy import select
 from contact_center.api.common import UnitOfWork
 from contact_center.keys import INBOX, RULES, SESSIONS
 from contact_center.web import links, listing
-from contact_center.web.shell import MenuEntry, is_partial, now, page, t_of
+from contact_center.web.leads import stage_names
+from contact_center.web.shell import MenuEntry, is_partial, language, now, page, t_of
 from crm_core import access
 from crm_core.clients.model import Company, Contact
 from crm_core.conversations import service as conversations
@@ -37,7 +38,9 @@ def _filters(request: web.Request) -> dict[str, Any]:
     return {"view": view, "status": status, "channel": channel}
 
 
-async def _card(session: Any, conv: Conversation, names: Any) -> dict[str, Any] | None:
+async def _card(
+    session: Any, conv: Conversation, names: Any, stages: dict[str, str]
+) -> dict[str, Any] | None:
     """The client card summary beside the conversation."""
     refs = await links.client_refs(session, [conv])
     ref = refs.get(id(conv))
@@ -53,7 +56,8 @@ async def _card(session: Any, conv: Conversation, names: Any) -> dict[str, Any] 
         record, card["kind"] = await session.get(Lead, conv.lead_id), "lead"
     if record is not None:
         card["responsible"] = names.users.get(record.responsible_id)
-        card["stage"] = getattr(record, "stage", None)
+        stage = getattr(record, "stage", None)
+        card["stage"] = stages.get(stage, stage) if stage else None
         source_id = getattr(record, "source_id", None)
         card["source"] = (
             await session.scalar(select(Source.name).where(Source.id == source_id))
@@ -76,7 +80,9 @@ async def _thread(
     return {
         "conv": conv,
         "messages": messages,
-        "card": await _card(session, conv, names),
+        "card": await _card(
+            session, conv, names, stage_names(request.app[RULES], language(request))
+        ),
         "channel_name": inbox.label(conv.channel),
         "window_open": inbox.window_open(conv, now(request)),
         "can_write": conv.assignee_id in (None, user.id) or access.is_privileged(user),
