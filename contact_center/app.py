@@ -388,6 +388,7 @@ async def _channels(app: web.Application) -> AsyncIterator[None]:
     )
     app[INBOX] = inbox
     app[HEALTH].add("channels", inbox.provide_status)
+    inbox.start_mail()  # the IMAP readers; stopped (cancelled and awaited) by close()
     try:
         yield
     finally:

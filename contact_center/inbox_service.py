@@ -12,6 +12,8 @@ a permanent one (or the last attempt) shows on the message as failed with the pr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
@@ -23,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from channels.base import InboundMessage, StatusUpdate, WebhookParser, WebhookRequest
 from channels.config import ChannelConfig
 from channels.errors import ChannelSendFailed, SignatureInvalid
+from channels.mail import EmailAdapter, MailBatch, MailboxState
 from channels.registry import Adapter, build_adapter
 from crm_core.clock import Clock
 from crm_core.conversations import service as conversations
@@ -115,10 +118,99 @@ class Inbox:
         )
         self.received = 0
         self.refused = 0
+        self._mail_tasks: list[asyncio.Task[None]] = []
 
     async def close(self) -> None:
+        await self.stop_mail()
         for adapter in self.adapters.values():
             await adapter.close()
+
+    # ---------------------------------------------------------------- e-mail
+
+    def start_mail(self) -> None:
+        """One background reader per e-mail channel (IMAP IDLE where the server has it,
+        polling otherwise), from where the stored cursors say reading got to."""
+        for code, adapter in self.adapters.items():
+            if isinstance(adapter, EmailAdapter):
+                self._mail_tasks.append(
+                    asyncio.create_task(self._read_mailbox(code, adapter), name=f"imap:{code}")
+                )
+
+    async def stop_mail(self) -> None:
+        for task in self._mail_tasks:
+            task.cancel()
+        for task in self._mail_tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._mail_tasks.clear()
+
+    async def _read_mailbox(self, code: str, adapter: EmailAdapter) -> None:
+        receiver = adapter.receiver()
+        try:
+            while True:
+                try:
+                    async with self._sessions() as session:
+                        cursors = await conversations.mailbox_cursors(session, code)
+                    states = {
+                        box: MailboxState(box, validity, last)
+                        for box, (validity, last) in cursors.items()
+                    }
+                    await receiver.watch(states, lambda batch: self.store_mail(code, batch))
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # the database away: keep the reader alive
+                    log.exception("email channel=%s: reading the mailbox failed", code)
+                    await asyncio.sleep(5)
+        finally:
+            await receiver.close()
+
+    async def store_mail(self, code: str, batch: MailBatch) -> None:
+        """Store a batch of letters and the mailbox's new cursor in one transaction. A bounce
+        marks our letter failed and creates nothing; an auto-reply creates no lead."""
+        now = self._clock.now()
+        events: list[DomainEvent] = []
+        async with self._sessions() as session:
+            for mail in batch.mails:
+                message = mail.message
+                details = message.email
+                if details is not None and details.bounce is not None:
+                    bounce = details.bounce
+                    log.info(
+                        "email channel=%s uid=%s: bounce for %s (%s %s)",
+                        code,
+                        mail.uid,
+                        bounce.recipient,
+                        bounce.status,
+                        bounce.action,
+                    )
+                    if bounce.original_message_id and bounce.permanent:
+                        _, status_events = await conversations.apply_status(
+                            session,
+                            code,
+                            bounce.original_message_id,
+                            "failed",
+                            at=message.sent_at,
+                            error=f"{bounce.status or ''} {bounce.diagnostic or ''}".strip(),
+                        )
+                        events.extend(status_events)
+                    continue
+                got = await conversations.receive(
+                    session,
+                    to_incoming(message, "email"),
+                    rules=self.rules,
+                    now=now,
+                    default_timezone=self._timezone,
+                )
+                events.extend(got.events)
+            state = batch.state
+            await conversations.save_mailbox_cursor(
+                session, code, state.mailbox, state.uidvalidity, state.last_uid, now=now
+            )
+            events.extend(await notifications.record(session, events, now=now))
+            await session.commit()
+        self.received += len(batch.mails)
+        for event in events:
+            await self._bus.publish(event)
 
     def provide_status(self) -> dict[str, Any]:
         return {
@@ -257,7 +349,16 @@ class Inbox:
                 now=now,
             )
         try:
-            result = await adapter.send_text(out.to, out.text, reply_to=out.reply_to)
+            if isinstance(adapter, EmailAdapter):
+                result = await adapter.send_text(
+                    out.to,
+                    out.text,
+                    reply_to=out.reply_to,
+                    subject=out.subject,
+                    references=out.references,
+                )
+            else:
+                result = await adapter.send_text(out.to, out.text, reply_to=out.reply_to)
         except ChannelSendFailed as exc:
             last = job.attempts >= job.max_attempts
             log.warning(

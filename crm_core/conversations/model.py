@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm_core.db import Base, JsonDoc, utcnow
@@ -109,3 +109,18 @@ class Message(Base):
     status_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MailboxCursor(Base):
+    """How far a mailbox of an e-mail channel has been read: its UIDVALIDITY and the last UID
+    stored, saved with the messages, so a restart neither loses nor repeats a letter."""
+
+    __tablename__ = "mailbox_cursors"
+    __table_args__ = (UniqueConstraint("channel", "mailbox", name="uq_mailbox_cursors_box"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    mailbox: Mapped[str] = mapped_column(String(200))
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -42,6 +42,7 @@ from crm_core.conversations.model import (
     STATUS_RANK,
     Conversation,
     ConversationStatus,
+    MailboxCursor,
     Message,
     MessageStatus,
 )
@@ -748,6 +749,8 @@ class Outgoing:
     text: str
     last_inbound_at: datetime | None
     reply_to: str | None
+    subject: str | None = None  # e-mail: the thread's subject
+    references: tuple[str, ...] = ()  # e-mail: the client's Message-IDs in the thread
 
 
 async def outgoing(session: AsyncSession, message_id: int) -> Outgoing | None:
@@ -759,6 +762,22 @@ async def outgoing(session: AsyncSession, message_id: int) -> Outgoing | None:
     conv = await session.get(Conversation, message.conversation_id)
     assert conv is not None
     message.attempts += 1
+    reply_to, subject = message.reply_to, None
+    references: tuple[str, ...] = ()
+    if conv.channel_kind == "email":
+        # A reply threads under the client's last letter and keeps its subject.
+        last = await session.scalar(
+            select(Message)
+            .where(Message.conversation_id == conv.id, Message.direction == "inbound")
+            .order_by(Message.id.desc())
+            .limit(1)
+        )
+        if last is not None:
+            reply_to = reply_to or last.provider_message_id
+            subject = ((last.payload or {}).get("email") or {}).get("subject") or ""
+            if not subject.lower().startswith("re:"):
+                subject = f"Re: {subject}".strip()
+            references = tuple(r for r in (conv.thread_key, last.provider_message_id) if r)
     return Outgoing(
         message.id,
         conv.id,
@@ -766,7 +785,9 @@ async def outgoing(session: AsyncSession, message_id: int) -> Outgoing | None:
         conv.identity_value,
         message.text or "",
         conv.last_inbound_at,
-        message.reply_to,
+        reply_to,
+        subject,
+        tuple(dict.fromkeys(references)),
     )
 
 
@@ -960,3 +981,37 @@ async def assign(
             }
         )
     return conv, [event]
+
+
+# ---------------------------------------------------------------- mailboxes
+
+
+async def mailbox_cursors(session: AsyncSession, channel: str) -> dict[str, tuple[int | None, int]]:
+    """Mailbox name -> (UIDVALIDITY, last UID stored) of an e-mail channel."""
+    rows = await session.execute(
+        select(MailboxCursor.mailbox, MailboxCursor.uidvalidity, MailboxCursor.last_uid).where(
+            MailboxCursor.channel == channel
+        )
+    )
+    return {r.mailbox: (r.uidvalidity, r.last_uid) for r in rows}
+
+
+async def save_mailbox_cursor(
+    session: AsyncSession,
+    channel: str,
+    mailbox: str,
+    uidvalidity: int | None,
+    last_uid: int,
+    *,
+    now: datetime,
+) -> None:
+    """Remember how far ``mailbox`` was read, in the transaction that stored its letters."""
+    stmt = _insert(session)(MailboxCursor).values(
+        channel=channel, mailbox=mailbox, uidvalidity=uidvalidity, last_uid=last_uid, updated_at=now
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["channel", "mailbox"],
+            set_={"uidvalidity": uidvalidity, "last_uid": last_uid, "updated_at": now},
+        )
+    )

@@ -1,4 +1,4 @@
-"""conversations: a client's thread on a messaging channel and its messages
+"""conversations: a client's thread on a messaging channel, its messages, mailbox cursors
 
 Revision ID: 0013_inbox
 Revises: 0011
@@ -97,8 +97,20 @@ def upgrade() -> None:
     op.create_index(
         "ix_conversation_messages_conv_at", "conversation_messages", ["conversation_id", "id"]
     )
+    op.create_table(
+        "mailbox_cursors",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("channel", sa.String(length=64), nullable=False),
+        sa.Column("mailbox", sa.String(length=200), nullable=False),
+        sa.Column("uidvalidity", sa.BigInteger(), nullable=True),
+        sa.Column("last_uid", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", TS, nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_mailbox_cursors")),
+        sa.UniqueConstraint("channel", "mailbox", name="uq_mailbox_cursors_box"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("mailbox_cursors")
     op.drop_table("conversation_messages")
     op.drop_table("conversations")
