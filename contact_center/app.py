@@ -385,6 +385,8 @@ async def _channels(app: web.Application) -> AsyncIterator[None]:
         rules=app[RULES],
         clock=app[CLOCK],
         timezone=settings.locale.timezone,
+        rulebook=app[DIALPLAN].cache.get,
+        capacity=settings.distribution.max_open_conversations,
     )
     app[INBOX] = inbox
     app[HEALTH].add("channels", inbox.provide_status)

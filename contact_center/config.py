@@ -296,6 +296,9 @@ class TrackingSettings(_Section):
 
 class DistributionSettings(_Section):
     default_strategy: Literal["fixed", "round_robin", "least_loaded", "manual"] = "round_robin"
+    # Open conversations (messengers, mail) a manager gets from the rules at most; past it a
+    # new client's conversation waits unassigned. None: no cap.
+    max_open_conversations: int | None = Field(None, ge=1)
     default_region: str | None = Field(None, max_length=32)
     did_regions: dict[str, str] = Field(default_factory=dict)
     default_extension: str = Field("0", min_length=1, max_length=32, pattern=r"^[0-9A-Za-z*#_+-]+$")

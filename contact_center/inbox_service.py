@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +30,7 @@ from channels.registry import Adapter, build_adapter
 from crm_core.clock import Clock
 from crm_core.conversations import service as conversations
 from crm_core.conversations.model import Conversation
+from crm_core.distribution.service import RuleBook
 from crm_core.errors import NotFound
 from crm_core.events import DomainEvent
 from crm_core.jobs.model import ScheduledJob
@@ -106,12 +107,16 @@ class Inbox:
         clock: Clock,
         timezone: str = "Europe/Moscow",
         adapters: Mapping[str, Adapter] | None = None,
+        rulebook: Callable[[], Awaitable[RuleBook]] | None = None,
+        capacity: int | None = None,
     ) -> None:
         self._sessions = sessions
         self._bus = bus
         self.rules = rules
         self._clock = clock
         self._timezone = timezone
+        self._rulebook = rulebook  # the distribution rules, cached by the dialplan
+        self.capacity = capacity
         self.configs = {c.code: c for c in configs}
         self.adapters: dict[str, Adapter] = (
             dict(adapters) if adapters is not None else {c.code: build_adapter(c) for c in configs}
@@ -200,6 +205,8 @@ class Inbox:
                     rules=self.rules,
                     now=now,
                     default_timezone=self._timezone,
+                    book=await self._book(),
+                    capacity=self.capacity,
                 )
                 events.extend(got.events)
             state = batch.state
@@ -219,6 +226,9 @@ class Inbox:
             "received": self.received,
             "refused": self.refused,
         }
+
+    async def _book(self) -> RuleBook | None:
+        return await self._rulebook() if self._rulebook is not None else None
 
     def adapter(self, kind: str, code: str) -> Adapter:
         """The adapter of channel ``code``, which must be of ``kind``."""
@@ -280,6 +290,8 @@ class Inbox:
                         rules=self.rules,
                         now=now,
                         default_timezone=self._timezone,
+                        book=await self._book(),
+                        capacity=self.capacity,
                     )
                     if not got.created:
                         log.info(

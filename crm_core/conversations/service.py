@@ -266,17 +266,46 @@ async def choose_assignee(
     *,
     region_id: int | None = None,
     default_timezone: str = "Europe/Moscow",
+    book: distribution.RuleBook | None = None,
+    capacity: int | None = None,
 ) -> int | None:
     """The client's responsible manager while he is active; else the distribution rules of the
-    region (round robin, weights, working hours); None: the manual queue (unassigned)."""
+    region (round robin, weights, working hours); None: the manual queue (unassigned).
+
+    ``capacity`` caps the open conversations a manager gets from the rules: one who has that
+    many already leaves a new client's conversation in the queue (his own clients still reach
+    him)."""
     if responsible_id is not None:
         active = await session.scalar(select(User.is_active).where(User.id == responsible_id))
         if active:
             return responsible_id
     assignment = await distribution.distribute(
-        session, region_id, phone, now, "message", rules=rules, default_timezone=default_timezone
+        session,
+        region_id,
+        phone,
+        now,
+        "message",
+        rules=rules,
+        book=book,
+        default_timezone=default_timezone,
     )
-    return assignment.user_id
+    chosen = assignment.user_id
+    if chosen is not None and capacity is not None:
+        open_now = await session.scalar(
+            select(func.count()).where(
+                Conversation.assignee_id == chosen,
+                Conversation.status != ConversationStatus.RESOLVED.value,
+            )
+        )
+        if int(open_now or 0) >= capacity:
+            log.info(
+                "conversation queued: manager %s has %s open (capacity %s)",
+                chosen,
+                open_now,
+                capacity,
+            )
+            return None
+    return chosen
 
 
 # ---------------------------------------------------------------- inbound
@@ -367,6 +396,8 @@ async def receive(
     rules: CrmRules,
     now: datetime | None = None,
     default_timezone: str = "Europe/Moscow",
+    book: distribution.RuleBook | None = None,
+    capacity: int | None = None,
 ) -> Received:
     """Store a client's message once (a redelivery returns the stored one, ``created``
     False); identify the client (an unknown one becomes a lead), assign the conversation,
@@ -392,20 +423,37 @@ async def receive(
                 now,
                 rules,
                 default_timezone=default_timezone,
+                book=book,
+                capacity=capacity,
             )
             if not conv.name:
                 conv.name = client.name[:300]
         elif incoming.creates_client:
             assignee = await choose_assignee(
-                session, None, None, now, rules, default_timezone=default_timezone
+                session,
+                None,
+                None,
+                now,
+                rules,
+                default_timezone=default_timezone,
+                book=book,
+                capacity=capacity,
             )
             lead, lead_events = await _new_lead(session, incoming, conv, now, rules, assignee)
             conv.lead_id = lead_id = lead.id
             conv.assignee_id = assignee
             events.extend(lead_events)
     elif new is False and conv.assignee_id is None:
+        # Still in the queue (nobody on duty, everyone at capacity): the rules try again.
         conv.assignee_id = await choose_assignee(
-            session, None, None, now, rules, default_timezone=default_timezone
+            session,
+            None,
+            None,
+            now,
+            rules,
+            default_timezone=default_timezone,
+            book=book,
+            capacity=capacity,
         )
     # The message itself: insert-if-absent, so two deliveries racing store one.
     values = {

@@ -286,3 +286,28 @@ async def test_access_lists_and_notes(session: AsyncSession, world: World) -> No
     again = await conversations.receive(session, wa("m3", wa_id="79990000001"), rules=RULES, now=T0)
     assert again.conversation.status == "open"
     assert await session.scalar(select(func.count()).select_from(Contact)) == 2
+
+
+async def test_capacity_leaves_a_new_clients_conversation_in_the_queue(
+    session: AsyncSession, world: World
+) -> None:
+    await distribution_rules.create_rule(
+        session,
+        RuleInput(strategy="fixed", managers=[ManagerInput(user_id=world["anna"])]),
+        now=T0,
+    )
+    first = await conversations.receive(
+        session, wa("c1", wa_id="79000000001"), rules=RULES, now=T0, capacity=1
+    )
+    second = await conversations.receive(
+        session, wa("c2", wa_id="79000000002"), rules=RULES, now=T0, capacity=1
+    )
+    assert first.conversation.assignee_id == world["anna"]
+    assert second.conversation.assignee_id is None  # anna is at capacity
+    await conversations.set_status(
+        session, first.conversation.id, "resolved", actor=world.user("anna"), rules=RULES
+    )
+    again = await conversations.receive(
+        session, wa("c3", wa_id="79000000002"), rules=RULES, now=T0, capacity=1
+    )
+    assert again.conversation.assignee_id == world["anna"]  # room again: the rules retry
