@@ -16,22 +16,31 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from channels.base import InboundMessage, StatusUpdate, WebhookParser, WebhookRequest
+from channels.base import (
+    InboundMessage,
+    MessageTemplate,
+    StatusUpdate,
+    TemplateSender,
+    WebhookParser,
+    WebhookRequest,
+)
 from channels.config import ChannelConfig
-from channels.errors import ChannelSendFailed, SignatureInvalid
+from channels.errors import ChannelConfigInvalid, ChannelSendFailed, SignatureInvalid
 from channels.mail import EmailAdapter, MailBatch, MailboxState
 from channels.registry import Adapter, build_adapter
+from crm_core.access import Actor
 from crm_core.clock import Clock
 from crm_core.conversations import service as conversations
-from crm_core.conversations.model import Conversation
+from crm_core.conversations.model import Conversation, Message
 from crm_core.distribution.service import RuleBook
-from crm_core.errors import NotFound
+from crm_core.errors import InvalidInput, NotFound
 from crm_core.events import DomainEvent
 from crm_core.jobs.model import ScheduledJob
 from crm_core.notifications import service as notifications
@@ -39,6 +48,8 @@ from crm_core.ports import EventPublisher
 from crm_core.rules import CrmRules
 
 log = logging.getLogger(__name__)
+
+TEMPLATES_TTL_S = 600.0
 
 
 def to_incoming(item: InboundMessage, kind: str) -> conversations.Incoming:
@@ -124,6 +135,7 @@ class Inbox:
         self.received = 0
         self.refused = 0
         self._mail_tasks: list[asyncio.Task[None]] = []
+        self._templates: dict[str, tuple[float, list[MessageTemplate]]] = {}
 
     async def close(self) -> None:
         await self.stop_mail()
@@ -333,6 +345,73 @@ class Inbox:
 
     # ---------------------------------------------------------------- replies
 
+    async def templates(self, code: str) -> list[MessageTemplate]:
+        """The channel's approved templates (WhatsApp), synced from the provider at most every
+        ``TEMPLATES_TTL_S``; none for a channel without templates or when the sync fails
+        (logged; the last good list is kept)."""
+        adapter = self.adapters.get(code)
+        if not isinstance(adapter, TemplateSender) or not getattr(adapter.config, "waba_id", None):
+            return []
+        cached = self._templates.get(code)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < TEMPLATES_TTL_S:
+            return cached[1]
+        try:
+            found = await adapter.sync_templates()
+        except (ChannelSendFailed, ChannelConfigInvalid) as exc:
+            log.warning("channel=%s: template sync failed: %s", code, exc)
+            return cached[1] if cached is not None else []
+        self._templates[code] = (now, found)
+        return found
+
+    async def template(self, code: str, name: str, language: str) -> MessageTemplate | None:
+        for item in await self.templates(code):
+            if item.name == name and item.language == language:
+                return item
+        return None
+
+    async def queue_template(
+        self,
+        session: AsyncSession,
+        conversation_id: int,
+        name: str,
+        language: str,
+        params: Sequence[str],
+        *,
+        actor: Actor,
+        now: datetime,
+    ) -> tuple[Message, list[DomainEvent]]:
+        """An approved template of the conversation's channel into the outbox; an unknown
+        template or a wrong number of values is refused, naming what is wrong."""
+        conv = await conversations.get_conversation(
+            session, conversation_id, actor=actor, rules=self.rules
+        )
+        known = await self.template(conv.channel, name, language)
+        if known is None:
+            raise InvalidInput(
+                f"template: нет одобренного шаблона {name!r} ({language}) у этого канала — "
+                "выберите шаблон из списка",
+                details={"field": "template", "value": name},
+            )
+        if len(params) != len(known.params):
+            raise InvalidInput(
+                f"template.params: шаблон {name!r} ждёт значений: {len(known.params)}, "
+                f"получено {len(params)}",
+                details={"field": "template.params", "expected": len(known.params)},
+            )
+        return await conversations.queue_template(
+            session,
+            conversation_id,
+            name=name,
+            language=language,
+            params=params,
+            body=known.body,
+            param_names=() if all(p.isdigit() for p in known.params) else known.params,
+            actor=actor,
+            rules=self.rules,
+            now=now,
+        )
+
     def window_open(self, conv: Conversation, now: datetime) -> bool:
         """May a free-form message go to ``conv`` now (WhatsApp: 24 h window)?"""
         adapter = self.adapters.get(conv.channel)
@@ -353,7 +432,7 @@ class Inbox:
             return await conversations.mark_failed(
                 session, message_id, f"канал {out.channel} не настроен", now=now
             )
-        if not adapter.messaging_window_open(out.last_inbound_at, now):
+        if out.template is None and not adapter.messaging_window_open(out.last_inbound_at, now):
             return await conversations.mark_failed(
                 session,
                 message_id,
@@ -361,7 +440,20 @@ class Inbox:
                 now=now,
             )
         try:
-            if isinstance(adapter, EmailAdapter):
+            if out.template is not None:
+                if not isinstance(adapter, TemplateSender):
+                    return await conversations.mark_failed(
+                        session, message_id, f"канал {out.channel} не отправляет шаблоны", now=now
+                    )
+                values = [str(p) for p in out.template.get("params") or ()]
+                names = [str(n) for n in out.template.get("param_names") or ()]
+                result = await adapter.send_template(
+                    out.to,
+                    str(out.template["name"]),
+                    str(out.template["language"]),
+                    dict(zip(names, values, strict=True)) if names else values,
+                )
+            elif isinstance(adapter, EmailAdapter):
                 result = await adapter.send_text(
                     out.to,
                     out.text,

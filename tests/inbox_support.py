@@ -24,6 +24,7 @@ def wa_channel(api_url: str, code: str = "wa-main") -> dict[str, Any]:
         "access_token": TOKEN,
         "app_secret": APP_SECRET,
         "verify_token": VERIFY_TOKEN,
+        "waba_id": "102290129340398",
         "api_url": api_url,
     }
 
@@ -98,3 +99,25 @@ def wa_status(
 
 def signed(body: bytes, secret: str = APP_SECRET) -> dict[str, str]:
     return {"X-Hub-Signature-256": sign(body, secret), "Content-Type": "application/json"}
+
+
+TEMPLATES = [
+    {
+        "id": "1",
+        "name": "order_ready",
+        "language": "ru",
+        "status": "APPROVED",
+        "category": "UTILITY",
+        "components": [{"type": "BODY", "text": "{{1}}, заказ {{2}} готов к отгрузке."}],
+    },
+    {
+        "id": "2",
+        "name": "follow_up",
+        "language": "ru",
+        "status": "APPROVED",
+        "category": "MARKETING",
+        "components": [
+            {"type": "BODY", "text": "Здравствуйте, {{first_name}}! Актуален ли заказ?"}
+        ],
+    },
+]

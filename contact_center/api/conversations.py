@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Literal, Self
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from contact_center.api.common import PageQuery, actor, clock, page, path_id, rules, uow
 from contact_center.http.api import Api
@@ -239,11 +239,66 @@ async def list_messages(request: web.Request, query: MessageQuery) -> dict[str, 
     return {"items": [MessageOut.of(m).model_dump(mode="json") for m in rows]}
 
 
-class MessageInput(BaseModel):
+class TemplateInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(min_length=1, max_length=conversations.TEXT_MAX)
+    name: str = Field(min_length=1, max_length=512)
+    language: str = Field(min_length=2, max_length=16, examples=["ru"])
+    params: list[str] = Field(default_factory=list, max_length=20)
+
+
+class MessageInput(BaseModel):
+    """Text (a reply, or with ``note`` an internal note), or an approved WhatsApp template,
+    which may go outside the 24-hour window."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, min_length=1, max_length=conversations.TEXT_MAX)
     note: bool = Field(False, description="an internal note: never sent to the client")
+    template: TemplateInput | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> MessageInput:
+        if (self.text is None) == (self.template is None):
+            raise ValueError("give either text or template")
+        if self.template is not None and self.note:
+            raise ValueError("a note is text, not a template")
+        return self
+
+
+class TemplateOut(BaseModel):
+    name: str
+    language: str
+    category: str | None
+    body: str | None
+    params: list[str]
+
+
+@api.route(
+    "GET",
+    "/conversations/{id}/templates",
+    summary="The approved templates the conversation's channel can send (WhatsApp)",
+    tags=TAGS,
+    errors={404: "No such conversation"},
+)
+async def list_templates(request: web.Request) -> dict[str, Any]:
+    conv_id = path_id(request, "id", "conversation")
+    async with uow(request) as u:
+        conv = await conversations.get_conversation(
+            u.session, conv_id, actor=actor(request), rules=rules(request)
+        )
+    found = await request.app[INBOX].templates(conv.channel)
+    items = [
+        TemplateOut(
+            name=t.name,
+            language=t.language,
+            category=t.category,
+            body=t.body,
+            params=list(t.params),
+        ).model_dump()
+        for t in found
+    ]
+    return {"items": items}
 
 
 @api.route(
@@ -256,16 +311,27 @@ class MessageInput(BaseModel):
     tags=TAGS,
     errors={
         404: "No such conversation",
-        422: "Empty text, or a WhatsApp reply outside the 24-hour window",
+        422: "Empty text, an unknown template, or a WhatsApp reply outside the 24-hour window",
     },
 )
 async def post_message(request: web.Request, body: MessageInput) -> MessageOut:
     conv_id = path_id(request, "id", "conversation")
     user, now = actor(request), clock(request).now()
     async with uow(request) as u:
-        if body.note:
+        if body.template is not None:
+            tpl = body.template
+            message, events = await request.app[INBOX].queue_template(
+                u.session,
+                conv_id,
+                tpl.name,
+                tpl.language,
+                tpl.params,
+                actor=user,
+                now=now,
+            )
+        elif body.note:
             message, events = await conversations.add_note(
-                u.session, conv_id, body.text, actor=user, rules=rules(request), now=now
+                u.session, conv_id, body.text or "", actor=user, rules=rules(request), now=now
             )
         else:
             conv = await conversations.get_conversation(
@@ -274,7 +340,7 @@ async def post_message(request: web.Request, body: MessageInput) -> MessageOut:
             message, events = await conversations.queue_reply(
                 u.session,
                 conv_id,
-                body.text,
+                body.text or "",
                 actor=user,
                 rules=rules(request),
                 window_open=request.app[INBOX].window_open(conv, now),

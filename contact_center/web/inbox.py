@@ -77,14 +77,16 @@ async def _thread(
         session, conv.id, actor=user, rules=rules, limit=200
     )
     inbox = request.app[INBOX]
+    window_open = inbox.window_open(conv, now(request))
     return {
+        "templates": [] if window_open else await inbox.templates(conv.channel),
         "conv": conv,
         "messages": messages,
         "card": await _card(
             session, conv, names, stage_names(request.app[RULES], language(request))
         ),
         "channel_name": inbox.label(conv.channel),
-        "window_open": inbox.window_open(conv, now(request)),
+        "window_open": window_open,
         "can_write": conv.assignee_id in (None, user.id) or access.is_privileged(user),
         "can_assign": access.is_privileged(user),
         "assignee": names.users.get(conv.assignee_id) if conv.assignee_id else None,
@@ -203,6 +205,29 @@ async def _write(
 
 
 @page("inbox/_thread.html")
+async def send_template(request: web.Request, user: User) -> Any:
+    conv_id = int(request.match_info["id"])
+    form = await request.post()
+    name, language = str(form.get("name", "")), str(form.get("language", ""))
+    params = [str(form.get(f"param_{i}", "")).strip() for i in range(1, 21) if f"param_{i}" in form]
+    try:
+        async with UnitOfWork(request) as u:
+            _, events = await request.app[INBOX].queue_template(
+                u.session, conv_id, name, language, params, actor=user, now=now(request)
+            )
+            u.emit(*events)
+            await u.commit()
+    except InvalidInput as exc:
+        if not is_partial(request):
+            raise
+        async with request.app[SESSIONS]() as session:
+            names = await listing.names(session)
+            thread = await _thread(request, session, user, conv_id, names)
+        return {"thread": {**thread, "template_error": exc.message}, "_status": 422}
+    return await _after(request, user, conv_id)
+
+
+@page("inbox/_thread.html")
 async def set_status(request: web.Request, user: User) -> Any:
     conv_id = int(request.match_info["id"])
     status = str((await request.post()).get("status", ""))
@@ -239,5 +264,6 @@ def routes(app: web.Application) -> None:
     app.router.add_get("/inbox", inbox_page)
     app.router.add_get(r"/inbox/{id:\d{1,9}}/thread", thread_partial)
     app.router.add_post(r"/inbox/{id:\d{1,9}}/reply", reply)
+    app.router.add_post(r"/inbox/{id:\d{1,9}}/template", send_template)
     app.router.add_post(r"/inbox/{id:\d{1,9}}/status", set_status)
     app.router.add_post(r"/inbox/{id:\d{1,9}}/assign", assign)

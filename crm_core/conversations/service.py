@@ -755,6 +755,85 @@ async def queue_reply(
     return message, events
 
 
+def render_template(
+    body: str | None, params: Sequence[str], names: Sequence[str] | None = None
+) -> str:
+    """A template's body with its placeholders (``{{1}}``, ``{{2}}`` or ``{{first_name}}``,
+    in ``names``' order) filled, as the client will read it (what the conversation shows)."""
+    text = body or ""
+    keys = list(names) if names else [str(i) for i in range(1, len(params) + 1)]
+    for key, value in zip(keys, params, strict=False):
+        text = text.replace("{{" + key + "}}", value)
+    return text
+
+
+async def queue_template(
+    session: AsyncSession,
+    conversation_id: int,
+    *,
+    name: str,
+    language: str,
+    params: Sequence[str],
+    body: str | None,
+    param_names: Sequence[str] = (),
+    actor: Actor,
+    rules: CrmRules,
+    now: datetime | None = None,
+) -> tuple[Message, list[DomainEvent]]:
+    """An approved template (WhatsApp, any time: the 24-hour window does not bind it), written
+    to the outbox like a reply. ``body`` is the template's text, shown filled in."""
+    now = now or utcnow()
+    conv = await _writable(session, conversation_id, actor, rules)
+    if len(params) > 20 or any(len(p) > 1000 for p in params):
+        raise InvalidInput(
+            "params: не больше 20 значений по 1000 символов", details={"field": "params"}
+        )
+    events: list[DomainEvent] = []
+    if conv.assignee_id is None and actor.id is not None:
+        conv.assignee_id = actor.id
+        events.append(_changed(conv, ("assignee_id",)))
+    text = render_template(body, params, param_names) or name
+    message = Message(
+        conversation_id=conv.id,
+        channel=conv.channel,
+        direction="outbound",
+        author_kind="manager" if actor.id is not None else "bot",
+        author_id=actor.id,
+        kind="template",
+        text=text,
+        status=MessageStatus.QUEUED.value,
+        attachments=[],
+        payload={
+            "template": {
+                "name": name,
+                "language": language,
+                "params": list(params),
+                "param_names": list(param_names),
+            }
+        },
+        sent_at=now,
+        attempts=0,
+        created_at=now,
+    )
+    session.add(message)
+    conv.last_message_at = now
+    conv.preview = _preview(text, "template")
+    conv.updated_at = now
+    conv.unread = 0
+    await session.flush()
+    await jobs.schedule(
+        session,
+        SEND_JOB,
+        now,
+        {"message_id": message.id},
+        dedupe_key=f"send-message:{message.id}",
+        max_attempts=SEND_ATTEMPTS,
+    )
+    events.extend(await _timeline(session, conv, message, now))
+    events.append(_new_event(conv, message))
+    return message, events
+
+
 async def add_note(
     session: AsyncSession,
     conversation_id: int,
@@ -799,6 +878,7 @@ class Outgoing:
     reply_to: str | None
     subject: str | None = None  # e-mail: the thread's subject
     references: tuple[str, ...] = ()  # e-mail: the client's Message-IDs in the thread
+    template: dict[str, Any] | None = None  # WhatsApp: {"name", "language", "params"}
 
 
 async def outgoing(session: AsyncSession, message_id: int) -> Outgoing | None:
@@ -836,6 +916,7 @@ async def outgoing(session: AsyncSession, message_id: int) -> Outgoing | None:
         reply_to,
         subject,
         tuple(dict.fromkeys(references)),
+        (message.payload or {}).get("template"),
     )
 
 

@@ -25,7 +25,15 @@ from crm_core.jobs.model import ScheduledJob
 from crm_core.leads.model import Lead
 from crm_core.users import service as users
 from tests.fakes.graph_api import FakeGraphApi
-from tests.inbox_support import TOKEN, VERIFY_TOKEN, signed, wa_channel, wa_status, wa_text
+from tests.inbox_support import (
+    TEMPLATES,
+    TOKEN,
+    VERIFY_TOKEN,
+    signed,
+    wa_channel,
+    wa_status,
+    wa_text,
+)
 
 HOOK = "/webhooks/whatsapp/wa-main"
 
@@ -282,3 +290,50 @@ async def test_a_crash_between_writing_and_sending_sends_once(
         await asyncio.sleep(0.1)
     await second.app[SCHEDULER].run_once()
     assert len(graph.calls("/messages")) == 1
+
+
+async def test_outside_the_window_an_approved_template_goes(
+    app_client: Any, graph: FakeGraphApi
+) -> None:
+    graph.templates = TEMPLATES
+    ctx = await _people(app_client)
+    await _deliver(app_client, wa_text("wamid.t", "давно писал", ts=time.time() - 48 * 3600))
+    conv = (await (await app_client.get("/api/v1/conversations", headers=ctx["ivan_h"])).json())[
+        "items"
+    ][0]
+    base = f"/api/v1/conversations/{conv['id']}"
+    listed = await (await app_client.get(f"{base}/templates", headers=ctx["ivan_h"])).json()
+    assert [(t["name"], t["params"]) for t in listed["items"]] == [
+        ("order_ready", ["1", "2"]),
+        ("follow_up", ["first_name"]),
+    ]
+    wrong = await app_client.post(
+        f"{base}/messages",
+        json={"template": {"name": "order_ready", "language": "ru", "params": ["Иван"]}},
+        headers=ctx["ivan_h"],
+    )
+    assert wrong.status == 422 and "ждёт значений: 2" in (await wrong.json())["message"]
+    unknown = await app_client.post(
+        f"{base}/messages",
+        json={"template": {"name": "nope", "language": "ru"}},
+        headers=ctx["ivan_h"],
+    )
+    assert unknown.status == 422
+    for body in (
+        {"template": {"name": "order_ready", "language": "ru", "params": ["Иван", "№ 17"]}},
+        {"template": {"name": "follow_up", "language": "ru", "params": ["Иван"]}},
+    ):
+        resp = await app_client.post(f"{base}/messages", json=body, headers=ctx["ivan_h"])
+        assert resp.status == 201, await resp.text()
+    first = await resp.json()
+    assert first["text"] == "Здравствуйте, Иван! Актуален ли заказ?" and first["kind"] == "template"
+    await app_client.app[SCHEDULER].run_once()
+    sent = [r.json() for r in graph.calls("/messages")]
+    assert [s["template"]["name"] for s in sent] == ["order_ready", "follow_up"]
+    assert sent[0]["template"]["components"][0]["parameters"] == [
+        {"type": "text", "text": "Иван"},
+        {"type": "text", "text": "№ 17"},
+    ]
+    assert sent[1]["template"]["components"][0]["parameters"] == [
+        {"type": "text", "parameter_name": "first_name", "text": "Иван"}
+    ]

@@ -18,7 +18,7 @@ from crm_core.db import utcnow
 from crm_core.distribution import rules as distribution_rules
 from crm_core.distribution.schemas import ManagerInput, RuleInput
 from tests.fakes.graph_api import FakeGraphApi
-from tests.inbox_support import TOKEN, signed, wa_channel, wa_text
+from tests.inbox_support import TEMPLATES, TOKEN, signed, wa_channel, wa_text
 from tests.web.world import csrf, sign_in, team, visible
 
 HOOK = "/webhooks/whatsapp/wa-main"
@@ -144,3 +144,36 @@ async def test_another_managers_conversation_is_not_shown(client: Any) -> None:
         conv = (await session.scalars(select(Conversation))).one()
     resp = await client.get(f"/inbox?c={conv.id}")
     assert resp.status == 404
+
+
+async def test_outside_the_window_the_page_offers_the_approved_templates(
+    client: Any, graph: FakeGraphApi
+) -> None:
+    graph.templates = TEMPLATES
+    await _setup(client)
+    await _deliver(client, wa_text("wamid.tpl", "позавчера", ts=time.time() - 50 * 3600))
+    await sign_in(client, "ivan")
+    async with client.app[SESSIONS]() as session:
+        conv = (await session.scalars(select(Conversation))).one()
+    page = visible(await (await client.get(f"/inbox?c={conv.id}")).text())
+    assert "Одобренные шаблоны WhatsApp" in page and "заказ {{2}} готов" in page
+    token = await csrf(client, "/inbox")
+    resp = await client.post(
+        f"/inbox/{conv.id}/template",
+        data={
+            "name": "order_ready",
+            "language": "ru",
+            "param_1": "Иван",
+            "param_2": "№ 5",
+            "csrf_token": token,
+        },
+        headers={"HX-Request": "true"},
+    )
+    assert resp.status == 200
+    assert "Иван, заказ № 5 готов к отгрузке." in await resp.text()
+    bad = await client.post(
+        f"/inbox/{conv.id}/template",
+        data={"name": "order_ready", "language": "ru", "param_1": "x", "csrf_token": token},
+        headers={"HX-Request": "true"},
+    )
+    assert bad.status == 422 and "ждёт значений: 2" in await bad.text()
