@@ -58,6 +58,8 @@ from crm_core.reference import service as reference
 from crm_core.reference.model import Source, SourceKind
 from crm_core.rules import CrmRules
 from crm_core.tasks import service as tasks
+from crm_core.tracking import service as tracking_service
+from crm_core.tracking.model import TrackingVisitor
 from crm_core.users.model import User
 
 log = logging.getLogger(__name__)
@@ -356,6 +358,84 @@ async def _conversation_for(
     return conv, new_id is not None
 
 
+@dataclass(frozen=True)
+class _Origin:
+    """Where a new client came from: the lead's source, region and tracking."""
+
+    source_id: int
+    region_id: int | None
+    tracking: dict[str, Any]
+
+
+async def _ad_source(session: AsyncSession, referral: dict[str, Any]) -> Source:
+    """The Click-to-WhatsApp ad as a campaign source under the "WhatsApp ads" channel."""
+    parent = await reference.find_source(session, SourceKind.AD_CHANNEL.value, "whatsapp-ads")
+    if parent is None:
+        parent = Source(
+            kind=SourceKind.AD_CHANNEL.value,
+            code="whatsapp-ads",
+            name="Реклама со ссылкой на WhatsApp",
+        )
+        session.add(parent)
+        await session.flush()
+    ad = str(referral.get("source_id") or referral.get("source_url") or "unknown")[:80]
+    code = f"ctwa-{ad}"
+    source = await reference.find_source(session, SourceKind.CAMPAIGN.value, code)
+    if source is None:
+        headline = str(referral.get("headline") or "").strip()
+        source = Source(
+            kind=SourceKind.CAMPAIGN.value,
+            code=code,
+            name=(headline or f"Объявление {ad}")[:200],
+            parent_id=parent.id,
+        )
+        session.add(source)
+        await session.flush()
+    return source
+
+
+async def _visitor(session: AsyncSession, visitor_id: str) -> dict[str, Any] | None:
+    """The website visitor a Telegram ``/start`` deep link names: his attribution."""
+    if not visitor_id or len(visitor_id) > 64:
+        return None
+    site_id = await session.scalar(
+        select(TrackingVisitor.site_id)
+        .where(TrackingVisitor.visitor_id == visitor_id)
+        .order_by(TrackingVisitor.last_seen_at.desc())
+        .limit(1)
+    )
+    if site_id is None:
+        return None
+    return await tracking_service.visitor_attribution(session, site_id, visitor_id)
+
+
+async def _origin(session: AsyncSession, incoming: Incoming) -> _Origin:
+    """A Click-to-WhatsApp ad's campaign; else the website visitor's source (Telegram deep
+    link); else the channel itself."""
+    payload = incoming.payload or {}
+    tracking: dict[str, Any] = {"channel": incoming.channel}
+    referral = payload.get("referral")
+    if referral:
+        source = await _ad_source(session, referral)
+        tracking.update(
+            referral=referral,
+            source=source.name,
+            campaign=referral.get("headline"),
+            ctwa_clid=referral.get("ctwa_clid"),
+        )
+        return _Origin(source.id, None, tracking)
+    visitor = payload.get("start_payload")
+    attribution = await _visitor(session, str(visitor)) if visitor else None
+    if attribution is not None and attribution.get("source_id"):
+        return _Origin(
+            int(attribution["source_id"]),
+            attribution.get("region_id"),
+            {**attribution, "channel": incoming.channel},
+        )
+    source = await channel_source(session, incoming.channel, incoming.channel_kind)
+    return _Origin(source.id, None, tracking)
+
+
 async def _new_lead(
     session: AsyncSession,
     incoming: Incoming,
@@ -363,14 +443,10 @@ async def _new_lead(
     now: datetime,
     rules: CrmRules,
     assignee: int | None,
+    origin: _Origin,
 ) -> tuple[Lead, list[DomainEvent]]:
-    source = await channel_source(session, incoming.channel, incoming.channel_kind)
     label = CHANNEL_LABELS.get(incoming.channel_kind, incoming.channel_kind)
     who = incoming.sender_name or incoming.phone or incoming.email or incoming.identity_value
-    tracking: dict[str, Any] = {"channel": incoming.channel}
-    referral = (incoming.payload or {}).get("referral")
-    if referral:
-        tracking["referral"] = referral
     return await leads.create_lead(
         session,
         LeadInput(
@@ -379,9 +455,10 @@ async def _new_lead(
             contact_name=(incoming.sender_name or None),
             phones=[incoming.phone] if incoming.phone else [],
             emails=[incoming.email] if incoming.email else [],
-            source_id=source.id,
+            source_id=origin.source_id,
+            region_id=origin.region_id,
             responsible_id=assignee,
-            tracking=tracking,
+            tracking=origin.tracking,
         ),
         actor=access.SYSTEM,
         rules=rules,
@@ -429,17 +506,21 @@ async def receive(
             if not conv.name:
                 conv.name = client.name[:300]
         elif incoming.creates_client:
+            origin = await _origin(session, incoming)
             assignee = await choose_assignee(
                 session,
                 None,
                 None,
                 now,
                 rules,
+                region_id=origin.region_id,
                 default_timezone=default_timezone,
                 book=book,
                 capacity=capacity,
             )
-            lead, lead_events = await _new_lead(session, incoming, conv, now, rules, assignee)
+            lead, lead_events = await _new_lead(
+                session, incoming, conv, now, rules, assignee, origin
+            )
             conv.lead_id = lead_id = lead.id
             conv.assignee_id = assignee
             events.extend(lead_events)

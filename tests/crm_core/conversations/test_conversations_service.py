@@ -26,6 +26,7 @@ from crm_core.rules import CrmRules
 from crm_core.tasks import service as tasks
 from crm_core.tasks.model import Task, TaskKind
 from crm_core.tasks.schemas import TaskInput
+from crm_core.tracking.model import TrackingSite, TrackingVisitor
 from tests.crm_core.tasks.world import T0, World, build_world
 
 RULES = CrmRules()
@@ -311,3 +312,67 @@ async def test_capacity_leaves_a_new_clients_conversation_in_the_queue(
         session, wa("c3", wa_id="79000000002"), rules=RULES, now=T0, capacity=1
     )
     assert again.conversation.assignee_id == world["anna"]  # room again: the rules retry
+
+
+async def test_a_click_to_whatsapp_ad_is_the_leads_source_and_campaign(
+    session: AsyncSession, world: World
+) -> None:
+    referral = {
+        "source_id": "120200001",
+        "source_type": "ad",
+        "source_url": "https://fb.me/ad",
+        "headline": "Коробки оптом со скидкой",
+        "body": None,
+        "ctwa_clid": "ARAkLkA8rmlFeiCktEJQ",
+    }
+    got = await conversations.receive(
+        session, wa("wamid.ad", payload={"referral": referral}), rules=RULES, now=T0
+    )
+    await session.commit()
+    lead = await session.get(Lead, got.lead_id)
+    assert lead is not None and lead.tracking is not None
+    source = await session.get(Source, lead.source_id)
+    assert source is not None and source.kind == "campaign"
+    assert source.name == "Коробки оптом со скидкой"
+    parent = await session.get(Source, source.parent_id)
+    assert parent is not None and parent.kind == "ad_channel"
+    assert lead.tracking["ctwa_clid"] == "ARAkLkA8rmlFeiCktEJQ"
+    assert lead.tracking["campaign"] == "Коробки оптом со скидкой"
+
+
+async def test_a_telegram_deep_link_joins_the_website_visitors_source(
+    session: AsyncSession, world: World
+) -> None:
+    site = TrackingSite(code="shop", name="Магазин")
+    session.add(site)
+    await session.flush()
+    session.add(
+        TrackingVisitor(
+            site_id=site.id,
+            visitor_id="v-42",
+            kind="paid",
+            channel="yandex",
+            source_id=world["expo"],
+            campaign="spring",
+            utm={"utm_source": "yandex"},
+            region_id=world["spb"],
+        )
+    )
+    await session.commit()
+    tg = conversations.Incoming(
+        channel="tg-bot",
+        channel_kind="telegram",
+        provider_message_id="tg:start",
+        identity_kind="telegram",
+        identity_value="777",
+        sent_at=T0,
+        text="/start v-42",
+        sender_name="Сергей",
+        payload={"start_payload": "v-42"},
+    )
+    got = await conversations.receive(session, tg, rules=RULES, now=T0)
+    await session.commit()
+    lead = await session.get(Lead, got.lead_id)
+    assert lead is not None and lead.source_id == world["expo"] and lead.region_id == world["spb"]
+    assert lead.tracking is not None and lead.tracking["visitor_id"] == "v-42"
+    assert lead.tracking["campaign"] == "spring"
