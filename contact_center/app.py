@@ -387,6 +387,7 @@ async def _channels(app: web.Application) -> AsyncIterator[None]:
         timezone=settings.locale.timezone,
         rulebook=app[DIALPLAN].cache.get,
         capacity=settings.distribution.max_open_conversations,
+        off_hours_reply=settings.distribution.off_hours_reply,
     )
     app[INBOX] = inbox
     app[HEALTH].add("channels", inbox.provide_status)

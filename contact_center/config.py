@@ -299,6 +299,8 @@ class DistributionSettings(_Section):
     # Open conversations (messengers, mail) a manager gets from the rules at most; past it a
     # new client's conversation waits unassigned. None: no cap.
     max_open_conversations: int | None = Field(None, ge=1)
+    # Sent to a client who writes first while no manager of the rules is on duty; None: none.
+    off_hours_reply: str | None = Field(None, min_length=1, max_length=1000)
     default_region: str | None = Field(None, max_length=32)
     did_regions: dict[str, str] = Field(default_factory=dict)
     default_extension: str = Field("0", min_length=1, max_length=32, pattern=r"^[0-9A-Za-z*#_+-]+$")

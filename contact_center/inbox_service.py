@@ -120,6 +120,7 @@ class Inbox:
         adapters: Mapping[str, Adapter] | None = None,
         rulebook: Callable[[], Awaitable[RuleBook]] | None = None,
         capacity: int | None = None,
+        off_hours_reply: str | None = None,
     ) -> None:
         self._sessions = sessions
         self._bus = bus
@@ -128,6 +129,7 @@ class Inbox:
         self._timezone = timezone
         self._rulebook = rulebook  # the distribution rules, cached by the dialplan
         self.capacity = capacity
+        self.off_hours_reply = off_hours_reply
         self.configs = {c.code: c for c in configs}
         self.adapters: dict[str, Adapter] = (
             dict(adapters) if adapters is not None else {c.code: build_adapter(c) for c in configs}
@@ -219,6 +221,7 @@ class Inbox:
                     default_timezone=self._timezone,
                     book=await self._book(),
                     capacity=self.capacity,
+                    off_hours_reply=self.off_hours_reply,
                 )
                 events.extend(got.events)
             state = batch.state
@@ -304,6 +307,7 @@ class Inbox:
                         default_timezone=self._timezone,
                         book=await self._book(),
                         capacity=self.capacity,
+                        off_hours_reply=self.off_hours_reply,
                     )
                     if not got.created:
                         log.info(

@@ -272,7 +272,35 @@ async def choose_assignee(
     capacity: int | None = None,
 ) -> int | None:
     """The client's responsible manager while he is active; else the distribution rules of the
-    region (round robin, weights, working hours); None: the manual queue (unassigned).
+    region (round robin, weights, working hours); None: the manual queue (unassigned)."""
+    chosen, _ = await assign_new(
+        session,
+        responsible_id,
+        phone,
+        now,
+        rules,
+        region_id=region_id,
+        default_timezone=default_timezone,
+        book=book,
+        capacity=capacity,
+    )
+    return chosen
+
+
+async def assign_new(
+    session: AsyncSession,
+    responsible_id: int | None,
+    phone: str | None,
+    now: datetime,
+    rules: CrmRules,
+    *,
+    region_id: int | None = None,
+    default_timezone: str = "Europe/Moscow",
+    book: distribution.RuleBook | None = None,
+    capacity: int | None = None,
+) -> tuple[int | None, str]:
+    """:func:`choose_assignee` and why: ``responsible``, a strategy, ``manual``,
+    ``nobody_on_duty`` (outside everyone's working hours), ``capacity``.
 
     ``capacity`` caps the open conversations a manager gets from the rules: one who has that
     many already leaves a new client's conversation in the queue (his own clients still reach
@@ -280,7 +308,7 @@ async def choose_assignee(
     if responsible_id is not None:
         active = await session.scalar(select(User.is_active).where(User.id == responsible_id))
         if active:
-            return responsible_id
+            return responsible_id, "responsible"
     assignment = await distribution.distribute(
         session,
         region_id,
@@ -306,8 +334,8 @@ async def choose_assignee(
                 open_now,
                 capacity,
             )
-            return None
-    return chosen
+            return None, "capacity"
+    return chosen, assignment.reason
 
 
 # ---------------------------------------------------------------- inbound
@@ -475,6 +503,7 @@ async def receive(
     default_timezone: str = "Europe/Moscow",
     book: distribution.RuleBook | None = None,
     capacity: int | None = None,
+    off_hours_reply: str | None = None,
 ) -> Received:
     """Store a client's message once (a redelivery returns the stored one, ``created``
     False); identify the client (an unknown one becomes a lead), assign the conversation,
@@ -488,12 +517,13 @@ async def receive(
     conv, new = await _conversation_for(session, incoming, now)
     events: list[DomainEvent] = []
     lead_id: int | None = None
+    why = ""
     if conv.contact_id is None and conv.company_id is None and conv.lead_id is None:
         client = await identify(session, incoming, rules)
         if client is not None:
             conv.contact_id, conv.company_id = client.contact_id, client.company_id
             conv.lead_id = client.lead_id
-            conv.assignee_id = await choose_assignee(
+            conv.assignee_id, why = await assign_new(
                 session,
                 client.responsible_id,
                 None,
@@ -507,7 +537,7 @@ async def receive(
                 conv.name = client.name[:300]
         elif incoming.creates_client:
             origin = await _origin(session, incoming)
-            assignee = await choose_assignee(
+            assignee, why = await assign_new(
                 session,
                 None,
                 None,
@@ -584,6 +614,12 @@ async def receive(
     await session.flush()
     events.extend(await _timeline(session, conv, message, now))
     events.append(_new_event(conv, message))
+    if new and why == "nobody_on_duty" and off_hours_reply:
+        # Nobody works now: the client learns when he will hear from us.
+        _, reply_events = await queue_reply(
+            session, conv.id, off_hours_reply, actor=access.SYSTEM, rules=rules, now=now
+        )
+        events.extend(reply_events)
     return Received(message, conv, created=True, events=events, lead_id=lead_id)
 
 
@@ -816,7 +852,8 @@ async def queue_reply(
         created_at=now,
     )
     session.add(message)
-    conv.unread = 0
+    if actor.id is not None:  # a manager answered: he has read it (a bot's reply has not)
+        conv.unread = 0
     conv.last_message_at = now
     conv.preview = _preview(cleaned, "text")
     conv.updated_at = now

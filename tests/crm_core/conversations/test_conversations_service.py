@@ -376,3 +376,40 @@ async def test_a_telegram_deep_link_joins_the_website_visitors_source(
     assert lead is not None and lead.source_id == world["expo"] and lead.region_id == world["spb"]
     assert lead.tracking is not None and lead.tracking["visitor_id"] == "v-42"
     assert lead.tracking["campaign"] == "spring"
+
+
+async def test_outside_working_hours_a_new_client_gets_the_automatic_reply(
+    session: AsyncSession, world: World
+) -> None:
+    await distribution_rules.create_rule(
+        session,
+        RuleInput(
+            strategy="round_robin",
+            managers=[ManagerInput(user_id=world["anna"], hours={"mon": ["09:00-10:00"]})],
+        ),
+        now=T0,
+    )
+    late = T0 + timedelta(hours=5)  # Monday 15:00 in Moscow: anna has gone
+    reply = "Здравствуйте! Сейчас нерабочее время — ответим в 9:00."
+    got = await conversations.receive(
+        session, wa("wamid.late"), rules=RULES, now=late, off_hours_reply=reply
+    )
+    await session.commit()
+    assert got.conversation.assignee_id is None and got.conversation.unread == 1
+    sent = await session.scalar(
+        select(Message).where(Message.direction == "outbound", Message.author_kind == "bot")
+    )
+    assert sent is not None and sent.text == reply and sent.status == "queued"
+    again = await conversations.receive(
+        session, wa("wamid.late2", text="ау"), rules=RULES, now=late, off_hours_reply=reply
+    )
+    assert [e.name for e in again.events].count("message.new") == 1  # one automatic reply
+    on_duty = await conversations.receive(
+        session,
+        wa("wamid.day", wa_id="79000000111"),
+        rules=RULES,
+        now=T0 - timedelta(minutes=30),  # 09:30 in Moscow
+        off_hours_reply=reply,
+    )
+    assert on_duty.conversation.assignee_id == world["anna"]
+    assert [e.name for e in on_duty.events].count("message.new") == 1
