@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp_jinja2
@@ -378,6 +379,7 @@ async def _recordings(app: web.Application) -> AsyncIterator[None]:
 
 async def _channels(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    recordings = app[RECORDINGS]
     inbox = Inbox(
         settings.channels,
         sessions=app[SESSIONS],
@@ -388,6 +390,8 @@ async def _channels(app: web.Application) -> AsyncIterator[None]:
         rulebook=app[DIALPLAN].cache.get,
         capacity=settings.distribution.max_open_conversations,
         off_hours_reply=settings.distribution.off_hours_reply,
+        storage=recordings.storage if recordings is not None else None,
+        work_dir=Path(settings.recordings.work_dir),
     )
     app[INBOX] = inbox
     app[HEALTH].add("channels", inbox.provide_status)
@@ -405,6 +409,7 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
         tasks.REMINDER_JOB: tasks.remind_task,
         invoices.REMINDER_JOB: invoices.remind_invoice,
         conversations.SEND_JOB: app[INBOX].send_job,
+        conversations.MEDIA_JOB: app[INBOX].media_job,
     }
     recordings = app[RECORDINGS]
     if recordings is not None:

@@ -16,15 +16,19 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import mimetypes
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from channels.base import (
     InboundMessage,
+    MediaFetcher,
     MessageTemplate,
     StatusUpdate,
     TemplateSender,
@@ -32,7 +36,12 @@ from channels.base import (
     WebhookRequest,
 )
 from channels.config import ChannelConfig
-from channels.errors import ChannelConfigInvalid, ChannelSendFailed, SignatureInvalid
+from channels.errors import (
+    ChannelConfigInvalid,
+    ChannelSendFailed,
+    MediaRefused,
+    SignatureInvalid,
+)
 from channels.mail import EmailAdapter, MailBatch, MailboxState
 from channels.registry import Adapter, build_adapter
 from crm_core.access import Actor
@@ -46,6 +55,7 @@ from crm_core.jobs.model import ScheduledJob
 from crm_core.notifications import service as notifications
 from crm_core.ports import EventPublisher
 from crm_core.rules import CrmRules
+from recordings.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +131,8 @@ class Inbox:
         rulebook: Callable[[], Awaitable[RuleBook]] | None = None,
         capacity: int | None = None,
         off_hours_reply: str | None = None,
+        storage: Storage | None = None,
+        work_dir: Path | None = None,
     ) -> None:
         self._sessions = sessions
         self._bus = bus
@@ -130,6 +142,8 @@ class Inbox:
         self._rulebook = rulebook  # the distribution rules, cached by the dialplan
         self.capacity = capacity
         self.off_hours_reply = off_hours_reply
+        self.storage = storage  # attachments are kept where the recordings are
+        self.work_dir = work_dir or Path(tempfile.gettempdir())
         self.configs = {c.code: c for c in configs}
         self.adapters: dict[str, Adapter] = (
             dict(adapters) if adapters is not None else {c.code: build_adapter(c) for c in configs}
@@ -308,6 +322,7 @@ class Inbox:
                         book=await self._book(),
                         capacity=self.capacity,
                         off_hours_reply=self.off_hours_reply,
+                        fetch_media=self.storage is not None,
                     )
                     if not got.created:
                         log.info(
@@ -493,3 +508,53 @@ class Inbox:
         return await conversations.mark_sent(
             session, message_id, result.provider_message_id, now=now
         )
+
+    async def media_job(
+        self, session: AsyncSession, job: ScheduledJob, now: datetime
+    ) -> list[DomainEvent]:
+        """Download a client's attachment (WhatsApp media id, Telegram file_id) within the
+        channel's size cap and keep it in storage; a refused one (too large, wrong type) is
+        recorded with the reason, an unavailable one retried with back-off."""
+        message_id, index = int(job.payload["message_id"]), int(job.payload["index"])
+        message = await session.get(Message, message_id)
+        if message is None or index >= len(message.attachments) or self.storage is None:
+            return []
+        attachment = message.attachments[index]
+        if attachment.get("key"):
+            return []  # stored by an earlier run
+        adapter = self.adapters.get(message.channel)
+        if not isinstance(adapter, MediaFetcher):
+            return []
+        try:
+            fetched = await adapter.fetch_media(str(attachment["ref"]))
+        except MediaRefused as exc:
+            log.warning("media message=%s #%s refused: %s", message_id, index, exc.message)
+            await conversations.store_attachment(session, message_id, index, refused=exc.message)
+            return []
+        suffix = Path(attachment.get("filename") or "").suffix or _extension(fetched.mime)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.work_dir, suffix=suffix) as tmp:
+            tmp.write(fetched.data)
+            tmp.flush()
+            stored = await self.storage.put(Path(tmp.name), suffix or "bin")
+        await conversations.store_attachment(
+            session,
+            message_id,
+            index,
+            key=stored.key,
+            size=stored.size,
+            sha256=stored.sha256,
+            mime=fetched.mime,
+        )
+        log.info(
+            "media message=%s #%s stored as %s (%d bytes)",
+            message_id,
+            index,
+            stored.key,
+            stored.size,
+        )
+        return []
+
+
+def _extension(mime: str) -> str:
+    return mimetypes.guess_extension(mime.split(";", 1)[0].strip()) or ".bin"

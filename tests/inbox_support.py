@@ -78,6 +78,23 @@ def wa_text(
     )
 
 
+def wa_image(mid: str, media_id: str, *, caption: str = "", wa_id: str = "79161234567") -> bytes:
+    return _envelope(
+        {
+            "contacts": [{"profile": {"name": "Иван Петров"}, "wa_id": wa_id}],
+            "messages": [
+                {
+                    "from": wa_id,
+                    "id": mid,
+                    "timestamp": str(int(time.time())),
+                    "type": "image",
+                    "image": {"caption": caption, "mime_type": "image/png", "id": media_id},
+                }
+            ],
+        }
+    )
+
+
 def wa_status(
     mid: str,
     status: str,

@@ -7,6 +7,7 @@ statuses arrive over /ws (static/inbox.js refreshes the pieces that changed)."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from sqlalchemy import select
@@ -15,12 +16,20 @@ from contact_center.api.common import UnitOfWork
 from contact_center.keys import INBOX, RULES, SESSIONS
 from contact_center.web import links, listing
 from contact_center.web.leads import stage_names
-from contact_center.web.shell import MenuEntry, is_partial, language, now, page, t_of
+from contact_center.web.shell import (
+    MenuEntry,
+    is_partial,
+    language,
+    now,
+    page,
+    session_user,
+    t_of,
+)
 from crm_core import access
 from crm_core.clients.model import Company, Contact
 from crm_core.conversations import service as conversations
-from crm_core.conversations.model import Conversation
-from crm_core.errors import InvalidInput
+from crm_core.conversations.model import Conversation, Message
+from crm_core.errors import InvalidInput, NotFound
 from crm_core.leads.model import Lead
 from crm_core.reference.model import Source
 from crm_core.users.model import User
@@ -260,9 +269,50 @@ async def assign(request: web.Request, user: User) -> Any:
     return await _after(request, user, conv_id)
 
 
+INLINE = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
+
+
+async def media(request: web.Request) -> web.StreamResponse:
+    """A client's attachment, for those who may read the conversation: pictures inline, any
+    other file as a download (never rendered by the browser)."""
+    user = session_user(request)
+    message_id, index = int(request.match_info["id"]), int(request.match_info["index"])
+    storage = request.app[INBOX].storage
+    async with request.app[SESSIONS]() as session:
+        message = await session.get(Message, message_id)
+        if message is None or index >= len(message.attachments) or storage is None:
+            raise web.HTTPNotFound()
+        try:
+            await conversations.get_conversation(
+                session, message.conversation_id, actor=user, rules=request.app[RULES]
+            )
+        except NotFound:
+            raise web.HTTPNotFound() from None
+    attachment = message.attachments[index]
+    key = attachment.get("key")
+    if not key:
+        raise web.HTTPNotFound()
+    mime = str(attachment.get("mime") or "application/octet-stream").split(";", 1)[0]
+    filename = str(attachment.get("filename") or f"file-{message_id}-{index}")
+    disposition = "inline" if mime in INLINE else "attachment"
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": mime if mime in INLINE else "application/octet-stream",
+            "Content-Disposition": f"{disposition}; filename*=UTF-8''{quote(filename)}",
+            "Cache-Control": "private, max-age=3600",
+        }
+    )
+    await resp.prepare(request)
+    async for chunk in await storage.open_range(str(key)):
+        await resp.write(chunk)
+    await resp.write_eof()
+    return resp
+
+
 def routes(app: web.Application) -> None:
     app.router.add_get("/inbox", inbox_page)
     app.router.add_get(r"/inbox/{id:\d{1,9}}/thread", thread_partial)
+    app.router.add_get(r"/inbox/media/{id:\d{1,9}}/{index:\d{1,2}}", media)
     app.router.add_post(r"/inbox/{id:\d{1,9}}/reply", reply)
     app.router.add_post(r"/inbox/{id:\d{1,9}}/template", send_template)
     app.router.add_post(r"/inbox/{id:\d{1,9}}/status", set_status)

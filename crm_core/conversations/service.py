@@ -65,6 +65,7 @@ from crm_core.users.model import User
 log = logging.getLogger(__name__)
 
 SEND_JOB = "conversation.send"
+MEDIA_JOB = "conversation.media"  # download a client's attachment into storage
 SEND_ATTEMPTS = 6
 SEND_BACKOFF = timedelta(seconds=5)
 # The origin key of a missed call's call-back task (contact_center.call_outcomes writes it):
@@ -504,6 +505,7 @@ async def receive(
     book: distribution.RuleBook | None = None,
     capacity: int | None = None,
     off_hours_reply: str | None = None,
+    fetch_media: bool = False,
 ) -> Received:
     """Store a client's message once (a redelivery returns the stored one, ``created``
     False); identify the client (an unknown one becomes a lead), assign the conversation,
@@ -614,6 +616,16 @@ async def receive(
     await session.flush()
     events.extend(await _timeline(session, conv, message, now))
     events.append(_new_event(conv, message))
+    if fetch_media:
+        for index, attachment in enumerate(message.attachments):
+            if attachment.get("ref") and not attachment.get("refused"):
+                await jobs.schedule(
+                    session,
+                    MEDIA_JOB,
+                    now,
+                    {"message_id": message.id, "index": index},
+                    dedupe_key=f"media:{message.id}:{index}",
+                )
     if new and why == "nobody_on_duty" and off_hours_reply:
         # Nobody works now: the client learns when he will hear from us.
         _, reply_events = await queue_reply(
@@ -1262,3 +1274,18 @@ async def save_mailbox_cursor(
             set_={"uidvalidity": uidvalidity, "last_uid": last_uid, "updated_at": now},
         )
     )
+
+
+async def store_attachment(
+    session: AsyncSession, message_id: int, index: int, **facts: Any
+) -> Message | None:
+    """Record what became of attachment ``index`` of a message: its storage ``key``, ``size``,
+    ``sha256`` and ``mime``, or why it was ``refused``."""
+    message = await session.get(Message, message_id, populate_existing=True)
+    if message is None or index >= len(message.attachments):
+        return None
+    attachments = [dict(a) for a in message.attachments]
+    attachments[index].update(facts)
+    message.attachments = attachments  # a new list: the JSON column sees the change
+    await session.flush()
+    return message

@@ -12,13 +12,13 @@ import pytest
 from sqlalchemy import select
 
 from contact_center.app import create_app
-from contact_center.keys import SESSIONS
+from contact_center.keys import SCHEDULER, SESSIONS
 from crm_core.conversations.model import Conversation, Message
 from crm_core.db import utcnow
 from crm_core.distribution import rules as distribution_rules
 from crm_core.distribution.schemas import ManagerInput, RuleInput
 from tests.fakes.graph_api import FakeGraphApi
-from tests.inbox_support import TEMPLATES, TOKEN, signed, wa_channel, wa_text
+from tests.inbox_support import TEMPLATES, TOKEN, signed, wa_channel, wa_image, wa_text
 from tests.web.world import csrf, sign_in, team, visible
 
 HOOK = "/webhooks/whatsapp/wa-main"
@@ -177,3 +177,26 @@ async def test_outside_the_window_the_page_offers_the_approved_templates(
         headers={"HX-Request": "true"},
     )
     assert bad.status == 422 and "ждёт значений: 2" in await bad.text()
+
+
+async def test_a_clients_picture_is_stored_and_shown_to_whom_may_read_it(
+    client: Any, graph: FakeGraphApi
+) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + b"0" * 500
+    graph.add_media("media.77", png, "image/png")
+    await _setup(client)
+    await _deliver(client, wa_image("wamid.img", "media.77", caption="Вот такие коробки"))
+    await client.app[SCHEDULER].run_once()
+    async with client.app[SESSIONS]() as session:
+        message = (await session.scalars(select(Message))).one()
+        conv_id = message.conversation_id
+        attachment = message.attachments[0]
+    assert attachment["key"] and attachment["size"] == len(png)
+    await sign_in(client, "ivan")
+    page = visible(await (await client.get(f"/inbox?c={conv_id}")).text())
+    assert f'src="/inbox/media/{message.id}/0"' in page and "Вот такие коробки" in page
+    resp = await client.get(f"/inbox/media/{message.id}/0")
+    assert resp.status == 200 and await resp.read() == png
+    assert resp.headers["Content-Type"] == "image/png"
+    await sign_in(client, "anna")
+    assert (await client.get(f"/inbox/media/{message.id}/0")).status == 404
