@@ -48,6 +48,8 @@ class Conversation(Base):
         ),
         Index("ix_conversations_assignee_status", "assignee_id", "status", "last_message_at"),
         Index("ix_conversations_status_last", "status", "last_message_at"),
+        # the same person on another channel of the kind (identification)
+        Index("ix_conversations_identity_value", "identity_value", "identity_kind"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -247,17 +247,37 @@ async def identify(session: AsyncSession, incoming: Incoming, rules: CrmRules) -
     return await _by_other_conversation(session, identities)
 
 
-async def channel_source(session: AsyncSession, channel: str, channel_kind: str) -> Source:
-    """The lead source of a channel (created on first use): "WhatsApp (wa-main)"."""
-    code = f"channel-{channel}"[:100]
-    source = await reference.find_source(session, SourceKind.OTHER.value, code)
+async def _source(
+    session: AsyncSession, kind: str, code: str, name: str, parent_id: int | None = None
+) -> Source:
+    """The source ``(kind, code)``, created on first use; two first messages racing create it
+    once (insert-if-absent on its unique key)."""
+    source = await reference.find_source(session, kind, code)
     if source is not None:
         return source
-    label = CHANNEL_LABELS.get(channel_kind, channel_kind)
-    source = Source(kind=SourceKind.OTHER.value, code=code, name=f"{label} ({channel})")
-    session.add(source)
-    await session.flush()
+    await session.execute(
+        _insert(session)(Source)
+        .values(
+            kind=kind,
+            code=code,
+            name=name[:200],
+            parent_id=parent_id,
+            is_active=True,
+            created_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["kind", "code"])
+    )
+    source = await reference.find_source(session, kind, code)
+    assert source is not None
     return source
+
+
+async def channel_source(session: AsyncSession, channel: str, channel_kind: str) -> Source:
+    """The lead source of a channel (created on first use): "WhatsApp (wa-main)"."""
+    label = CHANNEL_LABELS.get(channel_kind, channel_kind)
+    return await _source(
+        session, SourceKind.OTHER.value, f"channel-{channel}"[:100], f"{label} ({channel})"
+    )
 
 
 async def choose_assignee(
@@ -398,29 +418,18 @@ class _Origin:
 
 async def _ad_source(session: AsyncSession, referral: dict[str, Any]) -> Source:
     """The Click-to-WhatsApp ad as a campaign source under the "WhatsApp ads" channel."""
-    parent = await reference.find_source(session, SourceKind.AD_CHANNEL.value, "whatsapp-ads")
-    if parent is None:
-        parent = Source(
-            kind=SourceKind.AD_CHANNEL.value,
-            code="whatsapp-ads",
-            name="Реклама со ссылкой на WhatsApp",
-        )
-        session.add(parent)
-        await session.flush()
+    parent = await _source(
+        session, SourceKind.AD_CHANNEL.value, "whatsapp-ads", "Реклама со ссылкой на WhatsApp"
+    )
     ad = str(referral.get("source_id") or referral.get("source_url") or "unknown")[:80]
-    code = f"ctwa-{ad}"
-    source = await reference.find_source(session, SourceKind.CAMPAIGN.value, code)
-    if source is None:
-        headline = str(referral.get("headline") or "").strip()
-        source = Source(
-            kind=SourceKind.CAMPAIGN.value,
-            code=code,
-            name=(headline or f"Объявление {ad}")[:200],
-            parent_id=parent.id,
-        )
-        session.add(source)
-        await session.flush()
-    return source
+    headline = str(referral.get("headline") or "").strip()
+    return await _source(
+        session,
+        SourceKind.CAMPAIGN.value,
+        f"ctwa-{ad}",
+        headline or f"Объявление {ad}",
+        parent_id=parent.id,
+    )
 
 
 async def _visitor(session: AsyncSession, visitor_id: str) -> dict[str, Any] | None:

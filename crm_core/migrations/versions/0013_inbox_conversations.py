@@ -69,6 +69,7 @@ def upgrade() -> None:
             "ix_conversations_assignee_status", ["assignee_id", "status", "last_message_at"]
         )
         batch.create_index("ix_conversations_status_last", ["status", "last_message_at"])
+        batch.create_index("ix_conversations_identity_value", ["identity_value", "identity_kind"])
     op.create_table(
         "conversation_messages",
         sa.Column("id", sa.Integer(), nullable=False),
