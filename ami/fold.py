@@ -258,6 +258,8 @@ class _Channel:
     hangup_ts: float | None = None
     cause: int | None = None
     bridge: str | None = None
+    observed: bool = True
+    """Created by its own Newchannel/DialBegin, not first met mid-call or in a listing."""
 
 
 @dataclass(slots=True, eq=False)
@@ -293,6 +295,12 @@ class _Call:
     answered_emitted: bool = False
     last_hangup_ts: float | None = None
     local_pairs: dict[str, _LocalPair] = field(default_factory=dict)
+    # Click-to-call (the Originate's CLICK2CALL variable on the first channel): the client's
+    # number (E.164, or "" until known), and whether the manager's own phone picked up.
+    click_to_call: str | None = None
+    manager_up: bool = False
+    # Record times the fold did not observe (taken at a resync or an expiry, not from events).
+    estimated: set[str] = field(default_factory=set)
 
 
 # --------------------------------------------------------------------------- the fold
@@ -325,7 +333,7 @@ _HANDLERS: dict[str, str] = {
     "RTCPReceived": "_on_activity",
 }
 """The events the fold applies, with the method of :class:`CallFolder` applying each."""
-_VARIABLES = frozenset({"MIXMONITOR_FILENAME", "DIALSTATUS", "QUEUESTATUS"})
+_VARIABLES = frozenset({"MIXMONITOR_FILENAME", "DIALSTATUS", "QUEUESTATUS", "CLICK2CALL"})
 """The channel variables whose ``VarSet`` the fold reads."""
 NEEDED = EventFilter(frozenset(_HANDLERS) - {"VarSet"}, _VARIABLES)  # VarSet: of these only
 """What a live AMI link must deliver to the fold (see :class:`ami.frames.EventFilter`): the
@@ -368,6 +376,7 @@ class CallFolder:
         self._finished_channels: dict[str, None] = {}
         self._ext_cache: dict[str, bool] = {}
         self._seq = 0
+        self._listing = False  # applying a resync list item: its times are estimates
         self.last_timestamp: float = 0.0
         """The newest ``Timestamp`` header seen (0.0 before the first one)."""
         self.skipped_frames = 0
@@ -438,6 +447,12 @@ class CallFolder:
             )
         return result
 
+    def click_to_call(self, call_id: str) -> str | None:
+        """The client's number (E.164; "" while unknown) when call ``call_id`` in progress is a
+        click-to-call (its Originate set ``CLICK2CALL``), else None."""
+        call = self._calls.get(call_id)
+        return call.click_to_call if call is not None else None
+
     def resync_marker(self) -> int:
         """A marker to take just before asking the PBX for its channel list.
 
@@ -474,6 +489,7 @@ class CallFolder:
             )
             for ch in vanished:
                 self._mark_hungup(call, ch, now, None)
+            call.estimated.add("ended_at")
             if call.live == 0:
                 events.append(self._finish(call))
         return events
@@ -496,6 +512,7 @@ class CallFolder:
                 call.live,
             )
             end_ts = call.last_ts
+            call.estimated.add("ended_at")
             for ch in call.channels.values():
                 if not ch.hungup:
                     self._mark_hungup(call, ch, end_ts, None)
@@ -609,6 +626,7 @@ class CallFolder:
             # Joined mid-call (restart, missed Newchannel): start from what this event shows.
             ch = self._new_channel(frame, ts)
             if ch is not None:
+                ch.observed = False
                 log.debug(
                     "channel %s of linkedid=%s first seen in a %s event",
                     ch.name,
@@ -692,6 +710,13 @@ class CallFolder:
             return []
         ch.state = state
         events: list[CallEvent] = []
+        if call.click_to_call is not None and ch.uniqueid == call.linkedid:
+            if state == _STATE_UP:
+                call.manager_up = True
+            if not call.click_to_call:
+                # The manager's phone shows the Originate's caller ID: the client's number.
+                shown = normalize_call_number(frame.headers.get("CallerIDNum"), self._region)
+                call.click_to_call = shown if shown and shown.startswith("+") else ""
         if state in (_STATE_RINGING, _STATE_UP):
             if ch.outgoing and ch.phone_ext is not None and ch.rang_ext is None:
                 ch.rang_ext = ch.phone_ext
@@ -827,6 +852,8 @@ class CallFolder:
                 continue
             call.bridge_answer_ts = ts
             call.bridge_answer_ext = ext
+            if self._listing:
+                call.estimated.add("answered_at")  # answered while we were not listening
             log.debug("call linkedid=%s answered by %s (bridge)", call.linkedid, ext)
             direction = self._direction(call, first)
             if direction != "outbound" and not call.answered_emitted:
@@ -1044,6 +1071,11 @@ class CallFolder:
         elif variable == "DIALSTATUS":
             if ch.uniqueid == call.linkedid:
                 call.dialstatus_var = value
+        elif variable == "CLICK2CALL":
+            if ch.uniqueid == call.linkedid and call.click_to_call is None:
+                # The server passes the client's number (older servers passed "1").
+                number = normalize_call_number(value, self._region) if value != "1" else None
+                call.click_to_call = number or ""
         elif ch.uniqueid == call.queue_uid and value in _QUEUE_GAVE_UP:
             call.queue_state = "gave_up"
         return []
@@ -1087,6 +1119,7 @@ class CallFolder:
             ch = self._new_channel(frame, created, outgoing=outgoing)
             if ch is None:
                 return []
+            ch.observed = False
         call = self._calls.get(ch.linkedid)
         if call is None or ch.hungup:
             return []
@@ -1102,7 +1135,11 @@ class CallFolder:
                 ch.rang_ext = ch.phone_ext
         bridge_id = h.get("BridgeId") or h.get("BridgeID")
         if bridge_id:
-            return self._enter_bridge(call, ch, bridge_id, ts)
+            self._listing = True
+            try:
+                return self._enter_bridge(call, ch, bridge_id, ts)
+            finally:
+                self._listing = False
         return []
 
     # ----------------------------------------------------------------- finishing
@@ -1182,13 +1219,34 @@ class CallFolder:
             transfers=tuple(call.transfers),
             recording=call.recording if answered_ts is not None else None,
             hangup_cause=first.cause if first is not None else None,
+            unanswered_by=self._unanswered_by(call, answered_ts is not None),
+            estimated=self._estimated(call, first),
         )
+
+    @staticmethod
+    def _unanswered_by(call: _Call, answered: bool) -> str | None:
+        """Which leg of an unanswered click-to-call failed: ``manager`` (his own phone did not
+        pick up) or ``client`` (no answer, busy, unreachable)."""
+        if call.click_to_call is None or answered:
+            return None
+        return "client" if call.manager_up else "manager"
+
+    @staticmethod
+    def _estimated(call: _Call, first: _Channel | None) -> tuple[str, ...]:
+        """The record's times the fold did not see happen, in field order."""
+        marks = set(call.estimated)
+        if first is None or first.uniqueid != call.linkedid or not first.observed:
+            marks.add("started_at")
+        return tuple(f for f in ("started_at", "answered_at", "ended_at") if f in marks)
 
     # ----------------------------------------------------------------- record fields
 
     def _direction(self, call: _Call, first: _Channel | None) -> str:
         if first is None:
             return "internal"
+        if call.click_to_call is not None and self._ext_of(first) is not None:
+            # Click-to-call rings the manager first: an outbound call to the client already.
+            return "outbound"
         if first.is_trunk:
             # An Originate that dials the customer first creates the trunk channel itself
             # (Down at creation): that is our call going out, not a call coming in.
@@ -1236,6 +1294,8 @@ class CallFolder:
             return self._did(first)
         if direction == "outbound":
             number = _number_from_dialstring(call.trunk_dialstring)
+            if number is None and call.click_to_call:
+                number = call.click_to_call
             if number is None and not first.is_trunk:
                 number = first.exten
             return normalize_call_number(number, self._region)
@@ -1267,6 +1327,9 @@ class CallFolder:
     def _disposition(call: _Call, answered: bool) -> str:
         if answered:
             return "answered"
+        if call.click_to_call is not None and not call.manager_up:
+            first = call.channels.get(call.linkedid)
+            return "busy" if first is not None and first.cause == 17 else "missed"
         if call.queue_state:
             return "abandoned" if call.queue_state == "abandoned" else "missed"
         status = call.dialstatus_var or call.dialstatus_end

@@ -26,13 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import asyncpg  # type: ignore[import-untyped]
-import crm_lookup
-import harness
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench import crm_lookup, harness
 from contact_center import db
 from contact_center.config import DatabaseSettings
 from crm_core import migrations
@@ -60,9 +59,9 @@ def _kinds(numbers: list[str], rng: random.Random) -> dict[str, list[str]]:
 
 
 async def _measure(
-    engine: object, actor: User, kinds: dict[str, list[str]], runs: int, rng: random.Random
+    engine: AsyncEngine, actor: User, kinds: dict[str, list[str]], runs: int, rng: random.Random
 ) -> dict[str, list[float]]:
-    sessions = db.sessionmaker(engine)  # type: ignore[arg-type]
+    sessions = db.sessionmaker(engine)
     rules = CrmRules()
     out: dict[str, list[float]] = {}
     for kind, queries in kinds.items():

@@ -37,14 +37,12 @@ import time
 from pathlib import Path
 
 import aiohttp
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import crm_lookup
-import harness
 
+from bench import crm_lookup, harness
 from contact_center import db
 from contact_center.config import DatabaseSettings
 from crm_core.distribution.model import DistributionRule, RuleManager

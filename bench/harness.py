@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg  # type: ignore[import-untyped]
-import crm_lookup
+import asyncpg
+
+from bench import crm_lookup
 
 CONFIG = str(Path(__file__).resolve().parent.parent / "config.yaml")
 

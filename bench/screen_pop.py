@@ -41,13 +41,10 @@ from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import crm_lookup
-import harness
-
 from ami.simulator import SimulatedPbx
+from bench import crm_lookup, harness
 from contact_center import db
 from contact_center.config import DatabaseSettings
 from crm_core.users import service as users
@@ -266,10 +263,10 @@ async def main() -> None:
             waited_until = time.perf_counter()
             if refused.count:
                 raise SystemExit(f"{refused.count} click-to-call requests failed: {refused.last}")
-            for task in readers:
-                if task.done() and task.exception() is not None:
-                    raise SystemExit(f"a socket reader failed: {task.exception()!r}")
-                task.cancel()
+            for reader_task in readers:
+                if reader_task.done() and reader_task.exception() is not None:
+                    raise SystemExit(f"a socket reader failed: {reader_task.exception()!r}")
+                reader_task.cancel()
             for ws in sockets:
                 await ws.close()
     finally:

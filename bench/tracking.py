@@ -45,12 +45,10 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import crm_lookup
-import harness
 
+from bench import crm_lookup, harness
 from contact_center import db
 from contact_center.config import DatabaseSettings
 from crm_core.tracking.model import NumberKind, TrackingNumber, TrackingPool, TrackingSite

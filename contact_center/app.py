@@ -319,7 +319,10 @@ async def _bus(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _rate_limits(app: web.Application) -> AsyncIterator[None]:
-    app[LIMITER] = RateLimiter(app[REDIS], app[SETTINGS].redis.prefix)
+    clock = app[CLOCK]
+    app[LIMITER] = RateLimiter(
+        app[REDIS], app[SETTINGS].redis.prefix, clock=lambda: clock.now().timestamp()
+    )
     yield
 
 

@@ -12,10 +12,12 @@ Internal calls stop after the first two steps.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contact_center import recordings_service
@@ -24,6 +26,7 @@ from contact_center.tracking_service import display_number
 from crm_core import access
 from crm_core.activities import service as activities
 from crm_core.activities.events import ActivityRecorded
+from crm_core.activities.model import Activity
 from crm_core.activities.schemas import ActivityInput
 from crm_core.calls import service as calls
 from crm_core.calls.model import Call
@@ -104,12 +107,14 @@ class CallOutcomes:
         callback_due_minutes: int,
         region: str = "RU",
         recordings: bool = False,
+        count_threshold_s: float = 60.0,
     ) -> None:
         self.tracker = tracker
         self.rules = rules
         self.callback_due_minutes = callback_due_minutes
         self.region = region  # the phone region numbers without a country code are read in
         self.recordings = recordings  # schedule the recording job of a call with a file
+        self.count_threshold_s = count_threshold_s  # talk that makes a call count
 
     async def record(
         self,
@@ -144,6 +149,87 @@ class CallOutcomes:
         elif record.direction == "inbound" and record.disposition in MISSED:
             await self._call_back_task(session, call, number, outcome)
         return outcome
+
+    async def correct(
+        self,
+        session: AsyncSession,
+        pbx: str,
+        record: CallRecord,
+        *,
+        now: datetime,
+        recording: str | None = None,
+    ) -> list[DomainEvent]:
+        """Give the stored call of ``record`` (read from the PBX's CDR) the PBX's times where
+        it only estimated them (an outage, a restart): its answer and end, whether it was
+        answered and by whom, so ``counted`` is right; its activity follows; an answered call
+        closes the call-back its estimated "missed" opened; a recording found in the spool
+        (``recording``) is attached. Returns the events to publish after the commit."""
+        stored = await calls.get_call(session, pbx, record.call_id)
+        if stored is None or not stored.estimated:
+            return []
+        estimated = set(stored.estimated)
+        was_answered = stored.answered_at is not None
+        if "started_at" in estimated:
+            stored.started_at = record.started_at
+        if record.answered_at is not None and (not was_answered or "answered_at" in estimated):
+            stored.answered_at = record.answered_at
+            stored.disposition = "answered"
+            if record.extension and (not was_answered or stored.extension is None):
+                stored.extension = record.extension
+                owner = await calls.extension_owner(session, pbx, record.extension)
+                if owner is not None:
+                    stored.user_id = owner.id
+        if "ended_at" in estimated:
+            stored.ended_at = record.ended_at
+        started, answered, ended = stored.started_at, stored.answered_at, stored.ended_at
+        ended = max(ended, started)
+        if answered is not None:
+            answered = min(max(answered, started), ended)
+            stored.ring_seconds = round((answered - started).total_seconds(), 1)
+            stored.talk_seconds = round((ended - answered).total_seconds(), 1)
+        else:
+            stored.ring_seconds = round((ended - started).total_seconds(), 1)
+            stored.talk_seconds = 0.0
+        stored.counted = stored.talk_seconds >= self.count_threshold_s
+        stored.estimated = []
+        events: list[DomainEvent] = []
+        if recording is not None and stored.recording is None and stored.answered_at is not None:
+            stored.recording = recording
+            if self.recordings:
+                await recordings_service.schedule_for_call(
+                    session,
+                    pbx=pbx,
+                    call_ref=stored.call_id,
+                    call_pk=stored.id,
+                    filename=recording,
+                    ended_at=stored.ended_at,
+                )
+        activity = await session.scalar(
+            select(Activity).where(Activity.external_id == f"call:{pbx}:{stored.call_id}")
+        )
+        if activity is not None:
+            fixed = CallRecord(
+                **{
+                    **{f: getattr(record, f) for f in _RECORD_FIELDS},
+                    "direction": stored.direction,
+                    "disposition": stored.disposition,
+                    "talk_seconds": stored.talk_seconds,
+                    "unanswered_by": stored.unanswered_by,
+                },
+            )
+            activity.subject = _subject(fixed)
+            activity.occurred_at = stored.started_at
+            activity.duration_s = (stored.ended_at - stored.started_at).total_seconds()
+            activity.talk_s = stored.talk_seconds
+            activity.counted = stored.counted
+            activity.outcome = stored.disposition
+            if stored.recording is not None:
+                activity.payload = {**(activity.payload or {}), "recording": stored.recording}
+        number = stored.callee if stored.direction == "outbound" else stored.caller
+        if not was_answered and stored.answered_at is not None and number:
+            await tasks.close_tasks_by_origin(session, missed_call_key(number), at=now)
+        await session.flush()
+        return events
 
     # ---------------------------------------------------------------- the steps
 
@@ -311,8 +397,15 @@ class CallOutcomes:
         outcome.events.extend(task_events)
 
 
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(CallRecord))
+
+
 def _subject(record: CallRecord) -> str:
     arrow = {"inbound": "Входящий", "outbound": "Исходящий"}.get(record.direction, "Звонок")
+    if record.unanswered_by == "manager":
+        return f"{arrow} звонок, менеджер не взял трубку"
+    if record.unanswered_by == "client" and record.disposition == "missed":
+        return f"{arrow} звонок, клиент не ответил"
     what = {
         "answered": f"{round(record.talk_seconds)} с",
         "missed": "пропущен",

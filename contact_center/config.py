@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -109,6 +110,38 @@ class RedisSettings(_Section):
         return value
 
 
+class CdrSettings(_Section):
+    """Where this PBX writes its CDR (issue 14): ``csv`` (the path of cdr_csv's Master.csv as
+    this server sees it) or ``url`` + ``table`` (a cdr_pgsql / cdr_adaptive_odbc table with a
+    ``linkedid`` column). Read after every reconnect and at start-up for the calls the AMI link
+    did not see."""
+
+    csv: str | None = None
+    columns: list[str] | None = None  # Master.csv's column order when not cdr_csv's default
+    url: str | None = None
+    table: str = Field("cdr", pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+    timezone: str = "UTC"  # the zone the CDR's times are written in (cdr.conf usegmtime = no)
+    lookback_h: float = Field(24.0, gt=0, le=24 * 31)  # at start-up, at most this far back
+    settle_s: float = Field(5.0, ge=0, le=600)  # a call with estimated times: CDR read after
+
+    @field_validator("url")
+    @classmethod
+    def _cdr_driver(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("expected a sqlite+aiosqlite:// or postgresql+asyncpg:// URL")
+        return value or None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if value.upper() != "UTC":
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
 class PbxSettings(_Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     host: str = "127.0.0.1"
@@ -121,6 +154,14 @@ class PbxSettings(_Section):
     originate_tech: str = Field("PJSIP", pattern=r"^[A-Za-z0-9]+$")
     originate_context: str = Field("internal", min_length=1)
     originate_exten: str = "{e164}"
+    cdr: CdrSettings | None = None
+
+    @field_validator("cdr")
+    @classmethod
+    def _one_cdr_source(cls, value: CdrSettings | None) -> CdrSettings | None:
+        if value is not None and (value.csv is None) == (value.url is None):
+            raise ValueError("cdr: give either csv (a Master.csv path) or url (a CDR table)")
+        return value
 
     @field_validator("extension_pattern")
     @classmethod
@@ -303,7 +344,9 @@ class DistributionSettings(_Section):
     off_hours_reply: str | None = Field(None, min_length=1, max_length=1000)
     default_region: str | None = Field(None, max_length=32)
     did_regions: dict[str, str] = Field(default_factory=dict)
-    default_extension: str = Field("0", min_length=1, max_length=32, pattern=r"^[0-9A-Za-z*#_+-]+$")
+    # "" (the default): the dialplan gets nothing and goes on to its queue (issue 14: "0"
+    # made every unrouted call run Dial(PJSIP/0)).
+    default_extension: str = Field("", max_length=32, pattern=r"^[0-9A-Za-z*#_+-]*$")
     dial_timeout_ms: int = Field(300, ge=10, le=5000)
     dial_tokens: dict[str, SecretStr] = Field(default_factory=dict)
     dial_allow_from: IpNetworks = Field(default_factory=list)

@@ -6,6 +6,12 @@ belongs to the link that reads the stream: frames are folded in the AMI reader a
 events go to :class:`~contact_center.telephony.Telephony`. After every (re)connect the calls in
 memory are reconciled with the PBX's own channel list (``Status``, ``QueueStatus``), so a call
 that began or ended during the outage is neither lost nor recorded twice.
+
+The channel list cannot tell what happened while nobody listened: with ``pbx[].cdr`` set, the
+PBX's CDR (:mod:`ami.cdr`) is read after every reconnect and at start-up for the window not
+seen: calls the server never saw are added, calls it saw only partly (answered or ended during
+the outage, or before a restart) take the PBX's times, and a call that ends later with times
+the fold only estimated is checked against the CDR ``cdr.settle_s`` after its end.
 """
 
 from __future__ import annotations
@@ -13,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ami import cdr as cdr_reader
 from ami import fold
 from ami.connection import AmiLink
 from ami.frames import Frame
@@ -57,9 +65,23 @@ class PbxLink:
             pbx.extension_pattern,
             settings.telephony.count_threshold_s,
             region=settings.crm.default_region,
+            # Channel lists carry no Timestamp: their times are the server's clock's.
+            now=lambda: clock.now().timestamp(),
         )
         self.link: AmiLink | None = None
         self.keeper = LeaseKeeper(lease, on_gain=self._connect, on_loss=self._disconnect)
+        self.count_threshold_s = settings.telephony.count_threshold_s
+        self.region = settings.crm.default_region
+        # The window the AMI link did not see: the wall-clock time of the last frame heard
+        # (None before the first), and the link's disconnect count it was heard under.
+        self._heard_at: datetime | None = None
+        self._heard_under = 0
+        self._gap_since: datetime | None = None
+        self._followup_since: datetime | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.cdr_reads = 0
+        self.cdr_failures = 0
+        self.cdr_last_error: str | None = None
 
     @property
     def name(self) -> str:
@@ -67,13 +89,39 @@ class PbxLink:
 
     def feed(self, frame: Frame) -> None:
         """Fold one AMI frame; called from the AMI reader, never blocks."""
+        self._note_heard()
         for event in self.folder.feed(frame):
-            self.telephony.enqueue(self.pbx.name, event)
+            if isinstance(event, fold.CallRinging):
+                client = self.folder.click_to_call(event.call_id)
+                if client is not None:
+                    self.telephony.note_click_to_call(self.pbx.name, event.call_id, client)
+            self._emit(event)
+
+    def _emit(self, event: fold.CallEvent) -> None:
+        if isinstance(event, fold.CallEnded) and event.record.estimated and self.pbx.cdr:
+            self._check_later(event.record.started_at)
+        self.telephony.enqueue(self.pbx.name, event)
+
+    def _note_heard(self) -> None:
+        """Remember when the link last heard the PBX; on the first frame (or resync) of a new
+        connection, the gap the CDR must fill starts where the old one went silent."""
+        now = self.clock.now()
+        link = self.link
+        disconnects = link.disconnects if link is not None else 0
+        if disconnects != self._heard_under:
+            self._heard_under = disconnects
+            if self._heard_at is not None and self._gap_since is None:
+                # The PBX's own clock too (the last event's Timestamp, not folded anew yet):
+                # the CDR is written in its time, and the two clocks may differ.
+                last = self.folder.last_timestamp
+                pbx_heard = datetime.fromtimestamp(last, UTC) if last else self._heard_at
+                self._gap_since = min(self._heard_at, pbx_heard)
+        self._heard_at = now
 
     def expire(self) -> None:
         """End the calls whose Hangup never came."""
         for event in self.folder.expire(self.clock.now().timestamp(), EXPIRE_AFTER_S):
-            self.telephony.enqueue(self.pbx.name, event)
+            self._emit(event)
 
     async def _connect(self) -> None:
         self.link = AmiLink(
@@ -92,6 +140,18 @@ class PbxLink:
         if self.link is not None:
             link, self.link = self.link, None
             await link.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        # Whoever takes the lease next fills the gap from its own start-up window.
+        self._heard_at, self._gap_since, self._heard_under = None, None, 0
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _resync(self, link: AmiLink) -> None:
         # Status (not CoreShowChannels) reports the number first dialed, so a call that
@@ -104,7 +164,86 @@ class PbxLink:
             queues=True,
         )
         for event in ended:
-            self.telephony.enqueue(self.pbx.name, event)
+            self._emit(event)
+        if self.pbx.cdr is not None:
+            self._spawn(self._fill_gap())
+
+    # ---------------------------------------------------------------- the CDR
+
+    async def _fill_gap(self) -> None:
+        """After a (re)connect: the calls of the window the link did not hear, from the CDR
+        (since it went silent; at start-up since the newest call stored, at most
+        ``cdr.lookback_h`` back)."""
+        assert self.pbx.cdr is not None
+        self._note_heard()
+        now = self.clock.now()
+        floor = now - timedelta(hours=self.pbx.cdr.lookback_h)
+        since, self._gap_since = self._gap_since, None
+        if since is None:
+            newest = await self.telephony.newest_call_end(self.pbx.name)
+            if newest is not None and newest.tzinfo is None:
+                newest = newest.replace(tzinfo=UTC)
+            # Calls being written when the server stopped: a few minutes of margin.
+            since = newest - timedelta(minutes=10) if newest is not None else floor
+        else:
+            since -= timedelta(seconds=60)  # the last frames heard may have been queued
+        await self.reconcile_cdr(max(since, floor))
+
+    def _check_later(self, started_at: datetime) -> None:
+        """A call ended with times the fold only estimated: read the CDR for it once the PBX
+        has written it (``cdr.settle_s`` later; one read for the calls ending meanwhile)."""
+        pending = self._followup_since
+        self._followup_since = min(pending, started_at) if pending is not None else started_at
+        if pending is None:
+            self._spawn(self._followup())
+
+    async def _followup(self) -> None:
+        assert self.pbx.cdr is not None
+        await asyncio.sleep(self.pbx.cdr.settle_s)
+        since, self._followup_since = self._followup_since, None
+        if since is not None:
+            await self.reconcile_cdr(since - timedelta(seconds=1))
+
+    async def reconcile_cdr(self, since: datetime) -> tuple[int, int]:
+        """Read the CDR for calls ended since ``since`` and hand the ones the live fold is not
+        following to the call log; (added, corrected). Failures are logged and counted."""
+        cdr = self.pbx.cdr
+        if cdr is None:
+            return 0, 0
+        try:
+            if cdr.csv is not None:
+                columns = tuple(cdr.columns) if cdr.columns else cdr_reader.MASTER_CSV_COLUMNS
+                rows = await asyncio.to_thread(
+                    cdr_reader.read_master_csv,
+                    cdr.csv,
+                    timezone=cdr.timezone,
+                    columns=columns,
+                    since=since,
+                )
+            else:
+                assert cdr.url is not None
+                rows = await cdr_reader.read_cdr_table(
+                    cdr.url, cdr.table, since, timezone=cdr.timezone
+                )
+        except Exception as exc:  # a missing share, a database down: the next pass retries
+            self.cdr_failures += 1
+            self.cdr_last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("pbx %s: cannot read the CDR: %s", self.pbx.name, self.cdr_last_error)
+            return 0, 0
+        self.cdr_reads += 1
+        self.cdr_last_error = None
+        records = cdr_reader.records_from_cdr(
+            rows,
+            trunks=self.pbx.trunks,
+            extension_pattern=self.pbx.extension_pattern,
+            count_threshold_s=self.count_threshold_s,
+            region=self.region,
+            ended_since=since,
+        )
+        live = {call.call_id for call in self.folder.live_calls()}
+        return await self.telephony.from_cdr(
+            self.pbx.name, [r for r in records if r.call_id not in live]
+        )
 
     def provide_status(self) -> dict[str, Any]:
         if not self.keeper.held:
@@ -115,6 +254,12 @@ class PbxLink:
         state = status.get("state")
         status["status"] = "ok" if state == "connected" else "fail"
         status["live_calls"] = len(self.folder.live_calls())
+        if self.pbx.cdr is not None:
+            status["cdr"] = {
+                "reads": self.cdr_reads,
+                "failures": self.cdr_failures,
+                "last_error": self.cdr_last_error,
+            }
         return status
 
 

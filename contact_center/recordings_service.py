@@ -42,6 +42,7 @@ from recordings.intake import (
     RecordingProcessor,
     RetryPolicy,
     recording_basename,
+    sweep_empty_recordings,
 )
 from recordings.pool import ConverterPool
 from recordings.storage import LocalStorage, S3Storage, Storage
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 
 PROCESS_JOB = "recording.process"
 PURGE_JOB = "recording.purge"
+# A sound-less MixMonitor file untouched this long is an unanswered call's (no call rings for
+# hours; an answered one's file grows): the daily retention run removes it from the spool.
+EMPTY_SPOOL_AFTER_S = 6 * 3600.0
 
 
 class RecordingsRuntime:
@@ -279,6 +283,16 @@ async def run_purge(
     """The handler of ``recording.purge``: today's retention, then tomorrow's run scheduled in
     the same transaction (a failed run is retried by the scheduler with backoff)."""
     await purge(runtime, session, now)
+    removed = await asyncio.to_thread(
+        sweep_empty_recordings,
+        runtime.spool_dir,
+        now=now.timestamp(),
+        older_than_s=EMPTY_SPOOL_AFTER_S,
+    )
+    if removed:
+        log.info(
+            "recordings: removed %d empty MixMonitor file(s) of unanswered calls", len(removed)
+        )
     # The day after this run's own day (never this job's own key: rescheduling a running job
     # would drop its result).
     day = date.fromisoformat(job.payload["day"])

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -32,10 +34,12 @@ from contact_center.call_outcomes import CallOutcomes
 from contact_center.config import Settings
 from crm_core.calls import events as call_events
 from crm_core.calls import screen_pop
+from crm_core.calls import service as calls
 from crm_core.calls.record import CallRecord
 from crm_core.clock import Clock
 from crm_core.phones import try_normalize_phone
 from crm_core.rules import CrmRules
+from recordings.intake import find_call_recording
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,23 @@ class CardPrefetch:
     done: asyncio.Future[None]
 
 
+@dataclass(frozen=True)
+class CdrCalls:
+    """Finished calls read from the PBX's CDR (:mod:`ami.cdr`) for a window the AMI link did
+    not see: stored unless stored already, or correcting the times a stored call only
+    estimated. ``done`` gets (calls added, calls corrected)."""
+
+    records: list[CallRecord]
+    done: asyncio.Future[tuple[int, int]]
+
+    @property
+    def call_id(self) -> str:
+        return ",".join(r.call_id for r in self.records[:3])
+
+
+# What the call-log lane carries: finished calls, live or from the CDR, written in order.
+LogWork = fold.CallEnded | CdrCalls
+
 # What the pop-up lane carries: a live call's events and click-to-call's card lookups.
 PopupWork = fold.CallStarted | fold.CallRinging | fold.CallAnswered | CardPrefetch
 
@@ -79,6 +100,9 @@ class _LiveInfo:
     client: dict[str, Any] | None = None
     tracking: dict[str, Any] | None = None
     rang: set[str] = field(default_factory=set)
+    # The card each ringing extension was shown: a queue retry ringing it again updates the
+    # pop-up only when the card changed, never pops a second one.
+    shown: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     caller: str | None = None  # the client's number, as the ringing named it
     # (caller, did) the lookup was made for, and when (loop time); None: not looked up yet.
     looked_up: tuple[str | None, str | None] | None = None
@@ -111,14 +135,19 @@ class Telephony:
             callback_due_minutes=settings.telephony.callback_due_minutes,
             region=settings.crm.default_region,
             recordings=settings.recordings.enabled,
+            count_threshold_s=settings.telephony.count_threshold_s,
         )
+        self.cdr_added = 0  # calls the AMI link never saw, stored from the CDR
+        self.cdr_corrected = 0  # stored calls whose estimated times the CDR replaced
         # Two lanes: the pop-ups only read and push (a screen-pop must not wait behind the
         # database writes of calls that ended); the call log writes finished calls in order.
         self._popups: asyncio.Queue[tuple[str, PopupWork]] = asyncio.Queue(QUEUE_LIMIT)
-        self._call_log: asyncio.Queue[tuple[str, fold.CallEnded]] = asyncio.Queue(QUEUE_LIMIT)
+        self._call_log: asyncio.Queue[tuple[str, LogWork]] = asyncio.Queue(QUEUE_LIMIT)
         self._live: dict[tuple[str, str], _LiveInfo] = {}
         # (pbx, E.164) -> card looked up when a click-to-call was requested, taken at its ring.
         self._prefetched: dict[tuple[str, str], _LiveInfo] = {}
+        # (pbx, call id) -> the client's number of a click-to-call in progress ("" unknown).
+        self._click_to_call: dict[tuple[str, str], str] = {}
         # Who owns each extension (a pop-up is cut for him), and when that was read (loop time).
         self._viewers: screen_pop.Viewers = {}
         self._viewers_read_at: float | None = None
@@ -128,6 +157,7 @@ class Telephony:
         self.processed = 0
         self.failures = 0
         self.prefetch_hits = 0  # click-to-call rings that found their card already looked up
+        self.repeated_rings = 0  # a queue retry ringing an extension again: no second pop-up
 
     # ---------------------------------------------------------------- intake (sync)
 
@@ -144,6 +174,15 @@ class Telephony:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(done), PREFETCH_WAIT_S)
+
+    def note_click_to_call(self, pbx: str, call_id: str, client: str) -> None:
+        """Call ``call_id`` of ``pbx`` is a click-to-call to ``client`` (E.164, "" unknown):
+        its pop-ups show the client and say outbound. Called from the AMI reader before the
+        ringing is queued."""
+        cache = self._click_to_call
+        cache[(pbx, call_id)] = client
+        if len(cache) > PREFETCH_MAX:
+            del cache[next(iter(cache))]
 
     def enqueue(self, pbx: str, event: fold.CallEvent) -> None:
         """Queue a folded call event of ``pbx`` on its lane; called from the AMI reader, never
@@ -184,8 +223,22 @@ class Telephony:
         await self._popups.join()
         await self._call_log.join()
 
+    async def from_cdr(self, pbx: str, records: list[CallRecord]) -> tuple[int, int]:
+        """Hand calls read from ``pbx``'s CDR to the call log (in order with the live calls'
+        ends) and wait until they are written; (added, corrected)."""
+        if not records:
+            return 0, 0
+        done: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        await self._call_log.put((pbx, CdrCalls(records, done)))
+        return await asyncio.shield(done)
+
+    async def newest_call_end(self, pbx: str) -> datetime | None:
+        """When the newest call of ``pbx`` in the call log ended (None: no call yet)."""
+        async with self._reader.session() as session:
+            return await calls.newest_end(session, pbx)
+
     async def _run(
-        self, lane: asyncio.Queue[tuple[str, PopupWork]] | asyncio.Queue[tuple[str, fold.CallEnded]]
+        self, lane: asyncio.Queue[tuple[str, PopupWork]] | asyncio.Queue[tuple[str, LogWork]]
     ) -> None:
         """Handle ``lane`` in order. The call log starts its next call only while no pop-up
         is being prepared (waiting at most ``YIELD_MAX_S``): its ORM work would otherwise run
@@ -214,7 +267,7 @@ class Telephony:
 
     # ---------------------------------------------------------------- handling
 
-    async def handle(self, pbx: str, work: PopupWork | fold.CallEnded) -> None:
+    async def handle(self, pbx: str, work: PopupWork | LogWork) -> None:
         """Do what one lane item of ``pbx`` asks (the lanes' workers call this in order)."""
         match work:
             case CardPrefetch():
@@ -229,6 +282,15 @@ class Telephony:
                 await self._answered(pbx, work)
             case fold.CallEnded():
                 await self._ended(pbx, work.record)
+            case CdrCalls():
+                try:
+                    result = await self._from_cdr(pbx, work.records)
+                except BaseException as exc:
+                    if not work.done.done():
+                        work.done.set_exception(exc)
+                    raise
+                if not work.done.done():
+                    work.done.set_result(result)
 
     async def _prefetch_card(self, pbx: str, work: CardPrefetch) -> None:
         try:
@@ -245,26 +307,37 @@ class Telephony:
 
     async def _ringing(self, pbx: str, event: fold.CallRinging) -> None:
         info = self._live.setdefault((pbx, event.call_id), _LiveInfo())
+        repeat = event.extension in info.rang
         info.rang.add(event.extension)
-        info.caller = event.caller or info.caller
-        loop = asyncio.get_running_loop()
-        if info.looked_up is None and self._prefetched and event.did is None:
-            self._adopt_prefetched(pbx, info, event.caller)
-        if (
-            info.looked_up != (event.caller, event.did)
-            or loop.time() - info.looked_up_at > PREFETCH_FRESH_S
-        ):
-            await self._look_up(info, event.caller, event.did)
-        client = await self._card_for(pbx, event.extension, info.client)
+        caller, caller_name = event.caller, event.caller_name
         # A ringing extension with a DID is an inbound call; otherwise a colleague or a
         # callback is calling it (live_calls() would tell exactly, but costs O(live calls)).
         direction = "inbound" if event.did else "internal"
+        click_to_call = self._click_to_call.get((pbx, event.call_id))
+        if click_to_call is not None:
+            # The manager's own phone rings first for his call to the client: the pop-up
+            # names the client (never the manager himself) and says outbound.
+            caller, caller_name, direction = click_to_call or caller, None, "outbound"
+        info.caller = caller or info.caller
+        loop = asyncio.get_running_loop()
+        if info.looked_up is None and self._prefetched and event.did is None:
+            self._adopt_prefetched(pbx, info, caller)
+        if (
+            info.looked_up != (caller, event.did)
+            or loop.time() - info.looked_up_at > PREFETCH_FRESH_S
+        ):
+            await self._look_up(info, caller, event.did)
+        client = await self._card_for(pbx, event.extension, info.client)
+        if repeat and info.shown.get(event.extension) == client:
+            self.repeated_rings += 1  # the pop-up is up already and shows this card
+            return
+        info.shown[event.extension] = client
         await self.bus.publish(
             call_events.CallRinging(
                 call_id=event.call_id,
                 pbx=pbx,
-                caller=event.caller,
-                caller_name=event.caller_name,
+                caller=caller,
+                caller_name=caller_name,
                 did=event.did,
                 extension=event.extension,
                 queue=event.queue,
@@ -352,6 +425,7 @@ class Telephony:
 
     async def _ended(self, pbx: str, record: CallRecord) -> None:
         info = self._live.pop((pbx, record.call_id), None)
+        self._click_to_call.pop((pbx, record.call_id), None)
         async with self.sessions() as session:
             outcome = await self.outcomes.record(
                 session,
@@ -386,6 +460,42 @@ class Telephony:
                 )
             )
 
+    async def _from_cdr(self, pbx: str, records: list[CallRecord]) -> tuple[int, int]:
+        """Store the CDR's calls the call log lacks; give the stored calls whose times were
+        estimated the PBX's times. A call both know is never stored twice (one row per
+        (pbx, call id), and a call stored with exact times is left as it is)."""
+        added = corrected = 0
+        async with self._reader.session() as session:
+            known = await calls.estimates_of(session, pbx, [r.call_id for r in records])
+        for record in records:
+            if record.call_id in known and not known[record.call_id]:
+                continue  # stored with the times the fold saw happen
+            recording = None
+            if self.settings.recordings.enabled and record.answered_at is not None:
+                recording = await asyncio.to_thread(
+                    find_call_recording, Path(self.settings.recordings.spool_dir), record.call_id
+                )
+            async with self.sessions() as session:
+                if record.call_id not in known:
+                    if recording is not None:
+                        record = dataclasses.replace(record, recording=recording)
+                    outcome = await self.outcomes.record(session, pbx, record, now=self.clock.now())
+                    events = outcome.events
+                    added += outcome.created
+                else:
+                    events = await self.outcomes.correct(
+                        session, pbx, record, now=self.clock.now(), recording=recording
+                    )
+                    corrected += 1
+                await session.commit()
+            for event in events:
+                await self.bus.publish(event)
+        self.cdr_added += added
+        self.cdr_corrected += corrected
+        if added or corrected:
+            log.info("pbx %s: from the CDR %d call(s) added, %d corrected", pbx, added, corrected)
+        return added, corrected
+
     def provide_status(self) -> dict[str, Any]:
         return {
             "status": "ok",
@@ -393,6 +503,9 @@ class Telephony:
             "processed": self.processed,
             "failures": self.failures,
             "prefetch_hits": self.prefetch_hits,
+            "repeated_rings": self.repeated_rings,
+            "cdr_added": self.cdr_added,
+            "cdr_corrected": self.cdr_corrected,
         }
 
 
@@ -400,7 +513,7 @@ def _ts(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-def _describe(work: PopupWork | fold.CallEnded) -> str:
+def _describe(work: PopupWork | LogWork) -> str:
     """A lane item for the log: what it is and which call (or number) it is about."""
     if isinstance(work, CardPrefetch):
         return f"the card lookup of {work.number}"

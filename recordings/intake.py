@@ -92,6 +92,58 @@ def find_recording(spool_dir: Path, mixmonitor_filename: str) -> Path | None:
     return None
 
 
+EMPTY_WAV_BYTES = 44
+"""A WAV file of this size or less is its header and no sound: what ``MixMonitor(…,b)`` leaves
+for a call that was never bridged (nobody answered)."""
+
+
+def sweep_empty_recordings(spool_dir: Path, *, now: float, older_than_s: float) -> list[str]:
+    """Delete the sound-less WAVs of ``spool_dir`` untouched for ``older_than_s`` (a call
+    nobody answered: the server never attaches them, since an unanswered call has no
+    recording); their names. A live call's file grows once bridged, so an old empty one is
+    never a call in progress. Blocking (a directory listing)."""
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(spool_dir))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.endswith((".wav", ".WAV")):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        stale = info.st_size <= EMPTY_WAV_BYTES and now - info.st_mtime > older_than_s
+        if stale and _unlink_quietly(Path(entry.path)):
+            removed.append(entry.name)
+    return sorted(removed)
+
+
+def find_call_recording(spool_dir: Path, call_id: str) -> str | None:
+    """The name of the MixMonitor file in ``spool_dir`` whose name carries ``call_id`` (the
+    Linkedid, as the guide's MONITOR_FILENAME does), for a call the AMI link never told about;
+    the largest when there are several. Blocking (a directory listing)."""
+    best: tuple[int, str] | None = None
+    try:
+        entries = list(os.scandir(spool_dir))
+    except OSError:
+        return None
+    for entry in entries:
+        name = entry.name
+        if not name.endswith(SPOOL_EXTENSIONS) or not _names_call(name, call_id):
+            continue
+        try:
+            size = entry.stat().st_size if entry.is_file() else -1
+        except OSError:
+            continue
+        if size >= 0 and (best is None or size > best[0]):
+            best = (size, name)
+    return best[1] if best else None
+
+
 async def wait_until_complete(
     path: Path,
     *,

@@ -13,7 +13,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-def need_service(reason: str) -> None:
+def need_service(reason: str) -> NoReturn:
     """Skip for a missing service, or fail when the run requires services."""
     if REQUIRE_SERVICES:
         pytest.fail(f"{reason} (CC_REQUIRE_SERVICES=1)", pytrace=False)

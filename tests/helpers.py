@@ -1,11 +1,19 @@
-"""Small test helpers (poll until a condition holds, free ports)."""
+"""Small test helpers (poll until a condition holds, free ports, a group out of a page)."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import Callable
 from typing import Any
+
+
+def found(pattern: str, text: str, flags: int = 0) -> str:
+    """The first group of ``pattern``'s first match in ``text``; fails the test if none."""
+    match = re.search(pattern, text, flags)
+    assert match is not None, f"{pattern!r} not found"
+    return match.group(1)
 
 
 def free_port() -> int:

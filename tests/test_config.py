@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,7 +124,7 @@ def test_unparseable_yaml_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_tracking_sites_with_numbers_and_pools() -> None:
-    site = {
+    site: dict[str, Any] = {
         "code": "shop",
         "name": "Shop",
         "numbers": [{"did": "8 (495) 000-11-22", "source": "expo_2026"}],

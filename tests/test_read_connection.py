@@ -19,6 +19,7 @@ async def test_each_use_sees_what_others_committed(engine: Any) -> None:
     try:
         async with reader.session() as s:
             before = await s.scalar(select(func.count(Region.id)))
+        assert before is not None
         async with sessions() as writer:
             writer.add(Region(code="RU-KZN", name="Казань"))
             await writer.commit()

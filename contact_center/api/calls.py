@@ -154,7 +154,9 @@ async def click_to_call(request: web.Request, body: ClickToCall) -> ClickToCallO
         exten=rt.pbx.originate_exten.format(e164=number, digits=number.lstrip("+")),
         context=rt.pbx.originate_context,
         caller_id=f'"{number}" <{number}>',
-        variables={"CC_USER_ID": str(user.id), "CLICK2CALL": "1"},
+        # CLICK2CALL names the client: the call is recorded as outbound to him from its first
+        # event, even when the manager's own phone never picks up.
+        variables={"CC_USER_ID": str(user.id), "CLICK2CALL": number},
         timeout=5.0,
     )
     return ClickToCallOut(

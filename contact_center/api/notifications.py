@@ -92,6 +92,8 @@ async def mark_read(request: web.Request, body: MarkRead) -> MarkedOut:
         marked = await notifications.mark_read(
             u.session, user.id, ids=body.ids, now=clock(request).now()
         )
-        await u.commit()
         unread = await notifications.unread_count(u.session, user.id)
+        if marked:  # the user's other pages update their bell
+            u.emit(notifications.read_event(user.id, unread, clock(request).now()))
+        await u.commit()
     return MarkedOut(marked=marked, unread=unread)

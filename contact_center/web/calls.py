@@ -111,13 +111,17 @@ async def calls_page(request: web.Request, user: User) -> dict[str, Any]:
         )
         recs = recordings.get(c.id, [])
         stored = [rid for rid, st in recs if st == RecordingState.STORED.value]
+        estimated = set(c.estimated or ())
+        disposition = t("disposition." + c.disposition)
+        if c.unanswered_by and c.disposition != "busy":
+            disposition = t("call.unanswered_by." + c.unanswered_by)
         items.append(
             {
                 "id": c.id,
                 "started_at": c.started_at,
                 "kind": kind,
                 "kind_text": t("call.kind." + kind),
-                "disposition": t("disposition." + c.disposition),
+                "disposition": disposition,
                 "number": number,
                 "internal": c.direction == "internal",
                 "client": refs.get(id(c)),
@@ -125,6 +129,9 @@ async def calls_page(request: web.Request, user: User) -> dict[str, Any]:
                 "queue": c.queue,
                 "ring": c.ring_seconds,
                 "talk": c.talk_seconds,
+                # Times not seen as they happened (an AMI outage without a CDR): shown "≈".
+                "ring_estimated": bool(estimated & {"started_at", "answered_at"}),
+                "talk_estimated": bool(estimated & {"answered_at", "ended_at"}),
                 "counted": c.counted,
                 "recording": f"/api/v1/recordings/{stored[0]}" if stored else None,
                 "recording_state": recs[0][1] if recs and not stored else None,

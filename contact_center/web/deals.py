@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from contact_center.keys import RULES, SESSIONS
-from contact_center.web import links, listing
+from contact_center.web import kanban, links, listing
 from contact_center.web.shell import MenuEntry, language, page, t_of, zone
 from crm_core.deals import service as deals
 from crm_core.users.model import User
@@ -84,4 +84,4 @@ async def deals_page(request: web.Request, user: User) -> dict[str, Any]:
 
 
 def routes(app: web.Application) -> None:
-    app.router.add_get("/deals", deals_page)
+    app.router.add_get("/deals", kanban.with_board(deals_page, kanban.deal_board_page))

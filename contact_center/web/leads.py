@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from contact_center.keys import RULES, SESSIONS
-from contact_center.web import listing
+from contact_center.web import kanban, listing
 from contact_center.web.shell import MenuEntry, language, page, t_of, zone
 from crm_core.leads import service as leads
 from crm_core.rules import CrmRules
@@ -103,4 +103,4 @@ async def leads_page(request: web.Request, user: User) -> dict[str, Any]:
 
 
 def routes(app: web.Application) -> None:
-    app.router.add_get("/leads", leads_page)
+    app.router.add_get("/leads", kanban.with_board(leads_page, kanban.lead_board_page))

@@ -21,7 +21,9 @@ from contact_center.web import (
     distribution,
     inbox,
     invoices,
+    kanban,
     leads,
+    notifications,
     plans,
     tasks,
     today,
@@ -48,6 +50,8 @@ MODULES = (
     tracking,
     users,
     cards,
+    kanban,
+    notifications,
 )
 
 

@@ -36,6 +36,7 @@ from contact_center.keys import CLOCK, PBX, RULES, SESSIONS, SETTINGS
 from contact_center.web import formats
 from crm_core import errors
 from crm_core.conversations import service as conversations
+from crm_core.notifications import service as notifications
 from crm_core.users.model import Role, TokenKind, User
 
 ADMIN = Role.ADMIN.value
@@ -190,8 +191,10 @@ async def context(request: web.Request) -> dict[str, Any]:
     if user is not None:
         ctx["menu"] = menu_for(request.app, user)
         ctx["pbx_state"] = pbx_state(request.app)
-        # Notifications are not stored yet: the bell shows the ones that arrive live (app.js).
-        ctx["notifications"] = {"count": 0, "items": []}
+        # The bell's unread count (its list loads when opened; /ws keeps the count live).
+        async with request.app[SESSIONS]() as session:
+            unread = await notifications.unread_count(session, user.id)
+        ctx["notifications"] = {"count": unread}
         ctx["extensions"] = [e.extension for e in user.extensions]
         ctx["inbox_unread"] = await inbox_unread(request, user)
     return ctx

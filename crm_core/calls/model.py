@@ -42,6 +42,10 @@ class Call(Base):
     transfers: Mapped[list[str]] = mapped_column(JsonDoc, default=list)
     recording: Mapped[str | None] = mapped_column(String(500))
     hangup_cause: Mapped[int | None]
+    # An unanswered click-to-call: "manager" (his own phone did not pick up) or "client".
+    unanswered_by: Mapped[str | None] = mapped_column(String(16))
+    # Times not observed as they happened ("started_at", "answered_at", "ended_at"): shown "≈".
+    estimated: Mapped[list[str] | None] = mapped_column(JsonDoc, default=list)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"))
     company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id", ondelete="SET NULL"))

@@ -34,6 +34,11 @@ class CallRecord:
     transfers: tuple[str, ...]  # extensions the call was transferred to, in order
     recording: str | None  # the MixMonitor file name
     hangup_cause: int | None  # Q.850 cause of the first channel's Hangup
+    # An unanswered click-to-call: "manager" (his own phone did not pick up) or "client".
+    unanswered_by: str | None = None
+    # The times not observed as they happened (taken at a resync or an expiry), by field name:
+    # "started_at", "answered_at", "ended_at". Empty: every time is the PBX's own.
+    estimated: tuple[str, ...] = ()
 
     @property
     def outside_number(self) -> str | None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core import listing
@@ -38,6 +38,28 @@ async def get_call(session: AsyncSession, pbx: str, call_id: str) -> Call | None
     return await session.scalar(select(Call).where(Call.pbx == pbx, Call.call_id == call_id))
 
 
+async def newest_end(session: AsyncSession, pbx: str) -> datetime | None:
+    """When the newest stored call of ``pbx`` ended."""
+    return await session.scalar(select(func.max(Call.ended_at)).where(Call.pbx == pbx))
+
+
+async def estimates_of(
+    session: AsyncSession, pbx: str, call_ids: Sequence[str]
+) -> dict[str, list[str]]:
+    """call id -> its estimated times ([] when exact), for the ``call_ids`` of ``pbx`` stored."""
+    found: dict[str, list[str]] = {}
+    ids = list(dict.fromkeys(call_ids))
+    for i in range(0, len(ids), 500):
+        rows = await session.execute(
+            select(Call.call_id, Call.estimated).where(
+                Call.pbx == pbx, Call.call_id.in_(ids[i : i + 500])
+            )
+        )
+        for call_id, estimated in rows:
+            found[call_id] = list(estimated or [])
+    return found
+
+
 async def store_call(
     session: AsyncSession, pbx: str, record: CallRecord, **links: Any
 ) -> tuple[Call, bool]:
@@ -51,7 +73,9 @@ async def store_call(
     if existing is not None:
         return existing, False
     fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
-    fields.update(rang=list(record.rang), transfers=list(record.transfers))
+    fields.update(
+        rang=list(record.rang), transfers=list(record.transfers), estimated=list(record.estimated)
+    )
     call = Call(pbx=pbx, **fields, **links)
     session.add(call)
     await session.flush()

@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm_core.db import Base, Money, utcnow
@@ -52,6 +52,8 @@ class Deal(Base):
     """An opportunity moving through one pipeline's stages; amounts in RUB."""
 
     __tablename__ = "deals"
+    # A kanban column: a stage's deals, most recently moved first.
+    __table_args__ = (Index("ix_deals_stage_moved", "stage_id", "stage_changed_at", "id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(300))

@@ -16,7 +16,11 @@ class Lead(CardFields, Base):
     """An unqualified request: from a call, a website form, a message, an import or by hand."""
 
     __tablename__ = "leads"
-    __table_args__ = (Index("ix_leads_created_at", "created_at"),)
+    __table_args__ = (
+        Index("ix_leads_created_at", "created_at"),
+        # A kanban column: a stage's leads, most recently moved first.
+        Index("ix_leads_stage_moved", "stage", "stage_changed_at", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(300), default="")

@@ -19,3 +19,13 @@ class NotificationCreated(DomainEvent):
     object_type: str | None = None
     object_id: int | None = None
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NotificationsRead(DomainEvent):
+    """The user marked notifications read: his other open pages update the bell to ``unread``
+    (``audience``: ``user:<id>``)."""
+
+    name = "notifications.read"
+    user_id: int
+    unread: int

@@ -32,7 +32,7 @@ from crm_core.distribution.events import WebRequestAssigned, WebRequestReceived
 from crm_core.events import DomainEvent
 from crm_core.invoices.events import InvoiceReminder
 from crm_core.leads.events import LeadCreated
-from crm_core.notifications.events import NotificationCreated
+from crm_core.notifications.events import NotificationCreated, NotificationsRead
 from crm_core.notifications.model import Notification
 from crm_core.tasks.events import TaskCreated, TaskDue, TasksBulkCreated
 from crm_core.users.model import User
@@ -288,3 +288,10 @@ async def mark_read(
         stmt.values(read_at=now).execution_options(synchronize_session=False)
     )
     return rowcount(result)
+
+
+def read_event(user_id: int, unread: int, now: datetime) -> NotificationsRead:
+    """What to publish after marking ``user_id``'s notifications read (his other pages)."""
+    return NotificationsRead(
+        user_id=user_id, unread=unread, occurred_at=now, audience=(f"user:{user_id}",)
+    )

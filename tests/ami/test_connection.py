@@ -203,7 +203,7 @@ def test_control_panoramisk_parser_drops_a_split_utf8_character() -> None:
             pass
 
     protocol = AMIProtocol()
-    protocol.connection_made(Transport())  # type: ignore[arg-type]
+    protocol.connection_made(Transport())
     protocol.factory = Factory()
     protocol.encoding = "utf8"
     data = event("Newchannel", CallerIDName="café")
@@ -256,7 +256,7 @@ def test_control_panoramisk_lets_a_callback_error_out_of_data_received() -> None
     manager = Manager()
     manager.register_event("*", boom)
     protocol = AMIProtocol()
-    protocol.connection_made(Transport())  # type: ignore[arg-type]
+    protocol.connection_made(Transport())
     protocol.factory = manager
     with pytest.raises(RuntimeError, match="subscriber bug"):
         protocol.data_received(event("Hangup", Uniqueid="1.1"))

@@ -498,7 +498,8 @@ async def test_resync_calls_ends_vanished_calls_and_keeps_new_ones() -> None:
     )
     assert sender.asked == ["Status", "QueueStatus"]
     assert [type(e).__name__ for e in ended] == ["CallEnded"]
-    record = record_json(ended[0].record)  # type: ignore[union-attr]
+    assert isinstance(ended[0], CallEnded)
+    record = record_json(ended[0].record)
     assert record["call_id"] == "1795722788.0"
     assert record["extension"] == "101"
     assert record["disposition"] == "answered"

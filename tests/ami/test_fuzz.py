@@ -15,9 +15,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ami.fold import CallEnded, CallEvent, CallFolder, CallRecord
+from ami.fold import CallEnded, CallEvent, CallFolder
 from ami.frames import Frame, FrameParser, parse_frames
 from ami.replay import record_json
+from crm_core.calls.record import CallRecord
 from tests.ami._support import (
     COUNT_THRESHOLD_S,
     EXTENSION_PATTERN,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from ami.fold import CallEnded, CallFolder, CallRinging
 from ami.frames import FrameParser
@@ -10,7 +11,9 @@ from ami.replay import record_json
 from ami.simulator import SimulatedPbx
 
 
-async def _session(pbx: SimulatedPbx, secret: str = "demo"):  # type: ignore[no-untyped-def]
+async def _session(
+    pbx: SimulatedPbx, secret: str = "demo"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection(pbx.host, pbx.port)
     writer.write(
         f"Action: Login\r\nActionID: 1\r\nUsername: cc\r\nSecret: {secret}\r\n\r\n".encode()
@@ -19,9 +22,11 @@ async def _session(pbx: SimulatedPbx, secret: str = "demo"):  # type: ignore[no-
     return reader, writer
 
 
-async def _collect(reader: asyncio.StreamReader, folder: CallFolder, calls: int, events: list):  # type: ignore[no-untyped-def,type-arg]
+async def _collect(
+    reader: asyncio.StreamReader, folder: CallFolder, calls: int, events: list[object]
+) -> list[dict[str, Any]]:
     parser = FrameParser()
-    records = []
+    records: list[dict[str, Any]] = []
     while len(records) < calls:
         data = await reader.read(65536)
         assert data, "simulator closed the connection"

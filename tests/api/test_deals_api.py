@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from contact_center.app import create_app
 from contact_center.keys import BUS, SESSIONS
+from crm_core.deals.events import DealStageChanged
 from crm_core.deals.model import Pipeline, PipelineStage
 from crm_core.events import DomainEvent
 from crm_core.rules import DEFAULT_PIPELINE
@@ -134,8 +135,8 @@ async def test_deal_lifecycle_history_and_events(client: Any) -> None:
         "deal.updated",
         "deal.stage_changed",
     ]
-    changed = [e for e in events if e.name == "deal.stage_changed"]
-    assert [(e.from_stage, e.to_stage) for e in changed] == [  # type: ignore[attr-defined]
+    changed = [e for e in events if isinstance(e, DealStageChanged)]
+    assert [(e.from_stage, e.to_stage) for e in changed] == [
         ("contact", "lost"),
         ("lost", "needs"),
         ("needs", "won"),

@@ -11,6 +11,7 @@ import pytest
 
 from contact_center.keys import BUS, SCHEDULER
 from crm_core.events import DomainEvent
+from crm_core.invoices.events import InvoiceReminder
 from tests.crm_core.tasks.world import T0, World, api_world, manual_clock_client
 from tests.helpers import until
 
@@ -63,11 +64,13 @@ async def test_reminders_fire_three_days_before_and_on_the_due_date(app: tuple[A
     assert reminders == []
     assert await at(three_before) == 1
     await until(lambda: len(reminders) == 1)
+    assert isinstance(reminders[0], InvoiceReminder)
     assert reminders[0].days_left == 3 and reminders[0].audience == (f"user:{w['ivan']}",)
     assert reminders[0].number == "СЧ-1"
     assert await at(datetime(2026, 3, 7, 8, 59, tzinfo=MSK)) == 0
     assert await at(datetime(2026, 3, 7, 9, 0, tzinfo=MSK)) == 1
     await until(lambda: len(reminders) == 2)
+    assert isinstance(reminders[1], InvoiceReminder)
     assert reminders[1].days_left == 0
     assert await at(datetime(2026, 3, 20, tzinfo=UTC)) == 0
 

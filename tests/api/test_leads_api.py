@@ -12,6 +12,7 @@ from contact_center.keys import BUS, SESSIONS
 from crm_core.clients.model import Company, Contact
 from crm_core.deals.model import Deal
 from crm_core.events import DomainEvent
+from crm_core.leads.events import LeadStageChanged
 from crm_core.leads.model import Lead
 from tests.crm_core.deals.world import INN, api_team, full_card
 from tests.helpers import until
@@ -95,7 +96,8 @@ async def test_the_gate_refuses_on_every_path_with_the_exact_missing_fields(clie
     assert body["stage"] == "in_work" and body["potential_amount"] == "12000.50"
     await until(lambda: events)
     [event] = events
-    assert (event.from_stage, event.to_stage) == ("new", "in_work")  # type: ignore[attr-defined]
+    assert isinstance(event, LeadStageChanged)
+    assert (event.from_stage, event.to_stage) == ("new", "in_work")
     assert event.audience == (f"user:{team.ivan.id}", "role:head")
 
 

@@ -43,6 +43,7 @@ from tests.telephony.conftest import pbx_setting
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ami"
 RECORD = folded_call("c_inbound_short_answered")
+assert RECORD.caller is not None  # an inbound call from a known number
 CALLER = RECORD.caller
 
 
@@ -200,6 +201,7 @@ async def test_who_may_listen(app_client: Any) -> None:
         s.add(Phone(contact_id=contact.id, e164=CALLER, digits_rev=digits_reversed(CALLER)))
         await s.commit()
     row = await _stored(client)
+    assert row.size is not None
     url = f"/api/v1/recordings/{row.id}"
     # Took it, owns the client; petr's 404 is the answer for a recording that is not there.
     expected = {"ivan": 200, "anna": 200, "petr": 404, "boss": 200}
@@ -477,7 +479,8 @@ async def test_legal_hold_on_a_deal_keeps_its_recordings(app_client: Any) -> Non
             await s.commit()
         await client.app[SCHEDULER].run_once()
         async with client.app[SESSIONS]() as s:
-            assert (await jobs.find(s, key or "")).status == "done"
+            ran = await jobs.find(s, key or "")
+            assert ran is not None and ran.status == "done"
             [following] = (await s.scalars(select(ScheduledJob).where(*purge_pending))).all()
             assert (following.dedupe_key or "") > (key or "")
         return (await _row(client)).state

@@ -9,6 +9,7 @@ import pytest
 
 from contact_center.keys import BUS, SCHEDULER
 from crm_core.events import DomainEvent
+from crm_core.tasks.events import TaskDue
 from tests.crm_core.tasks.world import T0, api_world, manual_clock_client
 from tests.helpers import until
 
@@ -134,6 +135,7 @@ async def test_reminders_fire_at_the_right_time_and_follow_the_task(app: tuple[A
     assert await scheduler.run_once() == 1
     await until(lambda: due)
     [event] = due
+    assert isinstance(event, TaskDue)
     assert event.task_id == tid and event.audience == (f"user:{w['ivan']}",)
     health = await (await client.get("/healthz")).json()
     assert health["scheduler"]["done"] == 1
@@ -143,7 +145,7 @@ async def test_bulk_tasks_by_role(app: tuple[Any, Any]) -> None:
     client, _ = app
     w, h = await api_world(client)
     for who, created in (("adm", 2), ("boss", 2), ("ivan", 1), ("anna", 0)):
-        body = {
+        body: dict[str, Any] = {
             "filter": {"entity": "company", "client_type": "tender_bidder"},
             "task": {"kind": "call_back", "title": "Обзвон", "due_at": (T0 + HOUR).isoformat()},
             "assign": "responsible",

@@ -3,12 +3,15 @@ distribution, the lead, the task and the manager's notification."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from contact_center.keys import BUS, SESSIONS
+from crm_core.clock import ManualClock
+from crm_core.distribution.events import WebRequestReceived
 from crm_core.distribution.model import WebRequest
 from crm_core.events import DomainEvent
 from crm_core.leads.model import Lead
@@ -98,6 +101,7 @@ async def test_a_visitors_request_reaches_his_regions_manager(client: Any) -> No
     assert lead.tracking["source"] == "Яндекс Директ" and lead.tracking["visitor_id"] == "v-spb"
     assert (task.responsible_id, task.lead_id, task.kind) == (w["anna"], lead.id, "call_back")
     await until(lambda: received)
+    assert isinstance(received[0], WebRequestReceived)
     assert received[0].audience == (f"user:{w['anna']}",) and received[0].source == "Яндекс Директ"
 
 
@@ -191,7 +195,9 @@ async def limited_client(
             CC_REDIS_PREFIX=request.getfixturevalue("redis_prefix"),
         )
     settings = make_settings(**env)
-    return await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+    # A clock that stands still: the fixed window cannot roll over between two posts.
+    clock = ManualClock(datetime(2026, 3, 2, 9, 0, 30, tzinfo=UTC))
+    return await aiohttp_client_factory(create_app(settings, announce=lambda _t: None, clock=clock))
 
 
 async def test_rate_limits_per_visitor_and_address(limited_client: Any) -> None:

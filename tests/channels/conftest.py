@@ -26,19 +26,19 @@ def wa_fixture(name: str) -> bytes:
 @pytest.fixture
 async def graph() -> AsyncIterator[FakeGraphApi]:
     async with FakeGraphApi(token="wa-token") as fake:
-        yield fake  # type: ignore[misc]
+        yield fake
 
 
 @pytest.fixture
 async def telegram_api() -> AsyncIterator[FakeTelegramApi]:
     async with FakeTelegramApi(token="123456:TEST") as fake:
-        yield fake  # type: ignore[misc]
+        yield fake
 
 
 @pytest.fixture
 async def sms_gateway() -> AsyncIterator[FakeSmsGateway]:
     async with FakeSmsGateway(login="cc", password="gw-secret") as fake:
-        yield fake  # type: ignore[misc]
+        yield fake
 
 
 def wa_config(api_url: str = "http://127.0.0.1:9", **over: Any) -> dict[str, Any]:

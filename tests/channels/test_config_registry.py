@@ -14,7 +14,7 @@ from channels.base import (
     TemplateSender,
     WebhookParser,
 )
-from channels.config import EmailConfig, SmsConfig, WhatsAppConfig, parse_channels
+from channels.config import EmailConfig, SmsConfig, TelegramConfig, WhatsAppConfig, parse_channels
 from channels.errors import ChannelConfigInvalid
 from channels.mail import EmailAdapter
 from channels.registry import ADAPTERS, adapter_class, build_adapter
@@ -46,7 +46,7 @@ def test_every_kind_parses_with_its_defaults() -> None:
         "starttls",
     )
     assert mail.mailboxes == ("INBOX",) and mail.login_imap == "sales@shop.test"
-    assert tg.api_url == "https://api.telegram.org"  # type: ignore[union-attr]
+    assert isinstance(tg, TelegramConfig) and tg.api_url == "https://api.telegram.org"
     assert isinstance(sms, SmsConfig) and sms.api_url == "https://smsc.ru"
 
 

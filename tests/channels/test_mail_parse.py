@@ -203,7 +203,9 @@ def test_dsn_quoting_the_whole_message() -> None:
         b"From: sales@shop.test\r\nMessage-ID: <ours-8@shop.test>\r\nSubject: x\r\n\r\nbody\r\n"
         b"--R--\r\n"
     )
-    bounce = parse_email(raw, channel="m").email.bounce  # type: ignore[union-attr]
+    msg = parse_email(raw, channel="m")
+    assert msg.email is not None
+    bounce = msg.email.bounce
     assert bounce is not None
     assert (bounce.recipient, bounce.status, bounce.action) == (
         "gone@example.ru",

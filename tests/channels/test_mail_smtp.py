@@ -38,7 +38,10 @@ class Inbox:
 
     def message(self, index: int = -1) -> EmailMessage:
         raw = self.envelopes[index].original_content or self.envelopes[index].content
-        return BytesParser(policy=policy.default).parsebytes(raw)  # type: ignore[return-value]
+        assert isinstance(raw, bytes)  # the bytes on the wire
+        message = BytesParser(policy=policy.default).parsebytes(raw)
+        assert isinstance(message, EmailMessage)  # what policy.default builds
+        return message
 
 
 def authenticator(server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any):
@@ -129,8 +132,10 @@ async def test_a_reply_carries_threading_headers_and_our_message_id(smtp_server)
     assert sent["References"] == "<root@example.ru> <req-1@example.ru>"
     assert str(sent["Subject"]) == "Re: Заявка на поставку"
     assert sent["From"].addresses[0].display_name == "Отдел продаж"
-    assert sent.get_body(("plain",)).get_content().strip() == "Иван, добрый день! Счёт во вложении."
-    assert "<b>Счёт</b>" in sent.get_body(("html",)).get_content()
+    plain, html = sent.get_body(("plain",)), sent.get_body(("html",))
+    assert plain is not None and html is not None
+    assert plain.get_content().strip() == "Иван, добрый день! Счёт во вложении."
+    assert "<b>Счёт</b>" in html.get_content()
     (att,) = list(sent.iter_attachments())
     assert att.get_filename() == "Счёт № 12.pdf"
     assert att.get_content() == b"%PDF-1.4 ..."

@@ -180,6 +180,7 @@ def test_failed_delivery_report(sms: SmscAdapter) -> None:
         "time": "09.06.2025 15:00:00",
     }
     (item,) = sms.parse_webhook(callback(fields))
+    assert isinstance(item, StatusUpdate)
     assert item.status == "failed"
     assert item.error_code == "1" and item.error_title == "Невозможно доставить"
     assert item.at == dt.datetime(2025, 6, 9, 12, 0, tzinfo=dt.UTC)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from channels.base import Identity, OutboundMedia, WebhookRequest
+from channels.base import Identity, InboundMessage, OutboundMedia, WebhookRequest
 from channels.errors import ChannelSendFailed, MediaRefused, PayloadInvalid, SignatureInvalid
 from channels.telegram import TelegramAdapter, start_payload
 from tests.fakes.telegram_api import FakeTelegramApi
@@ -59,6 +59,13 @@ def hook(body: bytes, secret: str | None = "tg-hook-secret") -> WebhookRequest:
     return WebhookRequest("POST", headers, body)
 
 
+def one_message(tg: TelegramAdapter, body: bytes) -> InboundMessage:
+    """The message of a webhook carrying one update (Telegram sends no delivery statuses)."""
+    (msg,) = tg.parse_webhook(hook(body))
+    assert isinstance(msg, InboundMessage)
+    return msg
+
+
 def test_the_secret_token_header_is_required(tg: TelegramAdapter) -> None:
     body = update({"text": "Привет"})
     with pytest.raises(SignatureInvalid) as err:
@@ -71,7 +78,7 @@ def test_the_secret_token_header_is_required(tg: TelegramAdapter) -> None:
 
 
 def test_text_message(tg: TelegramAdapter) -> None:
-    (msg,) = tg.parse_webhook(hook(update({"text": "Сколько стоит доставка?"})))
+    msg = one_message(tg, update({"text": "Сколько стоит доставка?"}))
     assert msg.kind == "text" and msg.text == "Сколько стоит доставка?"
     assert msg.sender == Identity("telegram", "987654321")
     assert msg.sender_name == "Мария Иванова"
@@ -87,7 +94,7 @@ def test_start_deep_link_payload_is_the_visitor_id(tg: TelegramAdapter) -> None:
             "entities": [{"type": "bot_command", "offset": 0, "length": 6}],
         }
     )
-    (msg,) = tg.parse_webhook(hook(body))
+    msg = one_message(tg, body)
     assert msg.start_payload == "v_3f9a1c2e"
     assert start_payload("/start") is None
     assert start_payload("/start@shop_bot abc") == "abc"
@@ -98,7 +105,7 @@ def test_own_contact_gives_the_phone_in_e164(tg: TelegramAdapter) -> None:
     body = update(
         {"contact": {"phone_number": "79161234567", "first_name": "Мария", "user_id": 987654321}}
     )
-    (msg,) = tg.parse_webhook(hook(body))
+    msg = one_message(tg, body)
     assert msg.kind == "contacts"
     assert msg.sender_phone == "+79161234567"
     assert Identity("phone", "+79161234567") in msg.identities
@@ -107,14 +114,14 @@ def test_own_contact_gives_the_phone_in_e164(tg: TelegramAdapter) -> None:
 
 def test_someone_elses_contact_is_a_card_not_the_senders_phone(tg: TelegramAdapter) -> None:
     body = update({"contact": {"phone_number": "+7 (926) 555-12-34", "first_name": "Олег"}})
-    (msg,) = tg.parse_webhook(hook(body))
+    msg = one_message(tg, body)
     assert msg.sender_phone is None
     assert msg.contacts[0].phones == ("+79265551234",)
     assert msg.contacts[0].name == "Олег"
 
 
 def test_location(tg: TelegramAdapter) -> None:
-    (msg,) = tg.parse_webhook(hook(update({"location": {"latitude": 55.75, "longitude": 37.61}})))
+    msg = one_message(tg, update({"location": {"latitude": 55.75, "longitude": 37.61}}))
     assert msg.kind == "location" and msg.location is not None
     assert (msg.location.latitude, msg.location.longitude) == (55.75, 37.61)
 
@@ -203,7 +210,7 @@ def test_location(tg: TelegramAdapter) -> None:
     ],
 )
 def test_media(tg: TelegramAdapter, field, value, kind, ref, mime) -> None:
-    (msg,) = tg.parse_webhook(hook(update({field: value, "caption": "подпись"})))
+    msg = one_message(tg, update({field: value, "caption": "подпись"}))
     assert msg.kind == kind
     (att,) = msg.attachments
     assert (att.ref, att.mime) == (ref, mime)
@@ -213,24 +220,23 @@ def test_media(tg: TelegramAdapter, field, value, kind, ref, mime) -> None:
 
 
 def test_an_unknown_message_is_kept_as_unsupported(tg: TelegramAdapter) -> None:
-    (msg,) = tg.parse_webhook(hook(update({"dice": {"emoji": "🎲", "value": 3}})))
+    msg = one_message(tg, update({"dice": {"emoji": "🎲", "value": 3}}))
     assert msg.kind == "unsupported" and "dice" in (msg.text or "")
 
 
 def test_a_reply_points_at_the_quoted_message(tg: TelegramAdapter) -> None:
-    (msg,) = tg.parse_webhook(
-        hook(
-            update(
-                {
-                    "text": "да",
-                    "reply_to_message": {
-                        "message_id": 40,
-                        "chat": {"id": 987654321, "type": "private"},
-                        "date": 1,
-                    },
-                }
-            )
-        )
+    msg = one_message(
+        tg,
+        update(
+            {
+                "text": "да",
+                "reply_to_message": {
+                    "message_id": 40,
+                    "chat": {"id": 987654321, "type": "private"},
+                    "date": 1,
+                },
+            }
+        ),
     )
     assert msg.reply_to == "987654321:40"
 

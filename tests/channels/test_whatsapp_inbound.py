@@ -215,7 +215,7 @@ def test_click_to_whatsapp_referral(adapter: WhatsAppAdapter) -> None:
     assert msg.referral.source_type == "ad"
     assert msg.referral.headline == "Скидка 20% на опт"
     assert msg.referral.source_url == "https://fb.me/3cr4Wqqkv"
-    assert msg.referral.ctwa_clid.startswith("ARAkLkA8")
+    assert msg.referral.ctwa_clid is not None and msg.referral.ctwa_clid.startswith("ARAkLkA8")
 
 
 # --------------------------------------------------------------------------- user_id
@@ -228,6 +228,7 @@ def test_a_payload_without_user_id_is_read_and_logged_not_dropped(
     assert "user_id" not in json.loads(body)["entry"][0]["changes"][0]["value"]["contacts"][0]
     caplog.set_level(logging.INFO, logger="channels.whatsapp")
     (msg,) = adapter.parse_webhook(signed(body))
+    assert isinstance(msg, InboundMessage)
     assert msg.text == "Здравствуйте! Сколько стоит доставка?"
     lines = [r.getMessage() for r in caplog.records]
     assert any("without user_id" in line and msg.provider_message_id in line for line in lines)
@@ -236,7 +237,8 @@ def test_a_payload_without_user_id_is_read_and_logged_not_dropped(
 def test_pywa_itself_drops_that_payload(adapter: WhatsAppAdapter) -> None:
     """Why we parse ourselves: pywa's own dispatch answers 200 and calls no handler."""
     from flask import Flask
-    from pywa import WhatsApp
+    from pywa.client import WhatsApp
+    from pywa.handlers import MessageHandler
 
     wa = WhatsApp(
         phone_id="106540352242922",
@@ -246,7 +248,7 @@ def test_pywa_itself_drops_that_payload(adapter: WhatsAppAdapter) -> None:
         validate_updates=False,
     )
     seen: list[object] = []
-    wa.on_message()(lambda _client, message: seen.append(message))
+    wa.add_handlers(MessageHandler(lambda _client, message: seen.append(message)))
     logging.getLogger("pywa").disabled = True
     try:
         assert wa.webhook_update_handler(wa_fixture("text")) == ("ok", 200)
@@ -294,6 +296,7 @@ def test_failed_status_carries_the_error(adapter: WhatsAppAdapter) -> None:
 
 def test_sent_status_keeps_the_pricing_category(adapter: WhatsAppAdapter) -> None:
     (item,) = adapter.parse_webhook(signed(wa_fixture("status_sent")))
+    assert isinstance(item, StatusUpdate)
     assert item.pricing_category == "service"
 
 

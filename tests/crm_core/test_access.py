@@ -36,6 +36,7 @@ from crm_core.clients import (
     search,
 )
 from crm_core.clients.errors import DuplicateClient, InvalidReference
+from crm_core.clients.events import ClientCreated
 from crm_core.clients.model import Company, Contact, ContactCompany, LegalEntity, Phone, Requisites
 from crm_core.clients.schemas import (
     CompanyInput,
@@ -610,6 +611,7 @@ async def test_the_system_may_do_everything_and_is_nobody(session: AsyncSession)
         session, ContactInput(name="С сайта", phones=["+74990000000"]), actor=SYSTEM, rules=OWN_ONLY
     )
     assert contact.created_by_id is None and contact.responsible_id is None
+    assert isinstance(events[0], ClientCreated)
     assert events[0].actor_id is None
     assert (await records.get_contact(session, w.contact, actor=SYSTEM, rules=OWN_ONLY)).id
     await merge.merge_contacts(session, w.contact, w.contact2, actor=SYSTEM, rules=OWN_ONLY)

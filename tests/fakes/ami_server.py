@@ -20,9 +20,10 @@ import contextlib
 import itertools
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 END = b"\r\n\r\n"
@@ -72,7 +73,7 @@ def headers_of(frame: bytes) -> dict[str, str]:
 
 def encode(headers: Mapping[str, object]) -> bytes:
     """One frame from headers (a list value repeats its header)."""
-    lines = []
+    lines: list[str] = []
     for key, value in headers.items():
         values = value if isinstance(value, list) else [value]
         lines.extend(f"{key}: {v}\r\n" for v in values)
@@ -346,7 +347,7 @@ class AmiSession:
         return [a for a in self.actions if a.get("Action", "").lower() == name.lower()]
 
 
-Script = Callable[[AmiSession], Awaitable[None]]
+Script = Callable[[AmiSession], Coroutine[Any, Any, None]]
 
 
 @dataclass
@@ -461,8 +462,8 @@ class FakeAmiServer:
                 await writer.wait_closed()
             self._handlers.discard(task)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

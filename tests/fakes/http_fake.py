@@ -8,7 +8,7 @@ import email.parser
 import email.policy
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -51,14 +51,12 @@ class FakeHttpApi:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> FakeHttpApi:
+    async def start(self) -> Self:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        [(_host, self.port)] = self._runner.addresses
         return self
 
     async def stop(self) -> None:
@@ -66,7 +64,7 @@ class FakeHttpApi:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> FakeHttpApi:
+    async def __aenter__(self) -> Self:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:

@@ -60,7 +60,7 @@ class FakeTelegramApi(FakeHttpApi):
                 }
             )
         if name.startswith("send"):
-            chat_id = params.get("chat_id")
+            chat_id = params["chat_id"]  # every send* names the chat
             return web.json_response(
                 {
                     "ok": True,

@@ -14,7 +14,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "invalid escape sequence", DeprecationWarning)
     warnings.filterwarnings("ignore", "invalid escape sequence", SyntaxWarning)
     warnings.filterwarnings("ignore", "Couldn't find ff", RuntimeWarning)
-    from pydub import AudioSegment
+    from pydub import AudioSegment as AudioSegment  # re-exported for the tests
     from pydub.generators import Sine
 
 FIXTURE_WAV = (

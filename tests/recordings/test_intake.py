@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import pytest
 
@@ -199,12 +200,21 @@ def test_job_transitions_and_persistence() -> None:
 # ------------------------------------------------------------------ the processor
 
 
+class ProcessorOptions(TypedDict, total=False):
+    """What a test may set on the processor beyond the folders and timings."""
+
+    policy: RetryPolicy
+    keep_original: bool
+    clock: Callable[[], datetime]
+    on_transition: Callable[[RecordingJob], Awaitable[None]]
+
+
 def make_processor(
     tmp_path: Path,
     converter: ConverterPool,
     *,
     storage: LocalStorage | None = None,
-    **kw: object,
+    **kw: Unpack[ProcessorOptions],
 ) -> RecordingProcessor:
     return RecordingProcessor(
         spool_dir=tmp_path / "spool",
@@ -214,7 +224,7 @@ def make_processor(
         poll_interval_s=0.01,
         stable_polls=2,
         complete_timeout_s=2,
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 

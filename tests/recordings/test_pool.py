@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ FFMPEG = find_ffmpeg()
 needs_ffmpeg = pytest.mark.usefixtures("require_ffmpeg")
 
 
-async def tick_while(awaitable: asyncio.Future[object]) -> tuple[int, float]:
+async def tick_while(awaitable: asyncio.Future[Any]) -> tuple[int, float]:
     """Run a 1 ms ticker until ``awaitable`` is done; return (ticks, worst lateness in s)."""
     loop = asyncio.get_running_loop()
     ticks, worst = 0, 0.0

@@ -17,6 +17,7 @@ from contact_center.config import Settings
 from contact_center.pbx import PbxLink
 from contact_center.telephony import Telephony
 from crm_core.activities.model import Activity
+from crm_core.calls.events import CallAnswered, CallEnded, CallRinging
 from crm_core.calls.model import Call
 from crm_core.clients.model import Company, Contact, ContactCompany, Phone
 from crm_core.clock import ManualClock
@@ -78,7 +79,7 @@ def _replay(tel: Telephony, trace: str, replace: tuple[bytes, bytes] | None = No
         link.feed(frame)
 
 
-async def _known_client(sessions: Any, phone: str, owner_id: int) -> tuple[int, int]:
+async def _known_client(sessions: Any, phone: str, owner_id: int | None) -> tuple[int, int]:
     async with sessions() as s:
         company = Company(name="ООО «Ромашка»", client_type="wholesaler", responsible_id=owner_id)
         contact = Contact(name="Сергей Ковалёв", responsible_id=owner_id)
@@ -109,7 +110,7 @@ async def test_answered_call_of_a_known_client(make_settings: Any, database_url:
         await tel.drain()
         await until(lambda: any(e.name == "call.ended" for e in seen))
 
-        ringing = [e for e in seen if e.name == "call.ringing"]
+        ringing = [e for e in seen if isinstance(e, CallRinging)]
         assert ringing and ringing[0].audience == ("ext:101", "role:head")
         pop = ringing[0]
         assert pop.caller == "+74951234567" and pop.did == "+74951112233"
@@ -204,18 +205,18 @@ async def test_caller_is_identified_when_the_call_comes_in_and_again_after_a_lon
         await tel.handle("main", fold.CallStarted("c1", caller, did, 1.0))
         info = tel._live[("main", "c1")]
         assert info.looked_up == (caller, did) and info.client is None  # not a client yet
-        await _known_client(sessions, caller, owner_id=None)  # type: ignore[arg-type]
+        await _known_client(sessions, caller, owner_id=None)
 
         # Rung right away: the pop-up shows what the lookup found when the call came in.
         await tel.handle("main", fold.CallRinging("c1", caller, did, "101", 2.0))
         await until(lambda: any(e.name == "call.ringing" for e in seen))
-        assert [e.client for e in seen if e.name == "call.ringing"] == [None]
+        assert [e.client for e in seen if isinstance(e, CallRinging)] == [None]
 
         # Rung after a long queue wait: looked up again.
         monkeypatch.setattr(telephony, "PREFETCH_FRESH_S", 0.0)
         await tel.handle("main", fold.CallRinging("c1", caller, did, "102", 300.0))
         await until(lambda: len([e for e in seen if e.name == "call.ringing"]) == 2)
-        pops = [e for e in seen if e.name == "call.ringing"]
+        pops = [e for e in seen if isinstance(e, CallRinging)]
         assert pops[-1].client is not None and pops[-1].client["name"] == "Сергей Ковалёв"
     finally:
         await _teardown(tel, ctx)
@@ -241,7 +242,7 @@ async def test_the_head_watches_every_call_and_each_event_names_the_client(
             calls = [e for e in seen if e.name.startswith("call.")]
             assert calls and all("role:head" in e.audience for e in calls), trace
             for event in calls:
-                if event.name in ("call.answered", "call.ended"):
+                if isinstance(event, CallAnswered | CallEnded):
                     assert event.caller == client, (trace, event)
     finally:
         await _teardown(tel, ctx)

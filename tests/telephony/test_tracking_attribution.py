@@ -5,6 +5,7 @@ source; the screen-pop, the stored call and the new lead carry it."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from typing import Any
 
@@ -219,7 +220,7 @@ async def test_the_dialplan_and_the_lead_agree_on_the_calls_region(
         assert (answer["extension"], answer["region_id"]) == (ext, regions[region]), did
         # The PBX rings the extension the dialplan named.
         await pbx.play("c_inbound_short_answered", outside=caller, did=did[1:], extension=ext)
-        call = await until(lambda c=caller: _call_from(live, "+" + c), timeout=10)
+        call = await until(functools.partial(_call_from, live, "+" + caller), timeout=10)
         call, lead = await _stored(live, call.call_id)
         assert lead is not None
         assert (lead.region_id, lead.responsible_id) == (regions[region], staff[manager]), did

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import delete
+
 from contact_center.keys import SESSIONS
 from crm_core.calls.model import Call
 from crm_core.clients.model import Company, Contact, Phone
@@ -16,6 +18,7 @@ from crm_core.leads.model import Lead
 from crm_core.recordings.model import Recording
 from crm_core.reference.model import Region, Source
 from crm_core.tasks.model import Task
+from tests.helpers import found
 from tests.web.world import rows, sign_in, team
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -106,7 +109,7 @@ async def test_a_manager_sees_only_his_leads_and_an_empty_list_says_what_to_do(
     assert "1–20 из 20" in text
     await sign_in(client, "adm")
     async with client.app[SESSIONS]() as s:
-        await s.execute(Lead.__table__.delete())
+        await s.execute(delete(Lead))
         await s.commit()
     empty = await (await client.get("/leads")).text()
     assert "Лидов нет — создайте первый или подключите сайт" in empty
@@ -152,7 +155,7 @@ async def test_bulk_tasks_for_the_clients_of_a_filter(client: Any) -> None:
         await s.commit()
     await sign_in(client, "boss")
     page = await (await client.get("/clients?kind=company&client_type=wholesaler")).text()
-    token = re.search(r'name="csrf-token" content="([0-9a-f]+)"', page).group(1)
+    token = found(r'name="csrf-token" content="([0-9a-f]+)"', page)
     resp = await client.post(
         "/clients/bulk-task",
         data={

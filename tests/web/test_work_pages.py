@@ -22,6 +22,7 @@ from crm_core.invoices.model import Invoice
 from crm_core.leads.model import Lead
 from crm_core.tasks.model import DailyPlan, Task
 from crm_core.users.model import User
+from tests.helpers import found
 from tests.web.world import csrf, sign_in, team, visible
 
 # Wednesday 2 December 2026, 12:00 in Moscow.
@@ -168,7 +169,7 @@ async def test_the_heads_day_shows_the_team(client: Any) -> None:
     await sign_in(client, "boss")
     page = await (await client.get("/today")).text()
     assert "Отдел сегодня" in page and "Сейчас на линии" in page
-    row = re.search(r"Иван Петров</a></td>(.*?)</tr>", page, flags=re.S).group(1)
+    row = found(r"Иван Петров</a></td>(.*?)</tr>", page, flags=re.S)
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)
     assert [re.sub(r"<[^>]+>", "", c).strip() for c in cells[:4]] == ["1", "2", "1", "1"]
     assert '1 <span class="muted">/ —</span>' in row  # one counted call, no plan
@@ -199,7 +200,7 @@ async def test_plans_are_set_and_compared_with_the_fact(client: Any) -> None:
     assert sorted(days) == [date(2026, 11, 30) + timedelta(days=i) for i in range(5)]
     page = await (await client.get("/plans?week=2026-12-02&saved=1")).text()
     assert "План сохранён" in page
-    ivan = re.search(r"Иван Петров</th>(.*?)</tr>", page, flags=re.S).group(1)
+    ivan = found(r"Иван Петров</th>(.*?)</tr>", page, flags=re.S)
     assert '<span class="behind">1/20</span>' in ivan  # Wednesday: one counted call of 20
     assert "1/100" in ivan  # the week: five days of 20
     bad = await client.post(
@@ -265,7 +266,7 @@ async def test_the_admin_creates_resets_and_deactivates_users(client: Any) -> No
     )
     text = await made.text()
     assert made.status == 200 and "Пётр Иванов: временный пароль" in text
-    password = re.search(r'id="issued-password">([^<]+)<', text).group(1)
+    password = found(r'id="issued-password">([^<]+)<', text)
     taken = await client.post(
         "/users", data={"csrf_token": token, "login": "petr", "role": "manager"}
     )
@@ -280,7 +281,7 @@ async def test_the_admin_creates_resets_and_deactivates_users(client: Any) -> No
     async with client.app[SESSIONS]() as s:
         petr = await s.scalar(select(User).where(User.login == "petr"))
     reset = await client.post(f"/users/{petr.id}", data={"csrf_token": token, "action": "reset"})
-    fresh = re.search(r'id="issued-password">([^<]+)<', await reset.text()).group(1)
+    fresh = found(r'id="issued-password">([^<]+)<', await reset.text())
     assert fresh != password
     changed = await client.post(
         f"/users/{petr.id}",

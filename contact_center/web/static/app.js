@@ -84,35 +84,64 @@
   // ------------------------------------------------------------ toasts and the bell
 
   const toasts = document.getElementById("toasts");
+  const bell = document.getElementById("bell");
   const bellList = document.getElementById("bell-list");
   const bellCount = document.getElementById("bell-count");
 
-  function remember(title, text, href) {
-    if (!bellList) return;
-    const empty = document.getElementById("bell-empty");
-    if (empty) empty.hidden = true;
-    const item = el("div", { class: "note" }, el("strong", {}, title), " ", text || "");
-    if (href) item.append(" ", el("a", { href }, t("toast.open")));
-    bellList.prepend(item);
-    const count = Number(bellCount.dataset.count || 0) + 1;
-    bellCount.dataset.count = String(count);
-    bellCount.textContent = String(count);
-    bellCount.classList.add("has");
+  // The bell's unread count: from the page, the /ws hello, each new notification and reads.
+  function setUnread(count) {
+    if (!bellCount) return;
+    const n = Math.max(0, Number(count) || 0);
+    bellCount.dataset.count = String(n);
+    bellCount.textContent = String(n);
+    bellCount.classList.toggle("has", n > 0);
   }
 
-  function toast(title, text, href, kind) {
+  function loadBell() {
+    if (bellList && window.htmx) window.htmx.ajax("GET", "/notifications?box=1", { target: bellList, swap: "innerHTML" });
+  }
+
+  if (bell) bell.addEventListener("toggle", () => { if (bell.open) loadBell(); });
+
+  // A stored notification's link: following it marks it read.
+  function markRead(id) {
+    if (!id) return;
+    fetch("/api/v1/notifications/read", {
+      method: "POST", credentials: "same-origin", keepalive: true,
+      headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRF-Token": csrf },
+      body: JSON.stringify({ ids: [Number(id)] }),
+    }).then((r) => r.json()).then((body) => { if (typeof body.unread === "number") setUnread(body.unread); }).catch(() => {});
+  }
+
+  document.addEventListener("click", (e) => {
+    const link = e.target.closest("a[data-read-id]");
+    if (link && link.dataset.readId) markRead(link.dataset.readId);
+  });
+  document.body.addEventListener("cc-unread", (e) => setUnread(e.detail.count));
+
+  function toast(title, text, href, kind, readId) {
     if (!toasts) return;
+    const link = href ? el("a", { href }, t("toast.open")) : null;
+    if (link && readId) link.setAttribute("data-read-id", String(readId));
     const box = el("div", { class: "toast" + (kind ? " " + kind : ""), role: "status" }, el("strong", {}, title), text || "",
-      href ? el("div", {}, el("a", { href }, t("toast.open"))) : null);
+      link ? el("div", {}, link) : null);
     box.addEventListener("click", (e) => { if (e.target.tagName !== "A") box.remove(); });
     toasts.prepend(box);
     while (toasts.children.length > 4) toasts.lastChild.remove();
     setTimeout(() => box.remove(), kind === "error" ? 12000 : 8000);
   }
 
-  function notify(title, text, href) {
-    toast(title, text, href);
-    remember(title, text, href);
+  // A notification stored for this user: the count goes up, a toast links to its object (the
+  // server writes its title, line and link: /notifications/{id}.json).
+  async function onStored(msg) {
+    setUnread(Number(bellCount ? bellCount.dataset.count : 0) + 1);
+    if (bell && bell.open) loadBell();
+    try {
+      const resp = await fetch("/notifications/" + encodeURIComponent(msg.notification_id) + ".json", { credentials: "same-origin", headers: { Accept: "application/json" } });
+      if (!resp.ok) return;
+      const note = await resp.json();
+      toast(note.title, note.text, note.url, null, note.id);
+    } catch (err) { /* the bell still counts it */ }
   }
 
   // ------------------------------------------------------------ pop-ups
@@ -258,31 +287,18 @@
 
   // ------------------------------------------------------------ events from /ws
 
-  // The client a task or reminder is about, as a card link (or null).
-  function clientLink(msg) {
-    if (msg.contact_id) return "/clients/contact/" + msg.contact_id;
-    if (msg.company_id) return "/clients/company/" + msg.company_id;
-    if (msg.lead_id) return "/clients/lead/" + msg.lead_id;
-    return null;
-  }
-
-  // Notifications meant for this user (the server sends only his; events he caused himself
-  // are not news to him).
+  // Stored notifications (task due or given by another, a lead, deal or request assigned, an
+  // invoice reminder) arrive as notification.created; the hello says how many wait unread.
   function onNotification(msg) {
-    const due = (iso) => (iso ? " · " + when(iso) : "");
-    if (msg.type === "task.due") {
-      notify(t("toast.task_due"), msg.title + due(msg.due_at), clientLink(msg));
-    } else if (msg.type === "task.created" && msg.responsible_id === me && msg.created_by_id !== me) {
-      notify(t("toast.task_assigned"), msg.title + due(msg.due_at), clientLink(msg));
-    } else if (msg.type === "lead.created" && msg.responsible_id === me && msg.actor_id !== me) {
-      notify(t("toast.lead_assigned"), msg.title, "/clients/lead/" + msg.lead_id);
-    } else if (msg.type === "web_request.received" && msg.queued) {
-      notify(t("toast.web_request_queued"), [msg.client_name, formatPhone(msg.phone), msg.region].filter(Boolean).join(" · "),
-        msg.lead_id ? "/clients/lead/" + msg.lead_id : "/distribution");
-    } else if (msg.type === "invoice.reminder") {
-      notify(t("toast.invoice"), "№ " + msg.number + " · " + msg.due_on, msg.company_id ? "/clients/company/" + msg.company_id : null);
+    if (msg.type === "hello" && typeof msg.unread_notifications === "number") {
+      setUnread(msg.unread_notifications);
+    } else if (msg.type === "notification.created" && msg.user_id === me) {
+      onStored(msg);
+    } else if (msg.type === "notifications.read" && msg.user_id === me) {
+      setUnread(msg.unread); // read on another page
+      if (bell && bell.open) loadBell();
     } else if (msg.type === "notification") {
-      notify(msg.title || t("toast.notification"), msg.text || "", msg.url || null);
+      toast(msg.title || t("toast.notification"), msg.text || "", msg.url || null);
     }
   }
 
@@ -305,6 +321,7 @@
   }
 
   function onMessage(msg) {
+    // Page scripts (the kanban) listen for what concerns them.
     document.dispatchEvent(new CustomEvent("cc-ws", { detail: msg }));
     refreshInboxBadge(msg);
     onNotification(msg);

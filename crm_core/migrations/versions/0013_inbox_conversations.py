@@ -1,7 +1,7 @@
 """conversations: a client's thread on a messaging channel, its messages, mailbox cursors
 
 Revision ID: 0013_inbox
-Revises: 0011
+Revises: 0013
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0013_inbox"
-down_revision: str | None = "0011"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -140,7 +140,7 @@ async def test_who_may_record_by_hand(session: AsyncSession) -> None:
 
 
 async def _timeline(session: AsyncSession, w: World) -> dict[str, int]:
-    ids = {}
+    ids: dict[str, int] = {}
     for name, kw in {
         "ivan_call": {"company_id": w["ivan_co"], "external_id": "c1"},
         "member_call": {"company_id": w["member"], "user_id": w["anna"], "external_id": "c2"},

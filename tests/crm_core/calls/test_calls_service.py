@@ -37,8 +37,10 @@ async def test_extension_owner_prefers_the_pbx_specific_owner(session: AsyncSess
         scrypt_n=1024,
     )
     await session.commit()
-    assert (await calls.extension_owner(session, "main", "101")).id == anyone.id
-    assert (await calls.extension_owner(session, "branch", "101")).id == specific.id
+    on_main = await calls.extension_owner(session, "main", "101")
+    assert on_main is not None and on_main.id == anyone.id
+    on_branch = await calls.extension_owner(session, "branch", "101")
+    assert on_branch is not None and on_branch.id == specific.id
     assert await calls.extension_owner(session, "main", "999") is None
     assert await calls.extension_owner(session, "main", None) is None
 

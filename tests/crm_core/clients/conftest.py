@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_core.access import Actor
 from crm_core.rules import CrmRules, CustomFieldDef
 from crm_core.users import service as users
 from crm_core.users.model import User
@@ -20,6 +22,13 @@ RULES = CrmRules(
         CustomFieldDef("note", "string"),
     )
 )
+
+
+class Acting(TypedDict):
+    """Who acts and under which rules: the keyword pair every service takes, as ``**acting``."""
+
+    actor: Actor
+    rules: CrmRules
 
 
 @dataclass

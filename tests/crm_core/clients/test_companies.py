@@ -24,7 +24,7 @@ from crm_core.clients.schemas import (
 from crm_core.rules import CrmRules
 from crm_core.validation import InvalidInn, InvalidOgrn
 
-from .conftest import Team
+from .conftest import Acting, Team
 
 SBER = RequisitesInput(
     label="основные",
@@ -41,7 +41,7 @@ SBER = RequisitesInput(
 
 def company(name: str, *reqs: RequisitesInput, **kw: object) -> CompanyInput:
     entities = [LegalEntityInput(name=f"{name} ЮЛ", requisites=list(reqs))] if reqs else []
-    return CompanyInput(name=name, legal_entities=entities, **kw)  # type: ignore[arg-type]
+    return CompanyInput.model_validate({"name": name, "legal_entities": entities, **kw})
 
 
 async def test_company_with_legal_entity_and_requisites(
@@ -141,7 +141,7 @@ async def test_requisites_change_retire_and_history(
         session, company("Сбер", SBER), actor=team.ivan, rules=rules
     )
     entity_id = (await clients.company_cards(session, [made]))[0].legal_entities[0].id
-    ivan = {"actor": team.ivan, "rules": rules}
+    ivan: Acting = {"actor": team.ivan, "rules": rules}
     original = (await clients.requisites_history(session, entity_id, **ivan))[0]
     changed, _ = await clients.change_requisites(
         session,

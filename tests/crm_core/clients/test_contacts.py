@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core.clients import service as clients
 from crm_core.clients.errors import DuplicateClient, InvalidReference, LinkNotFound
+from crm_core.clients.events import ClientUpdated
 from crm_core.clients.model import Company, ContactCompany, MessengerId, Phone
 from crm_core.clients.schemas import CompanyLinkInput, ContactInput, ContactPatch, MessengerInput
 from crm_core.errors import InvalidInput, PermissionDenied
@@ -18,7 +19,7 @@ from crm_core.reference.model import Region
 from crm_core.rules import CrmRules
 from crm_core.validation import UnknownCustomField
 
-from .conftest import Team
+from .conftest import Acting, Team
 
 
 async def test_phone_formats_are_one_number(
@@ -150,8 +151,9 @@ async def test_on_duplicate_merge_adds_to_the_existing_contact(
     )
     await session.commit()
     assert not result.created and result.client.id == existing.id
-    assert [(e.name, e.client_id) for e in events] == [("client.updated", existing.id)]
-    assert [(e.name, e.client_id) for e in events] == [("client.updated", existing.id)]
+    [event] = events
+    assert isinstance(event, ClientUpdated)
+    assert (event.name, event.client_id) == ("client.updated", existing.id)
     card = (await clients.contact_cards(session, [result.client]))[0]
     assert card.name == "Мария Орлова"  # the existing record keeps its own values
     assert card.client_type == "retail"
@@ -316,7 +318,7 @@ async def test_one_decision_maker_per_company(
     b, _ = await clients.create_contact(
         session, ContactInput(name="B"), actor=team.ivan, rules=rules
     )
-    ivan = {"actor": team.ivan, "rules": rules}
+    ivan: Acting = {"actor": team.ivan, "rules": rules}
     await clients.link_contact_company(
         session, a.id, company.id, position="директор", is_decision_maker=True, **ivan
     )

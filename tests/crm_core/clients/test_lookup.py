@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_core.access import SYSTEM
+from crm_core.access import SYSTEM, Actor
 from crm_core.clients import service as clients
 from crm_core.clients.lookup import _suffix_range
 from crm_core.clients.model import Company, Contact, ContactCompany, Phone
@@ -181,7 +181,7 @@ async def test_a_manager_finds_only_what_he_may_read(session: AsyncSession, team
     )
     await session.commit()
 
-    async def who(actor: object, raw: str, rules: CrmRules = RULES) -> tuple[int | None, ...]:
+    async def who(actor: Actor, raw: str, rules: CrmRules = RULES) -> tuple[int | None, ...]:
         match = await clients.find_client_by_phone(session, raw, actor=actor, rules=rules)
         return (match.contact_id, match.company_id, match.lead_id) if match else ()
 

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from crm_core.activities.model import Activity
 from crm_core.audit.model import AuditEntry
 from crm_core.calls.model import Call
+from crm_core.clients import events as client_events
 from crm_core.clients import service as clients
 from crm_core.clients.errors import ClientMerged, ContactNotFound, MergeNotAllowed
 from crm_core.clients.model import (
@@ -164,8 +165,10 @@ async def test_merge_refusals(session: AsyncSession, team: Team) -> None:
     with pytest.raises(ContactNotFound):
         await clients.merge_contacts(session, a.id, 999, actor=team.head, rules=RULES)
     _, events = await clients.merge_contacts(session, a.id, b.id, actor=team.head, rules=RULES)
-    assert [(e.name, e.survivor_id, e.loser_id) for e in events] == [("client.merged", a.id, b.id)]
-    assert events[0].audience == (f"user:{team.ivan.id}", f"user:{team.anna.id}", "role:head")
+    [event] = events
+    assert isinstance(event, client_events.ClientMerged)
+    assert (event.name, event.survivor_id, event.loser_id) == ("client.merged", a.id, b.id)
+    assert event.audience == (f"user:{team.ivan.id}", f"user:{team.anna.id}", "role:head")
 
 
 async def test_merge_companies_moves_everything(session: AsyncSession, team: Team) -> None:

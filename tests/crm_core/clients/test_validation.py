@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from crm_core import validation as v
+from crm_core.errors import InvalidInput
 from crm_core.rules import CrmRules, CustomFieldDef
 
 # Sberbank's own requisites (public).
@@ -93,7 +94,7 @@ def test_requisites_set_and_consistency() -> None:
     out = v.validate_requisites({**SBER, "full_name": "ПАО Сбербанк", "kpp": "773601001 "})
     assert out["kpp"] == "773601001" and out["inn"] == SBER["inn"]
     assert v.validate_requisites({"inn": "", "kpp": None})["inn"] is None
-    cases: list[tuple[dict[str, Any], type[Exception], str]] = [
+    cases: list[tuple[dict[str, Any], type[InvalidInput], str]] = [
         ({"inn": IP_INN, "kpp": "773601001"}, v.InconsistentRequisites, "kpp"),
         ({"inn": SBER["inn"], "ogrn": IP_OGRNIP}, v.InconsistentRequisites, "ogrn"),
         (
@@ -106,7 +107,7 @@ def test_requisites_set_and_consistency() -> None:
     for data, exc, field in cases:
         with pytest.raises(exc) as err:
             v.validate_requisites(data, prefix="requisites.0.")
-        assert err.value.details["field"] == f"requisites.0.{field}"  # type: ignore[attr-defined]
+        assert err.value.details["field"] == f"requisites.0.{field}"
     ip = v.validate_requisites({"inn": IP_INN, "ogrn": IP_OGRNIP})
     assert ip["ogrn"] == IP_OGRNIP
 
@@ -163,7 +164,7 @@ def test_custom_fields_by_type() -> None:
 def test_custom_field_errors_name_the_field(
     values: dict[str, Any], error_id: str, field: str
 ) -> None:
-    with pytest.raises(v.InvalidInput) as err:
+    with pytest.raises(InvalidInput) as err:
         v.validate_custom_fields(values, RULES, applies_to="company")
     assert err.value.error_id == error_id and err.value.details["field"] == field
 

@@ -23,6 +23,7 @@ from crm_core.deals.errors import (
     StageNotInPipeline,
     UnknownPipeline,
 )
+from crm_core.deals.events import DealStageChanged, DealUpdated
 from crm_core.deals.model import PipelineStage
 from crm_core.deals.pipelines import sync_pipelines
 from crm_core.deals.schemas import DealInput, DealPatch
@@ -104,6 +105,7 @@ async def test_every_move_is_recorded_and_lost_needs_a_reason(
     deal, [event] = await deals.move_deal(
         session, did, "proposal_sent", actor=team.ivan, rules=rules, now=T0 + H
     )
+    assert isinstance(event, DealStageChanged)
     assert event.name == "deal.stage_changed"
     assert (event.from_stage, event.to_stage, event.kind) == ("contact", "proposal_sent", "open")
     assert event.audience == (f"user:{team.ivan.id}", "role:head")
@@ -215,6 +217,7 @@ async def test_update_fields_milestones_and_stage(
     assert deal.meeting_at == T0 + H and deal.samples_sent_at == T0
     assert deal.amount == Decimal("10.00") and deal.lost_reason == "no_budget"
     assert [e.name for e in events] == ["deal.updated", "deal.stage_changed"]
+    assert isinstance(events[0], DealUpdated)
     assert set(events[0].fields) == {"amount", "meeting_at", "samples_sent_at", "products"}
     deal, _ = await deals.update_deal(
         session, did, DealPatch(stage="needs"), actor=team.ivan, rules=rules

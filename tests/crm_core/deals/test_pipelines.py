@@ -23,7 +23,7 @@ async def rows(session: AsyncSession) -> list[tuple[str, str, str, str, int, str
         .join(PipelineStage, PipelineStage.pipeline_id == Pipeline.id)
         .order_by(Pipeline.code, PipelineStage.id)
     )
-    return [tuple(r) for r in result]  # type: ignore[misc]
+    return [(*row,) for row in result]
 
 
 async def test_sync_creates_the_default_pipeline_and_is_idempotent(session: AsyncSession) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from crm_core.errors import InvalidInput, NotFound, PermissionDenied
 from crm_core.events import DomainEvent
 from crm_core.invoices import service as invoices
+from crm_core.invoices.events import InvoiceChanged, InvoiceReminder
 from crm_core.invoices.model import Invoice
 from crm_core.invoices.schemas import InvoiceInput, InvoiceOut, InvoicePatch
 from crm_core.jobs import service as jobs
@@ -55,7 +56,11 @@ async def _reminders(session: AsyncSession, invoice_id: int) -> dict[str, Any]:
         .where(ScheduledJob.dedupe_key.like(f"invoice:{invoice_id}:%"))
         .execution_options(populate_existing=True)
     )
-    return {r.dedupe_key: (r.status, r.due_at) for r in rows}
+    found: dict[str, Any] = {}
+    for r in rows:
+        assert r.dedupe_key is not None  # matched by its key above
+        found[r.dedupe_key] = (r.status, r.due_at)
+    return found
 
 
 def at_9(day: date) -> datetime:
@@ -71,6 +76,7 @@ async def test_issue_fills_company_and_responsible_and_schedules_reminders(
     )
     assert invoice.company_id == w["ivan_co"] and invoice.responsible_id == w["ivan"]
     assert invoice.amount == Decimal("125000.50") and invoice.status == "issued"
+    assert isinstance(event, InvoiceChanged)
     assert event.name == "invoice.changed" and event.change == "created"
     assert event.audience == (f"user:{w['ivan']}",)
     assert DomainEvent.from_dict(event.to_dict()) == event
@@ -133,6 +139,7 @@ async def test_moving_the_due_date_moves_the_reminders(session: AsyncSession) ->
         tz=MSK,
         now=T0,
     )
+    assert isinstance(event, InvoiceChanged)
     assert event.change == "updated" and event.due_on == new_due.isoformat()
     assert await _reminders(session, invoice.id) == {
         f"invoice:{invoice.id}:remind:3d": ("pending", at_9(new_due - timedelta(days=3))),
@@ -178,6 +185,7 @@ async def test_paying_cancels_reminders_and_completes_follow_ups(session: AsyncS
         session, invoice.id, actor=w.user("ivan"), rules=RULES, now=T0 + timedelta(days=1)
     )
     assert paid.status == "paid" and paid.paid_at == T0 + timedelta(days=1)
+    assert isinstance(event, InvoiceChanged)
     assert event.change == "paid"
     assert {s for s, _ in (await _reminders(session, invoice.id)).values()} == {"cancelled"}
     await session.refresh(follow_up)
@@ -217,11 +225,13 @@ async def test_the_reminder_handler(session: AsyncSession) -> None:
     moment = at_9(invoice.due_on - timedelta(days=3))
     [job] = await jobs.claim_due(session, moment, limit=5, worker_id="w")
     [event] = await invoices.remind_invoice(session, job, moment)
+    assert isinstance(event, InvoiceReminder)
     assert event.name == "invoice.reminder" and event.days_left == 3
     assert event.amount == Decimal("125000.50") and event.number == "СЧ-17"
     assert event.audience == (f"user:{w['ivan']}",)
     # Delivered late (the server was down for two days): the days left are today's.
     [late] = await invoices.remind_invoice(session, job, moment + timedelta(days=2))
+    assert isinstance(late, InvoiceReminder)
     assert late.days_left == 1
     await invoices.pay_invoice(session, invoice.id, actor=w.user("ivan"), rules=RULES, now=T0)
     assert await invoices.remind_invoice(session, job, moment) == []

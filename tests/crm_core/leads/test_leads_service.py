@@ -21,6 +21,7 @@ from crm_core.leads.errors import (
     LeadNotFound,
     UnknownLeadStage,
 )
+from crm_core.leads.events import LeadStageChanged
 from crm_core.leads.model import Lead, LeadStageChange
 from crm_core.leads.schemas import LeadInput, LeadPatch
 from crm_core.rules import CrmRules, CustomFieldDef
@@ -147,6 +148,7 @@ async def test_a_full_card_passes_and_every_move_is_recorded(
         ("in_work", "qualified", team.head.id),
     ]
     [event] = events
+    assert isinstance(event, LeadStageChanged)
     assert (event.name, event.from_stage, event.to_stage) == (
         "lead.stage_changed",
         "new",

@@ -13,6 +13,7 @@ from crm_core.errors import InvalidInput, NotFound, PermissionDenied
 from crm_core.jobs import service as jobs
 from crm_core.rules import CrmRules
 from crm_core.tasks import service as tasks
+from crm_core.tasks.events import TaskDue, TasksBulkCreated, TaskStatusChanged, TaskUpdated
 from crm_core.tasks.model import Task
 from crm_core.tasks.schemas import BulkTaskInput, TaskInput, TaskPatch
 from tests.crm_core.tasks.world import T0, World, build_world
@@ -54,6 +55,7 @@ async def test_rescheduling_moves_the_reminder_keeping_its_lead_time(
     )
     assert task.remind_at == T0 + 25 * HOUR
     assert await _reminder(session, task.id) == ("pending", T0 + 25 * HOUR)
+    assert isinstance(events[0], TaskUpdated)
     assert events[0].changes == ("due_at", "remind_at")
     await tasks.update_task(
         session, task.id, TaskPatch(remind_at=None), actor=ivan, rules=RULES, now=T0
@@ -79,6 +81,7 @@ async def test_complete_cancels_the_reminder_and_reopen_restores_it(
         session, task.id, "complete", actor=ivan, rules=RULES, now=T0
     )
     assert task.status == "done" and task.completed_at == T0
+    assert isinstance(event, TaskStatusChanged)
     assert (event.name, event.status, event.previous) == ("task.status_changed", "done", "open")
     assert await _reminder(session, task.id) == ("cancelled", T0 + HOUR)
     with pytest.raises(tasks.TaskStatusConflict) as err:
@@ -113,7 +116,8 @@ async def test_origin_key_dedupes_and_closes_call_backs(session: AsyncSession) -
     await session.refresh(first)
     assert first.status == "done" and first.completed_at == T0 + 10 * HOUR
     assert await _reminder(session, first.id) == ("cancelled", T0 + HOUR)
-    assert (await session.get(Task, other.id)).status == "open"  # type: ignore[union-attr]
+    untouched = await session.get(Task, other.id)
+    assert untouched is not None and untouched.status == "open"
     # After closing, a new missed call makes a new call-back.
     third, _ = await tasks.create_task(session, data, actor=SYSTEM, rules=RULES, now=T0)
     assert third.id != first.id
@@ -192,6 +196,7 @@ async def test_the_reminder_handler_reminds_only_of_open_tasks(session: AsyncSes
     await session.commit()
     [job] = await jobs.claim_due(session, T0 + HOUR, limit=5, worker_id="w")
     [event] = await tasks.remind_task(session, job, T0 + HOUR)
+    assert isinstance(event, TaskDue)
     assert event.name == "task.due" and event.audience == (f"user:{w['ivan']}",)
     assert event.company_id == w["ivan_co"] and event.title == "Call back"
     await tasks.change_status(session, task.id, "cancel", actor=w.user("ivan"), rules=RULES, now=T0)
@@ -232,6 +237,7 @@ async def test_bulk_every_tender_bidder_in_a_region(session: AsyncSession) -> No
     assert task.company_id == w["ivan_co"] and task.responsible_id == w["ivan"]
     assert await _reminder(session, task.id) == ("pending", T0 + HOUR)
     [event] = events
+    assert isinstance(event, TasksBulkCreated)
     assert event.name == "tasks.bulk_created" and event.count == 1
     assert event.audience == (f"user:{w['ivan']}",)
 
@@ -310,6 +316,7 @@ async def test_a_reassigned_task_is_announced_to_both_managers(session: AsyncSes
         rules=RULES,
         now=T0,
     )
+    assert isinstance(event, TaskUpdated)
     assert event.name == "task.updated" and event.changes == ("responsible_id",)
     assert event.audience == (f"user:{w['anna']}", f"user:{w['ivan']}")
     # The reminder goes to whoever is responsible when it fires.
