@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp_jinja2
@@ -39,9 +40,10 @@ from contact_center import distribution_service, recordings_service, tracking_se
 from contact_center.bus import BusMetrics, EventBus, RedisEventBus
 from contact_center.config import Settings
 from contact_center.health import StatusAggregator
-from contact_center.http import auth, ops, proxies, security
+from contact_center.http import auth, ops, proxies, security, webhooks
 from contact_center.http.api import DEFAULT_MAX_BODY, Api
 from contact_center.http.errors import error_middleware
+from contact_center.inbox_service import Inbox
 from contact_center.keys import (
     API,
     BUS,
@@ -49,6 +51,7 @@ from contact_center.keys import (
     DIALPLAN,
     ENGINE,
     HEALTH,
+    INBOX,
     INSTANCE_ID,
     LIMITER,
     METRICS,
@@ -70,6 +73,7 @@ from contact_center.telephony import Telephony
 from contact_center.web import pages
 from contact_center.web.shell import MENU_KEY
 from crm_core.clock import Clock, SystemClock
+from crm_core.conversations import service as conversations
 from crm_core.deals.pipelines import sync_pipelines
 from crm_core.invoices import service as invoices
 from crm_core.jobs.service import JobHandler
@@ -136,6 +140,7 @@ def create_app(
             _tracking,  # TRACKER: call tracking (number leases, attribution)
             _distribution,  # DIALPLAN: who takes a call of a region
             _recordings,  # RECORDINGS: storage and converters (None when switched off)
+            _channels,  # INBOX: the channel adapters (before the scheduler runs their outbox)
             _scheduler,  # SCHEDULER: durable jobs of tasks, invoices, recordings
             _telephony,  # TELEPHONY and PBX: the AMI links feeding the call service
             _websocket_hub,  # HUB: the bus's events to the browsers
@@ -150,6 +155,7 @@ def create_app(
     auth.routes(app)
     ws.routes(app)
     app.on_shutdown.append(ws.on_shutdown)  # sockets closed before in-flight requests drain
+    webhooks.routes(app)
     pages.routes(app)
     api_slices.install(app, api)
     api.install(app)
@@ -375,11 +381,39 @@ async def _recordings(app: web.Application) -> AsyncIterator[None]:
         await runtime.close()
 
 
+async def _channels(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    recordings = app[RECORDINGS]
+    inbox = Inbox(
+        settings.channels,
+        sessions=app[SESSIONS],
+        bus=app[BUS],
+        rules=app[RULES],
+        clock=app[CLOCK],
+        timezone=settings.locale.timezone,
+        rulebook=app[DIALPLAN].cache.get,
+        capacity=settings.distribution.max_open_conversations,
+        off_hours_reply=settings.distribution.off_hours_reply,
+        storage=recordings.storage if recordings is not None else None,
+        work_dir=Path(settings.recordings.work_dir),
+    )
+    app[INBOX] = inbox
+    app[HEALTH].add("channels", inbox.provide_status)
+    inbox.start_mail()  # the IMAP readers; stopped (cancelled and awaited) by close()
+    try:
+        yield
+    finally:
+        app[HEALTH].remove("channels")
+        await inbox.close()
+
+
 async def _scheduler(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS].scheduler
     handlers: dict[str, JobHandler] = {
         tasks.REMINDER_JOB: tasks.remind_task,
         invoices.REMINDER_JOB: invoices.remind_invoice,
+        conversations.SEND_JOB: app[INBOX].send_job,
+        conversations.MEDIA_JOB: app[INBOX].media_job,
     }
     recordings = app[RECORDINGS]
     if recordings is not None:

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from channels.config import ChannelConfig
 from crm_core import phones, rules
 from crm_core.tracking.schemas import KINDS as SourceClass
 
@@ -339,6 +340,11 @@ class TrackingSettings(_Section):
 
 class DistributionSettings(_Section):
     default_strategy: Literal["fixed", "round_robin", "least_loaded", "manual"] = "round_robin"
+    # Open conversations (messengers, mail) a manager gets from the rules at most; past it a
+    # new client's conversation waits unassigned. None: no cap.
+    max_open_conversations: int | None = Field(None, ge=1)
+    # Sent to a client who writes first while no manager of the rules is on duty; None: none.
+    off_hours_reply: str | None = Field(None, min_length=1, max_length=1000)
     default_region: str | None = Field(None, max_length=32)
     did_regions: dict[str, str] = Field(default_factory=dict)
     # "" (the default): the dialplan gets nothing and goes on to its queue (issue 14: "0"
@@ -355,13 +361,6 @@ class DistributionSettings(_Section):
     requests_per_ip: int = Field(10, ge=1)
     requests_per_visitor: int = Field(5, ge=1)
     rate_window_s: int = Field(600, ge=1)
-
-
-class ChannelsSettings(_Section):
-    whatsapp: dict[str, Any] = Field(default_factory=dict)
-    email: dict[str, Any] = Field(default_factory=dict)
-    sms: dict[str, Any] = Field(default_factory=dict)
-    telegram: dict[str, Any] = Field(default_factory=dict)
 
 
 class S3Settings(_Section):
@@ -449,7 +448,9 @@ class Settings(_Section):
     crm: CrmSettings = Field(default_factory=CrmSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     distribution: DistributionSettings = Field(default_factory=DistributionSettings)
-    channels: ChannelsSettings = Field(default_factory=ChannelsSettings)
+    # Messengers and mail: a list of {code, kind, ...} (channels.config), also CC_CHANNELS as
+    # JSON; each key of an entry from CC_CHANNELS_<i>_<KEY> (CC_CHANNELS_0_APP_SECRET).
+    channels: list[ChannelConfig] = Field(default_factory=list)
     recordings: RecordingsSettings = Field(default_factory=RecordingsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     locale: LocaleSettings = Field(default_factory=LocaleSettings)
@@ -462,6 +463,26 @@ class Settings(_Section):
         if dupes:
             raise ValueError(f"expected unique PBX names, got {', '.join(dupes)} twice")
         return value
+
+    @field_validator("channels")
+    @classmethod
+    def _unique_channel_codes(cls, value: list[ChannelConfig]) -> list[ChannelConfig]:
+        codes = [c.code for c in value]
+        dupes = sorted({c for c in codes if codes.count(c) > 1})
+        if dupes:
+            raise ValueError(f"expected unique channel codes, got {', '.join(dupes)} twice")
+        return value
+
+
+def _list_item_models(item: Any) -> list[type[BaseModel]]:
+    """The section models a list's items may be: one model, or a union of models (the
+    channels, discriminated on ``kind``)."""
+    if isinstance(item, type) and issubclass(item, BaseModel):
+        return [item]
+    if get_origin(item) is Annotated:
+        item = get_args(item)[0]
+    members = [a for a in get_args(item) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return members if members and len(members) == len(get_args(item)) else []
 
 
 def _env_overrides(
@@ -481,10 +502,11 @@ def _env_overrides(
             annotation = inner[0] if len(inner) == 1 else annotation
         origin = getattr(annotation, "__origin__", None)
         item = (getattr(annotation, "__args__", None) or (None,))[0]
-        if origin is list and isinstance(item, type) and issubclass(item, BaseModel):
+        if origin is list and (models := _list_item_models(item)):
             # CC_PBX_0_SECRET overrides one key of one entry of a list of sections.
             for index in range(_MAX_INDEXED):
-                found.update(_env_overrides(item, env, (*key, str(index))))
+                for member in models:
+                    found.update(_env_overrides(member, env, (*key, str(index))))
         if var not in env:
             continue
         raw: Any = env[var]
@@ -565,7 +587,8 @@ def load_settings(
             raise ConfigError([f"{file}: expected a mapping of sections at the top level"])
         data = loaded
     overrides = _env_overrides(Settings, env)
-    for dotted, (raw, _var) in overrides.items():
+    # A whole list (CC_CHANNELS) first, then the keys of its entries (CC_CHANNELS_0_APP_SECRET).
+    for dotted, (raw, _var) in sorted(overrides.items(), key=lambda kv: kv[0].count(".")):
         _set_dotted(data, dotted, raw)
     try:
         return Settings.model_validate(data)

@@ -18,6 +18,7 @@ from contact_center.config import Settings
 from contact_center.distribution_service import Dialplan
 from contact_center.health import StatusAggregator
 from contact_center.http.api import Api
+from contact_center.inbox_service import Inbox
 from contact_center.pbx import PbxLinks
 from contact_center.rate_limit import RateLimiter
 from contact_center.recordings_service import RecordingsRuntime
@@ -45,6 +46,7 @@ LIMITER = web.AppKey("rate_limiter", RateLimiter)  # website requests, number lo
 TRACKER = web.AppKey("tracking", TrackingService)
 DIALPLAN = web.AppKey("dialplan", Dialplan)
 RECORDINGS: web.AppKey[RecordingsRuntime | None] = web.AppKey("recordings")  # None: disabled
+INBOX = web.AppKey("inbox", Inbox)  # the channels: webhooks in, the outbox out
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 TELEPHONY = web.AppKey("telephony", Telephony)
 PBX = web.AppKey("pbx", PbxLinks)

@@ -4,6 +4,7 @@ from crm_core.activities import model as activities_model
 from crm_core.audit import model as audit_model
 from crm_core.calls import model as calls_model
 from crm_core.clients import model as clients_model
+from crm_core.conversations import model as conversations_model
 from crm_core.db import Base
 from crm_core.deals import model as deals_model
 from crm_core.distribution import model as distribution_model
@@ -23,6 +24,7 @@ __all__ = [
     "audit_model",
     "calls_model",
     "clients_model",
+    "conversations_model",
     "deals_model",
     "distribution_model",
     "invoices_model",

@@ -32,9 +32,10 @@ from contact_center.i18n import (
     table,
     translator,
 )
-from contact_center.keys import CLOCK, PBX, SESSIONS, SETTINGS
+from contact_center.keys import CLOCK, PBX, RULES, SESSIONS, SETTINGS
 from contact_center.web import formats
 from crm_core import errors
+from crm_core.conversations import service as conversations
 from crm_core.notifications import service as notifications
 from crm_core.users.model import Role, TokenKind, User
 
@@ -195,7 +196,16 @@ async def context(request: web.Request) -> dict[str, Any]:
             unread = await notifications.unread_count(session, user.id)
         ctx["notifications"] = {"count": unread}
         ctx["extensions"] = [e.extension for e in user.extensions]
+        ctx["inbox_unread"] = await inbox_unread(request, user)
     return ctx
+
+
+async def inbox_unread(request: web.Request, user: User) -> int:
+    """The menu's Входящие counter: unread messages in his conversations, plus the open
+    conversations nobody has yet."""
+    async with request.app[SESSIONS]() as session:
+        counts = await conversations.unread_counts(session, actor=user, rules=request.app[RULES])
+    return counts["mine"] + counts["unassigned"]
 
 
 def page_data(request: web.Request, **extra: Any) -> str:

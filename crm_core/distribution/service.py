@@ -36,7 +36,7 @@ from crm_core.users.model import User, UserExtension
 
 log = logging.getLogger(__name__)
 
-Channel = Literal["call", "web"]
+Channel = Literal["call", "web", "message"]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY = 24 * 60
 _MAX_PARENT_DEPTH = 16  # a cycle in regions.parent_id must not hang the dialplan

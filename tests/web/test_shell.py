@@ -23,6 +23,7 @@ PAGES = [
     "/clients?kind=company",
     "/deals",
     "/tasks",
+    "/inbox",
     "/calls",
     "/invoices",
     "/settings/profile",
@@ -68,6 +69,7 @@ async def test_the_menu_follows_the_role(client: Any) -> None:
         "/deals",
         "/clients",
         "/tasks",
+        "/inbox",
         "/calls",
         "/invoices",
     ]

@@ -302,9 +302,28 @@
     }
   }
 
+  // The inbox counter of the menu follows the conversations' events (static/inbox.js and
+  // other page scripts listen to "cc-ws" for the frames they care about).
+  const inboxBadge = document.getElementById("inbox-unread");
+  let badgeTimer = null;
+  function refreshInboxBadge(msg) {
+    if (!inboxBadge || !/^(message\.new|conversation\.changed)$/.test(msg.type || "")) return;
+    clearTimeout(badgeTimer);
+    badgeTimer = setTimeout(async () => {
+      try {
+        const resp = await api("GET", "/api/v1/inbox/counts");
+        if (!resp.ok) return;
+        const total = resp.body.mine + resp.body.unassigned;
+        inboxBadge.textContent = String(total);
+        inboxBadge.hidden = total === 0;
+      } catch (err) { /* the next event tries again */ }
+    }, 200);
+  }
+
   function onMessage(msg) {
     // Page scripts (the kanban) listen for what concerns them.
     document.dispatchEvent(new CustomEvent("cc-ws", { detail: msg }));
+    refreshInboxBadge(msg);
     onNotification(msg);
     if (!msg.type || !msg.type.startsWith("call.")) return;
     if (msg.type === "call.ringing" && msg.caller) callers.set(msg.call_id, msg.caller);

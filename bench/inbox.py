@@ -1,0 +1,304 @@
+"""Benchmark: the inbox, from a signed WhatsApp webhook to the assigned manager's WebSocket.
+
+    python bench/inbox.py [--contacts N] [--managers N] [--rate MSG_PER_S] [--seconds S]
+                          [--burst N] [--concurrency N]
+
+``--contacts`` contacts in PostgreSQL (``CC_BENCH_DATABASE_URL``; a database of its own is
+created and dropped), the server as its own process (``contact-center serve``) with one WhatsApp
+channel, a round-robin rule over ``--managers`` managers, each connected to ``/ws``.
+
+1. Latency: signed webhooks at ``--rate`` per second for ``--seconds``: half from new numbers
+   (a lead each), four in ten from loaded contacts, one in ten a status update (no frame). The
+   latency of a message is from just before its request is sent to its ``message.new`` frame
+   arriving on the socket of the manager the frame names (any other socket is ``wrong_socket``).
+2. Ingest: ``--burst`` messages as fast as ``--concurrency`` connections take them, one in
+   twenty delivered twice (Meta redelivers); the rate is stored messages per second.
+
+Afterwards the database must hold every message exactly once: ``lost`` and ``duplicated``
+count the differences. The last line is one JSON object: ``{"contacts", "p50_ms", "p99_ms",
+"ingest_per_s", "lost", "duplicated", ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import crm_lookup, harness
+from channels.whatsapp import sign
+from contact_center import db
+from contact_center.config import DatabaseSettings
+from crm_core.db import utcnow
+from crm_core.distribution import rules as distribution_rules
+from crm_core.distribution.schemas import ManagerInput, RuleInput
+from crm_core.users import service as users
+from crm_core.users.model import TokenKind
+
+DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+DB_NAME = "cc_bench_inbox"
+SECRET = "bench-app-secret"
+
+
+def _body(mid: str, wa_id: str, text: str) -> bytes:
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "1",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {"display_phone_number": "1", "phone_number_id": "1"},
+                            "contacts": [{"profile": {"name": "Клиент"}, "wa_id": wa_id}],
+                            "messages": [
+                                {
+                                    "from": wa_id,
+                                    "id": mid,
+                                    "timestamp": str(int(time.time())),
+                                    "type": "text",
+                                    "text": {"body": text},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _status(mid: str) -> bytes:
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "1", "phone_number_id": "1"},
+        "statuses": [
+            {
+                "id": mid,
+                "status": "delivered",
+                "timestamp": str(int(time.time())),
+                "recipient_id": "1",
+            }
+        ],
+    }
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}],
+    }
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _pct(samples: list[float], q: float) -> float:
+    if not samples:
+        return 0.0
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _prepare(url: str, contacts: int, managers: int) -> tuple[list[str], list[str]]:
+    await harness.recreate_database(url, DB_NAME)
+    sa_url = crm_lookup._sa_url(url, DB_NAME)
+    engine = db.create_engine(DatabaseSettings(url=sa_url))
+    await db.migrate(engine)
+    await engine.dispose()
+    crm_lookup.DB_NAME = DB_NAME
+    numbers = await crm_lookup._load(url, contacts, random.Random(7))
+    engine = db.create_engine(DatabaseSettings(url=sa_url))
+    tokens, ids = [], []
+    async with db.sessionmaker(engine)() as session:
+        for i in range(managers):
+            user, _ = await users.create_user(
+                session, login=f"m{i}", role="manager", password="password1", scrypt_n=1024
+            )
+            issued = await users.issue_token(session, user, kind=TokenKind.API, ttl=None)
+            tokens.append(issued.secret)
+            ids.append(user.id)
+        await distribution_rules.create_rule(
+            session,
+            RuleInput(strategy="round_robin", managers=[ManagerInput(user_id=i) for i in ids]),
+            now=utcnow(),
+        )
+        await session.commit()
+    await engine.dispose()
+    return numbers, tokens
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--contacts", type=int, default=1_000_000)
+    parser.add_argument("--managers", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--burst", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    url = os.environ.get("CC_BENCH_DATABASE_URL", DEFAULT_URL)
+    print(f"preparing {args.contacts:,} contacts and {args.managers} managers ...")
+    numbers, tokens = await _prepare(url, args.contacts, args.managers)
+    http_port = 18000 + random.randrange(900)
+    channel = {
+        "code": "wa",
+        "kind": "whatsapp",
+        "phone_number_id": "1",
+        "access_token": "x",
+        "app_secret": SECRET,
+        "verify_token": "v",
+        "api_url": "http://127.0.0.1:9",
+    }
+    server = await harness.serve(
+        {
+            "CC_DATABASE_URL": crm_lookup._sa_url(url, DB_NAME),
+            "CC_SERVER_PORT": str(http_port),
+            "CC_CHANNELS": json.dumps([channel]),
+            "CC_RECORDINGS_ENABLED": "false",
+        }
+    )
+    base = f"http://127.0.0.1:{http_port}"
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+    wrong_socket = 0
+    rng = random.Random(11)
+    counter = 0
+    stored_ids: set[str] = set()
+    try:
+        await harness.wait_ready(base)
+        async with (
+            aiohttp.ClientSession() as wsession,
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency)) as http,
+        ):
+            me = {}
+            sockets = []
+            for token in tokens:
+                ws = await wsession.ws_connect(f"{base.replace('http', 'ws')}/ws?token={token}")
+                hello = json.loads((await ws.receive()).data)
+                me[id(ws)] = hello["user_id"]
+                sockets.append(ws)
+
+            async def reader(ws: aiohttp.ClientWebSocketResponse) -> None:
+                nonlocal wrong_socket
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT or '"message.new"' not in msg.data:
+                        continue
+                    arrived = time.perf_counter()
+                    frame = json.loads(msg.data)
+                    key = (frame.get("text") or "").rsplit(" ", 1)[-1]
+                    if frame.get("assignee_id") != me[id(ws)]:
+                        wrong_socket += 1
+                    started = sent_at.pop(key, None)
+                    if started is not None:
+                        latencies.append((arrived - started) * 1000)
+
+            readers = [asyncio.create_task(reader(ws)) for ws in sockets]
+
+            async def post(body: bytes) -> None:
+                headers = {
+                    "X-Hub-Signature-256": sign(body, SECRET),
+                    "Content-Type": "application/json",
+                }
+                async with http.post(
+                    f"{base}/webhooks/whatsapp/wa", data=body, headers=headers
+                ) as r:
+                    if r.status != 200:
+                        print("webhook answered", r.status, await r.text())
+
+            def message() -> tuple[str, bytes]:
+                nonlocal counter
+                counter += 1
+                key = f"k{counter}"
+                if rng.random() < 0.45:
+                    wa_id = "7" + rng.choice(numbers)
+                else:
+                    wa_id = f"79{rng.randrange(10**9):09d}"
+                mid = f"wamid.bench.{counter}"
+                stored_ids.add(mid)
+                return key, _body(mid, wa_id, f"Сообщение {key}")
+
+            print(f"latency: {args.rate:.0f} webhooks/s for {args.seconds:.0f} s ...")
+            pending: set[asyncio.Task[None]] = set()
+            interval = 1.0 / args.rate
+            start = time.perf_counter()
+            n = 0
+            while time.perf_counter() - start < args.seconds:
+                n += 1
+                if rng.random() < 0.1:
+                    body = _status(f"wamid.unknown.{n}")
+                else:
+                    key, body = message()
+                    sent_at[key] = time.perf_counter()
+                task = asyncio.create_task(post(body))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                await asyncio.sleep(max(0.0, start + n * interval - time.perf_counter()))
+            await asyncio.gather(*pending)
+            await asyncio.sleep(2)
+            unanswered = len(sent_at)
+            latencies.extend([2000.0] * unanswered)  # a frame that never came counts, waited
+
+            print(f"ingest: {args.burst} webhooks over {args.concurrency} connections ...")
+            bodies = [message()[1] for _ in range(args.burst)]
+            bodies += rng.sample(bodies, len(bodies) // 20)  # redeliveries
+            rng.shuffle(bodies)
+            queue: asyncio.Queue[bytes] = asyncio.Queue()
+            for body in bodies:
+                queue.put_nowait(body)
+
+            async def worker() -> None:
+                while not queue.empty():
+                    await post(queue.get_nowait())
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+            elapsed = time.perf_counter() - started
+            ingest = args.burst / elapsed
+            for task in readers:
+                task.cancel()
+            for ws in sockets:
+                await ws.close()
+        conn = await asyncpg.connect(crm_lookup._dsn(url, DB_NAME))
+        try:
+            rows = await conn.fetch(
+                "SELECT provider_message_id, count(*) AS n FROM conversation_messages "
+                "WHERE direction = 'inbound' GROUP BY provider_message_id"
+            )
+        finally:
+            await conn.close()
+        counts = {r["provider_message_id"]: r["n"] for r in rows}
+        lost = len(stored_ids - set(counts))
+        duplicated = sum(n - 1 for n in counts.values() if n > 1)
+    finally:
+        await harness.stop(server)
+        await harness.drop_database(url, DB_NAME)
+    result = {
+        "contacts": args.contacts,
+        "managers": args.managers,
+        "rate_per_s": args.rate,
+        "messages": len(latencies),
+        "p50_ms": round(_pct(latencies, 0.5), 1),
+        "p99_ms": round(_pct(latencies, 0.99), 1),
+        "no_frame": unanswered,
+        "wrong_socket": wrong_socket,
+        "ingest_per_s": round(ingest, 1),
+        "lost": lost,
+        "duplicated": duplicated,
+    }
+    print(
+        f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; ingest {result['ingest_per_s']}/s"
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,560 @@
+"""The inbox's application service: channel adapters in, conversations in the CRM, replies out.
+
+:class:`Inbox` holds one adapter per configured channel (built by the composition root from
+``settings.channels``). A webhook delivery is verified by its adapter (a forged or unsigned one
+is refused and logged with the reason), parsed into messages and status updates, and stored in
+one transaction; then the events go on the bus (the assigned manager's ``/ws`` gets
+``message.new``). Storing is idempotent on the provider's message id, so Meta's redeliveries
+store one message. Replies are written to the outbox by the API and sent by the durable job
+:meth:`Inbox.send_job`: a retryable provider failure is retried with back-off by the scheduler,
+a permanent one (or the last attempt) shows on the message as failed with the provider's error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import mimetypes
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from channels.base import (
+    InboundMessage,
+    MediaFetcher,
+    MessageTemplate,
+    StatusUpdate,
+    TemplateSender,
+    WebhookParser,
+    WebhookRequest,
+)
+from channels.config import ChannelConfig
+from channels.errors import (
+    ChannelConfigInvalid,
+    ChannelSendFailed,
+    MediaRefused,
+    SignatureInvalid,
+)
+from channels.mail import EmailAdapter, MailBatch, MailboxState
+from channels.registry import Adapter, build_adapter
+from crm_core.access import Actor
+from crm_core.clock import Clock
+from crm_core.conversations import service as conversations
+from crm_core.conversations.model import Conversation, Message
+from crm_core.distribution.service import RuleBook
+from crm_core.errors import InvalidInput, NotFound
+from crm_core.events import DomainEvent
+from crm_core.jobs.model import ScheduledJob
+from crm_core.notifications import service as notifications
+from crm_core.ports import EventPublisher
+from crm_core.rules import CrmRules
+from recordings.storage import Storage
+
+log = logging.getLogger(__name__)
+
+TEMPLATES_TTL_S = 600.0
+
+
+def to_incoming(item: InboundMessage, kind: str) -> conversations.Incoming:
+    """A channel adapter's message in the CRM's terms."""
+    email = item.email
+    payload: dict[str, Any] = {}
+    if item.referral is not None:
+        payload["referral"] = dataclasses.asdict(item.referral)
+    if item.location is not None:
+        payload["location"] = dataclasses.asdict(item.location)
+    if item.contacts:
+        payload["contacts"] = [dataclasses.asdict(c) for c in item.contacts]
+    if item.payload:
+        payload["payload"] = item.payload
+    if item.start_payload:
+        payload["start_payload"] = item.start_payload
+    if email is not None:
+        payload["email"] = {
+            "subject": email.subject,
+            "message_id": email.message_id,
+            "auto_reply": email.auto_reply,
+            "bounce": email.bounce is not None,
+        }
+    attachments = tuple(
+        {
+            "ref": a.ref,
+            "mime": a.mime,
+            "size": a.size,
+            "filename": a.filename,
+            "caption": a.caption,
+            "refused": a.refused,
+        }
+        for a in item.attachments
+    )
+    return conversations.Incoming(
+        channel=item.channel,
+        channel_kind=kind,
+        provider_message_id=item.provider_message_id,
+        identity_kind=item.sender.kind,
+        identity_value=item.sender.value,
+        sent_at=item.sent_at,
+        kind=item.kind,
+        text=item.text,
+        sender_name=item.sender_name,
+        phone=item.sender_phone,
+        email=item.sender.value if item.sender.kind == "email" else None,
+        aliases=tuple((i.kind, i.value) for i in item.also_known_as),
+        thread_key=email.thread_root if email is not None else "",
+        attachments=attachments,
+        payload=payload or None,
+        reply_to=item.reply_to,
+        creates_client=not (email is not None and email.creates_nothing),
+    )
+
+
+class Inbox:
+    """The configured channels and what goes through them."""
+
+    def __init__(
+        self,
+        configs: Sequence[ChannelConfig],
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        bus: EventPublisher,
+        rules: CrmRules,
+        clock: Clock,
+        timezone: str = "Europe/Moscow",
+        adapters: Mapping[str, Adapter] | None = None,
+        rulebook: Callable[[], Awaitable[RuleBook]] | None = None,
+        capacity: int | None = None,
+        off_hours_reply: str | None = None,
+        storage: Storage | None = None,
+        work_dir: Path | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._bus = bus
+        self.rules = rules
+        self._clock = clock
+        self._timezone = timezone
+        self._rulebook = rulebook  # the distribution rules, cached by the dialplan
+        self.capacity = capacity
+        self.off_hours_reply = off_hours_reply
+        self.storage = storage  # attachments are kept where the recordings are
+        self.work_dir = work_dir or Path(tempfile.gettempdir())
+        self.configs = {c.code: c for c in configs}
+        self.adapters: dict[str, Adapter] = (
+            dict(adapters) if adapters is not None else {c.code: build_adapter(c) for c in configs}
+        )
+        self.received = 0
+        self.refused = 0
+        self._mail_tasks: list[asyncio.Task[None]] = []
+        self._templates: dict[str, tuple[float, list[MessageTemplate]]] = {}
+
+    async def close(self) -> None:
+        await self.stop_mail()
+        for adapter in self.adapters.values():
+            await adapter.close()
+
+    # ---------------------------------------------------------------- e-mail
+
+    def start_mail(self) -> None:
+        """One background reader per e-mail channel (IMAP IDLE where the server has it,
+        polling otherwise), from where the stored cursors say reading got to."""
+        for code, adapter in self.adapters.items():
+            if isinstance(adapter, EmailAdapter):
+                self._mail_tasks.append(
+                    asyncio.create_task(self._read_mailbox(code, adapter), name=f"imap:{code}")
+                )
+
+    async def stop_mail(self) -> None:
+        for task in self._mail_tasks:
+            task.cancel()
+        for task in self._mail_tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._mail_tasks.clear()
+
+    async def _read_mailbox(self, code: str, adapter: EmailAdapter) -> None:
+        receiver = adapter.receiver()
+        try:
+            while True:
+                try:
+                    async with self._sessions() as session:
+                        cursors = await conversations.mailbox_cursors(session, code)
+                    states = {
+                        box: MailboxState(box, validity, last)
+                        for box, (validity, last) in cursors.items()
+                    }
+                    await receiver.watch(states, lambda batch: self.store_mail(code, batch))
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # the database away: keep the reader alive
+                    log.exception("email channel=%s: reading the mailbox failed", code)
+                    await asyncio.sleep(5)
+        finally:
+            await receiver.close()
+
+    async def store_mail(self, code: str, batch: MailBatch) -> None:
+        """Store a batch of letters and the mailbox's new cursor in one transaction. A bounce
+        marks our letter failed and creates nothing; an auto-reply creates no lead."""
+        now = self._clock.now()
+        events: list[DomainEvent] = []
+        async with self._sessions() as session:
+            for mail in batch.mails:
+                message = mail.message
+                details = message.email
+                if details is not None and details.bounce is not None:
+                    bounce = details.bounce
+                    log.info(
+                        "email channel=%s uid=%s: bounce for %s (%s %s)",
+                        code,
+                        mail.uid,
+                        bounce.recipient,
+                        bounce.status,
+                        bounce.action,
+                    )
+                    if bounce.original_message_id and bounce.permanent:
+                        _, status_events = await conversations.apply_status(
+                            session,
+                            code,
+                            bounce.original_message_id,
+                            "failed",
+                            at=message.sent_at,
+                            error=f"{bounce.status or ''} {bounce.diagnostic or ''}".strip(),
+                        )
+                        events.extend(status_events)
+                    continue
+                got = await conversations.receive(
+                    session,
+                    to_incoming(message, "email"),
+                    rules=self.rules,
+                    now=now,
+                    default_timezone=self._timezone,
+                    book=await self._book(),
+                    capacity=self.capacity,
+                    off_hours_reply=self.off_hours_reply,
+                )
+                events.extend(got.events)
+            state = batch.state
+            await conversations.save_mailbox_cursor(
+                session, code, state.mailbox, state.uidvalidity, state.last_uid, now=now
+            )
+            events.extend(await notifications.record(session, events, now=now))
+            await session.commit()
+        self.received += len(batch.mails)
+        for event in events:
+            await self._bus.publish(event)
+
+    def provide_status(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "channels": {code: a.kind for code, a in self.adapters.items()},
+            "received": self.received,
+            "refused": self.refused,
+        }
+
+    async def _book(self) -> RuleBook | None:
+        return await self._rulebook() if self._rulebook is not None else None
+
+    def adapter(self, kind: str, code: str) -> Adapter:
+        """The adapter of channel ``code``, which must be of ``kind``."""
+        adapter = self.adapters.get(code)
+        if adapter is None or adapter.kind != kind:
+            raise NotFound(f"no {kind} channel {code!r}")
+        return adapter
+
+    def label(self, code: str) -> str:
+        cfg = self.configs.get(code)
+        return (cfg.name if cfg is not None else None) or code
+
+    # ---------------------------------------------------------------- webhooks
+
+    def verify(self, code: str, query: Mapping[str, str]) -> str:
+        """Meta's verification handshake: the challenge, or ``SignatureInvalid`` (logged)."""
+        adapter = self.adapter("whatsapp", code)
+        try:
+            return adapter.verify_subscription(query)  # type: ignore[union-attr]
+        except SignatureInvalid as exc:
+            self.refused += 1
+            log.warning("webhook whatsapp/%s: verification refused: %s", code, exc.reason)
+            raise
+
+    async def ingest(
+        self, kind: str, code: str, request: WebhookRequest, *, peer: str | None = None
+    ) -> int:
+        """Verify and store one webhook delivery; the number of items it carried.
+
+        ``SignatureInvalid`` (forged, unsigned) is logged with its reason and re-raised; the
+        caller answers 403. A database failure propagates: the provider gets a 5xx and
+        redelivers, and the redelivery stores each message once."""
+        adapter = self.adapter(kind, code)
+        if not isinstance(adapter, WebhookParser):
+            raise NotFound(f"channel {code!r} takes no webhooks")
+        try:
+            items = adapter.parse_webhook(request)
+        except SignatureInvalid as exc:
+            self.refused += 1
+            log.warning(
+                "webhook %s/%s refused from %s: %s (%d bytes)",
+                kind,
+                code,
+                peer,
+                exc.reason,
+                len(request.body),
+            )
+            raise
+        if not items:
+            return 0
+        events: list[DomainEvent] = []
+        now = self._clock.now()
+        async with self._sessions() as session:
+            for item in items:
+                if isinstance(item, InboundMessage):
+                    got = await conversations.receive(
+                        session,
+                        to_incoming(item, kind),
+                        rules=self.rules,
+                        now=now,
+                        default_timezone=self._timezone,
+                        book=await self._book(),
+                        capacity=self.capacity,
+                        off_hours_reply=self.off_hours_reply,
+                        fetch_media=self.storage is not None,
+                    )
+                    if not got.created:
+                        log.info(
+                            "webhook %s/%s: message %s delivered again, stored once",
+                            kind,
+                            code,
+                            item.provider_message_id,
+                        )
+                    events.extend(got.events)
+                elif isinstance(item, StatusUpdate):
+                    error = None
+                    if item.status == "failed":
+                        error = ": ".join(
+                            p for p in (item.error_code, item.error_title, item.error_detail) if p
+                        )
+                    message, status_events = await conversations.apply_status(
+                        session,
+                        code,
+                        item.provider_message_id,
+                        item.status,
+                        at=item.at,
+                        error=error,
+                    )
+                    if message is None:
+                        log.info(
+                            "webhook %s/%s: status %s of unknown message %s",
+                            kind,
+                            code,
+                            item.status,
+                            item.provider_message_id,
+                        )
+                    events.extend(status_events)
+            events.extend(await notifications.record(session, events, now=now))
+            await session.commit()
+        self.received += len(items)
+        for event in events:
+            await self._bus.publish(event)
+        return len(items)
+
+    # ---------------------------------------------------------------- replies
+
+    async def templates(self, code: str) -> list[MessageTemplate]:
+        """The channel's approved templates (WhatsApp), synced from the provider at most every
+        ``TEMPLATES_TTL_S``; none for a channel without templates or when the sync fails
+        (logged; the last good list is kept)."""
+        adapter = self.adapters.get(code)
+        if not isinstance(adapter, TemplateSender) or not getattr(adapter.config, "waba_id", None):
+            return []
+        cached = self._templates.get(code)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < TEMPLATES_TTL_S:
+            return cached[1]
+        try:
+            found = await adapter.sync_templates()
+        except (ChannelSendFailed, ChannelConfigInvalid) as exc:
+            log.warning("channel=%s: template sync failed: %s", code, exc)
+            return cached[1] if cached is not None else []
+        self._templates[code] = (now, found)
+        return found
+
+    async def template(self, code: str, name: str, language: str) -> MessageTemplate | None:
+        for item in await self.templates(code):
+            if item.name == name and item.language == language:
+                return item
+        return None
+
+    async def queue_template(
+        self,
+        session: AsyncSession,
+        conversation_id: int,
+        name: str,
+        language: str,
+        params: Sequence[str],
+        *,
+        actor: Actor,
+        now: datetime,
+    ) -> tuple[Message, list[DomainEvent]]:
+        """An approved template of the conversation's channel into the outbox; an unknown
+        template or a wrong number of values is refused, naming what is wrong."""
+        conv = await conversations.get_conversation(
+            session, conversation_id, actor=actor, rules=self.rules
+        )
+        known = await self.template(conv.channel, name, language)
+        if known is None:
+            raise InvalidInput(
+                f"template: нет одобренного шаблона {name!r} ({language}) у этого канала — "
+                "выберите шаблон из списка",
+                details={"field": "template", "value": name},
+            )
+        if len(params) != len(known.params):
+            raise InvalidInput(
+                f"template.params: шаблон {name!r} ждёт значений: {len(known.params)}, "
+                f"получено {len(params)}",
+                details={"field": "template.params", "expected": len(known.params)},
+            )
+        return await conversations.queue_template(
+            session,
+            conversation_id,
+            name=name,
+            language=language,
+            params=params,
+            body=known.body,
+            param_names=() if all(p.isdigit() for p in known.params) else known.params,
+            actor=actor,
+            rules=self.rules,
+            now=now,
+        )
+
+    def window_open(self, conv: Conversation, now: datetime) -> bool:
+        """May a free-form message go to ``conv`` now (WhatsApp: 24 h window)?"""
+        adapter = self.adapters.get(conv.channel)
+        if adapter is None:
+            return True  # an unconfigured channel: the send job reports it on the message
+        return adapter.messaging_window_open(conv.last_inbound_at, now)
+
+    async def send_job(
+        self, session: AsyncSession, job: ScheduledJob, now: datetime
+    ) -> list[DomainEvent]:
+        """The outbox's job: hand one queued message to its channel's provider."""
+        message_id = int(job.payload["message_id"])
+        out = await conversations.outgoing(session, message_id)
+        if out is None:
+            return []  # sent (or failed) already: a job that runs twice sends once
+        adapter = self.adapters.get(out.channel)
+        if adapter is None:
+            return await conversations.mark_failed(
+                session, message_id, f"канал {out.channel} не настроен", now=now
+            )
+        if out.template is None and not adapter.messaging_window_open(out.last_inbound_at, now):
+            return await conversations.mark_failed(
+                session,
+                message_id,
+                "окно 24 часов WhatsApp закрыто: нужен шаблон",
+                now=now,
+            )
+        try:
+            if out.template is not None:
+                if not isinstance(adapter, TemplateSender):
+                    return await conversations.mark_failed(
+                        session, message_id, f"канал {out.channel} не отправляет шаблоны", now=now
+                    )
+                values = [str(p) for p in out.template.get("params") or ()]
+                names = [str(n) for n in out.template.get("param_names") or ()]
+                result = await adapter.send_template(
+                    out.to,
+                    str(out.template["name"]),
+                    str(out.template["language"]),
+                    dict(zip(names, values, strict=True)) if names else values,
+                )
+            elif isinstance(adapter, EmailAdapter):
+                result = await adapter.send_text(
+                    out.to,
+                    out.text,
+                    reply_to=out.reply_to,
+                    subject=out.subject,
+                    references=out.references,
+                )
+            else:
+                result = await adapter.send_text(out.to, out.text, reply_to=out.reply_to)
+        except ChannelSendFailed as exc:
+            last = job.attempts >= job.max_attempts
+            log.warning(
+                "send message=%s channel=%s attempt %d/%d failed: %s %s (retryable=%s)",
+                message_id,
+                out.channel,
+                job.attempts,
+                job.max_attempts,
+                exc.code,
+                exc.message,
+                exc.retryable,
+            )
+            if exc.retryable and not last:
+                raise  # the scheduler retries with back-off
+            return await conversations.mark_failed(
+                session, message_id, f"{exc.code}: {exc.message}", now=now
+            )
+        log.info(
+            "sent message=%s channel=%s provider_id=%s",
+            message_id,
+            out.channel,
+            result.provider_message_id,
+        )
+        return await conversations.mark_sent(
+            session, message_id, result.provider_message_id, now=now
+        )
+
+    async def media_job(
+        self, session: AsyncSession, job: ScheduledJob, now: datetime
+    ) -> list[DomainEvent]:
+        """Download a client's attachment (WhatsApp media id, Telegram file_id) within the
+        channel's size cap and keep it in storage; a refused one (too large, wrong type) is
+        recorded with the reason, an unavailable one retried with back-off."""
+        message_id, index = int(job.payload["message_id"]), int(job.payload["index"])
+        message = await session.get(Message, message_id)
+        if message is None or index >= len(message.attachments) or self.storage is None:
+            return []
+        attachment = message.attachments[index]
+        if attachment.get("key"):
+            return []  # stored by an earlier run
+        adapter = self.adapters.get(message.channel)
+        if not isinstance(adapter, MediaFetcher):
+            return []
+        try:
+            fetched = await adapter.fetch_media(str(attachment["ref"]))
+        except MediaRefused as exc:
+            log.warning("media message=%s #%s refused: %s", message_id, index, exc.message)
+            await conversations.store_attachment(session, message_id, index, refused=exc.message)
+            return []
+        suffix = Path(attachment.get("filename") or "").suffix or _extension(fetched.mime)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.work_dir, suffix=suffix) as tmp:
+            tmp.write(fetched.data)
+            tmp.flush()
+            stored = await self.storage.put(Path(tmp.name), suffix or "bin")
+        await conversations.store_attachment(
+            session,
+            message_id,
+            index,
+            key=stored.key,
+            size=stored.size,
+            sha256=stored.sha256,
+            mime=fetched.mime,
+        )
+        log.info(
+            "media message=%s #%s stored as %s (%d bytes)",
+            message_id,
+            index,
+            stored.key,
+            stored.size,
+        )
+        return []
+
+
+def _extension(mime: str) -> str:
+    return mimetypes.guess_extension(mime.split(";", 1)[0].strip()) or ".bin"

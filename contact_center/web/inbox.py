@@ -1,0 +1,319 @@
+"""Входящие: one inbox for WhatsApp, Telegram, SMS and e-mail. The conversation lists (mine,
+unassigned, all; by channel and status) on the left, the open conversation in the middle with
+its reply box (free text while the channel allows it, an explanation outside WhatsApp's 24-hour
+window) and internal notes, the client's card summary on the right. New messages and delivery
+statuses arrive over /ws (static/inbox.js refreshes the pieces that changed)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+from sqlalchemy import select
+
+from contact_center.api.common import UnitOfWork
+from contact_center.keys import INBOX, RULES, SESSIONS
+from contact_center.web import links, listing
+from contact_center.web.leads import stage_names
+from contact_center.web.shell import (
+    MenuEntry,
+    is_partial,
+    language,
+    now,
+    page,
+    session_user,
+    t_of,
+)
+from crm_core import access
+from crm_core.clients.model import Company, Contact
+from crm_core.conversations import service as conversations
+from crm_core.conversations.model import Conversation, Message
+from crm_core.errors import InvalidInput, NotFound
+from crm_core.leads.model import Lead
+from crm_core.reference.model import Source
+from crm_core.users.model import User
+
+MENU = (MenuEntry("inbox", "/inbox", "menu.inbox", "inbox", 55),)
+VIEWS = ("mine", "unassigned", "all")
+STATUSES = ("open", "pending", "resolved")
+
+
+def _filters(request: web.Request) -> dict[str, Any]:
+    q = request.query
+    view = q.get("view") if q.get("view") in VIEWS else "mine"
+    status = q.get("status") if q.get("status") in (*STATUSES, "any") else "open"
+    channel = q.get("channel") or None
+    return {"view": view, "status": status, "channel": channel}
+
+
+async def _card(
+    session: Any, conv: Conversation, names: Any, stages: dict[str, str]
+) -> dict[str, Any] | None:
+    """The client card summary beside the conversation."""
+    refs = await links.client_refs(session, [conv])
+    ref = refs.get(id(conv))
+    if ref is None:
+        return None
+    card: dict[str, Any] = {"name": ref.name, "url": ref.url, "phone": ref.phone or conv.phone}
+    record: Any = None
+    if conv.contact_id is not None:
+        record, card["kind"] = await session.get(Contact, conv.contact_id), "contact"
+    elif conv.company_id is not None:
+        record, card["kind"] = await session.get(Company, conv.company_id), "company"
+    elif conv.lead_id is not None:
+        record, card["kind"] = await session.get(Lead, conv.lead_id), "lead"
+    if record is not None:
+        card["responsible"] = names.users.get(record.responsible_id)
+        stage = getattr(record, "stage", None)
+        card["stage"] = stages.get(stage, stage) if stage else None
+        source_id = getattr(record, "source_id", None)
+        card["source"] = (
+            await session.scalar(select(Source.name).where(Source.id == source_id))
+            if source_id
+            else None
+        )
+        card["client_type"] = getattr(record, "client_type", None)
+    return card
+
+
+async def _thread(
+    request: web.Request, session: Any, user: User, conv_id: int, names: Any
+) -> dict[str, Any]:
+    rules = request.app[RULES]
+    conv = await conversations.get_conversation(session, conv_id, actor=user, rules=rules)
+    messages = await conversations.list_messages(
+        session, conv.id, actor=user, rules=rules, limit=200
+    )
+    inbox = request.app[INBOX]
+    window_open = inbox.window_open(conv, now(request))
+    return {
+        "templates": [] if window_open else await inbox.templates(conv.channel),
+        "conv": conv,
+        "messages": messages,
+        "card": await _card(
+            session, conv, names, stage_names(request.app[RULES], language(request))
+        ),
+        "channel_name": inbox.label(conv.channel),
+        "window_open": window_open,
+        "can_write": conv.assignee_id in (None, user.id) or access.is_privileged(user),
+        "can_assign": access.is_privileged(user),
+        "assignee": names.users.get(conv.assignee_id) if conv.assignee_id else None,
+        "managers": names.managers,
+    }
+
+
+@page("inbox/inbox.html", partial="inbox/_list.html")
+async def inbox_page(request: web.Request, user: User) -> dict[str, Any]:
+    t = t_of(request)
+    rules = request.app[RULES]
+    f = _filters(request)
+    selected = request.query.get("c", "")
+    async with request.app[SESSIONS]() as session:
+        names = await listing.names(session)
+        rows, total = await conversations.list_conversations(
+            session,
+            actor=user,
+            rules=rules,
+            view=f["view"],
+            channel=f["channel"],
+            status=None if f["status"] == "any" else f["status"],
+            limit=100,
+        )
+        counts = await conversations.unread_counts(session, actor=user, rules=rules)
+        thread = None
+        if selected.isdigit():
+            conv_id = int(selected)
+            async with UnitOfWork(request) as u:
+                _, events = await conversations.mark_read(
+                    u.session, conv_id, actor=user, rules=rules
+                )
+                u.emit(*events)
+                await u.commit()
+            thread = await _thread(request, session, user, conv_id, names)
+    inbox = request.app[INBOX]
+    channels = [(code, inbox.label(code)) for code in sorted(inbox.adapters)]
+    return {
+        "title": t("menu.inbox"),
+        "rows": rows,
+        "total": total,
+        "filters": f,
+        "counts": counts,
+        "channels": channels,
+        "labels": {code: inbox.label(code) for code in inbox.adapters},
+        "thread": thread,
+        "selected": int(selected) if selected.isdigit() else None,
+        "_page": {"conversation_id": int(selected) if selected.isdigit() else None},
+    }
+
+
+@page("inbox/_thread.html")
+async def thread_partial(request: web.Request, user: User) -> dict[str, Any]:
+    conv_id = int(request.match_info["id"])
+    async with UnitOfWork(request) as u:  # he is looking at it: nothing is unread
+        _, events = await conversations.mark_read(
+            u.session, conv_id, actor=user, rules=request.app[RULES]
+        )
+        u.emit(*events)
+        await u.commit()
+    async with request.app[SESSIONS]() as session:
+        names = await listing.names(session)
+        return {"thread": await _thread(request, session, user, conv_id, names)}
+
+
+async def _after(request: web.Request, user: User, conv_id: int) -> web.StreamResponse | Any:
+    """After an action: the thread again (htmx), or back to the page."""
+    if not is_partial(request):
+        raise web.HTTPSeeOther(f"/inbox?c={conv_id}")
+    async with request.app[SESSIONS]() as session:
+        names = await listing.names(session)
+        return {"thread": await _thread(request, session, user, conv_id, names)}
+
+
+@page("inbox/_thread.html")
+async def reply(request: web.Request, user: User) -> Any:
+    conv_id = int(request.match_info["id"])
+    form = await request.post()
+    text = str(form.get("text", ""))
+    as_note = form.get("note") == "1"
+    try:
+        await _write(request, user, conv_id, text, as_note=as_note)
+    except InvalidInput as exc:  # an empty text, the WhatsApp window: said beside the box
+        if not is_partial(request):
+            raise
+        async with request.app[SESSIONS]() as session:
+            names = await listing.names(session)
+            thread = await _thread(request, session, user, conv_id, names)
+        return {"thread": {**thread, "error": exc.message, "draft": text}, "_status": 422}
+    return await _after(request, user, conv_id)
+
+
+async def _write(
+    request: web.Request, user: User, conv_id: int, text: str, *, as_note: bool
+) -> None:
+    rules = request.app[RULES]
+    at = now(request)
+    async with UnitOfWork(request) as u:
+        if as_note:
+            _, events = await conversations.add_note(
+                u.session, conv_id, text, actor=user, rules=rules, now=at
+            )
+        else:
+            conv = await conversations.get_conversation(u.session, conv_id, actor=user, rules=rules)
+            _, events = await conversations.queue_reply(
+                u.session,
+                conv_id,
+                text,
+                actor=user,
+                rules=rules,
+                window_open=request.app[INBOX].window_open(conv, at),
+                now=at,
+            )
+        u.emit(*events)
+        await u.commit()
+
+
+@page("inbox/_thread.html")
+async def send_template(request: web.Request, user: User) -> Any:
+    conv_id = int(request.match_info["id"])
+    form = await request.post()
+    name, language = str(form.get("name", "")), str(form.get("language", ""))
+    params = [str(form.get(f"param_{i}", "")).strip() for i in range(1, 21) if f"param_{i}" in form]
+    try:
+        async with UnitOfWork(request) as u:
+            _, events = await request.app[INBOX].queue_template(
+                u.session, conv_id, name, language, params, actor=user, now=now(request)
+            )
+            u.emit(*events)
+            await u.commit()
+    except InvalidInput as exc:
+        if not is_partial(request):
+            raise
+        async with request.app[SESSIONS]() as session:
+            names = await listing.names(session)
+            thread = await _thread(request, session, user, conv_id, names)
+        return {"thread": {**thread, "template_error": exc.message}, "_status": 422}
+    return await _after(request, user, conv_id)
+
+
+@page("inbox/_thread.html")
+async def set_status(request: web.Request, user: User) -> Any:
+    conv_id = int(request.match_info["id"])
+    status = str((await request.post()).get("status", ""))
+    async with UnitOfWork(request) as u:
+        _, events = await conversations.set_status(
+            u.session, conv_id, status, actor=user, rules=request.app[RULES], now=now(request)
+        )
+        u.emit(*events)
+        await u.commit()
+    return await _after(request, user, conv_id)
+
+
+@page("inbox/_thread.html")
+async def assign(request: web.Request, user: User) -> Any:
+    conv_id = int(request.match_info["id"])
+    raw = str((await request.post()).get("assignee_id", ""))
+    if raw and not raw.isdigit():
+        raise InvalidInput(f"assignee_id: {raw!r} — ожидается номер пользователя")
+    async with UnitOfWork(request) as u:
+        _, events = await conversations.assign(
+            u.session,
+            conv_id,
+            int(raw) if raw else None,
+            actor=user,
+            rules=request.app[RULES],
+            now=now(request),
+        )
+        u.emit(*events)
+        await u.commit()
+    return await _after(request, user, conv_id)
+
+
+INLINE = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
+
+
+async def media(request: web.Request) -> web.StreamResponse:
+    """A client's attachment, for those who may read the conversation: pictures inline, any
+    other file as a download (never rendered by the browser)."""
+    user = session_user(request)
+    message_id, index = int(request.match_info["id"]), int(request.match_info["index"])
+    storage = request.app[INBOX].storage
+    async with request.app[SESSIONS]() as session:
+        message = await session.get(Message, message_id)
+        if message is None or index >= len(message.attachments) or storage is None:
+            raise web.HTTPNotFound()
+        try:
+            await conversations.get_conversation(
+                session, message.conversation_id, actor=user, rules=request.app[RULES]
+            )
+        except NotFound:
+            raise web.HTTPNotFound() from None
+    attachment = message.attachments[index]
+    key = attachment.get("key")
+    if not key:
+        raise web.HTTPNotFound()
+    mime = str(attachment.get("mime") or "application/octet-stream").split(";", 1)[0]
+    filename = str(attachment.get("filename") or f"file-{message_id}-{index}")
+    disposition = "inline" if mime in INLINE else "attachment"
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": mime if mime in INLINE else "application/octet-stream",
+            "Content-Disposition": f"{disposition}; filename*=UTF-8''{quote(filename)}",
+            "Cache-Control": "private, max-age=3600",
+        }
+    )
+    await resp.prepare(request)
+    async for chunk in await storage.open_range(str(key)):
+        await resp.write(chunk)
+    await resp.write_eof()
+    return resp
+
+
+def routes(app: web.Application) -> None:
+    app.router.add_get("/inbox", inbox_page)
+    app.router.add_get(r"/inbox/{id:\d{1,9}}/thread", thread_partial)
+    app.router.add_get(r"/inbox/media/{id:\d{1,9}}/{index:\d{1,2}}", media)
+    app.router.add_post(r"/inbox/{id:\d{1,9}}/reply", reply)
+    app.router.add_post(r"/inbox/{id:\d{1,9}}/template", send_template)
+    app.router.add_post(r"/inbox/{id:\d{1,9}}/status", set_status)
+    app.router.add_post(r"/inbox/{id:\d{1,9}}/assign", assign)

@@ -1,0 +1,1 @@
+"""Conversations with clients over the messaging channels, and their messages."""

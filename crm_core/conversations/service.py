@@ -1,0 +1,1300 @@
+"""Use cases of conversations: store what a client wrote (once), reply through the outbox,
+notes, statuses, assignment, listings.
+
+A message in is identified against the CRM: the conversation of its sender on that channel
+already knows the client; a new one is looked up by phone (contacts, companies, open leads),
+then by e-mail, then by the messenger id a contact card holds, then by the same identity on
+another channel; an unknown sender becomes a lead whose source is the channel. The client's
+responsible manager gets the conversation; a new client's goes by the distribution rules.
+
+Every use case takes the caller's session, flushes, and returns ``(object, events)``: the
+caller commits and then publishes the events. Writes are idempotent where providers repeat
+themselves: a message is unique per ``(channel, provider_message_id)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from crm_core import access, listing
+from crm_core.access import Actor
+from crm_core.activities import service as activities
+from crm_core.activities.events import ActivityRecorded
+from crm_core.activities.model import ActivityKind
+from crm_core.activities.schemas import ActivityInput
+from crm_core.clients import service as clients
+from crm_core.clients.model import Company, Contact, Email, MessengerId, Phone
+from crm_core.conversations.events import (
+    ConversationChanged,
+    MessageNew,
+    MessageStatusChanged,
+    conversation_audience,
+)
+from crm_core.conversations.model import (
+    STATUS_RANK,
+    Conversation,
+    ConversationStatus,
+    MailboxCursor,
+    Message,
+    MessageStatus,
+)
+from crm_core.db import utcnow
+from crm_core.distribution import service as distribution
+from crm_core.errors import InvalidInput, NotFound, PermissionDenied
+from crm_core.events import DomainEvent
+from crm_core.jobs import service as jobs
+from crm_core.leads import service as leads
+from crm_core.leads.model import Lead
+from crm_core.leads.schemas import LeadInput
+from crm_core.reference import service as reference
+from crm_core.reference.model import Source, SourceKind
+from crm_core.rules import CrmRules
+from crm_core.tasks import service as tasks
+from crm_core.tracking import service as tracking_service
+from crm_core.tracking.model import TrackingVisitor
+from crm_core.users.model import User
+
+log = logging.getLogger(__name__)
+
+SEND_JOB = "conversation.send"
+MEDIA_JOB = "conversation.media"  # download a client's attachment into storage
+SEND_ATTEMPTS = 6
+SEND_BACKOFF = timedelta(seconds=5)
+# The origin key of a missed call's call-back task (contact_center.call_outcomes writes it):
+# reaching the client on any channel settles it.
+MISSED_CALL_PREFIX = "missed-call:"
+TEXT_MAX = 10_000
+
+CHANNEL_LABELS = {"whatsapp": "WhatsApp", "telegram": "Telegram", "sms": "SMS", "email": "E-mail"}
+View = Literal["mine", "unassigned", "all"]
+
+
+class WindowClosed(InvalidInput):
+    """A free-form WhatsApp message outside the 24-hour customer service window."""
+
+    error_id = "messaging-window-closed"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A client's message as the channel adapter read it, in the CRM's terms.
+
+    ``identity_kind``/``identity_value`` say who wrote on this channel (``wa_id``,
+    ``telegram``, ``phone``, ``email``); ``phone`` (E.164) and ``email`` are what identifies
+    him across channels; ``aliases`` more ``(kind, value)`` identities of his."""
+
+    channel: str
+    channel_kind: str
+    provider_message_id: str
+    identity_kind: str
+    identity_value: str
+    sent_at: datetime
+    kind: str = "text"
+    text: str | None = None
+    sender_name: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    aliases: tuple[tuple[str, str], ...] = ()
+    thread_key: str = ""
+    attachments: tuple[dict[str, Any], ...] = ()
+    payload: dict[str, Any] | None = None
+    reply_to: str | None = None
+    creates_client: bool = True  # auto-replies and bounces create no lead
+
+
+@dataclass
+class Received:
+    """What storing an incoming message did; ``created`` False for a redelivery."""
+
+    message: Message
+    conversation: Conversation
+    created: bool
+    events: list[DomainEvent] = field(default_factory=list)
+    lead_id: int | None = None
+
+
+def _insert(session: AsyncSession) -> Any:
+    dialect = session.get_bind().dialect.name
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
+def _preview(text: str | None, kind: str) -> str:
+    if text:
+        return text.strip().replace("\n", " ")[:200]
+    return f"[{kind}]"
+
+
+# ---------------------------------------------------------------- identification
+
+
+@dataclass(frozen=True)
+class _Client:
+    contact_id: int | None
+    company_id: int | None
+    lead_id: int | None
+    responsible_id: int | None
+    name: str
+
+
+async def _by_phone(session: AsyncSession, phone: str, rules: CrmRules) -> _Client | None:
+    match = await clients.find_client_by_phone(session, phone, actor=access.SYSTEM, rules=rules)
+    if match is None:
+        return None
+    return _Client(
+        match.contact_id, match.company_id, match.lead_id, match.responsible_id, match.name
+    )
+
+
+async def _owner(
+    session: AsyncSession, contact_id: int | None, company_id: int | None, lead_id: int | None
+) -> _Client | None:
+    """The card an e-mail or messenger id row belongs to, with its responsible."""
+    if contact_id is not None:
+        contact = await session.get(Contact, contact_id)
+        if contact is not None and contact.merged_into_id is None:
+            return _Client(contact.id, None, None, contact.responsible_id, contact.name)
+    if company_id is not None:
+        company = await session.get(Company, company_id)
+        if company is not None and company.merged_into_id is None:
+            return _Client(None, company.id, None, company.responsible_id, company.name)
+    if lead_id is not None:
+        lead = await session.get(Lead, lead_id)
+        if lead is not None:
+            name = lead.contact_name or lead.company_name or lead.title
+            return _Client(lead.contact_id, lead.company_id, lead.id, lead.responsible_id, name)
+    return None
+
+
+async def _by_email(session: AsyncSession, address: str) -> _Client | None:
+    rows = (
+        await session.execute(
+            select(Email.contact_id, Email.company_id, Email.lead_id)
+            .where(Email.address == address.lower())
+            .order_by(Email.contact_id.is_(None), Email.company_id.is_(None), Email.id.desc())
+            .limit(5)
+        )
+    ).all()
+    for row in rows:
+        found = await _owner(session, row.contact_id, row.company_id, row.lead_id)
+        if found is not None:
+            return found
+    return None
+
+
+async def _by_messenger(session: AsyncSession, kind: str, value: str) -> _Client | None:
+    channel = {"wa_id": "whatsapp", "telegram": "telegram"}.get(kind)
+    if channel is None:
+        return None
+    contact_id = await session.scalar(
+        select(MessengerId.contact_id).where(
+            MessengerId.channel == channel, MessengerId.external_id == value
+        )
+    )
+    return await _owner(session, contact_id, None, None) if contact_id else None
+
+
+async def _by_other_conversation(
+    session: AsyncSession, identities: Sequence[tuple[str, str]]
+) -> _Client | None:
+    """The same person already writing on another channel of the same kind."""
+    for kind, value in identities:
+        row = (
+            await session.execute(
+                select(Conversation.contact_id, Conversation.company_id, Conversation.lead_id)
+                .where(
+                    Conversation.identity_kind == kind,
+                    Conversation.identity_value == value,
+                    or_(
+                        Conversation.contact_id.is_not(None),
+                        Conversation.company_id.is_not(None),
+                        Conversation.lead_id.is_not(None),
+                    ),
+                )
+                .order_by(Conversation.id)
+                .limit(1)
+            )
+        ).first()
+        if row is not None:
+            found = await _owner(session, row.contact_id, row.company_id, row.lead_id)
+            if found is not None:
+                return found
+    return None
+
+
+async def identify(session: AsyncSession, incoming: Incoming, rules: CrmRules) -> _Client | None:
+    """Who wrote ``incoming`` among contacts, companies and leads, or None."""
+    if incoming.phone:
+        found = await _by_phone(session, incoming.phone, rules)
+        if found is not None:
+            return found
+    if incoming.email:
+        found = await _by_email(session, incoming.email)
+        if found is not None:
+            return found
+    identities = [(incoming.identity_kind, incoming.identity_value), *incoming.aliases]
+    for kind, value in identities:
+        found = await _by_messenger(session, kind, value)
+        if found is not None:
+            return found
+    return await _by_other_conversation(session, identities)
+
+
+async def _source(
+    session: AsyncSession, kind: str, code: str, name: str, parent_id: int | None = None
+) -> Source:
+    """The source ``(kind, code)``, created on first use; two first messages racing create it
+    once (insert-if-absent on its unique key)."""
+    source = await reference.find_source(session, kind, code)
+    if source is not None:
+        return source
+    await session.execute(
+        _insert(session)(Source)
+        .values(
+            kind=kind,
+            code=code,
+            name=name[:200],
+            parent_id=parent_id,
+            is_active=True,
+            created_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["kind", "code"])
+    )
+    source = await reference.find_source(session, kind, code)
+    assert source is not None
+    return source
+
+
+async def channel_source(session: AsyncSession, channel: str, channel_kind: str) -> Source:
+    """The lead source of a channel (created on first use): "WhatsApp (wa-main)"."""
+    label = CHANNEL_LABELS.get(channel_kind, channel_kind)
+    return await _source(
+        session, SourceKind.OTHER.value, f"channel-{channel}"[:100], f"{label} ({channel})"
+    )
+
+
+async def choose_assignee(
+    session: AsyncSession,
+    responsible_id: int | None,
+    phone: str | None,
+    now: datetime,
+    rules: CrmRules,
+    *,
+    region_id: int | None = None,
+    default_timezone: str = "Europe/Moscow",
+    book: distribution.RuleBook | None = None,
+    capacity: int | None = None,
+) -> int | None:
+    """The client's responsible manager while he is active; else the distribution rules of the
+    region (round robin, weights, working hours); None: the manual queue (unassigned)."""
+    chosen, _ = await assign_new(
+        session,
+        responsible_id,
+        phone,
+        now,
+        rules,
+        region_id=region_id,
+        default_timezone=default_timezone,
+        book=book,
+        capacity=capacity,
+    )
+    return chosen
+
+
+async def assign_new(
+    session: AsyncSession,
+    responsible_id: int | None,
+    phone: str | None,
+    now: datetime,
+    rules: CrmRules,
+    *,
+    region_id: int | None = None,
+    default_timezone: str = "Europe/Moscow",
+    book: distribution.RuleBook | None = None,
+    capacity: int | None = None,
+) -> tuple[int | None, str]:
+    """:func:`choose_assignee` and why: ``responsible``, a strategy, ``manual``,
+    ``nobody_on_duty`` (outside everyone's working hours), ``capacity``.
+
+    ``capacity`` caps the open conversations a manager gets from the rules: one who has that
+    many already leaves a new client's conversation in the queue (his own clients still reach
+    him)."""
+    if responsible_id is not None:
+        active = await session.scalar(select(User.is_active).where(User.id == responsible_id))
+        if active:
+            return responsible_id, "responsible"
+    assignment = await distribution.distribute(
+        session,
+        region_id,
+        phone,
+        now,
+        "message",
+        rules=rules,
+        book=book,
+        default_timezone=default_timezone,
+    )
+    chosen = assignment.user_id
+    if chosen is not None and capacity is not None:
+        open_now = await session.scalar(
+            select(func.count()).where(
+                Conversation.assignee_id == chosen,
+                Conversation.status != ConversationStatus.RESOLVED.value,
+            )
+        )
+        if int(open_now or 0) >= capacity:
+            log.info(
+                "conversation queued: manager %s has %s open (capacity %s)",
+                chosen,
+                open_now,
+                capacity,
+            )
+            return None, "capacity"
+    return chosen, assignment.reason
+
+
+# ---------------------------------------------------------------- inbound
+
+
+async def find_message(
+    session: AsyncSession, channel: str, provider_message_id: str
+) -> Message | None:
+    return await session.scalar(
+        select(Message).where(
+            Message.channel == channel, Message.provider_message_id == provider_message_id
+        )
+    )
+
+
+async def _conversation_for(
+    session: AsyncSession, incoming: Incoming, now: datetime
+) -> tuple[Conversation, bool]:
+    """The sender's conversation on the channel, created if absent (race-safe); (row, new)."""
+    key = {
+        "channel": incoming.channel,
+        "identity_kind": incoming.identity_kind,
+        "identity_value": incoming.identity_value[:320],
+        "thread_key": incoming.thread_key[:300],
+    }
+    stmt = select(Conversation).filter_by(**key)
+    existing = await session.scalar(stmt)
+    if existing is not None:
+        return existing, False
+    new_id = await session.scalar(
+        _insert(session)(Conversation)
+        .values(
+            **key,
+            channel_kind=incoming.channel_kind,
+            name=(incoming.sender_name or "")[:300],
+            phone=incoming.phone,
+            status=ConversationStatus.OPEN.value,
+            unread=0,
+            preview="",
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing()
+        .returning(Conversation.id)
+    )
+    conv = await session.scalar(stmt.execution_options(populate_existing=True))
+    assert conv is not None
+    return conv, new_id is not None
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Where a new client came from: the lead's source, region and tracking."""
+
+    source_id: int
+    region_id: int | None
+    tracking: dict[str, Any]
+
+
+async def _ad_source(session: AsyncSession, referral: dict[str, Any]) -> Source:
+    """The Click-to-WhatsApp ad as a campaign source under the "WhatsApp ads" channel."""
+    parent = await _source(
+        session, SourceKind.AD_CHANNEL.value, "whatsapp-ads", "Реклама со ссылкой на WhatsApp"
+    )
+    ad = str(referral.get("source_id") or referral.get("source_url") or "unknown")[:80]
+    headline = str(referral.get("headline") or "").strip()
+    return await _source(
+        session,
+        SourceKind.CAMPAIGN.value,
+        f"ctwa-{ad}",
+        headline or f"Объявление {ad}",
+        parent_id=parent.id,
+    )
+
+
+async def _visitor(session: AsyncSession, visitor_id: str) -> dict[str, Any] | None:
+    """The website visitor a Telegram ``/start`` deep link names: his attribution."""
+    if not visitor_id or len(visitor_id) > 64:
+        return None
+    site_id = await session.scalar(
+        select(TrackingVisitor.site_id)
+        .where(TrackingVisitor.visitor_id == visitor_id)
+        .order_by(TrackingVisitor.last_seen_at.desc())
+        .limit(1)
+    )
+    if site_id is None:
+        return None
+    return await tracking_service.visitor_attribution(session, site_id, visitor_id)
+
+
+async def _origin(session: AsyncSession, incoming: Incoming) -> _Origin:
+    """A Click-to-WhatsApp ad's campaign; else the website visitor's source (Telegram deep
+    link); else the channel itself."""
+    payload = incoming.payload or {}
+    tracking: dict[str, Any] = {"channel": incoming.channel}
+    referral = payload.get("referral")
+    if referral:
+        source = await _ad_source(session, referral)
+        tracking.update(
+            referral=referral,
+            source=source.name,
+            campaign=referral.get("headline"),
+            ctwa_clid=referral.get("ctwa_clid"),
+        )
+        return _Origin(source.id, None, tracking)
+    visitor = payload.get("start_payload")
+    attribution = await _visitor(session, str(visitor)) if visitor else None
+    if attribution is not None and attribution.get("source_id"):
+        return _Origin(
+            int(attribution["source_id"]),
+            attribution.get("region_id"),
+            {**attribution, "channel": incoming.channel},
+        )
+    source = await channel_source(session, incoming.channel, incoming.channel_kind)
+    return _Origin(source.id, None, tracking)
+
+
+async def _new_lead(
+    session: AsyncSession,
+    incoming: Incoming,
+    conv: Conversation,
+    now: datetime,
+    rules: CrmRules,
+    assignee: int | None,
+    origin: _Origin,
+) -> tuple[Lead, list[DomainEvent]]:
+    label = CHANNEL_LABELS.get(incoming.channel_kind, incoming.channel_kind)
+    who = incoming.sender_name or incoming.phone or incoming.email or incoming.identity_value
+    return await leads.create_lead(
+        session,
+        LeadInput(
+            title=f"{label}: {who}"[:300],
+            origin="message",
+            contact_name=(incoming.sender_name or None),
+            phones=[incoming.phone] if incoming.phone else [],
+            emails=[incoming.email] if incoming.email else [],
+            source_id=origin.source_id,
+            region_id=origin.region_id,
+            responsible_id=assignee,
+            tracking=origin.tracking,
+        ),
+        actor=access.SYSTEM,
+        rules=rules,
+        now=now,
+    )
+
+
+async def receive(
+    session: AsyncSession,
+    incoming: Incoming,
+    *,
+    rules: CrmRules,
+    now: datetime | None = None,
+    default_timezone: str = "Europe/Moscow",
+    book: distribution.RuleBook | None = None,
+    capacity: int | None = None,
+    off_hours_reply: str | None = None,
+    fetch_media: bool = False,
+) -> Received:
+    """Store a client's message once (a redelivery returns the stored one, ``created``
+    False); identify the client (an unknown one becomes a lead), assign the conversation,
+    put the message on the client's timeline."""
+    now = now or utcnow()
+    stored = await find_message(session, incoming.channel, incoming.provider_message_id)
+    if stored is not None:
+        conv = await session.get(Conversation, stored.conversation_id)
+        assert conv is not None
+        return Received(stored, conv, created=False)
+    conv, new = await _conversation_for(session, incoming, now)
+    events: list[DomainEvent] = []
+    lead_id: int | None = None
+    why = ""
+    if conv.contact_id is None and conv.company_id is None and conv.lead_id is None:
+        client = await identify(session, incoming, rules)
+        if client is not None:
+            conv.contact_id, conv.company_id = client.contact_id, client.company_id
+            conv.lead_id = client.lead_id
+            conv.assignee_id, why = await assign_new(
+                session,
+                client.responsible_id,
+                None,
+                now,
+                rules,
+                default_timezone=default_timezone,
+                book=book,
+                capacity=capacity,
+            )
+            if not conv.name:
+                conv.name = client.name[:300]
+        elif incoming.creates_client:
+            origin = await _origin(session, incoming)
+            assignee, why = await assign_new(
+                session,
+                None,
+                None,
+                now,
+                rules,
+                region_id=origin.region_id,
+                default_timezone=default_timezone,
+                book=book,
+                capacity=capacity,
+            )
+            lead, lead_events = await _new_lead(
+                session, incoming, conv, now, rules, assignee, origin
+            )
+            conv.lead_id = lead_id = lead.id
+            conv.assignee_id = assignee
+            events.extend(lead_events)
+    elif new is False and conv.assignee_id is None:
+        # Still in the queue (nobody on duty, everyone at capacity): the rules try again.
+        conv.assignee_id = await choose_assignee(
+            session,
+            None,
+            None,
+            now,
+            rules,
+            default_timezone=default_timezone,
+            book=book,
+            capacity=capacity,
+        )
+    # The message itself: insert-if-absent, so two deliveries racing store one.
+    values = {
+        "conversation_id": conv.id,
+        "channel": incoming.channel,
+        "direction": "inbound",
+        "author_kind": "client",
+        "kind": incoming.kind[:16],
+        "text": (incoming.text or None) and incoming.text[: TEXT_MAX * 10],
+        "status": MessageStatus.RECEIVED.value,
+        "provider_message_id": incoming.provider_message_id[:200],
+        "reply_to": incoming.reply_to,
+        "attachments": list(incoming.attachments),
+        "payload": incoming.payload,
+        "sent_at": incoming.sent_at,
+        "attempts": 0,
+        "created_at": now,
+    }
+    new_id = await session.scalar(
+        _insert(session)(Message)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["channel", "provider_message_id"])
+        .returning(Message.id)
+    )
+    message = await session.scalar(
+        select(Message)
+        .where(
+            Message.channel == incoming.channel,
+            Message.provider_message_id == values["provider_message_id"],
+        )
+        .execution_options(populate_existing=True)
+    )
+    assert message is not None
+    if new_id is None:
+        return Received(message, conv, created=False)
+    conv.unread += 1
+    conv.last_message_at = max(conv.last_message_at or now, now)
+    conv.last_inbound_at = max(conv.last_inbound_at or incoming.sent_at, incoming.sent_at)
+    conv.preview = _preview(incoming.text, incoming.kind)
+    conv.updated_at = now
+    if conv.status == ConversationStatus.RESOLVED.value or conv.status == "pending":
+        conv.status = ConversationStatus.OPEN.value
+    if incoming.phone and not conv.phone:
+        conv.phone = incoming.phone
+    if incoming.sender_name and not conv.name:
+        conv.name = incoming.sender_name[:300]
+    await session.flush()
+    events.extend(await _timeline(session, conv, message, now))
+    events.append(_new_event(conv, message))
+    if fetch_media:
+        for index, attachment in enumerate(message.attachments):
+            if attachment.get("ref") and not attachment.get("refused"):
+                await jobs.schedule(
+                    session,
+                    MEDIA_JOB,
+                    now,
+                    {"message_id": message.id, "index": index},
+                    dedupe_key=f"media:{message.id}:{index}",
+                )
+    if new and why == "nobody_on_duty" and off_hours_reply:
+        # Nobody works now: the client learns when he will hear from us.
+        _, reply_events = await queue_reply(
+            session, conv.id, off_hours_reply, actor=access.SYSTEM, rules=rules, now=now
+        )
+        events.extend(reply_events)
+    return Received(message, conv, created=True, events=events, lead_id=lead_id)
+
+
+def _new_event(conv: Conversation, message: Message) -> MessageNew:
+    return MessageNew(
+        conversation_id=conv.id,
+        message_id=message.id,
+        channel=conv.channel,
+        channel_kind=conv.channel_kind,
+        direction=message.direction,
+        author_kind=message.author_kind,
+        kind=message.kind,
+        text=(message.text or "")[:500] or None,
+        status=message.status,
+        client_name=conv.name,
+        assignee_id=conv.assignee_id,
+        unread=conv.unread,
+        audience=conversation_audience(conv.assignee_id),
+    )
+
+
+async def _timeline(
+    session: AsyncSession, conv: Conversation, message: Message, now: datetime
+) -> list[DomainEvent]:
+    """The message as an activity on the client's timeline (idempotent by its id)."""
+    if conv.contact_id is None and conv.company_id is None and conv.lead_id is None:
+        return []
+    label = CHANNEL_LABELS.get(conv.channel_kind, conv.channel_kind)
+    inbound = message.direction == "inbound"
+    activity = await activities.record_activity(
+        session,
+        ActivityInput(
+            kind=ActivityKind.EMAIL if conv.channel_kind == "email" else ActivityKind.MESSAGE,
+            direction="inbound" if inbound else "outbound",
+            subject=f"{label}: {'входящее' if inbound else 'исходящее'} сообщение",
+            body=(message.text or _preview(None, message.kind))[:100_000],
+            occurred_at=message.sent_at,
+            outcome=message.status,
+            user_id=message.author_id if not inbound else conv.assignee_id,
+            contact_id=conv.contact_id,
+            company_id=conv.company_id,
+            lead_id=conv.lead_id,
+            external_id=f"message:{message.id}",
+            payload={
+                "conversation_id": conv.id,
+                "message_id": message.id,
+                "channel": conv.channel,
+                "channel_kind": conv.channel_kind,
+            },
+        ),
+        actor=access.SYSTEM,
+        now=now,
+    )
+    return [ActivityRecorded.of(activity)]
+
+
+# ---------------------------------------------------------------- access
+
+
+def _check(actor: Actor, conv: Conversation, rules: CrmRules, *, write: bool) -> None:
+    """An unassigned conversation is everyone's to take; an assigned one its manager's (and
+    the head's; with ``crm.managers_read_all`` every manager reads it)."""
+    if conv.assignee_id is None:
+        return
+    access.check(actor, conv.assignee_id, rules, write=write, what=f"conversation {conv.id}")
+
+
+async def get_conversation(
+    session: AsyncSession, conversation_id: int, *, actor: Actor, rules: CrmRules
+) -> Conversation:
+    conv = await session.get(Conversation, conversation_id)
+    if conv is None:
+        raise NotFound(f"no conversation {conversation_id}")
+    _check(actor, conv, rules, write=False)
+    return conv
+
+
+def _scope(stmt: Any, actor: Actor, rules: CrmRules) -> Any:
+    if access.is_privileged(actor) or rules.managers_read_all:
+        return stmt
+    return stmt.where(or_(Conversation.assignee_id == actor.id, Conversation.assignee_id.is_(None)))
+
+
+async def list_conversations(
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    rules: CrmRules,
+    view: View = "all",
+    channel: str | None = None,
+    status: str | None = None,
+    assignee_id: int | None = None,
+    unread: bool | None = None,
+    contact_id: int | None = None,
+    company_id: int | None = None,
+    lead_id: int | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Conversation], int]:
+    """Conversations ``actor`` may read, latest message first, with their total."""
+    stmt = _scope(select(Conversation), actor, rules)
+    if view == "mine":
+        stmt = stmt.where(Conversation.assignee_id == actor.id)
+    elif view == "unassigned":
+        stmt = stmt.where(Conversation.assignee_id.is_(None))
+    if channel:
+        stmt = stmt.where(Conversation.channel == channel)
+    if status:
+        stmt = stmt.where(Conversation.status == status)
+    if assignee_id is not None:
+        stmt = stmt.where(Conversation.assignee_id == assignee_id)
+    if unread is not None:
+        stmt = stmt.where(Conversation.unread > 0 if unread else Conversation.unread == 0)
+    for column, value in (
+        (Conversation.contact_id, contact_id),
+        (Conversation.company_id, company_id),
+        (Conversation.lead_id, lead_id),
+    ):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    total = await listing.total(session, stmt, None)
+    stmt = stmt.order_by(Conversation.last_message_at.desc().nulls_last(), Conversation.id.desc())
+    rows = await session.scalars(stmt.limit(limit).offset(offset))
+    return list(rows), total
+
+
+async def unread_counts(session: AsyncSession, *, actor: Actor, rules: CrmRules) -> dict[str, int]:
+    """The menu's counters: unread messages in ``actor``'s open conversations, and the open
+    conversations nobody has."""
+    mine = await session.scalar(
+        select(func.coalesce(func.sum(Conversation.unread), 0)).where(
+            Conversation.assignee_id == actor.id,
+            Conversation.status != ConversationStatus.RESOLVED.value,
+        )
+    )
+    unassigned = await session.scalar(
+        select(func.count()).where(
+            Conversation.assignee_id.is_(None),
+            Conversation.status != ConversationStatus.RESOLVED.value,
+        )
+    )
+    return {"mine": int(mine or 0), "unassigned": int(unassigned or 0)}
+
+
+async def list_messages(
+    session: AsyncSession,
+    conversation_id: int,
+    *,
+    actor: Actor,
+    rules: CrmRules,
+    limit: int = 100,
+    before_id: int | None = None,
+) -> list[Message]:
+    """The latest ``limit`` messages (and notes), oldest first."""
+    await get_conversation(session, conversation_id, actor=actor, rules=rules)
+    stmt = select(Message).where(Message.conversation_id == conversation_id)
+    if before_id is not None:
+        stmt = stmt.where(Message.id < before_id)
+    rows = list(await session.scalars(stmt.order_by(Message.id.desc()).limit(limit)))
+    rows.reverse()
+    return rows
+
+
+# ---------------------------------------------------------------- outbound
+
+
+async def _writable(
+    session: AsyncSession, conversation_id: int, actor: Actor, rules: CrmRules
+) -> Conversation:
+    conv = await session.get(Conversation, conversation_id)
+    if conv is None:
+        raise NotFound(f"no conversation {conversation_id}")
+    _check(actor, conv, rules, write=True)
+    return conv
+
+
+def _clean_text(text: str) -> str:
+    cleaned = text.strip()
+    if not cleaned:
+        raise InvalidInput("text: пустое сообщение — напишите текст", details={"field": "text"})
+    if len(cleaned) > TEXT_MAX:
+        raise InvalidInput(
+            f"text: не длиннее {TEXT_MAX} символов", details={"field": "text", "max": TEXT_MAX}
+        )
+    return cleaned
+
+
+async def queue_reply(
+    session: AsyncSession,
+    conversation_id: int,
+    text: str,
+    *,
+    actor: Actor,
+    rules: CrmRules,
+    window_open: bool = True,
+    now: datetime | None = None,
+) -> tuple[Message, list[DomainEvent]]:
+    """A manager's reply, written to the outbox: stored ``queued`` with its send job in the
+    same transaction, so it is sent once the caller commits and never lost. Refused outside the
+    channel's messaging window (WhatsApp: 24 h after the client's last message). A manager who
+    answers an unassigned conversation takes it."""
+    now = now or utcnow()
+    conv = await _writable(session, conversation_id, actor, rules)
+    cleaned = _clean_text(text)
+    if not window_open:
+        raise WindowClosed(
+            "Прошло больше 24 часов с последнего сообщения клиента: WhatsApp не доставляет "
+            "произвольный текст вне этого окна. Отправьте одобренный шаблон или дождитесь, "
+            "пока клиент напишет.",
+            details={"last_inbound_at": conv.last_inbound_at.isoformat()}
+            if conv.last_inbound_at
+            else {},
+        )
+    events: list[DomainEvent] = []
+    if conv.assignee_id is None and actor.id is not None:
+        conv.assignee_id = actor.id
+        events.append(_changed(conv, ("assignee_id",)))
+    message = Message(
+        conversation_id=conv.id,
+        channel=conv.channel,
+        direction="outbound",
+        author_kind="manager" if actor.id is not None else "bot",
+        author_id=actor.id,
+        kind="text",
+        text=cleaned,
+        status=MessageStatus.QUEUED.value,
+        attachments=[],
+        sent_at=now,
+        attempts=0,
+        created_at=now,
+    )
+    session.add(message)
+    if actor.id is not None:  # a manager answered: he has read it (a bot's reply has not)
+        conv.unread = 0
+    conv.last_message_at = now
+    conv.preview = _preview(cleaned, "text")
+    conv.updated_at = now
+    if conv.status == ConversationStatus.RESOLVED.value:
+        conv.status = ConversationStatus.OPEN.value
+    await session.flush()
+    await jobs.schedule(
+        session,
+        SEND_JOB,
+        now,
+        {"message_id": message.id},
+        dedupe_key=f"send-message:{message.id}",
+        max_attempts=SEND_ATTEMPTS,
+    )
+    events.extend(await _timeline(session, conv, message, now))
+    events.append(_new_event(conv, message))
+    return message, events
+
+
+def render_template(
+    body: str | None, params: Sequence[str], names: Sequence[str] | None = None
+) -> str:
+    """A template's body with its placeholders (``{{1}}``, ``{{2}}`` or ``{{first_name}}``,
+    in ``names``' order) filled, as the client will read it (what the conversation shows)."""
+    text = body or ""
+    keys = list(names) if names else [str(i) for i in range(1, len(params) + 1)]
+    for key, value in zip(keys, params, strict=False):
+        text = text.replace("{{" + key + "}}", value)
+    return text
+
+
+async def queue_template(
+    session: AsyncSession,
+    conversation_id: int,
+    *,
+    name: str,
+    language: str,
+    params: Sequence[str],
+    body: str | None,
+    param_names: Sequence[str] = (),
+    actor: Actor,
+    rules: CrmRules,
+    now: datetime | None = None,
+) -> tuple[Message, list[DomainEvent]]:
+    """An approved template (WhatsApp, any time: the 24-hour window does not bind it), written
+    to the outbox like a reply. ``body`` is the template's text, shown filled in."""
+    now = now or utcnow()
+    conv = await _writable(session, conversation_id, actor, rules)
+    if len(params) > 20 or any(len(p) > 1000 for p in params):
+        raise InvalidInput(
+            "params: не больше 20 значений по 1000 символов", details={"field": "params"}
+        )
+    events: list[DomainEvent] = []
+    if conv.assignee_id is None and actor.id is not None:
+        conv.assignee_id = actor.id
+        events.append(_changed(conv, ("assignee_id",)))
+    text = render_template(body, params, param_names) or name
+    message = Message(
+        conversation_id=conv.id,
+        channel=conv.channel,
+        direction="outbound",
+        author_kind="manager" if actor.id is not None else "bot",
+        author_id=actor.id,
+        kind="template",
+        text=text,
+        status=MessageStatus.QUEUED.value,
+        attachments=[],
+        payload={
+            "template": {
+                "name": name,
+                "language": language,
+                "params": list(params),
+                "param_names": list(param_names),
+            }
+        },
+        sent_at=now,
+        attempts=0,
+        created_at=now,
+    )
+    session.add(message)
+    conv.last_message_at = now
+    conv.preview = _preview(text, "template")
+    conv.updated_at = now
+    conv.unread = 0
+    await session.flush()
+    await jobs.schedule(
+        session,
+        SEND_JOB,
+        now,
+        {"message_id": message.id},
+        dedupe_key=f"send-message:{message.id}",
+        max_attempts=SEND_ATTEMPTS,
+    )
+    events.extend(await _timeline(session, conv, message, now))
+    events.append(_new_event(conv, message))
+    return message, events
+
+
+async def add_note(
+    session: AsyncSession,
+    conversation_id: int,
+    text: str,
+    *,
+    actor: Actor,
+    rules: CrmRules,
+    now: datetime | None = None,
+) -> tuple[Message, list[DomainEvent]]:
+    """An internal note in the conversation: seen by colleagues, never sent to the client."""
+    now = now or utcnow()
+    conv = await _writable(session, conversation_id, actor, rules)
+    message = Message(
+        conversation_id=conv.id,
+        channel=conv.channel,
+        direction="internal",
+        author_kind="manager",
+        author_id=actor.id,
+        kind="note",
+        text=_clean_text(text),
+        status=MessageStatus.NOTE.value,
+        attachments=[],
+        sent_at=now,
+        attempts=0,
+        created_at=now,
+    )
+    session.add(message)
+    await session.flush()
+    return message, [_new_event(conv, message)]
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """What the send job needs to hand a queued message to the channel adapter."""
+
+    message_id: int
+    conversation_id: int
+    channel: str
+    to: str  # the identity value: wa_id, chat id, phone, address
+    text: str
+    last_inbound_at: datetime | None
+    reply_to: str | None
+    subject: str | None = None  # e-mail: the thread's subject
+    references: tuple[str, ...] = ()  # e-mail: the client's Message-IDs in the thread
+    template: dict[str, Any] | None = None  # WhatsApp: {"name", "language", "params"}
+
+
+async def outgoing(session: AsyncSession, message_id: int) -> Outgoing | None:
+    """The queued message ``message_id`` to send, or None when it is sent (or failed)
+    already: a job that runs twice sends once."""
+    message = await session.get(Message, message_id, populate_existing=True)
+    if message is None or message.status != MessageStatus.QUEUED.value:
+        return None
+    conv = await session.get(Conversation, message.conversation_id)
+    assert conv is not None
+    message.attempts += 1
+    reply_to, subject = message.reply_to, None
+    references: tuple[str, ...] = ()
+    if conv.channel_kind == "email":
+        # A reply threads under the client's last letter and keeps its subject.
+        last = await session.scalar(
+            select(Message)
+            .where(Message.conversation_id == conv.id, Message.direction == "inbound")
+            .order_by(Message.id.desc())
+            .limit(1)
+        )
+        if last is not None:
+            reply_to = reply_to or last.provider_message_id
+            subject = ((last.payload or {}).get("email") or {}).get("subject") or ""
+            if not subject.lower().startswith("re:"):
+                subject = f"Re: {subject}".strip()
+            references = tuple(r for r in (conv.thread_key, last.provider_message_id) if r)
+    return Outgoing(
+        message.id,
+        conv.id,
+        conv.channel,
+        conv.identity_value,
+        message.text or "",
+        conv.last_inbound_at,
+        reply_to,
+        subject,
+        tuple(dict.fromkeys(references)),
+        (message.payload or {}).get("template"),
+    )
+
+
+async def mark_sent(
+    session: AsyncSession, message_id: int, provider_message_id: str, *, now: datetime
+) -> list[DomainEvent]:
+    """The provider took the message; a missed call's call-back task for the client closes."""
+    message = await session.get(Message, message_id)
+    if message is None:
+        return []
+    message.provider_message_id = provider_message_id[:200]
+    if STATUS_RANK.get(message.status, -1) < STATUS_RANK["sent"]:
+        message.status = MessageStatus.SENT.value
+        message.status_at = now
+    message.error = None
+    conv = await session.get(Conversation, message.conversation_id)
+    assert conv is not None
+    await close_call_backs(session, conv, now=now)
+    await session.flush()
+    return [_status_event(conv, message)]
+
+
+async def mark_failed(
+    session: AsyncSession, message_id: int, error: str, *, now: datetime
+) -> list[DomainEvent]:
+    """The provider refused the message for good: it shows as failed with the reason."""
+    message = await session.get(Message, message_id)
+    if message is None:
+        return []
+    message.status = MessageStatus.FAILED.value
+    message.error = error[:500]
+    message.status_at = now
+    conv = await session.get(Conversation, message.conversation_id)
+    assert conv is not None
+    await session.flush()
+    return [_status_event(conv, message)]
+
+
+def _status_event(conv: Conversation, message: Message) -> MessageStatusChanged:
+    return MessageStatusChanged(
+        conversation_id=conv.id,
+        message_id=message.id,
+        status=message.status,
+        error=message.error,
+        audience=conversation_audience(conv.assignee_id),
+    )
+
+
+async def apply_status(
+    session: AsyncSession,
+    channel: str,
+    provider_message_id: str,
+    status: str,
+    *,
+    at: datetime,
+    error: str | None = None,
+) -> tuple[Message | None, list[DomainEvent]]:
+    """A delivery report: the message moves forward (sent → delivered → read), or fails with
+    the provider's error; a repeated or late report changes nothing. None: not our message."""
+    message = await find_message(session, channel, provider_message_id)
+    if message is None or message.direction != "outbound":
+        return message, []
+    if status == MessageStatus.FAILED.value:
+        if message.status == MessageStatus.FAILED.value:
+            return message, []
+        message.status = status
+        message.error = (error or "не доставлено")[:500]
+    elif STATUS_RANK.get(status, -1) > STATUS_RANK.get(message.status, 99):
+        message.status = status
+    else:
+        return message, []
+    message.status_at = at
+    conv = await session.get(Conversation, message.conversation_id)
+    assert conv is not None
+    await session.flush()
+    return message, [_status_event(conv, message)]
+
+
+async def close_call_backs(session: AsyncSession, conv: Conversation, *, now: datetime) -> int:
+    """The client was reached: close the call-back tasks of his missed calls (by every number
+    of the conversation and of his card)."""
+    numbers = {conv.phone} if conv.phone else set()
+    owners = [
+        (Phone.contact_id, conv.contact_id),
+        (Phone.company_id, conv.company_id),
+        (Phone.lead_id, conv.lead_id),
+    ]
+    for column, value in owners:
+        if value is not None:
+            numbers.update(await session.scalars(select(Phone.e164).where(column == value)))
+    closed = 0
+    for number in sorted(n for n in numbers if n):
+        closed += await tasks.close_tasks_by_origin(session, MISSED_CALL_PREFIX + number, at=now)
+    return closed
+
+
+# ---------------------------------------------------------------- state
+
+
+def _changed(conv: Conversation, changes: tuple[str, ...]) -> ConversationChanged:
+    return ConversationChanged(
+        conversation_id=conv.id,
+        changes=changes,
+        status=conv.status,
+        assignee_id=conv.assignee_id,
+        unread=conv.unread,
+        audience=conversation_audience(conv.assignee_id),
+    )
+
+
+async def mark_read(
+    session: AsyncSession, conversation_id: int, *, actor: Actor, rules: CrmRules
+) -> tuple[Conversation, list[DomainEvent]]:
+    """The assigned manager (or the head) opened the conversation: nothing is unread."""
+    conv = await get_conversation(session, conversation_id, actor=actor, rules=rules)
+    if conv.unread == 0 or (conv.assignee_id is not None and conv.assignee_id != actor.id):
+        return conv, []
+    conv.unread = 0
+    await session.flush()
+    return conv, [_changed(conv, ("unread",))]
+
+
+async def set_status(
+    session: AsyncSession,
+    conversation_id: int,
+    status: str,
+    *,
+    actor: Actor,
+    rules: CrmRules,
+    now: datetime | None = None,
+) -> tuple[Conversation, list[DomainEvent]]:
+    """Resolve, reopen or park (pending) a conversation."""
+    if status not in {s.value for s in ConversationStatus}:
+        raise InvalidInput(
+            f"status: {status!r} — ожидается open, pending или resolved",
+            details={"field": "status", "value": status},
+        )
+    conv = await _writable(session, conversation_id, actor, rules)
+    if conv.status == status:
+        return conv, []
+    conv.status = status
+    if status == ConversationStatus.RESOLVED.value:
+        conv.unread = 0
+    conv.updated_at = now or utcnow()
+    await session.flush()
+    return conv, [_changed(conv, ("status",))]
+
+
+async def assign(
+    session: AsyncSession,
+    conversation_id: int,
+    user_id: int | None,
+    *,
+    actor: Actor,
+    rules: CrmRules,
+    now: datetime | None = None,
+) -> tuple[Conversation, list[DomainEvent]]:
+    """Hand the conversation to ``user_id`` (None: back to the queue). A manager may take an
+    unassigned one for himself; only the head or an admin hands it to somebody else."""
+    conv = await session.get(Conversation, conversation_id)
+    if conv is None:
+        raise NotFound(f"no conversation {conversation_id}")
+    _check(actor, conv, rules, write=False)
+    taking = conv.assignee_id is None and user_id == actor.id
+    if not taking and not access.is_privileged(actor):
+        raise PermissionDenied(
+            "переназначить разговор может только руководитель отдела продаж или администратор",
+            details={"field": "assignee_id", "value": user_id},
+        )
+    if user_id is not None:
+        user = await session.get(User, user_id)
+        if user is None or not user.is_active:
+            raise InvalidInput(
+                f"assignee_id: нет активного пользователя {user_id}",
+                details={"field": "assignee_id", "value": user_id},
+            )
+    if conv.assignee_id == user_id:
+        return conv, []
+    previous = conv.assignee_id
+    conv.assignee_id = user_id
+    conv.updated_at = now or utcnow()
+    await session.flush()
+    event = _changed(conv, ("assignee_id",))
+    if previous is not None:
+        event = ConversationChanged(
+            **{
+                **{k: getattr(event, k) for k in ("conversation_id", "changes", "status")},
+                "assignee_id": user_id,
+                "unread": conv.unread,
+                "audience": (*event.audience, f"user:{previous}"),
+            }
+        )
+    return conv, [event]
+
+
+# ---------------------------------------------------------------- mailboxes
+
+
+async def mailbox_cursors(session: AsyncSession, channel: str) -> dict[str, tuple[int | None, int]]:
+    """Mailbox name -> (UIDVALIDITY, last UID stored) of an e-mail channel."""
+    rows = await session.execute(
+        select(MailboxCursor.mailbox, MailboxCursor.uidvalidity, MailboxCursor.last_uid).where(
+            MailboxCursor.channel == channel
+        )
+    )
+    return {r.mailbox: (r.uidvalidity, r.last_uid) for r in rows}
+
+
+async def save_mailbox_cursor(
+    session: AsyncSession,
+    channel: str,
+    mailbox: str,
+    uidvalidity: int | None,
+    last_uid: int,
+    *,
+    now: datetime,
+) -> None:
+    """Remember how far ``mailbox`` was read, in the transaction that stored its letters."""
+    stmt = _insert(session)(MailboxCursor).values(
+        channel=channel, mailbox=mailbox, uidvalidity=uidvalidity, last_uid=last_uid, updated_at=now
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["channel", "mailbox"],
+            set_={"uidvalidity": uidvalidity, "last_uid": last_uid, "updated_at": now},
+        )
+    )
+
+
+async def store_attachment(
+    session: AsyncSession, message_id: int, index: int, **facts: Any
+) -> Message | None:
+    """Record what became of attachment ``index`` of a message: its storage ``key``, ``size``,
+    ``sha256`` and ``mime``, or why it was ``refused``."""
+    message = await session.get(Message, message_id, populate_existing=True)
+    if message is None or index >= len(message.attachments):
+        return None
+    attachments = [dict(a) for a in message.attachments]
+    attachments[index].update(facts)
+    message.attachments = attachments  # a new list: the JSON column sees the change
+    await session.flush()
+    return message

@@ -1,0 +1,108 @@
+"""The inbox in the browser: a WhatsApp message from an unknown number (a signed webhook to
+the server) appears live in the inbox of the manager the distribution rules give new clients;
+he answers; the answer reaches the fake Graph API; its delivery status comes back by webhook
+and shows; the lead's card has the thread on its timeline. Screenshots in docs/screenshots/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from contact_center.app import create_app
+from contact_center.keys import SESSIONS
+from crm_core.db import utcnow
+from crm_core.distribution import rules as distribution_rules
+from crm_core.distribution.schemas import ManagerInput, RuleInput
+from crm_core.users import service as users
+from tests.fakes.graph_api import FakeGraphApi
+from tests.helpers import until
+from tests.inbox_support import TOKEN, signed, wa_channel, wa_status, wa_text
+
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+HOOK = "/webhooks/whatsapp/wa-main"
+
+
+async def test_whatsapp_from_a_stranger_is_answered_from_the_inbox(
+    make_settings: Any, database_url: str, aiohttp_client_factory: Any, browser: Any
+) -> None:
+    async with FakeGraphApi(token=TOKEN) as graph:
+        settings = make_settings(
+            CC_DATABASE_URL=database_url,
+            CC_CHANNELS=json.dumps([wa_channel(graph.url)]),
+            CC_SCHEDULER_INTERVAL_S="0.2",
+        )
+        client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+        async with client.app[SESSIONS]() as session:
+            for login, name in (("ivan", "Иван Петров"), ("anna", "Анна Смирнова")):
+                user, _ = await users.create_user(
+                    session,
+                    login=login,
+                    role="manager",
+                    password="password1",
+                    display_name=name,
+                    scrypt_n=1024,
+                )
+                if login == "ivan":
+                    ivan_id = user.id
+            await distribution_rules.create_rule(
+                session,
+                RuleInput(strategy="fixed", managers=[ManagerInput(user_id=ivan_id)]),
+                now=utcnow(),
+            )
+            await session.commit()
+
+        base = str(client.make_url("/")).rstrip("/")
+        page = await browser.new_page(viewport={"width": 1440, "height": 900})
+        await page.goto(f"{base}/login")
+        await page.fill("#login", "ivan")
+        await page.fill("#password", "password1")
+        await page.click("button[type=submit]")
+        await page.goto(f"{base}/inbox")
+        await page.locator("#ws-state.ok").wait_for(timeout=5000)
+        assert await page.locator(".empty").first.is_visible()
+
+        body = wa_text(
+            "wamid.stranger.1",
+            "Здравствуйте! Нужны 200 коробок, доставка в Тверь — сколько будет стоить?",
+            wa_id="79031234567",
+            name="Ольга Смирнова",
+        )
+        resp = await client.post(HOOK, data=body, headers=signed(body))
+        assert resp.status == 200
+        row = page.locator(".conversations li", has_text="Ольга Смирнова")
+        await row.wait_for(timeout=5000)  # arrived live over /ws
+        await page.locator("#inbox-unread:not([hidden])", has_text="1").wait_for(timeout=5000)
+        assert "200 коробок" in await row.inner_text()
+
+        await row.locator("a").click()
+        thread = page.locator("#inbox-thread")
+        await thread.wait_for(timeout=5000)
+        side = await page.locator(".client-side").inner_text()
+        assert "лид" in side and "WhatsApp (wa-main)" in side and "Иван Петров" in side
+        await page.fill("#reply-text", "Ольга, добрый день! 200 коробок с доставкой — 18 400 ₽.")
+        await page.click(".composer button[type=submit]")
+        outbound = page.locator(".msg.outbound")
+        await outbound.wait_for(timeout=5000)
+
+        await until(lambda: graph.calls("/messages"), timeout=10)
+        sent = graph.calls("/messages")
+        assert len(sent) == 1
+        assert sent[0].json()["to"] == "79031234567"
+        assert sent[0].json()["text"]["body"].startswith("Ольга, добрый день!")
+        await page.locator(".msg.outbound .msg-status[data-status=sent]").wait_for(timeout=5000)
+
+        status = wa_status("wamid.fake.1", "delivered", wa_id="79031234567")
+        resp = await client.post(HOOK, data=status, headers=signed(status))
+        assert resp.status == 200
+        delivered = page.locator(".msg.outbound .msg-status[data-status=delivered]")
+        await delivered.wait_for(timeout=5000)  # the thread reloaded on message.status
+        assert await delivered.inner_text() == "доставлено"
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(SHOTS / "16-manager-inbox-whatsapp.png"))
+
+        await page.click(".client-side a[href^='/clients/lead/']")
+        await page.wait_for_load_state("networkidle")
+        timeline = await page.locator("main").inner_text()
+        assert "200 коробок" in timeline and "18 400" in timeline
+        await page.screenshot(path=str(SHOTS / "17-manager-lead-card-whatsapp-thread.png"))

@@ -1,0 +1,202 @@
+"""The Входящие page: lists, the open conversation with the client card, reply, note,
+resolve, reassign, the menu counter and the WhatsApp window explained."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from contact_center.app import create_app
+from contact_center.keys import SCHEDULER, SESSIONS
+from crm_core.conversations.model import Conversation, Message
+from crm_core.db import utcnow
+from crm_core.distribution import rules as distribution_rules
+from crm_core.distribution.schemas import ManagerInput, RuleInput
+from tests.fakes.graph_api import FakeGraphApi
+from tests.inbox_support import TEMPLATES, TOKEN, signed, wa_channel, wa_image, wa_text
+from tests.web.world import csrf, sign_in, team, visible
+
+HOOK = "/webhooks/whatsapp/wa-main"
+
+
+@pytest.fixture
+async def graph() -> AsyncIterator[FakeGraphApi]:
+    async with FakeGraphApi(token=TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def client(
+    make_settings: Any, database_url: str, graph: FakeGraphApi, aiohttp_client_factory: Any
+) -> Any:
+    settings = make_settings(
+        CC_DATABASE_URL=database_url,
+        CC_CHANNELS=json.dumps([wa_channel(graph.url)]),
+        CC_SCHEDULER_INTERVAL_S="3600",
+    )
+    return await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+
+
+async def _setup(client: Any) -> Any:
+    ids = await team(client)
+    async with client.app[SESSIONS]() as session:
+        await distribution_rules.create_rule(
+            session,
+            RuleInput(strategy="fixed", managers=[ManagerInput(user_id=ids.ivan)]),
+            now=utcnow(),
+        )
+        await session.commit()
+    return ids
+
+
+async def _deliver(client: Any, body: bytes) -> None:
+    resp = await client.post(HOOK, data=body, headers=signed(body))
+    assert resp.status == 200
+
+
+async def test_the_inbox_lists_shows_and_answers(client: Any) -> None:
+    ids = await _setup(client)
+    await _deliver(client, wa_text("wamid.p1", "Добрый день, нужен прайс <b>оптом</b>"))
+    await sign_in(client, "ivan")
+    page = visible(await (await client.get("/inbox")).text())
+    assert "Входящие" in page and "Иван Петров" in page
+    assert 'id="inbox-unread"' in page and ">1</span>" in page  # the menu counter
+    assert "нужен прайс &lt;b&gt;оптом&lt;/b&gt;" in page  # text, never markup
+    async with client.app[SESSIONS]() as session:
+        conv = (await session.scalars(select(Conversation))).one()
+    opened = visible(await (await client.get(f"/inbox?c={conv.id}")).text())
+    assert "Клиент" in opened and "лид" in opened and "WhatsApp (wa-main)" in opened
+    assert "Отправить" in opened and "Решено" in opened
+    token = await csrf(client, "/inbox")
+    resp = await client.post(
+        f"/inbox/{conv.id}/reply",
+        data={"text": "Прайс во вложении", "csrf_token": token},
+        headers={"HX-Request": "true"},
+    )
+    assert resp.status == 200
+    html = await resp.text()
+    assert "Прайс во вложении" in html and "отправляется" in html
+    resp = await client.post(
+        f"/inbox/{conv.id}/reply",
+        data={"text": "позвонить после обеда", "note": "1", "csrf_token": token},
+        headers={"HX-Request": "true"},
+    )
+    assert "Внутренняя заметка" in await resp.text()
+    resp = await client.post(
+        f"/inbox/{conv.id}/status",
+        data={"status": "resolved", "csrf_token": token},
+        headers={"HX-Request": "true"},
+    )
+    assert "Открыть снова" in await resp.text()
+    # ivan may not hand the conversation over; the head may
+    resp = await client.post(
+        f"/inbox/{conv.id}/assign",
+        data={"assignee_id": str(ids.anna), "csrf_token": token},
+        headers={"HX-Request": "true"},
+    )
+    assert resp.status == 403
+    await sign_in(client, "boss")
+    token = await csrf(client, "/inbox")
+    resp = await client.post(
+        f"/inbox/{conv.id}/assign",
+        data={"assignee_id": str(ids.anna), "csrf_token": token},
+        headers={"HX-Request": "true"},
+    )
+    assert resp.status == 200 and "Анна Смирнова" in await resp.text()
+    async with client.app[SESSIONS]() as session:
+        stored = await session.get(Conversation, conv.id)
+        assert stored is not None and stored.assignee_id == ids.anna
+        kinds = sorted(m.kind for m in (await session.scalars(select(Message))))
+        assert kinds == ["note", "text", "text"]
+
+
+async def test_outside_the_window_the_reply_box_explains(client: Any) -> None:
+    await _setup(client)
+    await _deliver(client, wa_text("wamid.old", "вчера писал", ts=time.time() - 30 * 3600))
+    await sign_in(client, "ivan")
+    async with client.app[SESSIONS]() as session:
+        conv = (await session.scalars(select(Conversation))).one()
+    page = visible(await (await client.get(f"/inbox?c={conv.id}")).text())
+    assert "Прошло больше 24 часов" in page
+    token = await csrf(client, "/inbox")
+    resp = await client.post(
+        f"/inbox/{conv.id}/reply",
+        data={"text": "ау", "csrf_token": token},
+        headers={"HX-Request": "true"},
+    )
+    assert resp.status == 422
+    html = await resp.text()
+    assert 'role="alert"' in html and "шаблон" in html and ">ау</textarea>" in html
+
+
+async def test_another_managers_conversation_is_not_shown(client: Any) -> None:
+    await _setup(client)
+    await _deliver(client, wa_text("wamid.x", "только Ивану"))
+    await sign_in(client, "anna")
+    page = visible(await (await client.get("/inbox?view=all")).text())
+    assert "только Ивану" not in page
+    async with client.app[SESSIONS]() as session:
+        conv = (await session.scalars(select(Conversation))).one()
+    resp = await client.get(f"/inbox?c={conv.id}")
+    assert resp.status == 404
+
+
+async def test_outside_the_window_the_page_offers_the_approved_templates(
+    client: Any, graph: FakeGraphApi
+) -> None:
+    graph.templates = TEMPLATES
+    await _setup(client)
+    await _deliver(client, wa_text("wamid.tpl", "позавчера", ts=time.time() - 50 * 3600))
+    await sign_in(client, "ivan")
+    async with client.app[SESSIONS]() as session:
+        conv = (await session.scalars(select(Conversation))).one()
+    page = visible(await (await client.get(f"/inbox?c={conv.id}")).text())
+    assert "Одобренные шаблоны WhatsApp" in page and "заказ {{2}} готов" in page
+    token = await csrf(client, "/inbox")
+    resp = await client.post(
+        f"/inbox/{conv.id}/template",
+        data={
+            "name": "order_ready",
+            "language": "ru",
+            "param_1": "Иван",
+            "param_2": "№ 5",
+            "csrf_token": token,
+        },
+        headers={"HX-Request": "true"},
+    )
+    assert resp.status == 200
+    assert "Иван, заказ № 5 готов к отгрузке." in await resp.text()
+    bad = await client.post(
+        f"/inbox/{conv.id}/template",
+        data={"name": "order_ready", "language": "ru", "param_1": "x", "csrf_token": token},
+        headers={"HX-Request": "true"},
+    )
+    assert bad.status == 422 and "ждёт значений: 2" in await bad.text()
+
+
+async def test_a_clients_picture_is_stored_and_shown_to_whom_may_read_it(
+    client: Any, graph: FakeGraphApi
+) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + b"0" * 500
+    graph.add_media("media.77", png, "image/png")
+    await _setup(client)
+    await _deliver(client, wa_image("wamid.img", "media.77", caption="Вот такие коробки"))
+    await client.app[SCHEDULER].run_once()
+    async with client.app[SESSIONS]() as session:
+        message = (await session.scalars(select(Message))).one()
+        conv_id = message.conversation_id
+        attachment = message.attachments[0]
+    assert attachment["key"] and attachment["size"] == len(png)
+    await sign_in(client, "ivan")
+    page = visible(await (await client.get(f"/inbox?c={conv_id}")).text())
+    assert f'src="/inbox/media/{message.id}/0"' in page and "Вот такие коробки" in page
+    resp = await client.get(f"/inbox/media/{message.id}/0")
+    assert resp.status == 200 and await resp.read() == png
+    assert resp.headers["Content-Type"] == "image/png"
+    await sign_in(client, "anna")
+    assert (await client.get(f"/inbox/media/{message.id}/0")).status == 404
