@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 

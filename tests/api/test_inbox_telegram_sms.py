@@ -23,13 +23,13 @@ SECRET = "tg-hook-secret"
 @pytest.fixture
 async def telegram_api() -> AsyncIterator[FakeTelegramApi]:
     async with FakeTelegramApi(token="123456:TEST") as fake:
-        yield fake  # type: ignore[misc]
+        yield fake
 
 
 @pytest.fixture
 async def sms_gateway() -> AsyncIterator[FakeSmsGateway]:
     async with FakeSmsGateway(login="cc", password="gw-secret") as fake:
-        yield fake  # type: ignore[misc]
+        yield fake
 
 
 @pytest.fixture

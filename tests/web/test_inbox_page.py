@@ -27,7 +27,7 @@ HOOK = "/webhooks/whatsapp/wa-main"
 @pytest.fixture
 async def graph() -> AsyncIterator[FakeGraphApi]:
     async with FakeGraphApi(token=TOKEN) as fake:
-        yield fake  # type: ignore[misc]
+        yield fake
 
 
 @pytest.fixture

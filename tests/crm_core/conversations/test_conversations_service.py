@@ -15,6 +15,7 @@ from crm_core import access
 from crm_core.activities.model import Activity
 from crm_core.clients.model import Contact, Phone
 from crm_core.conversations import service as conversations
+from crm_core.conversations.events import MessageStatusChanged
 from crm_core.conversations.model import Conversation, Message
 from crm_core.distribution import rules as distribution_rules
 from crm_core.distribution.schemas import ManagerInput, RuleInput
@@ -207,7 +208,8 @@ async def test_a_failure_shows_on_the_message(session: AsyncSession, world: Worl
     )
     events = await conversations.mark_failed(session, msg.id, "131047: Re-engagement", now=T0)
     await session.commit()
-    assert events[0].name == "message.status" and events[0].status == "failed"
+    (event,) = events
+    assert isinstance(event, MessageStatusChanged) and event.status == "failed"
     stored = await session.get(Message, msg.id)
     assert stored is not None and stored.status == "failed" and "131047" in (stored.error or "")
 
