@@ -1,6 +1,6 @@
 """conversations: a client's thread on a messaging channel, its messages, mailbox cursors
 
-Revision ID: 0013_inbox
+Revision ID: 0014
 Revises: 0013
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0013_inbox"
+revision: str = "0014"
 down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
