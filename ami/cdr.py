@@ -272,6 +272,15 @@ class _CdrFold:
         first_ext, first_trunk = self._endpoint(first.channel)
         to_trunk = any(self._endpoint(leg.dstchannel)[1] for leg in legs)
         dialed = self._party(first.dst)
+        # A click-to-call whose manager never picked up: the Originate's own line (AppDial2)
+        # never reached the dialplan, so dst is "s" and the client's number is only the
+        # caller ID the server gave the manager's leg (src).
+        client = self._party(first.src) if first.lastapp == "AppDial2" else None
+        unanswered_manager = (
+            first_ext is not None and len(legs) == 1 and client is not None and client[0] == "+"
+        )
+        if unanswered_manager:
+            dialed = client
         if first_trunk:
             direction = "inbound"
         elif first_ext is not None and (
@@ -322,6 +331,7 @@ class _CdrFold:
             extension=extension,
             rang=tuple(rang),
             disposition=self._disposition(legs, answered is not None),
+            unanswered_by=self._unanswered_by(legs, direction, unanswered_manager, answered),
             started_at=started,
             answered_at=answered_at,
             ended_at=ended,
@@ -332,6 +342,26 @@ class _CdrFold:
             recording=None,
             hangup_cause=None,
         )
+
+    def _unanswered_by(
+        self, legs: list[CdrRow], direction: str, manager_missed: bool, answered: CdrRow | None
+    ) -> str | None:
+        """Which leg of an unanswered click-to-call failed, as the live fold says it. The
+        manager's: the Originate's line alone. The client's: the leg to the trunk has an
+        ``answer`` time but did not answer — the manager's leg was up before the client was
+        dialed, which only an Originate does (a phone dialing out is answered with the
+        client)."""
+        if answered is not None or direction != "outbound":
+            return None
+        if manager_missed:
+            return "manager"
+        for leg in legs:
+            if leg.answer is not None and leg.disposition != "ANSWERED" and self._trunk(leg):
+                return "client"
+        return None
+
+    def _trunk(self, leg: CdrRow) -> bool:
+        return self._endpoint(leg.dstchannel)[1]
 
     @staticmethod
     def _disposition(legs: list[CdrRow], answered: bool) -> str:

@@ -397,3 +397,39 @@ def test_a_long_master_csv_is_read_from_its_tail(tmp_path: Path) -> None:
         read_master_csv(CDR), ended_since=since, **opts
     )
     assert len(read_master_csv(path)) == 40_000 + len(lines)
+
+
+def test_a_click_to_call_in_the_cdr_is_outbound_to_the_client_with_the_failed_leg() -> None:
+    """Rows a real Asterisk 22.10.1 wrote for three click-to-calls made from the guide's
+    ``[internal]`` context: answered; the manager never picked up (the Originate's own line,
+    dst ``s``, the client only in src); the client never answered (the manager's leg has an
+    answer time, the trunk leg NO ANSWER, then the ``Hangup()`` row)."""
+    rows = read_master_csv(CDR.with_name("click_to_call.csv"))
+    records = {
+        r.call_id: r
+        for r in records_from_cdr(rows, trunks=["provider"], extension_pattern=r"^\d{3}$")
+    }
+    answered = records["pbx-1796209452.11"]
+    assert (answered.direction, answered.caller, answered.callee, answered.disposition) == (
+        "outbound",
+        "101",
+        "+79169998877",
+        "answered",
+    )
+    assert answered.unanswered_by is None
+    manager = records["pbx-1796209642.30"]
+    assert (manager.direction, manager.caller, manager.callee, manager.extension) == (
+        "outbound",
+        "101",
+        "+79165554433",
+        "101",
+    )
+    assert (manager.disposition, manager.unanswered_by) == ("missed", "manager")
+    client = records["pbx-1796209703.31"]
+    assert (client.direction, client.callee, client.answered_at, client.talk_seconds) == (
+        "outbound",
+        "+79163332211",
+        None,
+        0.0,
+    )
+    assert (client.disposition, client.unanswered_by) == ("missed", "client")
