@@ -334,7 +334,7 @@ async def test_a_lead_moved_to_junk_needs_a_reason(client: Any) -> None:
     r = await _post(client, f"/card/lead/{lead}/stage", {"stage": "junk", "reason": ""}, token)
     assert r.status == 422 and "Укажите причину" in await r.text()
     r = await _post(client, f"/card/lead/{lead}/stage", {"stage": "junk", "reason": "spam"}, token)
-    assert r.status == 200 and "спам" in await r.text()
+    assert r.status == 200 and "Спам" in await r.text()
 
 
 async def test_deal_card_moves_needs_a_lost_reason_and_issues_invoices(client: Any) -> None:
