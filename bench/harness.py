@@ -17,6 +17,7 @@ import asyncpg  # type: ignore[import-untyped]
 import crm_lookup
 
 CONFIG = str(Path(__file__).resolve().parent.parent / "config.yaml")
+_samplers: list[asyncio.subprocess.Process] = []  # py-spy processes (BENCH_PYSPY)
 
 
 async def recreate_database(url: str, name: str) -> None:
@@ -47,8 +48,11 @@ async def serve(settings: Mapping[str, str]) -> asyncio.subprocess.Process:
     log = os.environ.get("BENCH_SERVER_LOG")
     out: Any = open(log, "ab") if log else asyncio.subprocess.DEVNULL  # noqa: SIM115, ASYNC230
     try:
-        return await asyncio.create_subprocess_exec(
+        profile = os.environ.get("BENCH_PROFILE")
+        profiler = ["-m", "cProfile", "-o", profile] if profile else []
+        server = await asyncio.create_subprocess_exec(
             sys.executable,
+            *profiler,
             "-m",
             "contact_center",
             "serve",
@@ -56,6 +60,27 @@ async def serve(settings: Mapping[str, str]) -> asyncio.subprocess.Process:
             stdout=out,
             stderr=out,
         )
+        sampled = os.environ.get("BENCH_PYSPY")
+        if sampled:
+            # It stops by itself when the server does, writing the file.
+            _samplers.append(
+                await asyncio.create_subprocess_exec(
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "250",
+                    "--output",
+                    sampled,
+                    "--pid",
+                    str(server.pid),
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+            )
+        return server
     finally:
         if log:
             out.close()
@@ -65,6 +90,9 @@ async def stop(server: asyncio.subprocess.Process, timeout: float = 30) -> None:
     server.terminate()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(server.wait(), timeout)
+    while _samplers:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_samplers.pop().wait(), timeout)
 
 
 async def wait_ready(
