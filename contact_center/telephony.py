@@ -7,7 +7,10 @@ the call events it yields go, in order, through two lanes to :class:`Telephony`:
   identified; on ringing ``call.ringing`` is pushed with the client card summary, as the owner
   of the ringing extension may see it (:mod:`crm_core.calls.screen_pop`), to that extension;
   on answer ``call.answered`` goes to every extension that rang (their pop-ups update);
-  click-to-call's card lookups ahead of the ring (:class:`CardPrefetch`) share the lane;
+  click-to-call's card lookups ahead of the ring (:class:`CardPrefetch`) share the lane. On
+  PostgreSQL the lane is :data:`POPUP_WORKERS` workers, each on its own kept read connection,
+  and a call's items always go to the same one (in order): one call's round trips never hold
+  up another call's pop-up;
 * the call-log lane (finished calls, writes): the call's outcome is stored once
   (:mod:`contact_center.call_outcomes`: the call, a lead for an unknown inbound caller, the
   activity, call-back tasks, the recording job), then ``call.ended`` is pushed.
@@ -43,8 +46,14 @@ QUEUE_LIMIT = 100_000
 # A card looked up when the call came in is shown as it is if a phone rings within this time;
 # after a long queue wait it is looked up again (a colleague may have changed it meanwhile).
 PREFETCH_FRESH_S = 30.0
-# Longest a finished call waits for the pop-up lane to go quiet before it is written.
+# Longest a finished call waits for the pop-up lane to go quiet before it is written ...
 YIELD_MAX_S = 0.5
+# ... unless this many finished calls wait already: then the call log writes without waiting,
+# or under steady load (the pop-up lane never quiet) it would fall behind without bound.
+CALL_LOG_BACKLOG = 20
+# Pop-up workers (PostgreSQL; one on SQLite, whose reads are serialised anyway): a lookup is
+# three round trips, and one worker caps the pop-ups at one lookup per three round trips.
+POPUP_WORKERS = 4
 
 
 # Cards looked up ahead of a click-to-call are kept at most this many (oldest dropped first).
@@ -101,7 +110,9 @@ class Telephony:
         self.settings = settings
         self.tracker = tracker  # attributes calls to tracking numbers (website sessions)
         self.sessions = sessions
-        self._reader = db.ReadConnection(sessions)
+        bind = sessions.kw.get("bind")
+        workers = POPUP_WORKERS if bind is not None and bind.dialect.name == "postgresql" else 1
+        self._readers = [db.ReadConnection(sessions) for _ in range(workers)]
         self.bus = bus
         self.rules = rules
         self.clock = clock
@@ -114,7 +125,10 @@ class Telephony:
         )
         # Two lanes: the pop-ups only read and push (a screen-pop must not wait behind the
         # database writes of calls that ended); the call log writes finished calls in order.
-        self._popups: asyncio.Queue[tuple[str, PopupWork]] = asyncio.Queue(QUEUE_LIMIT)
+        self._popup_lanes: list[asyncio.Queue[tuple[str, PopupWork]]] = [
+            asyncio.Queue(QUEUE_LIMIT) for _ in self._readers
+        ]
+        self._popups_busy = 0  # pop-up items queued or in hand, over all workers
         self._call_log: asyncio.Queue[tuple[str, fold.CallEnded]] = asyncio.Queue(QUEUE_LIMIT)
         self._live: dict[tuple[str, str], _LiveInfo] = {}
         # (pbx, E.164) -> card looked up when a click-to-call was requested, taken at its ring.
@@ -138,7 +152,7 @@ class Telephony:
         the card is ready at that ring."""
         done = asyncio.get_running_loop().create_future()
         try:
-            self._popups.put_nowait((pbx, CardPrefetch(number, done)))
+            self._put_popup(pbx, number, CardPrefetch(number, done))
         except asyncio.QueueFull:
             log.warning("telephony queue full; the card of %s is looked up at the ring", number)
             return
@@ -152,21 +166,30 @@ class Telephony:
             if isinstance(event, fold.CallEnded):
                 self._call_log.put_nowait((pbx, event))
             else:
-                self._popups.put_nowait((pbx, event))
+                self._put_popup(pbx, event.call_id, event)
         except asyncio.QueueFull:
             # Only with a stalled database: the fold keeps state, the pop-up is what is lost.
             log.error(
                 "telephony queue full; dropped %s for call %s", type(event).__name__, event.call_id
             )
 
+    def _put_popup(self, pbx: str, key: str, work: PopupWork) -> None:
+        """Queue ``work`` on the pop-up worker of ``key`` (a call, or a number looked up)."""
+        lanes = self._popup_lanes
+        lane = lanes[hash(key) % len(lanes)] if len(lanes) > 1 else lanes[0]
+        lane.put_nowait((pbx, work))
+        self._popups_busy += 1
+        self._popups_idle.clear()
+
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._workers = [
-            loop.create_task(self._run(self._popups)),
-            loop.create_task(self._run(self._call_log)),
+            loop.create_task(self._run(lane, reader))
+            for lane, reader in zip(self._popup_lanes, self._readers, strict=True)
         ]
+        self._workers.append(loop.create_task(self._run(self._call_log, None)))
 
     async def close(self, drain_timeout: float = 5.0) -> None:
         with contextlib.suppress(TimeoutError):
@@ -177,63 +200,79 @@ class Telephony:
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
         self._workers = []
-        await self._reader.close()
+        for reader in self._readers:
+            await reader.close()
 
     async def drain(self) -> None:
         """Wait until every queued event is handled (tests, replays)."""
-        await self._popups.join()
+        for lane in self._popup_lanes:
+            await lane.join()
         await self._call_log.join()
 
     async def _run(
-        self, lane: asyncio.Queue[tuple[str, PopupWork]] | asyncio.Queue[tuple[str, fold.CallEnded]]
+        self,
+        lane: asyncio.Queue[tuple[str, PopupWork]] | asyncio.Queue[tuple[str, fold.CallEnded]],
+        reader: db.ReadConnection | None,
     ) -> None:
-        """Handle ``lane`` in order. The call log starts its next call only while no pop-up
-        is being prepared (waiting at most ``YIELD_MAX_S``): its ORM work would otherwise run
-        in every gap the pop-up's queries leave on the event loop."""
-        popups = lane is self._popups
+        """Handle ``lane`` in order (a pop-up worker reads through ``reader``; the call log has
+        none). The call log starts its next call only while no pop-up is being prepared
+        (waiting at most ``YIELD_MAX_S``, and not at all with ``CALL_LOG_BACKLOG`` calls
+        waiting): its ORM work would otherwise run in every gap the pop-up's queries leave on
+        the event loop."""
+        popups = reader is not None
         while True:
             pbx, work = await lane.get()
-            if popups:
-                self._popups_idle.clear()
-            else:
+            if not popups and lane.qsize() < CALL_LOG_BACKLOG:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(YIELD_MAX_S):
                         await self._popups_idle.wait()
             try:
-                await self.handle(pbx, work)
+                await self.handle(pbx, work, reader)
             except asyncio.CancelledError:
-                lane.task_done()
+                self._done(lane, popups)
                 raise
             except Exception:
                 self.failures += 1
                 log.exception("telephony failed on %s (pbx %s)", _describe(work), pbx)
             self.processed += 1
-            lane.task_done()
-            if popups and lane.empty():
+            self._done(lane, popups)
+
+    def _done(self, lane: asyncio.Queue[Any], popups: bool) -> None:
+        lane.task_done()
+        if popups:
+            self._popups_busy -= 1
+            if not self._popups_busy:
                 self._popups_idle.set()
 
     # ---------------------------------------------------------------- handling
 
-    async def handle(self, pbx: str, work: PopupWork | fold.CallEnded) -> None:
-        """Do what one lane item of ``pbx`` asks (the lanes' workers call this in order)."""
+    async def handle(
+        self,
+        pbx: str,
+        work: PopupWork | fold.CallEnded,
+        reader: db.ReadConnection | None = None,
+    ) -> None:
+        """Do what one lane item of ``pbx`` asks (the lanes' workers call this in order; a
+        pop-up item reads through ``reader``, by default the first pop-up worker's)."""
+        reader = reader or self._readers[0]
         match work:
             case CardPrefetch():
-                await self._prefetch_card(pbx, work)
+                await self._prefetch_card(pbx, work, reader)
             case fold.CallStarted():
                 # Identify the caller while the IVR or the queue plays, before any phone rings.
                 info = self._live.setdefault((pbx, work.call_id), _LiveInfo())
-                await self._look_up(info, work.caller, work.did)
+                await self._look_up(reader, info, work.caller, work.did)
             case fold.CallRinging():
-                await self._ringing(pbx, work)
+                await self._ringing(pbx, work, reader)
             case fold.CallAnswered():
                 await self._answered(pbx, work)
             case fold.CallEnded():
                 await self._ended(pbx, work.record)
 
-    async def _prefetch_card(self, pbx: str, work: CardPrefetch) -> None:
+    async def _prefetch_card(self, pbx: str, work: CardPrefetch, reader: db.ReadConnection) -> None:
         try:
             info = _LiveInfo()
-            await self._look_up(info, work.number, None)
+            await self._look_up(reader, info, work.number, None)
             cache = self._prefetched
             cache.pop((pbx, work.number), None)
             cache[(pbx, work.number)] = info
@@ -243,7 +282,7 @@ class Telephony:
             if not work.done.done():
                 work.done.set_result(None)
 
-    async def _ringing(self, pbx: str, event: fold.CallRinging) -> None:
+    async def _ringing(self, pbx: str, event: fold.CallRinging, reader: db.ReadConnection) -> None:
         info = self._live.setdefault((pbx, event.call_id), _LiveInfo())
         info.rang.add(event.extension)
         info.caller = event.caller or info.caller
@@ -254,8 +293,8 @@ class Telephony:
             info.looked_up != (event.caller, event.did)
             or loop.time() - info.looked_up_at > PREFETCH_FRESH_S
         ):
-            await self._look_up(info, event.caller, event.did)
-        client = await self._card_for(pbx, event.extension, info.client)
+            await self._look_up(reader, info, event.caller, event.did)
+        client = await self._card_for(reader, pbx, event.extension, info.client)
         # A ringing extension with a DID is an inbound call; otherwise a colleague or a
         # callback is calling it (live_calls() would tell exactly, but costs O(live calls)).
         direction = "inbound" if event.did else "internal"
@@ -289,10 +328,12 @@ class Telephony:
         info.client, info.tracking = found.client, found.tracking
         info.looked_up, info.looked_up_at = (caller, None), found.looked_up_at
 
-    async def _look_up(self, info: _LiveInfo, caller: str | None, did: str | None) -> None:
+    async def _look_up(
+        self, reader: db.ReadConnection, info: _LiveInfo, caller: str | None, did: str | None
+    ) -> None:
         """The whole card summary of ``caller`` and the tracking data of ``did``, into
         ``info``: looked up once per call, cut down per ringing phone (:meth:`_card_for`)."""
-        async with self._reader.session() as session:
+        async with reader.session() as session:
             info.client = await screen_pop.card_summary(
                 session, caller, rules=self.rules, region=self.settings.crm.default_region
             )
@@ -304,13 +345,13 @@ class Telephony:
         info.looked_up_at = asyncio.get_running_loop().time()
 
     async def _card_for(
-        self, pbx: str, extension: str, card: dict[str, Any] | None
+        self, reader: db.ReadConnection, pbx: str, extension: str, card: dict[str, Any] | None
     ) -> dict[str, Any] | None:
         """``card`` as the owner of ``extension`` may see it (the pop-up goes to him)."""
         if card is None or not self._must_cut_cards():
             return card
         if self._viewers_stale():
-            async with self._reader.session() as session:
+            async with reader.session() as session:
                 await self._read_viewers(session)
         viewer = screen_pop.viewer_of(self._viewers, pbx, extension)
         return screen_pop.card_as_seen_by(card, viewer, self.rules)
@@ -389,7 +430,7 @@ class Telephony:
     def provide_status(self) -> dict[str, Any]:
         return {
             "status": "ok",
-            "queued": self._popups.qsize() + self._call_log.qsize(),
+            "queued": sum(lane.qsize() for lane in self._popup_lanes) + self._call_log.qsize(),
             "processed": self.processed,
             "failures": self.failures,
             "prefetch_hits": self.prefetch_hits,
