@@ -31,7 +31,6 @@ from crm_core.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
-LEASE_TTL_S = 10.0
 EXPIRE_EVERY_S = 60.0
 # A call silent for this long lost its Hangup (RTCP keeps live calls chatty with read=all).
 EXPIRE_AFTER_S = 4 * 3600.0
@@ -136,7 +135,10 @@ class PbxLinks:
                 continue
             lease = (
                 RedisLease(
-                    redis, f"{settings.redis.prefix}:ami:{pbx.name}", instance_id, ttl_s=LEASE_TTL_S
+                    redis,
+                    f"{settings.redis.prefix}:ami:{pbx.name}",
+                    instance_id,
+                    ttl_s=settings.telephony.pbx_lease_ttl_s,
                 )
                 if redis is not None
                 else None
