@@ -5,7 +5,10 @@ Redis), so exactly one instance consumes each AMI stream. The fold state (the ca
 belongs to the link that reads the stream: frames are folded in the AMI reader and the call
 events go to :class:`~contact_center.telephony.Telephony`. After every (re)connect the calls in
 memory are reconciled with the PBX's own channel list (``Status``, ``QueueStatus``), so a call
-that began or ended during the outage is neither lost nor recorded twice.
+that began or ended during the outage is neither lost nor recorded twice. With Redis the folded
+frames of the calls in progress are journalled (:mod:`contact_center.call_journal`), so the
+instance that takes the lease over when the holder dies folds them again before it connects:
+its resync then also ends the calls that ended while nobody followed the PBX.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ami import fold
 from ami.connection import AmiLink
 from ami.frames import Frame
 from ami.resync import resync_calls
+from contact_center.call_journal import CallJournal
 from contact_center.config import PbxSettings, Settings
 from contact_center.leases import LeaseKeeper, RedisLease
 from contact_center.telephony import Telephony
@@ -47,16 +51,15 @@ class PbxLink:
         telephony: Telephony,
         clock: Clock,
         lease: RedisLease | None,
+        journal: CallJournal | None = None,
     ) -> None:
         self.pbx = pbx
         self.telephony = telephony
         self.clock = clock
-        self.folder = fold.CallFolder(
-            pbx.trunks,
-            pbx.extension_pattern,
-            settings.telephony.count_threshold_s,
-            region=settings.crm.default_region,
-        )
+        self._settings = settings
+        self.folder = self._new_folder()
+        self.journal = journal
+        self.restored = 0  # calls in progress taken over from the journal, last gain
         self.link: AmiLink | None = None
         self.keeper = LeaseKeeper(lease, on_gain=self._connect, on_loss=self._disconnect)
 
@@ -64,17 +67,57 @@ class PbxLink:
     def name(self) -> str:
         return self.pbx.name
 
+    def _new_folder(self) -> fold.CallFolder:
+        return fold.CallFolder(
+            self.pbx.trunks,
+            self.pbx.extension_pattern,
+            self._settings.telephony.count_threshold_s,
+            region=self._settings.crm.default_region,
+        )
+
     def feed(self, frame: Frame) -> None:
         """Fold one AMI frame; called from the AMI reader, never blocks."""
-        for event in self.folder.feed(frame):
+        events = self.folder.feed(frame)
+        if self.journal is not None:
+            self.journal.record(frame)
+        self._emit(events)
+
+    def _emit(self, events: list[fold.CallEvent]) -> None:
+        # A finished call leaves the journal once it is stored (PbxLinks.stored), not here:
+        # killed before its call log wrote it, this instance leaves it to the next holder.
+        for event in events:
             self.telephony.enqueue(self.pbx.name, event)
 
     def expire(self) -> None:
         """End the calls whose Hangup never came."""
-        for event in self.folder.expire(self.clock.now().timestamp(), EXPIRE_AFTER_S):
-            self.telephony.enqueue(self.pbx.name, event)
+        self._emit(self.folder.expire(self.clock.now().timestamp(), EXPIRE_AFTER_S))
+
+    async def _take_over(self) -> None:
+        """On gaining the lease: a fresh fold with the calls in progress the last holder
+        journalled (their pop-ups went out already; a call it saw end is finished here)."""
+        self.folder = self._new_folder()
+        if self.journal is None:
+            return
+        try:
+            async with asyncio.timeout(10.0):
+                frames = await self.journal.load()
+        except (aioredis.RedisError, OSError, TimeoutError) as exc:
+            log.warning("pbx=%s could not read the call journal (%s)", self.pbx.name, exc)
+            return
+        ended: list[fold.CallEvent] = []
+        for frame in frames:
+            ended.extend(e for e in self.folder.feed(frame) if isinstance(e, fold.CallEnded))
+        self.restored = len(self.folder.live_calls())
+        self._emit(list(ended))
+        log.info(
+            "pbx=%s took over %d call(s) in progress and %d ended one(s) from the journal",
+            self.pbx.name,
+            self.restored,
+            len(ended),
+        )
 
     async def _connect(self) -> None:
+        await self._take_over()
         self.link = AmiLink(
             name=self.pbx.name,
             host=self.pbx.host,
@@ -102,8 +145,7 @@ class PbxLink:
             now=lambda: self.clock.now().timestamp(),
             queues=True,
         )
-        for event in ended:
-            self.telephony.enqueue(self.pbx.name, event)
+        self._emit(ended)
 
     def provide_status(self) -> dict[str, Any]:
         if not self.keeper.held:
@@ -143,10 +185,29 @@ class PbxLinks:
                 if redis is not None
                 else None
             )
+            journal = (
+                CallJournal(
+                    redis, settings.redis.prefix, pbx.name, ttl_s=EXPIRE_AFTER_S + EXPIRE_EVERY_S
+                )
+                if redis is not None
+                else None
+            )
             self.links[pbx.name] = PbxLink(
-                pbx, settings=settings, telephony=telephony, clock=clock, lease=lease
+                pbx,
+                settings=settings,
+                telephony=telephony,
+                clock=clock,
+                lease=lease,
+                journal=journal,
             )
         self._expirer: asyncio.Task[None] | None = None
+        telephony.when_stored(self.stored)
+
+    def stored(self, pbx: str, call_id: str) -> None:
+        """A finished call of ``pbx`` is in the call log: it leaves the PBX's journal."""
+        link = self.links.get(pbx)
+        if link is not None and link.journal is not None:
+            link.journal.ended(call_id)
 
     def __getitem__(self, name: str) -> PbxLink:
         return self.links[name]
@@ -174,6 +235,8 @@ class PbxLinks:
             self._expirer = None
         for link in self.links.values():
             await link.keeper.stop()
+            if link.journal is not None:
+                await link.journal.close()
 
     async def _expire_loop(self) -> None:
         while True:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -139,6 +140,7 @@ class Telephony:
         self._popups_idle = asyncio.Event()
         self._popups_idle.set()
         self._workers: list[asyncio.Task[None]] = []
+        self._stored_hooks: list[Callable[[str, str], None]] = []
         self.processed = 0
         self.failures = 0
         self.prefetch_hits = 0  # click-to-call rings that found their card already looked up
@@ -172,6 +174,10 @@ class Telephony:
             log.error(
                 "telephony queue full; dropped %s for call %s", type(event).__name__, event.call_id
             )
+
+    def when_stored(self, hook: Callable[[str, str], None]) -> None:
+        """Call ``hook(pbx, call_id)`` once each finished call is stored (committed)."""
+        self._stored_hooks.append(hook)
 
     def _put_popup(self, pbx: str, key: str, work: PopupWork) -> None:
         """Queue ``work`` on the pop-up worker of ``key`` (a call, or a number looked up)."""
@@ -402,6 +408,8 @@ class Telephony:
                 tracking=info.tracking if info else None,
             )
             await session.commit()
+        for hook in self._stored_hooks:
+            hook(pbx, record.call_id)
         for event in outcome.events:
             await self.bus.publish(event)
         audience = {f"ext:{e}" for e in record.rang}

@@ -1,0 +1,113 @@
+"""Two instances, one PBX: the holder dies mid-call, the other takes over the calls in progress.
+
+The holder's death is played in-process: its lease stops being renewed (nor released) and its
+AMI connection goes, as with SIGKILL; ``bench/failover.py`` does it with real processes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import func, select
+
+from contact_center.app import create_app
+from contact_center.keys import PBX, SESSIONS
+from crm_core.activities.model import Activity
+from crm_core.calls.model import Call
+from tests.fakes.ami_server import ChannelTable, FakeAmiServer, capture, event_frames, headers_of
+from tests.helpers import until
+
+
+def _pbx(server: FakeAmiServer) -> str:
+    return json.dumps(
+        [
+            {
+                "name": "main",
+                "host": "127.0.0.1",
+                "port": server.port,
+                "username": "cc",
+                "secret": "s3cret",
+                "trunks": ["provider"],
+                "extension_pattern": "^\\d{3}$",
+            }
+        ]
+    )
+
+
+def _following(client: Any) -> bool:
+    link = client.app[PBX]["main"]
+    return link.keeper.held and link.link is not None and link.link.connected
+
+
+async def test_a_call_that_ends_while_nobody_follows_the_pbx_is_stored_once_by_the_next_holder(
+    make_settings: Any,
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    aiohttp_client_factory: Any,
+) -> None:
+    table = ChannelTable()
+    server = await FakeAmiServer(table=table).start()
+    try:
+        settings = make_settings(
+            CC_DATABASE_URL=database_url,
+            CC_REDIS_URL=redis_url,
+            CC_REDIS_PREFIX=redis_prefix,
+            CC_TELEPHONY_PBX_LEASE_TTL_S="1",
+            CC_PBX=_pbx(server),
+        )
+        one = await aiohttp_client_factory(
+            create_app(settings, instance_id="one", announce=lambda _t: None)
+        )
+        await until(lambda: _following(one), timeout=10)
+        two = await aiohttp_client_factory(
+            create_app(settings, instance_id="two", announce=lambda _t: None)
+        )
+        frames = event_frames(capture("c_inbound_short_answered"))
+        call_id = next(headers_of(f)["Linkedid"] for f in frames if b"Linkedid" in f)
+        hangup = next(i for i, f in enumerate(frames) if f.startswith(b"Event: Hangup"))
+
+        # The first instance follows the call up to (not including) its first Hangup ...
+        session = server.logged_in_sessions()[0]
+        await session.send_frames(frames[:hangup], table=table)
+        link_one = one.app[PBX]["main"]
+        await until(lambda: any(c.call_id == call_id for c in link_one.folder.live_calls()))
+        assert link_one.journal is not None
+        await link_one.journal.flush()
+
+        # ... and dies: no more renewals, no release, its AMI connection gone.
+        assert link_one.keeper._task is not None
+        link_one.keeper._task.cancel()
+        await link_one._disconnect()
+        # The call ends at the PBX while nobody follows it.
+        table.apply_all(frames[hangup:])
+
+        await until(lambda: _following(two), timeout=15)
+
+        async def stored() -> int:
+            async with two.app[SESSIONS]() as s:
+                return int(
+                    await s.scalar(
+                        select(func.count()).select_from(Call).where(Call.call_id == call_id)
+                    )
+                    or 0
+                )
+
+        await until(stored, timeout=15)
+        assert await stored() == 1
+        async with two.app[SESSIONS]() as s:
+            activities = await s.scalar(
+                select(func.count())
+                .select_from(Activity)
+                .where(Activity.external_id == f"call:main:{call_id}")
+            )
+        assert activities == 1
+        # Stored, it left the journal.
+        link_two = two.app[PBX]["main"]
+        assert link_two.journal is not None
+        await until(lambda: not link_two.folder.live_calls())
+        await link_two.journal.flush()
+        assert await link_two.journal.load() == []
+    finally:
+        await server.close()
