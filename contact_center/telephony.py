@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ami import fold
@@ -36,6 +37,7 @@ from contact_center.call_outcomes import CallOutcomes
 from contact_center.config import Settings
 from crm_core.calls import events as call_events
 from crm_core.calls import screen_pop
+from crm_core.calls import service as calls
 from crm_core.calls.record import CallRecord
 from crm_core.clock import Clock
 from crm_core.phones import try_normalize_phone
@@ -399,15 +401,25 @@ class Telephony:
 
     async def _ended(self, pbx: str, record: CallRecord) -> None:
         info = self._live.pop((pbx, record.call_id), None)
-        async with self.sessions() as session:
-            outcome = await self.outcomes.record(
-                session,
-                pbx,
-                record,
-                now=self.clock.now(),
-                tracking=info.tracking if info else None,
-            )
-            await session.commit()
+        try:
+            async with self.sessions() as session:
+                outcome = await self.outcomes.record(
+                    session,
+                    pbx,
+                    record,
+                    now=self.clock.now(),
+                    tracking=info.tracking if info else None,
+                )
+                await session.commit()
+        except IntegrityError:
+            # Another instance stored it at the same moment (the PBX's lease changing hands
+            # while both still wrote their calls): stored once, by that one, which also tells.
+            if not await self._stored_already(pbx, record.call_id):
+                raise
+            log.info("call %s of pbx %s was stored by another instance", record.call_id, pbx)
+            for hook in self._stored_hooks:
+                hook(pbx, record.call_id)
+            return
         for hook in self._stored_hooks:
             hook(pbx, record.call_id)
         for event in outcome.events:
@@ -434,6 +446,10 @@ class Telephony:
                     audience=tuple(sorted(audience)),
                 )
             )
+
+    async def _stored_already(self, pbx: str, call_id: str) -> bool:
+        async with self.sessions() as session:
+            return await calls.get_call(session, pbx, call_id) is not None
 
     def provide_status(self) -> dict[str, Any]:
         return {

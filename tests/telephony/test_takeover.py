@@ -6,6 +6,7 @@ AMI connection goes, as with SIGKILL; ``bench/failover.py`` does it with real pr
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -111,3 +112,67 @@ async def test_a_call_that_ends_while_nobody_follows_the_pbx_is_stored_once_by_t
         assert await link_two.journal.load() == []
     finally:
         await server.close()
+
+
+async def test_two_instances_writing_the_same_finished_call_store_it_once_without_error(
+    make_settings: Any, database_url: str
+) -> None:
+    """While the lease changes hands both instances may still write a call (the loser its
+    queued call log, the winner the journal's): one row, one activity, no failure."""
+    from datetime import UTC, datetime
+
+    from ami.fold import CallEnded, CallFolder
+    from ami.frames import FrameParser
+    from contact_center import db, tracking_service
+    from contact_center.bus import EventBus
+    from contact_center.telephony import Telephony
+    from crm_core.clock import ManualClock
+
+    settings = make_settings(
+        CC_DATABASE_URL=database_url,
+        CC_PBX='[{"name": "main", "username": "u", "secret": "s", "trunks": ["provider"]}]',
+    )
+    engine = db.create_engine(settings.database)
+    sessions = db.sessionmaker(engine)
+    clock = ManualClock(datetime(2026, 11, 26, 20, 0, tzinfo=UTC))
+    tracker, _ = await tracking_service.open_service(
+        settings, sessions=sessions, redis=None, clock=clock
+    )
+    pbx = settings.pbx[0]
+    folded = CallFolder(pbx.trunks, pbx.extension_pattern, 60.0).feed_many(
+        FrameParser().feed(capture("c_inbound_short_answered"))
+    )
+    ended = next(e for e in folded if isinstance(e, CallEnded))
+    stored: list[str] = []
+    services = []
+    try:
+        for _ in range(2):
+            bus = EventBus()
+            await bus.start()
+            tel = Telephony(
+                settings=settings,
+                sessions=sessions,
+                bus=bus,
+                rules=settings.crm.rules(),
+                clock=clock,
+                tracker=tracker,
+            )
+            tel.when_stored(lambda _pbx, call: stored.append(call))
+            services.append((tel, bus))
+        await asyncio.gather(*(tel.handle("main", ended) for tel, _ in services))
+        async with sessions() as s:
+            rows = await s.scalar(
+                select(func.count()).select_from(Call).where(Call.call_id == ended.call_id)
+            )
+            activities = await s.scalar(
+                select(func.count())
+                .select_from(Activity)
+                .where(Activity.external_id == f"call:main:{ended.call_id}")
+            )
+        assert (rows, activities) == (1, 1)
+        assert stored == [ended.call_id, ended.call_id]  # both let the journal go
+    finally:
+        for tel, bus in services:
+            await tel.close()
+            await bus.close()
+        await engine.dispose()
