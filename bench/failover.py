@@ -358,9 +358,9 @@ async def main() -> None:
             await asyncio.gather(*list(pbx._tasks), return_exceptions=True)
             new_holder = await _holder(http, [p for p in ports if p != holder])
             # Let the new holder write the last calls: until all are stored or none more is
-            # for 10 s (a busy machine writes slowly; the count is what it is then).
+            # for 30 s (a busy machine writes slowly; the count is what it is then).
             stored, still = -1, time.monotonic()
-            while time.monotonic() - still < 10:
+            while time.monotonic() - still < 30:
                 count = len((await _stored(url))[0])
                 if count == len(pbx.calls):
                     break

@@ -98,6 +98,7 @@ class PbxLink:
         self.folder = self._new_folder()
         if self.journal is None:
             return
+        started = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(10.0):
                 frames = await self.journal.load()
@@ -110,10 +111,13 @@ class PbxLink:
         self.restored = len(self.folder.live_calls())
         self._emit(list(ended))
         log.info(
-            "pbx=%s took over %d call(s) in progress and %d ended one(s) from the journal",
+            "pbx=%s took over %d call(s) in progress and %d ended one(s) from the journal "
+            "(%d frames) in %.2f s",
             self.pbx.name,
             self.restored,
             len(ended),
+            len(frames),
+            asyncio.get_running_loop().time() - started,
         )
 
     async def _connect(self) -> None:

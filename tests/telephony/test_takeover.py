@@ -55,13 +55,13 @@ async def test_a_call_that_ends_while_nobody_follows_the_pbx_is_stored_once_by_t
             CC_DATABASE_URL=database_url,
             CC_REDIS_URL=redis_url,
             CC_REDIS_PREFIX=redis_prefix,
-            CC_TELEPHONY_PBX_LEASE_TTL_S="1",
+            CC_TELEPHONY_PBX_LEASE_TTL_S="2",
             CC_PBX=_pbx(server),
         )
         one = await aiohttp_client_factory(
             create_app(settings, instance_id="one", announce=lambda _t: None)
         )
-        await until(lambda: _following(one), timeout=10)
+        await until(lambda: _following(one), timeout=30)
         two = await aiohttp_client_factory(
             create_app(settings, instance_id="two", announce=lambda _t: None)
         )
@@ -73,7 +73,9 @@ async def test_a_call_that_ends_while_nobody_follows_the_pbx_is_stored_once_by_t
         session = server.logged_in_sessions()[0]
         await session.send_frames(frames[:hangup], table=table)
         link_one = one.app[PBX]["main"]
-        await until(lambda: any(c.call_id == call_id for c in link_one.folder.live_calls()))
+        await until(
+            lambda: any(c.call_id == call_id for c in link_one.folder.live_calls()), timeout=30
+        )
         assert link_one.journal is not None
         await link_one.journal.flush()
 
@@ -84,7 +86,7 @@ async def test_a_call_that_ends_while_nobody_follows_the_pbx_is_stored_once_by_t
         # The call ends at the PBX while nobody follows it.
         table.apply_all(frames[hangup:])
 
-        await until(lambda: _following(two), timeout=15)
+        await until(lambda: _following(two), timeout=30)
 
         async def stored() -> int:
             async with two.app[SESSIONS]() as s:
@@ -95,7 +97,7 @@ async def test_a_call_that_ends_while_nobody_follows_the_pbx_is_stored_once_by_t
                     or 0
                 )
 
-        await until(stored, timeout=15)
+        await until(stored, timeout=30)
         assert await stored() == 1
         async with two.app[SESSIONS]() as s:
             activities = await s.scalar(
@@ -107,7 +109,7 @@ async def test_a_call_that_ends_while_nobody_follows_the_pbx_is_stored_once_by_t
         # Stored, it left the journal.
         link_two = two.app[PBX]["main"]
         assert link_two.journal is not None
-        await until(lambda: not link_two.folder.live_calls())
+        await until(lambda: not link_two.folder.live_calls(), timeout=30)
         await link_two.journal.flush()
         assert await link_two.journal.load() == []
     finally:
