@@ -87,9 +87,17 @@ async def serve(settings: Mapping[str, str]) -> asyncio.subprocess.Process:
 
 
 async def stop(server: asyncio.subprocess.Process, timeout: float = 30) -> None:
-    server.terminate()
-    with contextlib.suppress(TimeoutError):
+    """SIGTERM, and SIGKILL if it has not stopped within ``timeout`` (no orphan left)."""
+    if server.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        server.terminate()
+    try:
         await asyncio.wait_for(server.wait(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            server.kill()
+        await server.wait()
     while _samplers:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(_samplers.pop().wait(), timeout)
