@@ -18,6 +18,7 @@ import asyncpg
 from bench import crm_lookup
 
 CONFIG = str(Path(__file__).resolve().parent.parent / "config.yaml")
+_samplers: list[asyncio.subprocess.Process] = []  # py-spy processes (BENCH_PYSPY)
 
 
 async def recreate_database(url: str, name: str) -> None:
@@ -48,8 +49,11 @@ async def serve(settings: Mapping[str, str]) -> asyncio.subprocess.Process:
     log = os.environ.get("BENCH_SERVER_LOG")
     out: Any = open(log, "ab") if log else asyncio.subprocess.DEVNULL  # noqa: SIM115, ASYNC230
     try:
-        return await asyncio.create_subprocess_exec(
+        profile = os.environ.get("BENCH_PROFILE")
+        profiler = ["-m", "cProfile", "-o", profile] if profile else []
+        server = await asyncio.create_subprocess_exec(
             sys.executable,
+            *profiler,
             "-m",
             "contact_center",
             "serve",
@@ -57,15 +61,47 @@ async def serve(settings: Mapping[str, str]) -> asyncio.subprocess.Process:
             stdout=out,
             stderr=out,
         )
+        sampled = os.environ.get("BENCH_PYSPY")
+        if sampled:
+            # It stops by itself when the server does, writing the file.
+            _samplers.append(
+                await asyncio.create_subprocess_exec(
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "250",
+                    "--output",
+                    sampled,
+                    "--pid",
+                    str(server.pid),
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+            )
+        return server
     finally:
         if log:
             out.close()
 
 
 async def stop(server: asyncio.subprocess.Process, timeout: float = 30) -> None:
-    server.terminate()
-    with contextlib.suppress(TimeoutError):
+    """SIGTERM, and SIGKILL if it has not stopped within ``timeout`` (no orphan left)."""
+    if server.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        server.terminate()
+    try:
         await asyncio.wait_for(server.wait(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            server.kill()
+        await server.wait()
+    while _samplers:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_samplers.pop().wait(), timeout)
 
 
 async def wait_ready(

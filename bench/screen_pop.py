@@ -1,29 +1,38 @@
-"""Benchmark: screen-pop latency, from the PBX's bytes to the manager's WebSocket.
+"""Benchmark: screen-pop latency, from the PBX's bytes to the manager's WebSocket, as a curve.
 
-    python bench/screen_pop.py [--contacts N] [--managers N] [--rate CALLS_PER_S] [--seconds S]
+    python bench/screen_pop.py [--contacts N] [--managers N] [--rates 50,100,200,400]
+                               [--seconds S] [--own-share F] [--click-share F]
 
-1,000,000 contacts in PostgreSQL (``CC_BENCH_DATABASE_URL``; a database of its own is created
-and dropped), the server running as its own process (``contact-center serve``) connected over
-AMI to a simulated PBX in this process, 100 managers connected to ``/ws``. The PBX places
-``--rate`` real-capture calls per second (replayed faster than real time so they end quickly),
-each from a random number (four in five belong to a loaded contact) to a random manager's
-extension; one call in five (``--click-share``) is a click-to-call: the manager asks
-``POST /api/v1/calls`` and the PBX, answering the server's Originate, rings the manager's own phone
-first (the real click-to-call capture), with no greeting in front to identify the client in; the
-server looks the card up when the API is asked. The others come in through the greeting and
-queue of the real inbound capture, during which the server identifies the caller.
+``--contacts`` (default 1,000,000) contacts in PostgreSQL (``CC_BENCH_DATABASE_URL``; a
+database of its own is created and dropped), written set-based by PostgreSQL (INSERT ... SELECT
+generate_series), each managed by one of ``--managers`` (default 100) managers, who are all
+connected to ``/ws``; the server runs as its own process (``contact-center serve``) connected
+over AMI to a simulated PBX in this process. For each rate of ``--rates`` in turn the PBX
+places that many real-capture calls per second for ``--seconds`` (replayed faster than real
+time so they end quickly), each from a random number (four in five belong to a loaded contact;
+half of those ring the contact's own manager, ``--own-share``) to a manager's extension; one
+call in five (``--click-share``) is a click-to-call: the manager asks ``POST /api/v1/calls``
+and the PBX, answering the server's Originate, rings the manager's own phone first (the real
+click-to-call capture). The others come in through the greeting and queue of the real inbound
+capture, during which the server identifies the caller.
 Latency: from the moment the PBX writes the frame that rings an extension (``DialBegin``,
 ``AgentCalled`` or a ``Newstate`` to Ringing) to the ``call.ringing`` frame arriving at that
-manager's socket; printed for all calls and for the click-to-calls alone.
+manager's socket.
 
-Every pop is checked: it must reach the socket of the manager whose extension the PBX rang
-(the extension read from the ringing frame, not from the pop), and carry the client's card when
-the caller is a loaded contact (and none otherwise). A call rung at the PBX that popped nowhere
-is ``missing``; it enters the percentiles with the time it was waited for (from its ring to the
-end of the run), so a lost pop cannot make the figures look better.
+Every pop is checked: it must reach the socket of the manager whose extension the PBX rang,
+and carry the card as he may see it: the whole card of his own client, only the name, company
+and responsible of another manager's (issue 15, finding 4), none for an unknown caller. A call
+rung at the PBX that popped nowhere is ``missing``; it enters the percentiles with the time it
+was waited for (from its ring to the end of its step), so a lost pop cannot make the figures
+look better. Click-to-call requests the server refused (not 202) are counted. Each step
+prints the load average (the machine may be shared) and the CPU the server used per call.
 
-The last line is one JSON object: ``{"contacts", "calls_per_s", "p50_ms", "p99_ms", "calls",
-"popped", "missing", "wrong_socket", "card_missing", "card_unexpected"}``.
+The last line is one JSON object: ``{"contacts", "managers", "seeded_s", "curve": [{"rate",
+"calls_per_s", "p50_ms", "p99_ms", "click_p99_ms", "calls", "popped", "missing",
+"click_refused", "wrong_socket", "card_missing", "card_unexpected", "card_wrong", "load_avg",
+"server_cpu_ms_per_call"}, ...], "p99_passes_20ms_at_calls_per_s", "p50_ms", "p99_ms",
+"missing"}`` (``p50_ms``/``p99_ms``: the 200 calls/s step; the crossing is interpolated
+between the last rate under 20 ms and the first over it).
 """
 
 from __future__ import annotations
@@ -36,12 +45,15 @@ import random
 import re
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 
 from ami.simulator import SimulatedPbx
 from bench import crm_lookup, harness
@@ -52,6 +64,7 @@ from crm_core.users.model import TokenKind
 
 DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 DB_NAME = "cc_bench_screen_pop"
+GOAL_MS = 20.0
 _LINKEDID = re.compile(rb"^Linkedid: (\S+)\r?$", re.M)
 _RINGS = (b"Event: DialBegin", b"Event: AgentCalled")
 _PHONE_RINGING = re.compile(rb"^ChannelState: 5\r?$", re.M)  # Newstate: Ringing
@@ -66,6 +79,8 @@ class TimedPbx(SimulatedPbx):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.sent: dict[str, float] = {}
+        self.phase = 0  # the bench's current rate (index into the curve)
+        self.phase_of: dict[str, int] = {}  # call -> the rate it rang during
         self.rang: dict[str, str] = {}  # call -> the extension the PBX rang first
         self.rung_by_state: set[str] = set()  # calls whose phone rang without a Dial first
 
@@ -76,6 +91,7 @@ class TimedPbx(SimulatedPbx):
             match = _LINKEDID.search(data)
             if match and (call_id := match.group(1).decode()) not in self.sent:
                 self.sent[call_id] = time.perf_counter()
+                self.phase_of[call_id] = self.phase
                 endpoint = (_CHANNEL if by_state else _DEST).search(data)
                 if endpoint:
                     self.rang[call_id] = endpoint.group(1).decode()
@@ -84,11 +100,14 @@ class TimedPbx(SimulatedPbx):
 
 
 class _Refusals:
-    """Counts click-to-call requests the server did not accept (each must be 202)."""
+    """Counts click-to-call requests the server did not accept (each must be 202), per step
+    of the curve."""
 
     def __init__(self) -> None:
         self.count = 0
         self.last = ""
+        self.step = 0
+        self.by_step: dict[int, int] = {}
 
     def check(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
@@ -97,21 +116,78 @@ class _Refusals:
         status = None if exc else task.result().status
         if status != 202:
             self.count += 1
+            self.by_step[self.step] = self.by_step.get(self.step, 0) + 1
             self.last = repr(exc) if exc else f"HTTP {status}"
         if exc is None:
             task.result().release()
 
 
-async def _prepare(url: str, contacts: int, managers: int) -> tuple[list[str], list[str]]:
+# Contact i (1..N) has the number +7 9XXXXXXXXX with XXXXXXXXX = (i * _STEP + _SHIFT) mod 10**9:
+# distinct for every i (the step is prime to 10**9), so PostgreSQL writes them set-based and
+# this process finds the contact of any calling number by inverting the map, without a list.
+_STEP, _SHIFT, _SPAN = 7919, 12345, 10**9
+_INVERSE = pow(_STEP, -1, _SPAN)
+
+
+def _national(i: int) -> str:
+    return f"9{(i * _STEP + _SHIFT) % _SPAN:09d}"
+
+
+def _contact_of(e164: str | None, contacts: int) -> int | None:
+    """The loaded contact whose number ``e164`` is, or None."""
+    if not e164 or len(e164) != 12 or not e164.startswith("+79"):
+        return None
+    i = ((int(e164[3:]) - _SHIFT) * _INVERSE) % _SPAN
+    return i if 1 <= i <= contacts else None
+
+
+_SEED_CONTACTS = """
+INSERT INTO contacts (id, name, name_search, legal_hold, responsible_id, created_at, updated_at)
+SELECT i, 'Клиент ' || i, 'клиент ' || i, false, ($2::int[])[(i % $3) + 1], now(), now()
+FROM generate_series(1, $1::int) AS i
+"""
+_SEED_PHONES = """
+INSERT INTO phones (id, contact_id, e164, digits_rev, last10, kind, created_at)
+SELECT i, i, n, reverse(substr(n, 2)), right(n, 10), 'mobile', now()
+FROM (SELECT i, '+79' || lpad(((i::bigint * $2 + $3) % $4)::text, 9, '0') AS n
+      FROM generate_series(1, $1::int) AS i) AS numbered
+"""
+
+
+async def _seed(url: str, contacts: int, managers: list[int]) -> float:
+    """``contacts`` contacts with one mobile number each, contact i managed by
+    ``managers[i % len(managers)]``, written by PostgreSQL itself (INSERT ... SELECT
+    generate_series); returns the seconds it took."""
+    started = time.perf_counter()
+    conn = await asyncpg.connect(crm_lookup._dsn(url, DB_NAME))
+    try:
+        await conn.execute(_SEED_CONTACTS, contacts, managers, len(managers))
+        print(f"  {contacts:,} contacts written ({time.perf_counter() - started:.1f} s)")
+        await conn.execute(_SEED_PHONES, contacts, _STEP, _SHIFT, _SPAN)
+        print(f"  {contacts:,} phones written ({time.perf_counter() - started:.1f} s)")
+        for table in ("contacts", "phones"):
+            await conn.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                f"(SELECT max(id) FROM {table}))"
+            )
+        # Settle the bulk load: autovacuum's pass over the new rows and the checkpoint would
+        # otherwise land in the measurement.
+        await conn.execute("VACUUM ANALYZE contacts")
+        await conn.execute("VACUUM ANALYZE phones")
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+    return time.perf_counter() - started
+
+
+async def _prepare(url: str, contacts: int, managers: int) -> tuple[list[str], list[int], float]:
+    """A fresh database with ``managers`` managers (m0.. on extensions 100..) and ``contacts``
+    contacts spread over them; their API tokens, user ids and the seeding time."""
     await harness.recreate_database(url, DB_NAME)
     sa_url = crm_lookup._sa_url(url, DB_NAME)
     engine = db.create_engine(DatabaseSettings(url=sa_url))
     await db.migrate(engine)
-    await engine.dispose()
-    crm_lookup.DB_NAME = DB_NAME  # its loader writes into the database named there
-    numbers = await crm_lookup._load(url, contacts, random.Random(7))
-    engine = db.create_engine(DatabaseSettings(url=sa_url))
-    tokens = []
+    tokens, ids = [], []
     async with db.sessionmaker(engine)() as session:
         for i in range(managers):
             user, _ = await users.create_user(
@@ -124,9 +200,11 @@ async def _prepare(url: str, contacts: int, managers: int) -> tuple[list[str], l
             )
             issued = await users.issue_token(session, user, kind=TokenKind.API, ttl=None)
             tokens.append(issued.secret)
+            ids.append(user.id)
         await session.commit()
     await engine.dispose()
-    return numbers, tokens
+    seeded = await _seed(url, contacts, ids)
+    return tokens, ids, seeded
 
 
 async def _serve(url: str, pbx_port: int, http_port: int) -> asyncio.subprocess.Process:
@@ -150,12 +228,67 @@ async def _serve(url: str, pbx_port: int, http_port: int) -> asyncio.subprocess.
     )
 
 
+@dataclass
+class _Step:
+    """One rate of the curve: what it placed and what arrived."""
+
+    rate: float
+    placed: int = 0
+    clicks: int = 0
+    achieved: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    click_latencies: list[float] = field(default_factory=list)
+    popped: dict[str, float] = field(default_factory=dict)
+    wrong_socket: list[str] = field(default_factory=list)
+    card_missing: list[str] = field(default_factory=list)
+    card_unexpected: list[str] = field(default_factory=list)
+    card_wrong: list[str] = field(default_factory=list)  # whole card for a non-owner, or not
+    ended_at: float = 0.0
+    load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    server_cpu_s: float = 0.0  # CPU the server used from the step's start to its end
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (Linux), else 0."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load_avg() -> tuple[float, float, float]:
+    one, five, fifteen = os.getloadavg()
+    return round(one, 2), round(five, 2), round(fifteen, 2)
+
+
+def _crossing(curve: list[dict[str, Any]], limit: float) -> float | None:
+    """The rate at which p99 passes ``limit`` ms: linear between the last rate under it and the
+    first over it; the first rate when already over there; None when it never passes."""
+    previous: dict[str, Any] | None = None
+    for point in curve:
+        if point["p99_ms"] >= limit:
+            if previous is None:
+                return float(point["calls_per_s"])
+            low, high = previous["p99_ms"], point["p99_ms"]
+            share = (limit - low) / (high - low)
+            return round(
+                previous["calls_per_s"] + share * (point["calls_per_s"] - previous["calls_per_s"]),
+                1,
+            )
+        previous = point
+    return None
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--contacts", type=int, default=1_000_000)
     parser.add_argument("--managers", type=int, default=100)
-    parser.add_argument("--rate", type=float, default=50.0, help="new calls per second")
-    parser.add_argument("--seconds", type=float, default=20.0, help="how long to place calls")
+    parser.add_argument(
+        "--rates", default="50,100,200,400", help="the curve: new calls per second, in order"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="how long each rate runs")
+    parser.add_argument("--settle", type=float, default=5.0, help="pause after each rate")
     parser.add_argument("--speed", type=float, default=20.0, help="replay speed of each call")
     parser.add_argument(
         "--click-share",
@@ -163,23 +296,25 @@ async def main() -> None:
         default=0.2,
         help="share of calls that are click-to-call (POST /api/v1/calls, then the PBX rings)",
     )
+    parser.add_argument(
+        "--own-share",
+        type=float,
+        default=0.5,
+        help="share of a known caller's calls that ring his own manager (who sees the whole card)",
+    )
     args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
     url = os.environ.get("CC_BENCH_DATABASE_URL", DEFAULT_URL)
 
     print(f"preparing {args.contacts:,} contacts and {args.managers} managers ...")
-    numbers, tokens = await _prepare(url, args.contacts, args.managers)
+    tokens, _ids, seeded = await _prepare(url, args.contacts, args.managers)
+    print(f"seeded in {seeded:.1f} s (INSERT ... SELECT generate_series, VACUUM ANALYZE)")
     pbx = TimedPbx(username="cc", secret="bench", speed=args.speed)
     await pbx.start()
     http_port = pbx.port + 1 if pbx.port < 65000 else 18999
     server = await _serve(url, pbx.port, http_port)
     base = f"http://127.0.0.1:{http_port}"
-    latencies: list[float] = []
-    click_latencies: list[float] = []
-    rings: dict[str, float] = {}
-    loaded = {"+7" + n for n in numbers}
-    wrong_socket: list[str] = []
-    card_missing: list[str] = []
-    card_unexpected: list[str] = []
+    steps: list[_Step] = []
     try:
         await harness.wait_ready(
             base, lambda doc: doc.get("pbx", {}).get("bench", {}).get("status") == "ok"
@@ -190,6 +325,25 @@ async def main() -> None:
                 await http.ws_connect(f"{base.replace('http', 'ws')}/ws?token={t}") for t in tokens
             ]
 
+            def check(step: _Step, pop: dict[str, Any], extension: str) -> None:
+                """Whether the pop carries the card as the manager of ``extension`` may see it:
+                the whole card of his own client, name, company and responsible of another's,
+                none for an unknown caller."""
+                call_id, client = pop["call_id"], pop.get("client")
+                contact = _contact_of(pop["caller"], args.contacts)
+                if contact is None:
+                    if client:
+                        step.card_unexpected.append(call_id)
+                    return
+                if not client or not client.get("name"):
+                    step.card_missing.append(call_id)
+                    return
+                own = contact % args.managers == int(extension) - 100
+                whole = client.get("id") == contact and not client.get("restricted")
+                cut = client.get("restricted") is True and "deals" not in client
+                if (own and not whole) or (not own and not cut):
+                    step.card_wrong.append(call_id)
+
             async def reader(ws: aiohttp.ClientWebSocketResponse, extension: str) -> None:
                 async for msg in ws:
                     if msg.type != aiohttp.WSMsgType.TEXT or '"call.ringing"' not in msg.data:
@@ -197,72 +351,78 @@ async def main() -> None:
                     arrived = time.perf_counter()
                     pop = json.loads(msg.data)
                     call_id = pop["call_id"]
+                    phase = pbx.phase_of.get(call_id)
+                    if phase is None:
+                        continue  # no ringing frame seen for it: counted as wrong below
+                    step = steps[phase]
                     if pbx.rang.get(call_id) != extension:
-                        # not the phone that rang (or no ringing frame seen for the call)
-                        wrong_socket.append(
+                        step.wrong_socket.append(
                             f"{call_id} at {extension}, rang {pbx.rang.get(call_id)}"
                         )
                         continue
-                    if pop["caller"] in loaded and not (pop.get("client") or {}).get("id"):
-                        card_missing.append(call_id)
-                    elif pop["caller"] not in loaded and pop.get("client"):
-                        card_unexpected.append(call_id)
-                    if call_id in rings:
+                    check(step, pop, extension)
+                    if call_id in step.popped:
                         continue
-                    rings[call_id] = arrived
-                    sent = pbx.sent.get(call_id)
-                    if sent is not None:
-                        latencies.append((arrived - sent) * 1000)
-                        if call_id in pbx.rung_by_state:
-                            click_latencies.append((arrived - sent) * 1000)
+                    step.popped[call_id] = arrived
+                    latency = (arrived - pbx.sent[call_id]) * 1000
+                    step.latencies.append(latency)
+                    if call_id in pbx.rung_by_state:
+                        step.click_latencies.append(latency)
 
             readers = [
                 asyncio.get_running_loop().create_task(reader(ws, str(100 + i)))
                 for i, ws in enumerate(sockets)
             ]
             rng = random.Random(11)
-            placed = clicks = 0
             posts: set[asyncio.Task[Any]] = set()
             refused = _Refusals()
-            started = time.perf_counter()
-            print(f"placing {args.rate:g} calls/s for {args.seconds:g} s ...")
-            while (elapsed := time.perf_counter() - started) < args.seconds:
-                due = int(elapsed * args.rate) + 1
-                while placed < due:
-                    known = rng.random() < 0.8
-                    caller = (
-                        "7" + rng.choice(numbers) if known else f"7916{rng.randrange(10**7):07d}"
-                    )
-                    extension = str(100 + rng.randrange(args.managers))
-                    if rng.random() < args.click_share:
-                        # Click-to-call: the manager asks the API, the server sends the PBX an
-                        # Originate, the PBX rings the manager's phone showing the client.
-                        manager = rng.randrange(args.managers)
-                        task = asyncio.get_running_loop().create_task(
-                            api.post(
-                                f"{base}/api/v1/calls",
-                                json={"to": caller},
-                                headers={"Authorization": f"Bearer {tokens[manager]}"},
+            for rate in rates:
+                step = _Step(rate)
+                pbx.phase = refused.step = len(steps)
+                steps.append(step)
+                started = time.perf_counter()
+                cpu_before = _cpu_s(server.pid)
+                print(f"placing {rate:g} calls/s for {args.seconds:g} s (load {_load_avg()}) ...")
+                while (elapsed := time.perf_counter() - started) < args.seconds:
+                    due = int(elapsed * rate) + 1
+                    while step.placed < due:
+                        contact = rng.randrange(1, args.contacts + 1)
+                        known = rng.random() < 0.8
+                        caller = (
+                            "7" + _national(contact) if known else f"7916{rng.randrange(10**7):07d}"
+                        )
+                        own = known and rng.random() < args.own_share
+                        manager = contact % args.managers if own else rng.randrange(args.managers)
+                        if rng.random() < args.click_share:
+                            # Click-to-call: the manager asks the API, the server sends the PBX
+                            # an Originate, the PBX rings the manager's phone showing the client.
+                            task = asyncio.get_running_loop().create_task(
+                                api.post(
+                                    f"{base}/api/v1/calls",
+                                    json={"to": caller},
+                                    headers={"Authorization": f"Bearer {tokens[manager]}"},
+                                )
                             )
-                        )
-                        posts.add(task)
-                        task.add_done_callback(posts.discard)
-                        task.add_done_callback(refused.check)
-                        clicks += 1
-                    else:
-                        pbx.play(
-                            "c_inbound_short_answered",
-                            outside=caller,
-                            did="74951112233",
-                            extension=extension,
-                        )
-                    placed += 1
-                await asyncio.sleep(0.005)
-            achieved = placed / (time.perf_counter() - started)
-            await asyncio.sleep(5)  # let the last calls ring
-            waited_until = time.perf_counter()
+                            posts.add(task)
+                            task.add_done_callback(posts.discard)
+                            task.add_done_callback(refused.check)
+                            step.clicks += 1
+                        else:
+                            pbx.play(
+                                "c_inbound_short_answered",
+                                outside=caller,
+                                did="74951112233",
+                                extension=str(100 + manager),
+                            )
+                        step.placed += 1
+                    await asyncio.sleep(0.005)
+                step.achieved = step.placed / (time.perf_counter() - started)
+                step.load = _load_avg()
+                await asyncio.sleep(args.settle)  # let the last calls ring and pop
+                step.ended_at = time.perf_counter()
+                step.server_cpu_s = _cpu_s(server.pid) - cpu_before
             if refused.count:
-                raise SystemExit(f"{refused.count} click-to-call requests failed: {refused.last}")
+                print(f"{refused.count} click-to-call requests refused, the last: {refused.last}")
             for reader_task in readers:
                 if reader_task.done() and reader_task.exception() is not None:
                     raise SystemExit(f"a socket reader failed: {reader_task.exception()!r}")
@@ -274,52 +434,74 @@ async def main() -> None:
         await harness.stop(server)
         await harness.drop_database(url, DB_NAME)
 
-    if not latencies:
-        raise SystemExit(
-            f"no call.ringing frame arrived at the ringing manager (rung: {len(pbx.sent)}, "
-            f"at another socket: {len(wrong_socket)}, e.g. {list(pbx.rang.items())[:3]})"
-        )
-    missing = sorted(set(pbx.sent) - set(rings))
-    # A call that never popped waited at least until the end of the run: it counts as that.
-    counted = latencies + [(waited_until - pbx.sent[c]) * 1000 for c in missing]
-    p50, p99 = crm_lookup._pct(counted, 0.50), crm_lookup._pct(counted, 0.99)
+    curve = [
+        _report(index, step, pbx, refused.by_step.get(index, 0)) for index, step in enumerate(steps)
+    ]
+    crossing = _crossing(curve, GOAL_MS)
     print(
-        f"calls placed: {placed} ({achieved:.1f}/s, {clicks} click-to-call); rung at the PBX: "
-        f"{len(pbx.sent)}; popped at the ringing manager: {len(latencies)}"
+        f"p99 passes {GOAL_MS:g} ms at "
+        + (f"{crossing:g} calls/s" if crossing is not None else "none of the rates measured")
     )
-    print(f"missing (rung, no pop-up at the ringing manager): {len(missing)}", end="")
-    print(f" ({', '.join(missing[:5])})" if missing else "")
-    print(
-        f"pop-ups at another manager's socket: {len(wrong_socket)} {wrong_socket[:3]}; "
-        f"known caller without the card: {len(card_missing)}; "
-        f"unknown caller with a card: {len(card_unexpected)}"
-    )
-    print(
-        f"ring -> pop-up latency (missing counted as waited): p50 {p50:.2f} ms, "
-        f"p99 {p99:.2f} ms (goal p99 < 20 ms)"
-    )
-    if click_latencies:
-        print(
-            f"  of which click-to-call (asked through the API): "
-            f"p50 {crm_lookup._pct(click_latencies, 0.5):.2f} ms, "
-            f"p99 {crm_lookup._pct(click_latencies, 0.99):.2f} ms"
-        )
+    at_200 = next((p for p in curve if p["rate"] == 200), None)
     print(
         json.dumps(
             {
                 "contacts": args.contacts,
-                "calls_per_s": round(achieved, 1),
-                "p50_ms": round(p50, 2),
-                "p99_ms": round(p99, 2),
-                "calls": len(pbx.sent),
-                "popped": len(latencies),
-                "missing": len(missing),
-                "wrong_socket": len(wrong_socket),
-                "card_missing": len(card_missing),
-                "card_unexpected": len(card_unexpected),
+                "managers": args.managers,
+                "seeded_s": round(seeded, 1),
+                "curve": curve,
+                "p99_passes_20ms_at_calls_per_s": crossing,
+                "p50_ms": at_200["p50_ms"] if at_200 else None,
+                "p99_ms": at_200["p99_ms"] if at_200 else None,
+                "missing": sum(p["missing"] for p in curve),
             }
         )
     )
+
+
+def _report(index: int, step: _Step, pbx: TimedPbx, refused: int) -> dict[str, Any]:
+    """Print one rate's figures; return them for the JSON."""
+    rung = [c for c, phase in pbx.phase_of.items() if phase == index]
+    missing = sorted(c for c in rung if c not in step.popped)
+    # A call that never popped waited at least until the end of its step: it counts as that.
+    counted = step.latencies + [(step.ended_at - pbx.sent[c]) * 1000 for c in missing]
+    p50 = crm_lookup._pct(counted, 0.50) if counted else 0.0
+    p99 = crm_lookup._pct(counted, 0.99) if counted else 0.0
+    click = step.click_latencies
+    click_p99 = crm_lookup._pct(click, 0.99) if click else None
+    print(
+        f"{step.rate:g} calls/s (placed {step.placed}, {step.achieved:.1f}/s, "
+        f"{step.clicks} click-to-call, {refused} refused; load average "
+        f"{step.load[0]} {step.load[1]} {step.load[2]}): rung {len(rung)}, "
+        f"popped {len(step.popped)}, missing {len(missing)}"
+        + (f" ({', '.join(missing[:3])})" if missing else "")
+    )
+    print(
+        f"    ring -> pop-up p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+        + (f" (click-to-call p99 {click_p99:.2f} ms)" if click_p99 is not None else "")
+        + f"; server CPU {step.server_cpu_s:.1f} s "
+        f"({1000 * step.server_cpu_s / max(step.placed, 1):.2f} ms a call)"
+        + f"; at another socket {len(step.wrong_socket)}, card missing "
+        f"{len(step.card_missing)}, card unexpected {len(step.card_unexpected)}, card not as "
+        f"its viewer may see it {len(step.card_wrong)}"
+    )
+    return {
+        "rate": step.rate,
+        "calls_per_s": round(step.achieved, 1),
+        "p50_ms": round(p50, 2),
+        "p99_ms": round(p99, 2),
+        "click_p99_ms": round(click_p99, 2) if click_p99 is not None else None,
+        "calls": len(rung),
+        "popped": len(step.popped),
+        "missing": len(missing),
+        "click_refused": refused,
+        "wrong_socket": len(step.wrong_socket),
+        "card_missing": len(step.card_missing),
+        "card_unexpected": len(step.card_unexpected),
+        "card_wrong": len(step.card_wrong),
+        "load_avg": list(step.load),
+        "server_cpu_ms_per_call": round(1000 * step.server_cpu_s / max(step.placed, 1), 2),
+    }
 
 
 if __name__ == "__main__":

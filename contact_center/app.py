@@ -81,6 +81,7 @@ from crm_core.rules import CrmRules
 from crm_core.tasks import service as tasks
 from crm_core.tracking.events import TrackingChanged
 from crm_core.users import service as users
+from crm_core.users.events import TokensRevoked
 
 log = logging.getLogger(__name__)
 
@@ -469,9 +470,12 @@ async def _telephony(app: web.Application) -> AsyncIterator[None]:
 
 async def _websocket_hub(app: web.Application) -> AsyncIterator[None]:
     hub, bus = app[ws.HUB], app[BUS]
-    subscription = bus.subscribe(hub.on_event, name="ws")
+    # Pushes inline (the pop-up's latency); revocations close sockets, so they are queued.
+    pushes = bus.subscribe_inline(hub.deliver, name="ws")
+    revocations = bus.subscribe(hub.on_event, name="ws-revocations", events=(TokensRevoked.name,))
     yield
-    await bus.unsubscribe(subscription)
+    await bus.unsubscribe(revocations)
+    await bus.unsubscribe(pushes)
 
 
 # ---------------------------------------------------------------- long-running processes

@@ -176,6 +176,9 @@ class PbxSettings(_Section):
 class TelephonySettings(_Section):
     count_threshold_s: float = Field(60.0, ge=0)
     callback_due_minutes: int = Field(30, ge=1)
+    # With Redis, one instance follows each PBX under a lease of this length, renewed every
+    # third of it: another instance takes over within about this long after the holder dies.
+    pbx_lease_ttl_s: float = Field(3.0, ge=1.0, le=300.0)
 
 
 class SchedulerSettings(_Section):

@@ -18,6 +18,8 @@ import redis.asyncio as aioredis
 
 log = logging.getLogger(__name__)
 
+STANDBY_POLL_S = 0.25
+
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pexpire', KEYS[1], ARGV[2])
@@ -64,7 +66,9 @@ class LeaseKeeper:
     """Runs ``on_gain`` while this instance holds the lease and ``on_loss`` when it stops.
 
     Checks every ``ttl/3``: a lost renewal (Redis down, another owner) means stop at once, so
-    two instances never consume the same PBX for longer than one check interval.
+    two instances never consume the same PBX for longer than one check interval. An instance
+    that does not hold the lease looks more often (every ``STANDBY_POLL_S`` at most): the
+    lease of a dead holder is taken within that of its expiry (one GET-sized SET a poll).
     """
 
     def __init__(
@@ -111,7 +115,9 @@ class LeaseKeeper:
                 self.held = False
                 log.warning("lease %s lost by %s", self.lease.key, self.lease.owner)
                 await self._on_loss()
-            await asyncio.sleep(self.interval_s)
+            await asyncio.sleep(
+                self.interval_s if self.held else min(self.interval_s, STANDBY_POLL_S)
+            )
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -12,6 +12,11 @@ PBX's CDR (:mod:`ami.cdr`) is read after every reconnect and at start-up for the
 seen: calls the server never saw are added, calls it saw only partly (answered or ended during
 the outage, or before a restart) take the PBX's times, and a call that ends later with times
 the fold only estimated is checked against the CDR ``cdr.settle_s`` after its end.
+
+With Redis the folded frames of the calls in progress are journalled
+(:mod:`contact_center.call_journal`), so the instance that takes the lease over when the holder
+dies folds them again before it connects: its resync then also ends the calls that ended while
+nobody followed the PBX.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ami import fold
 from ami.connection import AmiLink
 from ami.frames import Frame
 from ami.resync import resync_calls
+from contact_center.call_journal import CallJournal
 from contact_center.config import PbxSettings, Settings
 from contact_center.leases import LeaseKeeper, RedisLease
 from contact_center.telephony import Telephony
@@ -39,7 +45,6 @@ from crm_core.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
-LEASE_TTL_S = 10.0
 EXPIRE_EVERY_S = 60.0
 # A call silent for this long lost its Hangup (RTCP keeps live calls chatty with read=all).
 EXPIRE_AFTER_S = 4 * 3600.0
@@ -56,18 +61,15 @@ class PbxLink:
         telephony: Telephony,
         clock: Clock,
         lease: RedisLease | None,
+        journal: CallJournal | None = None,
     ) -> None:
         self.pbx = pbx
         self.telephony = telephony
         self.clock = clock
-        self.folder = fold.CallFolder(
-            pbx.trunks,
-            pbx.extension_pattern,
-            settings.telephony.count_threshold_s,
-            region=settings.crm.default_region,
-            # Channel lists carry no Timestamp: their times are the server's clock's.
-            now=lambda: clock.now().timestamp(),
-        )
+        self._settings = settings
+        self.folder = self._new_folder()
+        self.journal = journal
+        self.restored = 0  # calls in progress taken over from the journal, last gain
         self.link: AmiLink | None = None
         self.keeper = LeaseKeeper(lease, on_gain=self._connect, on_loss=self._disconnect)
         self.count_threshold_s = settings.telephony.count_threshold_s
@@ -87,10 +89,23 @@ class PbxLink:
     def name(self) -> str:
         return self.pbx.name
 
+    def _new_folder(self) -> fold.CallFolder:
+        return fold.CallFolder(
+            self.pbx.trunks,
+            self.pbx.extension_pattern,
+            self._settings.telephony.count_threshold_s,
+            region=self._settings.crm.default_region,
+            # Channel lists carry no Timestamp: their times are the server's clock's.
+            now=lambda: self.clock.now().timestamp(),
+        )
+
     def feed(self, frame: Frame) -> None:
         """Fold one AMI frame; called from the AMI reader, never blocks."""
         self._note_heard()
-        for event in self.folder.feed(frame):
+        events = self.folder.feed(frame)
+        if self.journal is not None:
+            self.journal.record(frame)
+        for event in events:
             if isinstance(event, fold.CallRinging):
                 client = self.folder.click_to_call(event.call_id)
                 if client is not None:
@@ -98,6 +113,8 @@ class PbxLink:
             self._emit(event)
 
     def _emit(self, event: fold.CallEvent) -> None:
+        # A finished call leaves the journal once it is stored (PbxLinks.stored), not here:
+        # killed before its call log wrote it, this instance leaves it to the next holder.
         if isinstance(event, fold.CallEnded) and event.record.estimated and self.pbx.cdr:
             self._check_later(event.record.started_at)
         self.telephony.enqueue(self.pbx.name, event)
@@ -123,7 +140,37 @@ class PbxLink:
         for event in self.folder.expire(self.clock.now().timestamp(), EXPIRE_AFTER_S):
             self._emit(event)
 
+    async def _take_over(self) -> None:
+        """On gaining the lease: a fresh fold with the calls in progress the last holder
+        journalled (their pop-ups went out already; a call it saw end is finished here)."""
+        self.folder = self._new_folder()
+        if self.journal is None:
+            return
+        started = asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(10.0):
+                frames = await self.journal.load()
+        except (aioredis.RedisError, OSError, TimeoutError) as exc:
+            log.warning("pbx=%s could not read the call journal (%s)", self.pbx.name, exc)
+            return
+        ended: list[fold.CallEvent] = []
+        for frame in frames:
+            ended.extend(e for e in self.folder.feed(frame) if isinstance(e, fold.CallEnded))
+        self.restored = len(self.folder.live_calls())
+        for event in ended:
+            self._emit(event)
+        log.info(
+            "pbx=%s took over %d call(s) in progress and %d ended one(s) from the journal "
+            "(%d frames) in %.2f s",
+            self.pbx.name,
+            self.restored,
+            len(ended),
+            len(frames),
+            asyncio.get_running_loop().time() - started,
+        )
+
     async def _connect(self) -> None:
+        await self._take_over()
         self.link = AmiLink(
             name=self.pbx.name,
             host=self.pbx.host,
@@ -281,15 +328,37 @@ class PbxLinks:
                 continue
             lease = (
                 RedisLease(
-                    redis, f"{settings.redis.prefix}:ami:{pbx.name}", instance_id, ttl_s=LEASE_TTL_S
+                    redis,
+                    f"{settings.redis.prefix}:ami:{pbx.name}",
+                    instance_id,
+                    ttl_s=settings.telephony.pbx_lease_ttl_s,
+                )
+                if redis is not None
+                else None
+            )
+            journal = (
+                CallJournal(
+                    redis, settings.redis.prefix, pbx.name, ttl_s=EXPIRE_AFTER_S + EXPIRE_EVERY_S
                 )
                 if redis is not None
                 else None
             )
             self.links[pbx.name] = PbxLink(
-                pbx, settings=settings, telephony=telephony, clock=clock, lease=lease
+                pbx,
+                settings=settings,
+                telephony=telephony,
+                clock=clock,
+                lease=lease,
+                journal=journal,
             )
         self._expirer: asyncio.Task[None] | None = None
+        telephony.when_stored(self.stored)
+
+    def stored(self, pbx: str, call_id: str) -> None:
+        """A finished call of ``pbx`` is in the call log: it leaves the PBX's journal."""
+        link = self.links.get(pbx)
+        if link is not None and link.journal is not None:
+            link.journal.ended(call_id)
 
     def __getitem__(self, name: str) -> PbxLink:
         return self.links[name]
@@ -317,6 +386,8 @@ class PbxLinks:
             self._expirer = None
         for link in self.links.values():
             await link.keeper.stop()
+            if link.journal is not None:
+                await link.journal.close()
 
     async def _expire_loop(self) -> None:
         while True:

@@ -25,11 +25,13 @@ import contextlib
 import dataclasses
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ami import fold
@@ -55,6 +57,12 @@ QUEUE_LIMIT = 100_000
 PREFETCH_FRESH_S = 30.0
 # Longest a finished call waits for the pop-up lane to go quiet before it is written.
 YIELD_MAX_S = 0.5
+# ... unless this many finished calls wait already: then the call log writes without waiting,
+# or under steady load (the pop-up lane never quiet) it would fall behind without bound.
+CALL_LOG_BACKLOG = 20
+# Pop-up workers (PostgreSQL; one on SQLite, whose reads are serialised anyway): a lookup is
+# three round trips, and one worker caps the pop-ups at one lookup per three round trips.
+POPUP_WORKERS = 4
 
 
 # Cards looked up ahead of a click-to-call are kept at most this many (oldest dropped first).
@@ -137,7 +145,10 @@ class Telephony:
         self.settings = settings
         self.tracker = tracker  # attributes calls to tracking numbers (website sessions)
         self.sessions = sessions
-        self._reader = db.ReadConnection(sessions)
+        bind = sessions.kw.get("bind")
+        workers = POPUP_WORKERS if bind is not None and bind.dialect.name == "postgresql" else 1
+        self._readers = [db.ReadConnection(sessions) for _ in range(workers)]
+        self._reader = self._readers[0]  # the call log's and the CDR's reads
         self.bus = bus
         self.rules = rules
         self.clock = clock
@@ -153,7 +164,10 @@ class Telephony:
         self.cdr_corrected = 0  # stored calls whose estimated times the CDR replaced
         # Two lanes: the pop-ups only read and push (a screen-pop must not wait behind the
         # database writes of calls that ended); the call log writes finished calls in order.
-        self._popups: asyncio.Queue[tuple[str, PopupWork]] = asyncio.Queue(QUEUE_LIMIT)
+        self._popup_lanes: list[asyncio.Queue[tuple[str, PopupWork]]] = [
+            asyncio.Queue(QUEUE_LIMIT) for _ in self._readers
+        ]
+        self._popups_busy = 0  # pop-up items queued or in hand, over all workers
         self._call_log: asyncio.Queue[tuple[str, LogWork]] = asyncio.Queue(QUEUE_LIMIT)
         self._live: dict[tuple[str, str], _LiveInfo] = {}
         # (pbx, E.164) -> card looked up when a click-to-call was requested, taken at its ring.
@@ -166,6 +180,7 @@ class Telephony:
         self._popups_idle = asyncio.Event()
         self._popups_idle.set()
         self._workers: list[asyncio.Task[None]] = []
+        self._stored_hooks: list[Callable[[str, str], None]] = []
         self.processed = 0
         self.failures = 0
         self.prefetch_hits = 0  # click-to-call rings that found their card already looked up
@@ -188,7 +203,7 @@ class Telephony:
         the card is ready at that ring."""
         done = asyncio.get_running_loop().create_future()
         try:
-            self._popups.put_nowait((pbx, CardPrefetch(number, done)))
+            self._put_popup(pbx, number, CardPrefetch(number, done))
         except asyncio.QueueFull:
             log.warning("telephony queue full; the card of %s is looked up at the ring", number)
             return
@@ -212,7 +227,7 @@ class Telephony:
                 self._call_log.put_nowait((pbx, event))
                 self.calls_waiting += 1
             else:
-                self._popups.put_nowait((pbx, event))
+                self._put_popup(pbx, event.call_id, event)
         except asyncio.QueueFull:
             # Only with a database away for hours: the fold keeps state, this event is lost.
             self.dropped += 1
@@ -224,14 +239,27 @@ class Telephony:
                     self.dropped,
                 )
 
+    def when_stored(self, hook: Callable[[str, str], None]) -> None:
+        """Call ``hook(pbx, call_id)`` once each finished call is stored (committed)."""
+        self._stored_hooks.append(hook)
+
+    def _put_popup(self, pbx: str, key: str, work: PopupWork) -> None:
+        """Queue ``work`` on the pop-up worker of ``key`` (a call, or a number looked up)."""
+        lanes = self._popup_lanes
+        lane = lanes[hash(key) % len(lanes)] if len(lanes) > 1 else lanes[0]
+        lane.put_nowait((pbx, work))
+        self._popups_busy += 1
+        self._popups_idle.clear()
+
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._workers = [
-            loop.create_task(self._run(self._popups)),
-            loop.create_task(self._run(self._call_log)),
+            loop.create_task(self._run(lane, reader))
+            for lane, reader in zip(self._popup_lanes, self._readers, strict=True)
         ]
+        self._workers.append(loop.create_task(self._run(self._call_log, None)))
 
     async def close(self, drain_timeout: float = 5.0) -> None:
         with contextlib.suppress(TimeoutError):
@@ -259,11 +287,13 @@ class Telephony:
                 len(unsaved),
                 ", ".join(unsaved[:100]),
             )
-        await self._reader.close()
+        for reader in self._readers:
+            await reader.close()
 
     async def drain(self) -> None:
         """Wait until every queued event is handled (tests, replays)."""
-        await self._popups.join()
+        for lane in self._popup_lanes:
+            await lane.join()
         await self._call_log.join()
 
     async def from_cdr(self, pbx: str, records: list[CallRecord]) -> tuple[int, int]:
@@ -281,24 +311,26 @@ class Telephony:
             return await calls.newest_end(session, pbx)
 
     async def _run(
-        self, lane: asyncio.Queue[tuple[str, PopupWork]] | asyncio.Queue[tuple[str, LogWork]]
+        self,
+        lane: asyncio.Queue[tuple[str, PopupWork]] | asyncio.Queue[tuple[str, LogWork]],
+        reader: db.ReadConnection | None,
     ) -> None:
-        """Handle ``lane`` in order. The call log starts its next call only while no pop-up
-        is being prepared (waiting at most ``YIELD_MAX_S``): its ORM work would otherwise run
-        in every gap the pop-up's queries leave on the event loop."""
-        popups = lane is self._popups
+        """Handle ``lane`` in order (a pop-up worker reads through ``reader``; the call log has
+        none). The call log starts its next call only while no pop-up is being prepared
+        (waiting at most ``YIELD_MAX_S``, and not at all with ``CALL_LOG_BACKLOG`` calls
+        waiting): its ORM work would otherwise run in every gap the pop-up's queries leave on
+        the event loop."""
+        popups = reader is not None
         while True:
             pbx, work = await lane.get()
-            if popups:
-                self._popups_idle.clear()
-            else:
+            if not popups and lane.qsize() < CALL_LOG_BACKLOG:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(YIELD_MAX_S):
                         await self._popups_idle.wait()
             try:
-                await self.handle(pbx, work)
+                await self.handle(pbx, work, reader)
             except asyncio.CancelledError:
-                lane.task_done()
+                self._done(lane, popups)
                 raise
             except Exception as exc:
                 if popups and db.unavailable(exc):
@@ -318,23 +350,35 @@ class Telephony:
                 if isinstance(work, fold.CallEnded):
                     self.calls_waiting -= 1
             self.processed += 1
-            lane.task_done()
-            if popups and lane.empty():
+            self._done(lane, popups)
+
+    def _done(self, lane: asyncio.Queue[Any], popups: bool) -> None:
+        lane.task_done()
+        if popups:
+            self._popups_busy -= 1
+            if not self._popups_busy:
                 self._popups_idle.set()
 
     # ---------------------------------------------------------------- handling
 
-    async def handle(self, pbx: str, work: PopupWork | LogWork) -> None:
-        """Do what one lane item of ``pbx`` asks (the lanes' workers call this in order)."""
+    async def handle(
+        self,
+        pbx: str,
+        work: PopupWork | LogWork,
+        reader: db.ReadConnection | None = None,
+    ) -> None:
+        """Do what one lane item of ``pbx`` asks (the lanes' workers call this in order; a
+        pop-up item reads through ``reader``, by default the first pop-up worker's)."""
+        reader = reader or self._readers[0]
         match work:
             case CardPrefetch():
-                await self._prefetch_card(pbx, work)
+                await self._prefetch_card(pbx, work, reader)
             case fold.CallStarted():
                 # Identify the caller while the IVR or the queue plays, before any phone rings.
                 info = self._live.setdefault((pbx, work.call_id), _LiveInfo())
-                await self._look_up(info, work.caller, work.did)
+                await self._look_up(reader, info, work.caller, work.did)
             case fold.CallRinging():
-                await self._ringing(pbx, work)
+                await self._ringing(pbx, work, reader)
             case fold.CallAnswered():
                 await self._answered(pbx, work)
             case fold.CallEnded():
@@ -349,10 +393,10 @@ class Telephony:
                 if not work.done.done():
                     work.done.set_result(result)
 
-    async def _prefetch_card(self, pbx: str, work: CardPrefetch) -> None:
+    async def _prefetch_card(self, pbx: str, work: CardPrefetch, reader: db.ReadConnection) -> None:
         try:
             info = _LiveInfo()
-            await self._look_up(info, work.number, None)
+            await self._look_up(reader, info, work.number, None)
             cache = self._prefetched
             cache.pop((pbx, work.number), None)
             cache[(pbx, work.number)] = info
@@ -362,7 +406,7 @@ class Telephony:
             if not work.done.done():
                 work.done.set_result(None)
 
-    async def _ringing(self, pbx: str, event: fold.CallRinging) -> None:
+    async def _ringing(self, pbx: str, event: fold.CallRinging, reader: db.ReadConnection) -> None:
         info = self._live.setdefault((pbx, event.call_id), _LiveInfo())
         repeat = event.extension in info.rang
         info.rang.add(event.extension)
@@ -383,8 +427,8 @@ class Telephony:
             info.looked_up != (caller, event.did)
             or loop.time() - info.looked_up_at > PREFETCH_FRESH_S
         ):
-            await self._look_up(info, caller, event.did)
-        client = await self._card_for(pbx, event.extension, info.client)
+            await self._look_up(reader, info, caller, event.did)
+        client = await self._card_for(reader, pbx, event.extension, info.client)
         if repeat and info.shown.get(event.extension) == client:
             self.repeated_rings += 1  # the pop-up is up already and shows this card
             return
@@ -419,10 +463,12 @@ class Telephony:
         info.client, info.tracking = found.client, found.tracking
         info.looked_up, info.looked_up_at = (caller, None), found.looked_up_at
 
-    async def _look_up(self, info: _LiveInfo, caller: str | None, did: str | None) -> None:
+    async def _look_up(
+        self, reader: db.ReadConnection, info: _LiveInfo, caller: str | None, did: str | None
+    ) -> None:
         """The whole card summary of ``caller`` and the tracking data of ``did``, into
         ``info``: looked up once per call, cut down per ringing phone (:meth:`_card_for`)."""
-        async with self._reader.session() as session:
+        async with reader.session() as session:
             info.client = await screen_pop.card_summary(
                 session, caller, rules=self.rules, region=self.settings.crm.default_region
             )
@@ -434,13 +480,13 @@ class Telephony:
         info.looked_up_at = asyncio.get_running_loop().time()
 
     async def _card_for(
-        self, pbx: str, extension: str, card: dict[str, Any] | None
+        self, reader: db.ReadConnection, pbx: str, extension: str, card: dict[str, Any] | None
     ) -> dict[str, Any] | None:
         """``card`` as the owner of ``extension`` may see it (the pop-up goes to him)."""
         if card is None or not self._must_cut_cards():
             return card
         if self._viewers_stale():
-            async with self._reader.session() as session:
+            async with reader.session() as session:
                 await self._read_viewers(session)
         viewer = screen_pop.viewer_of(self._viewers, pbx, extension)
         return screen_pop.card_as_seen_by(card, viewer, self.rules)
@@ -484,6 +530,10 @@ class Telephony:
         info = self._live.pop((pbx, record.call_id), None)
         self._click_to_call.pop((pbx, record.call_id), None)
         outcome = await self._store(pbx, record, info.tracking if info else None)
+        for hook in self._stored_hooks:
+            hook(pbx, record.call_id)
+        if outcome is None:
+            return  # stored by another instance, which also tells
         for event in outcome.events:
             await self.bus.publish(event)
         audience = {f"ext:{e}" for e in record.rang}
@@ -511,7 +561,7 @@ class Telephony:
 
     async def _store(
         self, pbx: str, record: CallRecord, tracking: dict[str, Any] | None
-    ) -> CallOutcome:
+    ) -> CallOutcome | None:
         """Store the call's outcome; while the database is away, try again with back-off
         until it is back (the outcome is written once per call: a retry after a commit whose
         answer was lost finds the call stored and adds nothing)."""
@@ -524,6 +574,14 @@ class Telephony:
                         session, pbx, record, now=self.clock.now(), tracking=tracking
                     )
                     await session.commit()
+            except IntegrityError:
+                # Another instance stored it at the same moment (the PBX's lease changing
+                # hands while both still wrote their calls): stored once, by that one.
+                if not await self._stored_already(pbx, record.call_id):
+                    raise
+                log.info("call %s of pbx %s was stored by another instance", record.call_id, pbx)
+                self._storing = None
+                return None
             except Exception as exc:
                 if not db.unavailable(exc):
                     raise
@@ -589,6 +647,10 @@ class Telephony:
             log.info("pbx %s: from the CDR %d call(s) added, %d corrected", pbx, added, corrected)
         return added, corrected
 
+    async def _stored_already(self, pbx: str, call_id: str) -> bool:
+        async with self.sessions() as session:
+            return await calls.get_call(session, pbx, call_id) is not None
+
     def provide_status(self) -> dict[str, Any]:
         failing = self._store_failing_since
         call_log: dict[str, Any] = {"waiting": self.calls_waiting, "retries": self.store_retries}
@@ -596,7 +658,7 @@ class Telephony:
             call_log["waiting_s"] = round(asyncio.get_running_loop().time() - failing, 1)
         return {
             "status": "ok" if failing is None else "degraded",
-            "queued": self._popups.qsize() + self._call_log.qsize(),
+            "queued": sum(lane.qsize() for lane in self._popup_lanes) + self._call_log.qsize(),
             "processed": self.processed,
             "failures": self.failures,
             "dropped": self.dropped,

@@ -7,8 +7,10 @@ a deactivated user) the bus carries :class:`TokensRevoked` to every instance and
 the sockets those tokens opened. The upgrade must come from one of our pages when a browser
 makes it (``Origin``), so another site cannot open a socket with the visitor's cookie.
 
-The hub is one bus subscriber; each socket has its own bounded queue and writer task, so a slow
-browser never holds up the others (it is disconnected when it falls too far behind).
+The hub is an inline bus subscriber (it only hands each event, encoded once, to the sockets'
+queues as the event is published) plus a queued one for revocations; each socket has its own
+bounded queue and writer task, so a slow browser never holds up the others (it is
+disconnected when it falls too far behind).
 """
 
 from __future__ import annotations
@@ -66,12 +68,19 @@ class Hub:
     def __init__(self) -> None:
         self.clients: weakref.WeakSet[Client] = weakref.WeakSet()
         self.sent = 0
+        self._closing: set[asyncio.Task[bool]] = set()  # slow sockets being closed
 
     async def on_event(self, event: DomainEvent) -> None:
         if isinstance(event, TokensRevoked):
             await self.close_revoked(event)
             return
-        if not event.audience:
+        self.deliver(event)
+
+    def deliver(self, event: DomainEvent) -> None:
+        """Queue ``event`` (encoded once) for every socket of its audience; never waits, so
+        the bus runs it inline as the event is published (a socket too far behind is closed
+        in the background). TokensRevoked is :meth:`on_event`'s."""
+        if not event.audience or isinstance(event, TokensRevoked):
             return
         wanted = set(event.audience)
         message: str | None = None
@@ -83,7 +92,11 @@ class Hub:
                 client.queue.put_nowait(message)
             except asyncio.QueueFull:
                 log.warning("ws client of user %s is too slow; disconnecting", client.user_id)
-                await client.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow")
+                closing = asyncio.get_running_loop().create_task(
+                    client.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow")
+                )
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
 
     async def close_revoked(self, event: TokensRevoked) -> None:
         """Close the sockets the revoked tokens opened (all the user's when every token

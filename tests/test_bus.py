@@ -167,3 +167,37 @@ async def test_unreadable_redis_message_is_skipped(redis_client: Any, redis_pref
         assert isinstance(event, SampleHappened) and event.number == 1
     finally:
         await bus.close()
+
+
+async def test_an_inline_subscriber_has_the_event_when_publish_returns_and_may_fail_alone() -> None:
+    registry = CollectorRegistry()
+    bus = EventBus(metrics=BusMetrics(registry))
+    pushed: list[int] = []
+    queued: list[int] = []
+
+    def on_push(e: DomainEvent) -> None:
+        pushed.append(e.number)  # type: ignore[attr-defined]
+
+    def on_broken(e: DomainEvent) -> None:
+        raise RuntimeError("boom")
+
+    async def on_queued(e: DomainEvent) -> None:
+        queued.append(e.number)  # type: ignore[attr-defined]
+
+    bus.subscribe_inline(on_broken, name="broken")
+    bus.subscribe_inline(on_push, name="push", events=["test.sample_happened"])
+    bus.subscribe(on_queued, name="queued")
+    await bus.start()
+    try:
+        await bus.publish(SampleHappened(number=1))
+        assert pushed == [1]  # no turn of the event loop needed
+        await bus.publish(SampleHappened(number=2))
+        assert pushed == [1, 2]
+        await until(lambda: queued == [1, 2])
+        failed = registry.get_sample_value(
+            "cc_bus_handler_failures_total",
+            {"subscriber": "broken", "event": "test.sample_happened"},
+        )
+        assert failed == 2
+    finally:
+        await bus.close()
