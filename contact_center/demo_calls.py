@@ -155,7 +155,7 @@ def history(
     *,
     now: datetime,
     days: int = 7,
-    per_day: int = 6,
+    per_day: int = 5,
     threshold_s: float = 60.0,
     seed: int = 2026,
 ) -> list[CallRecord]:

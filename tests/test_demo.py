@@ -130,7 +130,7 @@ async def test_the_demo_seeds_a_living_team_whose_recordings_exist(
         assert expiring and expiring >= 2
 
         calls = list(await s.scalars(select(Call)))
-        assert len(calls) >= 30
+        assert len(calls) >= 30  # a week, five a day
         assert {c.disposition for c in calls} >= {"answered", "missed"}
         assert any(c.counted for c in calls) and any(c.lead_id for c in calls)  # new callers
         assert any(
@@ -178,6 +178,16 @@ async def test_the_demo_seeds_a_living_team_whose_recordings_exist(
             assert resp.status == 200, (login, page, resp.status)
     await sign_in(client, "admin", demo_data.DEMO_PASSWORD)
     assert (await client.get("/users")).status == 200
+
+    # The player on /calls plays a stored recording: its source answers a valid WAV.
+    await sign_in(client, "boss", demo_data.DEMO_PASSWORD)
+    sources = re.findall(r'<audio[^>]* src="([^"]+)"', await (await client.get("/calls")).text())
+    assert sources
+    resp = await client.get(sources[0])
+    assert resp.status == 200 and resp.content_type == "audio/wav"
+    played = paths.root / "played.wav"
+    played.write_bytes(await resp.read())
+    assert _valid_wav(played) >= 1.0
 
 
 async def test_a_restart_starts_afresh_unless_keep(
