@@ -74,7 +74,9 @@ def _sql_array(items: list[str]) -> str:
 def _seed_sql(n: dict[str, int], managers: list[int], boss: int) -> list[tuple[str, str]]:
     """(what, statement): the bulk load, one set-based statement per table."""
     m = "ARRAY[" + ",".join(map(str, managers)) + "]"
-    mgr = f"({m})[1 + g % {len(managers)}]"
+    # Spread over the managers by a hash: "g % 20" would tie each manager to one first name,
+    # one lead stage…, and a manager's list by name would skip 19 of 20 rows for nothing.
+    mgr = f"({m})[1 + abs(hashint4(g)) % {len(managers)}]"
     first, last = _sql_array(FIRST), _sql_array(LAST)
     person = f"({first})[1 + g % 10] || ' ' || ({last})[1 + (g / 10) % 25] || ' ' || g"
     now = "now()"
