@@ -3,6 +3,8 @@ start unless ``--keep``, and a real run whose log never says a recording is miss
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -18,6 +20,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import func, select
 
+from ami.simulator import SimulatedPbx
 from contact_center import demo, demo_calls, demo_data
 from contact_center.app import create_app
 from contact_center.config import Settings
@@ -28,6 +31,7 @@ from crm_core.clients.model import Contact
 from crm_core.deals.model import Deal, Pipeline, PipelineStage
 from crm_core.invoices.model import Invoice
 from crm_core.leads.model import Lead
+from crm_core.phones import normalize_phone
 from crm_core.recordings.model import Recording, RecordingState
 from crm_core.tasks.model import DailyPlan, Task
 from crm_core.users.model import User
@@ -284,3 +288,41 @@ def test_a_real_demo_run_never_misses_a_recording(tmp_path: Path) -> None:
     assert len(re.findall(r"recordings: call_id=\S+ stored ", out)) >= 10, out[-3000:]
     assert "Traceback" not in out, out[-5000:]
     assert proc.returncode == 0, out[-3000:]
+
+
+class _Counting(SimulatedPbx):
+    """The simulated PBX, counting the calls it is asked to place instead of playing them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.placed: list[tuple[str, str, str | None]] = []
+
+    def play(
+        self,
+        trace_name: str,
+        *,
+        outside: str,
+        did: str | None = None,
+        extension: str | None = None,
+        action_id: str | None = None,
+    ) -> asyncio.Task[None]:
+        self.placed.append((trace_name, outside, did))
+        return asyncio.get_running_loop().create_task(asyncio.sleep(0))
+
+
+async def test_the_carrier_keeps_calling_from_new_numbers() -> None:
+    pbx = _Counting()
+    known = demo_data.caller_numbers()[: len(demo_data.CLIENTS)]
+    calls = asyncio.ensure_future(
+        demo.traffic(pbx, known=known, dids=demo_data.tracking_dids(), every_s=0.0005, seed=1)
+    )
+    await until(lambda: len(pbx.placed) >= 300, timeout=10)
+    calls.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await calls
+    inbound = [(o, d) for name, o, d in pbx.placed if pbx.traces[name].direction == "inbound"]
+    new = {o for o, _ in inbound if o not in known}
+    assert len(new) >= 0.3 * len(inbound)  # a new client's pop-up every other inbound call
+    assert all(normalize_phone("+" + o) == "+" + o for o in new)  # real mobile numbers
+    assert {o for _, o, _ in pbx.placed} & set(known)  # and the known clients call too
+    assert all(d in demo_data.tracking_dids() for _, d in inbound)
