@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm_core.db import Base, Money, utcnow
@@ -52,6 +52,8 @@ class Deal(Base):
     """An opportunity moving through one pipeline's stages; amounts in RUB."""
 
     __tablename__ = "deals"
+    # A manager's deals by one index range, their ids included (access checks ask for them).
+    __table_args__ = (Index("ix_deals_responsible_id_id", "responsible_id", "id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(300))
@@ -60,9 +62,7 @@ class Deal(Base):
     amount: Mapped[Decimal | None] = mapped_column(Money())
     margin: Mapped[Decimal | None] = mapped_column(Money())  # expected profit
     products: Mapped[str | None] = mapped_column(Text)
-    responsible_id: Mapped[int | None] = mapped_column(
-        ForeignKey("users.id", ondelete="SET NULL"), index=True
-    )
+    responsible_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     source_id: Mapped[int | None] = mapped_column(
         ForeignKey("sources.id", ondelete="SET NULL"), index=True
     )

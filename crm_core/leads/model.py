@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, validates
 
-from crm_core.clients.model import CardFields, fold_name
+from crm_core.clients.model import CardFields, fold_name, responsible_index
 from crm_core.db import Base, JsonDoc, utcnow
 
 
@@ -16,7 +16,7 @@ class Lead(CardFields, Base):
     """An unqualified request: from a call, a website form, a message, an import or by hand."""
 
     __tablename__ = "leads"
-    __table_args__ = (Index("ix_leads_created_at", "created_at"),)
+    __table_args__ = (Index("ix_leads_created_at", "created_at"), responsible_index("leads"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(300), default="")
