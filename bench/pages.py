@@ -3,17 +3,18 @@
     python bench/pages.py [--scale 1.0] [--runs 30] [--keep-db]
 
 Creates a database of its own (``bench_pages`` on the server of ``CC_BENCH_DATABASE_URL``,
-default ``postgresql+asyncpg://postgres@127.0.0.1:5432/test``), migrates it, and fills it with
-set-based SQL (``INSERT … SELECT … FROM generate_series``): 1,000,000 contacts with a phone
-each, 100,000 companies, 100,000 leads, 50,000 deals (5,000 open in the sales pipeline, the
-rest won or lost), 1,000,000 activities (5,000 of them on one contact: a long timeline),
-300,000 calls, 200,000 tasks and 50,000 invoices, spread over a head of sales and 20 managers
-(``--scale`` multiplies the counts). Then the real aiohttp application (``create_app``) serves
-on loopback and each page is requested ``--runs`` times (after two warm-ups) signed in as a
-manager and as the head: the lists (first page, filtered, searched), a card with the long
-timeline, My day and, when the route exists, the deals kanban. The time is taken on the
-server, by a middleware around the handler (the template rendered, the body not yet sent).
-The database is dropped at the end unless ``--keep-db``.
+default ``postgresql+asyncpg://postgres@127.0.0.1:5432/test``), migrates it, and fills it
+with set-based SQL (``INSERT … SELECT … FROM generate_series``): 1,000,000 contacts with a
+phone each, 100,000 companies, 100,000 leads, 50,000 deals (5,000 open in the sales
+pipeline, the rest won or lost), 1,000,000 activities (5,000 on one contact of the manager
+measured: a long timeline), 300,000 calls, 200,000 tasks and 50,000 invoices, spread over a
+head of sales and 20 managers (``--scale`` multiplies the counts). Then the real aiohttp
+application (``create_app``) serves on loopback and each page is requested ``--runs`` times
+(after two warm-ups) signed in as a manager and as the head: the lists (first page,
+filtered, searched), a card with the long timeline, My day and, when the route exists, the
+deals kanban. The time is taken on the server, by a middleware around the handler (the
+template rendered, the body not yet sent). The database is dropped at the end unless
+``--keep-db``; ``--reuse`` measures a kept one again.
 
 The last line is one JSON object:
 ``{"contacts", "pages": {"leads": p99_ms, …}, "worst_p99_ms"}``; a page missing from the
@@ -78,6 +79,12 @@ def _seed_sql(n: dict[str, int], managers: list[int], boss: int) -> list[tuple[s
     # one lead stage…, and a manager's list by name would skip 19 of 20 rows for nothing.
     mgr = f"({m})[1 + abs(hashint4(g)) % {len(managers)}]"
     first, last = _sql_array(FIRST), _sql_array(LAST)
+    client_type = (
+        "(ARRAY['wholesaler','chain_retail','retail','web_shop'])[1 + abs(hashint4(g + 1)) % 4]"
+    )
+    lead_stage = (
+        "(ARRAY['new','in_work','qualified','converted','junk'])[1 + abs(hashint4(g + 1)) % 5]"
+    )
     person = f"({first})[1 + g % 10] || ' ' || ({last})[1 + (g / 10) % 25] || ' ' || g"
     now = "now()"
     return [
@@ -86,8 +93,9 @@ def _seed_sql(n: dict[str, int], managers: list[int], boss: int) -> list[tuple[s
             f"""INSERT INTO companies (name, name_search, legal_hold, responsible_id, client_type,
                 potential_amount, purchase_mode, source_id, region_id, created_at, updated_at)
             SELECT 'ООО «Компания ' || g || '»', 'ооо «компания ' || g || '»', false, {mgr},
-                (ARRAY['wholesaler','chain_retail','retail','web_shop'])[1 + g % 4],
-                (g % 50) * 100000, 'regular', 1 + g % 3, 1 + g % 2,
+                {client_type},
+                (g % 50) * 100000, 'regular', 1 + abs(hashint4(g + 2)) % 3,
+                1 + abs(hashint4(g + 3)) % 2,
                 {now} - (g % 730) * interval '1 day', {now}
             FROM generate_series(1, {n["companies"]}) g""",
         ),
@@ -95,9 +103,11 @@ def _seed_sql(n: dict[str, int], managers: list[int], boss: int) -> list[tuple[s
             "contacts",
             f"""INSERT INTO contacts (name, name_search, legal_hold, responsible_id, client_type,
                 source_id, region_id, created_at, updated_at)
-            SELECT {person}, translate(lower({person}), 'ё', 'е'), false, {mgr},
-                (ARRAY['wholesaler','chain_retail','retail','web_shop'])[1 + g % 4],
-                1 + g % 3, 1 + g % 2, {now} - (g % 730) * interval '1 day', {now}
+            SELECT {person}, translate(lower({person}), 'ё', 'е'), false,
+                CASE WHEN g = 1 THEN {managers[0]} ELSE {mgr} END,
+                {client_type},
+                1 + abs(hashint4(g + 2)) % 3, 1 + abs(hashint4(g + 3)) % 2,
+                {now} - (g % 730) * interval '1 day', {now}
             FROM generate_series(1, {n["contacts"]}) g""",
         ),
         (
@@ -118,11 +128,11 @@ def _seed_sql(n: dict[str, int], managers: list[int], boss: int) -> list[tuple[s
             f"""INSERT INTO leads (title, stage, origin, contact_name, company_name, name_search,
                 responsible_id, source_id, region_id, created_at, updated_at, stage_changed_at)
             SELECT 'Заявка ' || g,
-                (ARRAY['new','in_work','qualified','converted','junk'])[1 + g % 5],
+                {lead_stage},
                 (ARRAY['call','web','manual'])[1 + g % 3], {person}, 'ООО «Лид ' || g || '»',
                 translate(lower({person} || ' ооо «лид ' || g || '»'), 'ё', 'е'), {mgr},
-                1 + g % 3, 1 + g % 2, {now} - (g % 365) * interval '1 day', {now},
-                {now} - (g % 365) * interval '1 day'
+                1 + abs(hashint4(g + 2)) % 3, 1 + abs(hashint4(g + 3)) % 2,
+                {now} - (g % 365) * interval '1 day', {now}, {now} - (g % 365) * interval '1 day'
             FROM generate_series(1, {n["leads"]}) g""",
         ),
         (
@@ -280,9 +290,10 @@ def _settings(url: str) -> Any:
     )
 
 
-def pages(kanban: bool) -> dict[str, list[str]]:
-    """Page -> the URLs measured (first page, filtered, searched)."""
-    out = {
+def pages(kanban: bool) -> dict[str, list[str | tuple[str, ...]]]:
+    """Page -> the URLs measured (first page, filtered, searched); a tuple is one page made of
+    several requests."""
+    out: dict[str, list[str | tuple[str, ...]]] = {
         "leads": ["/leads", "/leads?stage=in_work&region=1", "/leads?q=Петров 4242"],
         "clients": [
             "/clients",
@@ -294,7 +305,17 @@ def pages(kanban: bool) -> dict[str, list[str]]:
         "tasks": ["/tasks", "/tasks?overdue=1", "/tasks?kind=meeting&status=done"],
         "calls": ["/calls", "/calls?result=missed&counted=0", "/calls?q=%2B79000123"],
         "invoices": ["/invoices", "/invoices?status=overdue", "/invoices?q=С-4242"],
-        "card": ["/clients/contact/1"],
+        # The card page, then what its script reads from the API (card.js): one figure for the
+        # group, the sum of their server times (the script sends the last three at once).
+        "card": [
+            (
+                "/clients/contact/1",
+                "/api/v1/contacts/1",
+                "/api/v1/deals?contact_id=1&limit=50",
+                "/api/v1/tasks?contact_id=1&status=open&limit=50",
+                "/api/v1/activities?contact_id=1&limit=100",
+            )
+        ],
         "today": ["/today", "/"],
     }
     if kanban:
@@ -302,7 +323,9 @@ def pages(kanban: bool) -> dict[str, list[str]]:
     return out
 
 
-async def measure(url: str, runs: int, manager: str) -> tuple[dict[str, list[float]], list[str]]:
+async def measure(
+    url: str, runs: int, manager: str, only: set[str] | None = None
+) -> tuple[dict[str, list[float]], list[str]]:
     samples: dict[str, list[float]] = defaultdict(list)
     current: list[str | None] = [None]
 
@@ -337,18 +360,28 @@ async def measure(url: str, runs: int, manager: str) -> tuple[dict[str, list[flo
                 if not kanban:
                     missing.append("kanban")
                 for page, urls in pages(kanban).items():
-                    for path in urls:
+                    if only and page not in only:
+                        continue
+                    for entry in urls:
+                        group = (entry,) if isinstance(entry, str) else entry
+                        mine: list[float] = []
                         for i in range(runs + 2):
-                            current[0] = page if i >= 2 else None
-                            async with http.get(f"{base}{path}", allow_redirects=False) as r:
-                                body = await r.text()
+                            spent = 0.0
+                            for path in group:
+                                current[0] = "_"
+                                async with http.get(f"{base}{path}", allow_redirects=False) as r:
+                                    body = await r.text()
+                                current[0] = None
                                 if r.status != 200:
                                     raise AssertionError(f"{login} {path}: {r.status} {body[:300]}")
-                        current[0] = None
-                        own = samples[page][-runs:]
+                                spent += samples.pop("_")[-1]
+                            if i >= 2:  # the first two warm the plans and the caches
+                                mine.append(spent)
+                        samples[page].extend(mine)
                         print(
-                            f"  {login:5} {path:42} p50 {crm_lookup._pct(own, 0.5):7.1f} ms"
-                            f"  p99 {crm_lookup._pct(own, 0.99):7.1f} ms",
+                            f"  {login:5} {group[0]:42} p50 {crm_lookup._pct(mine, 0.5):7.1f} ms"
+                            f"  p99 {crm_lookup._pct(mine, 0.99):7.1f} ms"
+                            + (f"  ({len(group)} requests)" if len(group) > 1 else ""),
                             flush=True,
                         )
     finally:
@@ -361,7 +394,8 @@ async def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every count")
     parser.add_argument("--runs", type=int, default=30, help="requests per URL and user")
     parser.add_argument("--keep-db", action="store_true", help="keep (and reuse) the database")
-    parser.add_argument("--reuse", action="store_true", help="measure an existing bench_pages")
+    parser.add_argument("--reuse", action="store_true", help="measure a kept bench_pages again")
+    parser.add_argument("--only", action="append", help="measure only this page (repeatable)")
     args = parser.parse_args()
     url = os.environ.get("CC_BENCH_DATABASE_URL", DEFAULT_URL)
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
@@ -375,7 +409,8 @@ async def main() -> None:
             seeded = await seed(url, args.scale)
             contacts = seeded["counts"]["contacts"]
             print(f"seeded in {time.perf_counter() - started:.0f} s", flush=True)
-        samples, missing = await measure(url, args.runs, "m00")
+        only = set(args.only) if args.only else None
+        samples, missing = await measure(url, args.runs, "m00", only)
     finally:
         if not (args.keep_db or args.reuse):
             await harness.drop_database(url, DB_NAME)
