@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="average time between simulated calls (default 15)",
     )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the data of the previous run (default: every start begins afresh)",
+    )
 
     replay = sub.add_parser(
         "replay",
@@ -129,7 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from contact_center import demo
 
         return asyncio.run(
-            demo.run(settings, database_url=args.database_url, call_every_s=args.call_every)
+            demo.run(
+                settings,
+                database_url=args.database_url,
+                call_every_s=args.call_every,
+                keep=args.keep,
+            )
         )
     raise AssertionError(args.command)
 

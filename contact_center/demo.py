@@ -1,8 +1,12 @@
 """``contact-center demo``: the server with seeded data and a simulated PBX on loopback.
 
-Within a minute of starting, the simulated carrier calls the demo's tracking numbers from
-known clients and new numbers (answered, missed, abandoned, busy, outbound), so a newcomer
-sees pop-ups, call logs, leads and call-back tasks move without an Asterisk.
+Each start begins afresh (``--keep`` keeps the previous run's data): a sales team with
+clients, deals in every stage, leads, tasks, invoices, this week's plans and a week of calls
+with recordings. Within a minute the simulated carrier calls the demo's tracking numbers from
+known clients and from numbers never seen before (answered, missed, abandoned, busy,
+outbound), so a newcomer sees pop-ups, call logs, leads and call-back tasks move without an
+Asterisk. Every recording the PBX names is written into the demo's spool directory, as
+MixMonitor would, and stored by the recordings service like a real one.
 """
 
 from __future__ import annotations
@@ -11,28 +15,68 @@ import asyncio
 import contextlib
 import logging
 import random
+import shutil
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from pydantic import SecretStr
+from sqlalchemy import inspect, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from ami.simulator import SimulatedPbx
-from contact_center import db, demo_data, demo_tracking, logs
+from contact_center import db, demo_calls, demo_data, demo_tracking, logs
 from contact_center.app import create_app, freeze_heap_after_startup
 from contact_center.config import PbxSettings, Settings
-from contact_center.keys import TRACKER
+from contact_center.keys import CLOCK, SESSIONS, SETTINGS, TELEPHONY, TRACKER
+from crm_core.users import service as users
+from crm_core.users.model import User
 
 log = logging.getLogger(__name__)
 
-DEMO_DATABASE = "sqlite+aiosqlite:///./data/demo.sqlite3"
+DATA_DIR = Path("data")
 
 
-def demo_settings(settings: Settings, pbx_port: int, *, database_url: str | None) -> Settings:
-    """The operator's settings with the simulated PBX and, unless given, a demo database."""
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where a demo keeps its files: ``root`` is ``./data`` unless a test says otherwise."""
+
+    root: Path = DATA_DIR
+
+    @property
+    def database(self) -> Path:
+        return self.root / "demo.sqlite3"
+
+    @property
+    def spool(self) -> Path:
+        """The simulated PBX's MixMonitor spool directory."""
+        return self.root / "demo-spool"
+
+    @property
+    def recordings(self) -> Path:
+        return self.root / "demo-recordings"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "demo-recordings-work"
+
+
+def demo_settings(
+    settings: Settings,
+    pbx_port: int,
+    *,
+    database_url: str | None,
+    paths: DemoPaths = DemoPaths(),
+) -> Settings:
+    """The operator's settings with the simulated PBX, recordings in the demo's own folders
+    and, unless given, a demo database."""
     pbx = PbxSettings(
-        name="demo",
+        name=demo_calls.PBX,
         host="127.0.0.1",
         port=pbx_port,
         username="cc",
@@ -40,8 +84,191 @@ def demo_settings(settings: Settings, pbx_port: int, *, database_url: str | None
         trunks=["provider"],
         extension_pattern=r"^\d{3}$",
     )
-    database = settings.database.model_copy(update={"url": database_url or DEMO_DATABASE})
-    return settings.model_copy(update={"pbx": [pbx], "database": database})
+    url = database_url or f"sqlite+aiosqlite:///{paths.database}"
+    database = settings.database.model_copy(update={"url": url})
+    recordings = settings.recordings.model_copy(
+        update={
+            "enabled": True,
+            "storage": "local",
+            "spool_dir": str(paths.spool),
+            "storage_dir": str(paths.recordings),
+            "work_dir": str(paths.work),
+        }
+    )
+    return settings.model_copy(
+        update={"pbx": [pbx], "database": database, "recordings": recordings}
+    )
+
+
+# ---------------------------------------------------------------- a fresh start
+
+
+class NotADemoDatabase(Exception):
+    """The database holds users the demo did not make: it is not wiped."""
+
+
+async def reset(settings: Settings, paths: DemoPaths) -> None:
+    """Forget the previous run: its database (the SQLite file, or every table of another
+    database) and its recordings. A database with users the demo did not create is refused
+    (:class:`NotADemoDatabase`), so a mistyped ``--database-url`` cannot wipe real data."""
+    url = make_url(settings.database.url)
+    file = None
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        file = Path(url.database)
+    if file is None or file.exists():
+        engine = db.create_engine(settings.database)
+        try:
+            await db.wait_for_database(engine, give_up_after=30)
+            await _drop_demo_tables(engine, settings, drop=file is None)
+        finally:
+            await engine.dispose()
+    if file is not None:
+        for path in (file, *(file.with_name(file.name + s) for s in ("-wal", "-shm", "-journal"))):
+            path.unlink(missing_ok=True)
+    for folder in (paths.spool, paths.recordings, paths.work):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _drop_demo_tables(engine: AsyncEngine, settings: Settings, *, drop: bool) -> None:
+    demo_logins = {login for login, *_ in demo_data.TEAM} | {settings.auth.bootstrap_admin_login}
+    async with engine.begin() as conn:
+        tables: list[str] = await conn.run_sync(lambda c: inspect(c).get_table_names())
+        if "users" in tables:
+            logins = set(await conn.scalars(select(User.login)))
+            strangers = sorted(logins - demo_logins)
+            if strangers:
+                raise NotADemoDatabase(
+                    f"the database has users the demo did not create ({', '.join(strangers[:5])})"
+                    ": not wiping it; give the demo an empty database of its own, or --keep"
+                )
+        if drop:
+            for table in tables:
+                await conn.execute(text(f'DROP TABLE IF EXISTS "{table}" CASCADE'))
+
+
+async def prepare(settings: Settings, paths: DemoPaths, *, keep: bool) -> None:
+    """The demo's database, migrated: emptied first unless ``keep``."""
+    if not keep:
+        await reset(settings, paths)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    engine = db.create_engine(settings.database)
+    try:
+        await db.wait_for_database(engine, give_up_after=30)
+        await db.migrate(engine)
+    finally:
+        await engine.dispose()
+
+
+# ---------------------------------------------------------------- seeding
+
+
+async def seed(app: web.Application, recorder: demo_calls.Recorder) -> demo_data.DemoSeed:
+    """The demo's data in the started ``app``'s database, once: the team and its clients,
+    deals, leads, tasks, invoices and plans, the tracking site, then a week of calls stored
+    through the telephony's own call-end path (recordings written into the spool first)."""
+    settings = app[SETTINGS]
+    now = app[CLOCK].now()
+    tz = ZoneInfo(settings.locale.timezone)
+    async with app[SESSIONS]() as session:
+        seeded = await demo_data.seed(session, scrypt_n=settings.auth.scrypt_n, now=now, tz=tz)
+        await demo_tracking.seed(session)
+        if seeded.created:
+            await _admin_password(session, settings)
+        await session.commit()
+    if not seeded.created:
+        return seeded
+    records = demo_calls.history(
+        _history_callers(),
+        list(demo_data.TRACKING_NUMBERS),
+        now=now,
+        threshold_s=settings.telephony.count_threshold_s,
+    )
+    async with app[SESSIONS]() as session:
+        await demo_calls.seed_history(session, app[TELEPHONY].outcomes, recorder, records)
+        await session.commit()
+    return seeded
+
+
+async def _admin_password(session: AsyncSession, settings: Settings) -> None:
+    """The first administrator gets the demo's password too (no one-time password to copy)."""
+    admin = await session.scalar(
+        select(User).where(User.login == settings.auth.bootstrap_admin_login)
+    )
+    if admin is not None:
+        await users.set_password(
+            session, admin, demo_data.DEMO_PASSWORD, scrypt_n=settings.auth.scrypt_n
+        )
+
+
+def _history_callers() -> list[demo_calls.HistoryCaller]:
+    extension = {login: exts[0] for login, _, _, exts in demo_data.TEAM if exts}
+    known = [demo_calls.HistoryCaller(c[4], extension[c[5]]) for c in demo_data.CLIENTS]
+    new = [
+        demo_calls.HistoryCaller(number, ("101", "102")[n % 2])
+        for n, number in enumerate(demo_data.NEW_CALLERS)
+    ]
+    return known + new
+
+
+# ---------------------------------------------------------------- the simulated PBX
+
+
+class DemoPbx(SimulatedPbx):
+    """The simulated PBX whose recordings exist: each MixMonitor file a call names is written
+    into the spool before the event naming it goes out (long before the call ends)."""
+
+    def __init__(self, recorder: demo_calls.Recorder, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.recorder = recorder
+
+    def broadcast(self, data: bytes) -> None:
+        self.recorder.write_named_in(data)
+        super().broadcast(data)
+
+
+# The mix of calls the carrier places (trace name -> weight), as in SimulatedPbx.run_traffic.
+TRAFFIC = {
+    "a_inbound_queue_answered": 4,
+    "c_inbound_short_answered": 3,
+    "b_inbound_missed": 2,
+    "f_abandoned_in_queue": 1,
+    "h_direct_busy": 1,
+    "d_outbound_answered": 2,
+}
+MOBILE_CODES = ("916", "926", "903", "915", "921", "911", "981", "999")
+
+
+def new_number(rnd: random.Random) -> str:
+    """A Russian mobile number (digits, as the carrier sends them) nobody has called from."""
+    return f"7{rnd.choice(MOBILE_CODES)}{rnd.randrange(10**7):07d}"
+
+
+async def traffic(
+    pbx: SimulatedPbx,
+    *,
+    known: Sequence[str],
+    dids: Sequence[str],
+    every_s: float,
+    prefer_did: Callable[[random.Random], Awaitable[str | None]] | None = None,
+    new_share: float = 0.5,
+    seed: int | None = None,
+) -> None:
+    """Place calls forever: inbound calls come from a known client or, ``new_share`` of the
+    time, from a number never seen before (a new client's pop-up, a new lead); outbound calls
+    go to known clients."""
+    rnd = random.Random(seed)
+    names = [n for n in TRAFFIC if n in pbx.traces]
+    while True:
+        name = rnd.choices(names, weights=[TRAFFIC[n] for n in names])[0]
+        trace = pbx.traces[name]
+        did = None
+        number = rnd.choice(known)
+        if trace.direction == "inbound":
+            did = (await prefer_did(rnd) if prefer_did else None) or rnd.choice(dids)
+            if rnd.random() < new_share:
+                number = new_number(rnd)
+        pbx.play(name, outside=number, did=did)
+        await asyncio.sleep(every_s * rnd.uniform(0.5, 1.5))
 
 
 def _held_pool_number(app: web.Application) -> Callable[[random.Random], Awaitable[str | None]]:
@@ -60,22 +287,29 @@ def _held_pool_number(app: web.Application) -> Callable[[random.Random], Awaitab
     return pick
 
 
-async def run(settings: Settings, *, database_url: str | None, call_every_s: float) -> int:
-    simulator = SimulatedPbx(username="cc", secret="demo")
-    await simulator.start()
-    settings = demo_settings(settings, simulator.port, database_url=database_url)
-    engine = db.create_engine(settings.database)
-    try:
-        await db.wait_for_database(engine, give_up_after=30)
-        await db.migrate(engine)
-        async with db.sessionmaker(engine)() as session:
-            seeded = await demo_data.seed(session, scrypt_n=settings.auth.scrypt_n)
-            await demo_tracking.seed(session)
-            await session.commit()
-    finally:
-        await engine.dispose()
+# ---------------------------------------------------------------- the command
 
-    app = create_app(settings)
+
+async def run(
+    settings: Settings,
+    *,
+    database_url: str | None,
+    call_every_s: float,
+    keep: bool = False,
+    paths: DemoPaths = DemoPaths(),
+) -> int:
+    recorder = await asyncio.to_thread(demo_calls.Recorder, paths.spool)
+    simulator = DemoPbx(recorder, username="cc", secret="demo")
+    await simulator.start()
+    settings = demo_settings(settings, simulator.port, database_url=database_url, paths=paths)
+    try:
+        await prepare(settings, paths, keep=keep)
+    except NotADemoDatabase as exc:
+        await simulator.close()
+        print(f"contact-center demo: {exc}", file=sys.stderr)
+        return 2
+
+    app = create_app(settings, announce=lambda _text: None)  # the admin gets the demo password
     freeze_heap_after_startup(app)
     runner = web.AppRunner(
         app,
@@ -84,23 +318,30 @@ async def run(settings: Settings, *, database_url: str | None, call_every_s: flo
         shutdown_timeout=settings.server.shutdown_timeout_s,
     )
     await runner.setup()
+    seeded = await seed(app, recorder)
     site = web.TCPSite(runner, settings.server.host, settings.server.port)
     await site.start()
     url = f"http://{settings.server.host}:{settings.server.port}"
+    admin = settings.auth.bootstrap_admin_login
     print(
         f"\ncontact-center demo is running at {url}/\n"
-        f"  sign in as ivan (extension 101), anna (102) or boss (head of sales), "
-        f"password {demo_data.DEMO_PASSWORD}\n"
+        f"  sign in as ivan (manager, extension 101), anna (manager, 102), boss (head of "
+        f"sales) or {admin} (administrator), password {demo_data.DEMO_PASSWORD}\n"
         f"  the simulated PBX (AMI on 127.0.0.1:{simulator.port}) places a call every "
         f"~{call_every_s:.0f} s to the tracking numbers {', '.join(demo_data.TRACKING_NUMBERS)}\n"
         + f"  a customer's site with call tracking: {url}/demo/landing "
         f"(try ?utm_source=yandex&utm_campaign=x and the city selector)\n"
-        + ("  demo data seeded\n" if seeded.created else "  demo data already present\n"),
+        + (
+            "  demo data seeded (a fresh start; --keep keeps the data of the last run)\n"
+            if seeded.created
+            else "  the previous run's data kept (--keep)\n"
+        ),
         flush=True,
     )
-    traffic = asyncio.get_running_loop().create_task(
-        simulator.run_traffic(
-            outside_numbers=demo_data.caller_numbers(),
+    calls = asyncio.get_running_loop().create_task(
+        traffic(
+            simulator,
+            known=demo_data.caller_numbers()[: len(demo_data.CLIENTS)],
             dids=demo_data.tracking_dids(),
             every_s=call_every_s,
             prefer_did=_held_pool_number(app),
@@ -114,9 +355,9 @@ async def run(settings: Settings, *, database_url: str | None, call_every_s: flo
     try:
         await stop.wait()
     finally:
-        traffic.cancel()
+        calls.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await traffic
+            await calls
         await runner.cleanup()
         await simulator.close()
     print("demo stopped", file=sys.stderr)

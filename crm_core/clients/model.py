@@ -38,6 +38,11 @@ def _last10_default(context: Any) -> str:
     return last10_of(context.get_current_parameters().get("e164") or "")
 
 
+def responsible_index(table: str) -> Index:
+    """``(responsible_id, id)``: a manager's records in one index range, their ids included."""
+    return Index(f"ix_{table}_responsible_id_id", "responsible_id", "id")
+
+
 class CardFields:
     """The client card's fields, shared by leads, contacts and companies."""
 
@@ -66,7 +71,9 @@ class CardFields:
 
     @declared_attr
     def responsible_id(cls) -> Mapped[int | None]:
-        return mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+        # Indexed with the id by each table (responsible_index): "the ids of a manager's
+        # records", which every manager's access check asks, is then read from the index alone.
+        return mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
 
     @declared_attr
     def created_by_id(cls) -> Mapped[int | None]:
@@ -78,6 +85,7 @@ class Company(CardFields, Base):
     member companies (``head_id``) and has one or more legal entities."""
 
     __tablename__ = "companies"
+    __table_args__ = (responsible_index("companies"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(300), index=True)
@@ -147,6 +155,7 @@ class Contact(CardFields, Base):
     """A person: a client's employee or a private client."""
 
     __tablename__ = "contacts"
+    __table_args__ = (responsible_index("contacts"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(300), index=True)  # as the manager writes it

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from crm_core import access, listing
 from crm_core.access import Actor
@@ -111,6 +112,10 @@ def _search_clause(kind: str, q: str, region: str) -> ColumnElement[bool]:
     return matching(table.id, by_name, ids)
 
 
+# At most this many matches are fetched and sorted rather than found along the sort's index.
+FEW_MATCHES = 1000
+
+
 async def _list(
     session: AsyncSession,
     kind: str,
@@ -155,13 +160,21 @@ async def _list(
     if flt.q and flt.q.strip():
         stmt = stmt.where(_search_clause(kind, flt.q, rules.default_region))
     total = await listing.total(session, stmt, count_cap)
+    src: Any = table
+    if count_cap is not None and total <= FEW_MATCHES:
+        # Few rows match: fetch them, then sort. Walking the name index for the first 50
+        # matches costs as many rows as it skips: a filter nobody matches walked all
+        # 1,000,000 contacts (6 s; 0.3 s this way). A subquery with OFFSET 0 is one
+        # PostgreSQL's planner does not flatten.
+        src = aliased(table, stmt.offset(0).subquery())
+        stmt = select(src)
     sorts = {
-        "name": table.name_search,
-        "created_at": table.created_at,
-        "potential": table.potential_amount,
-        "updated_at": table.updated_at,
+        "name": src.name_search,
+        "created_at": src.created_at,
+        "potential": src.potential_amount,
+        "updated_at": src.updated_at,
     }
-    stmt = listing.order(stmt, sorts, sort, (table.name_search, table.id), table.id)
+    stmt = listing.order(stmt, sorts, sort, (src.name_search, src.id), src.id)
     rows = await session.scalars(stmt.limit(limit).offset(offset))
     return list(rows), total
 

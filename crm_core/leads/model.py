@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, validates
 
-from crm_core.clients.model import CardFields, fold_name
+from crm_core.clients.model import CardFields, fold_name, responsible_index
 from crm_core.db import Base, JsonDoc, utcnow
 
 
@@ -18,6 +18,7 @@ class Lead(CardFields, Base):
     __tablename__ = "leads"
     __table_args__ = (
         Index("ix_leads_created_at", "created_at"),
+        responsible_index("leads"),
         # A kanban column: a stage's leads, most recently moved first.
         Index("ix_leads_stage_moved", "stage", "stage_changed_at", "id"),
     )
