@@ -217,8 +217,8 @@ class DemoPbx(SimulatedPbx):
     """The simulated PBX whose recordings exist: each MixMonitor file a call names is written
     into the spool before the event naming it goes out (long before the call ends)."""
 
-    def __init__(self, recorder: demo_calls.Recorder, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, recorder: demo_calls.Recorder, *, username: str, secret: str) -> None:
+        super().__init__(username=username, secret=secret)
         self.recorder = recorder
 
     def broadcast(self, data: bytes) -> None:

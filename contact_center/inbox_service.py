@@ -44,6 +44,7 @@ from channels.errors import (
 )
 from channels.mail import EmailAdapter, MailBatch, MailboxState
 from channels.registry import Adapter, build_adapter
+from channels.whatsapp import WhatsAppAdapter
 from crm_core.access import Actor
 from crm_core.clock import Clock
 from crm_core.conversations import service as conversations
@@ -275,8 +276,9 @@ class Inbox:
     def verify(self, code: str, query: Mapping[str, str]) -> str:
         """Meta's verification handshake: the challenge, or ``SignatureInvalid`` (logged)."""
         adapter = self.adapter("whatsapp", code)
+        assert isinstance(adapter, WhatsAppAdapter)  # adapter() checked the kind
         try:
-            return adapter.verify_subscription(query)  # type: ignore[union-attr]
+            return adapter.verify_subscription(query)
         except SignatureInvalid as exc:
             self.refused += 1
             log.warning("webhook whatsapp/%s: verification refused: %s", code, exc.reason)

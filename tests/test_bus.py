@@ -176,13 +176,15 @@ async def test_an_inline_subscriber_has_the_event_when_publish_returns_and_may_f
     queued: list[int] = []
 
     def on_push(e: DomainEvent) -> None:
-        pushed.append(e.number)  # type: ignore[attr-defined]
+        assert isinstance(e, SampleHappened)
+        pushed.append(e.number)
 
     def on_broken(e: DomainEvent) -> None:
         raise RuntimeError("boom")
 
     async def on_queued(e: DomainEvent) -> None:
-        queued.append(e.number)  # type: ignore[attr-defined]
+        assert isinstance(e, SampleHappened)
+        queued.append(e.number)
 
     bus.subscribe_inline(on_broken, name="broken")
     bus.subscribe_inline(on_push, name="push", events=["test.sample_happened"])

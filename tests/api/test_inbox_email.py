@@ -168,7 +168,9 @@ async def test_mail_in_reply_out_restart_and_bounce(
     sent = BytesParser(policy=policy.default).parsebytes(handler.envelopes[0].content)
     assert sent["In-Reply-To"] == "<client-1@example.ru>"
     assert sent["Subject"] == "Re: Заявка" and sent["To"] == "buyer@example.ru"
-    assert "счёт во вложении" in sent.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    body = sent.get_body(("plain",))
+    assert body is not None
+    assert "счёт во вложении" in body.get_content()
     await client.close()  # a restart: the next reader goes on from the stored cursor
 
     again = await aiohttp_client_factory(create_app(mail_settings, announce=lambda _t: None))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -33,7 +34,7 @@ from tests.crm_core.tasks.world import T0, World, build_world
 RULES = CrmRules()
 
 
-def wa(mid: str, wa_id: str = "79161112233", text: str = "Здравствуйте", **kw: object):
+def wa(mid: str, wa_id: str = "79161112233", text: str = "Здравствуйте", **kw: Any):
     base = conversations.Incoming(
         channel="wa-main",
         channel_kind="whatsapp",
@@ -45,7 +46,7 @@ def wa(mid: str, wa_id: str = "79161112233", text: str = "Здравствуйт
         sender_name="Мария",
         phone="+" + wa_id,
     )
-    return replace(base, **kw)  # type: ignore[arg-type]
+    return replace(base, **kw)
 
 
 @pytest.fixture
