@@ -168,10 +168,12 @@ async def test_a_phone_edited_with_a_bad_value_is_refused_in_russian_then_saved(
     async with client.app[SESSIONS]() as s:
         phones = list(await s.scalars(select(Phone.e164).where(Phone.contact_id == w["sergey"])))
     assert phones == ["+79160001122"]
-    # The duplicate of a visible contact names it and links to it.
+    # The duplicate of a visible contact names it and links to it. htmx focuses the form's
+    # first input (autofocus) as the swap settles: type into the second only after that.
     await page.click("#f-phones button.edit")
     second = page.locator("form#f-phones input[name=phones]").nth(1)
     await second.wait_for(timeout=5000)
+    await page.wait_for_function("document.activeElement?.id === 'in-phones'")
     await second.fill("+7 812 555-00-11")
     values = await page.locator("form#f-phones input[name=phones]").evaluate_all(
         "(nodes) => nodes.map((n) => n.value)"
