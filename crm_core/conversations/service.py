@@ -880,6 +880,18 @@ async def queue_reply(
     conv.updated_at = now
     if conv.status == ConversationStatus.RESOLVED.value:
         conv.status = ConversationStatus.OPEN.value
+    return await _to_outbox(session, conv, message, now, events)
+
+
+async def _to_outbox(
+    session: AsyncSession,
+    conv: Conversation,
+    message: Message,
+    now: datetime,
+    events: list[DomainEvent],
+) -> tuple[Message, list[DomainEvent]]:
+    """``message`` (added to the session) written with the durable job that sends it, in the
+    same transaction: a crash between the two sends once, never loses it."""
     await session.flush()
     await jobs.schedule(
         session,
@@ -959,18 +971,7 @@ async def queue_template(
     conv.preview = _preview(text, "template")
     conv.updated_at = now
     conv.unread = 0
-    await session.flush()
-    await jobs.schedule(
-        session,
-        SEND_JOB,
-        now,
-        {"message_id": message.id},
-        dedupe_key=f"send-message:{message.id}",
-        max_attempts=SEND_ATTEMPTS,
-    )
-    events.extend(await _timeline(session, conv, message, now))
-    events.append(_new_event(conv, message))
-    return message, events
+    return await _to_outbox(session, conv, message, now, events)
 
 
 async def add_note(
