@@ -280,34 +280,6 @@ async def channel_source(session: AsyncSession, channel: str, channel_kind: str)
     )
 
 
-async def choose_assignee(
-    session: AsyncSession,
-    responsible_id: int | None,
-    phone: str | None,
-    now: datetime,
-    rules: CrmRules,
-    *,
-    region_id: int | None = None,
-    default_timezone: str = "Europe/Moscow",
-    book: distribution.RuleBook | None = None,
-    capacity: int | None = None,
-) -> int | None:
-    """The client's responsible manager while he is active; else the distribution rules of the
-    region (round robin, weights, working hours); None: the manual queue (unassigned)."""
-    chosen, _ = await assign_new(
-        session,
-        responsible_id,
-        phone,
-        now,
-        rules,
-        region_id=region_id,
-        default_timezone=default_timezone,
-        book=book,
-        capacity=capacity,
-    )
-    return chosen
-
-
 async def assign_new(
     session: AsyncSession,
     responsible_id: int | None,
@@ -320,7 +292,9 @@ async def assign_new(
     book: distribution.RuleBook | None = None,
     capacity: int | None = None,
 ) -> tuple[int | None, str]:
-    """:func:`choose_assignee` and why: ``responsible``, a strategy, ``manual``,
+    """The client's responsible manager while he is active; else the distribution rules of the
+    region (round robin, weights, working hours); None: the manual queue (unassigned). With why:
+    ``responsible``, a strategy, ``manual``,
     ``nobody_on_duty`` (outside everyone's working hours), ``capacity``.
 
     ``capacity`` caps the open conversations a manager gets from the rules: one who has that
@@ -567,7 +541,7 @@ async def receive(
             events.extend(lead_events)
     elif new is False and conv.assignee_id is None:
         # Still in the queue (nobody on duty, everyone at capacity): the rules try again.
-        conv.assignee_id = await choose_assignee(
+        conv.assignee_id, _ = await assign_new(
             session,
             None,
             None,
