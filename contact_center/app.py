@@ -122,10 +122,6 @@ def create_app(
     app[RULES] = settings.crm.rules()
     app[METRICS] = registry
     app[HEALTH] = StatusAggregator()
-    app[auth.THROTTLE] = auth.LoginThrottle(
-        settings.auth.login_attempts_per_15min,
-        per_address=settings.auth.login_attempts_per_address_15min,
-    )
     app[ws.HUB] = ws.Hub()
     app[HEALTH].add("ws", app[ws.HUB].provide_status)
     _template_engine(app)  # the workspace's pages are rendered from templates
@@ -137,7 +133,7 @@ def create_app(
             _database(announce, progress or StartupProgress()),  # ENGINE, SESSIONS
             _redis,  # REDIS (None: the embedded mode)
             _bus,  # BUS: in-process, or fanned out over Redis pub/sub
-            _rate_limits,  # LIMITER of the public endpoints
+            _rate_limits,  # LIMITER of the public endpoints, THROTTLE of sign-ins
             _tracking,  # TRACKER: call tracking (number leases, attribution)
             _distribution,  # DIALPLAN: who takes a call of a region
             _recordings,  # RECORDINGS: storage and converters (None when switched off)
@@ -324,6 +320,16 @@ async def _rate_limits(app: web.Application) -> AsyncIterator[None]:
     clock = app[CLOCK]
     app[LIMITER] = RateLimiter(
         app[REDIS], app[SETTINGS].redis.prefix, clock=lambda: clock.now().timestamp()
+    )
+    auth_settings = app[SETTINGS].auth
+    app[auth.THROTTLE] = auth.SharedLoginThrottle(
+        auth.LoginThrottle(
+            auth_settings.login_attempts_per_15min,
+            per_address=auth_settings.login_attempts_per_address_15min,
+        ),
+        app[REDIS],
+        app[SETTINGS].redis.prefix,
+        clock=lambda: clock.now().timestamp(),
     )
     yield
 
