@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contact_center import api as api_slices
 from contact_center import db as database
-from contact_center import distribution_service, recordings_service, tracking_service, ws
+from contact_center import distribution_service, i18n, recordings_service, tracking_service, ws
 from contact_center.bus import BusMetrics, EventBus, RedisEventBus
 from contact_center.config import Settings
 from contact_center.health import StatusAggregator
@@ -70,7 +70,7 @@ from contact_center.rate_limit import RateLimiter
 from contact_center.scheduler import JobHandlers, Scheduler
 from contact_center.startup import StartupProgress
 from contact_center.telephony import Telephony
-from contact_center.web import pages
+from contact_center.web import card_fields, pages
 from contact_center.web.shell import MENU_KEY
 from crm_core.clock import Clock, SystemClock
 from crm_core.conversations import service as conversations
@@ -120,6 +120,7 @@ def create_app(
     app[INSTANCE_ID] = instance_id or uuid.uuid4().hex[:12]
     app[CLOCK] = clock or SystemClock()
     app[RULES] = settings.crm.rules()
+    i18n.add_configured_texts(card_fields.configured_texts(app[RULES]))  # custom field labels
     app[METRICS] = registry
     app[HEALTH] = StatusAggregator()
     app[ws.HUB] = ws.Hub()

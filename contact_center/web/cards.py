@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -93,6 +93,9 @@ class FieldContext:
             return tuple((i, t("interest." + i)) for i in INTERESTS)
         if source == "purchase":
             return potential_options(t)
+        if source.startswith("custom:"):
+            f = self.rules.custom_field(source.removeprefix("custom:"))
+            return tuple((o, o) for o in f.options) if f is not None else ()
         return ()
 
     def option_text(self, source: str, value: Any) -> str:
@@ -113,12 +116,31 @@ def _money_input(value: Any) -> str:
     return str(amount.quantize(Decimal(1))) if amount == amount.to_integral() else str(amount)
 
 
+def _yes_no(v: Any) -> str:
+    return "yes" if v is True else "no" if v is False else ""
+
+
+def _custom_stored(spec: cf.FieldSpec, view: Any) -> Any:
+    """A configured field's stored value: a date as a date, the rest as stored."""
+    assert spec.custom is not None
+    value = (getattr(view, "custom", None) or {}).get(spec.custom.name)
+    if spec.custom.type == "date" and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return date.fromisoformat(value)
+    return value
+
+
 def stored_values(spec: cf.FieldSpec, view: Any, ctx: FieldContext) -> dict[str, Any]:
     """The field's inputs as they are stored (what the edit form starts from)."""
     t = ctx.t
-
-    def yes_no(v: Any) -> str:
-        return "yes" if v is True else "no" if v is False else ""
+    yes_no = _yes_no
+    if spec.custom is not None:
+        value = _custom_stored(spec, view)
+        if spec.kind == cf.BOOL:
+            return {spec.key: yes_no(value)}
+        if isinstance(value, date):
+            return {spec.key: value.strftime("%d.%m.%Y")}
+        return {spec.key: "" if value is None else str(value)}
 
     if spec.kind in (cf.PHONES,):
         return {spec.key: [ctx.fmt.phone(p) for p in getattr(view, spec.key)]}
@@ -162,6 +184,15 @@ def typed_values(spec: cf.FieldSpec, form: MultiDict[str]) -> dict[str, Any]:
 def shown(spec: cf.FieldSpec, view: Any, ctx: FieldContext) -> tuple[str, list[Any]]:
     """The field as the card shows it: a text, or items (phones, e-mails, messenger ids)."""
     t, fmt = ctx.t, ctx.fmt
+    if spec.custom is not None:
+        value = _custom_stored(spec, view)
+        if value is None or value == "":
+            return "", []
+        if spec.kind == cf.BOOL:
+            return (t("card.yes") if value else t("card.no")), []
+        if isinstance(value, date):
+            return fmt.day(value), []
+        return str(value), []
     if spec.kind in (cf.PHONES, cf.EMAILS):
         return "", list(getattr(view, spec.key))
     if spec.kind == cf.MESSENGERS:
@@ -209,7 +240,9 @@ def field_view(
     if subject.kind == "invoice" and subject.view.status != "issued":
         may = False
     options: tuple[tuple[str, str], ...] = ()
-    if spec.kind == cf.SELECT:
+    if spec.custom is not None and spec.kind == cf.SELECT:
+        options = ctx.options("custom:" + spec.custom.name)
+    elif spec.kind == cf.SELECT:
         options = ctx.options(spec.options)
     elif spec.kind == cf.POTENTIAL:
         options = ctx.options("purchase")
@@ -248,7 +281,7 @@ async def _subject(request: web.Request, session: AsyncSession, user: User) -> S
 
 
 def _spec(request: web.Request) -> cf.FieldSpec:
-    spec = cf.spec_of(request.match_info["kind"], request.match_info["field"])
+    spec = cf.spec_of(request.match_info["kind"], request.match_info["field"], request.app[RULES])
     if spec is None:
         raise web.HTTPNotFound()
     return spec
@@ -354,7 +387,11 @@ def lead_bar(subject: Subject, rules: CrmRules, lang: str, t: Any) -> dict[str, 
             "code": nxt.code,
             "name": names[nxt.code],
             "missing": [
-                {"label": t("requirement." + m), "field": REQUIREMENT_FIELD.get(m)} for m in missing
+                {
+                    "label": t("requirement." + m),
+                    "field": cf.requirement_field(m, REQUIREMENT_FIELD),
+                }
+                for m in missing
             ],
         }
     junk = [s for s in rules.lead_stages if s.kind == "lost"]
@@ -464,7 +501,7 @@ async def _convert_data(
     ]
     won = next((s.code for s in rules.lead_stages if s.kind == "won"), "")
     missing = [
-        {"label": t("requirement." + m), "field": REQUIREMENT_FIELD.get(m)}
+        {"label": t("requirement." + m), "field": cf.requirement_field(m, REQUIREMENT_FIELD)}
         for m in view.gate.get(won, [])
     ]
     return {
@@ -579,7 +616,7 @@ async def card_page_data(
     ctx = await field_context(request, session, user)
     groups = [
         (label, [field_view(spec, subject, ctx) for spec in specs])
-        for label, specs in cf.groups_of(subject.kind)
+        for label, specs in cf.groups_of(subject.kind, request.app[RULES])
     ]
     data: dict[str, Any] = {
         "title": subject.name or t("card.title." + subject.kind),
@@ -645,7 +682,7 @@ async def client_card(request: web.Request, user: User) -> Any:
 def routes(app: web.Application) -> None:
     app.router.add_get(r"/clients/{kind:contact|company|lead}/{id:\d{1,18}}", client_card)
     fields = (
-        r"/card/{kind:contact|company|lead|deal|invoice}/{id:\d{1,18}}/field/{field:[a-z_]{1,40}}"
+        r"/card/{kind:contact|company|lead|deal|invoice}/{id:\d{1,18}}/field/{field:[a-z_-]{1,80}}"
     )
     app.router.add_get(fields, field_get)
     app.router.add_get(fields + "/edit", field_edit)

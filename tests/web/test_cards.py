@@ -541,3 +541,98 @@ async def test_every_card_is_translated(client: Any, lang: str) -> None:
             re.sub(r'(?:hx-[a-z]+|href|action|id|class|name|for)="[^"]*"', "", html),
         )
         assert raw == [], (path, raw)
+
+
+CUSTOM_FIELDS = (
+    '[{"name": "fleet", "type": "number", "label_ru": "Автопарк", "label_en": "Fleet"},'
+    ' {"name": "segment", "type": "enum", "label_ru": "Сегмент", "options": ["A", "B"]},'
+    ' {"name": "since", "type": "date", "label_ru": "Клиент с"},'
+    ' {"name": "partner", "type": "bool", "label_ru": "Партнёр"}]'
+)
+
+
+@pytest.fixture
+async def custom_client(make_settings: Any, database_url: str, aiohttp_client_factory: Any) -> Any:
+    settings = make_settings(
+        CC_DATABASE_URL=database_url,
+        CC_CRM_CUSTOM_FIELDS=CUSTOM_FIELDS,
+        CC_CRM_LEAD_GATE='{"in_work": ["source", "custom.fleet"]}',
+    )
+    app = create_app(settings, announce=lambda _t: None, clock=ManualClock(NOW))
+    return await aiohttp_client_factory(app)
+
+
+async def test_configured_fields_are_on_the_card_by_their_labels_and_edited_in_place(
+    custom_client: Any,
+) -> None:
+    client = custom_client
+    w = await _world(client)
+    await sign_in(client, "ivan")
+    card = f"/clients/contact/{w['sergey']}"
+    page = visible(await (await client.get(card)).text())
+    assert "Дополнительно" in page
+    for label in ("Автопарк", "Сегмент", "Клиент с", "Партнёр"):
+        assert label in page
+    assert "field.custom" not in page
+    token = await csrf(client, card)
+    base = f"/card/contact/{w['sergey']}/field"
+
+    bad = await _post(client, f"{base}/custom-fleet", {"custom-fleet": "много"}, token)
+    assert bad.status == 422
+    assert "«Автопарк»: введите число" in await bad.text()
+    wrong = await _post(client, f"{base}/custom-segment", {"custom-segment": "Z"}, token)
+    assert wrong.status == 422  # the service's own check: one of the options
+    for key, value, shown in (
+        ("custom-fleet", "12", "12"),
+        ("custom-segment", "B", "B"),
+        ("custom-since", "31.01.2020", "2020"),
+        ("custom-partner", "yes", "да"),
+    ):
+        r = await _post(client, f"{base}/{key}", {key: value}, token)
+        assert r.status == 200, await r.text()
+        assert shown in visible(await r.text())
+    form = await (await client.get(f"{base}/custom-segment/edit")).text()
+    assert '<option value="B" selected>' in form
+    async with client.app[SESSIONS]() as s:
+        contact = await s.get(Contact, w["sergey"])
+        assert contact is not None
+        assert contact.custom == {
+            "fleet": 12,
+            "segment": "B",
+            "since": "2020-01-31",
+            "partner": True,
+        }
+    cleared = await _post(client, f"{base}/custom-fleet", {"custom-fleet": ""}, token)
+    assert cleared.status == 200
+    async with client.app[SESSIONS]() as s:
+        contact = await s.get(Contact, w["sergey"])
+        assert contact is not None and (contact.custom or {}).get("fleet") is None
+
+
+async def test_a_gate_on_a_configured_field_names_it_and_links_to_it(custom_client: Any) -> None:
+    client = custom_client
+    w = await _world(client)
+    await sign_in(client, "ivan")
+    lead = w["lead"]
+    page = visible(await (await client.get(f"/clients/lead/{lead}")).text())
+    assert "requirement.custom" not in page
+    assert "Автопарк" in page and "f-custom-fleet" in page
+    token = await csrf(client, f"/clients/lead/{lead}")
+    refused = await _post(client, f"/card/lead/{lead}/stage", {"stage": "in_work"}, token)
+    assert refused.status == 422
+    assert "Автопарк" in await refused.text()
+    await _post(
+        client, f"/card/lead/{lead}/field/source_id", {"source_id": str(w["source"])}, token
+    )
+    await _post(client, f"/card/lead/{lead}/field/custom-fleet", {"custom-fleet": "3"}, token)
+    moved = await _post(client, f"/card/lead/{lead}/stage", {"stage": "in_work"}, token)
+    assert moved.status == 200, await moved.text()
+
+
+def test_a_refusal_names_the_entry_of_a_list_field() -> None:
+    from contact_center.i18n import field_label, translator
+
+    t = translator("ru")
+    assert field_label(t, "phones.1") == "Телефон 2"
+    assert field_label(t, "inn") == t("field.inn")
+    assert field_label(t, "nonsense.x") == "nonsense.x"
