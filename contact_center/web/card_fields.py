@@ -26,6 +26,7 @@ from crm_core.rules import CrmRules, CustomFieldDef
 # A field of a card: ``kind`` says how it is edited and shown; ``attrs`` are the patch fields it
 # sets (one, or two for the composite "potential" and "decision maker").
 TEXT, AREA, SELECT, BOOL, MONEY, DATE = "text", "textarea", "select", "bool", "money", "date"
+CLIENT = "client"  # a contact or company of the deal, typed by name (suggestions as you type)
 PHONES, EMAILS, MESSENGERS, POTENTIAL, DECISION_MAKER = (
     "phones",
     "emails",
@@ -138,6 +139,8 @@ MAIN: dict[str, tuple[FieldSpec, ...]] = {
     ),
     "deal": (
         _f("title", "card.deal_title", required=True),
+        _f("contact_id", "card.contact", CLIENT, options="contact", maxlength=200),
+        _f("company_id", "card.company", CLIENT, options="company", maxlength=300),
         _f("amount", "card.amount", MONEY),
         _f("margin", "card.margin", MONEY),
         _f("products", "card.products", AREA, maxlength=20_000),

@@ -38,6 +38,7 @@ from contact_center.web.shell import (
     zone,
 )
 from crm_core.clients.errors import ClientMerged
+from crm_core.clients.service import ClientFilter, list_companies, list_contacts
 from crm_core.deals import service as deals
 from crm_core.errors import DomainError, NotFound
 from crm_core.leads import service as leads
@@ -78,6 +79,7 @@ class FieldContext:
         self.fmt = fmt
         self.rules = rules
         self.user = user
+        self.clients: dict[tuple[str, int], str] = {}  # names of the deal's contact and company
 
     def options(self, source: str) -> tuple[tuple[str, str], ...]:
         t = self.t
@@ -142,6 +144,8 @@ def stored_values(spec: cf.FieldSpec, view: Any, ctx: FieldContext) -> dict[str,
             return {spec.key: value.strftime("%d.%m.%Y")}
         return {spec.key: "" if value is None else str(value)}
 
+    if spec.kind == cf.CLIENT:
+        return {spec.key: shown(spec, view, ctx)[0]}
     if spec.kind in (cf.PHONES,):
         return {spec.key: [ctx.fmt.phone(p) for p in getattr(view, spec.key)]}
     if spec.kind == cf.EMAILS:
@@ -184,6 +188,11 @@ def typed_values(spec: cf.FieldSpec, form: MultiDict[str]) -> dict[str, Any]:
 def shown(spec: cf.FieldSpec, view: Any, ctx: FieldContext) -> tuple[str, list[Any]]:
     """The field as the card shows it: a text, or items (phones, e-mails, messenger ids)."""
     t, fmt = ctx.t, ctx.fmt
+    if spec.kind == cf.CLIENT:
+        ref = getattr(view, spec.key, None)
+        if ref is None:
+            return "", []
+        return ctx.clients.get((spec.options, ref), ""), [(spec.options, ref)]
     if spec.custom is not None:
         value = _custom_stored(spec, view)
         if value is None or value == "":
@@ -258,19 +267,67 @@ def field_view(
         "url": f"{subject.base}/field/{spec.key}",
         "inputs": values if values is not None else stored_values(spec, subject.view, ctx),
         "options": options,
+        "refers_to": spec.options if spec.kind == cf.CLIENT else "",  # contact or company
         "channels": cf.MESSENGER_CHANNELS,
         "error": error,
     }
 
 
-async def field_context(request: web.Request, session: AsyncSession, user: User) -> FieldContext:
-    return FieldContext(
+async def field_context(
+    request: web.Request, session: AsyncSession, user: User, subject: Subject | None = None
+) -> FieldContext:
+    ctx = FieldContext(
         await listing.names(session),
         t_of(request),
         Formatter(language(request), zone(request), now(request)),
         request.app[RULES],
         user,
     )
+    if subject is not None and subject.kind == "deal":
+        view = subject.view
+        refs = [
+            (k, i) for k, i in (("contact", view.contact_id), ("company", view.company_id)) if i
+        ]
+        ctx.clients = await client_names(session, refs)
+    return ctx
+
+
+async def _client_ref(
+    request: web.Request, spec: cf.FieldSpec, form: MultiDict[str], user: User
+) -> dict[str, Any]:
+    """The contact or company typed by name as the patch's id: the exact name among those the
+    reader may see, else the only one the search finds; none or several is a refusal."""
+    t = t_of(request)
+    name = str(form.get(spec.key, "")).strip()
+    if not name:
+        return {spec.key: None}
+    search = list_contacts if spec.options == "contact" else list_companies
+    async with request.app[SESSIONS]() as session:
+        found, total = await search(
+            session, ClientFilter(q=name), actor=user, rules=request.app[RULES], limit=20
+        )
+    exact = [c for c in found if c.name.casefold() == name.casefold()]
+    if len(exact) == 1 or (not exact and total == 1):
+        return {spec.key: (exact or found)[0].id}
+    key = "card.error.client_ambiguous" if exact or total > 1 else "card.error.client_not_found"
+    raise cf.FieldError(t(key + "." + spec.options, name=name))
+
+
+@page("cards/_suggest.html")
+async def suggest(request: web.Request, user: User) -> dict[str, Any]:
+    """Names of the contacts or companies the reader may see that match what he types (the
+    options of a deal's contact and company fields)."""
+    kind = request.match_info["kind"]
+    typed = next((v for v in request.query.values() if v.strip()), "").strip()[:200]
+    names: list[str] = []
+    if len(typed) >= 2:
+        search = list_contacts if kind == "contact" else list_companies
+        async with request.app[SESSIONS]() as session:
+            found, _ = await search(
+                session, ClientFilter(q=typed), actor=user, rules=request.app[RULES], limit=10
+            )
+        names = [c.name for c in found]
+    return {"names": names}
 
 
 async def _subject(request: web.Request, session: AsyncSession, user: User) -> Subject:
@@ -293,7 +350,7 @@ async def field_get(request: web.Request, user: User) -> dict[str, Any]:
     spec = _spec(request)
     async with request.app[SESSIONS]() as session:
         subject = await _subject(request, session, user)
-        ctx = await field_context(request, session, user)
+        ctx = await field_context(request, session, user, subject)
     return {"field": field_view(spec, subject, ctx)}
 
 
@@ -303,7 +360,7 @@ async def field_edit(request: web.Request, user: User) -> dict[str, Any]:
     spec = _spec(request)
     async with request.app[SESSIONS]() as session:
         subject = await _subject(request, session, user)
-        ctx = await field_context(request, session, user)
+        ctx = await field_context(request, session, user, subject)
     return {"field": field_view(spec, subject, ctx, editing=True)}
 
 
@@ -317,7 +374,10 @@ async def field_save(request: web.Request, user: User) -> web.StreamResponse:
     record_id = int(request.match_info["id"])
     refusal: cf.Refusal | None = None
     try:
-        values = cf.values_from_form(spec, form, t)
+        if spec.kind == cf.CLIENT:
+            values = await _client_ref(request, spec, form, user)
+        else:
+            values = cf.values_from_form(spec, form, t)
         async with UnitOfWork(request) as u:
             events = await change(
                 u.session,
@@ -343,7 +403,7 @@ async def field_save(request: web.Request, user: User) -> web.StreamResponse:
         refusal = cf.refusal_of(exc, names, t)
     async with request.app[SESSIONS]() as session:
         subject = await _subject(request, session, user)
-        ctx = await field_context(request, session, user)
+        ctx = await field_context(request, session, user, subject)
     if refusal is not None:
         view = field_view(
             spec, subject, ctx, editing=True, values=typed_values(spec, form), error=refusal
@@ -687,6 +747,7 @@ def routes(app: web.Application) -> None:
     app.router.add_get(fields, field_get)
     app.router.add_get(fields + "/edit", field_edit)
     app.router.add_post(fields, field_save)
+    app.router.add_get(r"/card/suggest/{kind:contact|company}", suggest)
     app.router.add_get(r"/card/{kind:lead}/{id:\d{1,18}}/stages", lead_bar_get)
     app.router.add_post(r"/card/{kind:lead}/{id:\d{1,18}}/stage", lead_move)
     app.router.add_get(r"/card/{kind:lead}/{id:\d{1,18}}/convert", convert_form)

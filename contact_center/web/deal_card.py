@@ -113,7 +113,7 @@ async def _deal_page_data(
     request: web.Request, session: AsyncSession, subject: Subject, user: User
 ) -> dict[str, Any]:
     t = t_of(request)
-    ctx = await field_context(request, session, user)
+    ctx = await field_context(request, session, user, subject)
     view = subject.view
     today = now(request).astimezone(zone(request)).date()
     refs = [(k, i) for k, i in (("contact", view.contact_id), ("company", view.company_id)) if i]

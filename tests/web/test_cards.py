@@ -636,3 +636,55 @@ def test_a_refusal_names_the_entry_of_a_list_field() -> None:
     assert field_label(t, "phones.1") == "Телефон 2"
     assert field_label(t, "inn") == t("field.inn")
     assert field_label(t, "nonsense.x") == "nonsense.x"
+
+
+async def test_the_deals_contact_and_company_are_chosen_by_name_among_the_readers_clients(
+    client: Any,
+) -> None:
+    w = await _world(client)
+    async with client.app[SESSIONS]() as s:
+        from crm_core.deals import service as deals
+        from crm_core.deals.schemas import DealInput
+        from crm_core.users.model import User
+
+        ivan = await s.get(User, w["ids"].ivan)
+        assert ivan is not None
+        deal, _ = await deals.create_deal(
+            s, DealInput(title="Поставка бумаги"), actor=ivan, rules=CrmRules(), now=NOW
+        )
+        await s.commit()
+        deal_id = deal.id
+    await sign_in(client, "ivan")
+    page = visible(await (await client.get(f"/deals/{deal_id}")).text())
+    assert 'id="f-contact_id"' in page and 'id="f-company_id"' in page
+    token = await csrf(client, f"/deals/{deal_id}")
+    base = f"/card/deal/{deal_id}/field"
+
+    form = await (await client.get(f"{base}/contact_id/edit")).text()
+    assert 'list="dl-contact_id"' in form and 'hx-get="/card/suggest/contact"' in form
+    offered = await (
+        await client.get("/card/suggest/contact", params={"contact_id": "Конт"})
+    ).text()
+    assert "Контакт Анны" not in offered  # another manager's client is not suggested
+    offered = await (
+        await client.get("/card/suggest/contact", params={"contact_id": "Мари"})
+    ).text()
+    assert 'value="Мария Орлова"' in offered
+
+    hidden = await _post(client, f"{base}/contact_id", {"contact_id": "Контакт Анны"}, token)
+    assert hidden.status == 422
+    assert "Контакт «Контакт Анны» не найден" in await hidden.text()
+    chosen = await _post(client, f"{base}/contact_id", {"contact_id": "мария орлова"}, token)
+    assert chosen.status == 200, await chosen.text()
+    assert f'href="/clients/contact/{w["maria"]}"' in await chosen.text()
+    company = await _post(client, f"{base}/company_id", {"company_id": "Ромашка"}, token)
+    assert company.status == 200, await company.text()
+    async with client.app[SESSIONS]() as s:
+        stored = await s.get(Deal, deal_id)
+        assert stored is not None
+        assert (stored.contact_id, stored.company_id) == (w["maria"], w["company"])
+    unlinked = await _post(client, f"{base}/contact_id", {"contact_id": ""}, token)
+    assert unlinked.status == 200
+    async with client.app[SESSIONS]() as s:
+        stored = await s.get(Deal, deal_id)
+        assert stored is not None and stored.contact_id is None
