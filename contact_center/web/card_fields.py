@@ -196,9 +196,15 @@ def configured_texts(rules: CrmRules) -> dict[str, dict[str, str]]:
     return out
 
 
+PIPELINE = _f("pipeline", "card.pipeline", SELECT, options="pipeline")
+
+
 def groups_of(kind: str, rules: CrmRules | None = None) -> list[tuple[str, tuple[FieldSpec, ...]]]:
     """The card's fields grouped as the customer thinks of them; the configured fields last."""
-    out: list[tuple[str, tuple[FieldSpec, ...]]] = [("card.group.main", MAIN[kind])]
+    main = MAIN[kind]
+    if kind == "deal" and rules is not None and len(rules.pipelines) > 1:
+        main = (main[0], PIPELINE, *main[1:])  # which pipeline, when there is a choice
+    out: list[tuple[str, tuple[FieldSpec, ...]]] = [("card.group.main", main)]
     if kind in ("contact", "company", "lead"):
         out.extend(CLIENT_GROUPS)
     extra = custom_specs(kind, rules)

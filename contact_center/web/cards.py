@@ -95,6 +95,11 @@ class FieldContext:
             return tuple((i, t("interest." + i)) for i in INTERESTS)
         if source == "purchase":
             return potential_options(t)
+        if source == "pipeline":
+            return tuple(
+                (p.code, (p.name_en or p.name_ru) if self.fmt.lang == "en" else p.name_ru)
+                for p in self.rules.pipelines
+            )
         if source.startswith("custom:"):
             f = self.rules.custom_field(source.removeprefix("custom:"))
             return tuple((o, o) for o in f.options) if f is not None else ()
@@ -410,6 +415,8 @@ async def field_save(request: web.Request, user: User) -> web.StreamResponse:
         )
         return await render("cards/_field.html", request, {"field": view}, status=422)
     resp = await render("cards/_field.html", request, {"field": field_view(spec, subject, ctx)})
+    if spec is cf.PIPELINE:  # another pipeline: other stages, the page is read again
+        resp.headers["HX-Refresh"] = "true"
     resp.headers["HX-Trigger"] = json.dumps(
         {"card-changed": None, "cc-toast": {"text": t("card.saved")}}
     )

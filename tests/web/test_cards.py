@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from contact_center.app import create_app
-from contact_center.keys import SESSIONS
+from contact_center.keys import RULES, SESSIONS
 from crm_core.activities.model import Activity
 from crm_core.clients.model import Company, Contact, LegalEntity, Phone, Requisites
 from crm_core.clock import ManualClock
@@ -688,3 +688,54 @@ async def test_the_deals_contact_and_company_are_chosen_by_name_among_the_reader
     async with client.app[SESSIONS]() as s:
         stored = await s.get(Deal, deal_id)
         assert stored is not None and stored.contact_id is None
+
+
+async def test_a_deal_is_moved_into_another_pipeline_from_its_card(
+    make_settings: Any, database_url: str, aiohttp_client_factory: Any
+) -> None:
+    pipelines = (
+        '[{"code": "sales", "name_ru": "Продажи", "is_default": true, "stages": ['
+        '{"code": "contact", "name_ru": "Контакт"}, {"code": "won", "name_ru": "Успех",'
+        ' "kind": "won"}, {"code": "lost", "name_ru": "Провал", "kind": "lost"}]},'
+        ' {"code": "tenders", "name_ru": "Тендеры", "stages": ['
+        '{"code": "found", "name_ru": "Тендер найден"}, {"code": "won", "name_ru": "Выигран",'
+        ' "kind": "won"}, {"code": "lost", "name_ru": "Проигран", "kind": "lost"}]}]'
+    )
+    settings = make_settings(CC_DATABASE_URL=database_url, CC_CRM_PIPELINES=pipelines)
+    app = create_app(settings, announce=lambda _t: None, clock=ManualClock(NOW))
+    client = await aiohttp_client_factory(app)
+    w = await _world(client)
+    rules = client.app[RULES]
+    async with client.app[SESSIONS]() as s:
+        from crm_core.deals import service as deals
+        from crm_core.deals.schemas import DealInput
+        from crm_core.users.model import User
+
+        await sync_pipelines(s, rules)
+        ivan = await s.get(User, w["ids"].ivan)
+        assert ivan is not None
+        deal, _ = await deals.create_deal(
+            s, DealInput(title="Тендер на салфетки"), actor=ivan, rules=rules, now=NOW
+        )
+        await s.commit()
+        deal_id = deal.id
+    await sign_in(client, "ivan")
+    page = visible(await (await client.get(f"/deals/{deal_id}")).text())
+    assert 'id="f-pipeline"' in page and "Продажи" in page
+    token = await csrf(client, f"/deals/{deal_id}")
+    form = await (await client.get(f"/card/deal/{deal_id}/field/pipeline/edit")).text()
+    assert '<option value="tenders">Тендеры</option>' in form
+    moved = await _post(
+        client, f"/card/deal/{deal_id}/field/pipeline", {"pipeline": "tenders"}, token
+    )
+    assert moved.status == 200, await moved.text()
+    assert moved.headers.get("HX-Refresh") == "true"
+    page = visible(await (await client.get(f"/deals/{deal_id}")).text())
+    assert "Тендер найден" in page
+    async with client.app[SESSIONS]() as s:
+        from crm_core.deals.model import Pipeline
+
+        stored = await s.get(Deal, deal_id)
+        assert stored is not None
+        pipeline = await s.get(Pipeline, stored.pipeline_id)
+        assert pipeline is not None and pipeline.code == "tenders"
