@@ -63,8 +63,10 @@ log = logging.getLogger(__name__)
 TEMPLATES_TTL_S = 600.0
 
 
-def to_incoming(item: InboundMessage, kind: str) -> conversations.Incoming:
-    """A channel adapter's message in the CRM's terms."""
+def to_incoming(
+    item: InboundMessage, kind: str, channel_name: str | None = None
+) -> conversations.Incoming:
+    """A channel adapter's message in the CRM's terms (``channel_name``: what people see)."""
     email = item.email
     payload: dict[str, Any] = {}
     if item.referral is not None:
@@ -113,6 +115,7 @@ def to_incoming(item: InboundMessage, kind: str) -> conversations.Incoming:
         payload=payload or None,
         reply_to=item.reply_to,
         creates_client=not (email is not None and email.creates_nothing),
+        channel_name=channel_name,
     )
 
 
@@ -230,7 +233,7 @@ class Inbox:
                     continue
                 got = await conversations.receive(
                     session,
-                    to_incoming(message, "email"),
+                    to_incoming(message, "email", self.label(code)),
                     rules=self.rules,
                     now=now,
                     default_timezone=self._timezone,
@@ -268,8 +271,12 @@ class Inbox:
         return adapter
 
     def label(self, code: str) -> str:
+        """The channel's name people see: its ``name`` in config, else its kind's label
+        ("WhatsApp", "Telegram"); its code only when it is not configured (any more)."""
         cfg = self.configs.get(code)
-        return (cfg.name if cfg is not None else None) or code
+        if cfg is None:
+            return code
+        return conversations.channel_label(cfg.kind, cfg.name)
 
     # ---------------------------------------------------------------- webhooks
 
@@ -317,7 +324,7 @@ class Inbox:
                 if isinstance(item, InboundMessage):
                     got = await conversations.receive(
                         session,
-                        to_incoming(item, kind),
+                        to_incoming(item, kind, self.label(code)),
                         rules=self.rules,
                         now=now,
                         default_timezone=self._timezone,

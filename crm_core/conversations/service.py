@@ -108,6 +108,7 @@ class Incoming:
     payload: dict[str, Any] | None = None
     reply_to: str | None = None
     creates_client: bool = True  # auto-replies and bounces create no lead
+    channel_name: str | None = None  # the channel's name people see (config), not its code
 
 
 @dataclass
@@ -272,12 +273,24 @@ async def _source(
     return source
 
 
-async def channel_source(session: AsyncSession, channel: str, channel_kind: str) -> Source:
-    """The lead source of a channel (created on first use): "WhatsApp (wa-main)"."""
-    label = CHANNEL_LABELS.get(channel_kind, channel_kind)
-    return await _source(
-        session, SourceKind.OTHER.value, f"channel-{channel}"[:100], f"{label} ({channel})"
-    )
+def channel_label(channel_kind: str, name: str | None = None) -> str:
+    """What people see for a channel: its configured name, else its kind's ("WhatsApp")."""
+    return name or CHANNEL_LABELS.get(channel_kind, channel_kind)
+
+
+async def channel_source(
+    session: AsyncSession, channel: str, channel_kind: str, name: str | None = None
+) -> Source:
+    """The lead source of a channel (created on first use), named as the channel is
+    (``name`` from its config, else its kind: "WhatsApp"), never by its code. A source an
+    earlier version named "WhatsApp (wa-main)" takes the name; one renamed by a person keeps
+    his."""
+    label = channel_label(channel_kind, name)
+    source = await _source(session, SourceKind.OTHER.value, f"channel-{channel}"[:100], label)
+    raw = f"{CHANNEL_LABELS.get(channel_kind, channel_kind)} ({channel})"
+    if source.name == raw and label != raw:
+        source.name = label[:200]
+    return source
 
 
 async def assign_new(
@@ -444,7 +457,9 @@ async def _origin(session: AsyncSession, incoming: Incoming) -> _Origin:
             attribution.get("region_id"),
             {**attribution, "channel": incoming.channel},
         )
-    source = await channel_source(session, incoming.channel, incoming.channel_kind)
+    source = await channel_source(
+        session, incoming.channel, incoming.channel_kind, incoming.channel_name
+    )
     return _Origin(source.id, None, tracking)
 
 
@@ -457,7 +472,7 @@ async def _new_lead(
     assignee: int | None,
     origin: _Origin,
 ) -> tuple[Lead, list[DomainEvent]]:
-    label = CHANNEL_LABELS.get(incoming.channel_kind, incoming.channel_kind)
+    label = channel_label(incoming.channel_kind, incoming.channel_name)
     who = incoming.sender_name or incoming.phone or incoming.email or incoming.identity_value
     return await leads.create_lead(
         session,

@@ -79,7 +79,7 @@ async def test_whatsapp_from_a_stranger_is_answered_from_the_inbox(
         thread = page.locator("#inbox-thread")
         await thread.wait_for(timeout=5000)
         side = await page.locator(".client-side").inner_text()
-        assert "лид" in side and "WhatsApp (wa-main)" in side and "Иван Петров" in side
+        assert "лид" in side and "WhatsApp продаж" in side and "Иван Петров" in side
         await page.fill("#reply-text", "Ольга, добрый день! 200 коробок с доставкой — 18 400 ₽.")
         await page.click(".composer button[type=submit]")
         outbound = page.locator(".msg.outbound")
