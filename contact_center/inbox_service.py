@@ -354,6 +354,8 @@ class Inbox:
                         item.status,
                         at=item.at,
                         error=error,
+                        cost=item.cost,
+                        currency=item.currency,
                     )
                     if message is None:
                         log.info(
@@ -515,7 +517,13 @@ class Inbox:
             result.provider_message_id,
         )
         return await conversations.mark_sent(
-            session, message_id, result.provider_message_id, now=now
+            session,
+            message_id,
+            result.provider_message_id,
+            now=now,
+            parts=result.parts,
+            cost=result.cost,
+            currency=result.currency,
         )
 
     async def media_job(

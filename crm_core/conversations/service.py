@@ -18,6 +18,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, Literal
 
 from sqlalchemy import func, or_, select
@@ -1049,14 +1050,51 @@ async def outgoing(session: AsyncSession, message_id: int) -> Outgoing | None:
     )
 
 
+def billing(message: Message) -> tuple[int | None, Decimal | None, str | None]:
+    """What the provider reported the message cost: (parts, cost, currency), each None when
+    not reported (SMS gateways report them; messengers do not)."""
+    got = (message.payload or {}).get("billing") or {}
+    parts, cost = got.get("parts"), got.get("cost")
+    try:
+        amount = Decimal(str(cost)) if cost is not None else None
+    except ArithmeticError:
+        amount = None
+    return (int(parts) if isinstance(parts, int) else None), amount, got.get("currency")
+
+
+def _note_billing(
+    message: Message, *, parts: int | None, cost: Decimal | None, currency: str | None
+) -> None:
+    """Keep the provider's count of parts and its price on the message (money as a decimal
+    string in the JSON document; a later report's price replaces an earlier one)."""
+    if parts is None and cost is None:
+        return
+    got = dict((message.payload or {}).get("billing") or {})
+    if parts is not None:
+        got["parts"] = parts
+    if cost is not None:
+        got["cost"], got["currency"] = str(cost), currency or got.get("currency")
+    # A new dict: the JSON column sees the change.
+    message.payload = {**(message.payload or {}), "billing": got}
+
+
 async def mark_sent(
-    session: AsyncSession, message_id: int, provider_message_id: str, *, now: datetime
+    session: AsyncSession,
+    message_id: int,
+    provider_message_id: str,
+    *,
+    now: datetime,
+    parts: int | None = None,
+    cost: Decimal | None = None,
+    currency: str | None = None,
 ) -> list[DomainEvent]:
-    """The provider took the message; a missed call's call-back task for the client closes."""
+    """The provider took the message (and said what it cost, for SMS); a missed call's
+    call-back task for the client closes."""
     message = await session.get(Message, message_id)
     if message is None:
         return []
     message.provider_message_id = provider_message_id[:200]
+    _note_billing(message, parts=parts, cost=cost, currency=currency)
     if STATUS_RANK.get(message.status, -1) < STATUS_RANK["sent"]:
         message.status = MessageStatus.SENT.value
         message.status_at = now
@@ -1102,12 +1140,16 @@ async def apply_status(
     *,
     at: datetime,
     error: str | None = None,
+    cost: Decimal | None = None,
+    currency: str | None = None,
 ) -> tuple[Message | None, list[DomainEvent]]:
     """A delivery report: the message moves forward (sent → delivered → read), or fails with
-    the provider's error; a repeated or late report changes nothing. None: not our message."""
+    the provider's error; a repeated or late report changes nothing but the price it reports.
+    None: not our message."""
     message = await find_message(session, channel, provider_message_id)
     if message is None or message.direction != "outbound":
         return message, []
+    _note_billing(message, parts=None, cost=cost, currency=currency)
     if status == MessageStatus.FAILED.value:
         if message.status == MessageStatus.FAILED.value:
             return message, []
