@@ -168,7 +168,7 @@ class Inbox:
         """One background reader per e-mail channel (IMAP IDLE where the server has it,
         polling otherwise), from where the stored cursors say reading got to."""
         for code, adapter in self.adapters.items():
-            if isinstance(adapter, EmailAdapter):
+            if isinstance(adapter, EmailAdapter) and adapter.config.imap_enabled:
                 self._mail_tasks.append(
                     asyncio.create_task(self._read_mailbox(code, adapter), name=f"imap:{code}")
                 )
