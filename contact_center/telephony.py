@@ -639,7 +639,7 @@ class Telephony:
         tally = [0, 0]  # over every pass: a pass cut by an outage keeps what it stored
         try:
             await self._until_stored(
-                f"{len(records)} call(s) from the CDR ({records[0].call_id}…)",
+                f"{len(records)} call(s) from the CDR ({records[0].call_id if records else ''}…)",
                 [r.call_id for r in records],
                 lambda: self._from_cdr_once(pbx, records, tally),
             )
