@@ -272,11 +272,17 @@ class Inbox:
 
     def label(self, code: str) -> str:
         """The channel's name people see: its ``name`` in config, else its kind's label
-        ("WhatsApp", "Telegram"); its code only when it is not configured (any more)."""
+        ("WhatsApp", "Telegram"), with the code only to tell apart unnamed channels of one
+        kind; the code alone when it is not configured (any more)."""
         cfg = self.configs.get(code)
         if cfg is None:
             return code
-        return conversations.channel_label(cfg.kind, cfg.name)
+        label = conversations.channel_label(cfg.kind, cfg.name)
+        if cfg.name is None and any(
+            c.kind == cfg.kind and c.name is None and c.code != code for c in self.configs.values()
+        ):
+            return f"{label} {code}"
+        return label
 
     # ---------------------------------------------------------------- webhooks
 

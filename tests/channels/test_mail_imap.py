@@ -226,3 +226,38 @@ async def test_a_send_only_mailbox_gets_no_imap_reader() -> None:
         assert [task.get_name() for task in inbox._mail_tasks] == ["imap:read"]
     finally:
         await inbox.stop_mail()
+
+
+def test_a_channel_is_labelled_by_its_name_else_its_kind_and_only_then_its_code() -> None:
+    def mailbox(code: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "code": code,
+            "kind": "email",
+            "address": f"{code}@example.ru",
+            "imap_host": "127.0.0.1",
+            "imap_password": "x",
+            "smtp_host": "127.0.0.1",
+            **extra,
+        }
+
+    nothing = cast(Any, None)
+    one = Inbox(
+        parse_channels([mailbox("sales", name="Почта продаж"), mailbox("info")]),
+        sessions=nothing,
+        bus=nothing,
+        rules=CrmRules(),
+        clock=SystemClock(),
+    )
+    assert (one.label("sales"), one.label("info"), one.label("gone")) == (
+        "Почта продаж",
+        "E-mail",
+        "gone",
+    )
+    two = Inbox(
+        parse_channels([mailbox("info"), mailbox("hr")]),
+        sessions=nothing,
+        bus=nothing,
+        rules=CrmRules(),
+        clock=SystemClock(),
+    )
+    assert (two.label("info"), two.label("hr")) == ("E-mail info", "E-mail hr")
