@@ -61,6 +61,11 @@ class EmailConfig(_Channel):
     imap_security: Literal["ssl", "none"] = "ssl"
     imap_user: str | None = Field(None, description="default: address")
     imap_password: SecretStr
+    imap_enabled: bool = Field(
+        True,
+        description="read the mailboxes; off for a mailbox only sent from (the demo hands its "
+        "customers' letters to the reader's store function itself)",
+    )
     mailboxes: tuple[str, ...] = ("INBOX",)
     idle: bool = Field(True, description="use IMAP IDLE where the server has it")
     poll_interval_s: float = Field(60.0, gt=0)

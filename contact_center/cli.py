@@ -81,6 +81,14 @@ def _parser() -> argparse.ArgumentParser:
         help="average time between simulated calls (default 15)",
     )
     demo.add_argument(
+        "--message-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="average time between customers' messages on WhatsApp, Telegram and e-mail "
+        "(default: as --call-every)",
+    )
+    demo.add_argument(
         "--keep",
         action="store_true",
         help="keep the data of the previous run (default: every start begins afresh)",
@@ -139,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 database_url=args.database_url,
                 call_every_s=args.call_every,
                 keep=args.keep,
+                message_every_s=args.message_every,
             )
         )
     raise AssertionError(args.command)

@@ -6,7 +6,10 @@ with recordings. Within a minute the simulated carrier calls the demo's tracking
 known clients and from numbers never seen before (answered, missed, abandoned, busy,
 outbound), so a newcomer sees pop-ups, call logs, leads and call-back tasks move without an
 Asterisk. Every recording the PBX names is written into the demo's spool directory, as
-MixMonitor would, and stored by the recordings service like a real one.
+MixMonitor would, and stored by the recordings service like a real one. Beside the calls,
+customers write on WhatsApp, Telegram and e-mail (:mod:`contact_center.demo_messages`: local
+fakes of the providers), so Входящие moves too: the managers' replies reach the fakes and
+WhatsApp's delivery statuses come back.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from ami.simulator import SimulatedPbx
-from contact_center import db, demo_calls, demo_data, demo_tracking, logs
+from contact_center import db, demo_calls, demo_data, demo_messages, demo_tracking, logs
 from contact_center.app import create_app, freeze_heap_after_startup
 from contact_center.config import PbxSettings, Settings
-from contact_center.keys import CLOCK, SESSIONS, SETTINGS, TELEPHONY, TRACKER
+from contact_center.keys import CLOCK, INBOX, SESSIONS, SETTINGS, TELEPHONY, TRACKER
 from crm_core.users import service as users
 from crm_core.users.model import User
 
@@ -72,8 +75,10 @@ def demo_settings(
     *,
     database_url: str | None,
     paths: DemoPaths = DemoPaths(),
+    providers: demo_messages.DemoProviders | None = None,
 ) -> Settings:
-    """The operator's settings with the simulated PBX, recordings in the demo's own folders
+    """The operator's settings with the simulated PBX, recordings in the demo's own folders,
+    the demo's WhatsApp, Telegram and e-mail channels pointed at ``providers`` (when given)
     and, unless given, a demo database."""
     pbx = PbxSettings(
         name=demo_calls.PBX,
@@ -95,9 +100,10 @@ def demo_settings(
             "work_dir": str(paths.work),
         }
     )
-    return settings.model_copy(
-        update={"pbx": [pbx], "database": database, "recordings": recordings}
-    )
+    update: dict[str, object] = {"pbx": [pbx], "database": database, "recordings": recordings}
+    if providers is not None:
+        update["channels"] = demo_messages.channel_settings(providers)
+    return settings.model_copy(update=update)
 
 
 # ---------------------------------------------------------------- a fresh start
@@ -200,6 +206,11 @@ async def _admin_password(session: AsyncSession, settings: Settings) -> None:
         )
 
 
+def known_writers() -> list[tuple[str, str]]:
+    """(name, phone) of the demo's clients who write on WhatsApp: those with a mobile."""
+    return [(c[3], c[4]) for c in demo_data.CLIENTS if c[4].startswith("+79")]
+
+
 def _history_callers() -> list[demo_calls.HistoryCaller]:
     extension = {login: exts[0] for login, _, _, exts in demo_data.TEAM if exts}
     known = [demo_calls.HistoryCaller(c[4], extension[c[5]]) for c in demo_data.CLIENTS]
@@ -297,15 +308,21 @@ async def run(
     call_every_s: float,
     keep: bool = False,
     paths: DemoPaths = DemoPaths(),
+    message_every_s: float | None = None,
 ) -> int:
     recorder = await asyncio.to_thread(demo_calls.Recorder, paths.spool)
     simulator = DemoPbx(recorder, username="cc", secret="demo")
     await simulator.start()
-    settings = demo_settings(settings, simulator.port, database_url=database_url, paths=paths)
+    providers = demo_messages.DemoProviders()
+    await providers.start()
+    settings = demo_settings(
+        settings, simulator.port, database_url=database_url, paths=paths, providers=providers
+    )
     try:
         await prepare(settings, paths, keep=keep)
     except NotADemoDatabase as exc:
         await simulator.close()
+        await providers.close()
         print(f"contact-center demo: {exc}", file=sys.stderr)
         return 2
 
@@ -322,6 +339,9 @@ async def run(
     site = web.TCPSite(runner, settings.server.host, settings.server.port)
     await site.start()
     url = f"http://{settings.server.host}:{settings.server.port}"
+    providers.server_url = url
+    writers = demo_messages.Customers(url, app[INBOX], known=known_writers())
+    message_every_s = message_every_s if message_every_s is not None else call_every_s
     admin = settings.auth.bootstrap_admin_login
     print(
         f"\ncontact-center demo is running at {url}/\n"
@@ -331,6 +351,8 @@ async def run(
         f"~{call_every_s:.0f} s to the tracking numbers {', '.join(demo_data.TRACKING_NUMBERS)}\n"
         + f"  a customer's site with call tracking: {url}/demo/landing "
         f"(try ?utm_source=yandex&utm_campaign=x and the city selector)\n"
+        + f"  customers write on WhatsApp, Telegram and e-mail every ~{message_every_s:.0f} s"
+        f" (local fakes of the providers; replies from {url}/inbox go to them)\n"
         + (
             "  demo data seeded (a fresh start; --keep keeps the data of the last run)\n"
             if seeded.created
@@ -347,6 +369,9 @@ async def run(
             prefer_did=_held_pool_number(app),
         )
     )
+    messages = asyncio.get_running_loop().create_task(
+        demo_messages.customers(writers, every_s=message_every_s)
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -355,10 +380,13 @@ async def run(
     try:
         await stop.wait()
     finally:
-        calls.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await calls
+        for task in (calls, messages):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await writers.close()
         await runner.cleanup()
+        await providers.close()
         await simulator.close()
     print("demo stopped", file=sys.stderr)
     return 0

@@ -63,8 +63,10 @@ log = logging.getLogger(__name__)
 TEMPLATES_TTL_S = 600.0
 
 
-def to_incoming(item: InboundMessage, kind: str) -> conversations.Incoming:
-    """A channel adapter's message in the CRM's terms."""
+def to_incoming(
+    item: InboundMessage, kind: str, channel_name: str | None = None
+) -> conversations.Incoming:
+    """A channel adapter's message in the CRM's terms (``channel_name``: what people see)."""
     email = item.email
     payload: dict[str, Any] = {}
     if item.referral is not None:
@@ -113,6 +115,7 @@ def to_incoming(item: InboundMessage, kind: str) -> conversations.Incoming:
         payload=payload or None,
         reply_to=item.reply_to,
         creates_client=not (email is not None and email.creates_nothing),
+        channel_name=channel_name,
     )
 
 
@@ -165,7 +168,7 @@ class Inbox:
         """One background reader per e-mail channel (IMAP IDLE where the server has it,
         polling otherwise), from where the stored cursors say reading got to."""
         for code, adapter in self.adapters.items():
-            if isinstance(adapter, EmailAdapter):
+            if isinstance(adapter, EmailAdapter) and adapter.config.imap_enabled:
                 self._mail_tasks.append(
                     asyncio.create_task(self._read_mailbox(code, adapter), name=f"imap:{code}")
                 )
@@ -230,7 +233,7 @@ class Inbox:
                     continue
                 got = await conversations.receive(
                     session,
-                    to_incoming(message, "email"),
+                    to_incoming(message, "email", self.label(code)),
                     rules=self.rules,
                     now=now,
                     default_timezone=self._timezone,
@@ -268,8 +271,18 @@ class Inbox:
         return adapter
 
     def label(self, code: str) -> str:
+        """The channel's name people see: its ``name`` in config, else its kind's label
+        ("WhatsApp", "Telegram"), with the code only to tell apart unnamed channels of one
+        kind; the code alone when it is not configured (any more)."""
         cfg = self.configs.get(code)
-        return (cfg.name if cfg is not None else None) or code
+        if cfg is None:
+            return code
+        label = conversations.channel_label(cfg.kind, cfg.name)
+        if cfg.name is None and any(
+            c.kind == cfg.kind and c.name is None and c.code != code for c in self.configs.values()
+        ):
+            return f"{label} {code}"
+        return label
 
     # ---------------------------------------------------------------- webhooks
 
@@ -317,7 +330,7 @@ class Inbox:
                 if isinstance(item, InboundMessage):
                     got = await conversations.receive(
                         session,
-                        to_incoming(item, kind),
+                        to_incoming(item, kind, self.label(code)),
                         rules=self.rules,
                         now=now,
                         default_timezone=self._timezone,
@@ -347,6 +360,8 @@ class Inbox:
                         item.status,
                         at=item.at,
                         error=error,
+                        cost=item.cost,
+                        currency=item.currency,
                     )
                     if message is None:
                         log.info(
@@ -508,7 +523,13 @@ class Inbox:
             result.provider_message_id,
         )
         return await conversations.mark_sent(
-            session, message_id, result.provider_message_id, now=now
+            session,
+            message_id,
+            result.provider_message_id,
+            now=now,
+            parts=result.parts,
+            cost=result.cost,
+            currency=result.currency,
         )
 
     async def media_job(

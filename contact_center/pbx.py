@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 EXPIRE_EVERY_S = 60.0
 # A call silent for this long lost its Hangup (RTCP keeps live calls chatty with read=all).
 EXPIRE_AFTER_S = 4 * 3600.0
+# A CDR that cannot be read after a reconnect is read again: first after this, then doubling.
+CDR_RETRY_FIRST_S = 1.0
+CDR_RETRY_MAX_S = 60.0
 
 
 class PbxLink:
@@ -234,7 +237,17 @@ class PbxLink:
             since = newest - timedelta(minutes=10) if newest is not None else floor
         else:
             since -= timedelta(seconds=60)  # the last frames heard may have been queued
-        await self.reconcile_cdr(max(since, floor))
+        await self._reconcile_until_read(max(since, floor))
+
+    async def _reconcile_until_read(self, since: datetime) -> None:
+        """Reconcile the CDR from ``since``; while it cannot be read (a share away, the CDR
+        database down), again with back-off: nothing else will read this window again. Ends
+        when the link is lost (its tasks are cancelled; the next holder reads from its own
+        start-up window)."""
+        delay = CDR_RETRY_FIRST_S
+        while await self._reconcile(since) is None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, CDR_RETRY_MAX_S)
 
     def _check_later(self, started_at: datetime) -> None:
         """A call ended with times the fold only estimated: read the CDR for it once the PBX
@@ -249,11 +262,17 @@ class PbxLink:
         await asyncio.sleep(self.pbx.cdr.settle_s)
         since, self._followup_since = self._followup_since, None
         if since is not None:
-            await self.reconcile_cdr(since - timedelta(seconds=1))
+            await self._reconcile_until_read(since - timedelta(seconds=1))
 
     async def reconcile_cdr(self, since: datetime) -> tuple[int, int]:
         """Read the CDR for calls ended since ``since`` and hand the ones the live fold is not
-        following to the call log; (added, corrected). Failures are logged and counted."""
+        following to the call log; (added, corrected). A CDR that cannot be read is logged
+        and counted (and gives (0, 0)); while our own database is away the call log keeps the
+        calls read and stores them once it is back."""
+        return await self._reconcile(since) or (0, 0)
+
+    async def _reconcile(self, since: datetime) -> tuple[int, int] | None:
+        """:meth:`reconcile_cdr`; None when the CDR could not be read."""
         cdr = self.pbx.cdr
         if cdr is None:
             return 0, 0
@@ -276,7 +295,7 @@ class PbxLink:
             self.cdr_failures += 1
             self.cdr_last_error = f"{type(exc).__name__}: {exc}"
             log.warning("pbx %s: cannot read the CDR: %s", self.pbx.name, self.cdr_last_error)
-            return 0, 0
+            return None
         self.cdr_reads += 1
         self.cdr_last_error = None
         records = cdr_reader.records_from_cdr(

@@ -25,11 +25,11 @@ import contextlib
 import dataclasses
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -50,6 +50,8 @@ from crm_core.rules import CrmRules
 from recordings.intake import find_call_recording
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 QUEUE_LIMIT = 100_000
 # A card looked up when the call came in is shown as it is if a phone rings within this time;
@@ -189,9 +191,10 @@ class Telephony:
         # The call log: finished calls not yet stored (queued or being stored), attempts that
         # found the database away, and since when (loop time) it has been away.
         self.calls_waiting = 0
+        self.cdr_waiting = 0  # calls read from the CDR, not yet stored
         self.store_retries = 0
         self._store_failing_since: float | None = None
-        self._storing: str | None = None  # the call being stored
+        self._storing: list[str] = []  # the calls being stored
         self._popup_db_away_logged = -float("inf")
 
     # ---------------------------------------------------------------- intake (sync)
@@ -265,7 +268,7 @@ class Telephony:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain_timeout):
                 await self.drain()
-        unsaved = [self._storing] if self._storing else []
+        unsaved = list(self._storing)
         for worker in self._workers:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -565,9 +568,8 @@ class Telephony:
         """Store the call's outcome; while the database is away, try again with back-off
         until it is back (the outcome is written once per call: a retry after a commit whose
         answer was lost finds the call stored and adds nothing)."""
-        delay = STORE_RETRY_FIRST_S
-        self._storing = record.call_id
-        while True:
+
+        async def attempt() -> CallOutcome | None:
             try:
                 async with self.sessions() as session:
                     outcome = await self.outcomes.record(
@@ -580,42 +582,78 @@ class Telephony:
                 if not await self._stored_already(pbx, record.call_id):
                     raise
                 log.info("call %s of pbx %s was stored by another instance", record.call_id, pbx)
-                self._storing = None
                 return None
-            except Exception as exc:
-                if not db.unavailable(exc):
-                    raise
-                self.store_retries += 1
-                if self._store_failing_since is None:
-                    self._store_failing_since = asyncio.get_running_loop().time()
-                    log.warning(
-                        "database away (%s): the call log waits, call %s first; retrying"
-                        " with back-off up to %.0f s",
-                        db.describe_error(exc),
-                        record.call_id,
-                        STORE_RETRY_MAX_S,
-                    )
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, STORE_RETRY_MAX_S)
-                continue
-            if self._store_failing_since is not None:
-                away = asyncio.get_running_loop().time() - self._store_failing_since
-                self._store_failing_since = None
-                log.info(
-                    "database back after %.1f s: the call log resumes with call %s"
-                    " (%d calls waiting)",
-                    away,
-                    record.call_id,
-                    self.calls_waiting,
-                )
-            self._storing = None
             return outcome
+
+        return await self._until_stored(f"call {record.call_id}", [record.call_id], attempt)
+
+    async def _until_stored(
+        self, what: str, call_ids: list[str], attempt: Callable[[], Awaitable[_T]]
+    ) -> _T:
+        """Run ``attempt`` (storing ``what``: ``call_ids``) until the database takes it:
+        while the database is away, again with back-off (said once in the log, shown on
+        ``/healthz``); any other error propagates. The attempt must be idempotent."""
+        delay = STORE_RETRY_FIRST_S
+        self._storing = call_ids
+        try:
+            while True:
+                try:
+                    result = await attempt()
+                except Exception as exc:
+                    if not db.unavailable(exc):
+                        raise
+                    self.store_retries += 1
+                    if self._store_failing_since is None:
+                        self._store_failing_since = asyncio.get_running_loop().time()
+                        log.warning(
+                            "database away (%s): the call log waits, %s first; retrying"
+                            " with back-off up to %.0f s",
+                            db.describe_error(exc),
+                            what,
+                            STORE_RETRY_MAX_S,
+                        )
+                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                    delay = min(delay * 2, STORE_RETRY_MAX_S)
+                    continue
+                if self._store_failing_since is not None:
+                    away = asyncio.get_running_loop().time() - self._store_failing_since
+                    self._store_failing_since = None
+                    log.info(
+                        "database back after %.1f s: the call log resumes with %s"
+                        " (%d calls waiting)",
+                        away,
+                        what,
+                        self.calls_waiting,
+                    )
+                return result
+        finally:
+            self._storing = []
 
     async def _from_cdr(self, pbx: str, records: list[CallRecord]) -> tuple[int, int]:
         """Store the CDR's calls the call log lacks; give the stored calls whose times were
         estimated the PBX's times. A call both know is never stored twice (one row per
-        (pbx, call id), and a call stored with exact times is left as it is)."""
-        added = corrected = 0
+        (pbx, call id), and a call stored with exact times is left as it is). While the
+        database is away the batch waits at the head of the call log and is tried again
+        (:meth:`_until_stored`): the calls stored before the outage are known by then."""
+        self.cdr_waiting += len(records)
+        tally = [0, 0]  # over every pass: a pass cut by an outage keeps what it stored
+        try:
+            await self._until_stored(
+                f"{len(records)} call(s) from the CDR ({records[0].call_id if records else ''}…)",
+                [r.call_id for r in records],
+                lambda: self._from_cdr_once(pbx, records, tally),
+            )
+        finally:
+            self.cdr_waiting -= len(records)
+        added, corrected = tally
+        if added or corrected:
+            log.info("pbx %s: from the CDR %d call(s) added, %d corrected", pbx, added, corrected)
+        return added, corrected
+
+    async def _from_cdr_once(self, pbx: str, records: list[CallRecord], tally: list[int]) -> None:
+        """One pass of :meth:`_from_cdr`: each call in its own transaction, so a pass cut by an
+        outage keeps what it stored (counted in ``tally``: added, corrected), and the next
+        pass skips it."""
         async with self._reader.session() as session:
             known = await calls.estimates_of(session, pbx, [r.call_id for r in records])
         for record in records:
@@ -632,20 +670,20 @@ class Telephony:
                         record = dataclasses.replace(record, recording=recording)
                     outcome = await self.outcomes.record(session, pbx, record, now=self.clock.now())
                     events = outcome.events
-                    added += outcome.created
+                    new, fixed = int(outcome.created), 0
                 else:
                     events = await self.outcomes.correct(
                         session, pbx, record, now=self.clock.now(), recording=recording
                     )
-                    corrected += 1
+                    new, fixed = 0, 1
                 await session.commit()
+            # Counted once committed: a pass cut after this call does not count it again.
+            tally[0] += new
+            tally[1] += fixed
+            self.cdr_added += new
+            self.cdr_corrected += fixed
             for event in events:
                 await self.bus.publish(event)
-        self.cdr_added += added
-        self.cdr_corrected += corrected
-        if added or corrected:
-            log.info("pbx %s: from the CDR %d call(s) added, %d corrected", pbx, added, corrected)
-        return added, corrected
 
     async def _stored_already(self, pbx: str, call_id: str) -> bool:
         async with self.sessions() as session:
@@ -653,7 +691,11 @@ class Telephony:
 
     def provide_status(self) -> dict[str, Any]:
         failing = self._store_failing_since
-        call_log: dict[str, Any] = {"waiting": self.calls_waiting, "retries": self.store_retries}
+        call_log: dict[str, Any] = {
+            "waiting": self.calls_waiting,
+            "cdr_waiting": self.cdr_waiting,
+            "retries": self.store_retries,
+        }
         if failing is not None:
             call_log["waiting_s"] = round(asyncio.get_running_loop().time() - failing, 1)
         return {

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import wave
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,18 +22,20 @@ import pytest
 from sqlalchemy import func, select
 
 from ami.simulator import SimulatedPbx
-from contact_center import demo, demo_calls, demo_data
+from contact_center import demo, demo_calls, demo_data, demo_messages
 from contact_center.app import create_app
 from contact_center.config import Settings
-from contact_center.keys import RECORDINGS, SESSIONS
+from contact_center.keys import INBOX, RECORDINGS, SESSIONS
 from crm_core.activities.model import Activity
 from crm_core.calls.model import Call
 from crm_core.clients.model import Contact
+from crm_core.conversations.model import Conversation, Message
 from crm_core.deals.model import Deal, Pipeline, PipelineStage
 from crm_core.invoices.model import Invoice
 from crm_core.leads.model import Lead
 from crm_core.phones import normalize_phone
 from crm_core.recordings.model import Recording, RecordingState
+from crm_core.reference.model import Source
 from crm_core.tasks.model import DailyPlan, Task
 from crm_core.users.model import User
 from tests.helpers import free_port, until
@@ -194,6 +197,108 @@ async def test_the_demo_seeds_a_living_team_whose_recordings_exist(
     assert _valid_wav(played) >= 1.0
 
 
+async def test_customers_write_on_whatsapp_telegram_and_email_and_replies_reach_the_fakes(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    tmp_path: Path,
+    aiohttp_client_factory: Any,
+) -> None:
+    """The demo's customers: WhatsApp (signed webhooks) and Telegram (secret header) through
+    the server's webhooks, e-mail through the IMAP reader's store; known clients join their
+    cards, strangers become leads named by the channel; the managers' replies reach the fake
+    providers and WhatsApp's delivery statuses come back."""
+    providers = demo_messages.DemoProviders(delivered_after_s=0.1, read_after_s=0.3)
+    await providers.start()
+    try:
+        paths = demo.DemoPaths(tmp_path / "demo")
+        base = make_settings(
+            CC_DATABASE_URL=database_url,
+            CC_SCHEDULER_INTERVAL_S="0.1",
+            CC_RECORDINGS_FORMAT="wav",  # the history's recordings: no conversion to wait for
+        )
+        settings = demo.demo_settings(
+            base, free_port(), database_url=database_url, paths=paths, providers=providers
+        )
+        await demo.prepare(settings, paths, keep=False)
+        client = await _start(settings, aiohttp_client_factory)
+        app = client.server.app
+        await demo.seed(app, demo_calls.Recorder(paths.spool, clips=1, seconds=1.0))
+        server = str(client.make_url("")).rstrip("/")
+        providers.server_url = server
+        known = demo.known_writers()
+        assert known
+        writers = demo_messages.Customers(server, app[INBOX], known=known, seed=7)
+        try:
+            for channel in (demo_messages.WHATSAPP, demo_messages.TELEGRAM, demo_messages.EMAIL):
+                for _ in range(4):
+                    assert await writers.write_one(channel)
+            writers.known = known[:1]
+            writers.rnd.random = lambda: 0.0  # type: ignore[method-assign]  # a known client
+            assert await writers.write_one(demo_messages.WHATSAPP)
+        finally:
+            await writers.close()
+
+        async with app[SESSIONS]() as s:
+            convs = list(await s.scalars(select(Conversation)))
+            by_channel = Counter(c.channel for c in convs)
+            assert set(by_channel) == {"wa-demo", "tg-demo", "mail-demo"}, by_channel
+            inbound = await s.scalar(
+                select(func.count()).select_from(Message).where(Message.direction == "inbound")
+            )
+            assert inbound == 13
+            client_phone = known[0][1]
+            joined = [c for c in convs if c.phone == client_phone]
+            assert joined and all(c.contact_id or c.company_id for c in joined)
+            sources = set(
+                await s.scalars(
+                    select(Source.name)
+                    .join(Lead, Lead.source_id == Source.id)
+                    .where(Lead.origin == "message")
+                )
+            )
+            assert {"WhatsApp отдела продаж", "Telegram-бот", "Почта отдела продаж"} <= sources
+
+        # The head answers one conversation of each channel through the API.
+        resp = await client.post(
+            "/api/v1/auth/token", json={"login": "boss", "password": demo_data.DEMO_PASSWORD}
+        )
+        headers = {"Authorization": f"Bearer {(await resp.json())['token']}"}
+        firsts = {c.channel: c for c in sorted(convs, key=lambda c: c.id)}
+        for conv in firsts.values():
+            resp = await client.post(
+                f"/api/v1/conversations/{conv.id}/messages",
+                json={"text": "Добрый день! Уже готовим ответ."},
+                headers=headers,
+            )
+            assert resp.status in (200, 201), await resp.text()
+
+        def all_taken() -> bool:
+            return all(n >= 1 for n in providers.sent.values())
+
+        await until(all_taken, timeout=30)
+
+        async def read_on_whatsapp() -> bool:
+            async with app[SESSIONS]() as s:
+                status = await s.scalar(
+                    select(Message.status).where(
+                        Message.direction == "outbound",
+                        Message.conversation_id == firsts["wa-demo"].id,
+                    )
+                )
+            return status == "read"
+
+        await until(read_on_whatsapp, timeout=15)
+        assert providers.statuses >= 2
+
+        # The inbox shows them, for the head of sales.
+        await sign_in(client, "boss", demo_data.DEMO_PASSWORD)
+        page = await (await client.get("/inbox?view=all")).text()
+        assert "WhatsApp отдела продаж" in page and "Telegram-бот" in page
+        assert "Почта отдела продаж" in page
+    finally:
+        await providers.close()
+
+
 async def test_a_restart_starts_afresh_unless_keep(
     demo_env: tuple[Settings, demo.DemoPaths], aiohttp_client_factory: Any
 ) -> None:
@@ -285,6 +390,7 @@ def test_a_real_demo_run_never_misses_a_recording(tmp_path: Path) -> None:
     missing = re.findall(r".*\bno \S+\.wav.*", out)
     assert missing == [], missing[:5]
     assert "gave up" not in out
+    assert "email channel=" not in out  # the demo's mailbox is not read over IMAP
     assert len(re.findall(r"recordings: call_id=\S+ stored ", out)) >= 10, out[-3000:]
     assert "Traceback" not in out, out[-5000:]
     assert proc.returncode == 0, out[-3000:]

@@ -12,6 +12,7 @@ from urllib.parse import quote
 from aiohttp import web
 from sqlalchemy import select
 
+from channels.sms import sms_segments
 from contact_center.api.common import UnitOfWork
 from contact_center.keys import INBOX, RULES, SESSIONS
 from contact_center.web import links, listing
@@ -87,7 +88,12 @@ async def _thread(
     )
     inbox = request.app[INBOX]
     window_open = inbox.window_open(conv, now(request))
+    sms = conv.channel_kind == "sms"
     return {
+        "sms": {m.id: _sms_billing(m) for m in messages if m.direction == "outbound"}
+        if sms
+        else {},
+        "sms_counter": sms_counter("") if sms else None,
         "templates": [] if window_open else await inbox.templates(conv.channel),
         "conv": conv,
         "messages": messages,
@@ -100,6 +106,28 @@ async def _thread(
         "can_assign": access.is_privileged(user),
         "assignee": names.users.get(conv.assignee_id) if conv.assignee_id else None,
         "managers": names.managers,
+    }
+
+
+def _sms_billing(message: Message) -> dict[str, Any]:
+    """An SMS we sent: its parts (as the gateway counted them, else as we count them) and the
+    price the gateway reported (None until it does)."""
+    parts, cost, _currency = conversations.billing(message)
+    if parts is None and message.text:
+        parts = sms_segments(message.text).parts
+    return {"parts": parts, "cost": cost}
+
+
+def sms_counter(text: str) -> dict[str, Any]:
+    """What the counter under an SMS reply box says about ``text``: characters, parts, and the
+    capacity of a part (Cyrillic is UCS-2: 70 characters, 67 per part of a long message)."""
+    seg = sms_segments(text)
+    return {
+        "chars": len(text),
+        "parts": seg.parts if text else 0,
+        "per_part": seg.per_part,
+        "remaining": seg.remaining,
+        "encoding": seg.encoding,
     }
 
 
@@ -309,8 +337,16 @@ async def media(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+@page("inbox/_sms_counter.html")
+async def sms_count(request: web.Request, user: User) -> dict[str, Any]:
+    """The SMS reply box's counter for the text typed so far (htmx, as he types)."""
+    text = str((await request.post()).get("text", ""))[:10_000]
+    return {"counter": sms_counter(text)}
+
+
 def routes(app: web.Application) -> None:
     app.router.add_get("/inbox", inbox_page)
+    app.router.add_post("/inbox/sms-count", sms_count)
     app.router.add_get(r"/inbox/{id:\d{1,9}}/thread", thread_partial)
     app.router.add_get(r"/inbox/media/{id:\d{1,9}}/{index:\d{1,2}}", media)
     app.router.add_post(r"/inbox/{id:\d{1,9}}/reply", reply)

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, Literal
 
 from sqlalchemy import func, or_, select
@@ -108,6 +109,7 @@ class Incoming:
     payload: dict[str, Any] | None = None
     reply_to: str | None = None
     creates_client: bool = True  # auto-replies and bounces create no lead
+    channel_name: str | None = None  # the channel's name people see (config), not its code
 
 
 @dataclass
@@ -272,12 +274,24 @@ async def _source(
     return source
 
 
-async def channel_source(session: AsyncSession, channel: str, channel_kind: str) -> Source:
-    """The lead source of a channel (created on first use): "WhatsApp (wa-main)"."""
-    label = CHANNEL_LABELS.get(channel_kind, channel_kind)
-    return await _source(
-        session, SourceKind.OTHER.value, f"channel-{channel}"[:100], f"{label} ({channel})"
-    )
+def channel_label(channel_kind: str, name: str | None = None) -> str:
+    """What people see for a channel: its configured name, else its kind's ("WhatsApp")."""
+    return name or CHANNEL_LABELS.get(channel_kind, channel_kind)
+
+
+async def channel_source(
+    session: AsyncSession, channel: str, channel_kind: str, name: str | None = None
+) -> Source:
+    """The lead source of a channel (created on first use), named as the channel is
+    (``name`` from its config, else its kind: "WhatsApp"), never by its code. A source an
+    earlier version named "WhatsApp (wa-main)" takes the name; one renamed by a person keeps
+    his."""
+    label = channel_label(channel_kind, name)
+    source = await _source(session, SourceKind.OTHER.value, f"channel-{channel}"[:100], label)
+    raw = f"{CHANNEL_LABELS.get(channel_kind, channel_kind)} ({channel})"
+    if source.name == raw and label != raw:
+        source.name = label[:200]
+    return source
 
 
 async def assign_new(
@@ -444,7 +458,9 @@ async def _origin(session: AsyncSession, incoming: Incoming) -> _Origin:
             attribution.get("region_id"),
             {**attribution, "channel": incoming.channel},
         )
-    source = await channel_source(session, incoming.channel, incoming.channel_kind)
+    source = await channel_source(
+        session, incoming.channel, incoming.channel_kind, incoming.channel_name
+    )
     return _Origin(source.id, None, tracking)
 
 
@@ -457,7 +473,7 @@ async def _new_lead(
     assignee: int | None,
     origin: _Origin,
 ) -> tuple[Lead, list[DomainEvent]]:
-    label = CHANNEL_LABELS.get(incoming.channel_kind, incoming.channel_kind)
+    label = channel_label(incoming.channel_kind, incoming.channel_name)
     who = incoming.sender_name or incoming.phone or incoming.email or incoming.identity_value
     return await leads.create_lead(
         session,
@@ -1034,14 +1050,51 @@ async def outgoing(session: AsyncSession, message_id: int) -> Outgoing | None:
     )
 
 
+def billing(message: Message) -> tuple[int | None, Decimal | None, str | None]:
+    """What the provider reported the message cost: (parts, cost, currency), each None when
+    not reported (SMS gateways report them; messengers do not)."""
+    got = (message.payload or {}).get("billing") or {}
+    parts, cost = got.get("parts"), got.get("cost")
+    try:
+        amount = Decimal(str(cost)) if cost is not None else None
+    except ArithmeticError:
+        amount = None
+    return (int(parts) if isinstance(parts, int) else None), amount, got.get("currency")
+
+
+def _note_billing(
+    message: Message, *, parts: int | None, cost: Decimal | None, currency: str | None
+) -> None:
+    """Keep the provider's count of parts and its price on the message (money as a decimal
+    string in the JSON document; a later report's price replaces an earlier one)."""
+    if parts is None and cost is None:
+        return
+    got = dict((message.payload or {}).get("billing") or {})
+    if parts is not None:
+        got["parts"] = parts
+    if cost is not None:
+        got["cost"], got["currency"] = str(cost), currency or got.get("currency")
+    # A new dict: the JSON column sees the change.
+    message.payload = {**(message.payload or {}), "billing": got}
+
+
 async def mark_sent(
-    session: AsyncSession, message_id: int, provider_message_id: str, *, now: datetime
+    session: AsyncSession,
+    message_id: int,
+    provider_message_id: str,
+    *,
+    now: datetime,
+    parts: int | None = None,
+    cost: Decimal | None = None,
+    currency: str | None = None,
 ) -> list[DomainEvent]:
-    """The provider took the message; a missed call's call-back task for the client closes."""
+    """The provider took the message (and said what it cost, for SMS); a missed call's
+    call-back task for the client closes."""
     message = await session.get(Message, message_id)
     if message is None:
         return []
     message.provider_message_id = provider_message_id[:200]
+    _note_billing(message, parts=parts, cost=cost, currency=currency)
     if STATUS_RANK.get(message.status, -1) < STATUS_RANK["sent"]:
         message.status = MessageStatus.SENT.value
         message.status_at = now
@@ -1087,12 +1140,16 @@ async def apply_status(
     *,
     at: datetime,
     error: str | None = None,
+    cost: Decimal | None = None,
+    currency: str | None = None,
 ) -> tuple[Message | None, list[DomainEvent]]:
     """A delivery report: the message moves forward (sent → delivered → read), or fails with
-    the provider's error; a repeated or late report changes nothing. None: not our message."""
+    the provider's error; a repeated or late report changes nothing but the price it reports.
+    None: not our message."""
     message = await find_message(session, channel, provider_message_id)
     if message is None or message.direction != "outbound":
         return message, []
+    _note_billing(message, parts=None, cost=cost, currency=currency)
     if status == MessageStatus.FAILED.value:
         if message.status == MessageStatus.FAILED.value:
             return message, []

@@ -16,6 +16,7 @@ from crm_core.distribution import rules as distribution_rules
 from crm_core.distribution.schemas import ManagerInput, RuleInput
 from crm_core.users import service as users
 from tests.fakes.graph_api import FakeGraphApi
+from tests.fakes.sms_gateway import FakeSmsGateway
 from tests.helpers import until
 from tests.inbox_support import TOKEN, signed, wa_channel, wa_status, wa_text
 
@@ -79,7 +80,7 @@ async def test_whatsapp_from_a_stranger_is_answered_from_the_inbox(
         thread = page.locator("#inbox-thread")
         await thread.wait_for(timeout=5000)
         side = await page.locator(".client-side").inner_text()
-        assert "лид" in side and "WhatsApp (wa-main)" in side and "Иван Петров" in side
+        assert "лид" in side and "WhatsApp продаж" in side and "Иван Петров" in side
         await page.fill("#reply-text", "Ольга, добрый день! 200 коробок с доставкой — 18 400 ₽.")
         await page.click(".composer button[type=submit]")
         outbound = page.locator(".msg.outbound")
@@ -106,3 +107,52 @@ async def test_whatsapp_from_a_stranger_is_answered_from_the_inbox(
         timeline = await page.locator("main").inner_text()
         assert "200 коробок" in timeline and "18 400" in timeline
         await page.screenshot(path=str(SHOTS / "17-manager-lead-card-whatsapp-thread.png"))
+
+
+async def test_the_sms_reply_box_counts_characters_and_parts_as_he_types(
+    make_settings: Any, database_url: str, aiohttp_client_factory: Any, browser: Any
+) -> None:
+    async with FakeSmsGateway(login="cc", password="gw-secret") as gateway:
+        channel = {
+            "code": "sms-main",
+            "kind": "sms",
+            "name": "SMS",
+            "login": "cc",
+            "password": "gw-secret",
+            "api_url": gateway.url,
+        }
+        settings = make_settings(
+            CC_DATABASE_URL=database_url,
+            CC_CHANNELS=json.dumps([channel]),
+            CC_SCHEDULER_INTERVAL_S="3600",
+        )
+        client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+        async with client.app[SESSIONS]() as session:
+            ivan, _ = await users.create_user(
+                session, login="ivan", role="manager", password="password1", scrypt_n=1024
+            )
+            await distribution_rules.create_rule(
+                session,
+                RuleInput(strategy="fixed", managers=[ManagerInput(user_id=ivan.id)]),
+                now=utcnow(),
+            )
+            await session.commit()
+        sms = {"sms_id": "9001", "phone": "79161234567", "mes": "Перезвоните мне"}
+        assert (await client.post("/webhooks/sms/sms-main", data=sms)).status == 200
+
+        base = str(client.make_url("/")).rstrip("/")
+        page = await browser.new_page(viewport={"width": 1440, "height": 900})
+        await page.goto(f"{base}/login")
+        await page.fill("#login", "ivan")
+        await page.fill("#password", "password1")
+        await page.click("button[type=submit]")
+        await page.goto(f"{base}/inbox")
+        await page.locator(".conversations li a").first.click()
+        counter = page.locator("#sms-counter")
+        await counter.wait_for(timeout=5000)
+        assert "Символов: 0" in await counter.inner_text()
+        await page.locator("#reply-text").press_sequentially("Ж" * 71)
+        await page.locator("#sms-counter", has_text="SMS-частей: 2").wait_for(timeout=5000)
+        text = await page.locator("#sms-counter").inner_text()
+        assert "Символов: 71" in text and "в части до 67" in text and "кириллица" in text
+        await page.close()

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 
-from channels.config import EmailConfig
+from channels.config import EmailConfig, parse_channels
 from channels.mail import EmailAdapter, ImapReceiver, MailBatch, MailboxState
+from contact_center.inbox_service import Inbox
+from crm_core.clock import SystemClock
+from crm_core.rules import CrmRules
 from tests.conftest import need_service
 from tests.fakes.dovecot import Dovecot, dovecot_binary, running_dovecot
 from tests.helpers import until
@@ -198,3 +202,62 @@ async def test_watch_reconnects_after_the_server_goes_away(receivers) -> None:
                 await task
     ids = [m.message.provider_message_id for b in batches for m in b.mails]
     assert ids == ["<m1@example.ru>", "<m2@example.ru>"]
+
+
+async def test_a_send_only_mailbox_gets_no_imap_reader() -> None:
+    """``imap_enabled: false`` (the demo's mailbox): nothing reads it; the others are read."""
+
+    def mailbox(code: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "code": code,
+            "kind": "email",
+            "address": f"{code}@example.ru",
+            "imap_host": "127.0.0.1",
+            "imap_password": "x",
+            "smtp_host": "127.0.0.1",
+            **extra,
+        }
+
+    configs = parse_channels([mailbox("read"), mailbox("sendonly", imap_enabled=False)])
+    nothing = cast(Any, None)  # no reader runs here: neither is used
+    inbox = Inbox(configs, sessions=nothing, bus=nothing, rules=CrmRules(), clock=SystemClock())
+    inbox.start_mail()
+    try:
+        assert [task.get_name() for task in inbox._mail_tasks] == ["imap:read"]
+    finally:
+        await inbox.stop_mail()
+
+
+def test_a_channel_is_labelled_by_its_name_else_its_kind_and_only_then_its_code() -> None:
+    def mailbox(code: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "code": code,
+            "kind": "email",
+            "address": f"{code}@example.ru",
+            "imap_host": "127.0.0.1",
+            "imap_password": "x",
+            "smtp_host": "127.0.0.1",
+            **extra,
+        }
+
+    nothing = cast(Any, None)
+    one = Inbox(
+        parse_channels([mailbox("sales", name="Почта продаж"), mailbox("info")]),
+        sessions=nothing,
+        bus=nothing,
+        rules=CrmRules(),
+        clock=SystemClock(),
+    )
+    assert (one.label("sales"), one.label("info"), one.label("gone")) == (
+        "Почта продаж",
+        "E-mail",
+        "gone",
+    )
+    two = Inbox(
+        parse_channels([mailbox("info"), mailbox("hr")]),
+        sessions=nothing,
+        bus=nothing,
+        rules=CrmRules(),
+        clock=SystemClock(),
+    )
+    assert (two.label("info"), two.label("hr")) == ("E-mail info", "E-mail hr")

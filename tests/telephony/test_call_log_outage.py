@@ -5,12 +5,16 @@ stores it exactly once when the database is back. Each test owns its PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
+from ami.cdr import read_master_csv, records_from_cdr
 from ami.simulator import SimulatedPbx
 from contact_center.app import create_app
 from contact_center.keys import PBX, SESSIONS, TELEPHONY
@@ -20,6 +24,15 @@ from crm_core.leads.model import Lead
 from tests.helpers import until
 from tests.services import OwnPostgres, own_postgres, postgres_cluster_template  # noqa: F401
 from tests.telephony.conftest import pbx_setting
+
+CDR_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cdr" / "Master.csv"
+# How the server folds the fixture's rows with the settings below (trunk provider, 3 digits).
+CDR_FOLD: dict[str, Any] = {
+    "trunks": ["provider"],
+    "extension_pattern": "^\\d{3}$",
+    "count_threshold_s": 60.0,
+    "region": "RU",
+}
 
 
 async def _count(client: Any, model: Any) -> int:
@@ -101,3 +114,44 @@ async def test_stopping_while_the_database_is_down_names_the_calls_not_stored(
     await telephony.close(drain_timeout=0.2)
     lost = [r.getMessage() for r in caplog.records if "not stored" in r.getMessage()]
     assert len(lost) == 1 and lost[0].startswith("stopping with 2 finished calls not stored")
+
+
+@pytest.mark.timeout(90)
+async def test_calls_read_from_the_cdr_while_the_database_is_down_are_stored_once_it_is_back(
+    make_settings: Any,
+    own_postgres: OwnPostgres,  # noqa: F811
+    pbx: SimulatedPbx,
+    aiohttp_client_factory: Any,
+    tmp_path: Path,
+) -> None:
+    """A CDR batch (the calls a reconnect finds the AMI link missed) read while our database
+    is away waits in the call log like a live call's end, and is stored once it is back."""
+    master = tmp_path / "Master.csv"
+    master.write_text("", encoding="utf-8")
+    setting = json.loads(pbx_setting(pbx))
+    setting[0]["cdr"] = {"csv": str(master), "lookback_h": 1}
+    settings = make_settings(CC_DATABASE_URL=own_postgres.url("cc"), CC_PBX=json.dumps(setting))
+    client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+    link = client.app[PBX]["main"]
+    await until(lambda: link.cdr_reads >= 1, timeout=10)  # the start-up read: nothing yet
+    telephony = client.app[TELEPHONY]
+
+    await asyncio.to_thread(own_postgres.stop, "immediate")
+    master.write_bytes(CDR_FIXTURE.read_bytes())  # the calls the link never heard
+    expected = {r.call_id for r in records_from_cdr(read_master_csv(CDR_FIXTURE), **CDR_FOLD)}
+    reconcile = asyncio.create_task(link.reconcile_cdr(datetime(2026, 12, 2, tzinfo=UTC)))
+    await until(lambda: telephony.provide_status()["call_log"]["retries"] >= 2, timeout=20)
+    assert not reconcile.done()
+    status = telephony.provide_status()
+    assert status["status"] == "degraded" and status["call_log"]["cdr_waiting"] == len(expected)
+
+    await asyncio.to_thread(own_postgres.start)
+    added, corrected = await asyncio.wait_for(reconcile, timeout=30)
+    assert (added, corrected) == (len(expected), 0)
+    async with client.app[SESSIONS]() as session:
+        stored = (await session.scalars(select(Call.call_id))).all()
+    assert sorted(stored) == sorted(expected)  # each once
+    assert telephony.provide_status()["status"] == "ok"
+    assert telephony.failures == 0
+    # Read again: nothing added, nothing changed.
+    assert await link.reconcile_cdr(datetime(2026, 12, 2, tzinfo=UTC)) == (0, 0)

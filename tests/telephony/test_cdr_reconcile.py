@@ -291,6 +291,31 @@ async def test_without_a_cdr_the_times_not_seen_are_marked_estimated_and_shown_s
     assert page.count('class="estimated"') >= 2  # C's ring and talk, D's talk
 
 
+async def test_a_cdr_that_cannot_be_read_at_the_connect_is_read_again_until_it_can(
+    make_settings: Any,
+    database_url: str,
+    fake_pbx: FakeAmiServer,
+    aiohttp_client_factory: Any,
+    tmp_path: Path,
+) -> None:
+    """The window a connect must fill is read once: a share not mounted yet (or the CDR's
+    database down) at that moment must not lose it."""
+    clock = ManualClock(_at("04:20:00"))
+    cdr = tmp_path / "share" / "Master.csv"  # not there yet
+    client = await _server(
+        make_settings, database_url, fake_pbx, aiohttp_client_factory, clock, tmp_path, cdr
+    )
+    link = client.app[PBX]["main"]
+    await until(lambda: link.cdr_failures >= 1, timeout=10)
+    cdr.parent.mkdir()
+    cdr.write_bytes(CDR.read_bytes())
+    expected = records_from_cdr(
+        read_master_csv(CDR), trunks=["provider"], extension_pattern=r"^\d{3}$"
+    )
+    await until(lambda: client.app[TELEPHONY].cdr_added == len(expected), timeout=15)
+    assert set(await _calls(client)) == {r.call_id for r in expected}
+
+
 def test_the_cdr_fold_gives_the_pbxs_own_answer_and_end() -> None:
     records = {
         r.call_id: r

@@ -70,7 +70,8 @@ async def test_the_inbox_lists_shows_and_answers(client: Any) -> None:
     async with client.app[SESSIONS]() as session:
         conv = (await session.scalars(select(Conversation))).one()
     opened = visible(await (await client.get(f"/inbox?c={conv.id}")).text())
-    assert "Клиент" in opened and "лид" in opened and "WhatsApp (wa-main)" in opened
+    assert "Клиент" in opened and "лид" in opened and "WhatsApp продаж" in opened
+    assert "(wa-main)" not in opened  # the channel by its name, never its code
     assert "Отправить" in opened and "Решено" in opened
     token = await csrf(client, "/inbox")
     resp = await client.post(

@@ -58,6 +58,39 @@ async def _count(session: AsyncSession, model: type) -> int:
     return int(await session.scalar(select(func.count()).select_from(model)) or 0)
 
 
+async def test_a_channels_source_and_lead_take_its_configured_name_not_its_code(
+    session: AsyncSession, world: World
+) -> None:
+    # A source an earlier version named after the code takes the name; a renamed one keeps its.
+    session.add(Source(kind="other", code="channel-wa-main", name="WhatsApp (wa-main)"))
+    session.add(Source(kind="other", code="channel-tg-main", name="Телеграм сайта"))
+    await session.flush()
+    got = await conversations.receive(
+        session, wa("wamid.n1", channel_name="WhatsApp отдела продаж"), rules=RULES, now=T0
+    )
+    tg = await conversations.receive(
+        session,
+        replace(
+            wa("tg.n1", wa_id="555", channel_name="Telegram-бот"),
+            channel="tg-main",
+            channel_kind="telegram",
+            identity_kind="telegram",
+            phone=None,
+        ),
+        rules=RULES,
+        now=T0,
+    )
+    await session.commit()
+    lead = await session.get(Lead, got.lead_id)
+    assert lead is not None and lead.title.startswith("WhatsApp отдела продаж: ")
+    source = await session.get(Source, lead.source_id)
+    assert source is not None and source.name == "WhatsApp отдела продаж"
+    tg_lead = await session.get(Lead, tg.lead_id)
+    assert tg_lead is not None
+    tg_source = await session.get(Source, tg_lead.source_id)
+    assert tg_source is not None and tg_source.name == "Телеграм сайта"
+
+
 async def test_unknown_sender_becomes_a_lead_with_the_channel_as_source(
     session: AsyncSession, world: World
 ) -> None:
@@ -72,7 +105,7 @@ async def test_unknown_sender_becomes_a_lead_with_the_channel_as_source(
     lead = await session.get(Lead, got.lead_id)
     assert lead is not None and lead.origin == "message" and lead.responsible_id == world["anna"]
     source = await session.get(Source, lead.source_id)
-    assert source is not None and source.name == "WhatsApp (wa-main)"
+    assert source is not None and source.name == "WhatsApp"  # the kind's, never the code
     assert got.conversation.assignee_id == world["anna"] and got.conversation.unread == 1
     assert got.conversation.lead_id == lead.id and got.conversation.phone == "+79161112233"
     names = [e.name for e in got.events]
