@@ -314,6 +314,24 @@ class SimulatedPbx:
                 rw.id_pattern = re.compile(b"(?:" + b"|".join(map(re.escape, ids)) + rb")(?!\d)")
         stamp = trace.stamps[index]
         data = stamp[0] + f"{ts:.6f}".encode() + stamp[1] if stamp else frame
+        if trace.extension and extension and extension != trace.extension:
+            # Before the fresh ids and channel suffixes go in: "101" must never be rewritten
+            # inside an id ("<epoch>.101" would become another call's id) or a suffix
+            # ("PJSIP/101-0000a101").
+            if rw.extension_pattern is None:
+                # No look-behind: a pattern starting with a literal is found by a fast scan.
+                rw.extension_pattern = re.compile(
+                    re.escape(trace.extension.encode()) + rb"(?![0-9A-Za-z.])"
+                )
+            new = extension.encode()
+            text = data
+
+            def ext(m: re.Match[bytes]) -> bytes:
+                start = m.start()
+                before = text[start - 1 : start]
+                return m.group(0) if start and (before.isalnum() or before == b".") else new
+
+            data = rw.extension_pattern.sub(ext, data)
         if rw.id_pattern is not None:
             data = rw.id_pattern.sub(lambda m: rw.ids[m.group(0)], data)
 
@@ -328,18 +346,6 @@ class SimulatedPbx:
             data = data.replace(trace.outside.encode(), outside.encode())
         if trace.did and did:
             data = data.replace(trace.did.encode(), did.encode())
-        if trace.extension and extension and extension != trace.extension:
-            if rw.extension_pattern is None:
-                # No look-behind: a pattern starting with a literal is found by a fast scan.
-                rw.extension_pattern = re.compile(re.escape(trace.extension.encode()) + rb"(?!\d)")
-            new = extension.encode()
-            text = data
-
-            def ext(m: re.Match[bytes]) -> bytes:
-                start = m.start()
-                return m.group(0) if start and text[start - 1 : start].isdigit() else new
-
-            data = rw.extension_pattern.sub(ext, data)
         if action_id is not None:
             data = _ACTION_ID.sub(f"ActionID: {action_id}".encode(), data)
         return data
