@@ -4,7 +4,7 @@
                                [--seconds S] [--own-share F] [--click-share F]
 
 ``--contacts`` (default 1,000,000) contacts in PostgreSQL (``CC_BENCH_DATABASE_URL``; a
-database of its own is created and dropped), written set-based by PostgreSQL (INSERT ... SELECT
+database of its own, ``CC_BENCH_DB_NAME`` or cc_bench_screen_pop, is created and dropped), written set-based by PostgreSQL (INSERT ... SELECT
 generate_series), each managed by one of ``--managers`` (default 100) managers, who are all
 connected to ``/ws``; the server runs as its own process (``contact-center serve``) connected
 over AMI to a simulated PBX in this process. For each rate of ``--rates`` in turn the PBX
@@ -63,7 +63,8 @@ from crm_core.users import service as users
 from crm_core.users.model import TokenKind
 
 DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-DB_NAME = "cc_bench_screen_pop"
+# CC_BENCH_DB_NAME: another name, so that benches sharing the server do not drop each other's.
+DB_NAME = os.environ.get("CC_BENCH_DB_NAME", "cc_bench_screen_pop")
 GOAL_MS = 20.0
 _LINKEDID = re.compile(rb"^Linkedid: (\S+)\r?$", re.M)
 _RINGS = (b"Event: DialBegin", b"Event: AgentCalled")
