@@ -4,10 +4,11 @@
                                [--seconds S] [--own-share F] [--click-share F]
 
 ``--contacts`` (default 1,000,000) contacts in PostgreSQL (``CC_BENCH_DATABASE_URL``; a
-database of its own, ``CC_BENCH_DB_NAME`` or cc_bench_screen_pop, is created and dropped), written set-based by PostgreSQL (INSERT ... SELECT
-generate_series), each managed by one of ``--managers`` (default 100) managers, who are all
-connected to ``/ws``; the server runs as its own process (``contact-center serve``) connected
-over AMI to a simulated PBX in this process. For each rate of ``--rates`` in turn the PBX
+database of its own, ``CC_BENCH_DB_NAME`` or cc_bench_screen_pop, is created and dropped),
+written set-based by PostgreSQL (INSERT ... SELECT generate_series), each managed by one of
+``--managers`` (default 100) managers, who are all connected to ``/ws``; the server runs as
+its own process (``contact-center serve``) connected over AMI to a simulated PBX in this
+process. For each rate of ``--rates`` in turn the PBX
 places that many real-capture calls per second for ``--seconds`` (replayed faster than real
 time so they end quickly), each from a random number (four in five belong to a loaded contact;
 half of those ring the contact's own manager, ``--own-share``) to a manager's extension; one
