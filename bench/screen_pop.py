@@ -26,14 +26,17 @@ and responsible of another manager's (issue 15, finding 4), none for an unknown 
 rung at the PBX that popped nowhere is ``missing``; it enters the percentiles with the time it
 was waited for (from its ring to the end of its step), so a lost pop cannot make the figures
 look better. Click-to-call requests the server refused (not 202) are counted. Each step
-prints the load average (the machine may be shared) and the CPU the server used per call.
+prints the load average (the machine may be shared), the CPU the server used per call, and
+the CPU this process used and how late its event loop ran at worst (the PBX and the sockets
+live in it: a lag near the latencies means the bench, not the server, was too slow).
 
 The last line is one JSON object: ``{"contacts", "managers", "seeded_s", "curve": [{"rate",
 "calls_per_s", "p50_ms", "p99_ms", "click_p99_ms", "calls", "popped", "missing",
 "click_refused", "wrong_socket", "card_missing", "card_unexpected", "card_wrong", "load_avg",
-"server_cpu_ms_per_call"}, ...], "p99_passes_20ms_at_calls_per_s", "p50_ms", "p99_ms",
-"missing"}`` (``p50_ms``/``p99_ms``: the 200 calls/s step; the crossing is interpolated
-between the last rate under 20 ms and the first over it).
+"server_cpu_ms_per_call", "bench_cpu_s", "bench_lag_max_ms"}, ...],
+"p99_passes_20ms_at_calls_per_s", "p50_ms", "p99_ms", "missing"}`` (``p50_ms``/``p99_ms``: the
+200 calls/s step; the crossing is interpolated between the last rate under 20 ms and the first
+over it).
 """
 
 from __future__ import annotations
@@ -248,6 +251,10 @@ class _Step:
     ended_at: float = 0.0
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     server_cpu_s: float = 0.0  # CPU the server used from the step's start to its end
+    bench_cpu_s: float = 0.0  # CPU this process (the PBX, the sockets) used meanwhile
+    # Longest this process's event loop was late (ms): the PBX's frames and the sockets' pops
+    # wait as long, so a figure near the latencies says the bench, not the server, was slow.
+    bench_lag_ms: float = 0.0
 
 
 def _cpu_s(pid: int) -> float:
@@ -375,6 +382,16 @@ async def main() -> None:
                 asyncio.get_running_loop().create_task(reader(ws, str(100 + i)))
                 for i, ws in enumerate(sockets)
             ]
+
+            async def lag_probe() -> None:
+                while True:
+                    before = time.perf_counter()
+                    await asyncio.sleep(0.02)
+                    late = (time.perf_counter() - before - 0.02) * 1000
+                    if steps and late > steps[-1].bench_lag_ms:
+                        steps[-1].bench_lag_ms = late
+
+            readers.append(asyncio.get_running_loop().create_task(lag_probe()))
             rng = random.Random(11)
             posts: set[asyncio.Task[Any]] = set()
             refused = _Refusals()
@@ -384,6 +401,7 @@ async def main() -> None:
                 steps.append(step)
                 started = time.perf_counter()
                 cpu_before = _cpu_s(server.pid)
+                bench_cpu_before = time.process_time()
                 print(f"placing {rate:g} calls/s for {args.seconds:g} s (load {_load_avg()}) ...")
                 while (elapsed := time.perf_counter() - started) < args.seconds:
                     due = int(elapsed * rate) + 1
@@ -423,6 +441,7 @@ async def main() -> None:
                 await asyncio.sleep(args.settle)  # let the last calls ring and pop
                 step.ended_at = time.perf_counter()
                 step.server_cpu_s = _cpu_s(server.pid) - cpu_before
+                step.bench_cpu_s = time.process_time() - bench_cpu_before
             if refused.count:
                 print(f"{refused.count} click-to-call requests refused, the last: {refused.last}")
             for reader_task in readers:
@@ -483,6 +502,7 @@ def _report(index: int, step: _Step, pbx: TimedPbx, refused: int) -> dict[str, A
         + (f" (click-to-call p99 {click_p99:.2f} ms)" if click_p99 is not None else "")
         + f"; server CPU {step.server_cpu_s:.1f} s "
         f"({1000 * step.server_cpu_s / max(step.placed, 1):.2f} ms a call)"
+        + f"; bench CPU {step.bench_cpu_s:.1f} s, its loop late up to {step.bench_lag_ms:.0f} ms"
         + f"; at another socket {len(step.wrong_socket)}, card missing "
         f"{len(step.card_missing)}, card unexpected {len(step.card_unexpected)}, card not as "
         f"its viewer may see it {len(step.card_wrong)}"
@@ -503,6 +523,8 @@ def _report(index: int, step: _Step, pbx: TimedPbx, refused: int) -> dict[str, A
         "card_wrong": len(step.card_wrong),
         "load_avg": list(step.load),
         "server_cpu_ms_per_call": round(1000 * step.server_cpu_s / max(step.placed, 1), 2),
+        "bench_cpu_s": round(step.bench_cpu_s, 1),
+        "bench_lag_max_ms": round(step.bench_lag_ms, 1),
     }
 
 
