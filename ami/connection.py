@@ -254,7 +254,8 @@ class AmiLink:
 
     Times are in seconds and may be fractions. ``ping_interval_s``/``ping_timeout_s``: a
     Ping is sent every interval and must be answered within the timeout, else the PBX is
-    considered gone and the link reconnects. Reconnects wait :func:`backoff_delay`
+    considered gone and the link reconnects (unless events arrived meanwhile: then the PBX
+    is there and this side reads behind it; the link stays). Reconnects wait :func:`backoff_delay`
     (``backoff_initial_s`` doubling to ``backoff_max_s``, minus up to ``jitter`` of it); the
     doubling restarts only after a connection stayed up ``stable_after_s``, so a PBX that
     accepts and drops at once is not hammered. A refused login waits ``auth_retry_s``
@@ -341,6 +342,8 @@ class AmiLink:
         self.connect_failures = 0
         self.auth_failures = 0
         self.ping_timeouts = 0
+        self.pings_late = 0
+        """Pings answered late while events kept coming (the link stayed)."""
         self.action_timeouts = 0
         self.events_total = 0
         self.events_skipped = 0  # of those, dropped unparsed (``keep`` does not name them)
@@ -534,6 +537,7 @@ class AmiLink:
             "connect_failures_total": float(self.connect_failures),
             "auth_failures_total": float(self.auth_failures),
             "ping_timeouts_total": float(self.ping_timeouts),
+            "pings_late_total": float(self.pings_late),
             "action_timeouts_total": float(self.action_timeouts),
             "events_total": float(self.events_total),
             "events_per_s": self.events_per_s(),
@@ -760,9 +764,26 @@ class AmiLink:
     async def _ping_loop(self) -> None:
         while True:
             await asyncio.sleep(self._ping_interval_s)
+            sent = time.monotonic()
             try:
                 await self._request({"Action": "Ping"}, self._ping_timeout_s, kind="single")
             except AmiTimeout:
+                last_event = self._last_event_mono
+                if last_event is not None and last_event > sent:
+                    # Events kept coming while we waited: the PBX is there, its Pong is
+                    # queued behind frames we have not read yet (this process is behind, on
+                    # a busy machine). Dropping the link would lose the calls in progress and
+                    # make the next connection start just as far behind.
+                    self.pings_late += 1
+                    if self.pings_late == 1 or self.pings_late % 100 == 0:
+                        log.warning(
+                            "pbx=%s AMI Ping not answered within %.3g s while events kept "
+                            "coming: reading behind the PBX, the link stays (%d time(s))",
+                            self.name,
+                            self._ping_timeout_s,
+                            self.pings_late,
+                        )
+                    continue
                 self.ping_timeouts += 1
                 log.warning(
                     "pbx=%s AMI Ping not answered within %.3g s: the PBX stopped answering, "

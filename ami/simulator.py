@@ -30,9 +30,8 @@ TRACES = Path(__file__).parent / "demo_traces"
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 
 _ID_KEYS = re.compile(rb"^(\w*(?:niqueid|inkedid|UniqueID)): (\d+\.\d+)\r?$", re.M)
-_TS = re.compile(rb"^Timestamp: (\d+\.\d+)\r?$", re.M)
 _CHAN_SUFFIX = re.compile(rb"((?:PJSIP|SIP|Local|IAX2)/[^\s;@]+?(?:@[\w-]+)?)-([0-9a-f]{8})")
-_ACTION_ID = re.compile(rb"^ActionID: .*$", re.M)
+_TS = re.compile(rb"^Timestamp: (\d+\.\d+)\r?$", re.M)
 
 
 @dataclass(frozen=True)
@@ -46,15 +45,53 @@ class Trace:
     outside: str  # the outside party's digits as the capture writes them (no "+")
     did: str | None
     extension: str | None
-    # Per frame, found once at load (replays rewrite every frame of every call): the ids it
-    # names, and the bytes before and after its Timestamp value.
-    ids: tuple[tuple[bytes, ...], ...] = ()
-    stamps: tuple[tuple[bytes, bytes] | None, ...] = ()
+    # Per frame, cut once at load (replays rewrite every frame of every call): its literal
+    # bytes and the slots a replay fills (see _template).
+    parts: tuple[tuple[Part, ...], ...] = ()
 
 
-def _stamp_split(frame: bytes) -> tuple[bytes, bytes] | None:
-    match = _TS.search(frame)
-    return (frame[: match.start(1)], frame[match.end(1) :]) if match else None
+# A slot of a frame a replay fills: (kind, original bytes, channel prefix). Kinds: "ts" the
+# Timestamp, "id" a Uniqueid/Linkedid, "chan" a channel's unique suffix (its prefix, which may
+# name the extension or a number, is kept beside it), "out" the outside number, "did" the
+# DID, "ext" the extension, "aid" the ActionID line.
+Part = bytes | tuple[str, bytes, bytes]
+
+
+def _boundary(literal: str) -> bytes:
+    """``literal`` as a pattern matching it whole: never inside an id ("<epoch>.101"), a
+    channel suffix ("0000a101") or a longer number."""
+    return rb"(?<![0-9A-Za-z.])" + re.escape(literal.encode()) + rb"(?![0-9A-Za-z.])"
+
+
+def _template(
+    frame: bytes, ids: set[bytes], outside: str, did: str | None, extension: str | None
+) -> tuple[Part, ...]:
+    """``frame`` cut into literal bytes and the slots a replay fills, found in one pass."""
+    alternatives = [rb"(?P<ts>(?<=^Timestamp: )\d+\.\d+(?=\r?$))", rb"(?P<aid>^ActionID: .*$)"]
+    alternatives.append(rb"(?P<chan>" + _CHAN_SUFFIX.pattern + rb")")
+    if ids:
+        longest = sorted(ids, key=len, reverse=True)  # "1795722921.55" before "1795722921.5"
+        alternatives.append(rb"(?P<id>(?:" + b"|".join(map(re.escape, longest)) + rb")(?!\d))")
+    if outside:
+        alternatives.append(rb"(?P<out>" + re.escape(outside.encode()) + rb")")
+    if did:
+        alternatives.append(rb"(?P<did>" + re.escape(did.encode()) + rb")")
+    if extension:
+        alternatives.append(rb"(?P<ext>" + _boundary(extension) + rb")")
+    pattern = re.compile(b"|".join(alternatives), re.M)
+    parts: list[Part] = []
+    at = 0
+    for m in pattern.finditer(frame):
+        kind = m.lastgroup or ""
+        if kind == "chan":
+            # The channel's own groups follow the named one: (prefix)-(suffix).
+            prefix = m.group(m.lastindex + 1 if m.lastindex else 0)
+            parts += [frame[at : m.start()], ("chan", m.group(0), prefix)]
+        else:
+            parts += [frame[at : m.start()], (kind, m.group(0), b"")]
+        at = m.end()
+    parts.append(frame[at:])
+    return tuple(p for p in parts if p != b"")
 
 
 def _load(path: Path) -> Trace:
@@ -83,16 +120,19 @@ def _load(path: Path) -> Trace:
             last = ts - start
         frames.append(chunk + b"\r\n\r\n")
         offsets.append(last)
+    ids = {m.group(2) for f in frames for m in _ID_KEYS.finditer(f)}
+    outside_digits = (outside or "").lstrip("+")
+    did = (first["did"] or "").lstrip("+") or None
+    extension = first["extension"]
     return Trace(
         name=path.stem,
         frames=tuple(frames),
         offsets=tuple(offsets),
         direction=first["direction"],
-        outside=(outside or "").lstrip("+"),
-        did=(first["did"] or "").lstrip("+") or None,
-        extension=first["extension"],
-        ids=tuple(tuple(m.group(2) for m in _ID_KEYS.finditer(f)) for f in frames),
-        stamps=tuple(_stamp_split(f) for f in frames),
+        outside=outside_digits,
+        did=did,
+        extension=extension,
+        parts=tuple(_template(f, ids, outside_digits, did, extension) for f in frames),
     )
 
 
@@ -106,9 +146,7 @@ class _Rewriter:
 
     ids: dict[bytes, bytes] = field(default_factory=dict)
     chans: dict[bytes, bytes] = field(default_factory=dict)
-    counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    # One pattern for every id seen so far (rebuilt when one is added), the extension's.
-    id_pattern: re.Pattern[bytes] | None = None
+    # The extension's pattern (inside a channel's name), made at the first channel naming it.
     extension_pattern: re.Pattern[bytes] | None = None
 
 
@@ -137,6 +175,7 @@ class SimulatedPbx:
         self._epoch = int(time.time())
         self._seq = itertools.count(1)
         self._chan_seq = itertools.count(0x100)
+        self._outbox: list[bytes] = []  # frames broadcast in this event-loop turn
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -288,6 +327,16 @@ class SimulatedPbx:
             self.broadcast(data)
 
     def broadcast(self, data: bytes) -> None:
+        """Send ``data`` to every logged-in session: the frames of one event-loop turn go out
+        together, in one write (hundreds of calls in progress make thousands of frames a
+        second; a system call each would cost the PBX and the server more than the calls)."""
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._send_outbox)
+        self._outbox.append(data)
+
+    def _send_outbox(self) -> None:
+        data = b"".join(self._outbox)
+        self._outbox.clear()
         for writer in list(self._writers):
             if writer.is_closing():
                 self._writers.discard(writer)
@@ -306,43 +355,64 @@ class SimulatedPbx:
         extension: str | None,
         action_id: str | None,
     ) -> bytes:
-        for old in trace.ids[index]:
-            if old not in rw.ids:
-                rw.ids[old] = f"{self._epoch}.{next(self._seq)}".encode()
-                # Longest first, so "1795722921.5" is not rewritten inside "1795722921.55".
-                ids = sorted(rw.ids, key=len, reverse=True)
-                rw.id_pattern = re.compile(b"(?:" + b"|".join(map(re.escape, ids)) + rb")(?!\d)")
-        stamp = trace.stamps[index]
-        data = stamp[0] + f"{ts:.6f}".encode() + stamp[1] if stamp else frame
-        if rw.id_pattern is not None:
-            data = rw.id_pattern.sub(lambda m: rw.ids[m.group(0)], data)
+        """Frame ``index`` of ``trace`` as this replay sends it: fresh ids and channel
+        suffixes, time ``ts``, its numbers, extension and ActionID (``frame`` is that frame as
+        captured; it is sent as it is only when the trace was cut without slots)."""
+        parts = trace.parts[index] if trace.parts else (frame,)
+        new_ext = extension.encode() if extension and extension != trace.extension else None
+        out: list[bytes] = []
+        add = out.append
+        for part in parts:
+            if isinstance(part, bytes):
+                add(part)
+                continue
+            kind, old, prefix = part
+            if kind == "id":
+                new = rw.ids.get(old)
+                if new is None:
+                    new = rw.ids[old] = f"{self._epoch}.{next(self._seq)}".encode()
+                add(new)
+            elif kind == "chan":
+                new = rw.chans.get(old)
+                if new is None:
+                    new = rw.chans[old] = (
+                        self._channel_prefix(prefix, trace, rw, outside, did, new_ext)
+                        + b"-"
+                        + f"{next(self._chan_seq):08x}".encode()
+                    )
+                add(new)
+            elif kind == "ts":
+                add(f"{ts:.6f}".encode())
+            elif kind == "out":
+                add(outside.encode())
+            elif kind == "did":
+                add(did.encode() if did else old)
+            elif kind == "ext":
+                add(new_ext or old)
+            else:  # "aid"
+                add(f"ActionID: {action_id}".encode() if action_id is not None else old)
+        return b"".join(out)
 
-        def chan(m: re.Match[bytes]) -> bytes:
-            key = m.group(0)
-            if key not in rw.chans:
-                rw.chans[key] = m.group(1) + b"-" + f"{next(self._chan_seq):08x}".encode()
-            return rw.chans[key]
-
-        data = _CHAN_SUFFIX.sub(chan, data)
-        if trace.outside:
-            data = data.replace(trace.outside.encode(), outside.encode())
-        if trace.did and did:
-            data = data.replace(trace.did.encode(), did.encode())
-        if trace.extension and extension and extension != trace.extension:
+    @staticmethod
+    def _channel_prefix(
+        prefix: bytes,
+        trace: Trace,
+        rw: _Rewriter,
+        outside: str,
+        did: str | None,
+        extension: bytes | None,
+    ) -> bytes:
+        """A channel's name before its suffix ("PJSIP/101", "Local/101@from-queue") with
+        this replay's extension and numbers."""
+        if extension is not None and trace.extension:
             if rw.extension_pattern is None:
-                # No look-behind: a pattern starting with a literal is found by a fast scan.
-                rw.extension_pattern = re.compile(re.escape(trace.extension.encode()) + rb"(?!\d)")
-            new = extension.encode()
-            text = data
-
-            def ext(m: re.Match[bytes]) -> bytes:
-                start = m.start()
-                return m.group(0) if start and text[start - 1 : start].isdigit() else new
-
-            data = rw.extension_pattern.sub(ext, data)
-        if action_id is not None:
-            data = _ACTION_ID.sub(f"ActionID: {action_id}".encode(), data)
-        return data
+                rw.extension_pattern = re.compile(_boundary(trace.extension))
+            prefix = rw.extension_pattern.sub(extension, prefix)
+        if trace.outside:
+            prefix = prefix.replace(trace.outside.encode(), outside.encode())
+        if trace.did and did:
+            prefix = prefix.replace(trace.did.encode(), did.encode())
+        return prefix
 
     async def run_traffic(
         self,

@@ -4,10 +4,11 @@
                                [--seconds S] [--own-share F] [--click-share F]
 
 ``--contacts`` (default 1,000,000) contacts in PostgreSQL (``CC_BENCH_DATABASE_URL``; a
-database of its own is created and dropped), written set-based by PostgreSQL (INSERT ... SELECT
-generate_series), each managed by one of ``--managers`` (default 100) managers, who are all
-connected to ``/ws``; the server runs as its own process (``contact-center serve``) connected
-over AMI to a simulated PBX in this process. For each rate of ``--rates`` in turn the PBX
+database of its own, ``CC_BENCH_DB_NAME`` or cc_bench_screen_pop, is created and dropped),
+written set-based by PostgreSQL (INSERT ... SELECT generate_series), each managed by one of
+``--managers`` (default 100) managers, who are all connected to ``/ws``; the server runs as
+its own process (``contact-center serve``) connected over AMI to a simulated PBX in this
+process. For each rate of ``--rates`` in turn the PBX
 places that many real-capture calls per second for ``--seconds`` (replayed faster than real
 time so they end quickly), each from a random number (four in five belong to a loaded contact;
 half of those ring the contact's own manager, ``--own-share``) to a manager's extension; one
@@ -25,14 +26,17 @@ and responsible of another manager's (issue 15, finding 4), none for an unknown 
 rung at the PBX that popped nowhere is ``missing``; it enters the percentiles with the time it
 was waited for (from its ring to the end of its step), so a lost pop cannot make the figures
 look better. Click-to-call requests the server refused (not 202) are counted. Each step
-prints the load average (the machine may be shared) and the CPU the server used per call.
+prints the load average (the machine may be shared), the CPU the server used per call, and
+the CPU this process used and how late its event loop ran at worst (the PBX and the sockets
+live in it: a lag near the latencies means the bench, not the server, was too slow).
 
 The last line is one JSON object: ``{"contacts", "managers", "seeded_s", "curve": [{"rate",
 "calls_per_s", "p50_ms", "p99_ms", "click_p99_ms", "calls", "popped", "missing",
 "click_refused", "wrong_socket", "card_missing", "card_unexpected", "card_wrong", "load_avg",
-"server_cpu_ms_per_call"}, ...], "p99_passes_20ms_at_calls_per_s", "p50_ms", "p99_ms",
-"missing"}`` (``p50_ms``/``p99_ms``: the 200 calls/s step; the crossing is interpolated
-between the last rate under 20 ms and the first over it).
+"server_cpu_ms_per_call", "bench_cpu_s", "bench_lag_max_ms"}, ...],
+"p99_passes_20ms_at_calls_per_s", "p50_ms", "p99_ms", "missing"}`` (``p50_ms``/``p99_ms``: the
+200 calls/s step; the crossing is interpolated between the last rate under 20 ms and the first
+over it).
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ from crm_core.users import service as users
 from crm_core.users.model import TokenKind
 
 DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-DB_NAME = "cc_bench_screen_pop"
+# CC_BENCH_DB_NAME: another name, so that benches sharing the server do not drop each other's.
+DB_NAME = os.environ.get("CC_BENCH_DB_NAME", "cc_bench_screen_pop")
 GOAL_MS = 20.0
 _LINKEDID = re.compile(rb"^Linkedid: (\S+)\r?$", re.M)
 _RINGS = (b"Event: DialBegin", b"Event: AgentCalled")
@@ -246,6 +251,10 @@ class _Step:
     ended_at: float = 0.0
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     server_cpu_s: float = 0.0  # CPU the server used from the step's start to its end
+    bench_cpu_s: float = 0.0  # CPU this process (the PBX, the sockets) used meanwhile
+    # Longest this process's event loop was late (ms): the PBX's frames and the sockets' pops
+    # wait as long, so a figure near the latencies says the bench, not the server, was slow.
+    bench_lag_ms: float = 0.0
 
 
 def _cpu_s(pid: int) -> float:
@@ -373,6 +382,16 @@ async def main() -> None:
                 asyncio.get_running_loop().create_task(reader(ws, str(100 + i)))
                 for i, ws in enumerate(sockets)
             ]
+
+            async def lag_probe() -> None:
+                while True:
+                    before = time.perf_counter()
+                    await asyncio.sleep(0.02)
+                    late = (time.perf_counter() - before - 0.02) * 1000
+                    if steps and late > steps[-1].bench_lag_ms:
+                        steps[-1].bench_lag_ms = late
+
+            readers.append(asyncio.get_running_loop().create_task(lag_probe()))
             rng = random.Random(11)
             posts: set[asyncio.Task[Any]] = set()
             refused = _Refusals()
@@ -382,6 +401,7 @@ async def main() -> None:
                 steps.append(step)
                 started = time.perf_counter()
                 cpu_before = _cpu_s(server.pid)
+                bench_cpu_before = time.process_time()
                 print(f"placing {rate:g} calls/s for {args.seconds:g} s (load {_load_avg()}) ...")
                 while (elapsed := time.perf_counter() - started) < args.seconds:
                     due = int(elapsed * rate) + 1
@@ -421,6 +441,7 @@ async def main() -> None:
                 await asyncio.sleep(args.settle)  # let the last calls ring and pop
                 step.ended_at = time.perf_counter()
                 step.server_cpu_s = _cpu_s(server.pid) - cpu_before
+                step.bench_cpu_s = time.process_time() - bench_cpu_before
             if refused.count:
                 print(f"{refused.count} click-to-call requests refused, the last: {refused.last}")
             for reader_task in readers:
@@ -481,6 +502,7 @@ def _report(index: int, step: _Step, pbx: TimedPbx, refused: int) -> dict[str, A
         + (f" (click-to-call p99 {click_p99:.2f} ms)" if click_p99 is not None else "")
         + f"; server CPU {step.server_cpu_s:.1f} s "
         f"({1000 * step.server_cpu_s / max(step.placed, 1):.2f} ms a call)"
+        + f"; bench CPU {step.bench_cpu_s:.1f} s, its loop late up to {step.bench_lag_ms:.0f} ms"
         + f"; at another socket {len(step.wrong_socket)}, card missing "
         f"{len(step.card_missing)}, card unexpected {len(step.card_unexpected)}, card not as "
         f"its viewer may see it {len(step.card_wrong)}"
@@ -501,6 +523,8 @@ def _report(index: int, step: _Step, pbx: TimedPbx, refused: int) -> dict[str, A
         "card_wrong": len(step.card_wrong),
         "load_avg": list(step.load),
         "server_cpu_ms_per_call": round(1000 * step.server_cpu_s / max(step.placed, 1), 2),
+        "bench_cpu_s": round(step.bench_cpu_s, 1),
+        "bench_lag_max_ms": round(step.bench_lag_ms, 1),
     }
 
 

@@ -9,8 +9,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload
 
 from crm_core.db import rowcount, utcnow
 from crm_core.users.errors import ExtensionTaken, InvalidCredentials, InvalidUser, LoginTaken
@@ -211,6 +212,20 @@ async def resolve_token(
     return found[0] if found is not None else None
 
 
+# Every authenticated request asks this: the user's extensions come in the same round trip
+# (joined), not in a second query as the relationship's own "selectin" would.
+_RESOLVE = (
+    select(AuthToken, User)
+    .join(User, User.id == AuthToken.user_id)
+    .options(joinedload(User.extensions))
+    .where(
+        AuthToken.token_hash == bindparam("digest"),
+        AuthToken.kind == bindparam("kind"),
+        AuthToken.revoked_at.is_(None),
+    )
+)
+
+
 async def resolve(
     session: AsyncSession, secret: str, *, kind: TokenKind, now: datetime | None = None
 ) -> tuple[User, int] | None:
@@ -220,17 +235,7 @@ async def resolve(
         digest = hash_token(secret)
     except UnicodeEncodeError:
         return None
-    row = (
-        await session.execute(
-            select(AuthToken, User)
-            .join(User, User.id == AuthToken.user_id)
-            .where(
-                AuthToken.token_hash == digest,
-                AuthToken.kind == kind.value,
-                AuthToken.revoked_at.is_(None),
-            )
-        )
-    ).first()
+    row = (await session.execute(_RESOLVE, {"digest": digest, "kind": kind.value})).unique().first()
     if row is None:
         return None
     token, user = row

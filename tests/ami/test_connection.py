@@ -288,6 +288,26 @@ async def test_an_unanswered_ping_drops_and_reconnects(
     assert len(server.sessions[-1].actions_named("Ping")) >= 3
 
 
+async def test_a_late_pong_while_events_keep_coming_keeps_the_link(
+    server: FakeAmiServer, make_link: MakeLink
+) -> None:
+    """A Pong queued behind events this side has not read yet (it reads behind the PBX on a
+    busy machine) is late, but the PBX is there: dropping the link would lose the calls in
+    progress. Only a PBX silent for the whole timeout is dropped (the test above)."""
+    server.answer_ping = False
+    link = make_link(server, ping_interval_s=0.05, ping_timeout_s=0.15)
+    session = await connected(link, server)
+    for n in range(40):  # events all along, no Pong: 0.8 s, several Pings
+        session.write(event("Newexten", Uniqueid=f"1.{n}", Linkedid=f"1.{n}"))
+        await asyncio.sleep(0.02)
+    assert server.connections == 1 and link.connected
+    assert link.ping_timeouts == 0
+    assert link.provide_status()["last_disconnect"] is None
+    assert link.pings_late >= 2
+    # Once the events stop, the silent PBX is dropped as before.
+    await until(lambda: link.ping_timeouts >= 1, timeout=3)
+
+
 async def test_answered_pings_keep_one_connection(
     server: FakeAmiServer, make_link: MakeLink
 ) -> None:

@@ -93,3 +93,46 @@ async def test_wrong_secret_is_refused() -> None:
         writer.close()
     finally:
         await pbx.close()
+
+
+async def test_every_replayed_call_keeps_ids_of_its_own() -> None:
+    """The capture rings extension 101; a replay to another extension rewrites "101" in the
+    frames, which once also rewrote the fresh id "<epoch>.101" of the 51st call into the id of
+    a later call: two calls with one Linkedid (bench/screen_pop.py then saw a pop-up "at
+    another manager's socket")."""
+    pbx = SimulatedPbx(speed=2000.0)
+    await pbx.start()
+    try:
+        reader, writer = await _session(pbx)
+        await asyncio.sleep(0.05)
+        calls = 90
+        plays = [
+            pbx.play("c_inbound_short_answered", outside=f"7916{n:07d}", extension=str(110 + n))
+            for n in range(calls)
+        ]
+        await asyncio.gather(*plays)
+        pbx.broadcast(b"Event: End\r\n\r\n")
+        data = b""
+        while not data.endswith(b"Event: End\r\n\r\n"):
+            chunk = await asyncio.wait_for(reader.read(1 << 20), 5)
+            assert chunk, "simulator closed the connection"
+            data += chunk
+        # Every id a frame names belongs to the one call whose caller the frame names.
+        callers: dict[str, set[str]] = {}
+        linkedids: set[str] = set()
+        for frame in FrameParser().feed(data):
+            numbers = {
+                value
+                for key in ("CallerIDNum", "ConnectedLineNum", "DestCallerIDNum")
+                if (value := frame.get(key)) and value.startswith("+7916")
+            }
+            for key in ("Uniqueid", "Linkedid", "DestUniqueid", "DestLinkedid"):
+                if value := frame.get(key):
+                    callers.setdefault(value, set()).update(numbers)
+            linkedids.add(frame.get("Linkedid") or "")
+        shared = {id_: numbers for id_, numbers in callers.items() if len(numbers) > 1}
+        assert not shared, f"ids shared by calls: {shared}"
+        assert len(linkedids - {""}) == calls
+        writer.close()
+    finally:
+        await pbx.close()
