@@ -393,8 +393,8 @@ def pages(head: bool, refs: dict[str, int]) -> dict[str, list[str | tuple[str, .
             f"/inbox/{refs['conversation']}/thread",
         ],
         "notifications": ["/notifications"],
-        # The cards: the contact with the long timeline (5,000 activities), its company, a
-        # lead and a deal of the manager measured.
+        # The cards: the contact with the long timeline (5,000 activities), a company, a lead
+        # and a deal of the manager measured.
         "card": [
             "/clients/contact/1",
             f"/clients/company/{refs['company']}",
@@ -411,7 +411,7 @@ def pages(head: bool, refs: dict[str, int]) -> dict[str, list[str | tuple[str, .
 
 async def references(url: str, manager: str) -> dict[str, int]:
     """The records the cards and the kanban are measured on: the sales pipeline, the manager's
-    open deal, lead and conversation, the company of contact 1."""
+    company, open deal, lead and conversation."""
     conn = await asyncpg.connect(crm_lookup._dsn(url, DB_NAME))
     try:
         me = await conn.fetchval("SELECT id FROM users WHERE login = $1", manager)
@@ -423,7 +423,7 @@ async def references(url: str, manager: str) -> dict[str, int]:
             ),
             "lead": await conn.fetchval("SELECT min(id) FROM leads WHERE responsible_id = $1", me),
             "company": await conn.fetchval(
-                "SELECT min(company_id) FROM contact_companies WHERE contact_id = 1"
+                "SELECT min(id) FROM companies WHERE responsible_id = $1", me
             ),
             "conversation": await conn.fetchval(
                 "SELECT min(id) FROM conversations WHERE assignee_id = $1", me

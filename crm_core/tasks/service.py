@@ -445,7 +445,10 @@ async def list_tasks(
         "created_at": Task.created_at,
         "completed_at": Task.completed_at,
     }
-    stmt = listing.order(stmt, sorts, sort, (Task.due_at.is_(None), Task.due_at, Task.id), Task.id)
+    # Undated last: ``NULLS LAST`` (not ``due_at IS NULL`` first) is the order the
+    # (status, due_at, id) index reads.
+    default = (Task.due_at.asc().nulls_last(), Task.id)
+    stmt = listing.order(stmt, sorts, sort, default, Task.id)
     rows = await session.scalars(stmt.limit(limit).offset(offset))
     return list(rows), total
 
