@@ -38,9 +38,17 @@ class Lead(CardFields, Base):
     junk_reason: Mapped[str | None] = mapped_column(String(200))
     stage_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     converted_at: Mapped[datetime | None]
-    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"))
-    company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id", ondelete="SET NULL"))
-    deal_id: Mapped[int | None] = mapped_column(ForeignKey("deals.id", ondelete="SET NULL"))
+    # Indexed: every client and deal card asks for its converted leads (their history is the
+    # client's too), and deleting a client sets these to NULL.
+    contact_id: Mapped[int | None] = mapped_column(
+        ForeignKey("contacts.id", ondelete="SET NULL"), index=True
+    )
+    company_id: Mapped[int | None] = mapped_column(
+        ForeignKey("companies.id", ondelete="SET NULL"), index=True
+    )
+    deal_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deals.id", ondelete="SET NULL"), index=True
+    )
 
     @validates("contact_name", "company_name")
     def _fold_names(self, key: str, value: str | None) -> str | None:
