@@ -160,6 +160,39 @@ async def test_name_search_is_served_by_trigram_indexes_on_postgresql(
     assert "ix_leads_name_search_trgm" in lead_plan, lead_plan
 
 
+async def test_list_pages_have_their_indexes(engine: AsyncEngine) -> None:
+    """Migration 0016: the task list's order, the card's converted leads, and client lists
+    by name; on PostgreSQL the name and responsible indexes carry what the lists filter on
+    (INCLUDE), so a page and a manager's total are read from an index alone."""
+
+    def indexes(conn: Connection) -> dict[str, dict[str, Any]]:
+        return {
+            ix["name"]: ix
+            for table in ("tasks", "leads", "contacts", "companies")
+            for ix in inspect(conn).get_indexes(table)
+            if ix["name"]
+        }
+
+    async with engine.connect() as conn:
+        found = await conn.run_sync(indexes)
+    assert found["ix_tasks_status_due"]["column_names"] == ["status", "due_at", "id"]
+    for column in ("contact_id", "company_id", "deal_id"):
+        assert found[f"ix_leads_{column}"]["column_names"] == [column]
+    filters = ["merged_into_id", "client_type", "region_id", "source_id", "purchase_mode"]
+    for table in ("contacts", "companies"):
+        assert f"ix_{table}_name_search" not in found  # replaced by the one with the id
+        name, responsible = (
+            found[f"ix_{table}_name_search_id"],
+            found[f"ix_{table}_responsible_id_id"],
+        )
+        assert name["column_names"] == ["name_search", "id"]
+        assert responsible["column_names"] == ["responsible_id", "id"]
+        if engine.dialect.name == "postgresql":
+            include = "postgresql_include"
+            assert name["dialect_options"][include] == ["responsible_id", *filters]
+            assert responsible["dialect_options"][include] == filters
+
+
 async def test_migrations_complete_without_the_right_to_create_pg_trgm(
     postgres_template: tuple[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
