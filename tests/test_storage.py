@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.engine.interfaces import ReflectedIndex
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from contact_center import db
@@ -165,7 +166,7 @@ async def test_list_pages_have_their_indexes(engine: AsyncEngine) -> None:
     by name; on PostgreSQL the name and responsible indexes carry what the lists filter on
     (INCLUDE), so a page and a manager's total are read from an index alone."""
 
-    def indexes(conn: Connection) -> dict[str, dict[str, Any]]:
+    def indexes(conn: Connection) -> dict[str, ReflectedIndex]:
         return {
             ix["name"]: ix
             for table in ("tasks", "leads", "contacts", "companies")
