@@ -179,6 +179,10 @@ async def test_list_pages_have_their_indexes(engine: AsyncEngine) -> None:
     assert found["ix_tasks_status_due"]["column_names"] == ["status", "due_at", "id"]
     for column in ("contact_id", "company_id", "deal_id"):
         assert found[f"ix_leads_{column}"]["column_names"] == [column]
+    assert found["ix_leads_stage"]["column_names"] == ["stage"]
+    if engine.dialect.name == "postgresql":
+        stage_include = found["ix_leads_stage"]["dialect_options"]["postgresql_include"]
+        assert stage_include == ["potential_amount", "responsible_id"]
     filters = ["merged_into_id", "client_type", "region_id", "source_id", "purchase_mode"]
     for table in ("contacts", "companies"):
         assert f"ix_{table}_name_search" not in found  # replaced by the one with the id

@@ -21,6 +21,10 @@ Cards. Every contact, company and deal card asks for the leads converted into it
 and comments are the client's history): ``leads.contact_id``, ``company_id`` and ``deal_id``
 had no index, so each card read all 100,000 leads (~13 ms, and more under load).
 
+Lead kanban. Its columns' counts and sums (one GROUP BY over the leads a user may read) read
+all 100,000 leads from the table for the head (~210 ms under load); ``ix_leads_stage`` now
+carries ``potential_amount`` and ``responsible_id`` (INCLUDE): an index-only scan, ~50 ms.
+
 Building them locks writes to these tables for a few seconds per million rows.
 
 Revision ID: 0016
@@ -47,6 +51,13 @@ def upgrade() -> None:
     op.create_index("ix_tasks_status_due", "tasks", ["status", "due_at", "id"])
     for column in LEAD_LINKS:
         op.create_index(f"ix_leads_{column}", "leads", [column])
+    op.drop_index("ix_leads_stage", table_name="leads")
+    op.create_index(
+        "ix_leads_stage",
+        "leads",
+        ["stage"],
+        postgresql_include=["potential_amount", "responsible_id"],
+    )
     for table in TABLES:
         op.create_index(
             f"ix_{table}_name_search_id",
@@ -70,6 +81,8 @@ def downgrade() -> None:
         op.drop_index(f"ix_{table}_name_search_id", table_name=table)
         op.drop_index(f"ix_{table}_responsible_id_id", table_name=table)
         op.create_index(f"ix_{table}_responsible_id_id", table, ["responsible_id", "id"])
+    op.drop_index("ix_leads_stage", table_name="leads")
+    op.create_index("ix_leads_stage", "leads", ["stage"])
     for column in LEAD_LINKS:
         op.drop_index(f"ix_leads_{column}", table_name="leads")
     op.drop_index("ix_tasks_status_due", table_name="tasks")
