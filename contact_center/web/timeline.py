@@ -83,7 +83,13 @@ async def open_tasks(
     else:
         filters = link_values(subject)
     rows, _ = await tasks.list_tasks(
-        session, actor=user, rules=rules, status=[TaskStatus.OPEN.value], limit=50, **filters
+        session,
+        actor=user,
+        rules=rules,
+        status=[TaskStatus.OPEN.value],
+        limit=50,
+        count=False,
+        **filters,
     )
     return rows
 
@@ -105,12 +111,17 @@ async def entries(
         acts: list[Any] = []
     else:
         acts, _ = await activities.list_activities(
-            session, actor=user, rules=rules, limit=TIMELINE_LIMIT, **link_values(subject)
+            session,
+            actor=user,
+            rules=rules,
+            limit=TIMELINE_LIMIT,
+            count=False,
+            **link_values(subject),
         )
         seen = {a.id for a in acts}
         for lead_id in await _lead_ids_of(session, subject):
             more, _ = await activities.list_activities(
-                session, actor=user, rules=rules, lead_id=lead_id, limit=TIMELINE_LIMIT
+                session, actor=user, rules=rules, lead_id=lead_id, limit=TIMELINE_LIMIT, count=False
             )
             acts.extend(a for a in more if a.id not in seen)
     heard = await call_recordings.for_activities(session, [a.id for a in acts])
@@ -152,6 +163,7 @@ async def entries(
         rules=rules,
         status=[TaskStatus.DONE.value, TaskStatus.CANCELLED.value],
         limit=50,
+        count=False,
         **task_filter,
     )
     for task in done:

@@ -175,6 +175,17 @@ async def _list(
         "updated_at": src.updated_at,
     }
     stmt = listing.order(stmt, sorts, sort, (src.name_search, src.id), src.id)
+    if src is table:
+        # Walking the sort's index: the page's ids first, then only those rows. On the name
+        # index (which includes what the filters test) the walk reads no table row at all;
+        # selecting whole rows in the walk read every row it skipped.
+        ids = list(
+            await session.scalars(stmt.with_only_columns(table.id).limit(limit).offset(offset))
+        )
+        if not ids:
+            return [], total
+        found = {r.id: r for r in await session.scalars(select(table).where(table.id.in_(ids)))}
+        return [found[i] for i in ids if i in found], total
     rows = await session.scalars(stmt.limit(limit).offset(offset))
     return list(rows), total
 

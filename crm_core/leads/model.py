@@ -21,11 +21,13 @@ class Lead(CardFields, Base):
         responsible_index("leads"),
         # A kanban column: a stage's leads, most recently moved first.
         Index("ix_leads_stage_moved", "stage", "stage_changed_at", "id"),
+        # The kanban's counts and sums per stage, read from the index alone on PostgreSQL.
+        Index("ix_leads_stage", "stage", postgresql_include=["potential_amount", "responsible_id"]),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(300), default="")
-    stage: Mapped[str] = mapped_column(String(32), index=True)
+    stage: Mapped[str] = mapped_column(String(32))
     origin: Mapped[str] = mapped_column(String(16), default="manual")  # call, web, message...
     contact_name: Mapped[str | None] = mapped_column(String(300))
     company_name: Mapped[str | None] = mapped_column(String(300))
@@ -38,9 +40,17 @@ class Lead(CardFields, Base):
     junk_reason: Mapped[str | None] = mapped_column(String(200))
     stage_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     converted_at: Mapped[datetime | None]
-    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"))
-    company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id", ondelete="SET NULL"))
-    deal_id: Mapped[int | None] = mapped_column(ForeignKey("deals.id", ondelete="SET NULL"))
+    # Indexed: every client and deal card asks for its converted leads (their history is the
+    # client's too), and deleting a client sets these to NULL.
+    contact_id: Mapped[int | None] = mapped_column(
+        ForeignKey("contacts.id", ondelete="SET NULL"), index=True
+    )
+    company_id: Mapped[int | None] = mapped_column(
+        ForeignKey("companies.id", ondelete="SET NULL"), index=True
+    )
+    deal_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deals.id", ondelete="SET NULL"), index=True
+    )
 
     @validates("contact_name", "company_name")
     def _fold_names(self, key: str, value: str | None) -> str | None:

@@ -34,6 +34,9 @@ class Task(Base):
         Index("ix_tasks_responsible_status_due", "responsible_id", "status", "due_at"),
         # Plan-vs-fact: proposals a manager completed on a day.
         Index("ix_tasks_responsible_kind_completed", "responsible_id", "kind", "completed_at"),
+        # The task list: open (or done) tasks, soonest due first, walked in order until a
+        # page matches the filters and the access check.
+        Index("ix_tasks_status_due", "status", "due_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

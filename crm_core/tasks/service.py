@@ -413,9 +413,11 @@ async def list_tasks(
     offset: int = 0,
     sort: str | None = None,
     count_cap: int | None = None,
+    count: bool = True,
 ) -> tuple[list[Task], int]:
     """Tasks ``actor`` may read, soonest due first (undated last), with their total.
-    ``overdue_at``: only open tasks due before that moment."""
+    ``overdue_at``: only open tasks due before that moment. ``count=False`` skips counting
+    (a card shows no total) and gives the number of rows returned."""
     stmt = select(Task)
     if status:
         stmt = stmt.where(Task.status.in_(list(status)))
@@ -438,16 +440,19 @@ async def list_tasks(
     if overdue_at is not None:
         stmt = stmt.where(Task.status == TaskStatus.OPEN.value, Task.due_at < overdue_at)
     stmt = scope(stmt, actor, rules)
-    total = await listing.total(session, stmt, count_cap)
+    total = await listing.total(session, stmt, count_cap) if count else 0
     sorts = {
         "due_at": Task.due_at,
         "title": Task.title,
         "created_at": Task.created_at,
         "completed_at": Task.completed_at,
     }
-    stmt = listing.order(stmt, sorts, sort, (Task.due_at.is_(None), Task.due_at, Task.id), Task.id)
-    rows = await session.scalars(stmt.limit(limit).offset(offset))
-    return list(rows), total
+    # Undated last: ``NULLS LAST`` (not ``due_at IS NULL`` first) is the order the
+    # (status, due_at, id) index reads.
+    default = (Task.due_at.asc().nulls_last(), Task.id)
+    stmt = listing.order(stmt, sorts, sort, default, Task.id)
+    rows = list(await session.scalars(stmt.limit(limit).offset(offset)))
+    return rows, total if count else len(rows)
 
 
 async def bulk_create_tasks(

@@ -232,6 +232,28 @@ async def test_timeline_filters(session: AsyncSession) -> None:
     assert rows == []
 
 
+async def test_a_timeline_without_its_total(session: AsyncSession) -> None:
+    """A card reads its timeline with ``count=False``: the same rows, the same access, and
+    the number of rows returned in place of the total it does not show."""
+    w = await build_world(session)
+    await _timeline(session, w)
+    for user in ("adm", "ivan", "anna"):
+        counted, total = await activities.list_activities(
+            session, actor=w.user(user), rules=RULES, limit=2
+        )
+        rows, returned = await activities.list_activities(
+            session, actor=w.user(user), rules=RULES, limit=2, count=False
+        )
+        assert [a.id for a in rows] == [a.id for a in counted]
+        assert returned == len(rows) <= total
+    _, total = await activities.list_activities(session, actor=w.user("adm"), rules=RULES)
+    assert total == 5
+    _, returned = await activities.list_activities(
+        session, actor=w.user("adm"), rules=RULES, limit=2, count=False
+    )
+    assert returned == 2
+
+
 async def test_only_hand_recorded_activities_change(session: AsyncSession) -> None:
     w = await build_world(session)
     ids = await _timeline(session, w)

@@ -190,6 +190,27 @@ async def test_list_filters_and_order(session: AsyncSession) -> None:
     assert [t.id for t in rows] == [late.id]
 
 
+async def test_a_list_without_its_total(session: AsyncSession) -> None:
+    """``count=False`` (a card's open and done tasks): the same rows in the same order, undated
+    last, and the number of rows returned in place of the total."""
+    w = await build_world(session)
+    undated = await _create(session, w)
+    late = await _create(session, w, due_at=T0 + 5 * HOUR)
+    soon = await _create(session, w, due_at=T0 - HOUR)
+    rows, total = await tasks.list_tasks(session, actor=w.user("ivan"), rules=RULES, limit=2)
+    assert [t.id for t in rows] == [soon.id, late.id] and total == 3
+    rows, returned = await tasks.list_tasks(
+        session, actor=w.user("ivan"), rules=RULES, limit=2, count=False
+    )
+    assert [t.id for t in rows] == [soon.id, late.id] and returned == 2
+    rows, returned = await tasks.list_tasks(
+        session, actor=w.user("ivan"), rules=RULES, offset=2, count=False
+    )
+    assert [t.id for t in rows] == [undated.id] and returned == 1
+    _, returned = await tasks.list_tasks(session, actor=w.user("anna"), rules=RULES, count=False)
+    assert returned == 0
+
+
 async def test_the_reminder_handler_reminds_only_of_open_tasks(session: AsyncSession) -> None:
     w = await build_world(session)
     task = await _create(session, w, due_at=T0 + HOUR, company_id=w["ivan_co"])
