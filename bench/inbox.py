@@ -46,7 +46,7 @@ from crm_core.users import service as users
 from crm_core.users.model import TokenKind
 
 DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-DB_NAME = "cc_bench_inbox"
+DB_NAME = "cc_bench_inboxfast"
 SECRET = "bench-app-secret"
 
 

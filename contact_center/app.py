@@ -400,7 +400,7 @@ async def _channels(app: web.Application) -> AsyncIterator[None]:
     )
     app[INBOX] = inbox
     app[HEALTH].add("channels", inbox.provide_status)
-    inbox.start_mail()  # the IMAP readers; stopped (cancelled and awaited) by close()
+    inbox.start()  # the deliveries' worker and the IMAP readers; stopped by close()
     try:
         yield
     finally:
