@@ -155,7 +155,8 @@ class DeliveryQueue:
         if done is None:
             return True  # processed before we looked
         try:
-            await asyncio.wait_for(asyncio.shield(done), self.ack_wait)
+            async with asyncio.timeout(self.ack_wait):
+                await asyncio.shield(done)
         except TimeoutError:
             return False
         return True
@@ -211,7 +212,8 @@ class DeliveryQueue:
     async def _work_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_work.wait(), SWEEP_S)
+                async with asyncio.timeout(SWEEP_S):
+                    await self._wake_work.wait()
             self._wake_work.clear()
             try:
                 while await self.run_once():
@@ -318,9 +320,7 @@ class DeliveryQueue:
 
     async def _after(self, rows: Sequence[Delivery], outcome: Outcome) -> None:
         self.processed += sum(1 for r in rows if r.id not in outcome.retry)
-        for row in rows:
-            if row.id in outcome.retry:
-                continue
+        for row in rows:  # a delivery to take again was processed as far as it goes now
             done = self._done.pop(row.id, None)
             if done is not None and not done.done():
                 done.set_result(None)
