@@ -340,4 +340,3 @@ def _headers(headers: Any) -> dict[str, str]:
     """The headers an adapter verifies a delivery by (all but hop-by-hop noise), as strings."""
     skip = {"connection", "keep-alive", "transfer-encoding", "accept-encoding", "host"}
     return {str(k): str(v) for k, v in dict(headers).items() if str(k).lower() not in skip}
-

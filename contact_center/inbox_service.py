@@ -2,10 +2,11 @@
 
 :class:`Inbox` holds one adapter per configured channel (built by the composition root from
 ``settings.channels``). A webhook delivery is verified by its adapter (a forged or unsigned one
-is refused and logged with the reason) and stored as it arrived; a worker processes the stored
-deliveries in batches — messages and status updates in one transaction per batch — and then
-the events go on the bus (the assigned manager's ``/ws`` gets ``message.new``). Storing is
-idempotent on the provider's message id, so Meta's redeliveries store one message. Replies are written to the outbox by the API and sent by the durable job
+is refused and logged with the reason) and stored as it arrived; a worker processes the
+stored deliveries in batches — messages and status updates in one transaction per batch —
+and then the events go on the bus (the assigned manager's ``/ws`` gets ``message.new``).
+Storing is idempotent on the provider's message id, so Meta's redeliveries store one message.
+Replies are written to the outbox by the API and sent by the durable job
 :meth:`Inbox.send_job`: a retryable provider failure is retried with back-off by the scheduler,
 a permanent one (or the last attempt) shows on the message as failed with the provider's error.
 """
@@ -27,6 +28,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from channels.base import (
+    Inbound,
     InboundMessage,
     MediaFetcher,
     MessageTemplate,
@@ -46,10 +48,11 @@ from channels.errors import (
 from channels.mail import EmailAdapter, MailBatch, MailboxState
 from channels.registry import Adapter, build_adapter
 from channels.whatsapp import WhatsAppAdapter
+from contact_center.inbox_queue import DeliveryQueue, Outcome
 from crm_core.access import Actor
 from crm_core.clock import Clock
 from crm_core.conversations import service as conversations
-from contact_center.inbox_queue import DeliveryQueue, Outcome
+from crm_core.conversations.batch import receive_many
 from crm_core.conversations.model import Conversation, Delivery, Message
 from crm_core.distribution.service import RuleBook
 from crm_core.errors import InvalidInput, NotFound
@@ -340,11 +343,14 @@ class Inbox:
         send job's commit may come after the provider's report), for ``STATUS_GRACE``."""
         events: list[DomainEvent] = []
         retry: dict[int, str] = {}
+        parsed: list[tuple[Delivery, list[Inbound]]] = []
         book = await self._book()
         for row in rows:
             adapter = self.adapters.get(row.channel)
-            if adapter is None or adapter.kind != row.kind or not isinstance(
-                adapter, WebhookParser
+            if (
+                adapter is None
+                or adapter.kind != row.kind
+                or not isinstance(adapter, WebhookParser)
             ):
                 log.error(
                     "webhook %s/%s delivery %s: the channel is not configured; kept",
@@ -373,55 +379,63 @@ class Inbox:
                 )
                 retry[row.id] = str(exc)
                 continue
-            for item in items:
-                if isinstance(item, InboundMessage):
-                    got = await conversations.receive(
-                        session,
-                        to_incoming(item, row.kind),
-                        rules=self.rules,
-                        now=now,
-                        default_timezone=self._timezone,
-                        book=book,
-                        capacity=self.capacity,
-                        off_hours_reply=self.off_hours_reply,
-                        fetch_media=self.storage is not None,
-                    )
-                    if not got.created:
-                        log.info(
-                            "webhook %s/%s: message %s delivered again, stored once",
-                            row.kind,
-                            row.channel,
-                            item.provider_message_id,
-                        )
-                    events.extend(got.events)
-                elif isinstance(item, StatusUpdate):
-                    error = None
-                    if item.status == "failed":
-                        error = ": ".join(
-                            p for p in (item.error_code, item.error_title, item.error_detail) if p
-                        )
-                    message, status_events = await conversations.apply_status(
-                        session,
+            parsed.append((row, items))
+        # The messages of every delivery at once (set-based), then the status reports.
+        incoming = [
+            to_incoming(item, row.kind)
+            for row, items in parsed
+            for item in items
+            if isinstance(item, InboundMessage)
+        ]
+        if incoming:
+            batch = await receive_many(
+                session,
+                incoming,
+                rules=self.rules,
+                now=now,
+                default_timezone=self._timezone,
+                book=book,
+                capacity=self.capacity,
+                off_hours_reply=self.off_hours_reply,
+                fetch_media=self.storage is not None,
+            )
+            for again in batch.repeated:
+                log.info(
+                    "webhook %s/%s: message %s delivered again, stored once",
+                    again.channel_kind,
+                    again.channel,
+                    again.provider_message_id,
+                )
+            events.extend(batch.events)
+        statuses = [
+            (row, item) for row, items in parsed for item in items if isinstance(item, StatusUpdate)
+        ]
+        known = await conversations.stored_ids(
+            session, [(row.channel, item.provider_message_id) for row, item in statuses]
+        )
+        for row, item in statuses:
+            if (row.channel, item.provider_message_id) not in known:
+                if now - row.received_at < STATUS_GRACE:
+                    retry[row.id] = f"статус {item.status} до сообщения"
+                else:
+                    log.info(
+                        "webhook %s/%s: status %s of unknown message %s",
+                        row.kind,
                         row.channel,
-                        item.provider_message_id,
                         item.status,
-                        at=item.at,
-                        error=error,
+                        item.provider_message_id,
                     )
-                    if message is None:
-                        if now - row.received_at < STATUS_GRACE:
-                            retry[row.id] = f"статус {item.status} до сообщения"
-                        else:
-                            log.info(
-                                "webhook %s/%s: status %s of unknown message %s",
-                                row.kind,
-                                row.channel,
-                                item.status,
-                                item.provider_message_id,
-                            )
-                    events.extend(status_events)
-            if row.id not in retry:
-                self.received += len(items)
+                continue
+            error = None
+            if item.status == "failed":
+                error = ": ".join(
+                    p for p in (item.error_code, item.error_title, item.error_detail) if p
+                )
+            _, status_events = await conversations.apply_status(
+                session, row.channel, item.provider_message_id, item.status, at=item.at, error=error
+            )
+            events.extend(status_events)
+        self.received += sum(len(items) for row, items in parsed if row.id not in retry)
         events.extend(await notifications.record(session, events, now=now))
         return Outcome(events, retry)
 

@@ -10,6 +10,7 @@ Every function takes the caller's session; the caller commits.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -229,6 +230,37 @@ async def record_activity(
     session.add(activity)
     await session.flush()
     return activity
+
+
+async def record_new_activities(
+    session: AsyncSession,
+    items: Sequence[ActivityInput],
+    *,
+    actor: Actor,
+    now: datetime | None = None,
+) -> list[Activity]:
+    """Many timeline entries at once (the inbox's batch of messages), in one INSERT: each
+    ``item`` has its links complete (as :func:`complete_links` would leave them) and an
+    ``external_id``; one whose id is stored already is left as it is (not returned)."""
+    if not items:
+        return []
+    rows = []
+    for data in items:
+        values: dict[str, Any] = data.model_dump()
+        values["kind"] = str(data.kind)
+        if values.get("occurred_at") is None:
+            values["occurred_at"] = now or utcnow()
+        values.update(created_at=now or utcnow(), created_by_id=actor.id)
+        rows.append(values)
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (
+        insert(Activity)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["external_id"])
+        .returning(Activity)
+    )
+    return list(await session.scalars(stmt))
 
 
 async def add_activity(

@@ -130,7 +130,7 @@ async def test_a_status_that_comes_before_its_message_is_applied_once_it_is_stor
             create_app(_settings(make_settings, database_url, graph.url), announce=lambda _t: None)
         )
         async with client.app[SESSIONS]() as session:
-            user, _ = await users.create_user(
+            await users.create_user(
                 session, login="ivan", role="manager", password="password1", scrypt_n=1024
             )
             await session.commit()
@@ -151,9 +151,7 @@ async def test_a_status_that_comes_before_its_message_is_applied_once_it_is_stor
         assert [w.error for w in waiting] == ["статус delivered до сообщения"]
         await client.app[SCHEDULER].run_once()  # sent: the reply gets wamid.fake.1
         async with client.app[SESSIONS]() as session:
-            await session.execute(
-                update(Delivery).values(next_at=utcnow() - timedelta(seconds=1))
-            )
+            await session.execute(update(Delivery).values(next_at=utcnow() - timedelta(seconds=1)))
             await session.commit()
         assert await client.app[INBOX].deliveries.run_once() == 1
         messages = (await (await client.get(url, headers=auth)).json())["items"]
