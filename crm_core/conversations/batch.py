@@ -122,15 +122,7 @@ async def receive_many(
             fresh.append(incoming)
     if not fresh:
         return out
-    stored = set(
-        (
-            await session.execute(
-                select(Message.channel, Message.provider_message_id).where(
-                    tuple_(Message.channel, Message.provider_message_id).in_(sorted(seen))
-                )
-            )
-        ).tuples()
-    )
+    stored = await conv_service.stored_ids(session, sorted(seen))
     todo = [i for i in fresh if _pid(i) not in stored]
     out.repeated.extend(i for i in fresh if _pid(i) in stored)
     if not todo:
