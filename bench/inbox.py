@@ -105,6 +105,12 @@ def _status(mid: str) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process ``pid`` has used so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(samples: list[float], q: float) -> float:
     if not samples:
         return 0.0
@@ -219,6 +225,7 @@ async def main() -> None:
     latencies: list[float] = []
     wrong_socket = 0
     rng = random.Random(11)
+    run = int(time.time())
     counter = 0
     stored_ids: set[str] = set()
     try:
@@ -270,7 +277,7 @@ async def main() -> None:
                     wa_id = "7" + rng.choice(numbers)
                 else:
                     wa_id = f"79{rng.randrange(10**9):09d}"
-                mid = f"wamid.bench.{counter}"
+                mid = f"wamid.bench.{run}.{counter}"  # unique across runs (--reuse)
                 stored_ids.add(mid)
                 return key, _body(mid, wa_id, f"Сообщение {key}")
 
@@ -310,6 +317,7 @@ async def main() -> None:
                     await post(queue.get_nowait())
 
             started = time.perf_counter()
+            cpu_before = _cpu_s(server.pid)
             await asyncio.gather(*(worker() for _ in range(args.concurrency)))
             accepted = args.burst / (time.perf_counter() - started)
             deadline = time.perf_counter() + 300
@@ -319,6 +327,7 @@ async def main() -> None:
                     break
                 await asyncio.sleep(0.05)
             ingest = args.burst / (time.perf_counter() - started)
+            cpu_ms = (_cpu_s(server.pid) - cpu_before) * 1000 / args.burst
             for task in readers:
                 task.cancel()
             for ws in sockets:
@@ -349,6 +358,7 @@ async def main() -> None:
         "wrong_socket": wrong_socket,
         "ingest_per_s": round(ingest, 1),
         "accepted_per_s": round(accepted, 1),
+        "server_cpu_ms_per_msg": round(cpu_ms, 2),  # the machine's load aside
         "load_avg": round(os.getloadavg()[0], 2),
         "lost": lost,
         "duplicated": duplicated,

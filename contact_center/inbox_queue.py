@@ -197,11 +197,12 @@ class DeliveryQueue:
         async with self._sessions() as session:
             dialect = session.get_bind().dialect.name
             insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            # One statement with a row per delivery (executemany: its SQL is compiled once).
             result = await session.execute(
                 insert(Delivery)
-                .values(unique)
                 .on_conflict_do_nothing(index_elements=["channel", "key"])
-                .returning(Delivery.id, Delivery.channel, Delivery.key)
+                .returning(Delivery.id, Delivery.channel, Delivery.key),
+                unique,
             )
             ids = {(r.channel, r.key): r.id for r in result}
             await session.commit()

@@ -255,12 +255,9 @@ async def record_new_activities(
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = (
-        insert(Activity)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["external_id"])
-        .returning(Activity)
+        insert(Activity).on_conflict_do_nothing(index_elements=["external_id"]).returning(Activity)
     )
-    return list(await session.scalars(stmt))
+    return list(await session.scalars(stmt, rows))  # executemany: compiled once
 
 
 async def add_activity(

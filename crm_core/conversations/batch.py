@@ -209,11 +209,10 @@ async def _threads(session: AsyncSession, todo: Sequence[Incoming], now: datetim
             )
         stmt = (
             conv_service._insert(session)(Conversation)
-            .values(rows)
             .on_conflict_do_nothing()
             .returning(Conversation)
         )
-        for conv in await session.scalars(stmt):
+        for conv in await session.scalars(stmt, rows):
             key = (conv.channel, conv.identity_kind, conv.identity_value, conv.thread_key)
             found[key] = conv
             created.add(key)
