@@ -191,6 +191,12 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--burst", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--ack-wait",
+        type=float,
+        default=5.0,
+        help="inbox.ack_wait_s of the server (0: ack once stored)",
+    )
     parser.add_argument("--keep-db", action="store_true", help="keep the database afterwards")
     parser.add_argument("--reuse", action="store_true", help="measure a kept database again")
     args = parser.parse_args()
@@ -218,14 +224,15 @@ async def main() -> None:
             "CC_SERVER_PORT": str(http_port),
             "CC_CHANNELS": json.dumps([channel]),
             "CC_RECORDINGS_ENABLED": "false",
+            "CC_INBOX_ACK_WAIT_S": str(args.ack_wait),
         }
     )
     base = f"http://127.0.0.1:{http_port}"
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
     wrong_socket = 0
-    rng = random.Random(11)
     run = int(time.time())
+    rng = random.Random(run)  # new senders new on every run (--reuse)
     counter = 0
     stored_ids: set[str] = set()
     try:
@@ -358,7 +365,8 @@ async def main() -> None:
         "wrong_socket": wrong_socket,
         "ingest_per_s": round(ingest, 1),
         "accepted_per_s": round(accepted, 1),
-        "server_cpu_ms_per_msg": round(cpu_ms, 2),  # the machine's load aside
+        "server_cpu_ms_per_msg": round(cpu_ms, 2),
+        "ack_wait_s": args.ack_wait,  # the machine's load aside
         "load_avg": round(os.getloadavg()[0], 2),
         "lost": lost,
         "duplicated": duplicated,

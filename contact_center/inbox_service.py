@@ -143,6 +143,7 @@ class Inbox:
         storage: Storage | None = None,
         work_dir: Path | None = None,
         ack_wait: float = 5.0,
+        batch: int = 200,
     ) -> None:
         self._sessions = sessions
         self._bus = bus
@@ -163,7 +164,7 @@ class Inbox:
         self._mail_tasks: list[asyncio.Task[None]] = []
         self._templates: dict[str, tuple[float, list[MessageTemplate]]] = {}
         self.deliveries = DeliveryQueue(
-            sessions, self._process, bus=bus, clock=clock, ack_wait=ack_wait
+            sessions, self._process, bus=bus, clock=clock, ack_wait=ack_wait, batch=batch
         )
 
     def start(self) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from crm_core import access
 from crm_core.access import Actor
+from crm_core.activities.events import ActivityRecorded
 from crm_core.activities.model import Activity
 from crm_core.activities.schemas import MANUAL_KINDS, ActivityInput, ActivityPatch
 from crm_core.clients.companies import group_company_ids
@@ -238,10 +239,10 @@ async def record_new_activities(
     *,
     actor: Actor,
     now: datetime | None = None,
-) -> list[Activity]:
-    """Many timeline entries at once (the inbox's batch of messages), in one INSERT: each
+) -> list[ActivityRecorded]:
+    """Many timeline entries at once (the inbox's batch of messages), in one statement: each
     ``item`` has its links complete (as :func:`complete_links` would leave them) and an
-    ``external_id``; one whose id is stored already is left as it is (not returned)."""
+    ``external_id``; one whose id is stored already is left as it is (no event)."""
     if not items:
         return []
     rows = []
@@ -255,9 +256,35 @@ async def record_new_activities(
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = (
-        insert(Activity).on_conflict_do_nothing(index_elements=["external_id"]).returning(Activity)
+        insert(Activity)
+        .on_conflict_do_nothing(index_elements=["external_id"])
+        .returning(Activity.id, Activity.external_id)
     )
-    return list(await session.scalars(stmt, rows))  # executemany: compiled once
+    ids = {external: row_id for row_id, external in await session.execute(stmt, rows)}
+    out = []
+    for values in rows:
+        row_id = ids.get(values["external_id"])
+        if row_id is None:
+            continue
+        user_id = values["user_id"]
+        out.append(
+            ActivityRecorded(
+                activity_id=row_id,
+                kind=values["kind"],
+                direction=values["direction"],
+                subject=values["subject"],
+                occurred_at=values["occurred_at"],
+                counted=values["counted"],
+                user_id=user_id,
+                contact_id=values["contact_id"],
+                company_id=values["company_id"],
+                deal_id=values["deal_id"],
+                lead_id=values["lead_id"],
+                external_id=values["external_id"],
+                audience=(f"user:{user_id}",) if user_id is not None else (),
+            )
+        )
+    return out
 
 
 async def add_activity(

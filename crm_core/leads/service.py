@@ -75,7 +75,9 @@ from crm_core.leads.schemas import (
     LeadPatch,
 )
 from crm_core.phones import digits_of, digits_reversed, try_normalize_phone
+from crm_core.reference.model import Source
 from crm_core.rules import CrmRules, StageDef
+from crm_core.users.model import User
 from crm_core.validation import validate_client_type, validate_custom_fields, validate_inn
 
 # Patch fields copied as they are (after the checks).
@@ -296,6 +298,18 @@ async def create_leads(
     """:func:`create_lead` for many leads at once (the inbox's batch of new senders): each is
     checked as one, and they are written together — two flushes, not two a lead."""
     now = now or utcnow()
+    # The references every lead checks, read in one query each; held here, as the session's
+    # identity map keeps only what something references.
+    held: list[object] = []
+    if len(items) > 1:
+        users = {i.responsible_id for i in items if i.responsible_id is not None}
+        if users:
+            held += (await session.scalars(select(User).where(User.id.in_(sorted(users))))).all()
+        sources = {i.source_id for i in items if i.source_id is not None}
+        if sources:
+            held += (
+                await session.scalars(select(Source).where(Source.id.in_(sorted(sources))))
+            ).all()
     built: list[tuple[Lead, list[str], list[str]]] = []
     for data in items:
         target = data.stage or rules.lead_stages[0].code
