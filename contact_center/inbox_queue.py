@@ -228,22 +228,14 @@ class DeliveryQueue:
     async def run_once(self) -> int:
         """Process one batch of due deliveries; how many were taken (0: nothing due)."""
         now = self._clock.now()
-        import os
-        import time  # TRACE-TEMP
-        t0 = time.perf_counter()
         try:
             async with self._sessions() as session:
                 rows = await self._due(session, now, self.batch)
                 if not rows:
                     return 0
-                t1 = time.perf_counter()
                 outcome = await self._process(session, rows, now)
-                t2 = time.perf_counter()
                 await self._settle(session, rows, outcome, now)
                 await session.commit()
-                t3 = time.perf_counter()
-                if os.environ.get("INBOXFAST_TRACE"):
-                    log.warning("TRACE batch n=%d due=%.1f process=%.1f settle+commit=%.1f ms", len(rows), (t1-t0)*1000, (t2-t1)*1000, (t3-t2)*1000)
         except asyncio.CancelledError:
             raise
         except Exception:

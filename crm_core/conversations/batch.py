@@ -122,28 +122,19 @@ async def receive_many(
     if not fresh:
         return out
     stored = await conv_service.stored_ids(session, sorted(seen))
-    import os as _os
-    import time as _time  # TRACE-TEMP
-    _t = [_time.perf_counter()]
     todo = [i for i in fresh if _pid(i) not in stored]
     out.repeated.extend(i for i in fresh if _pid(i) in stored)
     if not todo:
         return out
     threads = await _threads(session, todo, now)
-    _t.append(_time.perf_counter())  # TRACE-TEMP
     await _identify(session, threads, rules)
-    _t.append(_time.perf_counter())  # TRACE-TEMP
     await _origins(session, threads)
-    _t.append(_time.perf_counter())  # TRACE-TEMP
     await _assign(session, threads, now, rules, default_timezone, book, capacity)
-    _t.append(_time.perf_counter())  # TRACE-TEMP
     lead_events = await _new_leads(session, threads, now, rules)
-    _t.append(_time.perf_counter())  # TRACE-TEMP
     out.events.extend(lead_events)
     messages = _messages(threads, now)
     session.add_all(m for _, m in messages)
     await session.flush()
-    _t.append(_time.perf_counter())  # TRACE-TEMP
     recorded = await activities.record_new_activities(
         session,
         [a for a in (_activity(t.conv, m) for t, m in messages) if a is not None],
@@ -173,9 +164,6 @@ async def receive_many(
             )
             out.events.extend(reply_events)
     out.stored = len(messages)
-    _t.append(_time.perf_counter())  # TRACE-TEMP
-    if _os.environ.get("INBOXFAST_TRACE"):  # TRACE-TEMP
-        log.warning("TRACE steps n=%d %s", len(todo), " ".join(f"{(b - a) * 1000:.0f}" for a, b in zip(_t, _t[1:])))
     return out
 
 
