@@ -255,12 +255,14 @@ async def record_new_activities(
         rows.append(values)
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    # One multi-row INSERT (an ORM executemany with RETURNING runs a statement per row).
     stmt = (
         insert(Activity)
+        .values(rows)
         .on_conflict_do_nothing(index_elements=["external_id"])
         .returning(Activity.id, Activity.external_id)
     )
-    ids = {external: row_id for row_id, external in await session.execute(stmt, rows)}
+    ids = {external: row_id for row_id, external in await session.execute(stmt)}
     out = []
     for values in rows:
         row_id = ids.get(values["external_id"])

@@ -21,8 +21,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import func, or_, select, tuple_
+from sqlalchemy import Table, bindparam, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core import access
@@ -133,6 +134,7 @@ async def receive_many(
     lead_events = await _new_leads(session, threads, now, rules)
     out.events.extend(lead_events)
     messages = _messages(threads, now)
+    await _save_threads(session, threads)
     session.add_all(m for _, m in messages)
     await session.flush()
     recorded = await activities.record_new_activities(
@@ -223,7 +225,51 @@ async def _threads(session: AsyncSession, todo: Sequence[Incoming], now: datetim
                 found[(conv.channel, conv.identity_kind, conv.identity_value, conv.thread_key)] = (
                     conv
                 )
+    # Detached: what the batch changes on them is written by one statement at the end
+    # (_save_threads), not a flush of each (asyncpg: an UPDATE a row, at every autoflush).
+    for conv in found.values():
+        session.expunge(conv)
     return [_Thread(found[k], k in created, grouped[k]) for k in keys]
+
+
+_SAVED = (
+    "assignee_id",
+    "contact_id",
+    "company_id",
+    "lead_id",
+    "name",
+    "phone",
+    "status",
+    "unread",
+    "last_message_at",
+    "last_inbound_at",
+    "preview",
+    "updated_at",
+)
+
+
+def _save_statement() -> Any:
+    table = cast(Table, Conversation.__table__)
+    return (
+        table.update()
+        .where(table.c.id == bindparam("conv_id"))
+        .values({name: bindparam(f"v_{name}") for name in _SAVED})
+    )
+
+
+_SAVE = _save_statement()
+
+
+async def _save_threads(session: AsyncSession, threads: Sequence[_Thread]) -> None:
+    """The batch's conversations as it left them: one executemany UPDATE."""
+    if not threads:
+        return
+    params = [
+        {"conv_id": t.conv.id, **{f"v_{name}": getattr(t.conv, name) for name in _SAVED}}
+        for t in threads
+    ]
+    conn = await session.connection()
+    await conn.execute(_SAVE, params)
 
 
 def _unlinked(conv: Conversation) -> bool:
