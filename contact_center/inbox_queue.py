@@ -339,5 +339,13 @@ class DeliveryQueue:
 
 def _headers(headers: Any) -> dict[str, str]:
     """The headers an adapter verifies a delivery by (all but hop-by-hop noise), as strings."""
-    skip = {"connection", "keep-alive", "transfer-encoding", "accept-encoding", "host"}
+    skip = {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "accept-encoding",
+        "host",
+        "cookie",
+        "authorization",
+    }
     return {str(k): str(v) for k, v in dict(headers).items() if str(k).lower() not in skip}
