@@ -1,10 +1,11 @@
 """Benchmark: the inbox, from a signed WhatsApp webhook to the assigned manager's WebSocket.
 
     python bench/inbox.py [--contacts N] [--managers N] [--rate MSG_PER_S] [--seconds S]
-                          [--burst N] [--concurrency N]
+                          [--burst N] [--concurrency N] [--keep-db | --reuse]
 
 ``--contacts`` contacts in PostgreSQL (``CC_BENCH_DATABASE_URL``; a database of its own is
-created and dropped), the server as its own process (``contact-center serve``) with one WhatsApp
+created and dropped; ``--keep-db`` keeps it, ``--reuse`` measures a kept one again without
+seeding), the server as its own process (``contact-center serve``) with one WhatsApp
 channel, a round-robin rule over ``--managers`` managers, each connected to ``/ws``.
 
 1. Latency: signed webhooks at ``--rate`` per second for ``--seconds``: half from new numbers
@@ -12,7 +13,9 @@ channel, a round-robin rule over ``--managers`` managers, each connected to ``/w
    latency of a message is from just before its request is sent to its ``message.new`` frame
    arriving on the socket of the manager the frame names (any other socket is ``wrong_socket``).
 2. Ingest: ``--burst`` messages as fast as ``--concurrency`` connections take them, one in
-   twenty delivered twice (Meta redelivers); the rate is stored messages per second.
+   twenty delivered twice (Meta redelivers); the rate is messages per second from the first
+   request to the last message STORED in ``conversation_messages`` (processed: identified,
+   assigned, on the timeline), not merely accepted; ``accepted_per_s`` is the webhooks' own.
 
 Afterwards the database must hold every message exactly once: ``lost`` and ``duplicated``
 count the differences. The last line is one JSON object: ``{"contacts", "p50_ms", "p99_ms",
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -43,10 +47,10 @@ from crm_core.db import utcnow
 from crm_core.distribution import rules as distribution_rules
 from crm_core.distribution.schemas import ManagerInput, RuleInput
 from crm_core.users import service as users
-from crm_core.users.model import TokenKind
+from crm_core.users.model import TokenKind, User
 
 DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-DB_NAME = "cc_bench_inbox"
+DB_NAME = "cc_bench_inboxfast"
 SECRET = "bench-app-secret"
 
 
@@ -101,6 +105,12 @@ def _status(mid: str) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process ``pid`` has used so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(samples: list[float], q: float) -> float:
     if not samples:
         return 0.0
@@ -136,6 +146,43 @@ async def _prepare(url: str, contacts: int, managers: int) -> tuple[list[str], l
     return numbers, tokens
 
 
+async def _reuse(url: str, managers: int) -> tuple[list[str], list[str]]:
+    """A kept database: its contacts' national numbers and fresh tokens of its managers."""
+    conn = await asyncpg.connect(crm_lookup._dsn(url, DB_NAME))
+    try:
+        rows = await conn.fetch(
+            "SELECT e164 FROM phones WHERE contact_id IS NOT NULL ORDER BY id LIMIT 2000000"
+        )
+    finally:
+        await conn.close()
+    numbers = [r["e164"][2:] for r in rows]
+    engine = db.create_engine(DatabaseSettings(url=crm_lookup._sa_url(url, DB_NAME)))
+    tokens = []
+    async with db.sessionmaker(engine)() as session:
+        for i in range(managers):
+            user = await session.scalar(select(User).where(User.login == f"m{i}"))
+            assert user is not None, f"no manager m{i} in the kept database"
+            issued = await users.issue_token(session, user, kind=TokenKind.API, ttl=None)
+            tokens.append(issued.secret)
+        await session.commit()
+    await engine.dispose()
+    return numbers, tokens
+
+
+async def _stored(url: str, ids: set[str]) -> int:
+    conn = await asyncpg.connect(crm_lookup._dsn(url, DB_NAME))
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM conversation_messages WHERE direction = 'inbound' "
+                "AND provider_message_id = ANY($1::text[])",
+                list(ids),
+            )
+        )
+    finally:
+        await conn.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--contacts", type=int, default=1_000_000)
@@ -144,10 +191,23 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--burst", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--ack-wait",
+        type=float,
+        default=5.0,
+        help="inbox.ack_wait_s of the server (0: ack once stored)",
+    )
+    parser.add_argument("--keep-db", action="store_true", help="keep the database afterwards")
+    parser.add_argument("--reuse", action="store_true", help="measure a kept database again")
     args = parser.parse_args()
     url = os.environ.get("CC_BENCH_DATABASE_URL", DEFAULT_URL)
-    print(f"preparing {args.contacts:,} contacts and {args.managers} managers ...")
-    numbers, tokens = await _prepare(url, args.contacts, args.managers)
+    if args.reuse:
+        numbers, tokens = await _reuse(url, args.managers)
+        args.contacts = len(numbers)
+        print(f"reusing {DB_NAME}: {args.contacts:,} contacts, {args.managers} managers")
+    else:
+        print(f"preparing {args.contacts:,} contacts and {args.managers} managers ...")
+        numbers, tokens = await _prepare(url, args.contacts, args.managers)
     http_port = 18000 + random.randrange(900)
     channel = {
         "code": "wa",
@@ -164,13 +224,15 @@ async def main() -> None:
             "CC_SERVER_PORT": str(http_port),
             "CC_CHANNELS": json.dumps([channel]),
             "CC_RECORDINGS_ENABLED": "false",
+            "CC_INBOX_ACK_WAIT_S": str(args.ack_wait),
         }
     )
     base = f"http://127.0.0.1:{http_port}"
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
     wrong_socket = 0
-    rng = random.Random(11)
+    run = int(time.time())
+    rng = random.Random(run)  # new senders new on every run (--reuse)
     counter = 0
     stored_ids: set[str] = set()
     try:
@@ -222,7 +284,7 @@ async def main() -> None:
                     wa_id = "7" + rng.choice(numbers)
                 else:
                     wa_id = f"79{rng.randrange(10**9):09d}"
-                mid = f"wamid.bench.{counter}"
+                mid = f"wamid.bench.{run}.{counter}"  # unique across runs (--reuse)
                 stored_ids.add(mid)
                 return key, _body(mid, wa_id, f"Сообщение {key}")
 
@@ -248,7 +310,9 @@ async def main() -> None:
             latencies.extend([2000.0] * unanswered)  # a frame that never came counts, waited
 
             print(f"ingest: {args.burst} webhooks over {args.concurrency} connections ...")
+            burst_ids = set(stored_ids)
             bodies = [message()[1] for _ in range(args.burst)]
+            burst_ids = stored_ids - burst_ids
             bodies += rng.sample(bodies, len(bodies) // 20)  # redeliveries
             rng.shuffle(bodies)
             queue: asyncio.Queue[bytes] = asyncio.Queue()
@@ -260,9 +324,17 @@ async def main() -> None:
                     await post(queue.get_nowait())
 
             started = time.perf_counter()
+            cpu_before = _cpu_s(server.pid)
             await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-            elapsed = time.perf_counter() - started
-            ingest = args.burst / elapsed
+            accepted = args.burst / (time.perf_counter() - started)
+            deadline = time.perf_counter() + 300
+            while await _stored(url, burst_ids) < len(burst_ids):
+                if time.perf_counter() > deadline:
+                    print("ingest: not every message stored after 300 s")
+                    break
+                await asyncio.sleep(0.05)
+            ingest = args.burst / (time.perf_counter() - started)
+            cpu_ms = (_cpu_s(server.pid) - cpu_before) * 1000 / args.burst
             for task in readers:
                 task.cancel()
             for ws in sockets:
@@ -280,7 +352,8 @@ async def main() -> None:
         duplicated = sum(n - 1 for n in counts.values() if n > 1)
     finally:
         await harness.stop(server)
-        await harness.drop_database(url, DB_NAME)
+        if not (args.keep_db or args.reuse):
+            await harness.drop_database(url, DB_NAME)
     result = {
         "contacts": args.contacts,
         "managers": args.managers,
@@ -291,6 +364,10 @@ async def main() -> None:
         "no_frame": unanswered,
         "wrong_socket": wrong_socket,
         "ingest_per_s": round(ingest, 1),
+        "accepted_per_s": round(accepted, 1),
+        "server_cpu_ms_per_msg": round(cpu_ms, 2),
+        "ack_wait_s": args.ack_wait,  # the machine's load aside
+        "load_avg": round(os.getloadavg()[0], 2),
         "lost": lost,
         "duplicated": duplicated,
     }

@@ -404,10 +404,12 @@ async def _channels(app: web.Application) -> AsyncIterator[None]:
         off_hours_reply=settings.distribution.off_hours_reply,
         storage=recordings.storage if recordings is not None else None,
         work_dir=Path(settings.recordings.work_dir),
+        ack_wait=settings.inbox.ack_wait_s,
+        batch=settings.inbox.batch,
     )
     app[INBOX] = inbox
     app[HEALTH].add("channels", inbox.provide_status)
-    inbox.start_mail()  # the IMAP readers; stopped (cancelled and awaited) by close()
+    inbox.start()  # the deliveries' worker and the IMAP readers; stopped by close()
     try:
         yield
     finally:

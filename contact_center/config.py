@@ -441,6 +441,13 @@ class LocaleSettings(_Section):
         return value
 
 
+class InboxSettings(_Section):
+    # A webhook delivery is stored before it is answered; the answer then waits for it to be
+    # processed at most this long (0: answered as soon as it is stored).
+    ack_wait_s: float = Field(5.0, ge=0, le=30)
+    batch: int = Field(200, ge=1, le=5000)  # deliveries processed in one transaction at most
+
+
 class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
@@ -454,6 +461,7 @@ class Settings(_Section):
     # Messengers and mail: a list of {code, kind, ...} (channels.config), also CC_CHANNELS as
     # JSON; each key of an entry from CC_CHANNELS_<i>_<KEY> (CC_CHANNELS_0_APP_SECRET).
     channels: list[ChannelConfig] = Field(default_factory=list)
+    inbox: InboxSettings = Field(default_factory=InboxSettings)
     recordings: RecordingsSettings = Field(default_factory=RecordingsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     locale: LocaleSettings = Field(default_factory=LocaleSettings)

@@ -2,10 +2,11 @@
 
 :class:`Inbox` holds one adapter per configured channel (built by the composition root from
 ``settings.channels``). A webhook delivery is verified by its adapter (a forged or unsigned one
-is refused and logged with the reason), parsed into messages and status updates, and stored in
-one transaction; then the events go on the bus (the assigned manager's ``/ws`` gets
-``message.new``). Storing is idempotent on the provider's message id, so Meta's redeliveries
-store one message. Replies are written to the outbox by the API and sent by the durable job
+is refused and logged with the reason) and stored as it arrived; a worker processes the
+stored deliveries in batches — messages and status updates in one transaction per batch —
+and then the events go on the bus (the assigned manager's ``/ws`` gets ``message.new``).
+Storing is idempotent on the provider's message id, so Meta's redeliveries store one message.
+Replies are written to the outbox by the API and sent by the durable job
 :meth:`Inbox.send_job`: a retryable provider failure is retried with back-off by the scheduler,
 a permanent one (or the last attempt) shows on the message as failed with the provider's error.
 """
@@ -20,13 +21,14 @@ import mimetypes
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from channels.base import (
+    Inbound,
     InboundMessage,
     MediaFetcher,
     MessageTemplate,
@@ -40,15 +42,18 @@ from channels.errors import (
     ChannelConfigInvalid,
     ChannelSendFailed,
     MediaRefused,
+    PayloadInvalid,
     SignatureInvalid,
 )
 from channels.mail import EmailAdapter, MailBatch, MailboxState
 from channels.registry import Adapter, build_adapter
 from channels.whatsapp import WhatsAppAdapter
+from contact_center.inbox_queue import DeliveryQueue, Outcome
 from crm_core.access import Actor
 from crm_core.clock import Clock
 from crm_core.conversations import service as conversations
-from crm_core.conversations.model import Conversation, Message
+from crm_core.conversations.batch import receive_many
+from crm_core.conversations.model import Conversation, Delivery, Message
 from crm_core.distribution.service import RuleBook
 from crm_core.errors import InvalidInput, NotFound
 from crm_core.events import DomainEvent
@@ -61,6 +66,9 @@ from recordings.storage import Storage
 log = logging.getLogger(__name__)
 
 TEMPLATES_TTL_S = 600.0
+# A status report of a message not stored yet is taken again for this long (the send job
+# commits the provider's id after the provider answered; its report may be quicker).
+STATUS_GRACE = timedelta(seconds=60)
 
 
 def to_incoming(
@@ -137,6 +145,8 @@ class Inbox:
         off_hours_reply: str | None = None,
         storage: Storage | None = None,
         work_dir: Path | None = None,
+        ack_wait: float = 5.0,
+        batch: int = 200,
     ) -> None:
         self._sessions = sessions
         self._bus = bus
@@ -156,8 +166,18 @@ class Inbox:
         self.refused = 0
         self._mail_tasks: list[asyncio.Task[None]] = []
         self._templates: dict[str, tuple[float, list[MessageTemplate]]] = {}
+        self.deliveries = DeliveryQueue(
+            sessions, self._process, bus=bus, clock=clock, ack_wait=ack_wait, batch=batch
+        )
+
+    def start(self) -> None:
+        """The webhook deliveries' worker (it first takes what a previous run left stored) and
+        the IMAP readers."""
+        self.deliveries.start()
+        self.start_mail()
 
     async def close(self) -> None:
+        await self.deliveries.stop()
         await self.stop_mail()
         for adapter in self.adapters.values():
             await adapter.close()
@@ -300,7 +320,9 @@ class Inbox:
     async def ingest(
         self, kind: str, code: str, request: WebhookRequest, *, peer: str | None = None
     ) -> int:
-        """Verify and store one webhook delivery; the number of items it carried.
+        """Verify one webhook delivery and store it as it arrived; the number of items it
+        carried. It is processed by the deliveries' worker in a batch with the others waiting
+        (:mod:`contact_center.inbox_queue`); this waits for that, at most ``ack_wait`` seconds.
 
         ``SignatureInvalid`` (forged, unsigned) is logged with its reason and re-raised; the
         caller answers 403. A database failure propagates: the provider gets a 5xx and
@@ -323,61 +345,120 @@ class Inbox:
             raise
         if not items:
             return 0
-        events: list[DomainEvent] = []
-        now = self._clock.now()
-        async with self._sessions() as session:
-            for item in items:
-                if isinstance(item, InboundMessage):
-                    got = await conversations.receive(
-                        session,
-                        to_incoming(item, kind, self.label(code)),
-                        rules=self.rules,
-                        now=now,
-                        default_timezone=self._timezone,
-                        book=await self._book(),
-                        capacity=self.capacity,
-                        off_hours_reply=self.off_hours_reply,
-                        fetch_media=self.storage is not None,
-                    )
-                    if not got.created:
-                        log.info(
-                            "webhook %s/%s: message %s delivered again, stored once",
-                            kind,
-                            code,
-                            item.provider_message_id,
-                        )
-                    events.extend(got.events)
-                elif isinstance(item, StatusUpdate):
-                    error = None
-                    if item.status == "failed":
-                        error = ": ".join(
-                            p for p in (item.error_code, item.error_title, item.error_detail) if p
-                        )
-                    message, status_events = await conversations.apply_status(
-                        session,
-                        code,
-                        item.provider_message_id,
-                        item.status,
-                        at=item.at,
-                        error=error,
-                        cost=item.cost,
-                        currency=item.currency,
-                    )
-                    if message is None:
-                        log.info(
-                            "webhook %s/%s: status %s of unknown message %s",
-                            kind,
-                            code,
-                            item.status,
-                            item.provider_message_id,
-                        )
-                    events.extend(status_events)
-            events.extend(await notifications.record(session, events, now=now))
-            await session.commit()
-        self.received += len(items)
-        for event in events:
-            await self._bus.publish(event)
+        await self.deliveries.put(kind, code, request)
         return len(items)
+
+    async def _process(
+        self, session: AsyncSession, rows: Sequence[Delivery], now: datetime
+    ) -> Outcome:
+        """The deliveries' messages and statuses stored in the caller's transaction, in the
+        order they arrived. A delivery whose channel is gone or that no longer verifies is kept
+        (logged) to be taken again; so is one with a status of a message not stored yet (the
+        send job's commit may come after the provider's report), for ``STATUS_GRACE``."""
+        events: list[DomainEvent] = []
+        retry: dict[int, str] = {}
+        parsed: list[tuple[Delivery, list[Inbound]]] = []
+        book = await self._book()
+        for row in rows:
+            adapter = self.adapters.get(row.channel)
+            if (
+                adapter is None
+                or adapter.kind != row.kind
+                or not isinstance(adapter, WebhookParser)
+            ):
+                log.error(
+                    "webhook %s/%s delivery %s: the channel is not configured; kept",
+                    row.kind,
+                    row.channel,
+                    row.id,
+                )
+                retry[row.id] = "канал не настроен"
+                continue
+            request = WebhookRequest(
+                method=row.method,
+                headers=row.headers,
+                body=row.body,
+                query=row.query,
+                received_at=row.received_at,
+            )
+            try:
+                items = adapter.parse_webhook(request)
+            except (SignatureInvalid, PayloadInvalid) as exc:
+                log.error(
+                    "webhook %s/%s delivery %s no longer reads: %s; kept",
+                    row.kind,
+                    row.channel,
+                    row.id,
+                    exc,
+                )
+                retry[row.id] = str(exc)
+                continue
+            parsed.append((row, items))
+        # The messages of every delivery at once (set-based), then the status reports.
+        incoming = [
+            to_incoming(item, row.kind, self.label(row.channel))
+            for row, items in parsed
+            for item in items
+            if isinstance(item, InboundMessage)
+        ]
+        if incoming:
+            batch = await receive_many(
+                session,
+                incoming,
+                rules=self.rules,
+                now=now,
+                default_timezone=self._timezone,
+                book=book,
+                capacity=self.capacity,
+                off_hours_reply=self.off_hours_reply,
+                fetch_media=self.storage is not None,
+            )
+            for again in batch.repeated:
+                log.info(
+                    "webhook %s/%s: message %s delivered again, stored once",
+                    again.channel_kind,
+                    again.channel,
+                    again.provider_message_id,
+                )
+            events.extend(batch.events)
+        statuses = [
+            (row, item) for row, items in parsed for item in items if isinstance(item, StatusUpdate)
+        ]
+        known = await conversations.stored_ids(
+            session, [(row.channel, item.provider_message_id) for row, item in statuses]
+        )
+        for row, item in statuses:
+            if (row.channel, item.provider_message_id) not in known:
+                if now - row.received_at < STATUS_GRACE:
+                    retry[row.id] = f"статус {item.status} до сообщения"
+                else:
+                    log.info(
+                        "webhook %s/%s: status %s of unknown message %s",
+                        row.kind,
+                        row.channel,
+                        item.status,
+                        item.provider_message_id,
+                    )
+                continue
+            error = None
+            if item.status == "failed":
+                error = ": ".join(
+                    p for p in (item.error_code, item.error_title, item.error_detail) if p
+                )
+            _, status_events = await conversations.apply_status(
+                session,
+                row.channel,
+                item.provider_message_id,
+                item.status,
+                at=item.at,
+                error=error,
+                cost=item.cost,
+                currency=item.currency,
+            )
+            events.extend(status_events)
+        self.received += sum(len(items) for row, items in parsed if row.id not in retry)
+        events.extend(await notifications.record(session, events, now=now))
+        return Outcome(events, retry)
 
     # ---------------------------------------------------------------- replies
 

@@ -10,6 +10,7 @@ Every function takes the caller's session; the caller commits.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from crm_core import access
 from crm_core.access import Actor
+from crm_core.activities.events import ActivityRecorded
 from crm_core.activities.model import Activity
 from crm_core.activities.schemas import MANUAL_KINDS, ActivityInput, ActivityPatch
 from crm_core.clients.companies import group_company_ids
@@ -229,6 +231,62 @@ async def record_activity(
     session.add(activity)
     await session.flush()
     return activity
+
+
+async def record_new_activities(
+    session: AsyncSession,
+    items: Sequence[ActivityInput],
+    *,
+    actor: Actor,
+    now: datetime | None = None,
+) -> list[ActivityRecorded]:
+    """Many timeline entries at once (the inbox's batch of messages), in one statement: each
+    ``item`` has its links complete (as :func:`complete_links` would leave them) and an
+    ``external_id``; one whose id is stored already is left as it is (no event)."""
+    if not items:
+        return []
+    rows = []
+    for data in items:
+        values: dict[str, Any] = data.model_dump()
+        values["kind"] = str(data.kind)
+        if values.get("occurred_at") is None:
+            values["occurred_at"] = now or utcnow()
+        values.update(created_at=now or utcnow(), created_by_id=actor.id)
+        rows.append(values)
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    # One multi-row INSERT (an ORM executemany with RETURNING runs a statement per row).
+    stmt = (
+        insert(Activity)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["external_id"])
+        .returning(Activity.id, Activity.external_id)
+    )
+    ids = {external: row_id for row_id, external in await session.execute(stmt)}
+    out = []
+    for values in rows:
+        row_id = ids.get(values["external_id"])
+        if row_id is None:
+            continue
+        user_id = values["user_id"]
+        out.append(
+            ActivityRecorded(
+                activity_id=row_id,
+                kind=values["kind"],
+                direction=values["direction"],
+                subject=values["subject"],
+                occurred_at=values["occurred_at"],
+                counted=values["counted"],
+                user_id=user_id,
+                contact_id=values["contact_id"],
+                company_id=values["company_id"],
+                deal_id=values["deal_id"],
+                lead_id=values["lead_id"],
+                external_id=values["external_id"],
+                audience=(f"user:{user_id}",) if user_id is not None else (),
+            )
+        )
+    return out
 
 
 async def add_activity(

@@ -62,7 +62,12 @@ from crm_core.clients.links import (
     unlink_contact_company,
     update_link,
 )
-from crm_core.clients.lookup import ClientMatch, digits_rev_prefix, find_client_by_phone
+from crm_core.clients.lookup import (
+    ClientMatch,
+    digits_rev_prefix,
+    find_client_by_phone,
+    find_clients_by_phones,
+)
 from crm_core.clients.merge import merge_companies, merge_contacts
 from crm_core.clients.records import (
     SaveResult,
@@ -97,6 +102,7 @@ __all__ = [
     "duplicate_error",
     "fill_empty",
     "find_client_by_phone",
+    "find_clients_by_phones",
     "find_duplicates",
     "get_company",
     "get_contact",

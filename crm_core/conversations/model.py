@@ -6,7 +6,15 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm_core.db import Base, JsonDoc, utcnow
@@ -126,3 +134,31 @@ class MailboxCursor(Base):
     uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
     last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Delivery(Base):
+    """A provider's webhook delivery as it arrived (method, headers, query, raw body), stored
+    before the provider is answered and deleted in the transaction that processed it: a
+    delivery accepted and not yet processed (a crash, the database away) is processed after a
+    restart. ``key`` (the body's SHA-256) stores a redelivery that arrives while the first is
+    still waiting once; ``next_at`` is when it is due (None: given up after its attempts, kept
+    with the ``error`` for a person to look at)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("channel", "key", name="uq_webhook_deliveries_key"),
+        Index("ix_webhook_deliveries_next_at", "next_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # whatsapp, telegram, sms
+    key: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(8), default="POST")
+    headers: Mapped[dict[str, Any]] = mapped_column(JsonDoc, default=dict)
+    query: Mapped[dict[str, Any]] = mapped_column(JsonDoc, default=dict)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    received_at: Mapped[datetime]
+    next_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(String(500))

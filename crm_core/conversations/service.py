@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -358,6 +358,18 @@ async def find_message(
             Message.channel == channel, Message.provider_message_id == provider_message_id
         )
     )
+
+
+async def stored_ids(session: AsyncSession, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which ``(channel, provider_message_id)`` pairs are stored messages: one query."""
+    if not ids:
+        return set()
+    rows = await session.execute(
+        select(Message.channel, Message.provider_message_id).where(
+            tuple_(Message.channel, Message.provider_message_id).in_(sorted(set(ids)))
+        )
+    )
+    return {(str(c), str(p)) for c, p in rows}
 
 
 async def _conversation_for(

@@ -15,6 +15,7 @@ website request reads a fresh one; the decision itself is the same code.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -244,6 +245,57 @@ async def distribute(
     return Assignment(None, True, "nobody_on_duty")
 
 
+async def distribute_many(
+    session: AsyncSession,
+    regions: Sequence[int | None],
+    now: datetime,
+    channel: Channel,
+    *,
+    rules: CrmRules | None = None,
+    book: RuleBook | None = None,
+    default_timezone: str = "Europe/Moscow",
+) -> list[Assignment]:
+    """:func:`distribute` (without a number to look up) for many requests at once, one per
+    region in ``regions``, in order: a round-robin rule takes all its turns in one statement."""
+    rules = rules or CrmRules()
+    if book is None:
+        book = await load_rulebook(session, default_timezone=default_timezone)
+    out: list[Assignment | None] = []
+    turns: dict[int, list[tuple[int, RuleView, list[OnDuty]]]] = {}
+    for index, region_id in enumerate(regions):
+        decided: Assignment | None = Assignment(None, True, "nobody_on_duty")
+        for rule in book.chain(region_id):
+            if rule.strategy == Strategy.MANUAL:
+                decided = Assignment(None, True, "manual", rule.id)
+                break
+            on_duty = [
+                m for m in rule.managers if m.user_id in book.active_users and m.works_at(now)
+            ]
+            if not on_duty:
+                continue
+            if rule.strategy == Strategy.ROUND_ROBIN:
+                turns.setdefault(rule.id, []).append((index, rule, on_duty))
+                decided = None
+            else:
+                decided = Assignment(
+                    await _pick(session, rule, on_duty, rules), False, rule.strategy, rule.id
+                )
+            break
+        out.append(decided)
+    if turns:
+        conn = await session.connection()
+        for rule_id, wanting in turns.items():
+            last = (
+                await conn.execute(_TAKE_TURNS, {"rule_id": rule_id, "n": len(wanting)})
+            ).scalar()
+            first = int(last or len(wanting)) - len(wanting)  # the 0-based turn of the first
+            for offset, (index, rule, on_duty) in enumerate(wanting):
+                user_id = weighted_turn(on_duty, first + offset)
+                out[index] = Assignment(user_id, False, rule.strategy, rule.id)
+    assert all(a is not None for a in out)
+    return [a for a in out if a is not None]
+
+
 async def _pick(
     session: AsyncSession, rule: RuleView, on_duty: Sequence[OnDuty], rules: CrmRules
 ) -> int:
@@ -271,20 +323,35 @@ def _take_turn_statement() -> Any:
 
 
 _TAKE_TURN = _take_turn_statement()
+_TAKE_TURNS = (
+    cast(Table, DistributionRule.__table__)
+    .update()
+    .where(cast(Table, DistributionRule.__table__).c.id == bindparam("rule_id"))
+    .values(turn=cast(Table, DistributionRule.__table__).c.turn + bindparam("n"))
+    .returning(cast(Table, DistributionRule.__table__).c.turn)
+)
 
 
 def weighted_turn(managers: Sequence[OnDuty], turn: int) -> int:
     """The user of turn ``turn`` (0-based) in smooth weighted round robin: weights 2:1 give
-    A, B, A, A, B, A … interleaved rather than in runs."""
-    total = sum(m.weight for m in managers)
+    A, B, A, A, B, A … interleaved rather than in runs. The cycle (as long as the weights'
+    sum) is worked out once per set of managers and weights, not on every turn."""
+    cycle = _weighted_cycle(tuple((m.user_id, m.weight) for m in managers))
+    return cycle[turn % len(cycle)]
+
+
+@functools.lru_cache(maxsize=256)
+def _weighted_cycle(managers: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
+    total = sum(weight for _, weight in managers)
     current = [0] * len(managers)
-    chosen = 0
-    for _ in range(turn % total + 1):
-        for i, m in enumerate(managers):
-            current[i] += m.weight
+    out: list[int] = []
+    for _ in range(total):
+        for i, (_, weight) in enumerate(managers):
+            current[i] += weight
         chosen = max(range(len(managers)), key=lambda i: (current[i], -i))
         current[chosen] -= total
-    return managers[chosen].user_id
+        out.append(managers[chosen][0])
+    return tuple(out)
 
 
 async def open_load(

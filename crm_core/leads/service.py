@@ -75,7 +75,9 @@ from crm_core.leads.schemas import (
     LeadPatch,
 )
 from crm_core.phones import digits_of, digits_reversed, try_normalize_phone
+from crm_core.reference.model import Source
 from crm_core.rules import CrmRules, StageDef
+from crm_core.users.model import User
 from crm_core.validation import validate_client_type, validate_custom_fields, validate_inn
 
 # Patch fields copied as they are (after the checks).
@@ -281,66 +283,103 @@ async def create_lead(
     """Create a lead by hand, or from a call, a website request, a message or an import (those
     by :data:`~crm_core.access.SYSTEM`). It starts in the first stage, or in ``data.stage`` if
     its gate is met (a junk stage needs a reason; the converted stage only by conversion)."""
+    created, events = await create_leads(session, [data], actor=actor, rules=rules, now=now)
+    return created[0], events
+
+
+async def create_leads(
+    session: AsyncSession,
+    items: Sequence[LeadInput],
+    *,
+    actor: Actor,
+    rules: CrmRules,
+    now: datetime | None = None,
+) -> tuple[list[Lead], list[DomainEvent]]:
+    """:func:`create_lead` for many leads at once (the inbox's batch of new senders): each is
+    checked as one, and they are written together — two flushes, not two a lead."""
     now = now or utcnow()
-    target = data.stage or rules.lead_stages[0].code
-    responsible_id = access.responsible_for_new(actor, data.responsible_id)
-    validate_client_type(data.client_type, rules)
-    await deals.check_references(
-        session,
-        source_id=data.source_id,
-        region_id=data.region_id,
-        responsible_id=responsible_id,
-    )
-    custom = _clean_custom(data.custom, rules)
-    phones = clients.normalize_phones(data.phones, region=rules.default_region)
-    emails = clients.normalize_emails(data.emails)
-    values = {name: getattr(data, name) for name in CARD_FIELDS}
-    values["responsible_id"] = responsible_id
-    values["potential_amount"] = to_kopecks(data.potential_amount)
-    lead = Lead(
-        title=data.title.strip(),
-        origin=data.origin,
-        contact_name=_clean_text(data.contact_name),
-        company_name=_clean_text(data.company_name),
-        inn=_clean_inn(data.inn),
-        comment=data.comment,
-        tracking=data.tracking,
-        custom={k: v for k, v in custom.items() if v is not None} or None,
-        created_by_id=actor.id,
-        created_at=now,
-        updated_at=now,
-        stage_changed_at=now,
-        **values,
-    )
-    facts = gate.LeadFacts.of(lead, phones=len(phones), emails=len(emails))
-    sdef = _check_move(rules, lead, target, data.reason, facts)
-    lead.stage = sdef.code
-    lead.junk_reason = data.reason if sdef.kind == "lost" else None
-    session.add(lead)
-    await session.flush()
-    await _replace_contacts(session, lead.id, phones=phones, emails=emails)
-    session.add(
-        LeadStageChange(
-            lead_id=lead.id,
-            from_stage=None,
-            to_stage=sdef.code,
-            user_id=actor.id,
-            at=now,
-            reason=lead.junk_reason,
+    # The references every lead checks, read in one query each; held here, as the session's
+    # identity map keeps only what something references.
+    held: list[object] = []
+    if len(items) > 1:
+        users = {i.responsible_id for i in items if i.responsible_id is not None}
+        if users:
+            held += (await session.scalars(select(User).where(User.id.in_(sorted(users))))).all()
+        sources = {i.source_id for i in items if i.source_id is not None}
+        if sources:
+            held += (
+                await session.scalars(select(Source).where(Source.id.in_(sorted(sources))))
+            ).all()
+    built: list[tuple[Lead, list[str], list[str]]] = []
+    for data in items:
+        target = data.stage or rules.lead_stages[0].code
+        responsible_id = access.responsible_for_new(actor, data.responsible_id)
+        validate_client_type(data.client_type, rules)
+        await deals.check_references(
+            session,
+            source_id=data.source_id,
+            region_id=data.region_id,
+            responsible_id=responsible_id,
         )
-    )
+        custom = _clean_custom(data.custom, rules)
+        phones = clients.normalize_phones(data.phones, region=rules.default_region)
+        emails = clients.normalize_emails(data.emails)
+        values = {name: getattr(data, name) for name in CARD_FIELDS}
+        values["responsible_id"] = responsible_id
+        values["potential_amount"] = to_kopecks(data.potential_amount)
+        lead = Lead(
+            title=data.title.strip(),
+            origin=data.origin,
+            contact_name=_clean_text(data.contact_name),
+            company_name=_clean_text(data.company_name),
+            inn=_clean_inn(data.inn),
+            comment=data.comment,
+            tracking=data.tracking,
+            custom={k: v for k, v in custom.items() if v is not None} or None,
+            created_by_id=actor.id,
+            created_at=now,
+            updated_at=now,
+            stage_changed_at=now,
+            **values,
+        )
+        facts = gate.LeadFacts.of(lead, phones=len(phones), emails=len(emails))
+        sdef = _check_move(rules, lead, target, data.reason, facts)
+        lead.stage = sdef.code
+        lead.junk_reason = data.reason if sdef.kind == "lost" else None
+        built.append((lead, phones, emails))
+    session.add_all(lead for lead, _, _ in built)
     await session.flush()
-    created = LeadCreated(
-        lead_id=lead.id,
-        origin=lead.origin,
-        stage=lead.stage,
-        title=lead.title,
-        responsible_id=lead.responsible_id,
-        actor_id=actor.id,
-        audience=lead_audience(lead.responsible_id),
-        occurred_at=now,
-    )
-    return lead, [created]
+    events: list[DomainEvent] = []
+    for lead, phones, emails in built:
+        # A new lead has no numbers or addresses yet: nothing to replace.
+        session.add_all(
+            Phone(lead_id=lead.id, e164=n, digits_rev=digits_reversed(n)) for n in phones
+        )
+        session.add_all(Email(lead_id=lead.id, address=a) for a in emails)
+        session.add(
+            LeadStageChange(
+                lead_id=lead.id,
+                from_stage=None,
+                to_stage=lead.stage,
+                user_id=actor.id,
+                at=now,
+                reason=lead.junk_reason,
+            )
+        )
+        events.append(
+            LeadCreated(
+                lead_id=lead.id,
+                origin=lead.origin,
+                stage=lead.stage,
+                title=lead.title,
+                responsible_id=lead.responsible_id,
+                actor_id=actor.id,
+                audience=lead_audience(lead.responsible_id),
+                occurred_at=now,
+            )
+        )
+    await session.flush()
+    return [lead for lead, _, _ in built], events
 
 
 async def get_lead(

@@ -199,43 +199,70 @@ async def record(
         )
         for role, user_id in rows:
             members.setdefault(role, []).append(user_id)
-    created: list[NotificationCreated] = []
+    wanted: dict[str, tuple[Notice, int]] = {}  # dedupe key -> (notice, user); first wins
     for notice in notices:
         recipients = {notice.user_id} if notice.user_id is not None else set()
         for role in notice.roles:
             recipients.update(members.get(role, ()))
         for user_id in sorted(r for r in recipients if r is not None):
-            row_id = await _insert_once(session, notice, user_id, now)
-            if row_id is None:
-                continue
-            created.append(
-                NotificationCreated(
-                    notification_id=row_id,
-                    user_id=user_id,
-                    kind=notice.kind,
-                    object_type=notice.object_type,
-                    object_id=notice.object_id,
-                    data=notice.data,
-                    occurred_at=now,
-                    audience=(f"user:{user_id}",),
-                )
+            wanted.setdefault(_dedupe_key(notice, user_id), (notice, user_id))
+    if not wanted:
+        return []
+    if len(wanted) == 1:
+        ((key, (notice, user_id)),) = wanted.items()
+        row_id = await _insert_once(session, notice, user_id, now)
+        inserted = {key: row_id} if row_id is not None else {}
+    else:  # a batch (the inbox's new leads): one statement, compiled once
+        dialect = session.get_bind().dialect.name
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        stmt = (
+            insert(Notification)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(Notification.id, Notification.dedupe_key)
+        )
+        params = [_values(notice, user_id, now) for notice, user_id in wanted.values()]
+        inserted = {key: row_id for row_id, key in await session.execute(stmt, params)}
+    created: list[NotificationCreated] = []
+    for key, (notice, user_id) in wanted.items():
+        row_id = inserted.get(key)
+        if row_id is None:
+            continue
+        created.append(
+            NotificationCreated(
+                notification_id=row_id,
+                user_id=user_id,
+                kind=notice.kind,
+                object_type=notice.object_type,
+                object_id=notice.object_id,
+                data=notice.data,
+                occurred_at=now,
+                audience=(f"user:{user_id}",),
             )
+        )
     return created
 
 
-async def _insert_once(
-    session: AsyncSession, notice: Notice, user_id: int, now: datetime
-) -> int | None:
-    """Insert unless this fact was already notified to this user; the new row's id or None."""
-    values = {
+def _dedupe_key(notice: Notice, user_id: int) -> str:
+    return f"{notice.kind}:{notice.key}:{user_id}"[:160]
+
+
+def _values(notice: Notice, user_id: int, now: datetime) -> dict[str, Any]:
+    return {
         "user_id": user_id,
         "kind": notice.kind,
         "object_type": notice.object_type,
         "object_id": notice.object_id,
         "data": notice.data,
         "created_at": now,
-        "dedupe_key": f"{notice.kind}:{notice.key}:{user_id}"[:160],
+        "dedupe_key": _dedupe_key(notice, user_id),
     }
+
+
+async def _insert_once(
+    session: AsyncSession, notice: Notice, user_id: int, now: datetime
+) -> int | None:
+    """Insert unless this fact was already notified to this user; the new row's id or None."""
+    values = _values(notice, user_id, now)
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     stmt = (

@@ -1,0 +1,351 @@
+"""Webhook deliveries stored before they are answered and processed in batches after.
+
+A verified webhook delivery is handed to :meth:`DeliveryQueue.put`: it is stored as it arrived
+(method, headers, query, raw body) by a group commit — the deliveries of every webhook request
+waiting at that moment go in one multi-row INSERT, idempotent on ``(channel, sha256(body))`` —
+and the request waits (at most ``ack_wait`` seconds) for it to be processed, so the provider
+is answered once its messages are in the CRM, or once they are stored when processing lags.
+
+One worker task takes the due deliveries, oldest first, up to ``batch`` at a time, and
+processes them in ONE transaction (the caller's ``process``), deleting them in it; the events
+go on the bus after the commit. A batch that fails is taken again one delivery per
+transaction, so one bad delivery holds up nobody: it is retried with back-off and, after
+``MAX_ATTEMPTS``, kept with its error (``next_at`` NULL) and logged — never dropped
+silently. A delivery stored and not processed (kill -9, the database away) is processed when
+the server starts again. On PostgreSQL the batch is locked ``FOR UPDATE SKIP LOCKED``, so
+several instances share the work and never process one delivery twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from channels.base import WebhookRequest
+from crm_core.clock import Clock
+from crm_core.conversations.model import Delivery
+from crm_core.events import DomainEvent
+from crm_core.ports import EventPublisher
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 8
+BACKOFF = timedelta(seconds=2)
+SWEEP_S = 5.0  # how often due deliveries nobody announced are looked for (retries, restarts)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What processing a batch did: the events to publish after the commit, and the
+    deliveries to take again later (``retry``: id -> why), which stay stored."""
+
+    events: list[DomainEvent]
+    retry: dict[int, str]
+
+
+Process = Callable[[AsyncSession, Sequence[Delivery], datetime], Awaitable[Outcome]]
+
+
+def delivery_key(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+@dataclass
+class _Pending:
+    values: dict[str, Any]
+    stored: asyncio.Future[int | None]
+
+
+class DeliveryQueue:
+    """The stored deliveries of the webhooks and the worker that processes them."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        process: Process,
+        *,
+        bus: EventPublisher,
+        clock: Clock,
+        batch: int = 200,
+        ack_wait: float = 5.0,
+    ) -> None:
+        self._sessions = sessions
+        self._process = process
+        self._bus = bus
+        self._clock = clock
+        self.batch = batch
+        self.ack_wait = ack_wait
+        self._incoming: list[_Pending] = []
+        self._wake_store = asyncio.Event()
+        self._wake_work = asyncio.Event()
+        self._done: dict[int, asyncio.Future[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.processed = 0
+        self.failed = 0
+
+    # ---------------------------------------------------------------- life
+
+    def start(self) -> None:
+        """The storing and the processing tasks; the worker first takes what a previous run
+        left stored."""
+        if self._tasks:
+            return
+        self._wake_work.set()
+        self._tasks = [
+            asyncio.create_task(self._store_loop(), name="deliveries:store"),
+            asyncio.create_task(self._work_loop(), name="deliveries:work"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for pending in self._incoming:
+            if not pending.stored.done():
+                pending.stored.set_exception(ConnectionError("the server is stopping"))
+        self._incoming.clear()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks)
+
+    # ---------------------------------------------------------------- in
+
+    async def put(self, kind: str, code: str, request: WebhookRequest) -> bool:
+        """Store one (verified) delivery; wait until it is processed, at most ``ack_wait``
+        seconds. True: processed; False: stored, to be processed. A storing failure (the
+        database away) propagates: the provider is answered 5xx and delivers again."""
+        if not self._tasks:
+            self.start()
+        now = request.received_at or self._clock.now()
+        pending = _Pending(
+            {
+                "channel": code,
+                "kind": kind,
+                "key": delivery_key(request.body),
+                "method": request.method[:8],
+                "headers": _headers(request.headers),
+                "query": dict(request.query),
+                "body": request.body,
+                "received_at": now,
+                "next_at": now,
+                "attempts": 0,
+            },
+            asyncio.get_running_loop().create_future(),
+        )
+        self._incoming.append(pending)
+        self._wake_store.set()
+        delivery_id = await pending.stored
+        if delivery_id is None:
+            return False  # the same delivery is stored already and waits: processed once
+        done = self._done.get(delivery_id)
+        if done is None:
+            return True  # processed before we looked
+        try:
+            async with asyncio.timeout(self.ack_wait):
+                await asyncio.shield(done)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _store_loop(self) -> None:
+        while True:
+            await self._wake_store.wait()
+            self._wake_store.clear()
+            taken, self._incoming = self._incoming, []
+            if not taken:
+                continue
+            try:
+                ids = await self._store([p.values for p in taken])
+            except asyncio.CancelledError:
+                for p in taken:
+                    if not p.stored.done():
+                        p.stored.set_exception(ConnectionError("the server is stopping"))
+                raise
+            except Exception as exc:
+                log.exception("storing %d webhook deliveries failed", len(taken))
+                for p in taken:
+                    if not p.stored.done():
+                        p.stored.set_exception(exc)
+                continue
+            loop = asyncio.get_running_loop()
+            for p in taken:
+                delivery_id = ids.get((p.values["channel"], p.values["key"]))
+                if delivery_id is not None and delivery_id not in self._done:
+                    self._done[delivery_id] = loop.create_future()
+                if not p.stored.done():
+                    p.stored.set_result(delivery_id)
+            self._wake_work.set()
+
+    async def _store(self, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+        """One INSERT for every delivery waiting; a redelivery of one still stored (or twice
+        in the same batch) is not stored again. (channel, key) -> id of the new ones."""
+        unique = list({(r["channel"], r["key"]): r for r in rows}.values())
+        async with self._sessions() as session:
+            dialect = session.get_bind().dialect.name
+            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            # One statement with a row per delivery (executemany: its SQL is compiled once).
+            result = await session.execute(
+                insert(Delivery)
+                .on_conflict_do_nothing(index_elements=["channel", "key"])
+                .returning(Delivery.id, Delivery.channel, Delivery.key),
+                unique,
+            )
+            ids = {(r.channel, r.key): r.id for r in result}
+            await session.commit()
+        return ids
+
+    # ---------------------------------------------------------------- work
+
+    async def _work_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SWEEP_S):
+                    await self._wake_work.wait()
+            self._wake_work.clear()
+            try:
+                while await self.run_once():
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database away: keep the worker alive, try again later
+                log.exception("processing webhook deliveries failed")
+                await asyncio.sleep(1)
+
+    async def run_once(self) -> int:
+        """Process one batch of due deliveries; how many were taken (0: nothing due)."""
+        now = self._clock.now()
+        try:
+            async with self._sessions() as session:
+                rows = await self._due(session, now, self.batch)
+                if not rows:
+                    return 0
+                outcome = await self._process(session, rows, now)
+                await self._settle(session, rows, outcome, now)
+                await session.commit()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("a batch of webhook deliveries failed; taking them one by one")
+            return await self._one_by_one(now)
+        await self._after(rows, outcome)
+        return len(rows)
+
+    async def _one_by_one(self, now: datetime) -> int:
+        async with self._sessions() as session:
+            ids = [r.id for r in await self._due(session, now, self.batch, lock=False)]
+        for delivery_id in ids:
+            try:
+                async with self._sessions() as session:
+                    rows = await self._due(session, now, 1, ids=[delivery_id])
+                    if not rows:
+                        continue
+                    outcome = await self._process(session, rows, now)
+                    await self._settle(session, rows, outcome, now)
+                    await session.commit()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("webhook delivery %s failed", delivery_id)
+                await self._failed(delivery_id, f"{type(exc).__name__}: {exc}", now)
+                continue
+            await self._after(rows, outcome)
+        return len(ids)
+
+    async def _due(
+        self,
+        session: AsyncSession,
+        now: datetime,
+        limit: int,
+        *,
+        ids: Sequence[int] | None = None,
+        lock: bool = True,
+    ) -> list[Delivery]:
+        stmt = select(Delivery).where(Delivery.next_at <= now)
+        if ids is not None:
+            stmt = stmt.where(Delivery.id.in_(ids))
+        stmt = stmt.order_by(Delivery.id).limit(limit)
+        if lock and session.get_bind().dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        return list(await session.scalars(stmt))
+
+    async def _settle(
+        self, session: AsyncSession, rows: Sequence[Delivery], outcome: Outcome, now: datetime
+    ) -> None:
+        """Processed ones deleted; the ones to take again stay with their next time."""
+        done = [r.id for r in rows if r.id not in outcome.retry]
+        if done:
+            await session.execute(delete(Delivery).where(Delivery.id.in_(done)))
+        for row in rows:
+            why = outcome.retry.get(row.id)
+            if why is not None:
+                self._schedule_again(row, why, now)
+        await session.flush()
+
+    def _schedule_again(self, row: Delivery, why: str, now: datetime) -> None:
+        row.attempts += 1
+        row.error = why[:500]
+        if row.attempts >= MAX_ATTEMPTS:
+            row.next_at = None
+            log.error(
+                "webhook %s/%s delivery %s kept unprocessed after %d attempts: %s",
+                row.kind,
+                row.channel,
+                row.id,
+                row.attempts,
+                why,
+            )
+        else:
+            row.next_at = now + BACKOFF * 2 ** (row.attempts - 1)
+
+    async def _failed(self, delivery_id: int, error: str, now: datetime) -> None:
+        self.failed += 1
+        async with self._sessions() as session:
+            row = await session.get(Delivery, delivery_id)
+            if row is not None:
+                self._schedule_again(row, error, now)
+                await session.commit()
+
+    async def _after(self, rows: Sequence[Delivery], outcome: Outcome) -> None:
+        self.processed += sum(1 for r in rows if r.id not in outcome.retry)
+        for row in rows:  # a delivery to take again was processed as far as it goes now
+            done = self._done.pop(row.id, None)
+            if done is not None and not done.done():
+                done.set_result(None)
+        for event in outcome.events:
+            await self._bus.publish(event)
+
+    async def pending(self) -> int:
+        """How many deliveries are stored and due (the health page; tests)."""
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(Delivery.id).where(Delivery.next_at.is_not(None)).limit(100_000)
+            )
+            return len(rows.all())
+
+
+def _headers(headers: Any) -> dict[str, str]:
+    """The headers an adapter verifies a delivery by (all but hop-by-hop noise), as strings."""
+    skip = {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "accept-encoding",
+        "host",
+        "cookie",
+        "authorization",
+    }
+    return {str(k): str(v) for k, v in dict(headers).items() if str(k).lower() not in skip}

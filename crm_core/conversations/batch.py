@@ -1,0 +1,567 @@
+"""Many clients' messages stored at once: :func:`receive_many` is :func:`~crm_core.conversations.
+service.receive` for a batch (the inbox's webhook deliveries), with set-based statements.
+
+What one message costs alone — is it stored already, its conversation, who the sender is,
+the assignment, a lead for a new sender, the message, its activity on the timeline — is asked
+once for the whole batch: one query for every stored message id, one for every conversation,
+one for every sender's number (then the e-mail, messenger id and other channels of those not
+found), one statement per round-robin rule for all its turns, one count of open conversations
+for the capacity, the new conversations, leads, messages and activities each written in one
+statement. The rules are :func:`receive`'s: the same identification order, assignment and
+lead; the messages of one sender in a batch share his conversation (and one lead).
+
+Race safety is the caller's: the batch runs in one transaction; a message or conversation
+another writer stored meanwhile makes a statement fail (unique keys), and the caller takes the
+batch again one message at a time (:func:`receive`'s insert-if-absent path).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, func, or_, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from crm_core import access
+from crm_core.activities import service as activities
+from crm_core.activities.model import ActivityKind
+from crm_core.activities.schemas import ActivityInput
+from crm_core.clients import service as clients
+from crm_core.clients.model import MessengerId
+from crm_core.conversations import service as conv_service
+from crm_core.conversations.model import (
+    Conversation,
+    ConversationStatus,
+    Message,
+    MessageStatus,
+)
+from crm_core.conversations.service import (
+    CHANNEL_LABELS,
+    MEDIA_JOB,
+    TEXT_MAX,
+    Incoming,
+    _Client,
+    _new_event,
+    _Origin,
+    _owner,
+    _preview,
+)
+from crm_core.distribution import service as distribution
+from crm_core.events import DomainEvent
+from crm_core.jobs import service as jobs
+from crm_core.leads import service as leads
+from crm_core.leads.schemas import LeadInput
+from crm_core.rules import CrmRules
+from crm_core.users.model import User
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str, str, str]  # channel, identity kind, identity value, thread key
+
+
+def _key(incoming: Incoming) -> Key:
+    return (
+        incoming.channel,
+        incoming.identity_kind,
+        incoming.identity_value[:320],
+        incoming.thread_key[:300],
+    )
+
+
+def _pid(incoming: Incoming) -> tuple[str, str]:
+    return incoming.channel, incoming.provider_message_id[:200]
+
+
+@dataclass
+class Batch:
+    """What :func:`receive_many` did: the events to publish after the commit (in order), and
+    the messages that were stored already (a redelivery: stored once)."""
+
+    events: list[DomainEvent] = field(default_factory=list)
+    repeated: list[Incoming] = field(default_factory=list)
+    stored: int = 0
+
+
+@dataclass
+class _Thread:
+    """One conversation of the batch and its new messages."""
+
+    conv: Conversation
+    new: bool
+    items: list[Incoming]
+    client: _Client | None = None
+    why: str = ""
+    origin: _Origin | None = None  # an unknown sender's: his lead's source and region
+
+
+async def receive_many(
+    session: AsyncSession,
+    incomings: Sequence[Incoming],
+    *,
+    rules: CrmRules,
+    now: datetime,
+    default_timezone: str = "Europe/Moscow",
+    book: distribution.RuleBook | None = None,
+    capacity: int | None = None,
+    off_hours_reply: str | None = None,
+    fetch_media: bool = False,
+) -> Batch:
+    """Store every message of ``incomings`` once, as :func:`receive` stores one."""
+    out = Batch()
+    fresh: list[Incoming] = []
+    seen: set[tuple[str, str]] = set()
+    for incoming in incomings:
+        if _pid(incoming) in seen:
+            out.repeated.append(incoming)
+        else:
+            seen.add(_pid(incoming))
+            fresh.append(incoming)
+    if not fresh:
+        return out
+    stored = await conv_service.stored_ids(session, sorted(seen))
+    todo = [i for i in fresh if _pid(i) not in stored]
+    out.repeated.extend(i for i in fresh if _pid(i) in stored)
+    if not todo:
+        return out
+    threads = await _threads(session, todo, now)
+    await _identify(session, threads, rules)
+    await _origins(session, threads)
+    await _assign(session, threads, now, rules, default_timezone, book, capacity)
+    lead_events = await _new_leads(session, threads, now, rules)
+    out.events.extend(lead_events)
+    messages = _messages(threads, now)
+    await _save_threads(session, threads)
+    session.add_all(m for _, m in messages)
+    await session.flush()
+    recorded = await activities.record_new_activities(
+        session,
+        [a for a in (_activity(t.conv, m) for t, m in messages) if a is not None],
+        actor=access.SYSTEM,
+        now=now,
+    )
+    by_external = {a.external_id: a for a in recorded}
+    for thread, message in messages:
+        activity = by_external.get(f"message:{message.id}")
+        if activity is not None:
+            out.events.append(activity)
+        out.events.append(_new_event(thread.conv, message))
+        if fetch_media:
+            for index, attachment in enumerate(message.attachments):
+                if attachment.get("ref") and not attachment.get("refused"):
+                    await jobs.schedule(
+                        session,
+                        MEDIA_JOB,
+                        now,
+                        {"message_id": message.id, "index": index},
+                        dedupe_key=f"media:{message.id}:{index}",
+                    )
+    for thread in threads:
+        if thread.new and thread.why == "nobody_on_duty" and off_hours_reply:
+            _, reply_events = await conv_service.queue_reply(
+                session, thread.conv.id, off_hours_reply, actor=access.SYSTEM, rules=rules, now=now
+            )
+            out.events.extend(reply_events)
+    out.stored = len(messages)
+    return out
+
+
+async def _threads(session: AsyncSession, todo: Sequence[Incoming], now: datetime) -> list[_Thread]:
+    """The conversations of the batch's senders: the stored ones in one query, the new ones
+    written in one statement."""
+    grouped: dict[Key, list[Incoming]] = {}
+    for incoming in todo:
+        grouped.setdefault(_key(incoming), []).append(incoming)
+    keys = list(grouped)
+    columns = (
+        Conversation.channel,
+        Conversation.identity_kind,
+        Conversation.identity_value,
+        Conversation.thread_key,
+    )
+    found = {
+        (c.channel, c.identity_kind, c.identity_value, c.thread_key): c
+        for c in await session.scalars(select(Conversation).where(tuple_(*columns).in_(keys)))
+    }
+    missing = [k for k in keys if k not in found]
+    created: set[Key] = set()
+    if missing:
+        rows = []
+        for key in missing:
+            first = grouped[key][0]
+            rows.append(
+                {
+                    "channel": key[0],
+                    "identity_kind": key[1],
+                    "identity_value": key[2],
+                    "thread_key": key[3],
+                    "channel_kind": first.channel_kind,
+                    "name": (first.sender_name or "")[:300],
+                    "phone": first.phone,
+                    "status": ConversationStatus.OPEN.value,
+                    "unread": 0,
+                    "preview": "",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+        stmt = (
+            conv_service._insert(session)(Conversation)
+            .on_conflict_do_nothing()
+            .returning(Conversation)
+        )
+        for conv in await session.scalars(stmt, rows):
+            key = (conv.channel, conv.identity_kind, conv.identity_value, conv.thread_key)
+            found[key] = conv
+            created.add(key)
+        late = [k for k in missing if k not in found]
+        if late:  # another writer created them meanwhile
+            for conv in await session.scalars(
+                select(Conversation).where(tuple_(*columns).in_(late))
+            ):
+                found[(conv.channel, conv.identity_kind, conv.identity_value, conv.thread_key)] = (
+                    conv
+                )
+    # Detached: what the batch changes on them is written by one statement at the end
+    # (_save_threads), not a flush of each (asyncpg: an UPDATE a row, at every autoflush).
+    for conv in found.values():
+        session.expunge(conv)
+    return [_Thread(found[k], k in created, grouped[k]) for k in keys]
+
+
+_SAVED = (
+    "assignee_id",
+    "contact_id",
+    "company_id",
+    "lead_id",
+    "name",
+    "phone",
+    "status",
+    "unread",
+    "last_message_at",
+    "last_inbound_at",
+    "preview",
+    "updated_at",
+)
+
+
+def _save_statement() -> Any:
+    table = cast(Table, Conversation.__table__)
+    return (
+        table.update()
+        .where(table.c.id == bindparam("conv_id"))
+        .values({name: bindparam(f"v_{name}") for name in _SAVED})
+    )
+
+
+_SAVE = _save_statement()
+
+
+async def _save_threads(session: AsyncSession, threads: Sequence[_Thread]) -> None:
+    """The batch's conversations as it left them: one executemany UPDATE."""
+    if not threads:
+        return
+    params = [
+        {"conv_id": t.conv.id, **{f"v_{name}": getattr(t.conv, name) for name in _SAVED}}
+        for t in threads
+    ]
+    conn = await session.connection()
+    await conn.execute(_SAVE, params)
+
+
+def _unlinked(conv: Conversation) -> bool:
+    return conv.contact_id is None and conv.company_id is None and conv.lead_id is None
+
+
+async def _identify(session: AsyncSession, threads: Sequence[_Thread], rules: CrmRules) -> None:
+    """Who writes, for every conversation not linked to a client yet: :func:`identify`'s
+    order (phone, e-mail, messenger id, the same identity on another channel), each step one
+    query for the whole batch."""
+    unknown = [t for t in threads if _unlinked(t.conv)]
+    phones = [t.items[0].phone for t in unknown if t.items[0].phone]
+    matches = (
+        await clients.find_clients_by_phones(session, phones, actor=access.SYSTEM, rules=rules)
+        if phones
+        else {}
+    )
+    left: list[_Thread] = []
+    for thread in unknown:
+        first = thread.items[0]
+        match = matches.get(first.phone) if first.phone else None
+        if match is not None:
+            thread.client = _Client(
+                match.contact_id, match.company_id, match.lead_id, match.responsible_id, match.name
+            )
+        elif first.email:
+            thread.client = await conv_service._by_email(session, first.email)
+        if thread.client is None:
+            left.append(thread)
+    if not left:
+        return
+    identities = {
+        t.conv.id: [(t.items[0].identity_kind, t.items[0].identity_value), *t.items[0].aliases]
+        for t in left
+    }
+    pairs = sorted(
+        {
+            (channel, value)
+            for ids in identities.values()
+            for kind, value in ids
+            if (channel := {"wa_id": "whatsapp", "telegram": "telegram"}.get(kind))
+        }
+    )
+    by_messenger: dict[tuple[str, str], int] = {}
+    if pairs:
+        messenger_rows = await session.execute(
+            select(MessengerId.channel, MessengerId.external_id, MessengerId.contact_id).where(
+                tuple_(MessengerId.channel, MessengerId.external_id).in_(pairs)
+            )
+        )
+        for channel, value, messenger_owner in messenger_rows:
+            by_messenger.setdefault((channel, value), messenger_owner)
+    wanted = sorted({pair for ids in identities.values() for pair in ids})
+    elsewhere: dict[tuple[str, str], tuple[int | None, int | None, int | None]] = {}
+    linked_rows = await session.execute(
+        select(
+            Conversation.identity_kind,
+            Conversation.identity_value,
+            Conversation.contact_id,
+            Conversation.company_id,
+            Conversation.lead_id,
+        )
+        .where(
+            tuple_(Conversation.identity_kind, Conversation.identity_value).in_(wanted),
+            or_(
+                Conversation.contact_id.is_not(None),
+                Conversation.company_id.is_not(None),
+                Conversation.lead_id.is_not(None),
+            ),
+        )
+        .order_by(Conversation.id)
+    )
+    for kind, value, linked_contact, linked_company, linked_lead in linked_rows:
+        elsewhere.setdefault((kind, value), (linked_contact, linked_company, linked_lead))
+    for thread in left:
+        for kind, value in identities[thread.conv.id]:
+            channel = {"wa_id": "whatsapp", "telegram": "telegram"}.get(kind)
+            owner_id = by_messenger.get((channel, value)) if channel else None
+            if owner_id:
+                thread.client = await _owner(session, owner_id, None, None)
+                if thread.client is not None:
+                    break
+        if thread.client is not None:
+            continue
+        for pair in identities[thread.conv.id]:
+            linked = elsewhere.get(pair)
+            if linked is not None:
+                thread.client = await _owner(session, *linked)
+                if thread.client is not None:
+                    break
+
+
+def _wants_lead(thread: _Thread) -> bool:
+    return thread.client is None and _unlinked(thread.conv) and thread.items[0].creates_client
+
+
+async def _origins(session: AsyncSession, threads: Sequence[_Thread]) -> None:
+    """Where each unknown sender came from (:func:`_origin`): the ad, the website visitor's
+    source, else the channel (looked up once per channel)."""
+    plain: dict[str, _Origin] = {}
+    for thread in threads:
+        if not _wants_lead(thread):
+            continue
+        first = thread.items[0]
+        payload = first.payload or {}
+        if payload.get("referral") or payload.get("start_payload"):
+            thread.origin = await conv_service._origin(session, first)
+            continue
+        if first.channel not in plain:
+            plain[first.channel] = await conv_service._origin(session, first)
+        thread.origin = plain[first.channel]
+
+
+async def _assign(
+    session: AsyncSession,
+    threads: Sequence[_Thread],
+    now: datetime,
+    rules: CrmRules,
+    default_timezone: str,
+    book: distribution.RuleBook | None,
+    capacity: int | None,
+) -> None:
+    """:func:`assign_new` for the batch: the client's responsible while he is active, else the
+    rules (all a round-robin rule's turns in one statement), capped by ``capacity``."""
+    deciding: list[_Thread] = []
+    for thread in threads:
+        conv = thread.conv
+        if thread.client is not None:
+            conv.contact_id, conv.company_id = thread.client.contact_id, thread.client.company_id
+            conv.lead_id = thread.client.lead_id
+            if not conv.name:
+                conv.name = thread.client.name[:300]
+            deciding.append(thread)
+        elif _unlinked(conv):
+            if thread.items[0].creates_client:
+                deciding.append(thread)
+        elif not thread.new and conv.assignee_id is None:
+            deciding.append(thread)  # still in the queue: the rules try again
+    if not deciding:
+        return
+    responsible = {
+        t.client.responsible_id for t in deciding if t.client and t.client.responsible_id
+    }
+    active: set[int] = set()
+    if responsible:
+        active = set(
+            await session.scalars(
+                select(User.id).where(User.id.in_(sorted(responsible)), User.is_active.is_(True))
+            )
+        )
+    by_rules: list[_Thread] = []
+    for thread in deciding:
+        resp = thread.client.responsible_id if thread.client is not None else None
+        if resp is not None and resp in active:
+            thread.conv.assignee_id, thread.why = resp, "responsible"
+        else:
+            by_rules.append(thread)
+    if not by_rules:
+        return
+    chosen = await distribution.distribute_many(
+        session,
+        [t.origin.region_id if t.origin is not None else None for t in by_rules],
+        now,
+        "message",
+        rules=rules,
+        book=book,
+        default_timezone=default_timezone,
+    )
+    open_now: dict[int, int] = {}
+    if capacity is not None:
+        users = sorted({a.user_id for a in chosen if a.user_id is not None})
+        if users:
+            load_rows = await session.execute(
+                select(Conversation.assignee_id, func.count())
+                .where(
+                    Conversation.assignee_id.in_(users),
+                    Conversation.status != ConversationStatus.RESOLVED.value,
+                )
+                .group_by(Conversation.assignee_id)
+            )
+            open_now = {int(u): int(n) for u, n in load_rows if u is not None}
+    for thread, assignment in zip(by_rules, chosen, strict=True):
+        user_id, why = assignment.user_id, assignment.reason
+        if user_id is not None and capacity is not None:
+            count = open_now.get(user_id, 0)
+            if count >= capacity:
+                log.info(
+                    "conversation queued: manager %s has %s open (capacity %s)",
+                    user_id,
+                    count,
+                    capacity,
+                )
+                user_id, why = None, "capacity"
+            else:
+                open_now[user_id] = count + 1
+        thread.conv.assignee_id, thread.why = user_id, why
+
+
+async def _new_leads(
+    session: AsyncSession, threads: Sequence[_Thread], now: datetime, rules: CrmRules
+) -> list[DomainEvent]:
+    """A lead for every unknown sender (the channel, the ad or the visitor's source), all in
+    one write."""
+    wanting = [t for t in threads if _wants_lead(t)]
+    if not wanting:
+        return []
+    inputs = []
+    for thread in wanting:
+        first = thread.items[0]
+        origin = thread.origin
+        assert origin is not None  # _origins found it
+        label = conv_service.channel_label(first.channel_kind, first.channel_name)
+        who = first.sender_name or first.phone or first.email or first.identity_value
+        inputs.append(
+            LeadInput(
+                title=f"{label}: {who}"[:300],
+                origin="message",
+                contact_name=(first.sender_name or None),
+                phones=[first.phone] if first.phone else [],
+                emails=[first.email] if first.email else [],
+                source_id=origin.source_id,
+                region_id=origin.region_id,
+                responsible_id=thread.conv.assignee_id,
+                tracking=origin.tracking,
+            )
+        )
+    created, events = await leads.create_leads(
+        session, inputs, actor=access.SYSTEM, rules=rules, now=now
+    )
+    for thread, lead in zip(wanting, created, strict=True):
+        thread.conv.lead_id = lead.id
+    return events
+
+
+def _messages(threads: Sequence[_Thread], now: datetime) -> list[tuple[_Thread, Message]]:
+    """The new messages, and each conversation moved on by them (:func:`receive`'s rules)."""
+    out: list[tuple[_Thread, Message]] = []
+    for thread in threads:
+        conv = thread.conv
+        for incoming in thread.items:
+            message = Message(
+                conversation_id=conv.id,
+                channel=incoming.channel,
+                direction="inbound",
+                author_kind="client",
+                kind=incoming.kind[:16],
+                text=(incoming.text or None) and incoming.text[: TEXT_MAX * 10],
+                status=MessageStatus.RECEIVED.value,
+                provider_message_id=incoming.provider_message_id[:200],
+                reply_to=incoming.reply_to,
+                attachments=list(incoming.attachments),
+                payload=incoming.payload,
+                sent_at=incoming.sent_at,
+                attempts=0,
+                created_at=now,
+            )
+            out.append((thread, message))
+            conv.unread += 1
+            conv.last_message_at = max(conv.last_message_at or now, now)
+            conv.last_inbound_at = max(conv.last_inbound_at or incoming.sent_at, incoming.sent_at)
+            conv.preview = _preview(incoming.text, incoming.kind)
+            conv.updated_at = now
+            if conv.status in (ConversationStatus.RESOLVED.value, "pending"):
+                conv.status = ConversationStatus.OPEN.value
+            if incoming.phone and not conv.phone:
+                conv.phone = incoming.phone
+            if incoming.sender_name and not conv.name:
+                conv.name = incoming.sender_name[:300]
+    return out
+
+
+def _activity(conv: Conversation, message: Message) -> ActivityInput | None:
+    """The message on the client's timeline (what :func:`_timeline` records)."""
+    if _unlinked(conv):
+        return None
+    label = CHANNEL_LABELS.get(conv.channel_kind, conv.channel_kind)
+    return ActivityInput(
+        kind=ActivityKind.EMAIL if conv.channel_kind == "email" else ActivityKind.MESSAGE,
+        direction="inbound",
+        subject=f"{label}: входящее сообщение",
+        body=(message.text or _preview(None, message.kind))[:100_000],
+        occurred_at=message.sent_at,
+        outcome=message.status,
+        user_id=conv.assignee_id,
+        contact_id=conv.contact_id,
+        company_id=conv.company_id,
+        lead_id=conv.lead_id,
+        external_id=f"message:{message.id}",
+        payload={
+            "conversation_id": conv.id,
+            "message_id": message.id,
+            "channel": conv.channel,
+            "channel_kind": conv.channel_kind,
+        },
+    )

@@ -1,0 +1,104 @@
+"""The batch of a webhook worker (receive_many) follows receive's rules, in one go: strangers
+become one lead each however many messages they send in the batch, a known number joins its
+contact, the same person on a second channel joins the same client, a redelivery is stored
+once, round robin turns and the capacity count hold within the batch."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from crm_core.activities.model import Activity
+from crm_core.clients.model import Phone
+from crm_core.conversations import service as conversations
+from crm_core.conversations.batch import receive_many
+from crm_core.conversations.model import Conversation, Message
+from crm_core.distribution import rules as distribution_rules
+from crm_core.distribution.schemas import ManagerInput, RuleInput
+from crm_core.leads.model import Lead
+from crm_core.rules import CrmRules
+from tests.crm_core.conversations.test_conversations_service import wa
+from tests.crm_core.tasks.world import T0, World, build_world
+
+RULES = CrmRules()
+
+
+async def _count(session: AsyncSession, model: type) -> int:
+    return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def test_a_batch_follows_receives_rules(session: AsyncSession) -> None:
+    world: World = await build_world(session)
+    await distribution_rules.create_rule(
+        session,
+        RuleInput(
+            strategy="round_robin",
+            managers=[ManagerInput(user_id=world["anna"]), ManagerInput(user_id=world["ivan"])],
+        ),
+        now=T0,
+    )
+    session.add(Phone(contact_id=world["contact"], e164="+79161112233"))
+    await session.commit()
+    leads_before = await _count(session, Lead)
+    tg = conversations.Incoming(
+        channel="tg-bot",
+        channel_kind="telegram",
+        provider_message_id="tg:1",
+        identity_kind="telegram",
+        identity_value="555",
+        sent_at=T0,
+        text="и тут привет",
+        phone="+79161112233",
+    )
+    batch = [
+        wa("b1", wa_id="79000000001"),  # a stranger ...
+        wa("b2", wa_id="79000000001", text="ещё"),  # ... twice: one conversation, one lead
+        wa("b3", wa_id="79000000002"),  # another stranger: the next turn
+        wa("b4", wa_id="79161112233"),  # the contact's number
+        tg,  # the same person on Telegram
+        wa("b1", wa_id="79000000001"),  # redelivered within the batch
+    ]
+    got = await receive_many(session, batch, rules=RULES, now=T0)
+    await session.commit()
+    assert got.stored == 5 and [r.provider_message_id for r in got.repeated] == ["b1"]
+    convs = {c.identity_value: c for c in await session.scalars(select(Conversation))}
+    assert set(convs) == {"79000000001", "79000000002", "79161112233", "555"}
+    stranger, other = convs["79000000001"], convs["79000000002"]
+    assert stranger.unread == 2 and stranger.preview == "ещё" and stranger.lead_id is not None
+    assert {stranger.assignee_id, other.assignee_id} == {world["anna"], world["ivan"]}
+    assert await _count(session, Lead) == leads_before + 2
+    lead = await session.get(Lead, stranger.lead_id)
+    assert lead is not None and lead.responsible_id == stranger.assignee_id
+    assert convs["79161112233"].contact_id == world["contact"]
+    assert convs["555"].contact_id == world["contact"]
+    assert convs["79161112233"].assignee_id == world["ivan"]  # the contact's responsible
+    assert await _count(session, Message) == 5 and await _count(session, Activity) == 5
+    names = [e.name for e in got.events]
+    assert names.count("lead.created") == 2 and names.count("message.new") == 5
+    # Delivered again in a later batch: stored once.
+    again = await receive_many(session, [wa("b3", wa_id="79000000002")], rules=RULES, now=T0)
+    assert again.stored == 0 and len(again.repeated) == 1
+    assert await _count(session, Message) == 5
+
+
+async def test_the_capacity_counts_within_the_batch(session: AsyncSession) -> None:
+    world: World = await build_world(session)
+    await distribution_rules.create_rule(
+        session,
+        RuleInput(strategy="fixed", managers=[ManagerInput(user_id=world["anna"])]),
+        now=T0,
+    )
+    got = await receive_many(
+        session,
+        [wa("c1", wa_id="79000000001"), replace(wa("c2", wa_id="79000000002"))],
+        rules=RULES,
+        now=T0,
+        capacity=1,
+    )
+    await session.commit()
+    assert got.stored == 2
+    convs = {c.identity_value: c for c in await session.scalars(select(Conversation))}
+    assert convs["79000000001"].assignee_id == world["anna"]
+    assert convs["79000000002"].assignee_id is None  # anna reached her capacity in the batch
