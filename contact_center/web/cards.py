@@ -38,6 +38,7 @@ from contact_center.web.shell import (
     zone,
 )
 from crm_core.clients.errors import ClientMerged
+from crm_core.conversations import service as conversations
 from crm_core.deals import service as deals
 from crm_core.errors import DomainError, NotFound
 from crm_core.leads import service as leads
@@ -78,6 +79,8 @@ class FieldContext:
         self.fmt = fmt
         self.rules = rules
         self.user = user
+        # addresses our mail could not reach, by lower-cased address (the e-mail field)
+        self.bounces: dict[str, Any] = {}
 
     def options(self, source: str) -> tuple[tuple[str, str], ...]:
         t = self.t
@@ -227,17 +230,28 @@ def field_view(
         "options": options,
         "channels": cf.MESSENGER_CHANNELS,
         "error": error,
+        "bounces": {
+            address: ctx.bounces[address.lower()]
+            for address in (items if spec.kind == cf.EMAILS else ())
+            if isinstance(address, str) and address.lower() in ctx.bounces
+        },
     }
 
 
-async def field_context(request: web.Request, session: AsyncSession, user: User) -> FieldContext:
-    return FieldContext(
+async def field_context(
+    request: web.Request, session: AsyncSession, user: User, subject: Subject | None = None
+) -> FieldContext:
+    ctx = FieldContext(
         await listing.names(session),
         t_of(request),
         Formatter(language(request), zone(request), now(request)),
         request.app[RULES],
         user,
     )
+    addresses = getattr(subject.view, "emails", None) if subject is not None else None
+    if addresses:
+        ctx.bounces = await conversations.bounces(session, list(addresses))
+    return ctx
 
 
 async def _subject(request: web.Request, session: AsyncSession, user: User) -> Subject:
@@ -260,7 +274,7 @@ async def field_get(request: web.Request, user: User) -> dict[str, Any]:
     spec = _spec(request)
     async with request.app[SESSIONS]() as session:
         subject = await _subject(request, session, user)
-        ctx = await field_context(request, session, user)
+        ctx = await field_context(request, session, user, subject)
     return {"field": field_view(spec, subject, ctx)}
 
 
@@ -270,7 +284,7 @@ async def field_edit(request: web.Request, user: User) -> dict[str, Any]:
     spec = _spec(request)
     async with request.app[SESSIONS]() as session:
         subject = await _subject(request, session, user)
-        ctx = await field_context(request, session, user)
+        ctx = await field_context(request, session, user, subject)
     return {"field": field_view(spec, subject, ctx, editing=True)}
 
 
@@ -310,7 +324,7 @@ async def field_save(request: web.Request, user: User) -> web.StreamResponse:
         refusal = cf.refusal_of(exc, names, t)
     async with request.app[SESSIONS]() as session:
         subject = await _subject(request, session, user)
-        ctx = await field_context(request, session, user)
+        ctx = await field_context(request, session, user, subject)
     if refusal is not None:
         view = field_view(
             spec, subject, ctx, editing=True, values=typed_values(spec, form), error=refusal
@@ -576,7 +590,7 @@ async def card_page_data(
     request: web.Request, session: AsyncSession, subject: Subject, user: User
 ) -> dict[str, Any]:
     t = t_of(request)
-    ctx = await field_context(request, session, user)
+    ctx = await field_context(request, session, user, subject)
     groups = [
         (label, [field_view(spec, subject, ctx) for spec in specs])
         for label, specs in cf.groups_of(subject.kind)
