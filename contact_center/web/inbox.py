@@ -214,11 +214,13 @@ def _reply_form(form: Any) -> _Reply:
             f"reply_to_message_id: {raw!r} — ожидается номер письма",
             details={"field": "reply_to_message_id", "value": raw},
         )
-    files = [
-        (str(f.filename), f.content_type, f.file.read())
-        for f in form.getall("files", [])
-        if isinstance(f, web.FileField) and f.filename
-    ]
+    files: list[tuple[str, str | None, bytes]] = []
+    for key, value in form.items():
+        if isinstance(value, web.FileField):
+            with value.file:  # aiohttp's spooled temporary file: closed once read
+                data = value.file.read()
+            if key == "files" and value.filename:
+                files.append((str(value.filename), value.content_type, data))
     return _Reply(
         text=str(form.get("text", "")),
         as_note=form.get("note") == "1",
