@@ -706,7 +706,14 @@ def _check(actor: Actor, conv: Conversation, rules: CrmRules, *, write: bool) ->
         raise NotFound(f"no conversation {conv.id}")
     if conv.assignee_id is None:
         return
-    access.check(actor, conv.assignee_id, rules, write=write, what=f"conversation {conv.id}")
+    access.check(
+        actor,
+        conv.assignee_id,
+        rules,
+        write=write,
+        what=f"conversation {conv.id}",
+        owners=() if conv.owner_id is None else (conv.owner_id,),
+    )
 
 
 async def get_conversation(
@@ -731,7 +738,13 @@ def _scope(stmt: Any, actor: Actor, rules: CrmRules) -> Any:
     )
     if rules.managers_read_all:
         return stmt
-    return stmt.where(or_(Conversation.assignee_id == actor.id, Conversation.assignee_id.is_(None)))
+    return stmt.where(
+        or_(
+            Conversation.assignee_id == actor.id,
+            Conversation.assignee_id.is_(None),
+            Conversation.owner_id == actor.id,
+        )
+    )
 
 
 async def list_conversations(
