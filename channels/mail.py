@@ -356,7 +356,8 @@ def quote_reply(text: str, original: str, attribution: str) -> tuple[str, str]:
     )
 
     def paragraphs(value: str) -> str:
-        return "<br>\n".join(html_escape(line) for line in value.rstrip("\n").split("\n"))
+        lines = value.replace("\r\n", "\n").rstrip("\n").split("\n")
+        return "<br>\n".join(html_escape(line) for line in lines)
 
     body = f"<div>{paragraphs(text)}</div>\n" if text.strip() else ""
     html = (
