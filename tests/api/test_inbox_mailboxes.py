@@ -48,7 +48,9 @@ class Smtp:
         return "250 2.0.0 Ok: queued"
 
     def message(self, index: int = -1) -> EmailMessage:
-        parsed = BytesParser(policy=policy.default).parsebytes(self.envelopes[index].content)
+        raw = self.envelopes[index].content
+        assert isinstance(raw, bytes)  # the bytes on the wire
+        parsed = BytesParser(policy=policy.default).parsebytes(raw)
         assert isinstance(parsed, EmailMessage)
         return parsed
 
