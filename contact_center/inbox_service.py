@@ -67,8 +67,10 @@ from recordings.storage import Storage
 log = logging.getLogger(__name__)
 
 TEMPLATES_TTL_S = 600.0
-# Photos go as photos (WhatsApp takes JPEG and PNG as images); any other file as a document.
+# Photos go as photos (WhatsApp takes JPEG and PNG as images, up to 5 MB; Telegram photos up to
+# 10 MB); a larger picture and any other file as a document.
 PHOTO_TYPES = frozenset({"image/jpeg", "image/png"})
+PHOTO_MAX_BYTES = 5 * 1024 * 1024
 CAPTION_MAX = 1024  # WhatsApp's and Telegram's caption limit
 MiB = 1024 * 1024
 # What a manager may attach, by extension: the types every channel delivers (WhatsApp's
@@ -691,7 +693,9 @@ class Inbox:
             mime = str(item.get("mime") or "application/octet-stream")
             files.append(
                 OutboundMedia(
-                    kind="image" if mime in PHOTO_TYPES else "document",
+                    kind="image"
+                    if mime in PHOTO_TYPES and len(data) <= PHOTO_MAX_BYTES
+                    else "document",
                     data=bytes(data),
                     mime=mime,
                     filename=str(item.get("filename") or "file"),

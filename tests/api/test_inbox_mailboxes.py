@@ -330,7 +330,7 @@ async def test_a_bounce_shows_on_the_card_and_in_the_reply_box(
     assert await _messages(client) == 2  # the report is no letter of the client's
     card = visible(await (await client.get(f"/clients/lead/{conv.lead_id}")).text())
     assert "buyer@example.ru" in card and "адрес недоступен" in card
-    assert "550 5.1.1 User unknown" in card and "с сегодня" in card
+    assert "550 5.1.1 User unknown" in card and "письмо вернулось сегодня" in card
     page = await (await client.get(f"/inbox?c={conv.id}")).text()
     warning = visible(page)
     assert 'id="bounce-warning"' in page and "Адрес buyer@example.ru недоступен" in warning
