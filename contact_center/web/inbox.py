@@ -80,12 +80,15 @@ async def _card(
     return card
 
 
-async def _mail(session: Any, inbox: Any, conv: Conversation) -> dict[str, Any] | None:
+async def _mail(
+    session: Any, inbox: Any, conv: Conversation, answer: int | None = None
+) -> dict[str, Any] | None:
     """What the reply box of an e-mail conversation shows: from which mailbox to whom, the
-    subject, the letter answered (quoted below the reply) and whether the address bounced."""
+    subject, the letter answered (``answer``, or the client's latest; quoted below the reply)
+    and whether the address bounced."""
     if conv.channel_kind != "email":
         return None
-    answered = await conversations.answered_letter(session, conv)
+    answered = await conversations.answered_letter(session, conv, answer)
     original = ((answered.payload or {}).get("email") or {}) if answered is not None else {}
     found = await conversations.bounces(session, [conv.identity_value])
     return {
@@ -107,8 +110,10 @@ async def _thread(
     )
     inbox = request.app[INBOX]
     window_open = inbox.window_open(conv, now(request))
+    raw = request.query.get("answer", "")
+    answer = int(raw) if raw.isdigit() and len(raw) < 10 else None
     return {
-        "mail": await _mail(session, inbox, conv),
+        "mail": await _mail(session, inbox, conv, answer),
         "upload_limit": inbox.upload_limit(conv.channel),
         "templates": [] if window_open else await inbox.templates(conv.channel),
         "conv": conv,

@@ -198,6 +198,19 @@ async def test_the_reply_box_threads_quotes_and_sends_a_file(
     assert _field(page, "subject") == "Re: Заявка"  # the latest letter's, once "Re:"
     assert _field(page, "reply_to_message_id") == str(second.id)
     assert 'name="quote" value="1" checked' in page and "И ещё картон." in shown
+    assert page.count('class="answer-letter"') == 2  # "ответить на это письмо" on each
+    # "reply to this letter" on the first one: the box answers it
+    chosen = await client.get(
+        f"/inbox/{conv.id}/thread?answer={first.id}", headers={"HX-Request": "true"}
+    )
+    assert chosen.status == 200
+    box = await chosen.text()
+    assert _field(box, "reply_to_message_id") == str(first.id)
+    assert _field(box, "subject") == "Re: Заявка"
+    assert "Нужно 5 паллет &lt;b&gt;бумаги&lt;/b&gt;." in box  # quoted, as text
+    wrong = await client.get(f"/inbox/{conv.id}/thread?answer=999999")
+    assert wrong.status == 422
+    assert "Проверьте поле «Письмо, на которое вы отвечаете»" in visible(await wrong.text())
     # anna answers the first letter, changes the subject, attaches the invoice
     token = await csrf(client, "/inbox")
     form = FormData(quote_fields=False)
