@@ -383,6 +383,12 @@ class Inbox:
         stores of each. All are checked before any is kept."""
         if not files:
             return []
+        if len(files) > conversations.ATTACHMENTS_MAX:
+            raise InvalidInput(
+                f"files: не больше {conversations.ATTACHMENTS_MAX} файлов в одном сообщении — "
+                "отправьте остальные следующим",
+                details={"field": "files", "max": conversations.ATTACHMENTS_MAX},
+            )
         limit = self.upload_limit(code)
         if limit is None:
             raise InvalidInput(
