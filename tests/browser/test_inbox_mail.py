@@ -1,7 +1,8 @@
 """A mail reply with a file, in the browser: a client's letter (read from a real Dovecot)
 opens in the inbox with the reply box of a mail program — from the shared mailbox to the
 client, the subject "Re: …" ready to edit, the letter quoted below; the manager changes the
-subject, writes, attaches an invoice and sends; the letter with the file reaches the SMTP
+subject, writes, attaches an invoice (a letter arriving meanwhile does not wipe the reply being
+written) and sends; the letter with the file reaches the SMTP
 server (aiosmtpd) threaded under the client's, and the file shows on the message in the thread.
 Screenshot in docs/screenshots/."""
 
@@ -66,11 +67,24 @@ async def test_a_mail_reply_with_an_invoice_attached(
     assert await page.locator("#mail-to").inner_text() == "buyer@example.ru"
     subject = page.locator("#reply-subject")
     assert await subject.input_value() == "Re: Заявка"
-    await subject.fill("Счёт № 7 на бумагу")
     await page.fill("#reply-text", "Роман, добрый день!\nСчёт во вложении, действует 5 дней.")
+    await subject.fill("Счёт № 7 на бумагу")  # the focus leaves the text box
     invoice = tmp_path / "Счёт № 7.pdf"
     invoice.write_bytes(PDF)
     await page.set_input_files("#reply-files", str(invoice))
+    # the client writes again meanwhile: the list moves, the reply being written stays
+    await dovecot.append_async(
+        SALES,
+        letter(
+            "<r2@example.ru>",
+            "И доставку посчитайте.",
+            subject="Re: Заявка",
+            parent="<r1@example.ru>",
+        ),
+    )
+    await page.locator(".conversations li", has_text="доставку").wait_for(timeout=20000)
+    files = await page.eval_on_selector("#reply-files", "(input) => input.files.length")
+    assert files == 1 and await subject.input_value() == "Счёт № 7 на бумагу"
     await page.click(".composer button[type=submit]")
     attachment = page.locator(".msg.outbound .attachment a", has_text="Счёт № 7.pdf")
     await attachment.wait_for(timeout=5000)
