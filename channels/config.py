@@ -78,6 +78,13 @@ class EmailConfig(_Channel):
     smtp_password: SecretStr | None = None
     attachment_max_bytes: int = Field(25 * MiB, gt=0)
     timeout_s: float = Field(30.0, gt=0)
+    owner: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="a personal mailbox: the login of the manager it belongs to (his alone); "
+        "without it the mailbox is shared and its mail goes by the distribution rules",
+    )
 
     @property
     def login_imap(self) -> str:

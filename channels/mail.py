@@ -25,6 +25,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
+from html import escape as html_escape
 from typing import Any, ClassVar
 
 import aioimaplib
@@ -339,6 +340,33 @@ class OutboundEmail:
     in_reply_to: str | None = None
     references: tuple[str, ...] = ()
     attachments: tuple[OutboundMedia, ...] = ()
+
+
+def quote_reply(text: str, original: str, attribution: str) -> tuple[str, str]:
+    """A reply with the letter it answers quoted below it, as mail programs do: the plain
+    text with ``> `` before each quoted line, and the HTML with the original in a
+    ``<blockquote type="cite">``. Everything is escaped: the HTML holds no markup of the
+    client's or the manager's."""
+    quoted_lines = original.replace("\r\n", "\n").rstrip("\n").split("\n")
+    plain_quote = "\n".join(">" if not line else f"> {line}" for line in quoted_lines)
+    plain = (
+        f"{text.rstrip()}\n\n{attribution}\n{plain_quote}\n"
+        if text.strip()
+        else (f"{attribution}\n{plain_quote}\n")
+    )
+
+    def paragraphs(value: str) -> str:
+        lines = value.replace("\r\n", "\n").rstrip("\n").split("\n")
+        return "<br>\n".join(html_escape(line) for line in lines)
+
+    body = f"<div>{paragraphs(text)}</div>\n" if text.strip() else ""
+    html = (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head><body>\n'
+        f"{body}<div>{html_escape(attribution)}</div>\n"
+        '<blockquote type="cite" style="margin:0 0 0 .8ex;border-left:1px solid #ccc;'
+        f'padding-left:1ex">\n{paragraphs(original)}\n</blockquote>\n</body></html>\n'
+    )
+    return plain, html
 
 
 def build_message(config: EmailConfig, letter: OutboundEmail, *, message_id: str) -> EmailMessage:

@@ -24,20 +24,25 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from channels.base import (
     Inbound,
     InboundMessage,
     MediaFetcher,
+    MediaSender,
     MessageTemplate,
+    OutboundMedia,
+    SendResult,
     StatusUpdate,
     TemplateSender,
     WebhookParser,
     WebhookRequest,
 )
-from channels.config import ChannelConfig
+from channels.config import ChannelConfig, EmailConfig
 from channels.errors import (
     ChannelConfigInvalid,
     ChannelSendFailed,
@@ -45,7 +50,7 @@ from channels.errors import (
     PayloadInvalid,
     SignatureInvalid,
 )
-from channels.mail import EmailAdapter, MailBatch, MailboxState
+from channels.mail import EmailAdapter, MailBatch, MailboxState, OutboundEmail, quote_reply
 from channels.registry import Adapter, build_adapter
 from channels.whatsapp import WhatsAppAdapter
 from contact_center.inbox_queue import DeliveryQueue, Outcome
@@ -61,6 +66,7 @@ from crm_core.jobs.model import ScheduledJob
 from crm_core.notifications import service as notifications
 from crm_core.ports import EventPublisher
 from crm_core.rules import CrmRules
+from crm_core.users.model import User
 from recordings.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -71,10 +77,91 @@ TEMPLATES_TTL_S = 600.0
 STATUS_GRACE = timedelta(seconds=60)
 
 
+# Photos go as photos (WhatsApp takes JPEG and PNG as images, up to 5 MB; Telegram photos up to
+# 10 MB); a larger picture and any other file as a document.
+PHOTO_TYPES = frozenset({"image/jpeg", "image/png"})
+PHOTO_MAX_BYTES = 5 * 1024 * 1024
+CAPTION_MAX = 1024  # WhatsApp's and Telegram's caption limit
+MiB = 1024 * 1024
+# What a manager may attach, by extension: the types every channel delivers (WhatsApp's
+# document and image types), each with the first bytes its files start with, so a renamed
+# program or a page saved as ".pdf" is refused rather than sent.
+_OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # .doc, .xls, .ppt
+_ZIP = b"PK\x03\x04"  # .docx, .xlsx, .pptx
+UPLOAD_TYPES: dict[str, tuple[str, tuple[bytes, ...]]] = {
+    ".jpg": ("image/jpeg", (b"\xff\xd8\xff",)),
+    ".jpeg": ("image/jpeg", (b"\xff\xd8\xff",)),
+    ".png": ("image/png", (b"\x89PNG\r\n\x1a\n",)),
+    ".pdf": ("application/pdf", (b"%PDF-",)),
+    ".doc": ("application/msword", (_OLE,)),
+    ".xls": ("application/vnd.ms-excel", (_OLE,)),
+    ".ppt": ("application/vnd.ms-powerpoint", (_OLE,)),
+    ".docx": (
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        (_ZIP,),
+    ),
+    ".xlsx": ("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", (_ZIP,)),
+    ".pptx": (
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        (_ZIP,),
+    ),
+    ".txt": ("text/plain", ()),
+    ".csv": ("text/csv", ()),
+}
+GENERIC_TYPES = frozenset({"", "application/octet-stream"})
+
+
+def _mib(size: int) -> str:
+    return f"{size / MiB:.1f}".rstrip("0").rstrip(".").replace(".", ",") + " МБ"
+
+
+def check_upload(filename: str, declared: str | None, data: bytes, max_bytes: int) -> str:
+    """The content type of a file a manager attached, or ``InvalidInput`` naming what is
+    wrong with it: empty, over the channel's limit, a type that is not sent, or contents that
+    are not what the name says."""
+    name = Path(filename or "").name or "файл"
+    field = {"field": "files", "value": name}
+    if not data:
+        raise InvalidInput(f"Файл «{name}» пустой — выберите другой", details=field)
+    if len(data) > max_bytes:
+        raise InvalidInput(
+            f"Файл «{name}»: {_mib(len(data))} — больше предела {_mib(max_bytes)} для этого "
+            "канала; уменьшите файл или отправьте ссылку",
+            details={**field, "size": len(data), "max_bytes": max_bytes},
+        )
+    known = UPLOAD_TYPES.get(Path(name).suffix.lower())
+    if known is None:
+        raise InvalidInput(
+            f"Файл «{name}»: такой тип не отправляется — подойдут изображения JPEG и PNG, "
+            "PDF, документы Word, Excel, PowerPoint, TXT и CSV",
+            details=field,
+        )
+    mime, magics = known
+    said = (declared or "").split(";", 1)[0].strip().lower()
+    aliases = {mime, "image/jpg"} if mime == "image/jpeg" else {mime}
+    if said not in GENERIC_TYPES and said not in aliases:
+        raise InvalidInput(
+            f"Файл «{name}»: браузер назвал его {said}, а по имени это {mime} — проверьте файл",
+            details={**field, "declared": said, "expected": mime},
+        )
+    if magics and not data.startswith(magics):
+        raise InvalidInput(
+            f"Файл «{name}»: содержимое не похоже на {Path(name).suffix.lower()[1:].upper()} — "
+            "файл повреждён или переименован",
+            details={**field, "expected": mime},
+        )
+    return mime
+
+
 def to_incoming(
-    item: InboundMessage, kind: str, channel_name: str | None = None
+    item: InboundMessage,
+    kind: str,
+    channel_name: str | None = None,
+    *,
+    owner_id: int | None = None,
 ) -> conversations.Incoming:
-    """A channel adapter's message in the CRM's terms (``channel_name``: what people see)."""
+    """A channel adapter's message in the CRM's terms (``channel_name``: what people see;
+    ``owner_id``: the manager of a personal mailbox)."""
     email = item.email
     payload: dict[str, Any] = {}
     if item.referral is not None:
@@ -91,6 +178,7 @@ def to_incoming(
         payload["email"] = {
             "subject": email.subject,
             "message_id": email.message_id,
+            "references": list(email.references),
             "auto_reply": email.auto_reply,
             "bounce": email.bounce is not None,
         }
@@ -124,6 +212,7 @@ def to_incoming(
         reply_to=item.reply_to,
         creates_client=not (email is not None and email.creates_nothing),
         channel_name=channel_name,
+        owner_id=owner_id,
     )
 
 
@@ -240,6 +329,16 @@ class Inbox:
                         bounce.status,
                         bounce.action,
                     )
+                    if bounce.recipient and bounce.permanent:
+                        await conversations.record_bounce(
+                            session,
+                            bounce.recipient,
+                            at=message.sent_at,
+                            channel=code,
+                            status=bounce.status,
+                            reason=bounce.diagnostic,
+                            message_id=bounce.original_message_id,
+                        )
                     if bounce.original_message_id and bounce.permanent:
                         _, status_events = await conversations.apply_status(
                             session,
@@ -253,7 +352,12 @@ class Inbox:
                     continue
                 got = await conversations.receive(
                     session,
-                    to_incoming(message, "email", self.label(code)),
+                    to_incoming(
+                        message,
+                        "email",
+                        self.label(code),
+                        owner_id=await self._owner(session, code),
+                    ),
                     rules=self.rules,
                     now=now,
                     default_timezone=self._timezone,
@@ -271,6 +375,90 @@ class Inbox:
         self.received += len(batch.mails)
         for event in events:
             await self._bus.publish(event)
+
+    async def _owner(self, session: AsyncSession, code: str) -> int | None:
+        """The manager a personal mailbox belongs to (``owner:`` his login), or None: a shared
+        mailbox, or an owner who is not an active user (logged; its mail is shared then)."""
+        cfg = self.configs.get(code)
+        login = getattr(cfg, "owner", None)
+        if not login:
+            return None
+        user_id = await session.scalar(
+            select(User.id).where(User.login == login, User.is_active.is_(True))
+        )
+        if user_id is None:
+            log.warning(
+                "email channel=%s: owner %r is not an active user; the mail goes to everyone",
+                code,
+                login,
+            )
+        return user_id
+
+    def address(self, code: str) -> str | None:
+        """The From address of an e-mail channel."""
+        cfg = self.configs.get(code)
+        return cfg.address if isinstance(cfg, EmailConfig) else None
+
+    def upload_limit(self, code: str) -> int | None:
+        """The largest file channel ``code`` sends, or None when it sends none (SMS) or the
+        server keeps no files (no storage)."""
+        cfg = self.configs.get(code)
+        if self.storage is None or cfg is None or cfg.kind == "sms":
+            return None
+        limit = getattr(cfg, "attachment_max_bytes", None) or getattr(cfg, "media_max_bytes", None)
+        return int(limit) if limit else None
+
+    async def store_files(
+        self, code: str, files: Sequence[tuple[str, str | None, bytes]]
+    ) -> list[dict[str, Any]]:
+        """Check (``check_upload``) and keep a manager's files ``(name, type, bytes)`` for a
+        reply on channel ``code``, where the clients' attachments are kept; what the message
+        stores of each. All are checked before any is kept."""
+        if not files:
+            return []
+        if len(files) > conversations.ATTACHMENTS_MAX:
+            raise InvalidInput(
+                f"files: не больше {conversations.ATTACHMENTS_MAX} файлов в одном сообщении — "
+                "отправьте остальные следующим",
+                details={"field": "files", "max": conversations.ATTACHMENTS_MAX},
+            )
+        limit = self.upload_limit(code)
+        if limit is None:
+            raise InvalidInput(
+                f"files: канал {self.label(code)} не отправляет файлы — напишите текстом",
+                details={"field": "files"},
+            )
+        checked = [
+            (name, check_upload(name, declared, data, limit), data)
+            for name, declared, data in files
+        ]
+        assert self.storage is not None  # upload_limit() said there is one
+        kept: list[dict[str, Any]] = []
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        for name, mime, data in checked:
+            suffix = Path(name).suffix.lower()
+            with tempfile.NamedTemporaryFile(dir=self.work_dir, suffix=suffix) as tmp:
+                tmp.write(data)
+                tmp.flush()
+                stored = await self.storage.put(Path(tmp.name), suffix)
+            kept.append(
+                {
+                    "key": stored.key,
+                    "mime": mime,
+                    "size": stored.size,
+                    "filename": Path(name).name[:200],
+                    "sha256": stored.sha256,
+                }
+            )
+        return kept
+
+    async def drop_files(self, kept: Sequence[Mapping[str, Any]]) -> None:
+        """Delete files kept for a reply that was then refused."""
+        if self.storage is None:
+            return
+        for item in kept:
+            with contextlib.suppress(Exception):
+                await self.storage.delete(str(item["key"]))
 
     def provide_status(self) -> dict[str, Any]:
         return {
@@ -571,13 +759,9 @@ class Inbox:
                     dict(zip(names, values, strict=True)) if names else values,
                 )
             elif isinstance(adapter, EmailAdapter):
-                result = await adapter.send_text(
-                    out.to,
-                    out.text,
-                    reply_to=out.reply_to,
-                    subject=out.subject,
-                    references=out.references,
-                )
+                result = await adapter.send_email(await self._letter(out))
+            elif out.attachments:
+                result = await self._send_files(adapter, out)
             else:
                 result = await adapter.send_text(out.to, out.text, reply_to=out.reply_to)
         except ChannelSendFailed as exc:
@@ -612,6 +796,70 @@ class Inbox:
             cost=result.cost,
             currency=result.currency,
         )
+
+    async def _files(self, out: conversations.Outgoing) -> list[OutboundMedia]:
+        """The message's files, read back from storage."""
+        if not out.attachments:
+            return []
+        if self.storage is None:
+            raise ChannelSendFailed("storage", "хранилище файлов не настроено", retryable=False)
+        files: list[OutboundMedia] = []
+        for item in out.attachments:
+            data = bytearray()
+            async for chunk in await self.storage.open_range(str(item["key"])):
+                data += chunk
+            mime = str(item.get("mime") or "application/octet-stream")
+            files.append(
+                OutboundMedia(
+                    kind="image"
+                    if mime in PHOTO_TYPES and len(data) <= PHOTO_MAX_BYTES
+                    else "document",
+                    data=bytes(data),
+                    mime=mime,
+                    filename=str(item.get("filename") or "file"),
+                )
+            )
+        return files
+
+    async def _letter(self, out: conversations.Outgoing) -> OutboundEmail:
+        """The e-mail of a reply: its subject, threading, the quoted letter, the files."""
+        text, html = out.text, None
+        if out.quote is not None:
+            when = out.quote.sent_at.astimezone(ZoneInfo(self._timezone))
+            attribution = f"{when:%d.%m.%Y %H:%M}, {out.quote.author} <{out.to}>:"
+            text, html = quote_reply(out.text, out.quote.text, attribution)
+        return OutboundEmail(
+            to=(out.to,),
+            subject=out.subject or "",
+            text=text,
+            html=html,
+            in_reply_to=out.reply_to,
+            references=out.references,
+            attachments=tuple(await self._files(out)),
+        )
+
+    async def _send_files(self, adapter: Adapter, out: conversations.Outgoing) -> SendResult:
+        """A messenger's reply with files: each file a media message (photos as photos, the
+        rest as documents), the text the first one's caption when it fits, else sent first.
+        The first message's id is the one status updates are followed by."""
+        if not isinstance(adapter, MediaSender):
+            raise ChannelSendFailed(
+                "invalid", f"канал {out.channel} не отправляет файлы", retryable=False
+            )
+        files = await self._files(out)
+        caption: str | None = out.text or None
+        first: SendResult | None = None
+        if caption is not None and len(caption) > CAPTION_MAX:
+            first = await adapter.send_text(out.to, caption, reply_to=out.reply_to)
+            caption = None
+        for media in files:
+            sent = await adapter.send_media(
+                out.to, media, caption=caption, reply_to=out.reply_to if first is None else None
+            )
+            caption = None
+            first = first or sent
+        assert first is not None
+        return first
 
     async def media_job(
         self, session: AsyncSession, job: ScheduledJob, now: datetime

@@ -256,6 +256,15 @@ class MessageInput(BaseModel):
     text: str | None = Field(None, min_length=1, max_length=conversations.TEXT_MAX)
     note: bool = Field(False, description="an internal note: never sent to the client")
     template: TemplateInput | None = None
+    subject: str | None = Field(
+        None,
+        max_length=conversations.SUBJECT_MAX,
+        description='e-mail: the subject (default "Re: " and the answered letter\'s)',
+    )
+    reply_to_message_id: DbId | None = Field(
+        None, description="e-mail: the client's letter answered (default: his latest)"
+    )
+    quote: bool = Field(True, description="e-mail: quote the answered letter below the reply")
 
     @model_validator(mode="after")
     def _one_kind(self) -> MessageInput:
@@ -345,6 +354,9 @@ async def post_message(request: web.Request, body: MessageInput) -> MessageOut:
                 rules=rules(request),
                 window_open=request.app[INBOX].window_open(conv, now),
                 now=now,
+                subject=body.subject,
+                reply_to_message_id=body.reply_to_message_id,
+                quote=body.quote,
             )
         u.emit(*events)
         await u.commit()

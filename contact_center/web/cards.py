@@ -39,6 +39,7 @@ from contact_center.web.shell import (
 )
 from crm_core.clients.errors import ClientMerged
 from crm_core.clients.service import ClientFilter, list_companies, list_contacts
+from crm_core.conversations import service as conversations
 from crm_core.deals import service as deals
 from crm_core.errors import DomainError, NotFound
 from crm_core.leads import service as leads
@@ -80,6 +81,8 @@ class FieldContext:
         self.rules = rules
         self.user = user
         self.clients: dict[tuple[str, int], str] = {}  # names of the deal's contact and company
+        # addresses our mail could not reach, by lower-cased address (the e-mail field)
+        self.bounces: dict[str, Any] = {}
 
     def options(self, source: str) -> tuple[tuple[str, str], ...]:
         t = self.t
@@ -275,6 +278,11 @@ def field_view(
         "refers_to": spec.options if spec.kind == cf.CLIENT else "",  # contact or company
         "channels": cf.MESSENGER_CHANNELS,
         "error": error,
+        "bounces": {
+            address: ctx.bounces[address.lower()]
+            for address in (items if spec.kind == cf.EMAILS else ())
+            if isinstance(address, str) and address.lower() in ctx.bounces
+        },
     }
 
 
@@ -294,6 +302,9 @@ async def field_context(
             (k, i) for k, i in (("contact", view.contact_id), ("company", view.company_id)) if i
         ]
         ctx.clients = await client_names(session, refs)
+    addresses = getattr(subject.view, "emails", None) if subject is not None else None
+    if addresses:
+        ctx.bounces = await conversations.bounces(session, list(addresses))
     return ctx
 
 
@@ -680,7 +691,7 @@ async def card_page_data(
     request: web.Request, session: AsyncSession, subject: Subject, user: User
 ) -> dict[str, Any]:
     t = t_of(request)
-    ctx = await field_context(request, session, user)
+    ctx = await field_context(request, session, user, subject)
     groups = [
         (label, [field_view(spec, subject, ctx) for spec in specs])
         for label, specs in cf.groups_of(subject.kind, request.app[RULES])

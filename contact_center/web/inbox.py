@@ -6,6 +6,8 @@ statuses arrive over /ws (static/inbox.js refreshes the pieces that changed)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -23,6 +25,7 @@ from contact_center.web.shell import (
     language,
     now,
     page,
+    render_error,
     session_user,
     t_of,
 )
@@ -78,6 +81,26 @@ async def _card(
     return card
 
 
+async def _mail(
+    session: Any, inbox: Any, conv: Conversation, answer: int | None = None
+) -> dict[str, Any] | None:
+    """What the reply box of an e-mail conversation shows: from which mailbox to whom, the
+    subject, the letter answered (``answer``, or the client's latest; quoted below the reply)
+    and whether the address bounced."""
+    if conv.channel_kind != "email":
+        return None
+    answered = await conversations.answered_letter(session, conv, answer)
+    original = ((answered.payload or {}).get("email") or {}) if answered is not None else {}
+    found = await conversations.bounces(session, [conv.identity_value])
+    return {
+        "from": inbox.address(conv.channel),
+        "to": conv.identity_value,
+        "subject": conversations.reply_subject(original.get("subject")),
+        "answered": answered,
+        "bounce": found.get(conv.identity_value.lower()),
+    }
+
+
 async def _thread(
     request: web.Request, session: Any, user: User, conv_id: int, names: Any
 ) -> dict[str, Any]:
@@ -88,12 +111,16 @@ async def _thread(
     )
     inbox = request.app[INBOX]
     window_open = inbox.window_open(conv, now(request))
+    raw = request.query.get("answer", "")
+    answer = int(raw) if raw.isdigit() and len(raw) < 10 else None
     sms = conv.channel_kind == "sms"
     return {
         "sms": {m.id: _sms_billing(m) for m in messages if m.direction == "outbound"}
         if sms
         else {},
         "sms_counter": sms_counter("") if sms else None,
+        "mail": await _mail(session, inbox, conv, answer),
+        "upload_limit": inbox.upload_limit(conv.channel),
         "templates": [] if window_open else await inbox.templates(conv.channel),
         "conv": conv,
         "messages": messages,
@@ -198,47 +225,123 @@ async def _after(request: web.Request, user: User, conv_id: int) -> web.StreamRe
         return {"thread": await _thread(request, session, user, conv_id, names)}
 
 
+# The reply form's body: text and up to ATTACHMENTS_MAX files of at most a channel's limit
+# (25 MB by default); each file is checked against its channel's own limit.
+UPLOAD_MAX_BODY = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Reply:
+    text: str
+    as_note: bool
+    subject: str | None
+    reply_to_message_id: int | None
+    quote: bool
+    files: Sequence[tuple[str, str | None, bytes]]
+
+
+def _reply_form(form: Any) -> _Reply:
+    raw = str(form.get("reply_to_message_id", "")).strip()
+    if raw and not raw.isdigit():
+        raise InvalidInput(
+            f"reply_to_message_id: {raw!r} — ожидается номер письма",
+            details={"field": "reply_to_message_id", "value": raw},
+        )
+    files: list[tuple[str, str | None, bytes]] = []
+    for key, value in form.items():
+        if isinstance(value, web.FileField):
+            with value.file:  # aiohttp's spooled temporary file: closed once read
+                data = value.file.read()
+            if key == "files" and value.filename:
+                files.append((str(value.filename), value.content_type, data))
+    return _Reply(
+        text=str(form.get("text", "")),
+        as_note=form.get("note") == "1",
+        subject=str(form["subject"]) if "subject" in form else None,
+        reply_to_message_id=int(raw) if raw else None,
+        quote=form.get("quote") == "1",
+        files=files,
+    )
+
+
+async def reply_route(request: web.Request) -> web.StreamResponse:
+    """The reply form takes files: a larger body than other forms (refused in Russian, not
+    with aiohttp's English 413, past it)."""
+    if request.content_length is not None and request.content_length > UPLOAD_MAX_BODY:
+        t = t_of(request)
+        return await render_error(request, 413, t("inbox.files.too_large_total"))
+    clone = request.clone(
+        client_max_size=UPLOAD_MAX_BODY,
+        remote=request.remote or "",
+        scheme=request.scheme,
+        host=request.host,
+    )
+    return await reply(clone)
+
+
 @page("inbox/_thread.html")
 async def reply(request: web.Request, user: User) -> Any:
     conv_id = int(request.match_info["id"])
     form = await request.post()
     text = str(form.get("text", ""))
-    as_note = form.get("note") == "1"
     try:
-        await _write(request, user, conv_id, text, as_note=as_note)
-    except InvalidInput as exc:  # an empty text, the WhatsApp window: said beside the box
+        await _write(request, user, conv_id, _reply_form(form))
+    except InvalidInput as exc:  # an empty text, the WhatsApp window, a file: beside the box
         if not is_partial(request):
             raise
         async with request.app[SESSIONS]() as session:
             names = await listing.names(session)
             thread = await _thread(request, session, user, conv_id, names)
-        return {"thread": {**thread, "error": exc.message, "draft": text}, "_status": 422}
+        draft = {"error": exc.message, "draft": text}
+        if "subject" in form:
+            draft["draft_subject"] = str(form["subject"])
+        return {"thread": {**thread, **draft}, "_status": 422}
     return await _after(request, user, conv_id)
 
 
-async def _write(
-    request: web.Request, user: User, conv_id: int, text: str, *, as_note: bool
-) -> None:
+async def _write(request: web.Request, user: User, conv_id: int, form: _Reply) -> None:
     rules = request.app[RULES]
+    inbox = request.app[INBOX]
     at = now(request)
-    async with UnitOfWork(request) as u:
-        if as_note:
-            _, events = await conversations.add_note(
-                u.session, conv_id, text, actor=user, rules=rules, now=at
+    if form.as_note:
+        if form.files:
+            raise InvalidInput(
+                "files: к внутренней заметке файлы не прикладываются — снимите отметку "
+                "«заметка» или уберите файлы",
+                details={"field": "files"},
             )
-        else:
+        async with UnitOfWork(request) as u:
+            _, events = await conversations.add_note(
+                u.session, conv_id, form.text, actor=user, rules=rules, now=at
+            )
+            u.emit(*events)
+            await u.commit()
+        return
+    async with request.app[SESSIONS]() as session:
+        conv = await conversations.get_conversation(session, conv_id, actor=user, rules=rules)
+        channel = conv.channel
+    kept = await inbox.store_files(channel, form.files)
+    try:
+        async with UnitOfWork(request) as u:
             conv = await conversations.get_conversation(u.session, conv_id, actor=user, rules=rules)
             _, events = await conversations.queue_reply(
                 u.session,
                 conv_id,
-                text,
+                form.text,
                 actor=user,
                 rules=rules,
-                window_open=request.app[INBOX].window_open(conv, at),
+                window_open=inbox.window_open(conv, at),
                 now=at,
+                subject=form.subject,
+                reply_to_message_id=form.reply_to_message_id,
+                quote=form.quote,
+                attachments=kept,
             )
-        u.emit(*events)
-        await u.commit()
+            u.emit(*events)
+            await u.commit()
+    except BaseException:
+        await inbox.drop_files(kept)  # refused (the window, an empty text): nothing is kept
+        raise
 
 
 @page("inbox/_thread.html")
@@ -349,7 +452,7 @@ def routes(app: web.Application) -> None:
     app.router.add_post("/inbox/sms-count", sms_count)
     app.router.add_get(r"/inbox/{id:\d{1,9}}/thread", thread_partial)
     app.router.add_get(r"/inbox/media/{id:\d{1,9}}/{index:\d{1,2}}", media)
-    app.router.add_post(r"/inbox/{id:\d{1,9}}/reply", reply)
+    app.router.add_post(r"/inbox/{id:\d{1,9}}/reply", reply_route)
     app.router.add_post(r"/inbox/{id:\d{1,9}}/template", send_template)
     app.router.add_post(r"/inbox/{id:\d{1,9}}/status", set_status)
     app.router.add_post(r"/inbox/{id:\d{1,9}}/assign", assign)

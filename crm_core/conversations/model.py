@@ -79,6 +79,10 @@ class Conversation(Base):
     lead_id: Mapped[int | None] = mapped_column(
         ForeignKey("leads.id", ondelete="SET NULL"), index=True
     )
+    # A personal mailbox's conversation: only this manager (and the head) sees it.
+    owner_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
     unread: Mapped[int] = mapped_column(default=0)
     last_message_at: Mapped[datetime | None]
     last_inbound_at: Mapped[datetime | None]  # the WhatsApp 24-hour window counts from it
@@ -162,3 +166,20 @@ class Delivery(Base):
     next_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(String(500))
+
+
+class EmailBounce(Base):
+    """An address our mail could not reach: the last permanent delivery failure (DSN) a
+    mail server reported for it. The client card shows it beside the address and the reply box
+    warns before writing to it; a letter the address sends us again clears it."""
+
+    __tablename__ = "email_bounces"
+    __table_args__ = (UniqueConstraint("address", name="uq_email_bounces_address"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address: Mapped[str] = mapped_column(String(320))  # lower-cased
+    bounced_at: Mapped[datetime]
+    status: Mapped[str | None] = mapped_column(String(32))  # the enhanced code: 5.1.1
+    reason: Mapped[str | None] = mapped_column(String(500))  # the server's diagnostic
+    channel: Mapped[str] = mapped_column(String(64))
+    message_id: Mapped[str | None] = mapped_column(String(200))  # our letter that bounced

@@ -43,6 +43,7 @@ from crm_core.conversations.model import (
     STATUS_RANK,
     Conversation,
     ConversationStatus,
+    EmailBounce,
     MailboxCursor,
     Message,
     MessageStatus,
@@ -73,6 +74,8 @@ SEND_BACKOFF = timedelta(seconds=5)
 # reaching the client on any channel settles it.
 MISSED_CALL_PREFIX = "missed-call:"
 TEXT_MAX = 10_000
+SUBJECT_MAX = 300
+ATTACHMENTS_MAX = 10
 
 CHANNEL_LABELS = {"whatsapp": "WhatsApp", "telegram": "Telegram", "sms": "SMS", "email": "E-mail"}
 View = Literal["mine", "unassigned", "all"]
@@ -110,6 +113,7 @@ class Incoming:
     reply_to: str | None = None
     creates_client: bool = True  # auto-replies and bounces create no lead
     channel_name: str | None = None  # the channel's name people see (config), not its code
+    owner_id: int | None = None  # a personal mailbox's manager: the conversation is his
 
 
 @dataclass
@@ -531,36 +535,46 @@ async def receive(
     events: list[DomainEvent] = []
     lead_id: int | None = None
     why = ""
+    owner = incoming.owner_id
+    if owner is not None and conv.owner_id is None:
+        # A personal mailbox: its manager gets the conversation, not the distribution rules.
+        conv.owner_id = owner
+        if conv.assignee_id is None:
+            conv.assignee_id, why = owner, "owner"
     if conv.contact_id is None and conv.company_id is None and conv.lead_id is None:
         client = await identify(session, incoming, rules)
         if client is not None:
             conv.contact_id, conv.company_id = client.contact_id, client.company_id
             conv.lead_id = client.lead_id
-            conv.assignee_id, why = await assign_new(
-                session,
-                client.responsible_id,
-                None,
-                now,
-                rules,
-                default_timezone=default_timezone,
-                book=book,
-                capacity=capacity,
-            )
+            if owner is None:
+                conv.assignee_id, why = await assign_new(
+                    session,
+                    client.responsible_id,
+                    None,
+                    now,
+                    rules,
+                    default_timezone=default_timezone,
+                    book=book,
+                    capacity=capacity,
+                )
             if not conv.name:
                 conv.name = client.name[:300]
         elif incoming.creates_client:
             origin = await _origin(session, incoming)
-            assignee, why = await assign_new(
-                session,
-                None,
-                None,
-                now,
-                rules,
-                region_id=origin.region_id,
-                default_timezone=default_timezone,
-                book=book,
-                capacity=capacity,
-            )
+            if owner is not None:
+                assignee, why = conv.assignee_id, "owner"
+            else:
+                assignee, why = await assign_new(
+                    session,
+                    None,
+                    None,
+                    now,
+                    rules,
+                    region_id=origin.region_id,
+                    default_timezone=default_timezone,
+                    book=book,
+                    capacity=capacity,
+                )
             lead, lead_events = await _new_lead(
                 session, incoming, conv, now, rules, assignee, origin
             )
@@ -624,6 +638,8 @@ async def receive(
         conv.phone = incoming.phone
     if incoming.sender_name and not conv.name:
         conv.name = incoming.sender_name[:300]
+    if incoming.email and incoming.channel_kind == "email":
+        await clear_bounce(session, incoming.email)  # the address writes again: it works
     await session.flush()
     events.extend(await _timeline(session, conv, message, now))
     events.append(_new_event(conv, message))
@@ -702,12 +718,30 @@ async def _timeline(
 # ---------------------------------------------------------------- access
 
 
+def _personal_hidden(actor: Actor, conv: Conversation) -> bool:
+    """A personal mailbox's conversation is shown to its manager, to whom it was handed and to
+    the head, to nobody else (whatever ``crm.managers_read_all`` says)."""
+    if conv.owner_id is None or access.is_privileged(actor):
+        return False
+    return actor.id not in (conv.owner_id, conv.assignee_id)
+
+
 def _check(actor: Actor, conv: Conversation, rules: CrmRules, *, write: bool) -> None:
     """An unassigned conversation is everyone's to take; an assigned one its manager's (and
-    the head's; with ``crm.managers_read_all`` every manager reads it)."""
+    the head's; with ``crm.managers_read_all`` every manager reads it); a personal mailbox's
+    its manager's alone."""
+    if _personal_hidden(actor, conv):
+        raise NotFound(f"no conversation {conv.id}")
     if conv.assignee_id is None:
         return
-    access.check(actor, conv.assignee_id, rules, write=write, what=f"conversation {conv.id}")
+    access.check(
+        actor,
+        conv.assignee_id,
+        rules,
+        write=write,
+        what=f"conversation {conv.id}",
+        owners=() if conv.owner_id is None else (conv.owner_id,),
+    )
 
 
 async def get_conversation(
@@ -721,9 +755,24 @@ async def get_conversation(
 
 
 def _scope(stmt: Any, actor: Actor, rules: CrmRules) -> Any:
-    if access.is_privileged(actor) or rules.managers_read_all:
+    if access.is_privileged(actor):
         return stmt
-    return stmt.where(or_(Conversation.assignee_id == actor.id, Conversation.assignee_id.is_(None)))
+    stmt = stmt.where(
+        or_(
+            Conversation.owner_id.is_(None),
+            Conversation.owner_id == actor.id,
+            Conversation.assignee_id == actor.id,
+        )
+    )
+    if rules.managers_read_all:
+        return stmt
+    return stmt.where(
+        or_(
+            Conversation.assignee_id == actor.id,
+            Conversation.assignee_id.is_(None),
+            Conversation.owner_id == actor.id,
+        )
+    )
 
 
 async def list_conversations(
@@ -819,13 +868,52 @@ async def _writable(
     return conv
 
 
-def _clean_text(text: str) -> str:
+def _clean_text(text: str, *, empty_ok: bool = False) -> str:
     cleaned = text.strip()
-    if not cleaned:
+    if not cleaned and not empty_ok:
         raise InvalidInput("text: пустое сообщение — напишите текст", details={"field": "text"})
     if len(cleaned) > TEXT_MAX:
         raise InvalidInput(
             f"text: не длиннее {TEXT_MAX} символов", details={"field": "text", "max": TEXT_MAX}
+        )
+    return cleaned
+
+
+def reply_subject(subject: str | None) -> str:
+    """The subject of a reply to a letter titled ``subject``: "Re: …", once."""
+    subject = (subject or "").strip()
+    if subject.lower().startswith(("re:", "re[", "на:", "отв:")):
+        return subject
+    return f"Re: {subject}".strip()
+
+
+async def answered_letter(
+    session: AsyncSession, conv: Conversation, message_id: int | None = None
+) -> Message | None:
+    """The client's letter a reply answers: ``message_id`` (it must be an inbound message of
+    ``conv``, else ``InvalidInput``), by default the client's latest."""
+    if message_id is None:
+        return await session.scalar(
+            select(Message)
+            .where(Message.conversation_id == conv.id, Message.direction == "inbound")
+            .order_by(Message.id.desc())
+            .limit(1)
+        )
+    message = await session.get(Message, message_id)
+    if message is None or message.conversation_id != conv.id or message.direction != "inbound":
+        raise InvalidInput(
+            f"reply_to_message_id: {message_id} — это не письмо клиента из этого разговора",
+            details={"field": "reply_to_message_id", "value": message_id},
+        )
+    return message
+
+
+def _clean_subject(subject: str) -> str:
+    cleaned = " ".join(subject.split())  # a line break would start another header
+    if len(cleaned) > SUBJECT_MAX:
+        raise InvalidInput(
+            f"subject: тема не длиннее {SUBJECT_MAX} символов",
+            details={"field": "subject", "max": SUBJECT_MAX},
         )
     return cleaned
 
@@ -839,14 +927,41 @@ async def queue_reply(
     rules: CrmRules,
     window_open: bool = True,
     now: datetime | None = None,
+    subject: str | None = None,
+    reply_to_message_id: int | None = None,
+    quote: bool = True,
+    attachments: Sequence[dict[str, Any]] = (),
 ) -> tuple[Message, list[DomainEvent]]:
     """A manager's reply, written to the outbox: stored ``queued`` with its send job in the
     same transaction, so it is sent once the caller commits and never lost. Refused outside the
     channel's messaging window (WhatsApp: 24 h after the client's last message). A manager who
-    answers an unassigned conversation takes it."""
+    answers an unassigned conversation takes it.
+
+    E-mail: ``subject`` (default "Re: " and the answered letter's), the letter answered
+    (``reply_to_message_id``, default the client's latest: the reply threads under it) and
+    whether to ``quote`` it below the reply. ``attachments`` are files already in storage
+    (``key``, ``mime``, ``size``, ``filename``, ``sha256``); with them the text may be empty."""
     now = now or utcnow()
     conv = await _writable(session, conversation_id, actor, rules)
-    cleaned = _clean_text(text)
+    if len(attachments) > ATTACHMENTS_MAX:
+        raise InvalidInput(
+            f"files: не больше {ATTACHMENTS_MAX} файлов в одном сообщении",
+            details={"field": "files", "max": ATTACHMENTS_MAX},
+        )
+    cleaned = _clean_text(text, empty_ok=bool(attachments))
+    payload: dict[str, Any] | None = None
+    if conv.channel_kind == "email":
+        answered = await answered_letter(session, conv, reply_to_message_id)
+        original = ((answered.payload or {}).get("email") or {}) if answered else {}
+        chosen = _clean_subject(subject) if subject is not None else ""
+        payload = {
+            "email": {
+                "subject": chosen or reply_subject(original.get("subject")),
+                "to": [conv.identity_value],
+                "reply_to_message_id": answered.id if answered else None,
+                "quote": bool(quote and answered is not None and answered.text),
+            }
+        }
     if not window_open:
         raise WindowClosed(
             "Прошло больше 24 часов с последнего сообщения клиента: WhatsApp не доставляет "
@@ -860,16 +975,23 @@ async def queue_reply(
     if conv.assignee_id is None and actor.id is not None:
         conv.assignee_id = actor.id
         events.append(_changed(conv, ("assignee_id",)))
+    files = [
+        {k: a.get(k) for k in ("key", "mime", "size", "filename", "sha256")} for a in attachments
+    ]
+    kind = "text"
+    if files and not cleaned:
+        kind = "image" if str(files[0].get("mime") or "").startswith("image/") else "document"
     message = Message(
         conversation_id=conv.id,
         channel=conv.channel,
         direction="outbound",
         author_kind="manager" if actor.id is not None else "bot",
         author_id=actor.id,
-        kind="text",
-        text=cleaned,
+        kind=kind,
+        text=cleaned or None,
         status=MessageStatus.QUEUED.value,
-        attachments=[],
+        attachments=files,
+        payload=payload,
         sent_at=now,
         attempts=0,
         created_at=now,
@@ -878,7 +1000,7 @@ async def queue_reply(
     if actor.id is not None:  # a manager answered: he has read it (a bot's reply has not)
         conv.unread = 0
     conv.last_message_at = now
-    conv.preview = _preview(cleaned, "text")
+    conv.preview = _preview(cleaned or (files[0].get("filename") if files else None), kind)
     conv.updated_at = now
     if conv.status == ConversationStatus.RESOLVED.value:
         conv.status = ConversationStatus.OPEN.value
@@ -1021,6 +1143,17 @@ class Outgoing:
     subject: str | None = None  # e-mail: the thread's subject
     references: tuple[str, ...] = ()  # e-mail: the client's Message-IDs in the thread
     template: dict[str, Any] | None = None  # WhatsApp: {"name", "language", "params"}
+    quote: Quoted | None = None  # e-mail: the letter answered, quoted below the reply
+    attachments: tuple[dict[str, Any], ...] = ()  # files in storage: key, mime, filename
+
+
+@dataclass(frozen=True)
+class Quoted:
+    """The client's letter a reply quotes: who wrote it, when, and its text."""
+
+    author: str
+    sent_at: datetime
+    text: str
 
 
 async def outgoing(session: AsyncSession, message_id: int) -> Outgoing | None:
@@ -1034,20 +1167,26 @@ async def outgoing(session: AsyncSession, message_id: int) -> Outgoing | None:
     message.attempts += 1
     reply_to, subject = message.reply_to, None
     references: tuple[str, ...] = ()
+    quoted: Quoted | None = None
     if conv.channel_kind == "email":
-        # A reply threads under the client's last letter and keeps its subject.
-        last = await session.scalar(
-            select(Message)
-            .where(Message.conversation_id == conv.id, Message.direction == "inbound")
-            .order_by(Message.id.desc())
-            .limit(1)
-        )
-        if last is not None:
-            reply_to = reply_to or last.provider_message_id
-            subject = ((last.payload or {}).get("email") or {}).get("subject") or ""
-            if not subject.lower().startswith("re:"):
-                subject = f"Re: {subject}".strip()
-            references = tuple(r for r in (conv.thread_key, last.provider_message_id) if r)
+        # A reply threads under the letter it answers (the client's latest unless the
+        # manager chose one) and keeps its subject unless he changed it.
+        chosen = (message.payload or {}).get("email") or {}
+        answered: Message | None = None
+        if chosen.get("reply_to_message_id"):
+            answered = await session.get(Message, int(chosen["reply_to_message_id"]))
+        if answered is None:
+            answered = await answered_letter(session, conv)
+        subject = chosen.get("subject")
+        if answered is not None:
+            original = (answered.payload or {}).get("email") or {}
+            reply_to = reply_to or answered.provider_message_id
+            if subject is None:
+                subject = reply_subject(original.get("subject"))
+            parent_refs = [str(r) for r in original.get("references") or ()] or [conv.thread_key]
+            references = tuple(r for r in (*parent_refs, answered.provider_message_id) if r)
+            if chosen.get("quote") and answered.text:
+                quoted = Quoted(conv.name or conv.identity_value, answered.sent_at, answered.text)
     return Outgoing(
         message.id,
         conv.id,
@@ -1059,6 +1198,8 @@ async def outgoing(session: AsyncSession, message_id: int) -> Outgoing | None:
         subject,
         tuple(dict.fromkeys(references)),
         (message.payload or {}).get("template"),
+        quoted,
+        tuple(dict(a) for a in message.attachments or ()),
     )
 
 
@@ -1342,3 +1483,47 @@ async def store_attachment(
     message.attachments = attachments  # a new list: the JSON column sees the change
     await session.flush()
     return message
+
+
+# ---------------------------------------------------------------- bounces
+
+
+async def record_bounce(
+    session: AsyncSession,
+    address: str,
+    *,
+    at: datetime,
+    channel: str,
+    status: str | None,
+    reason: str | None,
+    message_id: str | None = None,
+) -> None:
+    """A mail server reported ``address`` permanently unreachable: remember the latest
+    report (its date, code and the server's reason) for the card and the reply box."""
+    values = {
+        "bounced_at": at,
+        "status": (status or None) and status[:32],
+        "reason": (reason or None) and reason[:500],
+        "channel": channel[:64],
+        "message_id": (message_id or None) and message_id[:200],
+    }
+    stmt = _insert(session)(EmailBounce).values(address=address.strip().lower()[:320], **values)
+    await session.execute(stmt.on_conflict_do_update(index_elements=["address"], set_=values))
+
+
+async def clear_bounce(session: AsyncSession, address: str) -> None:
+    """The address wrote to us: it is reachable again."""
+    bounce = await session.scalar(
+        select(EmailBounce).where(EmailBounce.address == address.strip().lower())
+    )
+    if bounce is not None:
+        await session.delete(bounce)
+
+
+async def bounces(session: AsyncSession, addresses: Sequence[str]) -> dict[str, EmailBounce]:
+    """The bounce reports of ``addresses`` that have one, by lower-cased address."""
+    wanted = sorted({a.strip().lower() for a in addresses if a})
+    if not wanted:
+        return {}
+    rows = await session.scalars(select(EmailBounce).where(EmailBounce.address.in_(wanted)))
+    return {b.address: b for b in rows}

@@ -15,7 +15,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from channels.base import OutboundMedia
 from channels.errors import ChannelSendFailed
-from channels.mail import EmailAdapter, OutboundEmail
+from channels.mail import EmailAdapter, OutboundEmail, quote_reply
 from tests.fakes.tls import LocalCert, make_local_cert
 
 
@@ -207,3 +207,20 @@ async def test_an_unreachable_server_is_retryable() -> None:
     with pytest.raises(ChannelSendFailed) as err:
         await adapter(free_port()).send_text("a@example.ru", "hi")
     assert (err.value.code, err.value.retryable) == ("transport", True)
+
+
+def test_a_reply_quotes_the_letter_as_text_and_as_an_html_blockquote() -> None:
+    plain, html = quote_reply(
+        "Добрый день!\nСчёт во вложении.",
+        "Нужно 5 паллет <b>бумаги</b>.\r\n\r\nСрочно.",
+        "02.12.2026 14:30, Роман <buyer@example.ru>:",
+    )
+    assert plain == (
+        "Добрый день!\nСчёт во вложении.\n\n02.12.2026 14:30, Роман <buyer@example.ru>:\n"
+        "> Нужно 5 паллет <b>бумаги</b>.\n>\n> Срочно.\n"
+    )
+    assert '<blockquote type="cite"' in html
+    assert "Нужно 5 паллет &lt;b&gt;бумаги&lt;/b&gt;.<br>" in html  # text, never markup
+    assert "Роман &lt;buyer@example.ru&gt;:" in html
+    assert html.index("Счёт во вложении.") < html.index("<blockquote")
+    assert "<b>" not in html

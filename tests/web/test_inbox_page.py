@@ -3,12 +3,14 @@ resolve, reassign, the menu counter and the WhatsApp window explained."""
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import FormData
 from sqlalchemy import select
 
 from contact_center.app import create_app
@@ -201,3 +203,133 @@ async def test_a_clients_picture_is_stored_and_shown_to_whom_may_read_it(
     assert resp.headers["Content-Type"] == "image/png"
     await sign_in(client, "anna")
     assert (await client.get(f"/inbox/media/{message.id}/0")).status == 404
+
+
+PDF = b"%PDF-1.4\n" + b"1 0 obj << >> endobj\n" * 50 + b"%%EOF\n"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 300
+
+
+def _files_form(token: str, text: str, *files: tuple[str, bytes, str]) -> FormData:
+    form = FormData(quote_fields=False)  # as a browser sends a file name: UTF-8
+    form.add_field("csrf_token", token)
+    form.add_field("text", text)
+    for name, data, ctype in files:
+        form.add_field("files", io.BytesIO(data), filename=name, content_type=ctype)
+    return form
+
+
+async def test_a_reply_with_files_goes_to_the_graph_api_and_shows_in_the_thread(
+    client: Any, graph: FakeGraphApi
+) -> None:
+    await _setup(client)
+    await _deliver(client, wa_text("wamid.f1", "Пришлите счёт и фото образца"))
+    async with client.app[SESSIONS]() as session:
+        conv = (await session.scalars(select(Conversation))).one()
+    await sign_in(client, "ivan")
+    page = visible(await (await client.get(f"/inbox?c={conv.id}")).text())
+    assert 'type="file" name="files"' in page and "до 25 МБ" in page
+    token = await csrf(client, "/inbox")
+    resp = await client.post(
+        f"/inbox/{conv.id}/reply",
+        data=_files_form(
+            token,
+            "Счёт и фото во вложении",
+            ("счёт 15.pdf", PDF, "application/pdf"),
+            ("образец.png", PNG, "image/png"),
+        ),
+        headers={"HX-Request": "true"},
+    )
+    assert resp.status == 200, await resp.text()
+    html = await resp.text()
+    assert "счёт 15.pdf" in html and "Счёт и фото во вложении" in html
+    async with client.app[SESSIONS]() as session:
+        reply = (
+            await session.scalars(select(Message).where(Message.direction == "outbound"))
+        ).one()
+    assert [a["filename"] for a in reply.attachments] == ["счёт 15.pdf", "образец.png"]
+    assert [a["mime"] for a in reply.attachments] == ["application/pdf", "image/png"]
+    assert all(a["key"] and a["size"] for a in reply.attachments)
+    # the manager and the head open the file from the thread
+    got = await client.get(f"/inbox/media/{reply.id}/0")
+    assert got.status == 200 and await got.read() == PDF
+
+    await client.app[SCHEDULER].run_once()
+    uploads = graph.calls("/media")
+    assert [u.form["file"]["data"] for u in uploads] == [PDF, PNG]
+    assert [u.form["file"]["content_type"] for u in uploads] == ["application/pdf", "image/png"]
+    sent = [c.json() for c in graph.calls("/messages")]
+    assert [s["type"] for s in sent] == ["document", "image"]
+    assert sent[0]["document"]["filename"] == "счёт 15.pdf"
+    assert sent[0]["document"]["caption"] == "Счёт и фото во вложении"  # the text, once
+    assert "caption" not in sent[1]["image"]
+    assert sent[0]["document"]["id"] != sent[1]["image"]["id"]
+    async with client.app[SESSIONS]() as session:
+        stored = await session.get(Message, reply.id)
+        assert stored is not None and stored.status == "sent"
+        assert stored.provider_message_id and stored.provider_message_id.startswith("wamid.fake.")
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "ctype", "says"),
+    [
+        (
+            "setup.exe",
+            b"MZ" + b"\x00" * 100,
+            "application/x-msdownload",
+            "такой тип не отправляется",
+        ),
+        ("счёт.pdf", b"<html>not a pdf</html>", "application/pdf", "содержимое не похоже на PDF"),
+        ("фото.png", PNG, "application/pdf", "браузер назвал его application/pdf"),
+        ("пусто.pdf", b"", "application/pdf", "пустой"),
+    ],
+)
+async def test_a_file_that_is_not_sent_is_refused_in_russian(
+    client: Any, graph: FakeGraphApi, name: str, data: bytes, ctype: str, says: str
+) -> None:
+    await _setup(client)
+    await _deliver(client, wa_text("wamid.f2", "Жду документы"))
+    async with client.app[SESSIONS]() as session:
+        conv = (await session.scalars(select(Conversation))).one()
+    await sign_in(client, "ivan")
+    token = await csrf(client, "/inbox")
+    resp = await client.post(
+        f"/inbox/{conv.id}/reply",
+        data=_files_form(token, "см. файл", (name, data, ctype)),
+        headers={"HX-Request": "true"},
+    )
+    assert resp.status == 422
+    html = await resp.text()
+    assert says in html and name in html
+    assert "см. файл" in html  # the draft is kept
+    async with client.app[SESSIONS]() as session:
+        assert (
+            await session.scalars(select(Message).where(Message.direction == "outbound"))
+        ).all() == []
+    await client.app[SCHEDULER].run_once()
+    assert graph.calls("/messages") == [] and graph.calls("/media") == []
+
+
+async def test_a_file_over_the_channels_limit_is_refused_naming_the_limit(
+    make_settings: Any, database_url: str, graph: FakeGraphApi, aiohttp_client_factory: Any
+) -> None:
+    settings = make_settings(
+        CC_DATABASE_URL=database_url,
+        CC_CHANNELS=json.dumps([{**wa_channel(graph.url), "media_max_bytes": 1024 * 1024}]),
+        CC_SCHEDULER_INTERVAL_S="3600",
+    )
+    client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+    await _setup(client)
+    await _deliver(client, wa_text("wamid.f3", "Жду каталог"))
+    async with client.app[SESSIONS]() as session:
+        conv = (await session.scalars(select(Conversation))).one()
+    await sign_in(client, "ivan")
+    token = await csrf(client, "/inbox")
+    big = b"%PDF-1.4\n" + b"0" * (2 * 1024 * 1024)
+    resp = await client.post(
+        f"/inbox/{conv.id}/reply",
+        data=_files_form(token, "", ("каталог.pdf", big, "application/pdf")),
+        headers={"HX-Request": "true"},
+    )
+    assert resp.status == 422
+    html = await resp.text()
+    assert "каталог.pdf" in html and "2 МБ" in html and "предела 1 МБ" in html

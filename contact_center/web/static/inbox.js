@@ -49,6 +49,21 @@
     return run;
   }
 
+  // A reply being written is not thrown away by a reload: text typed in the box, a subject
+  // changed, files chosen (a file input cannot be refilled).
+  function composing() {
+    const form = document.querySelector("#inbox-thread form.composer");
+    if (!form) return false;
+    const text = form.querySelector("#reply-text");
+    const subject = form.querySelector("#reply-subject");
+    const files = form.querySelector("#reply-files");
+    return Boolean(
+      (text && text.value && form.contains(document.activeElement)) ||
+      (subject && subject.value !== subject.defaultValue) ||
+      (files && files.files && files.files.length)
+    );
+  }
+
   const reloadThread = reloader("#inbox-thread", (node) => "/inbox/" + node.dataset.conversation + "/thread", true);
   const reloadList = reloader("#inbox-rows", (node) => node.dataset.src, false);
 
@@ -72,9 +87,7 @@
     const thread = document.getElementById("inbox-thread");
     if (thread && String(msg.conversation_id) === thread.dataset.conversation) {
       events += 1;
-      const box = document.getElementById("reply-text");
-      const typing = box && document.activeElement === box && box.value;
-      if (!typing) reloadThread();
+      if (!composing()) reloadThread();
     }
     reloadList();
   });

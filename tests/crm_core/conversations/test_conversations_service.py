@@ -14,13 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from contact_center.call_outcomes import missed_call_key
 from crm_core import access
 from crm_core.activities.model import Activity
-from crm_core.clients.model import Contact, Phone
+from crm_core.clients.model import Contact, Email, Phone
 from crm_core.conversations import service as conversations
 from crm_core.conversations.events import MessageStatusChanged
 from crm_core.conversations.model import Conversation, Message
 from crm_core.distribution import rules as distribution_rules
 from crm_core.distribution.schemas import ManagerInput, RuleInput
-from crm_core.errors import NotFound, PermissionDenied
+from crm_core.errors import InvalidInput, NotFound, PermissionDenied
 from crm_core.jobs.model import ScheduledJob
 from crm_core.leads.model import Lead
 from crm_core.reference.model import Source
@@ -449,3 +449,160 @@ async def test_outside_working_hours_a_new_client_gets_the_automatic_reply(
     )
     assert on_duty.conversation.assignee_id == world["anna"]
     assert [e.name for e in on_duty.events].count("message.new") == 1
+
+
+def letter(mid: str, sender: str = "newbie@example.ru", **kw: Any) -> conversations.Incoming:
+    base = conversations.Incoming(
+        channel="ivan-mail",
+        channel_kind="email",
+        provider_message_id=mid,
+        identity_kind="email",
+        identity_value=sender,
+        sent_at=T0,
+        kind="email",
+        text="Добрый день",
+        sender_name="Пётр",
+        email=sender,
+        thread_key=mid,
+        payload={"email": {"subject": "Заявка", "message_id": mid, "references": []}},
+    )
+    return replace(base, **kw)
+
+
+@pytest.mark.parametrize("read_all", [False, True])
+async def test_a_personal_mailbox_is_its_managers_alone(
+    session: AsyncSession, world: World, read_all: bool
+) -> None:
+    rules = CrmRules(managers_read_all=read_all)
+    await distribution_rules.create_rule(
+        session,
+        RuleInput(strategy="fixed", managers=[ManagerInput(user_id=world["anna"])]),
+        now=T0,
+    )
+    got = await conversations.receive(
+        session, letter("<p1@example.ru>", owner_id=world["ivan"]), rules=rules, now=T0
+    )
+    # a client of anna's writing to ivan's own mailbox reaches ivan, not his responsible
+    session.add(Email(contact_id=world["anna_contact"], address="known@example.ru"))
+    known = await conversations.receive(
+        session,
+        letter("<p2@example.ru>", sender="known@example.ru", owner_id=world["ivan"]),
+        rules=rules,
+        now=T0,
+    )
+    shared = await conversations.receive(
+        session, letter("<s1@example.ru>", sender="other@example.ru", channel="sales"), rules=rules
+    )
+    await session.commit()
+    conv = got.conversation
+    assert conv.owner_id == world["ivan"] and conv.assignee_id == world["ivan"]
+    lead = await session.get(Lead, got.lead_id)
+    assert lead is not None and lead.responsible_id == world["ivan"]  # not the rules' anna
+    assert known.conversation.contact_id == world["anna_contact"] and known.lead_id is None
+    assert known.conversation.assignee_id == world["ivan"]
+    assert shared.conversation.owner_id is None
+    assert shared.conversation.assignee_id == world["anna"]  # the distribution rules
+    anna, ivan, boss = world.user("anna"), world.user("ivan"), world.user("boss")
+    seen, _ = await conversations.list_conversations(session, actor=anna, rules=rules)
+    assert conv.id not in {c.id for c in seen} and shared.conversation.id in {c.id for c in seen}
+    with pytest.raises(NotFound):
+        await conversations.get_conversation(session, conv.id, actor=anna, rules=rules)
+    with pytest.raises(NotFound):
+        await conversations.queue_reply(session, conv.id, "я отвечу", actor=anna, rules=rules)
+    for reader in (ivan, boss):
+        seen, _ = await conversations.list_conversations(session, actor=reader, rules=rules)
+        assert conv.id in {c.id for c in seen}
+        await conversations.get_conversation(session, conv.id, actor=reader, rules=rules)
+    # the head hands it to anna: now she sees it too, and ivan still does
+    await conversations.assign(session, conv.id, world["anna"], actor=boss, rules=rules)
+    for reader in (anna, ivan):
+        await conversations.get_conversation(session, conv.id, actor=reader, rules=rules)
+        seen, _ = await conversations.list_conversations(session, actor=reader, rules=rules)
+        assert conv.id in {c.id for c in seen}
+
+
+async def test_a_bounce_is_remembered_per_address_until_the_address_writes(
+    session: AsyncSession, world: World
+) -> None:
+    await conversations.record_bounce(
+        session,
+        "Buyer@Example.ru",
+        at=T0,
+        channel="sales",
+        status="5.1.1",
+        reason="smtp; 550 5.1.1 User unknown",
+        message_id="<ours-1@shop.test>",
+    )
+    later = T0 + timedelta(days=1)
+    await conversations.record_bounce(
+        session,
+        "buyer@example.ru",
+        at=later,
+        channel="sales",
+        status="5.2.2",
+        reason="mailbox full",
+    )
+    await session.commit()
+    found = await conversations.bounces(session, ["BUYER@example.ru", "other@example.ru"])
+    assert list(found) == ["buyer@example.ru"]
+    assert found["buyer@example.ru"].status == "5.2.2"  # the latest report
+    assert found["buyer@example.ru"].reason == "mailbox full"
+    await conversations.receive(
+        session,
+        letter("<back@example.ru>", sender="buyer@example.ru", channel="sales"),
+        rules=RULES,
+        now=later,
+    )
+    await session.commit()
+    assert await conversations.bounces(session, ["buyer@example.ru"]) == {}
+
+
+async def test_an_email_reply_keeps_the_chosen_subject_and_the_letter_it_answers(
+    session: AsyncSession, world: World
+) -> None:
+    first = await conversations.receive(session, letter("<a1@example.ru>"), rules=RULES, now=T0)
+    second = await conversations.receive(
+        session,
+        letter(
+            "<a2@example.ru>",
+            thread_key="<a1@example.ru>",
+            text="И ещё картон",
+            payload={
+                "email": {
+                    "subject": "Re: Заявка",
+                    "message_id": "<a2@example.ru>",
+                    "references": ["<a1@example.ru>"],
+                }
+            },
+        ),
+        rules=RULES,
+        now=T0,
+    )
+    assert second.conversation.id == first.conversation.id  # one thread
+    conv_id = second.conversation.id
+    boss = world.user("boss")
+    default, _ = await conversations.queue_reply(session, conv_id, "Ответ", actor=boss, rules=RULES)
+    out = await conversations.outgoing(session, default.id)
+    assert out is not None and out.subject == "Re: Заявка" and out.reply_to == "<a2@example.ru>"
+    assert out.references == ("<a1@example.ru>", "<a2@example.ru>")
+    assert out.quote is not None and out.quote.text == "И ещё картон"
+    with pytest.raises(InvalidInput, match="subject"):
+        await conversations.queue_reply(
+            session, conv_id, "Ответ", actor=boss, rules=RULES, subject="x" * 301
+        )
+    with pytest.raises(InvalidInput, match="reply_to_message_id"):
+        await conversations.queue_reply(
+            session, conv_id, "Ответ", actor=boss, rules=RULES, reply_to_message_id=default.id
+        )
+    chosen, _ = await conversations.queue_reply(
+        session,
+        conv_id,
+        "Ответ",
+        actor=boss,
+        rules=RULES,
+        subject="Счёт\r\nBcc: spy@evil.test",  # a line break cannot start another header
+        reply_to_message_id=second.message.id,
+        quote=False,
+    )
+    out = await conversations.outgoing(session, chosen.id)
+    assert out is not None and out.subject == "Счёт Bcc: spy@evil.test" and out.quote is None
