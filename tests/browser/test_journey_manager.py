@@ -8,9 +8,7 @@ docs/screenshots/journey-manager-NN-<step>.png."""
 
 from __future__ import annotations
 
-import json
 import re
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,9 +24,8 @@ from crm_core.leads.model import Lead
 from crm_core.reference.model import Region, Source
 from crm_core.rules import CrmRules
 from crm_core.tasks.model import Task
-from tests.ami._pbx_script import Script
-from tests.browser._journey import journey, make_user, plain
-from tests.fakes.ami_server import FakeAmiServer, encode
+from tests.browser._journey import click_to_call, journey, make_user, pbx_settings, plain
+from tests.fakes.ami_server import FakeAmiServer
 from tests.helpers import until
 
 CLIENT = "+78125550011"
@@ -45,18 +42,7 @@ async def live(
     make_settings: Any, database_url: str, fake_pbx: FakeAmiServer, aiohttp_client_factory: Any
 ) -> Any:
     """The server, connected to the fake PBX over a real AMI session."""
-    pbx = [
-        {
-            "name": "main",
-            "host": "127.0.0.1",
-            "port": fake_pbx.port,
-            "username": "cc",
-            "secret": "s3cret",
-            "trunks": ["provider"],
-            "extension_pattern": "^\\d{3}$",
-        }
-    ]
-    settings = make_settings(CC_DATABASE_URL=database_url, CC_PBX=json.dumps(pbx))
+    settings = make_settings(CC_DATABASE_URL=database_url, CC_PBX=pbx_settings(fake_pbx.port))
     client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
     await until(
         lambda: client.app[PBX]["main"].link is not None and client.app[PBX]["main"].link.connected,
@@ -100,19 +86,6 @@ async def _world(client: Any) -> dict[str, Any]:
         return {"ivan": ivan, "lead": lead.id}
 
 
-def _answered_click_to_call(number: str) -> bytes:
-    """What Asterisk 22 sends for an ``Originate`` of ``PJSIP/101`` to ``number``: the
-    manager's phone rings first showing the client's number, he picks up, the client's leg
-    is dialled through the trunk and answers, both talk in one bridge."""
-    s = Script(start=time.time())
-    manager = s.channel("101", cid="101", cidname="Ivan Petrov", context="internal")
-    s.varset(manager, "CLICK2CALL", number)
-    s.dial_begin(None, manager, "101")
-    manager.cid, manager.cidname = number, number
-    s.state(manager, 5)
-    return b"".join(encode(frame.headers) for frame in s.frames)
-
-
 async def test_a_managers_day_from_a_call_back_to_an_invoice(
     live: Any, fake_pbx: FakeAmiServer, browser: Any
 ) -> None:
@@ -137,14 +110,17 @@ async def test_a_managers_day_from_a_call_back_to_an_invoice(
     assert originate[0]["Channel"].endswith("/101")
 
     # The PBX rings his phone for the call to the client: the pop-up shows the lead.
-    session = fake_pbx.logged_in_sessions()[-1]
-    await session.send(_answered_click_to_call(CLIENT))
-    pop = page.locator(".pop").first
-    await pop.wait_for(timeout=10000)
+    pbx = fake_pbx.logged_in_sessions()[-1]
+    call = click_to_call(CLIENT, "101", talk_s=95)
+    await pbx.send(call.part(0))
+    pop = page.locator(f".pop[data-call='{call.call_id}']")
+    await pop.wait_for()
     text = await pop.inner_text()
-    assert "+7 (812) 555-00-11" in text
-    assert "Исходящий звонок" in text
+    assert "Исходящий звонок" in text and "+7 (812) 555-00-11" in text
+    assert "Мария" in text and "Перезвонить по заявке: текстиль" in text
     await j.shot("pop-up")
+    await pbx.send(call.part(1))  # he picks up, the client answers: they talk
+    await page.locator(f".pop.answered[data-call='{call.call_id}']").wait_for()
 
     # From the pop-up to the lead's card (a new tab: the call's pop-up stays where it was).
     async with page.context.expect_page() as opened:
@@ -155,6 +131,14 @@ async def test_a_managers_day_from_a_call_back_to_an_invoice(
     assert await page.inner_text("#card .card-title") == "Мария"
     assert "Заявка с сайта: текстиль" in await page.inner_text("#f-title")
     await j.shot("lead-card")
+
+    # The call ends (a minute and a half): it is on the lead's history, the task is done.
+    await pbx.send(call.part(2))
+    await page.locator("#timeline", has_text="Исходящий звонок").wait_for()
+    tasks = page.locator("#card-tasks li", has_text="Перезвонить по заявке: текстиль")
+    await tasks.locator("button", has_text="Выполнено").click()
+    await tasks.wait_for(state="detached")
+    await page.locator("#timeline", has_text="Задача выполнена").wait_for()
 
     # Edit fields in place: the contact's full name and the region.
     await page.click("#f-contact_name button.edit")
