@@ -345,8 +345,10 @@
         pop.classList.add("ended");
         if (!pop.querySelector("form")) setTimeout(() => { pop.remove(); arrangePops(); }, 8000);
       }
-      // A call of his is stored before this frame: an open card's history shows it at once.
-      if (mine || pop) document.body.dispatchEvent(new CustomEvent("calls-changed"));
+      // The call is stored before this frame: My day's counters and plan fact follow it, and
+      // for a call of his an open card's history shows it at once.
+      document.body.dispatchEvent(new CustomEvent("calls-changed"));
+      if (mine || pop) document.body.dispatchEvent(new CustomEvent("my-call-ended"));
       const talk = msg.talk_seconds ? " · " + formatDuration(msg.talk_seconds) : "";
       addLog(msg, t("disposition." + msg.disposition) + talk);
       callers.delete(msg.call_id);
