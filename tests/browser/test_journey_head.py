@@ -194,7 +194,8 @@ async def test_the_head_plans_assigns_checks_the_pools_and_watches_live_calls(
     await on_call.wait_for(state="detached")
     await page.locator("#on-call-empty").wait_for()
     # His second counted call today is in the team's fact without a reload.
-    await page.locator("#team tbody tr", has_text="Иван Петров").filter(has_text="2 / 20").wait_for()
+    ivan_row = page.locator("#team tbody tr", has_text="Иван Петров")
+    await ivan_row.filter(has_text="2 / 20").wait_for()
 
     # The call history: the call just ended, with the client's number and the manager.
     await page.click("nav a[href='/calls']")

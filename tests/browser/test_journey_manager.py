@@ -178,9 +178,10 @@ async def test_a_managers_day_from_a_call_back_to_an_invoice(
     await page.locator("#gate", has_text="можно переводить").wait_for()
     await page.click("#stage-bar button:has-text('В работе')")
     await page.locator("#stage-bar [aria-current=step]", has_text="В работе").wait_for()
-    assert await page.locator("#stage-error").count() == 0 or not await page.locator(
-        "#stage-error"
-    ).is_visible()
+    assert (
+        await page.locator("#stage-error").count() == 0
+        or not await page.locator("#stage-error").is_visible()
+    )
     await j.shot("lead-moved")
 
     # Convert: a new contact and company from the lead, and a deal.
@@ -207,6 +208,10 @@ async def test_a_managers_day_from_a_call_back_to_an_invoice(
     head = await page.inner_text(".card-head")
     assert "Мария Орлова" in head and "Отель «Невский»" in head
     deal_id = int(page.url.rsplit("/", 1)[1])
+    # The deal's history carries the lead's call; the client is a click away by phone.
+    assert "Исходящий звонок" in await page.inner_text("#timeline")
+    call_button = page.locator(".card-actions button[data-call-to]")
+    assert await call_button.inner_text() == "Позвонить +7 (812) 555-00-11"
     await j.shot("deal-card")
 
     # The deal on the kanban, in the first stage; dragged to the next one.
