@@ -118,6 +118,7 @@ async def test_a_managers_day_from_a_call_back_to_an_invoice(
     text = await pop.inner_text()
     assert "Исходящий звонок" in text and "+7 (812) 555-00-11" in text
     assert "Мария" in text and "Перезвонить по заявке: текстиль" in text
+    assert "Отель «Невский»" in text  # the lead's company, as typed on the lead
     await j.shot("pop-up")
     await pbx.send(call.part(1))  # he picks up, the client answers: they talk
     await page.locator(f".pop.answered[data-call='{call.call_id}']").wait_for()
