@@ -161,12 +161,16 @@ async def test_the_head_plans_assigns_checks_the_pools_and_watches_live_calls(
     await j.shot("distribution-queue")
     await request.locator("select").select_option(label="Анна Смирнова")
     await request.locator("button", has_text="Назначить").click()
-    await page.locator(".notice", has_text="Заявка назначена").wait_for()
+    notice = page.locator(".notice", has_text="Заявка «Пётр Васильев» назначена: Анна Смирнова")
+    await notice.wait_for()
     assert "Очередь пуста" in await page.inner_text("#queue")
     async with live.app[SESSIONS]() as s:
         lead = await s.get(Lead, world["lead"])
         assert lead is not None and lead.responsible_id == world["anna"]
     await j.shot("distribution-assigned")
+    await notice.locator("a", has_text="Открыть лид").click()
+    await page.wait_for_url(re.compile(rf".*/clients/lead/{world['lead']}$"))
+    assert "Ответственный: Анна Смирнова" in await page.inner_text(".card-head")
 
     # Call tracking: the pools with their statistics and the recommended size.
     await page.click("nav a[href='/tracking']")
