@@ -6,6 +6,7 @@ Screenshots at 1440×900 in docs/screenshots/ (30-…)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -364,8 +365,6 @@ async def test_a_move_right_after_a_save_keeps_the_gates_answer(client: Any, bro
     """A field saved refreshes the stage bar; a move clicked while that refresh is still on its
     way (a slow network here: the refresh answers first, the move later) shows the gate's
     refusal: the late refresh does not replace the bar under the move's answer."""
-    import asyncio
-
     w = await _world(client)
     base = str(client.make_url("/")).rstrip("/")
     page, problems = await _page(browser)
