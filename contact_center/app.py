@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contact_center import api as api_slices
 from contact_center import db as database
-from contact_center import distribution_service, recordings_service, tracking_service, ws
+from contact_center import distribution_service, i18n, recordings_service, tracking_service, ws
 from contact_center.bus import BusMetrics, EventBus, RedisEventBus
 from contact_center.config import Settings
 from contact_center.health import StatusAggregator
@@ -70,7 +70,7 @@ from contact_center.rate_limit import RateLimiter
 from contact_center.scheduler import JobHandlers, Scheduler
 from contact_center.startup import StartupProgress
 from contact_center.telephony import Telephony
-from contact_center.web import pages
+from contact_center.web import card_fields, pages
 from contact_center.web.shell import MENU_KEY
 from crm_core.clock import Clock, SystemClock
 from crm_core.conversations import service as conversations
@@ -120,12 +120,9 @@ def create_app(
     app[INSTANCE_ID] = instance_id or uuid.uuid4().hex[:12]
     app[CLOCK] = clock or SystemClock()
     app[RULES] = settings.crm.rules()
+    i18n.add_configured_texts(card_fields.configured_texts(app[RULES]))  # custom field labels
     app[METRICS] = registry
     app[HEALTH] = StatusAggregator()
-    app[auth.THROTTLE] = auth.LoginThrottle(
-        settings.auth.login_attempts_per_15min,
-        per_address=settings.auth.login_attempts_per_address_15min,
-    )
     app[ws.HUB] = ws.Hub()
     app[HEALTH].add("ws", app[ws.HUB].provide_status)
     _template_engine(app)  # the workspace's pages are rendered from templates
@@ -137,7 +134,7 @@ def create_app(
             _database(announce, progress or StartupProgress()),  # ENGINE, SESSIONS
             _redis,  # REDIS (None: the embedded mode)
             _bus,  # BUS: in-process, or fanned out over Redis pub/sub
-            _rate_limits,  # LIMITER of the public endpoints
+            _rate_limits,  # LIMITER of the public endpoints, THROTTLE of sign-ins
             _tracking,  # TRACKER: call tracking (number leases, attribution)
             _distribution,  # DIALPLAN: who takes a call of a region
             _recordings,  # RECORDINGS: storage and converters (None when switched off)
@@ -324,6 +321,16 @@ async def _rate_limits(app: web.Application) -> AsyncIterator[None]:
     clock = app[CLOCK]
     app[LIMITER] = RateLimiter(
         app[REDIS], app[SETTINGS].redis.prefix, clock=lambda: clock.now().timestamp()
+    )
+    auth_settings = app[SETTINGS].auth
+    app[auth.THROTTLE] = auth.SharedLoginThrottle(
+        auth.LoginThrottle(
+            auth_settings.login_attempts_per_15min,
+            per_address=auth_settings.login_attempts_per_address_15min,
+        ),
+        app[REDIS],
+        app[SETTINGS].redis.prefix,
+        clock=lambda: clock.now().timestamp(),
     )
     yield
 

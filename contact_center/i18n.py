@@ -33,6 +33,18 @@ def catalogue(lang: str) -> Mapping[str, str]:
     }
 
 
+# Texts the configuration adds (the labels of ``crm.custom_fields``), by language: consulted
+# after the catalogue, so a configured label never hides a translated interface text.
+_CONFIGURED: dict[str, dict[str, str]] = {lang: {} for lang in LANGUAGES}
+
+
+def add_configured_texts(texts: Mapping[str, Mapping[str, str]]) -> None:
+    """Make configured texts (``{"ru": {key: text}, "en": {...}}``) known to every translator."""
+    for lang, entries in texts.items():
+        if lang in _CONFIGURED:
+            _CONFIGURED[lang].update(entries)
+
+
 def pick_language(request: web.Request, default: str, user_locale: str | None = None) -> str:
     """``?lang=`` beats the ``cc_lang`` cookie, which beats the user's setting and the default."""
     for candidate in (request.query.get("lang"), request.cookies.get("cc_lang"), user_locale):
@@ -43,17 +55,25 @@ def pick_language(request: web.Request, default: str, user_locale: str | None = 
 
 def table(lang: str) -> dict[str, str]:
     """Every text of ``lang`` (English filling any gap), for the browser."""
-    return {**catalogue("en"), **catalogue(lang if lang in LANGUAGES else "ru")}
+    lang = lang if lang in LANGUAGES else "ru"
+    return {**_CONFIGURED["en"], **catalogue("en"), **_CONFIGURED[lang], **catalogue(lang)}
 
 
 def translator(lang: str) -> Translate:
     """``t(key, **values)``: the text of ``key`` in ``lang`` with ``{values}`` filled in; an
     unknown key comes back as itself (visible in a test, never a crash)."""
-    texts = catalogue(lang if lang in LANGUAGES else "ru")
-    fallback = catalogue("en")
+    lang = lang if lang in LANGUAGES else "ru"
+    texts, configured = catalogue(lang), _CONFIGURED[lang]
+    fallback, configured_fallback = catalogue("en"), _CONFIGURED["en"]
 
     def t(key: str, **kwargs: Any) -> str:
-        text = texts.get(key) or fallback.get(key) or key
+        text = (
+            texts.get(key)
+            or configured.get(key)
+            or fallback.get(key)
+            or configured_fallback.get(key)
+            or key
+        )
         if not kwargs:
             return text
         try:
@@ -78,9 +98,7 @@ def error_text(t: Translate, error_id: str, details: Mapping[str, Any] | None = 
         return t("error.lead-gate-missing-fields", fields=", ".join(missing))
     field = details.get("field")
     if isinstance(field, str):
-        label = t("field." + field.split(".")[-1])
-        if label.startswith("field."):
-            label = field
+        label = field_label(t, field)
         key = f"error.{error_id}.field"
         text = t(key, field=label)
         if text != key:
@@ -88,3 +106,18 @@ def error_text(t: Translate, error_id: str, details: Mapping[str, Any] | None = 
     if lang_has:
         return t("error." + error_id)
     return t("error.generic")
+
+
+def field_label(t: Translate, field: str) -> str:
+    """A field named in a refusal as a person reads it: ``phones.1`` is the second phone,
+    ``custom.fleet_size`` the configured label, ``card.inn`` the INN."""
+    parts = field.split(".")
+    position = ""
+    if len(parts) > 1 and parts[-1].isdigit():
+        position = f" {int(parts[-1]) + 1}"
+        parts = parts[:-1]
+    for key in ("field." + ".".join(parts), "field." + parts[-1]):
+        label = t(key)
+        if label != key:
+            return label + position
+    return field

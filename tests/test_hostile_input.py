@@ -262,6 +262,54 @@ async def test_spraying_over_the_api_is_answered_429(
     assert statuses == [401] * 5 + [429] * 2
 
 
+async def test_several_instances_share_the_login_throttle(
+    make_settings: Any,
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    aiohttp_client_factory: Any,
+) -> None:
+    """Behind a load balancer the guesses land on every instance in turn: the limit holds
+    for them together (each counting only its own let 3 × 5 guesses through)."""
+    from contact_center.app import create_app
+
+    settings = make_settings(
+        CC_DATABASE_URL=database_url,
+        CC_REDIS_URL=redis_url,
+        CC_REDIS_PREFIX=redis_prefix,
+        CC_AUTH_LOGIN_ATTEMPTS_PER_ADDRESS_15MIN="5",
+    )
+    instances = [
+        await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+        for _ in range(3)
+    ]
+    statuses = []
+    for i in range(9):
+        resp = await instances[i % 3].post(
+            "/api/v1/auth/token", json={"login": f"user{i}", "password": "guess"}
+        )
+        statuses.append(resp.status)
+    assert statuses == [401] * 5 + [429] * 4
+
+
+async def test_the_shared_throttle_falls_back_to_its_own_count_when_redis_is_away() -> None:
+    import redis.asyncio as aioredis
+
+    from contact_center.http.auth import SharedLoginThrottle
+
+    dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    throttle = SharedLoginThrottle(LoginThrottle(3, per_address=100), dead, "cctest-dead")
+    try:
+        for _ in range(3):
+            await throttle.check("10.0.0.7", "admin")
+            await throttle.failed("10.0.0.7", "admin")
+        with pytest.raises(RateLimited):
+            await throttle.check("10.0.0.7", "admin")
+        assert throttle.circuit.degraded
+    finally:
+        await dead.aclose()
+
+
 # ---------------------------------------------------------------- health
 
 

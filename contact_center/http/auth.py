@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+import redis.asyncio as aioredis
 from aiohttp import web
 from pydantic import BaseModel, Field
 
@@ -22,6 +24,7 @@ from crm_core.users import service as users
 from crm_core.users.errors import InvalidCredentials
 from crm_core.users.events import TokensRevoked
 from crm_core.users.model import Role, TokenKind, User
+from routing.circuit import REDIS_DOWN, Circuit
 
 log = logging.getLogger(__name__)
 api = Api()
@@ -35,8 +38,8 @@ class LoginThrottle:
     The pair limit stops guessing one password; the address limit (several times larger)
     stops spraying a few passwords over many logins. Memory is bounded: past ``max_keys``
     entries the oldest that are not throttled are forgotten, never a throttled one (so a
-    flood of fresh keys cannot buy the guesser a clean slate). In-process: with several
-    instances each counts its own, which still bounds guessing.
+    flood of fresh keys cannot buy the guesser a clean slate). In-process; with Redis,
+    :class:`SharedLoginThrottle` shares the counts between instances.
     """
 
     WINDOW_S = 15 * 60
@@ -113,7 +116,101 @@ class LoginThrottle:
         return len(self._pairs)
 
 
-THROTTLE = web.AppKey("login_throttle", LoginThrottle)
+class SharedLoginThrottle:
+    """The login throttle every instance shares through Redis, with the same two limits.
+
+    Each failure is a member of a sorted set scored by its time, one set per (address, login)
+    and one per address; a check trims what has left the 15-minute window and counts the rest.
+    Behind a load balancer each instance would otherwise count only the attempts it happened
+    to receive, multiplying the guesses an attacker gets by the number of instances.
+
+    The in-process :class:`LoginThrottle` always counts as well: while Redis is away (its
+    circuit open) it alone decides, and what it counted during the outage still applies once
+    Redis is back. Without Redis (the embedded mode) this is the in-process throttle.
+    """
+
+    def __init__(
+        self,
+        local: LoginThrottle,
+        redis: aioredis.Redis | None,
+        prefix: str,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.local = local
+        self._redis = redis
+        self._prefix = prefix
+        self._clock = clock
+        self.circuit = Circuit("login throttle")
+
+    def _keys(self, remote: str, login: str) -> tuple[str, str]:
+        return (
+            f"{self._prefix}:login-fail:{remote}:{login.lower()}",
+            f"{self._prefix}:login-fail-addr:{remote}",
+        )
+
+    def _shared(self) -> aioredis.Redis | None:
+        return self._redis if self._redis is not None and self.circuit.allows() else None
+
+    async def check(self, remote: str, login: str) -> None:
+        """Raise :class:`RateLimited` when this address, or this login from it, is throttled
+        on any instance."""
+        self.local.check(remote, login)
+        redis = self._shared()
+        if redis is None:
+            return
+        pair, address = self._keys(remote, login)
+        oldest = self._clock() - self.local.WINDOW_S
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.zremrangebyscore(pair, "-inf", oldest)
+                pipe.zcard(pair)
+                pipe.zremrangebyscore(address, "-inf", oldest)
+                pipe.zcard(address)
+                _, pair_count, _, address_count = await pipe.execute()
+        except REDIS_DOWN as exc:
+            self.circuit.failed(exc)
+            return
+        self.circuit.succeeded()
+        if int(pair_count) >= self.local.limit or int(address_count) >= self.local.per_address:
+            raise RateLimited(
+                "too many failed sign-ins; try again later",
+                details={"retry_after_s": self.local.WINDOW_S},
+            )
+
+    async def failed(self, remote: str, login: str) -> None:
+        self.local.failed(remote, login)
+        redis = self._shared()
+        if redis is None:
+            return
+        now = self._clock()
+        member = f"{now:.6f}:{uuid.uuid4().hex[:8]}"
+        window = self.local.WINDOW_S
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                for key in self._keys(remote, login):
+                    pipe.zadd(key, {member: now})
+                    pipe.expire(key, window)
+                await pipe.execute()
+        except REDIS_DOWN as exc:
+            self.circuit.failed(exc)
+        else:
+            self.circuit.succeeded()
+
+    async def succeeded(self, remote: str, login: str) -> None:
+        self.local.succeeded(remote, login)
+        redis = self._shared()
+        if redis is None:
+            return
+        try:
+            await redis.delete(self._keys(remote, login)[0])
+        except REDIS_DOWN as exc:
+            self.circuit.failed(exc)
+        else:
+            self.circuit.succeeded()
+
+
+THROTTLE = web.AppKey("login_throttle", SharedLoginThrottle)
 
 
 TOKEN_ID = web.RequestKey("token_id", int)  # the token USER signed in with
@@ -285,17 +382,17 @@ async def create_token(request: web.Request, body: TokenRequest) -> TokenRespons
     settings = request.app[SETTINGS]
     remote = request.remote or "?"
     throttle = request.app[THROTTLE]
-    throttle.check(remote, body.login)
+    await throttle.check(remote, body.login)
     async with request.app[SESSIONS]() as session:
         try:
             user = await users.authenticate(
                 session, body.login, body.password, scrypt_n=settings.auth.scrypt_n
             )
         except InvalidCredentials:
-            throttle.failed(remote, body.login)
+            await throttle.failed(remote, body.login)
             log.warning("failed sign-in for %r from %s", body.login, remote)
             raise
-        throttle.succeeded(remote, body.login)
+        await throttle.succeeded(remote, body.login)
         ttl_days = body.ttl_days or settings.auth.token_ttl_days
         issued = await users.issue_token(
             session,
@@ -512,7 +609,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     remote = request.remote or "?"
     throttle = request.app[THROTTLE]
     try:
-        throttle.check(remote, login)
+        await throttle.check(remote, login)
     except RateLimited:
         return await refuse(429, "login.throttled", login)
     async with request.app[SESSIONS]() as session:
@@ -521,10 +618,10 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
                 session, login, password, scrypt_n=settings.auth.scrypt_n
             )
         except InvalidCredentials:
-            throttle.failed(remote, login)
+            await throttle.failed(remote, login)
             log.warning("failed sign-in for %r from %s", login, remote)
             return await refuse(401, "login.failed", login)
-        throttle.succeeded(remote, login)
+        await throttle.succeeded(remote, login)
         ttl = timedelta(hours=settings.auth.session_ttl_hours)
         issued = await users.issue_token(session, user, kind=TokenKind.SESSION, ttl=ttl)
         await session.commit()

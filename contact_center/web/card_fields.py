@@ -21,10 +21,12 @@ from pydantic import ValidationError
 from contact_center.i18n import Translate, error_text
 from contact_center.web import formats
 from crm_core.errors import DomainError
+from crm_core.rules import CrmRules, CustomFieldDef
 
 # A field of a card: ``kind`` says how it is edited and shown; ``attrs`` are the patch fields it
 # sets (one, or two for the composite "potential" and "decision maker").
 TEXT, AREA, SELECT, BOOL, MONEY, DATE = "text", "textarea", "select", "bool", "money", "date"
+CLIENT = "client"  # a contact or company of the deal, typed by name (suggestions as you type)
 PHONES, EMAILS, MESSENGERS, POTENTIAL, DECISION_MAKER = (
     "phones",
     "emails",
@@ -53,6 +55,7 @@ class FieldSpec:
     required: bool = False
     maxlength: int = 300
     heads_only: bool = False  # only the head of sales and admins change it (the responsible)
+    custom: CustomFieldDef | None = None  # one of crm.custom_fields (stored in ``custom``)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -136,6 +139,8 @@ MAIN: dict[str, tuple[FieldSpec, ...]] = {
     ),
     "deal": (
         _f("title", "card.deal_title", required=True),
+        _f("contact_id", "card.contact", CLIENT, options="contact", maxlength=200),
+        _f("company_id", "card.company", CLIENT, options="company", maxlength=300),
         _f("amount", "card.amount", MONEY),
         _f("margin", "card.margin", MONEY),
         _f("products", "card.products", AREA, maxlength=20_000),
@@ -157,16 +162,66 @@ MAIN: dict[str, tuple[FieldSpec, ...]] = {
 }
 
 
-def groups_of(kind: str) -> list[tuple[str, tuple[FieldSpec, ...]]]:
-    """The card's fields grouped as the customer thinks of them."""
-    out: list[tuple[str, tuple[FieldSpec, ...]]] = [("card.group.main", MAIN[kind])]
-    if kind in ("contact", "company", "lead"):
-        out.extend(CLIENT_GROUPS)
+CUSTOM_PREFIX = "custom-"  # the key of a configured field (an element id, a URL segment)
+_CUSTOM_KIND = {"string": TEXT, "number": TEXT, "date": DATE, "enum": SELECT, "bool": BOOL}
+
+
+def custom_specs(kind: str, rules: CrmRules | None) -> tuple[FieldSpec, ...]:
+    """The fields ``crm.custom_fields`` declares for this kind of card, in their order."""
+    if rules is None:
+        return ()
+    return tuple(
+        FieldSpec(
+            CUSTOM_PREFIX + f.name,
+            "field.custom." + f.name,  # a configured text (see configured_texts)
+            _CUSTOM_KIND[f.type],
+            options="custom" if f.type == "enum" else "",
+            maxlength=1000,
+            custom=f,
+        )
+        for f in rules.custom_fields
+        if kind in f.applies_to
+    )
+
+
+def configured_texts(rules: CrmRules) -> dict[str, dict[str, str]]:
+    """The labels of the configured fields, as the translators look them up: the field's own
+    label on the card and in refusals, and the requirement's in the lead gate."""
+    out: dict[str, dict[str, str]] = {"ru": {}, "en": {}}
+    for f in rules.custom_fields:
+        ru = f.label_ru or f.label_en or f.name
+        en = f.label_en or f.label_ru or f.name
+        for key in ("field.custom." + f.name, "requirement.custom." + f.name):
+            out["ru"][key], out["en"][key] = ru, en
     return out
 
 
-def spec_of(kind: str, key: str) -> FieldSpec | None:
-    for _, specs in groups_of(kind):
+PIPELINE = _f("pipeline", "card.pipeline", SELECT, options="pipeline")
+
+
+def groups_of(kind: str, rules: CrmRules | None = None) -> list[tuple[str, tuple[FieldSpec, ...]]]:
+    """The card's fields grouped as the customer thinks of them; the configured fields last."""
+    main = MAIN[kind]
+    if kind == "deal" and rules is not None and len(rules.pipelines) > 1:
+        main = (main[0], PIPELINE, *main[1:])  # which pipeline, when there is a choice
+    out: list[tuple[str, tuple[FieldSpec, ...]]] = [("card.group.main", main)]
+    if kind in ("contact", "company", "lead"):
+        out.extend(CLIENT_GROUPS)
+    extra = custom_specs(kind, rules)
+    if extra:
+        out.append(("card.group.custom", extra))
+    return out
+
+
+def requirement_field(requirement: str, fixed: Mapping[str, str]) -> str | None:
+    """The card field that fills a gate requirement (a configured one: its own field)."""
+    if requirement.startswith("custom."):
+        return CUSTOM_PREFIX + requirement.removeprefix("custom.")
+    return fixed.get(requirement)
+
+
+def spec_of(kind: str, key: str, rules: CrmRules | None = None) -> FieldSpec | None:
+    for _, specs in groups_of(kind, rules):
         for spec in specs:
             if spec.key == key:
                 return spec
@@ -227,6 +282,8 @@ def _all(form: MultiMapping[str], name: str) -> list[str]:
 def values_from_form(spec: FieldSpec, form: MultiMapping[str], t: Translate) -> dict[str, Any]:
     """The patch values the field's form asks for (``None`` clears a field)."""
     label = t(spec.label)
+    if spec.custom is not None:
+        return {"custom": {spec.custom.name: _custom_value(spec, form, label, t)}}
     if spec.kind in (TEXT, AREA):
         text = _text(form, spec.key)
         if spec.required and not text:
@@ -271,6 +328,29 @@ def values_from_form(spec: FieldSpec, form: MultiMapping[str], t: Translate) -> 
             "decision_maker_name": _text(form, "decision_maker_name") or None,
         }
     raise ValueError(f"unknown field kind {spec.kind}")
+
+
+def _custom_value(spec: FieldSpec, form: MultiMapping[str], label: str, t: Translate) -> Any:
+    """A configured field's value as the service validates it (``None`` clears it)."""
+    assert spec.custom is not None
+    raw = _text(form, spec.key)
+    kind = spec.custom.type
+    if kind == "bool":
+        return _bool(raw)
+    if not raw:
+        return None
+    if kind == "number":
+        number = raw.replace("\u202f", "").replace("\u00a0", "").replace(" ", "").replace(",", ".")
+        try:
+            if not Decimal(number).is_finite():
+                raise InvalidOperation
+        except InvalidOperation:
+            raise FieldError(t("card.error.number", field=label)) from None
+        return number
+    if kind == "date":
+        day = parse_date(raw, label, t)
+        return day.isoformat() if day else None
+    return raw
 
 
 # ---------------------------------------------------------------- refusals as sentences

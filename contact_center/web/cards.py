@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -38,6 +38,7 @@ from contact_center.web.shell import (
     zone,
 )
 from crm_core.clients.errors import ClientMerged
+from crm_core.clients.service import ClientFilter, list_companies, list_contacts
 from crm_core.deals import service as deals
 from crm_core.errors import DomainError, NotFound
 from crm_core.leads import service as leads
@@ -78,6 +79,7 @@ class FieldContext:
         self.fmt = fmt
         self.rules = rules
         self.user = user
+        self.clients: dict[tuple[str, int], str] = {}  # names of the deal's contact and company
 
     def options(self, source: str) -> tuple[tuple[str, str], ...]:
         t = self.t
@@ -93,6 +95,14 @@ class FieldContext:
             return tuple((i, t("interest." + i)) for i in INTERESTS)
         if source == "purchase":
             return potential_options(t)
+        if source == "pipeline":
+            return tuple(
+                (p.code, (p.name_en or p.name_ru) if self.fmt.lang == "en" else p.name_ru)
+                for p in self.rules.pipelines
+            )
+        if source.startswith("custom:"):
+            f = self.rules.custom_field(source.removeprefix("custom:"))
+            return tuple((o, o) for o in f.options) if f is not None else ()
         return ()
 
     def option_text(self, source: str, value: Any) -> str:
@@ -113,13 +123,34 @@ def _money_input(value: Any) -> str:
     return str(amount.quantize(Decimal(1))) if amount == amount.to_integral() else str(amount)
 
 
+def _yes_no(v: Any) -> str:
+    return "yes" if v is True else "no" if v is False else ""
+
+
+def _custom_stored(spec: cf.FieldSpec, view: Any) -> Any:
+    """A configured field's stored value: a date as a date, the rest as stored."""
+    assert spec.custom is not None
+    value = (getattr(view, "custom", None) or {}).get(spec.custom.name)
+    if spec.custom.type == "date" and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return date.fromisoformat(value)
+    return value
+
+
 def stored_values(spec: cf.FieldSpec, view: Any, ctx: FieldContext) -> dict[str, Any]:
     """The field's inputs as they are stored (what the edit form starts from)."""
     t = ctx.t
+    yes_no = _yes_no
+    if spec.custom is not None:
+        value = _custom_stored(spec, view)
+        if spec.kind == cf.BOOL:
+            return {spec.key: yes_no(value)}
+        if isinstance(value, date):
+            return {spec.key: value.strftime("%d.%m.%Y")}
+        return {spec.key: "" if value is None else str(value)}
 
-    def yes_no(v: Any) -> str:
-        return "yes" if v is True else "no" if v is False else ""
-
+    if spec.kind == cf.CLIENT:
+        return {spec.key: shown(spec, view, ctx)[0]}
     if spec.kind in (cf.PHONES,):
         return {spec.key: [ctx.fmt.phone(p) for p in getattr(view, spec.key)]}
     if spec.kind == cf.EMAILS:
@@ -162,6 +193,20 @@ def typed_values(spec: cf.FieldSpec, form: MultiDict[str]) -> dict[str, Any]:
 def shown(spec: cf.FieldSpec, view: Any, ctx: FieldContext) -> tuple[str, list[Any]]:
     """The field as the card shows it: a text, or items (phones, e-mails, messenger ids)."""
     t, fmt = ctx.t, ctx.fmt
+    if spec.kind == cf.CLIENT:
+        ref = getattr(view, spec.key, None)
+        if ref is None:
+            return "", []
+        return ctx.clients.get((spec.options, ref), ""), [(spec.options, ref)]
+    if spec.custom is not None:
+        value = _custom_stored(spec, view)
+        if value is None or value == "":
+            return "", []
+        if spec.kind == cf.BOOL:
+            return (t("card.yes") if value else t("card.no")), []
+        if isinstance(value, date):
+            return fmt.day(value), []
+        return str(value), []
     if spec.kind in (cf.PHONES, cf.EMAILS):
         return "", list(getattr(view, spec.key))
     if spec.kind == cf.MESSENGERS:
@@ -209,7 +254,9 @@ def field_view(
     if subject.kind == "invoice" and subject.view.status != "issued":
         may = False
     options: tuple[tuple[str, str], ...] = ()
-    if spec.kind == cf.SELECT:
+    if spec.custom is not None and spec.kind == cf.SELECT:
+        options = ctx.options("custom:" + spec.custom.name)
+    elif spec.kind == cf.SELECT:
         options = ctx.options(spec.options)
     elif spec.kind == cf.POTENTIAL:
         options = ctx.options("purchase")
@@ -225,19 +272,67 @@ def field_view(
         "url": f"{subject.base}/field/{spec.key}",
         "inputs": values if values is not None else stored_values(spec, subject.view, ctx),
         "options": options,
+        "refers_to": spec.options if spec.kind == cf.CLIENT else "",  # contact or company
         "channels": cf.MESSENGER_CHANNELS,
         "error": error,
     }
 
 
-async def field_context(request: web.Request, session: AsyncSession, user: User) -> FieldContext:
-    return FieldContext(
+async def field_context(
+    request: web.Request, session: AsyncSession, user: User, subject: Subject | None = None
+) -> FieldContext:
+    ctx = FieldContext(
         await listing.names(session),
         t_of(request),
         Formatter(language(request), zone(request), now(request)),
         request.app[RULES],
         user,
     )
+    if subject is not None and subject.kind == "deal":
+        view = subject.view
+        refs = [
+            (k, i) for k, i in (("contact", view.contact_id), ("company", view.company_id)) if i
+        ]
+        ctx.clients = await client_names(session, refs)
+    return ctx
+
+
+async def _client_ref(
+    request: web.Request, spec: cf.FieldSpec, form: MultiDict[str], user: User
+) -> dict[str, Any]:
+    """The contact or company typed by name as the patch's id: the exact name among those the
+    reader may see, else the only one the search finds; none or several is a refusal."""
+    t = t_of(request)
+    name = str(form.get(spec.key, "")).strip()
+    if not name:
+        return {spec.key: None}
+    search = list_contacts if spec.options == "contact" else list_companies
+    async with request.app[SESSIONS]() as session:
+        found, total = await search(
+            session, ClientFilter(q=name), actor=user, rules=request.app[RULES], limit=20
+        )
+    exact = [c for c in found if c.name.casefold() == name.casefold()]
+    if len(exact) == 1 or (not exact and total == 1):
+        return {spec.key: (exact or found)[0].id}
+    key = "card.error.client_ambiguous" if exact or total > 1 else "card.error.client_not_found"
+    raise cf.FieldError(t(key + "." + spec.options, name=name))
+
+
+@page("cards/_suggest.html")
+async def suggest(request: web.Request, user: User) -> dict[str, Any]:
+    """Names of the contacts or companies the reader may see that match what he types (the
+    options of a deal's contact and company fields)."""
+    kind = request.match_info["kind"]
+    typed = next((v for v in request.query.values() if v.strip()), "").strip()[:200]
+    names: list[str] = []
+    if len(typed) >= 2:
+        search = list_contacts if kind == "contact" else list_companies
+        async with request.app[SESSIONS]() as session:
+            found, _ = await search(
+                session, ClientFilter(q=typed), actor=user, rules=request.app[RULES], limit=10
+            )
+        names = [c.name for c in found]
+    return {"names": names}
 
 
 async def _subject(request: web.Request, session: AsyncSession, user: User) -> Subject:
@@ -248,7 +343,7 @@ async def _subject(request: web.Request, session: AsyncSession, user: User) -> S
 
 
 def _spec(request: web.Request) -> cf.FieldSpec:
-    spec = cf.spec_of(request.match_info["kind"], request.match_info["field"])
+    spec = cf.spec_of(request.match_info["kind"], request.match_info["field"], request.app[RULES])
     if spec is None:
         raise web.HTTPNotFound()
     return spec
@@ -260,7 +355,7 @@ async def field_get(request: web.Request, user: User) -> dict[str, Any]:
     spec = _spec(request)
     async with request.app[SESSIONS]() as session:
         subject = await _subject(request, session, user)
-        ctx = await field_context(request, session, user)
+        ctx = await field_context(request, session, user, subject)
     return {"field": field_view(spec, subject, ctx)}
 
 
@@ -270,7 +365,7 @@ async def field_edit(request: web.Request, user: User) -> dict[str, Any]:
     spec = _spec(request)
     async with request.app[SESSIONS]() as session:
         subject = await _subject(request, session, user)
-        ctx = await field_context(request, session, user)
+        ctx = await field_context(request, session, user, subject)
     return {"field": field_view(spec, subject, ctx, editing=True)}
 
 
@@ -284,7 +379,10 @@ async def field_save(request: web.Request, user: User) -> web.StreamResponse:
     record_id = int(request.match_info["id"])
     refusal: cf.Refusal | None = None
     try:
-        values = cf.values_from_form(spec, form, t)
+        if spec.kind == cf.CLIENT:
+            values = await _client_ref(request, spec, form, user)
+        else:
+            values = cf.values_from_form(spec, form, t)
         async with UnitOfWork(request) as u:
             events = await change(
                 u.session,
@@ -310,7 +408,7 @@ async def field_save(request: web.Request, user: User) -> web.StreamResponse:
         refusal = cf.refusal_of(exc, names, t)
     async with request.app[SESSIONS]() as session:
         subject = await _subject(request, session, user)
-        ctx = await field_context(request, session, user)
+        ctx = await field_context(request, session, user, subject)
     if refusal is not None:
         view = field_view(
             spec, subject, ctx, editing=True, values=typed_values(spec, form), error=refusal
@@ -321,6 +419,8 @@ async def field_save(request: web.Request, user: User) -> web.StreamResponse:
         # The header names the record by these fields: it follows the edit, no reload.
         data["card_title"] = subject.name or t("pop.no_name")
     resp = await render("cards/_field.html", request, data)
+    if spec is cf.PIPELINE:  # another pipeline: other stages, the page is read again
+        resp.headers["HX-Refresh"] = "true"
     resp.headers["HX-Trigger"] = json.dumps(
         {"card-changed": None, "cc-toast": {"text": t("card.saved")}}
     )
@@ -358,7 +458,11 @@ def lead_bar(subject: Subject, rules: CrmRules, lang: str, t: Any) -> dict[str, 
             "code": nxt.code,
             "name": names[nxt.code],
             "missing": [
-                {"label": t("requirement." + m), "field": REQUIREMENT_FIELD.get(m)} for m in missing
+                {
+                    "label": t("requirement." + m),
+                    "field": cf.requirement_field(m, REQUIREMENT_FIELD),
+                }
+                for m in missing
             ],
         }
     junk = [s for s in rules.lead_stages if s.kind == "lost"]
@@ -468,7 +572,7 @@ async def _convert_data(
     ]
     won = next((s.code for s in rules.lead_stages if s.kind == "won"), "")
     missing = [
-        {"label": t("requirement." + m), "field": REQUIREMENT_FIELD.get(m)}
+        {"label": t("requirement." + m), "field": cf.requirement_field(m, REQUIREMENT_FIELD)}
         for m in view.gate.get(won, [])
     ]
     return {
@@ -583,7 +687,7 @@ async def card_page_data(
     ctx = await field_context(request, session, user)
     groups = [
         (label, [field_view(spec, subject, ctx) for spec in specs])
-        for label, specs in cf.groups_of(subject.kind)
+        for label, specs in cf.groups_of(subject.kind, request.app[RULES])
     ]
     data: dict[str, Any] = {
         "title": subject.name or t("card.title." + subject.kind),
@@ -649,11 +753,12 @@ async def client_card(request: web.Request, user: User) -> Any:
 def routes(app: web.Application) -> None:
     app.router.add_get(r"/clients/{kind:contact|company|lead}/{id:\d{1,18}}", client_card)
     fields = (
-        r"/card/{kind:contact|company|lead|deal|invoice}/{id:\d{1,18}}/field/{field:[a-z_]{1,40}}"
+        r"/card/{kind:contact|company|lead|deal|invoice}/{id:\d{1,18}}/field/{field:[a-z_-]{1,80}}"
     )
     app.router.add_get(fields, field_get)
     app.router.add_get(fields + "/edit", field_edit)
     app.router.add_post(fields, field_save)
+    app.router.add_get(r"/card/suggest/{kind:contact|company}", suggest)
     app.router.add_get(r"/card/{kind:lead}/{id:\d{1,18}}/stages", lead_bar_get)
     app.router.add_post(r"/card/{kind:lead}/{id:\d{1,18}}/stage", lead_move)
     app.router.add_get(r"/card/{kind:lead}/{id:\d{1,18}}/convert", convert_form)

@@ -138,7 +138,7 @@ async def _deal_page_data(
     request: web.Request, session: AsyncSession, subject: Subject, user: User
 ) -> dict[str, Any]:
     t = t_of(request)
-    ctx = await field_context(request, session, user)
+    ctx = await field_context(request, session, user, subject)
     view = subject.view
     today = now(request).astimezone(zone(request)).date()
     refs = [(k, i) for k, i in (("contact", view.contact_id), ("company", view.company_id)) if i]
@@ -168,7 +168,11 @@ async def _deal_page_data(
         "first_phone": await _client_phone(session, view, user, request.app[RULES]),
         "subject": subject,
         "view": view,
-        "fields": [field_view(spec, subject, ctx) for spec in cf.MAIN["deal"]],
+        "fields": [
+            field_view(spec, subject, ctx)
+            for _, specs in cf.groups_of("deal", request.app[RULES])
+            for spec in specs
+        ],
         "responsible": ctx.names.user(view.responsible_id),
         "clients": await client_names(session, refs),
         "bar": await deal_bar(request, session, subject),

@@ -60,9 +60,11 @@ class DealInput(_Strict):
 
 class DealPatch(_Strict):
     """Changes to a deal; only the fields sent change (``null`` clears). A ``stage`` here is a
-    move like ``POST /deals/{id}/move``, with ``reason`` for a lost stage."""
+    move like ``POST /deals/{id}/move``, with ``reason`` for a lost stage. A ``pipeline``
+    moves the deal into another pipeline: to its ``stage`` if sent, else to its first stage."""
 
     title: str | None = Field(None, min_length=1, max_length=300)
+    pipeline: str | None = Field(None, min_length=1, max_length=64, description="pipeline code")
     stage: StageRef | None = None
     reason: str | None = Field(None, max_length=200)
     amount: Money | None = None

@@ -345,6 +345,37 @@ async def _move(
     )
 
 
+async def _change_pipeline(
+    session: AsyncSession,
+    deal: Deal,
+    code: str,
+    stage: str | int | None,
+    reason: str | None,
+    *,
+    actor: Actor,
+    rules: CrmRules,
+    now: datetime,
+) -> DealStageChanged | None:
+    """Move the deal into pipeline ``code`` (its ``stage``, else its first stage); the stage
+    history keeps the step from the old pipeline's stage."""
+    pipeline = await get_pipeline(session, code)
+    if pipeline.id == deal.pipeline_id:
+        if stage is None:
+            return None
+        return await _move(session, deal, stage, reason, actor=actor, rules=rules, now=now)
+    if stage is None:
+        target = await first_stage(session, pipeline, rules)
+    else:
+        target = await resolve_stage(session, pipeline, stage)
+    _check_lost_reason(target, reason, rules)
+    current = await session.get(PipelineStage, deal.stage_id)
+    deal.pipeline_id = pipeline.id
+    deal.updated_at = now
+    return _apply_move(
+        session, deal, pipeline, Move(target, reason), from_stage=current, actor=actor, now=now
+    )
+
+
 async def update_deal(
     session: AsyncSession,
     deal_id: int,
@@ -395,7 +426,21 @@ async def update_deal(
             plain[name] = getattr(patch, name)
     changed += _set(deal, plain)
     events: list[DomainEvent] = []
-    if "stage" in sent and patch.stage is not None:
+    if "pipeline" in sent and patch.pipeline is not None:
+        moved = await _change_pipeline(
+            session,
+            deal,
+            patch.pipeline,
+            patch.stage,
+            patch.reason,
+            actor=actor,
+            rules=rules,
+            now=now,
+        )
+        if moved is not None:
+            changed.append("pipeline")
+            events.append(moved)
+    elif "stage" in sent and patch.stage is not None:
         moved = await _move(
             session, deal, patch.stage, patch.reason, actor=actor, rules=rules, now=now
         )

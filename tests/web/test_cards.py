@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from contact_center.app import create_app
-from contact_center.keys import SESSIONS
+from contact_center.keys import RULES, SESSIONS
 from crm_core.activities.model import Activity
 from crm_core.clients.model import Company, Contact, LegalEntity, Phone, Requisites
 from crm_core.clock import ManualClock
@@ -541,3 +541,201 @@ async def test_every_card_is_translated(client: Any, lang: str) -> None:
             re.sub(r'(?:hx-[a-z]+|href|action|id|class|name|for)="[^"]*"', "", html),
         )
         assert raw == [], (path, raw)
+
+
+CUSTOM_FIELDS = (
+    '[{"name": "fleet", "type": "number", "label_ru": "Автопарк", "label_en": "Fleet"},'
+    ' {"name": "segment", "type": "enum", "label_ru": "Сегмент", "options": ["A", "B"]},'
+    ' {"name": "since", "type": "date", "label_ru": "Клиент с"},'
+    ' {"name": "partner", "type": "bool", "label_ru": "Партнёр"}]'
+)
+
+
+@pytest.fixture
+async def custom_client(make_settings: Any, database_url: str, aiohttp_client_factory: Any) -> Any:
+    settings = make_settings(
+        CC_DATABASE_URL=database_url,
+        CC_CRM_CUSTOM_FIELDS=CUSTOM_FIELDS,
+        CC_CRM_LEAD_GATE='{"in_work": ["source", "custom.fleet"]}',
+    )
+    app = create_app(settings, announce=lambda _t: None, clock=ManualClock(NOW))
+    return await aiohttp_client_factory(app)
+
+
+async def test_configured_fields_are_on_the_card_by_their_labels_and_edited_in_place(
+    custom_client: Any,
+) -> None:
+    client = custom_client
+    w = await _world(client)
+    await sign_in(client, "ivan")
+    card = f"/clients/contact/{w['sergey']}"
+    page = visible(await (await client.get(card)).text())
+    assert "Дополнительно" in page
+    for label in ("Автопарк", "Сегмент", "Клиент с", "Партнёр"):
+        assert label in page
+    assert "field.custom" not in page
+    token = await csrf(client, card)
+    base = f"/card/contact/{w['sergey']}/field"
+
+    bad = await _post(client, f"{base}/custom-fleet", {"custom-fleet": "много"}, token)
+    assert bad.status == 422
+    assert "«Автопарк»: введите число" in await bad.text()
+    wrong = await _post(client, f"{base}/custom-segment", {"custom-segment": "Z"}, token)
+    assert wrong.status == 422  # the service's own check: one of the options
+    for key, value, shown in (
+        ("custom-fleet", "12", "12"),
+        ("custom-segment", "B", "B"),
+        ("custom-since", "31.01.2020", "2020"),
+        ("custom-partner", "yes", "да"),
+    ):
+        r = await _post(client, f"{base}/{key}", {key: value}, token)
+        assert r.status == 200, await r.text()
+        assert shown in visible(await r.text())
+    form = await (await client.get(f"{base}/custom-segment/edit")).text()
+    assert '<option value="B" selected>' in form
+    async with client.app[SESSIONS]() as s:
+        contact = await s.get(Contact, w["sergey"])
+        assert contact is not None
+        assert contact.custom == {
+            "fleet": 12,
+            "segment": "B",
+            "since": "2020-01-31",
+            "partner": True,
+        }
+    cleared = await _post(client, f"{base}/custom-fleet", {"custom-fleet": ""}, token)
+    assert cleared.status == 200
+    async with client.app[SESSIONS]() as s:
+        contact = await s.get(Contact, w["sergey"])
+        assert contact is not None and (contact.custom or {}).get("fleet") is None
+
+
+async def test_a_gate_on_a_configured_field_names_it_and_links_to_it(custom_client: Any) -> None:
+    client = custom_client
+    w = await _world(client)
+    await sign_in(client, "ivan")
+    lead = w["lead"]
+    page = visible(await (await client.get(f"/clients/lead/{lead}")).text())
+    assert "requirement.custom" not in page
+    assert "Автопарк" in page and "f-custom-fleet" in page
+    token = await csrf(client, f"/clients/lead/{lead}")
+    refused = await _post(client, f"/card/lead/{lead}/stage", {"stage": "in_work"}, token)
+    assert refused.status == 422
+    assert "Автопарк" in await refused.text()
+    await _post(
+        client, f"/card/lead/{lead}/field/source_id", {"source_id": str(w["source"])}, token
+    )
+    await _post(client, f"/card/lead/{lead}/field/custom-fleet", {"custom-fleet": "3"}, token)
+    moved = await _post(client, f"/card/lead/{lead}/stage", {"stage": "in_work"}, token)
+    assert moved.status == 200, await moved.text()
+
+
+def test_a_refusal_names_the_entry_of_a_list_field() -> None:
+    from contact_center.i18n import field_label, translator
+
+    t = translator("ru")
+    assert field_label(t, "phones.1") == "Телефон 2"
+    assert field_label(t, "inn") == t("field.inn")
+    assert field_label(t, "nonsense.x") == "nonsense.x"
+
+
+async def test_the_deals_contact_and_company_are_chosen_by_name_among_the_readers_clients(
+    client: Any,
+) -> None:
+    w = await _world(client)
+    async with client.app[SESSIONS]() as s:
+        from crm_core.deals import service as deals
+        from crm_core.deals.schemas import DealInput
+        from crm_core.users.model import User
+
+        ivan = await s.get(User, w["ids"].ivan)
+        assert ivan is not None
+        deal, _ = await deals.create_deal(
+            s, DealInput(title="Поставка бумаги"), actor=ivan, rules=CrmRules(), now=NOW
+        )
+        await s.commit()
+        deal_id = deal.id
+    await sign_in(client, "ivan")
+    page = visible(await (await client.get(f"/deals/{deal_id}")).text())
+    assert 'id="f-contact_id"' in page and 'id="f-company_id"' in page
+    token = await csrf(client, f"/deals/{deal_id}")
+    base = f"/card/deal/{deal_id}/field"
+
+    form = await (await client.get(f"{base}/contact_id/edit")).text()
+    assert 'list="dl-contact_id"' in form and 'hx-get="/card/suggest/contact"' in form
+    offered = await (
+        await client.get("/card/suggest/contact", params={"contact_id": "Конт"})
+    ).text()
+    assert "Контакт Анны" not in offered  # another manager's client is not suggested
+    offered = await (
+        await client.get("/card/suggest/contact", params={"contact_id": "Мари"})
+    ).text()
+    assert 'value="Мария Орлова"' in offered
+
+    hidden = await _post(client, f"{base}/contact_id", {"contact_id": "Контакт Анны"}, token)
+    assert hidden.status == 422
+    assert "Контакт «Контакт Анны» не найден" in await hidden.text()
+    chosen = await _post(client, f"{base}/contact_id", {"contact_id": "мария орлова"}, token)
+    assert chosen.status == 200, await chosen.text()
+    assert f'href="/clients/contact/{w["maria"]}"' in await chosen.text()
+    company = await _post(client, f"{base}/company_id", {"company_id": "Ромашка"}, token)
+    assert company.status == 200, await company.text()
+    async with client.app[SESSIONS]() as s:
+        stored = await s.get(Deal, deal_id)
+        assert stored is not None
+        assert (stored.contact_id, stored.company_id) == (w["maria"], w["company"])
+    unlinked = await _post(client, f"{base}/contact_id", {"contact_id": ""}, token)
+    assert unlinked.status == 200
+    async with client.app[SESSIONS]() as s:
+        stored = await s.get(Deal, deal_id)
+        assert stored is not None and stored.contact_id is None
+
+
+async def test_a_deal_is_moved_into_another_pipeline_from_its_card(
+    make_settings: Any, database_url: str, aiohttp_client_factory: Any
+) -> None:
+    pipelines = (
+        '[{"code": "sales", "name_ru": "Продажи", "is_default": true, "stages": ['
+        '{"code": "contact", "name_ru": "Контакт"}, {"code": "won", "name_ru": "Успех",'
+        ' "kind": "won"}, {"code": "lost", "name_ru": "Провал", "kind": "lost"}]},'
+        ' {"code": "tenders", "name_ru": "Тендеры", "stages": ['
+        '{"code": "found", "name_ru": "Тендер найден"}, {"code": "won", "name_ru": "Выигран",'
+        ' "kind": "won"}, {"code": "lost", "name_ru": "Проигран", "kind": "lost"}]}]'
+    )
+    settings = make_settings(CC_DATABASE_URL=database_url, CC_CRM_PIPELINES=pipelines)
+    app = create_app(settings, announce=lambda _t: None, clock=ManualClock(NOW))
+    client = await aiohttp_client_factory(app)
+    w = await _world(client)
+    rules = client.app[RULES]
+    async with client.app[SESSIONS]() as s:
+        from crm_core.deals import service as deals
+        from crm_core.deals.schemas import DealInput
+        from crm_core.users.model import User
+
+        await sync_pipelines(s, rules)
+        ivan = await s.get(User, w["ids"].ivan)
+        assert ivan is not None
+        deal, _ = await deals.create_deal(
+            s, DealInput(title="Тендер на салфетки"), actor=ivan, rules=rules, now=NOW
+        )
+        await s.commit()
+        deal_id = deal.id
+    await sign_in(client, "ivan")
+    page = visible(await (await client.get(f"/deals/{deal_id}")).text())
+    assert 'id="f-pipeline"' in page and "Продажи" in page
+    token = await csrf(client, f"/deals/{deal_id}")
+    form = await (await client.get(f"/card/deal/{deal_id}/field/pipeline/edit")).text()
+    assert '<option value="tenders">Тендеры</option>' in form
+    moved = await _post(
+        client, f"/card/deal/{deal_id}/field/pipeline", {"pipeline": "tenders"}, token
+    )
+    assert moved.status == 200, await moved.text()
+    assert moved.headers.get("HX-Refresh") == "true"
+    page = visible(await (await client.get(f"/deals/{deal_id}")).text())
+    assert "Тендер найден" in page
+    async with client.app[SESSIONS]() as s:
+        from crm_core.deals.model import Pipeline
+
+        stored = await s.get(Deal, deal_id)
+        assert stored is not None
+        pipeline = await s.get(Pipeline, stored.pipeline_id)
+        assert pipeline is not None and pipeline.code == "tenders"

@@ -340,3 +340,50 @@ async def test_delete(session: AsyncSession, team: Team, rules: CrmRules) -> Non
     await session.commit()
     assert event.name == "deal.deleted"
     assert await deals.stage_durations(session) == []
+
+
+async def test_a_deal_moves_into_another_pipeline_with_its_history(
+    session: AsyncSession, team: Team
+) -> None:
+    await sync_pipelines(session, TWO)
+    await session.commit()
+    did = await new_deal(session, team, TWO)
+    await deals.move_deal(session, did, "proposal_sent", actor=team.ivan, rules=TWO, now=T0 + H)
+    deal, events = await deals.update_deal(
+        session, did, DealPatch(pipeline="tenders"), actor=team.ivan, rules=TWO, now=T0 + 2 * H
+    )
+    await session.commit()
+    [view] = await deals.describe(session, [deal])
+    assert (view.pipeline, view.stage.code, view.status) == ("tenders", "found", "open")
+    moved = [e for e in events if isinstance(e, DealStageChanged)]
+    assert [(e.pipeline, e.from_stage, e.to_stage) for e in moved] == [
+        ("tenders", "proposal_sent", "found")
+    ]
+    assert any(isinstance(e, DealUpdated) and "pipeline" in e.fields for e in events)
+    assert [h[:2] for h in await history(session, did, team, TWO)] == [
+        (None, "contact"),
+        ("contact", "proposal_sent"),
+        ("proposal_sent", "found"),
+    ]
+    # straight to a stage of the new pipeline; a lost one still needs its reason
+    with pytest.raises(LostReasonRequired):
+        await deals.update_deal(
+            session, did, DealPatch(pipeline="sales", stage="lost"), actor=team.ivan, rules=TWO
+        )
+    with pytest.raises(StageNotInPipeline):
+        await deals.update_deal(
+            session, did, DealPatch(pipeline="sales", stage="found"), actor=team.ivan, rules=TWO
+        )
+    with pytest.raises(UnknownPipeline):
+        await deals.update_deal(
+            session, did, DealPatch(pipeline="nope"), actor=team.ivan, rules=TWO
+        )
+    deal, _ = await deals.update_deal(
+        session, did, DealPatch(pipeline="sales", stage="invoice"), actor=team.ivan, rules=TWO
+    )
+    [view] = await deals.describe(session, [deal])
+    assert (view.pipeline, view.stage.code) == ("sales", "invoice")
+    with pytest.raises(DealNotFound):  # another manager's deal
+        await deals.update_deal(
+            session, did, DealPatch(pipeline="tenders"), actor=team.anna, rules=TWO
+        )
