@@ -213,6 +213,10 @@ async def test_a_managers_day_from_a_call_back_to_an_invoice(
     assert "Исходящий звонок" in await page.inner_text("#timeline")
     call_button = page.locator(".card-actions button[data-call-to]")
     assert await call_button.inner_text() == "Позвонить +7 (812) 555-00-11"
+    task_button = page.locator(".card-actions a", has_text="Задача")
+    call_box, task_box = await call_button.bounding_box(), await task_button.bounding_box()
+    assert call_box is not None and task_box is not None
+    assert abs(call_box["y"] - task_box["y"]) < 4  # the header's actions in one row
     await j.shot("deal-card")
 
     # The deal on the kanban, in the first stage; dragged to the next one.
