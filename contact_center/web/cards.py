@@ -425,7 +425,11 @@ async def field_save(request: web.Request, user: User) -> web.StreamResponse:
             spec, subject, ctx, editing=True, values=typed_values(spec, form), error=refusal
         )
         return await render("cards/_field.html", request, {"field": view}, status=422)
-    resp = await render("cards/_field.html", request, {"field": field_view(spec, subject, ctx)})
+    data: dict[str, Any] = {"field": field_view(spec, subject, ctx)}
+    if kind != "invoice":
+        # The header names the record by these fields: it follows the edit, no reload.
+        data["card_title"] = subject.name or t("pop.no_name")
+    resp = await render("cards/_field.html", request, data)
     if spec is cf.PIPELINE:  # another pipeline: other stages, the page is read again
         resp.headers["HX-Refresh"] = "true"
     resp.headers["HX-Trigger"] = json.dumps(

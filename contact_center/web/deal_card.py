@@ -22,6 +22,8 @@ from contact_center.web import timeline
 from contact_center.web.card_subjects import Subject, client_names, load
 from contact_center.web.cards import field_context, field_view
 from contact_center.web.shell import language, now, page, render, render_error, t_of, zone
+from crm_core import access
+from crm_core.clients.model import Company, Contact, Phone
 from crm_core.deals import service as deals
 from crm_core.deals.model import Deal, PipelineStage
 from crm_core.deals.pipelines import configured_stage_codes, stages_of
@@ -29,6 +31,7 @@ from crm_core.errors import DomainError, NotFound
 from crm_core.invoices import service as invoices
 from crm_core.invoices.model import Invoice
 from crm_core.invoices.schemas import InvoiceInput
+from crm_core.rules import CrmRules
 from crm_core.users.model import User
 
 MENU = ()
@@ -109,6 +112,28 @@ async def deal_invoices(session: AsyncSession, deal_id: int, today: Any, t: Any)
     return out
 
 
+async def _client_phone(
+    session: AsyncSession, view: Any, user: User, rules: CrmRules
+) -> str | None:
+    """The number the card's call button dials: the deal's contact's first phone, else its
+    company's; only a client the reader may read (as his own card would show it)."""
+    for model, key, owner_id in (
+        (Contact, Phone.contact_id, view.contact_id),
+        (Company, Phone.company_id, view.company_id),
+    ):
+        if owner_id is None:
+            continue
+        responsible = await session.scalar(select(model.responsible_id).where(model.id == owner_id))
+        if not access.can_read(user, responsible, rules):
+            continue
+        number = await session.scalar(
+            select(Phone.e164).where(key == owner_id).order_by(Phone.id).limit(1)
+        )
+        if number:
+            return number
+    return None
+
+
 async def _deal_page_data(
     request: web.Request, session: AsyncSession, subject: Subject, user: User
 ) -> dict[str, Any]:
@@ -140,6 +165,7 @@ async def _deal_page_data(
     data: dict[str, Any] = {
         "title": subject.name,
         "kind": "deal",
+        "first_phone": await _client_phone(session, view, user, request.app[RULES]),
         "subject": subject,
         "view": view,
         "fields": [

@@ -15,6 +15,7 @@ from contact_center.web import listing
 from contact_center.web.shell import HEADS, MenuEntry, hx_redirect, now, page, t_of
 from crm_core.distribution import requests as web_requests
 from crm_core.distribution import rules as rule_book
+from crm_core.distribution.model import WebRequest
 from crm_core.distribution.schemas import ManagerInput, RuleInput, StrategyLiteral
 from crm_core.errors import InvalidInput
 from crm_core.reference.model import Region
@@ -37,7 +38,19 @@ async def distribution_page(request: web.Request, user: User) -> dict[str, Any]:
         queue, total = await web_requests.list_queue(session, limit=QUEUE_PAGE, offset=0)
         rules = await rule_book.list_rules(session)
         regions = list(await session.execute(select(Region.id, Region.name).order_by(Region.name)))
+        assigned = None
+        raw = request.query.get("request", "")
+        if request.query.get("saved") == "assigned" and raw.isdigit() and len(raw) <= 18:
+            # Whom the request just went to, and its lead one click away.
+            done = await session.get(WebRequest, int(raw))
+            if done is not None and done.responsible_id is not None:
+                assigned = {
+                    "name": done.name or t("pop.no_name"),
+                    "manager": names.user(done.responsible_id),
+                    "lead_id": done.lead_id,
+                }
     return {
+        "assigned": assigned,
         "title": t("menu.distribution"),
         "queue": [
             {
@@ -93,7 +106,7 @@ async def assign(request: web.Request, user: User) -> web.StreamResponse:
         )
         u.emit(*events)
         await u.commit()
-    return hx_redirect(request, "/distribution?saved=assigned")
+    return hx_redirect(request, f"/distribution?saved=assigned&request={request_id}")
 
 
 def _rule_input(request: web.Request, form: Any) -> RuleInput:

@@ -196,7 +196,12 @@ def _card_head(card_kind: str, with_responsible: bool, with_company: bool) -> An
             name_of(User, User.display_name, "responsible_id", with_responsible).label(
                 "responsible"
             ),
-            name_of(Company, Company.name, "company_id", with_company).label("company"),
+            # A lead not yet linked to a company names it in its own column.
+            (
+                card.company_name.label("company")
+                if card_kind == "lead" and not with_company
+                else name_of(Company, Company.name, "company_id", with_company).label("company")
+            ),
         )
         .select_from(card)
         .outerjoin(Region, Region.id == card.region_id)

@@ -6,6 +6,7 @@ Screenshots at 1440×900 in docs/screenshots/ (30-…)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -357,4 +358,45 @@ async def test_company_requisites_and_invoice_card(client: Any, browser: Any) ->
     await page.goto(f"{base}/invoices/{invoice_id}")
     assert "№ A-17" in await page.inner_text("#card .card-title")
     await _shot(page, "47-invoice-card")
+    assert problems == []
+
+
+async def test_a_move_right_after_a_save_keeps_the_gates_answer(client: Any, browser: Any) -> None:
+    """A field saved refreshes the stage bar; a move clicked while that refresh is still on its
+    way (a slow network here: the refresh answers first, the move later) shows the gate's
+    refusal: the late refresh does not replace the bar under the move's answer."""
+    w = await _world(client)
+    base = str(client.make_url("/")).rstrip("/")
+    page, problems = await _page(browser)
+    await _sign_in(page, base)
+    await page.goto(f"{base}/clients/lead/{w['lead']}")
+    refresh_sent = asyncio.Event()
+    answered: list[str] = []
+
+    def slow(seconds: float, name: str, sent: asyncio.Event | None = None) -> Any:
+        async def handle(route: Any) -> None:
+            if sent is not None:
+                sent.set()
+            await asyncio.sleep(seconds)  # the network, not the test, is slow
+            try:
+                await route.continue_()
+                answered.append(name)
+            except Exception:  # the request was aborted by the page
+                answered.append(name + " aborted")
+
+        return handle
+
+    await page.route("**/card/lead/*/stages", slow(0.6, "refresh", refresh_sent))
+    await page.route("**/card/lead/*/stage", slow(1.2, "move"))
+    await page.click("#f-region_id button.edit")
+    await page.select_option("#f-region_id select", label="Санкт-Петербург")
+    await page.click("#f-region_id button[type=submit]")
+    await page.locator("#f-region_id .value-text").wait_for(timeout=5000)
+    await asyncio.wait_for(refresh_sent.wait(), 5)
+    await page.click("#stage-bar button:has-text('В работе')")
+    await page.locator("#stage-error").wait_for(timeout=5000)
+    assert "заполните: источник" in await page.inner_text("#stage-error")
+    await page.wait_for_load_state("networkidle")
+    assert await page.locator("#stage-error").is_visible()
+    assert "move" in answered
     assert problems == []

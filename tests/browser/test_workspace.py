@@ -452,7 +452,7 @@ async def test_the_head_plans_assigns_and_checks_the_pools(client: Any, browser:
     request = page.locator("#queue tbody tr", has_text="Пётр Васильев")
     await request.locator("select").select_option(label="Анна Смирнова")
     await request.locator("button", has_text="Назначить").click()
-    await page.locator(".notice", has_text="Заявка назначена").wait_for(timeout=5000)
+    await page.locator(".notice", has_text="назначена: Анна Смирнова").wait_for(timeout=5000)
     assert "Очередь пуста" in await page.inner_text("#queue")
 
     await page.click("nav a[href='/tracking']")

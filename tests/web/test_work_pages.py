@@ -239,7 +239,7 @@ async def test_the_head_assigns_a_request_from_the_manual_queue(client: Any) -> 
     )
     assert resp.status == 303
     after = await (await client.get(resp.headers["Location"])).text()
-    assert "Заявка назначена" in after and "Очередь пуста" in after
+    assert "» назначена: " in after and "Очередь пуста" in after
     async with client.app[SESSIONS]() as s:
         assert (await s.get(WebRequest, request_id)).status == "assigned"
         assert (await s.get(Lead, lead_id)).responsible_id == ids.anna

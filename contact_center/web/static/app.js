@@ -126,9 +126,12 @@
     const box = el("div", { class: "toast" + (kind ? " " + kind : ""), role: "status" }, el("strong", {}, title), text || "",
       link ? el("div", {}, link) : null);
     box.addEventListener("click", (e) => { if (e.target.tagName !== "A") box.remove(); });
+    // The same confirmation again ("Сохранено" after each field) replaces the previous one
+    // instead of stacking over the form; a bare confirmation goes sooner than news with a link.
+    Array.from(toasts.children).forEach((old) => { if (old.textContent === box.textContent) old.remove(); });
     toasts.prepend(box);
-    while (toasts.children.length > 4) toasts.lastChild.remove();
-    setTimeout(() => box.remove(), kind === "error" ? 12000 : 8000);
+    while (toasts.children.length > 3) toasts.lastChild.remove();
+    setTimeout(() => box.remove(), kind === "error" ? 12000 : link ? 8000 : 4000);
   }
 
   // A notification stored for this user: the count goes up, a toast links to its object (the
@@ -193,7 +196,7 @@
     const close = el("button", { class: "close", type: "button", title: t("pop.close"), "aria-label": t("pop.close") }, "×");
     close.addEventListener("click", (e) => { e.stopPropagation(); pop.remove(); arrangePops(); });
     pop.append(el("div", { class: "pop-head" },
-      el("span", { class: "muted" }, t("pop.incoming") + (msg.queue ? " · " + msg.queue : "")),
+      el("span", { class: "muted" }, t(msg.direction === "outbound" ? "pop.outgoing" : "pop.incoming") + (msg.queue ? " · " + msg.queue : "")),
       el("span", { class: "pop-who" }, c && c.name ? c.name : formatPhone(msg.caller) || t("pop.hidden_number")),
       close));
     pop.append(el("div", { class: "phone" }, phoneLink(msg.caller)));
@@ -342,6 +345,10 @@
         pop.classList.add("ended");
         if (!pop.querySelector("form")) setTimeout(() => { pop.remove(); arrangePops(); }, 8000);
       }
+      // The call is stored before this frame: My day's counters and plan fact follow it, and
+      // for a call of his an open card's history shows it at once.
+      document.body.dispatchEvent(new CustomEvent("calls-changed"));
+      if (mine || pop) document.body.dispatchEvent(new CustomEvent("my-call-ended"));
       const talk = msg.talk_seconds ? " · " + formatDuration(msg.talk_seconds) : "";
       addLog(msg, t("disposition." + msg.disposition) + talk);
       callers.delete(msg.call_id);

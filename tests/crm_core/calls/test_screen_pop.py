@@ -136,6 +136,25 @@ async def test_open_lead_and_unknown_number(session: AsyncSession) -> None:
     assert await card_summary(session, "101", rules=CrmRules()) is None
 
 
+async def test_a_lead_names_the_company_typed_on_it(session: AsyncSession) -> None:
+    team = await make_team(session)
+    lead = Lead(
+        title="Заявка с сайта: текстиль",
+        stage="new",
+        contact_name="Мария",
+        company_name="Отель «Невский»",
+        responsible_id=team.ivan.id,
+    )
+    session.add(lead)
+    await session.flush()
+    session.add(_phone("+78125550011", lead_id=lead.id))
+    await session.commit()
+
+    card = await card_summary(session, "+78125550011", rules=CrmRules())
+    assert card is not None and card["type"] == "lead"
+    assert (card["name"], card["company"]) == ("Мария", "Отель «Невский»")
+
+
 async def test_a_card_is_whole_for_who_may_read_it_else_only_who_is_calling(
     session: AsyncSession,
 ) -> None:
