@@ -411,7 +411,22 @@ TABLE = [
         lambda match, w: match is not None and match.contact_id is None,
         lambda match, w: match is not None and match.contact_id == w.contact,
     ),
+    Case(
+        lookup.find_clients_by_phones,
+        lambda s, w, r: lookup.find_clients_by_phones(s, [PHONE], **_a(w, r)),
+        # As one number alone: his contact is not hers to find; her own lead is.
+        lambda found, w: PHONE in found and found[PHONE].contact_id is None,
+        lambda found, w: PHONE in found and found[PHONE].contact_id == w.contact,
+    ),
     # ------------------------------------------------------------ leads
+    Case(
+        leads.create_leads,
+        lambda s, w, r: leads.create_leads(
+            s, [LeadInput(contact_name="Б"), LeadInput(responsible_id=w.team.ivan.id)], **_a(w, r)
+        ),
+        PermissionDenied,  # the batch is refused whole: one lead of his, made by her
+        PermissionDenied,
+    ),
     Case(
         leads.get_lead,
         lambda s, w, r: leads.get_lead(s, w.lead, **_a(w, r)),
