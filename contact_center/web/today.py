@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contact_center.keys import PBX, RULES, SESSIONS
@@ -20,11 +20,13 @@ from crm_core.calls.record import MISSED
 from crm_core.distribution.model import RequestStatus, WebRequest
 from crm_core.invoices.model import Invoice, InvoiceStatus
 from crm_core.tasks import plan as plans
-from crm_core.tasks.model import Task, TaskStatus
+from crm_core.tasks.model import Task, TaskKind, TaskStatus
 from crm_core.users.model import Role, User, UserExtension
 
 MENU = (MenuEntry("today", "/today", "menu.today", "today", 10),)
 RECENT_MISSED = 10
+# Tasks of each list shown on My day; the counters and «ещё N» count them all.
+LIST_LIMIT = 30
 
 
 def _task_rows(tasks: list[Task], refs: dict[int, Any], at: datetime) -> list[dict[str, Any]]:
@@ -62,13 +64,48 @@ async def _missed_calls(
     return list(rows), int(total or 0)
 
 
+async def _task_counts(
+    session: AsyncSession, user_id: int, at: datetime, end: datetime
+) -> dict[str, int]:
+    """How many of his open tasks each list of My day holds (one query, whatever the lists
+    show): overdue and today's tasks, overdue and today's call-backs."""
+    callback = Task.kind == TaskKind.CALL_BACK.value
+    due = Task.due_at
+
+    def count(*when: Any) -> Any:
+        return func.coalesce(func.sum(case((and_(*when), 1), else_=0)), 0)
+
+    row = (
+        await session.execute(
+            select(
+                count(~callback, due < at),
+                count(~callback, due >= at),
+                count(callback, due < at),
+                count(callback, or_(due.is_(None), due >= at)),
+            ).where(
+                Task.responsible_id == user_id,
+                Task.status == TaskStatus.OPEN.value,
+                or_(due.is_(None), due < end),
+            )
+        )
+    ).one()
+    overdue, today, callbacks_overdue, callbacks_today = (int(v or 0) for v in row)
+    return {
+        "overdue": overdue,
+        "due_today": today,
+        "callbacks_overdue": callbacks_overdue,
+        "callbacks_today": callbacks_today,
+    }
+
+
 async def personal_day(request: web.Request, session: AsyncSession, user: User) -> dict[str, Any]:
     """The manager's own day."""
     at = now(request)
     tz = zone(request)
     rules = request.app[RULES]
-    day = await plans.today_list(session, user.id, now=at, tz=tz, rules=rules)
-    start, _ = plans.day_bounds(day.day, tz)
+    day = await plans.today_list(session, user.id, now=at, tz=tz, rules=rules, limit=LIST_LIMIT)
+    start, end = plans.day_bounds(day.day, tz)
+    counts = await _task_counts(session, user.id, at, end)
     missed, missed_total = await _missed_calls(session, user.id, start - timedelta(days=1))
     missed_today = sum(1 for c in missed if c.started_at >= start)
     if missed_total > RECENT_MISSED:
@@ -87,14 +124,19 @@ async def personal_day(request: web.Request, session: AsyncSession, user: User) 
     invoices = [*day.invoices_overdue, *day.invoices_expiring]
     refs = await links.client_refs(session, [*tasks, *invoices, *missed])
     callbacks = _task_rows(day.callbacks, refs, at)
-    overdue_callbacks = sum(1 for r in callbacks if r["overdue"])
     return {
         "day": day.day,
         "counters": {
-            "overdue": len(day.overdue) + overdue_callbacks,
-            "today": len(day.due_today) + len(callbacks) - overdue_callbacks,
+            "overdue": counts["overdue"] + counts["callbacks_overdue"],
+            "today": counts["due_today"] + counts["callbacks_today"],
             "missed": missed_today,
             "invoices": len(invoices),
+        },
+        # How many each list holds in all (it shows the first LIST_LIMIT).
+        "totals": {
+            "overdue": counts["overdue"],
+            "due-today": counts["due_today"],
+            "callbacks": counts["callbacks_overdue"] + counts["callbacks_today"],
         },
         "overdue": _task_rows(day.overdue, refs, at),
         "due_today": _task_rows(day.due_today, refs, at),

@@ -388,3 +388,35 @@ async def test_editing_a_rule_keeps_the_weights_and_hours_set_through_the_api(
         ],
     )
     assert fixed.status == 422 and "Менеджеры" in await fixed.text()
+
+
+async def test_my_day_counts_every_task_and_lists_the_first_with_a_link_to_the_rest(
+    client: Any,
+) -> None:
+    ids = await team(client)
+    async with client.app[SESSIONS]() as s:
+        s.add_all(
+            Task(
+                kind="custom",
+                title=f"Старая задача {i}",
+                responsible_id=ids.ivan,
+                due_at=NOW - timedelta(days=2, minutes=i),
+            )
+            for i in range(45)
+        )
+        s.add(
+            Task(
+                kind="call_back",
+                title="Перезвонить вчерашнему",
+                responsible_id=ids.ivan,
+                due_at=NOW - timedelta(hours=20),
+            )
+        )
+        await s.commit()
+    await sign_in(client, "ivan")
+    page = await (await client.get("/today")).text()
+    assert _counter(page, "просрочено") == 46  # every one counted, the call-back too
+    overdue = found(r'<section class="panel" id="overdue">(.*?)</section>', page, flags=re.S)
+    assert overdue.count('<li class="task') == 30
+    assert "Ещё 15 — открыть весь список" in overdue and 'href="/tasks?overdue=1"' in overdue
+    assert '<span class="muted">45</span>' in overdue
