@@ -48,7 +48,7 @@ from aiohttp.test_utils import TestServer
 
 from bench import crm_lookup, harness
 from contact_center import db
-from contact_center.app import create_app
+from contact_center.app import create_app, freeze_heap_after_startup
 from contact_center.config import DatabaseSettings, load_settings
 from crm_core.users import service as users
 
@@ -454,6 +454,7 @@ async def measure(
 
     refs = await references(url, manager)
     app = create_app(_settings(url), announce=lambda _t: None)
+    freeze_heap_after_startup(app)  # as `contact-center serve` runs it
     app.middlewares.insert(0, timing)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
