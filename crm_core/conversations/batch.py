@@ -41,7 +41,6 @@ from crm_core.conversations.model import (
 )
 from crm_core.conversations.service import (
     CHANNEL_LABELS,
-    MEDIA_JOB,
     TEXT_MAX,
     Incoming,
     _Client,
@@ -52,7 +51,6 @@ from crm_core.conversations.service import (
 )
 from crm_core.distribution import service as distribution
 from crm_core.events import DomainEvent
-from crm_core.jobs import service as jobs
 from crm_core.leads import service as leads
 from crm_core.leads.schemas import LeadInput
 from crm_core.rules import CrmRules
@@ -150,15 +148,7 @@ async def receive_many(
             out.events.append(activity)
         out.events.append(_new_event(thread.conv, message))
         if fetch_media:
-            for index, attachment in enumerate(message.attachments):
-                if attachment.get("ref") and not attachment.get("refused"):
-                    await jobs.schedule(
-                        session,
-                        MEDIA_JOB,
-                        now,
-                        {"message_id": message.id, "index": index},
-                        dedupe_key=f"media:{message.id}:{index}",
-                    )
+            await conv_service.schedule_media(session, message, now)
     for thread in threads:
         if thread.new and thread.why == "nobody_on_duty" and off_hours_reply:
             _, reply_events = await conv_service.queue_reply(

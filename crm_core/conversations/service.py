@@ -644,15 +644,7 @@ async def receive(
     events.extend(await _timeline(session, conv, message, now))
     events.append(_new_event(conv, message))
     if fetch_media:
-        for index, attachment in enumerate(message.attachments):
-            if attachment.get("ref") and not attachment.get("refused"):
-                await jobs.schedule(
-                    session,
-                    MEDIA_JOB,
-                    now,
-                    {"message_id": message.id, "index": index},
-                    dedupe_key=f"media:{message.id}:{index}",
-                )
+        await schedule_media(session, message, now)
     if new and why == "nobody_on_duty" and off_hours_reply:
         # Nobody works now: the client learns when he will hear from us.
         _, reply_events = await queue_reply(
@@ -678,6 +670,20 @@ def _new_event(conv: Conversation, message: Message) -> MessageNew:
         unread=conv.unread,
         audience=conversation_audience(conv.assignee_id),
     )
+
+
+async def schedule_media(session: AsyncSession, message: Message, now: datetime) -> None:
+    """A download job for each of the message's attachments the provider still holds (once
+    per attachment, however often the message is delivered)."""
+    for index, attachment in enumerate(message.attachments):
+        if attachment.get("ref") and not attachment.get("refused"):
+            await jobs.schedule(
+                session,
+                MEDIA_JOB,
+                now,
+                {"message_id": message.id, "index": index},
+                dedupe_key=f"media:{message.id}:{index}",
+            )
 
 
 async def _timeline(
