@@ -28,7 +28,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core import access
 from crm_core.activities import service as activities
-from crm_core.activities.model import ActivityKind
 from crm_core.activities.schemas import ActivityInput
 from crm_core.clients import service as clients
 from crm_core.clients.model import MessengerId
@@ -40,7 +39,6 @@ from crm_core.conversations.model import (
     MessageStatus,
 )
 from crm_core.conversations.service import (
-    CHANNEL_LABELS,
     TEXT_MAX,
     Incoming,
     _Client,
@@ -533,25 +531,4 @@ def _messages(threads: Sequence[_Thread], now: datetime) -> list[tuple[_Thread, 
 
 def _activity(conv: Conversation, message: Message) -> ActivityInput | None:
     """The message on the client's timeline (what :func:`_timeline` records)."""
-    if _unlinked(conv):
-        return None
-    label = CHANNEL_LABELS.get(conv.channel_kind, conv.channel_kind)
-    return ActivityInput(
-        kind=ActivityKind.EMAIL if conv.channel_kind == "email" else ActivityKind.MESSAGE,
-        direction="inbound",
-        subject=f"{label}: входящее сообщение",
-        body=(message.text or _preview(None, message.kind))[:100_000],
-        occurred_at=message.sent_at,
-        outcome=message.status,
-        user_id=conv.assignee_id,
-        contact_id=conv.contact_id,
-        company_id=conv.company_id,
-        lead_id=conv.lead_id,
-        external_id=f"message:{message.id}",
-        payload={
-            "conversation_id": conv.id,
-            "message_id": message.id,
-            "channel": conv.channel,
-            "channel_kind": conv.channel_kind,
-        },
-    )
+    return conv_service.timeline_entry(conv, message)

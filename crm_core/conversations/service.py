@@ -686,38 +686,42 @@ async def schedule_media(session: AsyncSession, message: Message, now: datetime)
             )
 
 
+def timeline_entry(conv: Conversation, message: Message) -> ActivityInput | None:
+    """The message as an activity of the client's timeline (None: the thread has no client
+    yet); the same entry whether the message came alone or in a batch."""
+    if conv.contact_id is None and conv.company_id is None and conv.lead_id is None:
+        return None
+    label = CHANNEL_LABELS.get(conv.channel_kind, conv.channel_kind)
+    inbound = message.direction == "inbound"
+    return ActivityInput(
+        kind=ActivityKind.EMAIL if conv.channel_kind == "email" else ActivityKind.MESSAGE,
+        direction="inbound" if inbound else "outbound",
+        subject=f"{label}: {'входящее' if inbound else 'исходящее'} сообщение",
+        body=(message.text or _preview(None, message.kind))[:100_000],
+        occurred_at=message.sent_at,
+        outcome=message.status,
+        user_id=message.author_id if not inbound else conv.assignee_id,
+        contact_id=conv.contact_id,
+        company_id=conv.company_id,
+        lead_id=conv.lead_id,
+        external_id=f"message:{message.id}",
+        payload={
+            "conversation_id": conv.id,
+            "message_id": message.id,
+            "channel": conv.channel,
+            "channel_kind": conv.channel_kind,
+        },
+    )
+
+
 async def _timeline(
     session: AsyncSession, conv: Conversation, message: Message, now: datetime
 ) -> list[DomainEvent]:
     """The message as an activity on the client's timeline (idempotent by its id)."""
-    if conv.contact_id is None and conv.company_id is None and conv.lead_id is None:
+    entry = timeline_entry(conv, message)
+    if entry is None:
         return []
-    label = CHANNEL_LABELS.get(conv.channel_kind, conv.channel_kind)
-    inbound = message.direction == "inbound"
-    activity = await activities.record_activity(
-        session,
-        ActivityInput(
-            kind=ActivityKind.EMAIL if conv.channel_kind == "email" else ActivityKind.MESSAGE,
-            direction="inbound" if inbound else "outbound",
-            subject=f"{label}: {'входящее' if inbound else 'исходящее'} сообщение",
-            body=(message.text or _preview(None, message.kind))[:100_000],
-            occurred_at=message.sent_at,
-            outcome=message.status,
-            user_id=message.author_id if not inbound else conv.assignee_id,
-            contact_id=conv.contact_id,
-            company_id=conv.company_id,
-            lead_id=conv.lead_id,
-            external_id=f"message:{message.id}",
-            payload={
-                "conversation_id": conv.id,
-                "message_id": message.id,
-                "channel": conv.channel,
-                "channel_kind": conv.channel_kind,
-            },
-        ),
-        actor=access.SYSTEM,
-        now=now,
-    )
+    activity = await activities.record_activity(session, entry, actor=access.SYSTEM, now=now)
     return [ActivityRecorded.of(activity)]
 
 
