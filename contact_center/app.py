@@ -436,6 +436,7 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
         worker_id=f"{app[INSTANCE_ID]}:{os.getpid()}",
         interval=settings.interval_s,
         batch=settings.batch,
+        concurrency=settings.concurrency,
         lease=timedelta(seconds=settings.lease_s),
         registry=app[METRICS],
     )

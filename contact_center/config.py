@@ -184,6 +184,8 @@ class TelephonySettings(_Section):
 class SchedulerSettings(_Section):
     interval_s: float = Field(1.0, gt=0, le=3600)
     batch: int = Field(20, ge=1, le=1000)
+    # Jobs run at once per instance (a slow provider holds up no more than its own sends).
+    concurrency: int = Field(8, ge=1, le=256)
     # How long a claimed job is its worker's: a job whose worker died (kill -9, a lost
     # machine) runs again this long after it was claimed. Longer than any job takes.
     lease_s: float = Field(120.0, ge=1, le=86400)

@@ -744,6 +744,9 @@ class Inbox:
                 "окно 24 часов WhatsApp закрыто: нужен шаблон",
                 now=now,
             )
+        # The attempt is counted and the connection handed back before the provider is
+        # called: no transaction waits on a provider that takes its time to answer.
+        await session.commit()
         try:
             if out.template is not None:
                 if not isinstance(adapter, TemplateSender):
@@ -877,6 +880,7 @@ class Inbox:
         adapter = self.adapters.get(message.channel)
         if not isinstance(adapter, MediaFetcher):
             return []
+        await session.commit()  # no transaction held while the provider sends the file
         try:
             fetched = await adapter.fetch_media(str(attachment["ref"]))
         except MediaRefused as exc:

@@ -8,12 +8,19 @@ handler rolls back and the job is retried with backoff until it ends ``failed``;
 up the other jobs. Claims are leases, so with several instances each job runs once, and a job
 whose worker died is picked up again when its lease runs out.
 
+Up to ``concurrency`` jobs run at once, so one slow job (a provider that takes 30 s to answer)
+holds up neither the reminders nor the other sends; the loop goes on claiming while jobs run.
+Jobs that share a ``lane`` in their payload (the messages of one conversation) run one after
+the other in the order they were claimed, so a client gets a manager's messages in order.
+
 Handlers (``crm_core.jobs.service.JobHandler``), one per job kind, are handed to the scheduler
 by the composition root (``contact_center.app``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
@@ -23,7 +30,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contact_center.background import Periodic
+from contact_center.background import STOP_TIMEOUT_S, Periodic
 from crm_core.clock import Clock
 from crm_core.events import DomainEvent
 from crm_core.jobs import service as jobs
@@ -75,6 +82,7 @@ class Scheduler:
         worker_id: str | None = None,
         interval: float = 1.0,
         batch: int = 20,
+        concurrency: int = 8,
         lease: timedelta = jobs.DEFAULT_LEASE,
         base_backoff: timedelta = jobs.BASE_BACKOFF,
         registry: CollectorRegistry | None = None,
@@ -85,6 +93,11 @@ class Scheduler:
         self.handlers = handlers or JobHandlers()
         self.worker_id = (worker_id or f"pid{os.getpid()}")[:64]
         self.batch = batch
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.concurrency = concurrency
+        self._running: set[asyncio.Task[None]] = set()
+        self._lanes: dict[str, asyncio.Task[None]] = {}  # lane -> its last job's task
         self.lease = lease
         self.base_backoff = base_backoff
         self._loop = Periodic("scheduler", self._tick, interval)
@@ -108,23 +121,57 @@ class Scheduler:
 
     async def run_once(self) -> int:
         """One tick: claim due jobs (batch after batch while full) and run them; returns how
-        many ran (successfully or not)."""
-        ran = 0
+        many ran (successfully or not), once they all have."""
+        started = await self._claim_and_start()
+        if started:
+            await asyncio.gather(*started)
+        return len(started)
+
+    async def _claim_and_start(self) -> list[asyncio.Task[None]]:
+        """Claim due jobs while there is room for them (``concurrency`` running at most) and
+        start each; returns the started tasks without waiting for them."""
+        started: list[asyncio.Task[None]] = []
         while True:
+            room = self.concurrency - len(self._running)
+            if room <= 0 or self._loop.stopping:
+                break
+            limit = min(self.batch, room)
             now = self._clock.now()
             async with self._sessions() as session:
                 claimed = await jobs.claim_due(
-                    session, now, limit=self.batch, worker_id=self.worker_id, lease=self.lease
+                    session, now, limit=limit, worker_id=self.worker_id, lease=self.lease
                 )
                 await session.commit()
-            for job in claimed:
-                await self._run(job)
-            ran += len(claimed)
-            if len(claimed) < self.batch or self._loop.stopping:
+            started.extend(self._start(job) for job in claimed)
+            if len(claimed) < limit:
                 break
         self._last_tick = self._clock.now()
         await self._maybe_purge()
-        return ran
+        return started
+
+    def _start(self, job: ScheduledJob) -> asyncio.Task[None]:
+        lane = job.payload.get("lane") if isinstance(job.payload, dict) else None
+        before = self._lanes.get(str(lane)) if lane is not None else None
+        task = asyncio.get_running_loop().create_task(
+            self._run_after(before, job), name=f"job-{job.id}"
+        )
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        if lane is not None:
+            key = str(lane)
+            self._lanes[key] = task
+
+            def _free(done: asyncio.Task[None]) -> None:
+                if self._lanes.get(key) is done:
+                    del self._lanes[key]
+
+            task.add_done_callback(_free)
+        return task
+
+    async def _run_after(self, before: asyncio.Task[None] | None, job: ScheduledJob) -> None:
+        if before is not None and not before.done():
+            await asyncio.wait((before,))  # its lane's earlier job first
+        await self._run(job)
 
     async def _run(self, job: ScheduledJob) -> None:
         handler = self.handlers.get(job.kind)
@@ -200,7 +247,7 @@ class Scheduler:
 
     async def _tick(self) -> None:
         try:
-            await self.run_once()
+            await self._claim_and_start()  # the jobs run on while the loop claims more
             self._last_error = None
         except Exception as exc:  # the database may be away for a while; keep polling
             self._last_error = f"{type(exc).__name__}: {exc}"
@@ -214,6 +261,16 @@ class Scheduler:
         """Stop polling: the jobs already claimed are finished first (for a bounded time),
         then the loop ends; a job still running after that is abandoned to its lease."""
         await self._loop.stop()
+        running = set(self._running)
+        if not running:
+            return
+        _, late = await asyncio.wait(running, timeout=STOP_TIMEOUT_S)
+        for task in late:
+            log.warning("%s still running at stop; left to its lease", task.get_name())
+            task.cancel()
+        for task in late:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def provide_status(self) -> dict[str, Any]:
         status: dict[str, Any] = {
@@ -222,6 +279,7 @@ class Scheduler:
             "kinds": self.handlers.kinds(),
             "done": self.done,
             "failed": self.failed,
+            "running": len(self._running),
             "last_tick": self._last_tick.isoformat() if self._last_tick else None,
         }
         if self._last_error:

@@ -3,6 +3,7 @@ restarts and failures, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -253,3 +254,96 @@ def test_a_kind_has_one_handler() -> None:
     registry.register("k", a)  # the same again is fine (setup may run twice)
     with pytest.raises(ValueError, match="already"):
         registry.register("k", b)
+
+
+async def test_a_slow_job_holds_up_no_other_job(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """A provider that does not answer keeps its own job running, and only it: the reminders
+    and sends due after it run meanwhile (they waited behind it one at a time before)."""
+    clock = ManualClock(T0)
+    release = asyncio.Event()
+    finished: list[str] = []
+
+    async def slow(session: AsyncSession, job: ScheduledJob, now: Any) -> Sequence[DomainEvent]:
+        await release.wait()
+        finished.append("slow")
+        return []
+
+    async def fast(session: AsyncSession, job: ScheduledJob, now: Any) -> Sequence[DomainEvent]:
+        finished.append(job.payload["name"])
+        return []
+
+    async with sessions() as s:
+        await jobs.schedule(s, "slow", T0, {}, "slow")  # due first: claimed first
+        for i in range(3):
+            await jobs.schedule(s, "fast", T0 + timedelta(seconds=1), {"name": f"f{i}"}, f"f{i}")
+        await s.commit()
+    scheduler = Scheduler(sessions=sessions, bus=Recorder(), clock=clock, interval=0.02)
+    scheduler.register("slow", slow)
+    scheduler.register("fast", fast)
+    clock.advance(MIN)
+    scheduler.start()
+    try:
+        await until(lambda: len(finished) == 3)
+        assert finished == ["f0", "f1", "f2"]
+        await until(lambda: scheduler.provide_status()["running"] == 1)  # the slow one
+        # Jobs falling due while it still runs are taken too.
+        async with sessions() as s:
+            await jobs.schedule(s, "fast", T0 + 2 * MIN, {"name": "later"}, "later")
+            await s.commit()
+        clock.advance(2 * MIN)
+        await until(lambda: "later" in finished)
+        release.set()
+        await until(lambda: "slow" in finished)
+    finally:
+        release.set()
+        await scheduler.close()
+    async with sessions() as s:
+        statuses = (await s.scalars(select(ScheduledJob.status))).all()
+        assert set(statuses) == {"done"} and len(statuses) == 5
+
+
+async def test_jobs_of_one_lane_run_in_order_and_at_most_concurrency_at_once(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    clock = ManualClock(T0)
+    gate = asyncio.Event()
+    running = 0
+    most = 0
+    order: list[str] = []
+
+    async def handler(session: AsyncSession, job: ScheduledJob, now: Any) -> Sequence[Any]:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        order.append(f"start {job.payload['name']}")
+        await gate.wait()
+        await asyncio.sleep(0.01 if job.payload["name"] == "a1" else 0)
+        order.append(f"end {job.payload['name']}")
+        running -= 1
+        return []
+
+    async with sessions() as s:
+        # Lane "a": three messages of one conversation; the rest one job each.
+        for i in range(3):
+            await jobs.schedule(
+                s, "k", T0 + i * timedelta(seconds=1), {"name": f"a{i}", "lane": "c:1"}, f"a{i}"
+            )
+        for i in range(6):
+            await jobs.schedule(s, "k", T0 + timedelta(seconds=10 + i), {"name": f"x{i}"}, f"x{i}")
+        await s.commit()
+    scheduler = Scheduler(sessions=sessions, bus=Recorder(), clock=clock, concurrency=4)
+    scheduler.register("k", handler)
+    clock.advance(MIN)
+    ran = asyncio.create_task(scheduler.run_once())
+    await until(lambda: running == 2)  # a0 and x0; a1 waits behind a0 though it is claimed
+    assert order == ["start a0", "start x0"]
+    gate.set()
+    assert await ran == 4  # room for four at a time: a0, a1, a2, x0
+    assert await scheduler.run_once() == 4
+    assert await scheduler.run_once() == 1
+    assert most <= 4
+    lane = [step for step in order if step.split()[1].startswith("a")]
+    assert lane == ["start a0", "end a0", "start a1", "end a1", "start a2", "end a2"]
+    assert sum(step.startswith("end") for step in order) == 9

@@ -1031,7 +1031,8 @@ async def _to_outbox(
         session,
         SEND_JOB,
         now,
-        {"message_id": message.id},
+        # One conversation's messages go out one after the other, in order.
+        {"message_id": message.id, "lane": f"conversation:{conv.id}"},
         dedupe_key=f"send-message:{message.id}",
         max_attempts=SEND_ATTEMPTS,
     )

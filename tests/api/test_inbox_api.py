@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from contact_center.app import create_app
 from contact_center.config import Settings
@@ -337,3 +337,50 @@ async def test_outside_the_window_an_approved_template_goes(
     assert sent[1]["template"]["components"][0]["parameters"] == [
         {"type": "text", "parameter_name": "first_name", "text": "Иван"}
     ]
+
+
+async def test_a_provider_that_takes_its_time_holds_up_only_its_own_message(
+    app_client: Any, graph: FakeGraphApi, database_url: str
+) -> None:
+    """The Graph API sits on the reply to one client: the reply to another goes out meanwhile,
+    and no database transaction waits on the provider (one sent at a time before)."""
+    ctx = await _people(app_client)
+    await _deliver(app_client, wa_text("wamid.a", "Счёт готов?", wa_id="79161234567"))
+    await _deliver(app_client, wa_text("wamid.b", "Когда доставка?", wa_id="79035550011"))
+    listed = await app_client.get("/api/v1/conversations", headers=ctx["ivan_h"])
+    by_phone = {c["phone"]: c["id"] for c in (await listed.json())["items"]}
+    replies = {}
+    for phone, answer in (("+79161234567", "Готов, высылаю."), ("+79035550011", "Завтра.")):
+        url = f"/api/v1/conversations/{by_phone[phone]}/messages"
+        resp = await app_client.post(url, json={"text": answer}, headers=ctx["ivan_h"])
+        replies[phone] = (await resp.json())["id"]
+    graph.hold = lambda call: call.json().get("to") == "79161234567"
+    running = asyncio.create_task(app_client.app[SCHEDULER].run_once())
+    try:
+
+        async def status(message_id: int) -> str:
+            async with app_client.app[SESSIONS]() as session:
+                message = await session.get(Message, message_id)
+                assert message is not None
+                return message.status
+
+        deadline = time.monotonic() + 10
+        while await status(replies["+79035550011"]) != "sent":
+            assert time.monotonic() < deadline, "the second reply waited for the first"
+            await asyncio.sleep(0.05)
+        assert await status(replies["+79161234567"]) == "queued"
+        assert len(graph.calls("/messages")) == 2  # the first one is at the provider
+        if database_url.startswith("postgresql"):
+            async with app_client.app[SESSIONS]() as session:
+                waiting = await session.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                        "current_database() AND state = 'idle in transaction' "
+                        "AND pid <> pg_backend_pid()"
+                    )
+                )
+            assert waiting == 0
+    finally:
+        graph.release.set()
+    assert await running == 2
+    assert await status(replies["+79161234567"]) == "sent"

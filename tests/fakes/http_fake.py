@@ -4,9 +4,11 @@ and can be told to fail the next calls. The idea of aiohttp's ``examples/fake_se
 
 from __future__ import annotations
 
+import asyncio
 import email.parser
 import email.policy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import parse_qsl
@@ -39,6 +41,9 @@ class FakeHttpApi:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.failures: list[Failure] = []
+        # A provider that takes its time: calls ``hold`` matches wait for ``release``.
+        self.hold: Callable[[Recorded], bool] | None = None
+        self.release = asyncio.Event()
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.setup_routes(self.app.router)
         self._runner: web.AppRunner | None = None
@@ -102,6 +107,8 @@ class FakeHttpApi:
             form,
         )
         self.requests.append(recorded)
+        if self.hold is not None and self.hold(recorded):
+            await self.release.wait()
         return recorded
 
     def failure(self) -> web.Response | None:
