@@ -102,6 +102,23 @@ async def test_whatsapp_from_a_stranger_is_answered_from_the_inbox(
         SHOTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(SHOTS / "16-manager-inbox-whatsapp.png"))
 
+        # While he writes the next reply the client writes again: her message shows at once,
+        # his half-typed reply stays in the box with the cursor in it.
+        await page.click("#reply-text")
+        await page.keyboard.type("Доставка в четверг, ")
+        more = wa_text("wamid.stranger.2", "А в четверг привезёте?", wa_id="79031234567")
+        resp = await client.post(HOOK, data=more, headers=signed(more))
+        assert resp.status == 200
+        await page.locator(".msg.inbound", has_text="А в четверг привезёте?").wait_for(timeout=5000)
+        assert await page.input_value("#reply-text") == "Доставка в четверг, "
+        assert await page.evaluate("document.activeElement.id") == "reply-text"
+        await page.keyboard.type("с 10 до 14.")
+        await page.click(".composer button[type=submit]")
+        await until(lambda: len(graph.calls("/messages")) == 2, timeout=10)
+        assert (
+            graph.calls("/messages")[1].json()["text"]["body"] == "Доставка в четверг, с 10 до 14."
+        )
+
         await page.click(".client-side a[href^='/clients/lead/']")
         await page.wait_for_load_state("networkidle")
         timeline = await page.locator("main").inner_text()

@@ -1,5 +1,6 @@
 // Входящие: live updates over /ws (app.js re-dispatches every frame as a "cc-ws" event).
-// A frame about the open conversation reloads it; any conversation frame reloads the list.
+// A frame about the open conversation reloads it (only its messages and header while a reply
+// is being written); any conversation frame reloads the list.
 // One reload at a time per piece: a frame arriving meanwhile asks for one more afterwards,
 // so the last state always shows. Filters submit themselves on change. Text only ever comes
 // in through the server's templates (autoescaped).
@@ -14,7 +15,10 @@
 
   // Fetch the piece again and put it in place (server-rendered, autoescaped HTML, as htmx
   // swaps it), then let htmx wire its forms.
-  function reloader(target, url, outer) {
+  // The parts of the thread that change while the manager writes a reply.
+  const KEPT_IN_PLACE = [".thread-head", ".messages"];
+
+  function reloader(target, url, outer, keep) {
     let running = false;
     let again = false;
     async function run() {
@@ -31,7 +35,15 @@
             tpl.innerHTML = await resp.text();
             if (outer) {
               const fresh = tpl.content.firstElementChild;
-              if (fresh) { current.replaceWith(fresh); window.htmx.process(fresh); }
+              if (fresh && keep && keep()) {
+                // A reply is being written: the messages and the header follow, the reply box
+                // stays as it is.
+                for (const part of KEPT_IN_PLACE) {
+                  const old = current.querySelector(part);
+                  const now = fresh.querySelector(part);
+                  if (old && now) { old.replaceWith(now); window.htmx.process(now); }
+                }
+              } else if (fresh) { current.replaceWith(fresh); window.htmx.process(fresh); }
             } else {
               current.replaceChildren(tpl.content);
               window.htmx.process(current);
@@ -64,7 +76,8 @@
     );
   }
 
-  const reloadThread = reloader("#inbox-thread", (node) => "/inbox/" + node.dataset.conversation + "/thread", true);
+  const reloadThread = reloader(
+    "#inbox-thread", (node) => "/inbox/" + node.dataset.conversation + "/thread", true, composing);
   const reloadList = reloader("#inbox-rows", (node) => node.dataset.src, false);
 
   // A frame that arrives while the manager's own post (a reply, resolve) is in flight is
@@ -87,7 +100,7 @@
     const thread = document.getElementById("inbox-thread");
     if (thread && String(msg.conversation_id) === thread.dataset.conversation) {
       events += 1;
-      if (!composing()) reloadThread();
+      reloadThread();
     }
     reloadList();
   });
