@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -764,7 +765,7 @@ class Inbox:
             elif isinstance(adapter, EmailAdapter):
                 result = await adapter.send_email(await self._letter(out))
             elif out.attachments:
-                result = await self._send_files(adapter, out)
+                result = await self._send_files(session, adapter, out)
             else:
                 result = await adapter.send_text(out.to, out.text, reply_to=out.reply_to)
         except ChannelSendFailed as exc:
@@ -841,26 +842,47 @@ class Inbox:
             attachments=tuple(await self._files(out)),
         )
 
-    async def _send_files(self, adapter: Adapter, out: conversations.Outgoing) -> SendResult:
+    async def _send_files(
+        self, session: AsyncSession, adapter: Adapter, out: conversations.Outgoing
+    ) -> SendResult:
         """A messenger's reply with files: each file a media message (photos as photos, the
         rest as documents), the text the first one's caption when it fits, else sent first.
-        The first message's id is the one status updates are followed by."""
+        The first message's id is the one status updates are followed by. Each part the
+        provider takes is written down at once, so a retry after a later part failed sends
+        only the parts still missing (the client does not get the first file twice)."""
         if not isinstance(adapter, MediaSender):
             raise ChannelSendFailed(
                 "invalid", f"канал {out.channel} не отправляет файлы", retryable=False
             )
         files = await self._files(out)
+        sent = dict(out.sent_parts)
+
+        async def part(key: str, send: Callable[[], Awaitable[SendResult]]) -> SendResult:
+            if key in sent:
+                return SendResult(sent[key])
+            result = await send()
+            sent[key] = result.provider_message_id
+            await conversations.note_part_sent(
+                session, out.message_id, key, result.provider_message_id
+            )
+            await session.commit()
+            return result
+
         caption: str | None = out.text or None
         first: SendResult | None = None
         if caption is not None and len(caption) > CAPTION_MAX:
-            first = await adapter.send_text(out.to, caption, reply_to=out.reply_to)
-            caption = None
-        for media in files:
-            sent = await adapter.send_media(
-                out.to, media, caption=caption, reply_to=out.reply_to if first is None else None
+            first = await part(
+                "text", partial(adapter.send_text, out.to, caption, reply_to=out.reply_to)
             )
             caption = None
-            first = first or sent
+        for index, media in enumerate(files):
+            reply_to = out.reply_to if first is None else None
+            result = await part(
+                f"file:{index}",
+                partial(adapter.send_media, out.to, media, caption=caption, reply_to=reply_to),
+            )
+            caption = None
+            first = first or result
         assert first is not None
         return first
 

@@ -1156,6 +1156,9 @@ class Outgoing:
     template: dict[str, Any] | None = None  # WhatsApp: {"name", "language", "params"}
     quote: Quoted | None = None  # e-mail: the letter answered, quoted below the reply
     attachments: tuple[dict[str, Any], ...] = ()  # files in storage: key, mime, filename
+    # A message sent as several (files, a long text first): the parts the provider already
+    # took, by part ("text", "file:0", ...) -> its id; a retry sends only the rest.
+    sent_parts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -1211,7 +1214,21 @@ async def outgoing(session: AsyncSession, message_id: int) -> Outgoing | None:
         (message.payload or {}).get("template"),
         quoted,
         tuple(dict(a) for a in message.attachments or ()),
+        dict((message.payload or {}).get("sent_parts") or {}),
     )
+
+
+async def note_part_sent(
+    session: AsyncSession, message_id: int, part: str, provider_message_id: str
+) -> None:
+    """The provider took one part of a message sent in several: a retry skips it. The caller
+    commits at once (the next part may never be sent)."""
+    message = await session.get(Message, message_id)
+    if message is None:
+        return
+    payload = dict(message.payload or {})
+    payload["sent_parts"] = {**(payload.get("sent_parts") or {}), part: provider_message_id}
+    message.payload = payload
 
 
 def billing(message: Message) -> tuple[int | None, Decimal | None, str | None]:

@@ -33,6 +33,7 @@ class Recorded:
 class Failure:
     status: int
     body: Any
+    after: int = 0  # answer this many calls normally first
 
 
 class FakeHttpApi:
@@ -75,9 +76,10 @@ class FakeHttpApi:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def fail_next(self, status: int, body: Any) -> None:
-        """The next recorded call answers ``status`` with ``body`` (JSON) instead."""
-        self.failures.append(Failure(status, body))
+    def fail_next(self, status: int, body: Any, *, after: int = 0) -> None:
+        """The next recorded call (after ``after`` more that go through) answers ``status``
+        with ``body`` (JSON) instead."""
+        self.failures.append(Failure(status, body, after))
 
     async def record(self, request: web.Request) -> Recorded:
         body = await request.read()
@@ -113,6 +115,9 @@ class FakeHttpApi:
 
     def failure(self) -> web.Response | None:
         if not self.failures:
+            return None
+        if self.failures[0].after > 0:
+            self.failures[0].after -= 1
             return None
         failure = self.failures.pop(0)
         return web.json_response(failure.body, status=failure.status)

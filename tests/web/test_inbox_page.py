@@ -7,6 +7,7 @@ import io
 import json
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from crm_core.conversations.model import Conversation, Message
 from crm_core.db import utcnow
 from crm_core.distribution import rules as distribution_rules
 from crm_core.distribution.schemas import ManagerInput, RuleInput
+from crm_core.jobs.model import ScheduledJob
 from tests.fakes.graph_api import FakeGraphApi
 from tests.inbox_support import TEMPLATES, TOKEN, signed, wa_channel, wa_image, wa_text
 from tests.web.world import csrf, sign_in, team, visible
@@ -333,3 +335,51 @@ async def test_a_file_over_the_channels_limit_is_refused_naming_the_limit(
     assert resp.status == 422
     html = await resp.text()
     assert "каталог.pdf" in html and "2 МБ" in html and "предела 1 МБ" in html
+
+
+async def test_a_retry_after_the_second_file_failed_sends_only_that_file(
+    client: Any, graph: FakeGraphApi
+) -> None:
+    """The provider took the invoice and then failed on the photo: the retry sends the photo
+    alone (before, the client got the invoice twice)."""
+    await _setup(client)
+    await _deliver(client, wa_text("wamid.r1", "Пришлите счёт и фото"))
+    async with client.app[SESSIONS]() as session:
+        conv = (await session.scalars(select(Conversation))).one()
+    await sign_in(client, "ivan")
+    token = await csrf(client, "/inbox")
+    resp = await client.post(
+        f"/inbox/{conv.id}/reply",
+        data=_files_form(
+            token,
+            "Счёт и фото",
+            ("счёт 16.pdf", PDF, "application/pdf"),
+            ("образец.png", PNG, "image/png"),
+        ),
+        headers={"HX-Request": "true"},
+    )
+    assert resp.status == 200, await resp.text()
+    graph.fail_next(
+        500, {"error": {"message": "Service temporarily unavailable", "code": 2}}, after=1
+    )
+    await client.app[SCHEDULER].run_once()
+    assert [c.json()["type"] for c in graph.calls("/messages")] == ["document", "image"]
+    async with client.app[SESSIONS]() as session:
+        reply = (
+            await session.scalars(select(Message).where(Message.direction == "outbound"))
+        ).one()
+        assert reply.status == "queued"  # to be retried
+        job = await session.scalar(select(ScheduledJob).where(ScheduledJob.status == "pending"))
+        assert job is not None
+        job.due_at = utcnow() - timedelta(seconds=1)
+        await session.commit()
+    await client.app[SCHEDULER].run_once()
+    sent = [c.json() for c in graph.calls("/messages")]
+    assert [s["type"] for s in sent] == ["document", "image", "image"]  # the photo again only
+    assert sent[0]["document"]["caption"] == "Счёт и фото"
+    async with client.app[SESSIONS]() as session:
+        stored = await session.get(Message, reply.id)
+        assert stored is not None and stored.status == "sent"
+        parts = stored.payload["sent_parts"]
+        assert set(parts) == {"file:0", "file:1"}
+        assert stored.provider_message_id == parts["file:0"]  # the first part's id

@@ -200,7 +200,10 @@ async def test_reply_goes_through_the_outbox_and_statuses_move_forward(
     conv = await session.get(Conversation, got.conversation.id)
     assert conv is not None and conv.assignee_id == ivan.id and conv.unread == 0
     job = await session.scalar(select(ScheduledJob).where(ScheduledJob.kind == "conversation.send"))
-    assert job is not None and job.payload == {"message_id": msg.id}
+    assert job is not None and job.payload == {
+        "message_id": msg.id,
+        "lane": f"conversation:{conv.id}",  # one conversation's messages go out in order
+    }
     out = await conversations.outgoing(session, msg.id)
     assert out is not None and out.to == "79161112233" and out.text == "Добрый день!"
     await conversations.mark_sent(session, msg.id, "wamid.out.1", now=T0)
