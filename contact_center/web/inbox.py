@@ -266,9 +266,10 @@ def _reply_form(form: Any) -> _Reply:
 
 async def reply_route(request: web.Request) -> web.StreamResponse:
     """The reply form takes files: a larger body than other forms (refused in Russian, not
-    with aiohttp's English 413, past it)."""
+    with aiohttp's English 413, past it: announced by Content-Length or found while reading
+    a chunked body)."""
+    t = t_of(request)
     if request.content_length is not None and request.content_length > UPLOAD_MAX_BODY:
-        t = t_of(request)
         return await render_error(request, 413, t("inbox.files.too_large_total"))
     clone = request.clone(
         client_max_size=UPLOAD_MAX_BODY,
@@ -276,7 +277,10 @@ async def reply_route(request: web.Request) -> web.StreamResponse:
         scheme=request.scheme,
         host=request.host,
     )
-    return await reply(clone)
+    try:
+        return await reply(clone)
+    except web.HTTPRequestEntityTooLarge:
+        return await render_error(request, 413, t("inbox.files.too_large_total"))
 
 
 @page("inbox/_thread.html")

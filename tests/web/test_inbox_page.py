@@ -383,3 +383,38 @@ async def test_a_retry_after_the_second_file_failed_sends_only_that_file(
         parts = stored.payload["sent_parts"]
         assert set(parts) == {"file:0", "file:1"}
         assert stored.provider_message_id == parts["file:0"]  # the first part's id
+
+
+async def test_a_chunked_upload_past_the_limit_is_refused_in_russian(client: Any) -> None:
+    """Without Content-Length the size is found while reading: the refusal is the page's
+    Russian one, not aiohttp's English 413."""
+    await _setup(client)
+    await _deliver(client, wa_text("wamid.f4", "Жду каталог"))
+    async with client.app[SESSIONS]() as session:
+        conv = (await session.scalars(select(Conversation))).one()
+    await sign_in(client, "ivan")
+    token = await csrf(client, "/inbox")
+    boundary = "cc-test-boundary"
+
+    async def body() -> AsyncIterator[bytes]:
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n'
+            f"{token}\r\n--{boundary}\r\nContent-Disposition: form-data; "
+            f'name="files"; filename="big.pdf"\r\nContent-Type: application/pdf\r\n\r\n'
+        ).encode()
+        chunk = b"0" * (1024 * 1024)
+        for _ in range(65):
+            yield chunk
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    resp = await client.post(
+        f"/inbox/{conv.id}/reply",
+        data=body(),
+        headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "HX-Request": "true",
+            "X-CSRF-Token": token,
+        },
+    )
+    assert resp.status == 413
+    assert "файлы вместе больше 64 МБ" in await resp.text()
