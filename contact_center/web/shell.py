@@ -316,6 +316,8 @@ def page(
                 result = await handler(request, user)
             except errors.DomainError as exc:
                 return await render_domain_error(request, exc)
+            except web.HTTPRequestEntityTooLarge:  # found while reading the form
+                return await render_error(request, 413, t_of(request)("error.too_large"))
             if isinstance(result, web.StreamResponse):
                 return result
             status = int(result.pop("_status", 200))

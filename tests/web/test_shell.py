@@ -174,6 +174,28 @@ async def test_forms_need_the_csrf_token(client: Any) -> None:
     assert hx.status == 303
 
 
+async def test_a_form_past_the_body_limit_is_refused_in_russian(client: Any) -> None:
+    """A pasted novel (or a chunked body with no length) is refused by the page in the
+    user's language, not with aiohttp's English "Maximum request body size"."""
+    await team(client)
+    await sign_in(client, "ivan")
+    token = await csrf(client)
+
+    async def chunked() -> Any:
+        yield f"csrf_token={token}&form=language&locale=".encode()
+        for _ in range(3):
+            yield b"x" * (1024 * 1024)
+
+    for data in ({"csrf_token": token, "form": "name", "name": "я" * (1024 * 1024)}, chunked()):
+        resp = await client.post(
+            "/settings/profile",
+            data=data,
+            headers={"Content-Type": "application/x-www-form-urlencoded", "HX-Request": "true"},
+        )
+        assert resp.status == 413
+        assert "Слишком большой запрос" in await resp.text()
+
+
 async def test_language_by_query_then_cookie(client: Any) -> None:
     await team(client)
     await sign_in(client, "ivan")
