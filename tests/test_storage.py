@@ -234,3 +234,60 @@ async def test_migrations_complete_without_the_right_to_create_pg_trgm(
         await pg_admin(
             base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'DROP ROLE IF EXISTS "{role}"'
         )
+
+
+async def test_private_letters_migration_marks_the_letters_already_stored(
+    engine: AsyncEngine,
+) -> None:
+    """0019 marks the personal mailboxes' letters stored before it as private to their
+    manager (and nothing else)."""
+    from crm_core.activities.model import Activity
+    from crm_core.conversations.model import Conversation, Message
+
+    at = datetime(2026, 12, 1, 10, tzinfo=UTC)
+    async with db.sessionmaker(engine)() as s:
+        owner = User(login="ivan", role="manager", password_hash="x", display_name="Иван")
+        s.add(owner)
+        await s.flush()
+        ids = {}
+        for code, owner_id in (("ivan-mail", owner.id), ("sales", None)):
+            conv = Conversation(
+                channel=code,
+                channel_kind="email",
+                identity_kind="email",
+                identity_value=f"{code}@client.ru",
+                owner_id=owner_id,
+            )
+            s.add(conv)
+            await s.flush()
+            message = Message(
+                conversation_id=conv.id,
+                channel=code,
+                direction="inbound",
+                author_kind="client",
+                text="Письмо",
+                status="received",
+                sent_at=at,
+            )
+            s.add(message)
+            await s.flush()
+            letter = Activity(kind="email", subject="", external_id=f"message:{message.id}")
+            s.add(letter)
+            await s.flush()
+            ids[code] = letter.id
+        s.add(Activity(kind="email", subject="руками", external_id=None))
+        await s.commit()
+
+    def down_and_up(conn: Connection) -> None:
+        from alembic import command
+
+        command.downgrade(migrations.alembic_config(conn), "0018")
+        command.upgrade(migrations.alembic_config(conn), "head")
+
+    async with engine.begin() as conn:
+        await conn.run_sync(down_and_up)
+    async with db.sessionmaker(engine)() as s:
+        marks = dict((await s.execute(select(Activity.id, Activity.private_to_id))).all())
+    assert marks[ids["ivan-mail"]] == owner.id
+    assert marks[ids["sales"]] is None
+    assert sorted(v for v in marks.values() if v is not None) == [owner.id]

@@ -53,5 +53,8 @@ class Activity(Base):
     )
     external_id: Mapped[str | None] = mapped_column(String(200), unique=True)
     payload: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    # A personal mailbox's letter: read only by this user, the one it belongs to (user_id)
+    # and the head, whoever else may open the client's card.
+    private_to_id: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))

@@ -49,6 +49,9 @@ class ActivityInput(BaseModel):
     lead_id: int | None = None
     external_id: str | None = Field(None, min_length=1, max_length=200)
     payload: dict[str, Any] | None = None
+    private_to_id: int | None = Field(
+        None, description="a personal mailbox's letter: only this user, user_id and the head"
+    )
 
     @model_validator(mode="after")
     def _counted_calls_only(self) -> ActivityInput:

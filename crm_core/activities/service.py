@@ -147,9 +147,18 @@ async def ensure_active_user(session: AsyncSession, user_id: int | None, field: 
 
 
 def _scope(stmt: Select[Any], actor: Actor, rules: CrmRules) -> Select[Any]:
-    if access.is_privileged(actor) or rules.managers_read_all:
+    if access.is_privileged(actor):
         return stmt
     assert actor.id is not None  # only the system has none, and it is privileged
+    stmt = stmt.where(
+        or_(
+            Activity.private_to_id.is_(None),
+            Activity.private_to_id == actor.id,
+            Activity.user_id == actor.id,
+        )
+    )
+    if rules.managers_read_all:
+        return stmt
     return stmt.where(
         or_(
             Activity.user_id == actor.id,
@@ -162,6 +171,13 @@ def _scope(stmt: Select[Any], actor: Actor, rules: CrmRules) -> Select[Any]:
             ),
         )
     )
+
+
+def _private_from(activity: Activity, actor: Actor) -> bool:
+    """A personal mailbox's letter ``actor`` may not read, whoever's client it concerns."""
+    if activity.private_to_id is None or access.is_privileged(actor):
+        return False
+    return actor.id not in (activity.private_to_id, activity.user_id)
 
 
 def _links(activity: Activity | ActivityInput) -> ClientLinks:
@@ -316,7 +332,7 @@ async def get_activity(
 ) -> Activity:
     """One activity ``actor`` may read (404 otherwise)."""
     activity = await session.get(Activity, activity_id)
-    if activity is None:
+    if activity is None or _private_from(activity, actor):
         raise NotFound(f"no activity {activity_id}")
     owners = await link_owners(session, _links(activity))
     access.check(
@@ -329,7 +345,7 @@ async def _editable(
     session: AsyncSession, activity_id: int, *, actor: Actor, rules: CrmRules
 ) -> Activity:
     activity = await session.get(Activity, activity_id)
-    if activity is None:
+    if activity is None or _private_from(activity, actor):
         raise NotFound(f"no activity {activity_id}")
     owners = await link_owners(session, _links(activity))
     access.check(

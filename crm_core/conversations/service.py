@@ -705,6 +705,7 @@ def timeline_entry(conv: Conversation, message: Message) -> ActivityInput | None
         company_id=conv.company_id,
         lead_id=conv.lead_id,
         external_id=f"message:{message.id}",
+        private_to_id=conv.owner_id,  # a personal mailbox's letter stays his
         payload={
             "conversation_id": conv.id,
             "message_id": message.id,

@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 
 from contact_center.app import create_app
 from contact_center.keys import SCHEDULER, SESSIONS
+from crm_core.activities.model import Activity
 from crm_core.conversations.model import Conversation, EmailBounce, Message
 from crm_core.db import utcnow
 from crm_core.distribution import rules as distribution_rules
@@ -312,6 +313,54 @@ async def test_a_personal_mailbox_belongs_to_its_manager(
     (envelope,) = handler.envelopes
     assert envelope.mail_from == IVAN and envelope.rcpt_tos == ["buyer@example.ru"]
     assert IVAN in str(handler.message()["From"])
+
+
+async def _bearer(client: Any, login: str) -> dict[str, str]:
+    token = await client.post("/api/v1/auth/token", json={"login": login, "password": "password1"})
+    return {"Authorization": f"Bearer {(await token.json())['token']}"}
+
+
+async def test_a_personal_letter_on_another_managers_client_stays_private(
+    client: Any, dovecot: Dovecot
+) -> None:
+    """Anna's client writes to Ivan's own mailbox: the letter joins the client's timeline for
+    Ivan and the head, and Anna, who may open the card, does not read it there (the README's
+    rule for personal mailboxes; before, the timeline showed it to her)."""
+    ids = await _team(client)
+    anna, ivan, boss = [await _bearer(client, who) for who in ("anna", "ivan", "boss")]
+    created = await client.post(
+        "/api/v1/contacts",
+        json={"name": "Роман Клиентов", "emails": ["roman@client.ru"]},
+        headers=anna,
+    )
+    assert created.status == 201, await created.text()
+    contact_id = (await created.json())["id"]
+    await dovecot.append_async(
+        IVAN,
+        letter("<pp1@client.ru>", "Иван, это лично вам", to=IVAN, sender="roman@client.ru"),
+    )
+    await _wait_messages(client, 1)
+    personal = await _conversation(client, "roman@client.ru")
+    assert personal.owner_id == ids.ivan and personal.contact_id == contact_id
+
+    async def letters(headers: dict[str, str]) -> list[str]:
+        resp = await client.get(
+            "/api/v1/activities", params={"contact_id": contact_id}, headers=headers
+        )
+        assert resp.status == 200, await resp.text()
+        return [a["body"] for a in (await resp.json())["items"] if a["kind"] == "email"]
+
+    assert await letters(ivan) == ["Иван, это лично вам"]
+    assert await letters(boss) == ["Иван, это лично вам"]
+    assert await letters(anna) == []
+    async with client.app[SESSIONS]() as session:
+        activity_id = await session.scalar(
+            select(Activity.id).where(Activity.external_id.like("message:%"))
+        )
+    assert (await client.get(f"/api/v1/activities/{activity_id}", headers=anna)).status == 404
+    await sign_in(client, "anna")
+    card = visible(await (await client.get(f"/clients/contact/{contact_id}")).text())
+    assert "Роман Клиентов" in card and "это лично вам" not in card
 
 
 async def test_a_bounce_shows_on_the_card_and_in_the_reply_box(
