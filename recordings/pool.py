@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -57,6 +58,10 @@ def _warm_up(executor: ProcessPoolExecutor, workers: int) -> None:
 
 
 def _init_worker(niceness: int) -> None:
+    # The server stops its workers itself (close()); a stop signal sent to the whole process
+    # group (Ctrl-C in a terminal, systemd's stop) must not kill them under a conversion first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Conversion is background work: below the event loop in CPU priority, so a busy pool
     # does not delay the loop's wake-ups. ffmpeg, run by the worker, inherits it. On Linux the
     # workers also take the SCHED_IDLE policy: they run only on CPU time nothing else wants, so

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from recordings.errors import (
     RecordingError,
 )
 from recordings.pool import ConverterPool
+from tests.helpers import until
 from tests.recordings import FIXTURE_WAV, script, write_wav
 
 FFMPEG = find_ffmpeg()
@@ -126,6 +128,36 @@ async def test_workers_and_their_ffmpeg_run_below_the_loop(tmp_path: Path) -> No
             await pool.convert(src, tmp_path)
     nice, policy = (int(v) for v in seen.read_text().split())
     assert nice >= 10 + os.nice(0) and policy == os.SCHED_IDLE
+
+
+async def test_a_stop_signal_to_the_whole_process_group_leaves_the_workers_to_the_server(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C in a terminal or systemd's stop signals every process of the group: the workers
+    ignore it and the server stops them itself (they died, and each stop logged "a conversion
+    worker died" as an ERROR)."""
+    src = write_wav(tmp_path / "call-5.wav", 0.5)
+    caplog.set_level(logging.WARNING, logger="recordings")
+    async with ConverterPool(workers=2, ffmpeg=None) as pool:
+        await pool.inspect(src)
+        executor = pool._executor
+        assert executor is not None
+        workers = list(executor._processes)
+        assert len(workers) == 2
+
+        def ready(pid: int) -> bool:  # its initializer ran: SIGTERM in its ignored set
+            ignored = Path(f"/proc/{pid}/status").read_text().split("SigIgn:")[1].split()[0]
+            return bool(int(ignored, 16) & (1 << (signal.SIGTERM - 1)))
+
+        await until(lambda: all(ready(pid) for pid in workers), timeout=10)
+        for pid in workers:
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGINT)
+        await asyncio.sleep(0.3)
+        for _ in range(4):
+            assert (await pool.inspect(src)).duration_s == 0.5
+        assert list(executor._processes) == workers
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_a_closed_pool_refuses_work(tmp_path: Path) -> None:
