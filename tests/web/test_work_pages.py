@@ -194,7 +194,9 @@ async def test_plans_are_set_and_compared_with_the_fact(client: Any) -> None:
         },
         allow_redirects=False,
     )
-    assert resp.status == 303 and resp.headers["Location"] == "/plans?week=2026-11-30&saved=1"
+    assert resp.status == 303 and resp.headers["Location"].startswith(
+        "/plans?week=2026-11-30&saved=1"
+    )
     async with client.app[SESSIONS]() as s:
         days = list(await s.scalars(select(DailyPlan.day).where(DailyPlan.user_id == ids.ivan)))
     assert sorted(days) == [date(2026, 11, 30) + timedelta(days=i) for i in range(5)]
@@ -207,6 +209,46 @@ async def test_plans_are_set_and_compared_with_the_fact(client: Any) -> None:
         "/plans", data={"csrf_token": token, "user_id": "all", "day": "yesterday"}
     )
     assert bad.status == 422 and "Проверьте поле «День»" in await bad.text()
+
+
+async def test_the_plans_form_keeps_what_was_typed_after_a_save_and_a_refusal(
+    client: Any,
+) -> None:
+    ids = await _day(client)
+    await sign_in(client, "boss")
+    token = await csrf(client, "/plans")
+    typed = {
+        "user_id": str(ids.ivan),
+        "day": "03.12.2026",
+        "scope": "week",
+        "calls": "25",
+        "meetings": "4",
+        "proposals": "7",
+    }
+
+    def shown(page: str) -> None:
+        form = found(
+            r'<form method="post" action="/plans[^"]*" class="row-form plan-form">(.*?)</form>',
+            page,
+            flags=re.S,
+        )
+        assert f'<option value="{ids.ivan}" selected>' in form
+        assert 'value="03.12.2026"' in form and '<option value="week" selected>' in form
+        for key in ("calls", "meetings", "proposals"):
+            assert re.search(rf'name="{key}"[^>]*value="{typed[key]}"', form), key
+
+    saved = await client.post("/plans", data={"csrf_token": token, **typed})
+    assert saved.status == 200 and "План сохранён" in await saved.text()
+    shown(await saved.text())
+    refused = await client.post("/plans", data={"csrf_token": token, **typed, "meetings": "4000"})
+    page = await refused.text()
+    assert refused.status == 422 and "Проверьте поле «Встречи»" in page
+    typed["meetings"] = "4000"
+    shown(page)
+    assert (
+        'name="meetings" min="0" max="100" value="4000" class="short" aria-invalid="true"' in page
+    )
+    assert "Задать план" in page  # the whole page, not a bare error
     await sign_in(client, "ivan")
     assert (await client.post("/plans", data={})).status == 403
 
