@@ -127,7 +127,14 @@ async def test_my_day_counts_and_lists_with_one_click_actions(client: Any) -> No
     await sign_in(client, "ivan")
     page = await (await client.get("/")).text()
     assert _counter(page, "просрочено") == 1
-    assert _counter(page, "на сегодня") == 2  # the meeting and the call-back
+    # Each task is counted where it is listed: the meeting under «на сегодня», the call-back
+    # under «Перезвонить».
+    assert _counter(page, "на сегодня") == 1
+    assert _counter(page, "Перезвонить") == 1
+    today = found(r'<section class="panel" id="due-today">(.*?)</section>', page, flags=re.S)
+    callbacks = found(r'<section class="panel" id="callbacks">(.*?)</section>', page, flags=re.S)
+    assert today.count('<li class="task') == 1 and "Встреча в 15:00" in today
+    assert callbacks.count('<li class="task') == 1 and "Перезвонить +7" in callbacks
     assert _counter(page, "пропущенные звонки") == 1
     assert _counter(page, "счета истекают") == 1
     assert "Отправить договор" in page and "Задача Анны" not in page
@@ -153,7 +160,8 @@ async def test_my_day_counts_and_lists_with_one_click_actions(client: Any) -> No
         assert moved.due_at == datetime(2026, 12, 3, 9 + 3, 0, tzinfo=UTC)  # 15:00 MSK
     partial = await (await client.get("/today", headers={"HX-Request": "true"})).text()
     assert "<html" not in partial
-    assert _counter(partial, "просрочено") == 0 and _counter(partial, "на сегодня") == 1
+    assert _counter(partial, "просрочено") == 0 and _counter(partial, "на сегодня") == 0
+    assert _counter(partial, "Перезвонить") == 1
     no_token = await client.post(f"/tasks/{meeting.id}/done", headers={"HX-Request": "true"})
     assert no_token.status == 403
     await sign_in(client, "anna")
@@ -457,7 +465,8 @@ async def test_my_day_counts_every_task_and_lists_the_first_with_a_link_to_the_r
         await s.commit()
     await sign_in(client, "ivan")
     page = await (await client.get("/today")).text()
-    assert _counter(page, "просрочено") == 46  # every one counted, the call-back too
+    assert _counter(page, "просрочено") == 45  # every one counted
+    assert _counter(page, "Перезвонить") == 1  # the call-back, where it is listed
     overdue = found(r'<section class="panel" id="overdue">(.*?)</section>', page, flags=re.S)
     assert overdue.count('<li class="task') == 30
     assert "Ещё 15 — открыть весь список" in overdue and 'href="/tasks?overdue=1"' in overdue
