@@ -15,6 +15,7 @@ from sqlalchemy import select
 from contact_center.app import create_app
 from contact_center.keys import RULES, SESSIONS
 from crm_core.activities.model import Activity
+from crm_core.calls.model import Call
 from crm_core.clients.model import Company, Contact, LegalEntity, Phone, Requisites
 from crm_core.clock import ManualClock
 from crm_core.deals.model import Deal
@@ -24,6 +25,7 @@ from crm_core.leads.model import Lead
 from crm_core.reference.model import Region, Source
 from crm_core.rules import CrmRules
 from crm_core.tasks.model import Task
+from tests.helpers import found
 from tests.web.world import csrf, sign_in, team, visible
 
 NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
@@ -258,6 +260,51 @@ async def test_timeline_comment_meeting_task_and_done(client: Any) -> None:
     assert "Задача выполнена: Отправить КП" in side
 
 
+async def test_a_logged_call_is_one_entry_said_once(client: Any) -> None:
+    w = await _world(client)
+    async with client.app[SESSIONS]() as s:
+        for n, (disposition, talk, by) in enumerate(
+            (("answered", 65.0, None), ("missed", 0.0, None), ("missed", 0.0, "manager"))
+        ):
+            call = Call(
+                pbx="main",
+                call_id=f"c{n}",
+                direction="outbound" if by else "inbound",
+                caller="+78125550011",
+                disposition=disposition,
+                unanswered_by=by,
+                started_at=datetime(2026, 12, 1, 10 + n, 0, tzinfo=UTC),
+                ended_at=datetime(2026, 12, 1, 10 + n, 2, tzinfo=UTC),
+                talk_seconds=talk,
+                user_id=w["ids"].ivan,
+                contact_id=w["maria"],
+            )
+            s.add(call)
+            await s.flush()
+            s.add(
+                Activity(
+                    kind="call",
+                    direction=call.direction,
+                    subject=f"Входящий звонок, {disposition} #{n}",
+                    occurred_at=call.started_at,
+                    talk_s=talk,
+                    outcome=disposition,
+                    user_id=w["ids"].ivan,
+                    contact_id=w["maria"],
+                    external_id=f"call:main:c{n}",
+                    payload={"call_pk": call.id, "number": "+78125550011"},
+                )
+            )
+        await s.commit()
+    await sign_in(client, "ivan")
+    page = visible(await (await client.get(f"/clients/contact/{w['maria']}")).text())
+    items = re.findall(r'<li class="timeline-item kind-call">(.*?)</li>', page, flags=re.S)
+    assert len(items) == 3
+    assert not any("Входящий звонок," in item for item in items)  # no second telling
+    assert "разговор 1\xa0мин 05\xa0с" in items[2]
+    assert "пропущен" in items[1] and "менеджер не взял трубку" in items[0]
+
+
 async def test_the_lead_gate_refuses_naming_fields_then_moves_and_converts(client: Any) -> None:
     w = await _world(client)
     await sign_in(client, "ivan")
@@ -269,8 +316,12 @@ async def test_the_lead_gate_refuses_naming_fields_then_moves_and_converts(clien
     token = await csrf(client, f"/clients/lead/{lead}")
     refused = await _post(client, f"/card/lead/{lead}/stage", {"stage": "in_work"}, token)
     assert refused.status == 422
-    text = await refused.text()
-    assert "Чтобы перейти на эту стадию, заполните: источник, тип клиента" in text
+    text = visible(await refused.text())
+    # The refusal says it once: the gate line, as an alert, each field a link to fill it.
+    assert text.count("заполните") == 1, text
+    gate = found(r'<p class="gate refused" id="gate" role="alert">(.*?)</p>', text, flags=re.S)
+    assert "Чтобы перейти на стадию «В работе», заполните:" in gate
+    assert "источник" in gate and "тип клиента" in gate and 'class="gate-field"' in gate
     for key, value in (("source_id", str(w["source"])), ("client_type", "end_customer_hotel")):
         r = await _post(client, f"/card/lead/{lead}/field/{key}", {key: value}, token)
         assert r.status == 200
