@@ -29,6 +29,9 @@ from crm_core.activities.events import ActivityRecorded
 from crm_core.activities.schemas import ActivityInput
 from crm_core.calls.model import Call
 from crm_core.errors import DomainError
+from crm_core.invoices import service as invoices
+from crm_core.invoices.model import Invoice, InvoiceStatus
+from crm_core.jobs.model import JobStatus, ScheduledJob
 from crm_core.leads.model import Lead
 from crm_core.recordings import service as call_recordings
 from crm_core.recordings.model import RecordingState
@@ -185,6 +188,8 @@ async def entries(
             )
         )
     view = subject.view
+    if subject.kind == "invoice":
+        out.extend(await _invoice_entries(session, subject.record, names, t, fmt))
     if subject.kind == "lead":
         from crm_core.leads import service as leads
 
@@ -218,6 +223,44 @@ async def entries(
                 )
             )
     out.sort(key=lambda e: e.at, reverse=True)
+    return out
+
+
+async def _invoice_entries(
+    session: AsyncSession, invoice: Invoice, names: listing.Names, t: Any, fmt: Formatter
+) -> list[Entry]:
+    """An invoice's history: issued, the payment reminders sent to its responsible, paid or
+    cancelled (as a deal card shows its stage changes)."""
+    out = [
+        Entry(
+            at=invoice.created_at,
+            kind="stage",
+            title=t(
+                "card.invoice_issued", amount=fmt.money(invoice.amount), due=fmt.day(invoice.due_on)
+            ),
+        )
+    ]
+    sent = await session.execute(
+        select(ScheduledJob.finished_at).where(
+            ScheduledJob.kind == invoices.REMINDER_JOB,
+            ScheduledJob.dedupe_key.like(f"invoice:{invoice.id}:remind:%"),
+            ScheduledJob.status == JobStatus.DONE.value,
+            ScheduledJob.finished_at.is_not(None),
+        )
+    )
+    for (finished_at,) in sent:
+        out.append(
+            Entry(
+                at=finished_at,
+                kind="reminder",
+                title=t("card.invoice_reminded"),
+                who=names.user(invoice.responsible_id),
+            )
+        )
+    if invoice.status == InvoiceStatus.PAID.value and invoice.paid_at is not None:
+        out.append(Entry(at=invoice.paid_at, kind="stage", title=t("card.invoice_paid")))
+    elif invoice.status == InvoiceStatus.CANCELLED.value:
+        out.append(Entry(at=invoice.updated_at, kind="stage", title=t("card.invoice_cancelled")))
     return out
 
 

@@ -21,6 +21,7 @@ from crm_core.clock import ManualClock
 from crm_core.deals.model import Deal
 from crm_core.deals.pipelines import sync_pipelines
 from crm_core.invoices.model import Invoice
+from crm_core.jobs.model import ScheduledJob
 from crm_core.leads.model import Lead
 from crm_core.reference.model import Region, Source
 from crm_core.rules import CrmRules
@@ -440,10 +441,34 @@ async def test_deal_card_moves_needs_a_lost_reason_and_issues_invoices(client: A
         )
     invoice_page = visible(await (await client.get(f"/invoices/{inv.id}")).text())
     assert "Счёт № A-17" in invoice_page and "Поставка бумаги" in invoice_page
+    async with client.app[SESSIONS]() as s:  # the first payment reminder went out
+        job = await s.scalar(
+            select(ScheduledJob)
+            .where(ScheduledJob.dedupe_key.like(f"invoice:{inv.id}:remind:%"))
+            .order_by(ScheduledJob.due_at)
+        )
+        assert job is not None
+        job.status, job.finished_at = "done", datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
+        issued = await s.get(Invoice, inv.id)
+        assert issued is not None
+        issued.created_at = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+        await s.commit()
     paid = await client.post(
         f"/card/invoice/{inv.id}/pay", data={"csrf_token": token}, allow_redirects=False
     )
     assert paid.status == 303
+    # The invoice card's history: issued, the reminder sent, paid (newest first).
+    invoice_page = visible(await (await client.get(f"/invoices/{inv.id}")).text())
+    history = found(
+        r'<section class="panel" id="timeline"(.*?)</section>', invoice_page, flags=re.S
+    )
+    assert "История пока пуста" not in history
+    titles = re.findall(r"<strong>(.*?)</strong>", history)
+    assert titles == [
+        "Счёт оплачен",
+        "Напоминание об оплате отправлено ответственному",
+        "Счёт выставлен: 260\u202f000\u00a0₽, оплатить до 10 дек.",
+    ], titles
     async with client.app[SESSIONS]() as s:
         inv2 = await s.get(Invoice, inv.id)
         assert inv2 is not None and inv2.status == "paid"
