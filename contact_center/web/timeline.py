@@ -240,7 +240,7 @@ async def _invoice_entries(
             ),
         )
     ]
-    sent = await session.execute(
+    sent = await session.scalars(
         select(ScheduledJob.finished_at).where(
             ScheduledJob.kind == invoices.REMINDER_JOB,
             ScheduledJob.dedupe_key.like(f"invoice:{invoice.id}:remind:%"),
@@ -248,7 +248,9 @@ async def _invoice_entries(
             ScheduledJob.finished_at.is_not(None),
         )
     )
-    for (finished_at,) in sent:
+    for finished_at in sent:
+        if finished_at is None:  # excluded by the query; for the type checker
+            continue
         out.append(
             Entry(
                 at=finished_at,
