@@ -106,7 +106,9 @@ class FieldContext:
             )
         if source.startswith("custom:"):
             f = self.rules.custom_field(source.removeprefix("custom:"))
-            return tuple((o, o) for o in f.options) if f is not None else ()
+            if f is None:
+                return ()
+            return tuple((o, cf.option_label(t, f.name, o)) for o in f.options)
         return ()
 
     def option_text(self, source: str, value: Any) -> str:
@@ -210,6 +212,8 @@ def shown(spec: cf.FieldSpec, view: Any, ctx: FieldContext) -> tuple[str, list[A
             return (t("card.yes") if value else t("card.no")), []
         if isinstance(value, date):
             return fmt.day(value), []
+        if spec.custom.type == "enum":
+            return cf.option_label(t, spec.custom.name, str(value)), []
         return str(value), []
     if spec.kind in (cf.PHONES, cf.EMAILS):
         return "", list(getattr(view, spec.key))

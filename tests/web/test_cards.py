@@ -621,7 +621,9 @@ async def test_every_card_is_translated(client: Any, lang: str) -> None:
 
 CUSTOM_FIELDS = (
     '[{"name": "fleet", "type": "number", "label_ru": "Автопарк", "label_en": "Fleet"},'
-    ' {"name": "segment", "type": "enum", "label_ru": "Сегмент", "options": ["A", "B"]},'
+    ' {"name": "segment", "type": "enum", "label_ru": "Сегмент", "options": ['
+    '  {"value": "A", "label_ru": "Крупный", "label_en": "Large"},'
+    '  {"value": "B", "label_ru": "Средний", "label_en": "Medium"}, "C"]},'
     ' {"name": "since", "type": "date", "label_ru": "Клиент с"},'
     ' {"name": "partner", "type": "bool", "label_ru": "Партнёр"}]'
 )
@@ -660,7 +662,7 @@ async def test_configured_fields_are_on_the_card_by_their_labels_and_edited_in_p
     assert wrong.status == 422  # the service's own check: one of the options
     for key, value, shown in (
         ("custom-fleet", "12", "12"),
-        ("custom-segment", "B", "B"),
+        ("custom-segment", "B", "Средний"),
         ("custom-since", "31.01.2020", "2020"),
         ("custom-partner", "yes", "да"),
     ):
@@ -668,7 +670,12 @@ async def test_configured_fields_are_on_the_card_by_their_labels_and_edited_in_p
         assert r.status == 200, await r.text()
         assert shown in visible(await r.text())
     form = await (await client.get(f"{base}/custom-segment/edit")).text()
-    assert '<option value="B" selected>' in form
+    # The options by their configured labels (a plain option as it is), the value stored.
+    assert '<option value="B" selected>Средний</option>' in form
+    assert '<option value="A">Крупный</option>' in form and '<option value="C">C</option>' in form
+    english = visible(await (await client.get(card + "?lang=en")).text())
+    assert "Medium" in english and "Средний" not in english
+    await client.get(card + "?lang=ru")
     async with client.app[SESSIONS]() as s:
         contact = await s.get(Contact, w["sergey"])
         assert contact is not None
