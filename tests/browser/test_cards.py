@@ -206,10 +206,11 @@ async def test_the_gate_refuses_naming_fields_then_move_convert_and_the_deal_car
     assert "Чтобы перейти на стадию «В работе», заполните:" in gate
     assert "источник" in gate and "тип клиента" in gate and "потенциал" in gate
     await page.click("#stage-bar button:has-text('В работе')")
-    refusal = page.locator("#stage-error")
+    refusal = page.locator("#gate.refused[role=alert]")
     await refusal.wait_for(timeout=5000)
     text = await refusal.inner_text()
-    assert "Чтобы перейти на эту стадию, заполните: источник, тип клиента, потенциал" in text
+    assert "Чтобы перейти на стадию «В работе», заполните: источник, тип клиента, потенциал" in text
+    assert (await page.inner_text("#stage-bar")).count("заполните") == 1  # said once
     await _shot(page, "42-lead-gate-refused")
 
     # Each missing requirement is a link that opens its field.
@@ -394,9 +395,9 @@ async def test_a_move_right_after_a_save_keeps_the_gates_answer(client: Any, bro
     await page.locator("#f-region_id .value-text").wait_for(timeout=5000)
     await asyncio.wait_for(refresh_sent.wait(), 5)
     await page.click("#stage-bar button:has-text('В работе')")
-    await page.locator("#stage-error").wait_for(timeout=5000)
-    assert "заполните: источник" in await page.inner_text("#stage-error")
+    await page.locator("#gate.refused").wait_for(timeout=5000)
+    assert "заполните: источник" in await page.inner_text("#gate.refused")
     await page.wait_for_load_state("networkidle")
-    assert await page.locator("#stage-error").is_visible()
+    assert await page.locator("#gate.refused").is_visible()
     assert "move" in answered
     assert problems == []
