@@ -401,3 +401,43 @@ async def test_a_move_right_after_a_save_keeps_the_gates_answer(client: Any, bro
     assert await page.locator("#gate.refused").is_visible()
     assert "move" in answered
     assert problems == []
+
+
+async def test_the_deal_cards_call_button_follows_its_changed_contact(
+    client: Any, browser: Any
+) -> None:
+    from crm_core.deals import service as deals
+    from crm_core.deals.schemas import DealInput
+    from crm_core.users.model import User
+
+    w = await _world(client)
+    async with client.app[SESSIONS]() as s:
+        ivan = await s.get(User, w["ivan"])
+        assert ivan is not None
+        deal, _ = await deals.create_deal(
+            s,
+            DealInput(title="Поставка бумаги", contact_id=w["sergey"], company_id=w["company"]),
+            actor=ivan,
+            rules=CrmRules(),
+            now=datetime.now(UTC),
+        )
+        await s.commit()
+        deal_id = deal.id
+    base = str(client.make_url("/")).rstrip("/")
+    page, problems = await _page(browser)
+    await _sign_in(page, base)
+    await page.goto(f"{base}/deals/{deal_id}")
+    call = page.locator(".card-actions button[data-call-to]")
+    assert await call.get_attribute("data-call-to") == "+74951234567"
+    # The deal's contact is changed on the card: the button calls the new one, no reload.
+    await page.evaluate("window.__same_page = true")
+    await page.click("#f-contact_id button.edit")
+    await page.fill("#f-contact_id input[name=contact_id]", "Мария Орлова")
+    await page.click("#f-contact_id button[type=submit]")
+    await page.locator("#f-contact_id a", has_text="Мария Орлова").wait_for(timeout=5000)
+    await page.locator(
+        ".card-actions button[data-call-to='+78125550011']", has_text="+7 (812) 555-00-11"
+    ).wait_for(timeout=5000)
+    assert await page.locator(".card-actions button[data-call-to]").count() == 1
+    assert await page.evaluate("window.__same_page === true")
+    assert problems == []
