@@ -441,3 +441,39 @@ async def test_the_deal_cards_call_button_follows_its_changed_contact(
     assert await page.locator(".card-actions button[data-call-to]").count() == 1
     assert await page.evaluate("window.__same_page === true")
     assert problems == []
+
+
+async def test_toasts_cover_no_field_and_do_not_pile_up(client: Any, browser: Any) -> None:
+    w = await _world(client)
+    base = str(client.make_url("/")).rstrip("/")
+    page, problems = await _page(browser)
+    await _sign_in(page, base)
+    await page.goto(f"{base}/clients/contact/{w['sergey']}")
+    await page.wait_for_load_state("networkidle")
+    # Many notices at once (saves, refusals, news with a link), as on a busy afternoon.
+    await page.evaluate(
+        """() => { for (let i = 0; i < 8; i++) {
+             window.CC.toast("Сохранено " + i, "Поле сохранено", i % 2 ? "/tasks" : null,
+                             i % 3 ? null : "error");
+           } }"""
+    )
+    toasts = page.locator("#toasts .toast")
+    assert await toasts.count() == 3  # the newest three, not a pile
+    for width, height in ((1440, 900), (1280, 800)):
+        await page.set_viewport_size({"width": width, "height": height})
+        covered = await page.evaluate(
+            """() => {
+              const boxes = Array.from(document.querySelectorAll("#toasts .toast"))
+                .map((t) => t.getBoundingClientRect());
+              const hit = (a, b) => a.left < b.right && b.left < a.right
+                                    && a.top < b.bottom && b.top < a.bottom;
+              const fields = Array.from(document.querySelectorAll(
+                "#main input, #main select, #main textarea, #main button, #main a, .topbar"));
+              return fields.filter((f) => {
+                const r = f.getBoundingClientRect();
+                return r.width && r.height && boxes.some((b) => hit(b, r));
+              }).map((f) => f.outerHTML.slice(0, 80));
+            }"""
+        )
+        assert covered == [], (width, covered)
+    assert problems == []
