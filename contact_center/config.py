@@ -206,12 +206,21 @@ class PipelineSettings(_Section):
     stages: list[StageSettings] = Field(min_length=2)
 
 
+class CustomFieldOption(_Section):
+    """One choice of an enum field: the value stored, and what a person reads."""
+
+    value: str = Field(min_length=1, max_length=200)
+    label_ru: str = ""
+    label_en: str = ""
+
+
 class CustomFieldSettings(_Section):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
     type: Literal["string", "number", "date", "enum", "bool"]
     label_ru: str = ""
     label_en: str = ""
-    options: list[str] = Field(default_factory=list)
+    # An enum's choices: a plain value (shown as it is) or {value, label_ru, label_en}.
+    options: list[str | CustomFieldOption] = Field(default_factory=list)
     applies_to: list[CardKind] = Field(default_factory=_every_card_kind)
 
 

@@ -49,7 +49,9 @@ class CustomFieldDef:
     type: CustomFieldType
     label_ru: str = ""
     label_en: str = ""
-    options: tuple[str, ...] = ()  # for enum
+    options: tuple[str, ...] = ()  # for enum: the values stored
+    # (value, label_ru, label_en) of the enum values that have labels
+    option_labels: tuple[tuple[str, str, str], ...] = ()
     applies_to: tuple[str, ...] = ("lead", "contact", "company")
 
 
@@ -187,7 +189,14 @@ class CrmRules:
                     type=f["type"],
                     label_ru=f.get("label_ru", ""),
                     label_en=f.get("label_en", ""),
-                    options=tuple(f.get("options", ())),
+                    options=tuple(
+                        o if isinstance(o, str) else str(o["value"]) for o in f.get("options", ())
+                    ),
+                    option_labels=tuple(
+                        (str(o["value"]), o.get("label_ru") or "", o.get("label_en") or "")
+                        for o in f.get("options", ())
+                        if isinstance(o, dict)
+                    ),
                     applies_to=tuple(f.get("applies_to", ("lead", "contact", "company"))),
                 )
                 for f in data["custom_fields"]

@@ -13,6 +13,7 @@ from contact_center.i18n import LANGUAGES
 from contact_center.keys import BUS, RULES, SESSIONS, SETTINGS
 from contact_center.web.shell import (
     PASSWORD_PAGE,
+    flash,
     language,
     page,
     pbx_state,
@@ -83,6 +84,7 @@ async def password_page(request: web.Request, user: User) -> Any:
         if not data["errors"]:
             response = web.HTTPSeeOther("/")
             await _new_session(request, user, response)
+            flash(response, "password")
             raise response
         data["_status"] = 422
     return data
@@ -94,7 +96,6 @@ async def profile_page(request: web.Request, user: User) -> Any:
     data: dict[str, Any] = {
         "title": t("user.profile"),
         "errors": {},
-        "saved": t("password.changed") if request.query.get("saved") == "password" else "",
         "languages": LANGUAGES,
         "current_lang": user.locale or language(request),
     }
@@ -106,8 +107,9 @@ async def profile_page(request: web.Request, user: User) -> Any:
             if data["errors"]:
                 data["_status"] = 422
             else:
-                response = web.HTTPSeeOther("/settings/profile?saved=password")
+                response = web.HTTPSeeOther("/settings/profile")
                 await _new_session(request, user, response)
+                flash(response, "password")
                 raise response
         elif what == "language":
             lang = str(form.get("locale", ""))

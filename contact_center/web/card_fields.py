@@ -193,7 +193,24 @@ def configured_texts(rules: CrmRules) -> dict[str, dict[str, str]]:
         en = f.label_en or f.label_ru or f.name
         for key in ("field.custom." + f.name, "requirement.custom." + f.name):
             out["ru"][key], out["en"][key] = ru, en
+        for value, label_ru, label_en in f.option_labels:
+            key = option_key(f.name, value)
+            out["ru"][key] = label_ru or label_en or value
+            out["en"][key] = label_en or label_ru or value
     return out
+
+
+def option_key(field: str, value: str) -> str:
+    """The text key of an enum field's option label (a configured text)."""
+    return f"custom.option.{field}.{value}"
+
+
+def option_label(t: Translate, field: str, value: str) -> str:
+    """What a person reads for an enum field's ``value``: its configured label in his
+    language, else the value itself."""
+    key = option_key(field, value)
+    text = t(key)
+    return value if text == key else text
 
 
 PIPELINE = _f("pipeline", "card.pipeline", SELECT, options="pipeline")

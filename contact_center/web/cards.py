@@ -43,6 +43,7 @@ from crm_core.conversations import service as conversations
 from crm_core.deals import service as deals
 from crm_core.errors import DomainError, NotFound
 from crm_core.leads import service as leads
+from crm_core.leads.errors import LeadGateMissingFields
 from crm_core.leads.schemas import ConvertInput
 from crm_core.rules import CrmRules
 from crm_core.users.model import User
@@ -105,7 +106,9 @@ class FieldContext:
             )
         if source.startswith("custom:"):
             f = self.rules.custom_field(source.removeprefix("custom:"))
-            return tuple((o, o) for o in f.options) if f is not None else ()
+            if f is None:
+                return ()
+            return tuple((o, cf.option_label(t, f.name, o)) for o in f.options)
         return ()
 
     def option_text(self, source: str, value: Any) -> str:
@@ -209,6 +212,8 @@ def shown(spec: cf.FieldSpec, view: Any, ctx: FieldContext) -> tuple[str, list[A
             return (t("card.yes") if value else t("card.no")), []
         if isinstance(value, date):
             return fmt.day(value), []
+        if spec.custom.type == "enum":
+            return cf.option_label(t, spec.custom.name, str(value)), []
         return str(value), []
     if spec.kind in (cf.PHONES, cf.EMAILS):
         return "", list(getattr(view, spec.key))
@@ -441,8 +446,12 @@ async def field_save(request: web.Request, user: User) -> web.StreamResponse:
 # ---------------------------------------------------------------- the lead's stage bar
 
 
-def lead_bar(subject: Subject, rules: CrmRules, lang: str, t: Any) -> dict[str, Any]:
-    """The lead's stages with what each later stage still needs (the gate, before the click)."""
+def lead_bar(
+    subject: Subject, rules: CrmRules, lang: str, t: Any, *, refused: str | None = None
+) -> dict[str, Any]:
+    """The lead's stages with what each later stage still needs (the gate, before the click).
+    After the gate refused a move to ``refused``, the gate line speaks of that stage (the one
+    sentence of the refusal, its fields to fill)."""
     view = subject.view
     names = stage_names(rules, lang)
     funnel = [s for s in rules.lead_stages if s.kind != "lost"]
@@ -462,10 +471,12 @@ def lead_bar(subject: Subject, rules: CrmRules, lang: str, t: Any) -> dict[str, 
             }
         )
     next_stage = None
+    target = codes.index(refused) if refused in codes and view.gate.get(refused) else current + 1
     if not converted and 0 <= current < len(funnel) - 1:
-        nxt = funnel[current + 1]
+        nxt = funnel[target]
         missing = view.gate.get(nxt.code, [])
         next_stage = {
+            "refused": refused == nxt.code,
             "code": nxt.code,
             "name": names[nxt.code],
             "missing": [
@@ -491,16 +502,18 @@ def lead_bar(subject: Subject, rules: CrmRules, lang: str, t: Any) -> dict[str, 
 
 
 async def _bar_response(
-    request: web.Request, user: User, *, error: str | None = None
+    request: web.Request, user: User, *, error: str | None = None, refused: str | None = None
 ) -> web.StreamResponse:
+    """The bar; after a refusal (422) either ``error`` under it or, for the gate, the gate line
+    naming the ``refused`` stage's missing fields (said once, not twice)."""
     async with request.app[SESSIONS]() as session:
         subject = await _subject(request, session, user)
-    data = {
-        "subject": subject,
-        "bar": lead_bar(subject, request.app[RULES], language(request), t_of(request)),
-        "bar_error": error,
-    }
-    return await render("cards/_lead_bar.html", request, data, status=422 if error else 200)
+    bar = lead_bar(subject, request.app[RULES], language(request), t_of(request), refused=refused)
+    if refused and not (bar["next"] and bar["next"]["refused"]):
+        refused = None  # the gate line cannot say it: the sentence under the bar does
+    data = {"subject": subject, "bar": bar, "bar_error": None if refused else error}
+    status = 422 if error or refused else 200
+    return await render("cards/_lead_bar.html", request, data, status=status)
 
 
 @page("cards/_lead_bar.html")
@@ -532,6 +545,9 @@ async def lead_move(request: web.Request, user: User) -> web.StreamResponse:
             await u.commit()
     except NotFound:
         raise
+    except LeadGateMissingFields as exc:
+        text = error_text(t, exc.error_id, exc.details)
+        return await _bar_response(request, user, error=text, refused=stage)
     except DomainError as exc:
         return await _bar_response(request, user, error=error_text(t, exc.error_id, exc.details))
     resp = await _bar_response(request, user)

@@ -427,8 +427,9 @@ async def _refusal(
         body["missing"] = missing
         body["link"] = link
         body["link_text"] = t("kanban.open_to_fill")
-        body["fields"] = await _gate_fields(request, exc.details.get("missing", []))
-        body["fill_title"] = t("kanban.fill_title")
+        body["fields"], elsewhere = await _gate_fields(request, exc.details.get("missing", []))
+        # What the board cannot ask for (said only when the fields are asked right there).
+        body["missing_elsewhere"] = [t("requirement." + str(m)) for m in elsewhere]
         body["fill_submit"] = t("kanban.fill_submit")
     elif isinstance(exc, ConversionRequired):
         body["message"] = t("kanban.convert_on_card")
@@ -445,10 +446,12 @@ async def _refusal(
     return web.json_response(body, status=status)
 
 
-async def _gate_fields(request: web.Request, missing: list[Any]) -> list[dict[str, Any]]:
+async def _gate_fields(
+    request: web.Request, missing: list[Any]
+) -> tuple[list[dict[str, Any]], list[Any]]:
     """The lead fields that meet the gate's ``missing`` requirements, for the board to ask for
-    them inline (sent to ``PATCH /api/v1/leads/{id}``); a requirement the board cannot ask
-    for (a custom field, the responsible) is left to the card."""
+    them inline (sent to ``PATCH /api/v1/leads/{id}``), and the requirements the board cannot
+    ask for (a custom field, the responsible), left to the card."""
     t = t_of(request)
     rules = request.app[RULES]
     async with request.app[SESSIONS]() as session:
@@ -501,7 +504,8 @@ async def _gate_fields(request: web.Request, missing: list[Any]) -> list[dict[st
         "needs": [{"name": "needs_products", "label": t("card.needs_products"), "kind": "text"}],
         "inn": [{"name": "inn", "label": t("field.inn"), "kind": "text"}],
     }
-    return [f for m in missing for f in table.get(str(m), [])]
+    fields = [f for m in missing for f in table.get(str(m), [])]
+    return fields, [m for m in missing if str(m) not in table]
 
 
 async def _lead_totals(request: web.Request, user: User) -> dict[str, dict[str, Any]]:

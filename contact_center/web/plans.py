@@ -3,13 +3,16 @@ against fact (counted calls from 60 s, meetings, proposals sent) per day and for
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, timedelta
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy import select
+from yarl import URL
 
 from contact_center.api.common import UnitOfWork
+from contact_center.i18n import error_text
 from contact_center.keys import SESSIONS
 from contact_center.web.listing import parse_day
 from contact_center.web.shell import HEADS, MenuEntry, now, page, t_of, zone
@@ -27,8 +30,19 @@ def _week(request: web.Request) -> tuple[date, date]:
     return plans.week_of(day or now(request).astimezone(zone(request)).date())
 
 
-@page("head/plans.html", roles=HEADS)
-async def plans_page(request: web.Request, user: User) -> dict[str, Any]:
+# The plan form's fields, kept as typed across a save (in the URL) and a refusal.
+FORM_FIELDS = ("user_id", "day", "scope", *FIGURES)
+
+
+def _typed(source: Mapping[str, Any]) -> dict[str, str]:
+    return {k: str(source[k])[:2000] for k in FORM_FIELDS if k in source}
+
+
+async def _page(
+    request: web.Request, form: Mapping[str, str], error: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """The plans page of the week asked for, its form showing ``form`` (what was typed) and
+    ``error`` (the field and what is wrong with it)."""
     t = t_of(request)
     start, end = _week(request)
     today = now(request).astimezone(zone(request)).date()
@@ -64,6 +78,7 @@ async def plans_page(request: web.Request, user: User) -> dict[str, Any]:
         ),
         key=lambda m: m["name"],
     )
+    default_day = (today if start <= today <= end else start).strftime("%d.%m.%Y")
     return {
         "title": t("menu.plans"),
         "week": week,
@@ -76,25 +91,50 @@ async def plans_page(request: web.Request, user: User) -> dict[str, Any]:
         "team": sorted(team.items(), key=lambda x: x[1]),
         "figures": FIGURES,
         "saved": request.query.get("saved"),
+        "form": {"user_id": "all", "day": default_day, "scope": "day", **form},
+        "error": error,
     }
 
 
-@page("errors/partial.html", roles=HEADS)
-async def set_plans(request: web.Request, user: User) -> web.StreamResponse:
-    """The plan form: one manager (or all), one day or every working day of the week."""
-    form = await request.post()
+@page("head/plans.html", roles=HEADS)
+async def plans_page(request: web.Request, user: User) -> dict[str, Any]:
+    # After a save the URL carries what was typed, so the form shows it again.
+    return await _page(request, _typed(request.query) if request.query.get("saved") else {})
 
-    def number(name: str) -> int:
+
+@page("head/plans.html", roles=HEADS)
+async def set_plans(request: web.Request, user: User) -> Any:
+    """The plan form: one manager (or all), one day or every working day of the week. A
+    refusal shows the page again with what was typed and what is wrong (422)."""
+    form = await request.post()
+    typed = _typed(form)
+    try:
+        week = await _save(request, user, form)
+    except InvalidInput as exc:
+        field = str(exc.details.get("field", ""))
+        data = await _page(
+            request, typed, (field, error_text(t_of(request), exc.error_id, exc.details))
+        )
+        data["_status"] = 422
+        return data
+    query = {"week": week.isoformat(), "saved": "1", **typed}
+    raise web.HTTPSeeOther(str(URL("/plans").with_query(query)))
+
+
+async def _save(request: web.Request, user: User, form: Mapping[str, Any]) -> date:
+    """Set the plans the form asks for; the Monday of their week."""
+
+    def number(name: str, most: int) -> int:
         raw = str(form.get(name, "0")).strip() or "0"
-        if not raw.isdigit():
+        if not raw.isdigit() or int(raw) > most:
             raise InvalidInput(f"{name}: not a number", details={"field": name})
         return int(raw)
 
     body = PlanInput(
-        calls=number("calls"),
-        meetings=number("meetings"),
-        proposals=number("proposals"),
-        note=str(form.get("note", "")).strip() or None,
+        calls=number("calls", 1000),
+        meetings=number("meetings", 100),
+        proposals=number("proposals", 1000),
+        note=str(form.get("note", "")).strip()[:2000] or None,
     )
     day = parse_day(str(form.get("day", "")))
     if day is None:
@@ -122,7 +162,7 @@ async def set_plans(request: web.Request, user: User) -> web.StreamResponse:
                 _, event = await plans.set_plan(u.session, user_id, d, body, actor=user, now=at)
                 u.emit(event)
         await u.commit()
-    raise web.HTTPSeeOther(f"/plans?week={days[0].isoformat()}&saved=1")
+    return days[0]
 
 
 def routes(app: web.Application) -> None:

@@ -45,6 +45,9 @@ MANAGER = Role.MANAGER.value
 EVERYONE: frozenset[str] | None = None
 HEADS = frozenset({HEAD, ADMIN})
 PASSWORD_PAGE = "/settings/password"
+# One-time confirmations carried over a redirect (cookie value -> message key).
+FLASH_COOKIE = "cc_flash"
+FLASHES = {"password": "password.changed"}
 
 MENU_KEY = web.AppKey("web_menu", tuple)
 LANG = web.RequestKey("web_lang", str)
@@ -253,13 +256,24 @@ async def render(
     """``template`` with the shell's context (:func:`context`) and ``data``. (Not an
     aiohttp-jinja2 context processor: that runs as a middleware on every request, the API's
     and the dialplan's included.)"""
-    response = aiohttp_jinja2.render_template(
-        template, request, {**await context(request), **data}, status=status
-    )
+    ctx = await context(request)
+    flash = FLASHES.get(request.cookies.get(FLASH_COOKIE, ""))
+    if flash and not is_partial(request):
+        ctx["flash"] = ctx["_"](flash)
+    response = aiohttp_jinja2.render_template(template, request, {**ctx, **data}, status=status)
+    if flash and not is_partial(request):
+        response.del_cookie(FLASH_COOKIE)
     lang = request.query.get("lang")
     if lang in LANGUAGES:  # ?lang= is remembered for the next pages
         remember_language(response, lang)
     return response
+
+
+def flash(response: web.StreamResponse, what: str) -> None:
+    """Say ``what`` (a key of :data:`FLASHES`) once on the next full page, wherever a redirect
+    leads (the confirmation of an action whose page is left)."""
+    assert what in FLASHES
+    response.set_cookie(FLASH_COOKIE, what, max_age=300, samesite="Lax", httponly=True)
 
 
 def remember_language(response: web.StreamResponse, lang: str) -> None:

@@ -27,7 +27,11 @@ from contact_center.web.shell import Formatter, language, now, page, render, t_o
 from crm_core.activities import service as activities
 from crm_core.activities.events import ActivityRecorded
 from crm_core.activities.schemas import ActivityInput
+from crm_core.calls.model import Call
 from crm_core.errors import DomainError
+from crm_core.invoices import service as invoices
+from crm_core.invoices.model import Invoice, InvoiceStatus
+from crm_core.jobs.model import JobStatus, ScheduledJob
 from crm_core.leads.model import Lead
 from crm_core.recordings import service as call_recordings
 from crm_core.recordings.model import RecordingState
@@ -125,20 +129,28 @@ async def entries(
             )
             acts.extend(a for a in more if a.id not in seen)
     heard = await call_recordings.for_activities(session, [a.id for a in acts])
+    unanswered = await _unanswered_by(session, acts)
     for a in acts:
         head = t("kind." + a.kind)
         if a.direction:
             head += ", " + t("direction." + a.direction)
+        # A call the PBX logged is said once: its title and badge say what its generated
+        # subject ("Входящий звонок, 65 с") would repeat.
+        logged = a.kind == "call" and _call_pk(a) is not None
         entry = Entry(
             at=a.occurred_at,
             kind=a.kind,
             title=head,
-            body="\n".join(x for x in (a.subject, a.body) if x) or None,
+            body="\n".join(x for x in (None if logged else a.subject, a.body) if x) or None,
             who=names.user(a.user_id),
         )
         if a.kind == "call":
             if a.outcome and a.outcome != "answered":
-                entry.badge = t("disposition." + a.outcome)
+                by = unanswered.get(a.id)
+                busy = a.outcome == "busy"
+                entry.badge = t(
+                    "call.unanswered_by." + by if by and not busy else "disposition." + a.outcome
+                )
                 entry.badge_class = "call-missed"
             if a.talk_s:
                 entry.title += " · " + t("card.talk") + " " + fmt.duration(a.talk_s)
@@ -176,6 +188,8 @@ async def entries(
             )
         )
     view = subject.view
+    if subject.kind == "invoice":
+        out.extend(await _invoice_entries(session, subject.record, names, t, fmt))
     if subject.kind == "lead":
         from crm_core.leads import service as leads
 
@@ -210,6 +224,70 @@ async def entries(
             )
     out.sort(key=lambda e: e.at, reverse=True)
     return out
+
+
+async def _invoice_entries(
+    session: AsyncSession, invoice: Invoice, names: listing.Names, t: Any, fmt: Formatter
+) -> list[Entry]:
+    """An invoice's history: issued, the payment reminders sent to its responsible, paid or
+    cancelled (as a deal card shows its stage changes)."""
+    out = [
+        Entry(
+            at=invoice.created_at,
+            kind="stage",
+            title=t(
+                "card.invoice_issued", amount=fmt.money(invoice.amount), due=fmt.day(invoice.due_on)
+            ),
+        )
+    ]
+    sent = await session.scalars(
+        select(ScheduledJob.finished_at).where(
+            ScheduledJob.kind == invoices.REMINDER_JOB,
+            ScheduledJob.dedupe_key.like(f"invoice:{invoice.id}:remind:%"),
+            ScheduledJob.status == JobStatus.DONE.value,
+            ScheduledJob.finished_at.is_not(None),
+        )
+    )
+    for finished_at in sent:
+        if finished_at is None:  # excluded by the query; for the type checker
+            continue
+        out.append(
+            Entry(
+                at=finished_at,
+                kind="reminder",
+                title=t("card.invoice_reminded"),
+                who=names.user(invoice.responsible_id),
+            )
+        )
+    if invoice.status == InvoiceStatus.PAID.value and invoice.paid_at is not None:
+        out.append(Entry(at=invoice.paid_at, kind="stage", title=t("card.invoice_paid")))
+    elif invoice.status == InvoiceStatus.CANCELLED.value:
+        out.append(Entry(at=invoice.updated_at, kind="stage", title=t("card.invoice_cancelled")))
+    return out
+
+
+def _call_pk(activity: Any) -> int | None:
+    """The call-log row of a call activity the PBX recorded (none for one typed by hand)."""
+    payload = activity.payload if isinstance(activity.payload, dict) else {}
+    pk = payload.get("call_pk")
+    return pk if isinstance(pk, int) and not isinstance(pk, bool) else None
+
+
+async def _unanswered_by(session: AsyncSession, acts: list[Any]) -> dict[int, str]:
+    """Who did not pick up each unanswered click-to-call among ``acts`` (activity id -> who)."""
+    pks = {
+        pk: a.id
+        for a in acts
+        if a.kind == "call" and a.outcome != "answered" and (pk := _call_pk(a)) is not None
+    }
+    if not pks:
+        return {}
+    rows = await session.execute(
+        select(Call.id, Call.unanswered_by).where(
+            Call.id.in_(list(pks)), Call.unanswered_by.is_not(None)
+        )
+    )
+    return {pks[pk]: str(by) for pk, by in rows}
 
 
 def _stage_entry(

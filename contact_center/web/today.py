@@ -126,9 +126,13 @@ async def personal_day(request: web.Request, session: AsyncSession, user: User) 
     callbacks = _task_rows(day.callbacks, refs, at)
     return {
         "day": day.day,
+        # Each task is counted where it is listed: a call-back under «Перезвонить» (red when
+        # one of them is overdue), not in «просрочено» / «на сегодня».
         "counters": {
-            "overdue": counts["overdue"] + counts["callbacks_overdue"],
-            "today": counts["due_today"] + counts["callbacks_today"],
+            "overdue": counts["overdue"],
+            "today": counts["due_today"],
+            "callbacks": counts["callbacks_overdue"] + counts["callbacks_today"],
+            "callbacks_overdue": counts["callbacks_overdue"],
             "missed": missed_today,
             "invoices": len(invoices),
         },

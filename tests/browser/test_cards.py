@@ -206,10 +206,11 @@ async def test_the_gate_refuses_naming_fields_then_move_convert_and_the_deal_car
     assert "Чтобы перейти на стадию «В работе», заполните:" in gate
     assert "источник" in gate and "тип клиента" in gate and "потенциал" in gate
     await page.click("#stage-bar button:has-text('В работе')")
-    refusal = page.locator("#stage-error")
+    refusal = page.locator("#gate.refused[role=alert]")
     await refusal.wait_for(timeout=5000)
     text = await refusal.inner_text()
-    assert "Чтобы перейти на эту стадию, заполните: источник, тип клиента, потенциал" in text
+    assert "Чтобы перейти на стадию «В работе», заполните: источник, тип клиента, потенциал" in text
+    assert (await page.inner_text("#stage-bar")).count("заполните") == 1  # said once
     await _shot(page, "42-lead-gate-refused")
 
     # Each missing requirement is a link that opens its field.
@@ -394,9 +395,85 @@ async def test_a_move_right_after_a_save_keeps_the_gates_answer(client: Any, bro
     await page.locator("#f-region_id .value-text").wait_for(timeout=5000)
     await asyncio.wait_for(refresh_sent.wait(), 5)
     await page.click("#stage-bar button:has-text('В работе')")
-    await page.locator("#stage-error").wait_for(timeout=5000)
-    assert "заполните: источник" in await page.inner_text("#stage-error")
+    await page.locator("#gate.refused").wait_for(timeout=5000)
+    assert "заполните: источник" in await page.inner_text("#gate.refused")
     await page.wait_for_load_state("networkidle")
-    assert await page.locator("#stage-error").is_visible()
+    assert await page.locator("#gate.refused").is_visible()
     assert "move" in answered
+    assert problems == []
+
+
+async def test_the_deal_cards_call_button_follows_its_changed_contact(
+    client: Any, browser: Any
+) -> None:
+    from crm_core.deals import service as deals
+    from crm_core.deals.schemas import DealInput
+    from crm_core.users.model import User
+
+    w = await _world(client)
+    async with client.app[SESSIONS]() as s:
+        ivan = await s.get(User, w["ivan"])
+        assert ivan is not None
+        deal, _ = await deals.create_deal(
+            s,
+            DealInput(title="Поставка бумаги", contact_id=w["sergey"], company_id=w["company"]),
+            actor=ivan,
+            rules=CrmRules(),
+            now=datetime.now(UTC),
+        )
+        await s.commit()
+        deal_id = deal.id
+    base = str(client.make_url("/")).rstrip("/")
+    page, problems = await _page(browser)
+    await _sign_in(page, base)
+    await page.goto(f"{base}/deals/{deal_id}")
+    call = page.locator(".card-actions button[data-call-to]")
+    assert await call.get_attribute("data-call-to") == "+74951234567"
+    # The deal's contact is changed on the card: the button calls the new one, no reload.
+    await page.evaluate("window.__same_page = true")
+    await page.click("#f-contact_id button.edit")
+    await page.fill("#f-contact_id input[name=contact_id]", "Мария Орлова")
+    await page.click("#f-contact_id button[type=submit]")
+    await page.locator("#f-contact_id a", has_text="Мария Орлова").wait_for(timeout=5000)
+    await page.locator(
+        ".card-actions button[data-call-to='+78125550011']", has_text="+7 (812) 555-00-11"
+    ).wait_for(timeout=5000)
+    assert await page.locator(".card-actions button[data-call-to]").count() == 1
+    assert await page.evaluate("window.__same_page === true")
+    assert problems == []
+
+
+async def test_toasts_cover_no_field_and_do_not_pile_up(client: Any, browser: Any) -> None:
+    w = await _world(client)
+    base = str(client.make_url("/")).rstrip("/")
+    page, problems = await _page(browser)
+    await _sign_in(page, base)
+    await page.goto(f"{base}/clients/contact/{w['sergey']}")
+    await page.wait_for_load_state("networkidle")
+    # Many notices at once (saves, refusals, news with a link), as on a busy afternoon.
+    await page.evaluate(
+        """() => { for (let i = 0; i < 8; i++) {
+             window.CC.toast("Сохранено " + i, "Поле сохранено", i % 2 ? "/tasks" : null,
+                             i % 3 ? null : "error");
+           } }"""
+    )
+    toasts = page.locator("#toasts .toast")
+    assert await toasts.count() == 3  # the newest three, not a pile
+    for width, height in ((1440, 900), (1280, 800)):
+        await page.set_viewport_size({"width": width, "height": height})
+        covered = await page.evaluate(
+            """() => {
+              const boxes = Array.from(document.querySelectorAll("#toasts .toast"))
+                .map((t) => t.getBoundingClientRect());
+              const hit = (a, b) => a.left < b.right && b.left < a.right
+                                    && a.top < b.bottom && b.top < a.bottom;
+              const fields = Array.from(document.querySelectorAll(
+                "#main input, #main select, #main textarea, #main button, #main a, .topbar"));
+              return fields.filter((f) => {
+                const r = f.getBoundingClientRect();
+                return r.width && r.height && boxes.some((b) => hit(b, r));
+              }).map((f) => f.outerHTML.slice(0, 80));
+            }"""
+        )
+        assert covered == [], (width, covered)
     assert problems == []

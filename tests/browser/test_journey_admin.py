@@ -43,7 +43,7 @@ async def test_the_admin_creates_a_user_resets_his_password_and_he_must_change_i
     await j.shot("users")
     await page.fill("#create-user input[name=login]", "petr")
     await page.fill("#create-user input[name=display_name]", "Пётр Соколов")
-    await page.select_option("#create-user select[name=role]", label="менеджер")
+    await page.select_option("#create-user select[name=role]", label="Менеджер")
     await page.fill("#create-user input[name=extensions]", "105")
     await page.click("#create-user button[type=submit]")
     await page.locator("#one-time").wait_for()
@@ -51,7 +51,7 @@ async def test_the_admin_creates_a_user_resets_his_password_and_he_must_change_i
     first = (await page.inner_text("#issued-password")).strip()
     row = page.locator("#user-petr")
     cells = await row.inner_text()
-    assert "Пётр Соколов" in cells and "менеджер" in cells and "105" in cells
+    assert "Пётр Соколов" in cells and "Менеджер" in cells and "105" in cells
     await j.shot("user-created")
     async with client.app[SESSIONS]() as s:
         petr = await s.scalar(select(User).where(User.login == "petr"))

@@ -197,7 +197,10 @@ async def test_a_lead_refused_by_the_gate_snaps_back_then_moves_once_filled(
     await refusal.wait_for(timeout=5000)
     text = await refusal.inner_text()
     assert "Лид не перенесён" in text and "Кафе «Пышечная»" in text
-    assert "источник" in text and "телефон или e-mail" in text
+    # The missing fields are said once: as the inputs to fill right here, not also as a list.
+    assert text.count("заполните") == 1, text
+    assert "Источник" in text and "Телефон" in text
+    assert await refusal.locator("ul.missing").count() == 0
     assert await page.locator(f"{_col('new')} {card}").count() == 1  # snapped back
     assert (await page.inner_text(f"{_col('in_work')} .kcount")).strip() == "2"
     link = refusal.locator("a", has_text="Открыть лид и заполнить")

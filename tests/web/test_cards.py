@@ -15,15 +15,18 @@ from sqlalchemy import select
 from contact_center.app import create_app
 from contact_center.keys import RULES, SESSIONS
 from crm_core.activities.model import Activity
+from crm_core.calls.model import Call
 from crm_core.clients.model import Company, Contact, LegalEntity, Phone, Requisites
 from crm_core.clock import ManualClock
 from crm_core.deals.model import Deal
 from crm_core.deals.pipelines import sync_pipelines
 from crm_core.invoices.model import Invoice
+from crm_core.jobs.model import ScheduledJob
 from crm_core.leads.model import Lead
 from crm_core.reference.model import Region, Source
 from crm_core.rules import CrmRules
 from crm_core.tasks.model import Task
+from tests.helpers import found
 from tests.web.world import csrf, sign_in, team, visible
 
 NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
@@ -258,6 +261,51 @@ async def test_timeline_comment_meeting_task_and_done(client: Any) -> None:
     assert "Задача выполнена: Отправить КП" in side
 
 
+async def test_a_logged_call_is_one_entry_said_once(client: Any) -> None:
+    w = await _world(client)
+    async with client.app[SESSIONS]() as s:
+        for n, (disposition, talk, by) in enumerate(
+            (("answered", 65.0, None), ("missed", 0.0, None), ("missed", 0.0, "manager"))
+        ):
+            call = Call(
+                pbx="main",
+                call_id=f"c{n}",
+                direction="outbound" if by else "inbound",
+                caller="+78125550011",
+                disposition=disposition,
+                unanswered_by=by,
+                started_at=datetime(2026, 12, 1, 10 + n, 0, tzinfo=UTC),
+                ended_at=datetime(2026, 12, 1, 10 + n, 2, tzinfo=UTC),
+                talk_seconds=talk,
+                user_id=w["ids"].ivan,
+                contact_id=w["maria"],
+            )
+            s.add(call)
+            await s.flush()
+            s.add(
+                Activity(
+                    kind="call",
+                    direction=call.direction,
+                    subject=f"Входящий звонок, {disposition} #{n}",
+                    occurred_at=call.started_at,
+                    talk_s=talk,
+                    outcome=disposition,
+                    user_id=w["ids"].ivan,
+                    contact_id=w["maria"],
+                    external_id=f"call:main:c{n}",
+                    payload={"call_pk": call.id, "number": "+78125550011"},
+                )
+            )
+        await s.commit()
+    await sign_in(client, "ivan")
+    page = visible(await (await client.get(f"/clients/contact/{w['maria']}")).text())
+    items = re.findall(r'<li class="timeline-item kind-call">(.*?)</li>', page, flags=re.S)
+    assert len(items) == 3
+    assert not any("Входящий звонок," in item for item in items)  # no second telling
+    assert "разговор 1\xa0мин 05\xa0с" in items[2]
+    assert "пропущен" in items[1] and "менеджер не взял трубку" in items[0]
+
+
 async def test_the_lead_gate_refuses_naming_fields_then_moves_and_converts(client: Any) -> None:
     w = await _world(client)
     await sign_in(client, "ivan")
@@ -269,8 +317,12 @@ async def test_the_lead_gate_refuses_naming_fields_then_moves_and_converts(clien
     token = await csrf(client, f"/clients/lead/{lead}")
     refused = await _post(client, f"/card/lead/{lead}/stage", {"stage": "in_work"}, token)
     assert refused.status == 422
-    text = await refused.text()
-    assert "Чтобы перейти на эту стадию, заполните: источник, тип клиента" in text
+    text = visible(await refused.text())
+    # The refusal says it once: the gate line, as an alert, each field a link to fill it.
+    assert text.count("заполните") == 1, text
+    gate = found(r'<p class="gate refused" id="gate" role="alert">(.*?)</p>', text, flags=re.S)
+    assert "Чтобы перейти на стадию «В работе», заполните:" in gate
+    assert "источник" in gate and "тип клиента" in gate and 'class="gate-field"' in gate
     for key, value in (("source_id", str(w["source"])), ("client_type", "end_customer_hotel")):
         r = await _post(client, f"/card/lead/{lead}/field/{key}", {key: value}, token)
         assert r.status == 200
@@ -389,10 +441,34 @@ async def test_deal_card_moves_needs_a_lost_reason_and_issues_invoices(client: A
         )
     invoice_page = visible(await (await client.get(f"/invoices/{inv.id}")).text())
     assert "Счёт № A-17" in invoice_page and "Поставка бумаги" in invoice_page
+    async with client.app[SESSIONS]() as s:  # the first payment reminder went out
+        job = await s.scalar(
+            select(ScheduledJob)
+            .where(ScheduledJob.dedupe_key.like(f"invoice:{inv.id}:remind:%"))
+            .order_by(ScheduledJob.due_at)
+        )
+        assert job is not None
+        job.status, job.finished_at = "done", datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
+        issued = await s.get(Invoice, inv.id)
+        assert issued is not None
+        issued.created_at = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+        await s.commit()
     paid = await client.post(
         f"/card/invoice/{inv.id}/pay", data={"csrf_token": token}, allow_redirects=False
     )
     assert paid.status == 303
+    # The invoice card's history: issued, the reminder sent, paid (newest first).
+    invoice_page = visible(await (await client.get(f"/invoices/{inv.id}")).text())
+    history = found(
+        r'<section class="panel" id="timeline"(.*?)</section>', invoice_page, flags=re.S
+    )
+    assert "История пока пуста" not in history
+    titles = re.findall(r"<strong>(.*?)</strong>", history)
+    assert titles == [
+        "Счёт оплачен",
+        "Напоминание об оплате отправлено ответственному",
+        "Счёт выставлен: 260\u202f000\u00a0₽, оплатить до 10 дек.",
+    ], titles
     async with client.app[SESSIONS]() as s:
         inv2 = await s.get(Invoice, inv.id)
         assert inv2 is not None and inv2.status == "paid"
@@ -545,7 +621,9 @@ async def test_every_card_is_translated(client: Any, lang: str) -> None:
 
 CUSTOM_FIELDS = (
     '[{"name": "fleet", "type": "number", "label_ru": "Автопарк", "label_en": "Fleet"},'
-    ' {"name": "segment", "type": "enum", "label_ru": "Сегмент", "options": ["A", "B"]},'
+    ' {"name": "segment", "type": "enum", "label_ru": "Сегмент", "options": ['
+    '  {"value": "A", "label_ru": "Крупный", "label_en": "Large"},'
+    '  {"value": "B", "label_ru": "Средний", "label_en": "Medium"}, "C"]},'
     ' {"name": "since", "type": "date", "label_ru": "Клиент с"},'
     ' {"name": "partner", "type": "bool", "label_ru": "Партнёр"}]'
 )
@@ -584,7 +662,7 @@ async def test_configured_fields_are_on_the_card_by_their_labels_and_edited_in_p
     assert wrong.status == 422  # the service's own check: one of the options
     for key, value, shown in (
         ("custom-fleet", "12", "12"),
-        ("custom-segment", "B", "B"),
+        ("custom-segment", "B", "Средний"),
         ("custom-since", "31.01.2020", "2020"),
         ("custom-partner", "yes", "да"),
     ):
@@ -592,7 +670,12 @@ async def test_configured_fields_are_on_the_card_by_their_labels_and_edited_in_p
         assert r.status == 200, await r.text()
         assert shown in visible(await r.text())
     form = await (await client.get(f"{base}/custom-segment/edit")).text()
-    assert '<option value="B" selected>' in form
+    # The options by their configured labels (a plain option as it is), the value stored.
+    assert '<option value="B" selected>Средний</option>' in form
+    assert '<option value="A">Крупный</option>' in form and '<option value="C">C</option>' in form
+    english = visible(await (await client.get(card + "?lang=en")).text())
+    assert "Medium" in english and "Средний" not in english
+    await client.get(card + "?lang=ru")
     async with client.app[SESSIONS]() as s:
         contact = await s.get(Contact, w["sergey"])
         assert contact is not None

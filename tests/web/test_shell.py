@@ -13,7 +13,7 @@ from contact_center.i18n import catalogue
 from contact_center.keys import SESSIONS
 from crm_core.clients.model import Contact
 from crm_core.users import service as users
-from tests.web.world import csrf, sign_in, team
+from tests.web.world import csrf, sign_in, team, visible
 
 PAGES = [
     "/",
@@ -145,6 +145,10 @@ async def test_a_one_time_password_must_be_changed_before_anything_else(client: 
         allow_redirects=False,
     )
     assert (done.status, done.headers["Location"]) == (303, "/")
+    # The page he lands on confirms the change, once.
+    landed = await client.get("/", allow_redirects=False)
+    assert landed.status == 200 and "Пароль изменён" in visible(await landed.text())
+    assert 'id="flash"' not in await (await client.get("/")).text()
     assert (await client.get("/leads", allow_redirects=False)).status == 200
     await sign_in(client, "new", "longenough1")
     assert (await client.get("/today", allow_redirects=False)).status == 200
@@ -234,10 +238,23 @@ async def test_profile_changes_the_password_and_keeps_the_session(client: Any) -
         },
         allow_redirects=False,
     )
-    assert resp.headers["Location"] == "/settings/profile?saved=password"
-    page = await client.get("/settings/profile?saved=password", allow_redirects=False)
-    assert page.status == 200 and "Пароль изменён" in await page.text()
+    assert resp.headers["Location"] == "/settings/profile"
+    page = await client.get("/settings/profile", allow_redirects=False)
+    assert page.status == 200 and "Пароль изменён" in visible(await page.text())
+    assert 'id="flash"' not in await (await client.get("/settings/profile")).text()
     await sign_in(client, "anna", "password22")
+
+
+async def test_roles_show_by_their_names(client: Any) -> None:
+    await team(client)
+    await sign_in(client, "adm")
+    page = visible(await (await client.get("/users")).text())
+    for name in ("Менеджер", "Руководитель", "Администратор"):
+        assert f"<td>{name}</td>" in page
+    assert "<td>менеджер</td>" not in page
+    await sign_in(client, "ivan")
+    header = visible(await (await client.get("/settings/profile")).text())
+    assert "<small>Менеджер" in header and "<dd>Менеджер</dd>" in header
 
 
 def test_the_catalogues_have_the_same_keys_and_every_key_the_pages_use() -> None:

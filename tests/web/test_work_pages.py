@@ -127,7 +127,14 @@ async def test_my_day_counts_and_lists_with_one_click_actions(client: Any) -> No
     await sign_in(client, "ivan")
     page = await (await client.get("/")).text()
     assert _counter(page, "просрочено") == 1
-    assert _counter(page, "на сегодня") == 2  # the meeting and the call-back
+    # Each task is counted where it is listed: the meeting under «на сегодня», the call-back
+    # under «Перезвонить».
+    assert _counter(page, "на сегодня") == 1
+    assert _counter(page, "Перезвонить") == 1
+    today = found(r'<section class="panel" id="due-today">(.*?)</section>', page, flags=re.S)
+    callbacks = found(r'<section class="panel" id="callbacks">(.*?)</section>', page, flags=re.S)
+    assert today.count('<li class="task') == 1 and "Встреча в 15:00" in today
+    assert callbacks.count('<li class="task') == 1 and "Перезвонить +7" in callbacks
     assert _counter(page, "пропущенные звонки") == 1
     assert _counter(page, "счета истекают") == 1
     assert "Отправить договор" in page and "Задача Анны" not in page
@@ -153,7 +160,8 @@ async def test_my_day_counts_and_lists_with_one_click_actions(client: Any) -> No
         assert moved.due_at == datetime(2026, 12, 3, 9 + 3, 0, tzinfo=UTC)  # 15:00 MSK
     partial = await (await client.get("/today", headers={"HX-Request": "true"})).text()
     assert "<html" not in partial
-    assert _counter(partial, "просрочено") == 0 and _counter(partial, "на сегодня") == 1
+    assert _counter(partial, "просрочено") == 0 and _counter(partial, "на сегодня") == 0
+    assert _counter(partial, "Перезвонить") == 1
     no_token = await client.post(f"/tasks/{meeting.id}/done", headers={"HX-Request": "true"})
     assert no_token.status == 403
     await sign_in(client, "anna")
@@ -194,7 +202,9 @@ async def test_plans_are_set_and_compared_with_the_fact(client: Any) -> None:
         },
         allow_redirects=False,
     )
-    assert resp.status == 303 and resp.headers["Location"] == "/plans?week=2026-11-30&saved=1"
+    assert resp.status == 303 and resp.headers["Location"].startswith(
+        "/plans?week=2026-11-30&saved=1"
+    )
     async with client.app[SESSIONS]() as s:
         days = list(await s.scalars(select(DailyPlan.day).where(DailyPlan.user_id == ids.ivan)))
     assert sorted(days) == [date(2026, 11, 30) + timedelta(days=i) for i in range(5)]
@@ -207,6 +217,46 @@ async def test_plans_are_set_and_compared_with_the_fact(client: Any) -> None:
         "/plans", data={"csrf_token": token, "user_id": "all", "day": "yesterday"}
     )
     assert bad.status == 422 and "Проверьте поле «День»" in await bad.text()
+
+
+async def test_the_plans_form_keeps_what_was_typed_after_a_save_and_a_refusal(
+    client: Any,
+) -> None:
+    ids = await _day(client)
+    await sign_in(client, "boss")
+    token = await csrf(client, "/plans")
+    typed = {
+        "user_id": str(ids.ivan),
+        "day": "03.12.2026",
+        "scope": "week",
+        "calls": "25",
+        "meetings": "4",
+        "proposals": "7",
+    }
+
+    def shown(page: str) -> None:
+        form = found(
+            r'<form method="post" action="/plans[^"]*" class="row-form plan-form">(.*?)</form>',
+            page,
+            flags=re.S,
+        )
+        assert f'<option value="{ids.ivan}" selected>' in form
+        assert 'value="03.12.2026"' in form and '<option value="week" selected>' in form
+        for key in ("calls", "meetings", "proposals"):
+            assert re.search(rf'name="{key}"[^>]*value="{typed[key]}"', form), key
+
+    saved = await client.post("/plans", data={"csrf_token": token, **typed})
+    assert saved.status == 200 and "План сохранён" in await saved.text()
+    shown(await saved.text())
+    refused = await client.post("/plans", data={"csrf_token": token, **typed, "meetings": "4000"})
+    page = await refused.text()
+    assert refused.status == 422 and "Проверьте поле «Встречи»" in page
+    typed["meetings"] = "4000"
+    shown(page)
+    assert (
+        'name="meetings" min="0" max="100" value="4000" class="short" aria-invalid="true"' in page
+    )
+    assert "Задать план" in page  # the whole page, not a bare error
     await sign_in(client, "ivan")
     assert (await client.post("/plans", data={})).status == 403
 
@@ -415,7 +465,8 @@ async def test_my_day_counts_every_task_and_lists_the_first_with_a_link_to_the_r
         await s.commit()
     await sign_in(client, "ivan")
     page = await (await client.get("/today")).text()
-    assert _counter(page, "просрочено") == 46  # every one counted, the call-back too
+    assert _counter(page, "просрочено") == 45  # every one counted
+    assert _counter(page, "Перезвонить") == 1  # the call-back, where it is listed
     overdue = found(r'<section class="panel" id="overdue">(.*?)</section>', page, flags=re.S)
     assert overdue.count('<li class="task') == 30
     assert "Ещё 15 — открыть весь список" in overdue and 'href="/tasks?overdue=1"' in overdue

@@ -203,7 +203,8 @@
     const dl = el("dl");
     if (c) {
       pop.append(el("h3", {}, c.name || t("pop.no_name")));
-      if (c.url) pop.append(el("a", { href: c.url, target: "_blank" }, t("pop.open_card")));
+      // The card opens in this tab: a manager works in one tab all day.
+      if (c.url) pop.append(el("a", { href: c.url, class: "pop-open" }, t("pop.open_card")));
       if (c.restricted) pop.append(el("div", { class: "muted" }, t("pop.restricted")));
       row(dl, t("card.company"), c.company);
       row(dl, t("card.client_type"), c.client_type ? t("client_type." + c.client_type) : null);

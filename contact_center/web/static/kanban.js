@@ -52,10 +52,12 @@
       close,
       el("strong", {}, name ? name.textContent : ""),
       el("p", {}, body.message || t("error.generic")));
-    if (body.missing && body.missing.length) {
-      refusal.append(el("ul", { class: "missing" }, ...body.missing.map((m) => el("li", {}, m))));
-    }
-    if (body.fields && body.fields.length && evt) refusal.append(fillForm(body, evt, stage));
+    // The missing fields are said once: as the inputs asked right here (each with its label),
+    // else as a list; only what the board cannot ask for is listed beside the inputs.
+    const asking = Boolean(body.fields && body.fields.length && evt);
+    const listed = asking ? body.missing_elsewhere || [] : body.missing || [];
+    if (listed.length) refusal.append(el("ul", { class: "missing" }, ...listed.map((m) => el("li", {}, m))));
+    if (asking) refusal.append(fillForm(body, evt, stage));
     if (body.link) refusal.append(el("a", { href: body.link, class: body.fields && body.fields.length ? "button" : "button primary" }, body.link_text || t("toast.open")));
     refusal.hidden = false;
     const first = refusal.querySelector("input, select");
@@ -68,7 +70,6 @@
   // the move is tried again.
   function fillForm(body, evt, stage) {
     const form = el("form", { class: "gate-fill", novalidate: "" });
-    form.append(el("p", { class: "fill-title" }, body.fill_title || ""));
     for (const f of body.fields) {
       const id = "gate-" + f.name;
       let input;
