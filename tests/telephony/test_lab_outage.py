@@ -1,0 +1,161 @@
+"""An AMI outage on a real Asterisk 22.10.1, replayed: the asterisk lab's ``outage_scenario.sh``
+(``tests/fixtures/lab/README.md``).
+
+The fake AMI server plays the captured events as far as the server's link heard them: up to
+the cut, then, after the reconnect, the rest; the events of the cut only change the PBX's
+channel list the resync reads. ``Master.csv`` gets the PBX's own rows of the four calls, each
+once its call ended, as Asterisk wrote them.
+
+The CDR's times are whole seconds (truncated); the AMI events' are microseconds. A call the
+link saw answered and the CDR saw end (D) talked 10.0 s, not 9.06 s; one the CDR saw answered
+and the link saw end (C) 35.0 s, not 35.96 s: the PBX's billsec says which second.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from ami.cdr import read_master_csv, records_from_cdr
+from contact_center.app import create_app
+from contact_center.keys import PBX, SESSIONS, TELEPHONY
+from crm_core.calls.model import Call
+from crm_core.clock import ManualClock
+from crm_core.users import service as users
+from tests.fakes.ami_server import ChannelTable, FakeAmiServer, event_frames, headers_of
+from tests.helpers import until
+
+LAB = Path(__file__).resolve().parents[1] / "fixtures" / "lab"
+META = json.loads((LAB / "outage_subsecond.meta.json").read_text(encoding="utf-8"))
+CUT, BACK = META["cut_epoch"], META["back_epoch"]
+A, D, B, C = (c["id"] for c in META["plan"]["calls"])
+THRESHOLD = 10.0  # D talked exactly 10 s: it counts only if its talk is measured right
+
+
+def _at(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _ts(frame: bytes) -> float:
+    return float(headers_of(frame)["Timestamp"])
+
+
+@pytest.fixture
+async def fake_pbx() -> Any:
+    async with FakeAmiServer(table=ChannelTable()) as server:
+        yield server
+
+
+async def test_an_outage_on_a_real_pbx_gives_each_call_the_talk_the_pbx_billed(
+    make_settings: Any,
+    database_url: str,
+    fake_pbx: FakeAmiServer,
+    aiohttp_client_factory: Any,
+    tmp_path: Path,
+) -> None:
+    frames = event_frames((LAB / "outage_subsecond.ami").read_bytes())
+    heard = [f for f in frames if _ts(f) < CUT]
+    unheard = [f for f in frames if CUT <= _ts(f) < BACK]
+    later = [f for f in frames if _ts(f) >= BACK]
+    rows = (LAB / "outage_subsecond.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    ends = [row.end for row in read_master_csv(LAB / "outage_subsecond.csv")]
+    master = tmp_path / "Master.csv"
+    master.write_text("", encoding="utf-8")
+
+    def cdr_until(moment: datetime) -> None:
+        master.write_text("".join(r for r, end in zip(rows, ends, strict=True) if end <= moment))
+
+    clock = ManualClock(_at(_ts(frames[0]) - 1))
+    pbx = {
+        "name": "main",
+        "host": "127.0.0.1",
+        "port": fake_pbx.port,
+        "username": "cc",
+        "secret": "s3cret",
+        "trunks": ["provider"],
+        "extension_pattern": "^\\d{3}$",
+        "cdr": {"csv": str(master), "settle_s": 0.2, "lookback_h": 1, "timezone": "UTC"},
+    }
+    settings = make_settings(
+        CC_DATABASE_URL=database_url,
+        CC_PBX=json.dumps([pbx]),
+        CC_TELEPHONY_COUNT_THRESHOLD_S=str(THRESHOLD),
+        CC_RECORDINGS_SPOOL_DIR=str(tmp_path),
+    )
+    client = await aiohttp_client_factory(
+        create_app(settings, announce=lambda _t: None, clock=clock)
+    )
+    async with client.app[SESSIONS]() as session:
+        await users.create_user(
+            session,
+            login="ivan",
+            role="manager",
+            password="password1",
+            extensions=("101",),
+            scrypt_n=1024,
+        )
+        await session.commit()
+    link = client.app[PBX]["main"]
+    tel = client.app[TELEPHONY]
+    table = fake_pbx.table
+    assert table is not None
+    await until(lambda: link.link is not None and link.link.connected, timeout=10)
+
+    # A and D are answered while the link listens; then it is cut.
+    await fake_pbx.logged_in_sessions()[-1].send_frames(heard, table=table)
+    await until(lambda: len([c for c in link.folder.live_calls() if c.answered_ts]) == 2)
+    clock.set(_at(CUT))
+    await fake_pbx.logged_in_sessions()[-1].drop()
+    table.apply_all(unheard)  # D ends, B comes and goes, C is answered: nobody hears it
+    clock.set(_at(BACK))
+    cdr_until(clock.now())
+    await until(lambda: len(fake_pbx.logged_in_sessions()) == 2, timeout=15)
+    await until(lambda: {x.call_id for x in link.folder.live_calls()} == {A, C}, timeout=10)
+    await until(lambda: tel.cdr_added == 1 and tel.cdr_corrected == 1, timeout=10)  # B; D
+
+    clock.set(_at(_ts(later[-1]) + 1))
+    cdr_until(clock.now())
+    await fake_pbx.logged_in_sessions()[-1].send_frames(later, table=table)
+    await until(lambda: not link.folder.live_calls(), timeout=10)
+    await until(lambda: tel.cdr_corrected == 2, timeout=10)  # C
+    await tel.drain()
+
+    async with client.app[SESSIONS]() as session:
+        calls = {c.call_id: c for c in (await session.scalars(select(Call))).all()}
+        twice = await session.execute(
+            select(Call.call_id).group_by(Call.call_id).having(func.count() > 1)
+        )
+        assert twice.all() == []
+    assert set(calls) == {A, B, C, D}
+    talk = {name: calls[cid].talk_seconds for name, cid in zip("ADBC", (A, D, B, C), strict=True)}
+    # What the callers did (byeN: N s after the answer) and the PBX billed (billsec).
+    assert talk == {"A": 40.0, "D": 10.0, "B": 6.0, "C": 35.0}
+    assert [calls[cid].counted for cid in (A, D, B, C)] == [True, True, False, True]
+    assert all(c.estimated == [] and c.disposition == "answered" for c in calls.values())
+    # D's end moved into the second the CDR wrote (17:26:49), answer + the billed 10 s.
+    d_end = calls[D].ended_at
+    assert d_end.replace(microsecond=0) == ends[0] and d_end.microsecond > 900_000
+    # C's answer likewise into the CDR's second (17:26:50), its live end less 35 s.
+    c_answer = calls[C].answered_at
+    assert c_answer is not None and c_answer.replace(microsecond=0) == _at(1796232410)
+
+
+def test_a_call_the_cdr_alone_knows_talked_what_the_pbx_billed(tmp_path: Path) -> None:
+    """B's row of the run, answered 0.9 s into its second and ended 0.1 s into another: its
+    times are 60 s apart, but it talked 59.2 s and the PBX billed 59 (not counted)."""
+    row = (LAB / "outage_subsecond.csv").read_text(encoding="utf-8").splitlines()[1]
+    row = row.replace('"2026-12-02 17:26:54",9,6,', '"2026-12-02 17:27:48",63,59,')
+    master = tmp_path / "Master.csv"
+    master.write_text(row + "\n", encoding="utf-8")
+    (record,) = records_from_cdr(
+        read_master_csv(master), trunks=["provider"], extension_pattern=r"^\d{3}$"
+    )
+    assert record.call_id == B and record.billsec == 59
+    assert record.answered_at is not None
+    assert (record.ended_at - record.answered_at).total_seconds() == 60
+    assert (record.talk_seconds, record.counted) == (59.0, False)
