@@ -172,8 +172,13 @@ def read_master_csv(
 ) -> list[CdrRow]:
     """``parse_master_csv`` of the file at ``path``; with ``since`` only its tail back to the
     rows that ended well before ``since`` (a CDR of years is not read at every reconnect).
+    No file in an existing folder is an empty CDR: ``cdr_csv`` creates ``Master.csv`` with
+    the first call that ends (a fresh PBX); a missing folder (a share not mounted) raises.
     Blocking: run it in a thread."""
-    with Path(path).open("rb") as f:
+    path = Path(path)
+    if not path.exists() and path.parent.is_dir():
+        return []
+    with path.open("rb") as f:
         pos = f.seek(0, 2)
         start = 0
         while since is not None and pos > 0:

@@ -159,3 +159,12 @@ def test_a_call_the_cdr_alone_knows_talked_what_the_pbx_billed(tmp_path: Path) -
     assert record.answered_at is not None
     assert (record.ended_at - record.answered_at).total_seconds() == 60
     assert (record.talk_seconds, record.counted) == (59.0, False)
+
+
+def test_a_fresh_pbx_has_an_empty_cdr_until_its_first_call_ends(tmp_path: Path) -> None:
+    """The lab's PBX had no Master.csv until a call ended: the server warned "cannot read the
+    CDR" at every retry (1 s, 2 s … every minute) and counted failures on /healthz. A folder
+    without the file is an empty CDR; a missing folder (a share not mounted) still fails."""
+    assert read_master_csv(tmp_path / "Master.csv") == []
+    with pytest.raises(FileNotFoundError):
+        read_master_csv(tmp_path / "share" / "Master.csv")
