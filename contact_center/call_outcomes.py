@@ -190,7 +190,12 @@ class CallOutcomes:
         if answered is not None:
             answered = min(max(answered, started), ended)
             talk = (ended - answered).total_seconds()
-            if record.billsec is not None and record.answered_at is not None:
+            # billsec counts from the CDR's answer: only when that is this call's answer (a
+            # click-to-call's CDR answer is the manager's, its live one the client's).
+            same_answer = record.answered_at is not None and (
+                answer_from_cdr or answered.replace(microsecond=0) == record.answered_at
+            )
+            if record.billsec is not None and same_answer:
                 # The CDR's times are truncated to the second: next to a time the link saw
                 # to the microsecond the talk comes out up to a second short or long. The
                 # PBX's billsec puts it in the right second; the CDR's time moves with it.

@@ -32,7 +32,6 @@ from tests.helpers import until
 
 LAB = Path(__file__).resolve().parents[1] / "fixtures" / "lab"
 META = json.loads((LAB / "outage_subsecond.meta.json").read_text(encoding="utf-8"))
-CUT, BACK = META["cut_epoch"], META["back_epoch"]
 A, D, B, C = (c["id"] for c in META["plan"]["calls"])
 THRESHOLD = 10.0  # D talked exactly 10 s: it counts only if its talk is measured right
 
@@ -51,19 +50,29 @@ async def fake_pbx() -> Any:
         yield server
 
 
-async def test_an_outage_on_a_real_pbx_gives_each_call_the_talk_the_pbx_billed(
+async def _replay_cut(
+    name: str,
+    live_at_back: set[str],
+    corrected: int,
+    *,
     make_settings: Any,
     database_url: str,
     fake_pbx: FakeAmiServer,
     aiohttp_client_factory: Any,
     tmp_path: Path,
-) -> None:
-    frames = event_frames((LAB / "outage_subsecond.ami").read_bytes())
-    heard = [f for f in frames if _ts(f) < CUT]
-    unheard = [f for f in frames if CUT <= _ts(f) < BACK]
-    later = [f for f in frames if _ts(f) >= BACK]
-    rows = (LAB / "outage_subsecond.csv").read_text(encoding="utf-8").splitlines(keepends=True)
-    ends = [row.end for row in read_master_csv(LAB / "outage_subsecond.csv")]
+) -> tuple[dict[str, Call], Any]:
+    """Play ``lab/<name>.ami`` as the server's link heard it around the cut of its
+    ``.meta.json``, with ``<name>.csv`` written as the PBX wrote it; wait until the calls
+    ``live_at_back`` are followed again after the reconnect, every call has ended and the
+    CDR corrected ``corrected`` of them. The calls stored, and the telephony service."""
+    meta = json.loads((LAB / f"{name}.meta.json").read_text(encoding="utf-8"))
+    cut, back = meta["cut_epoch"], meta["back_epoch"]
+    frames = event_frames((LAB / f"{name}.ami").read_bytes())
+    heard = [f for f in frames if _ts(f) < cut]
+    unheard = [f for f in frames if cut <= _ts(f) < back]
+    later = [f for f in frames if _ts(f) >= back]
+    rows = (LAB / f"{name}.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    ends = [row.end for row in read_master_csv(LAB / f"{name}.csv")]
     master = tmp_path / "Master.csv"
     master.write_text("", encoding="utf-8")
 
@@ -106,31 +115,49 @@ async def test_an_outage_on_a_real_pbx_gives_each_call_the_talk_the_pbx_billed(
     assert table is not None
     await until(lambda: link.link is not None and link.link.connected, timeout=10)
 
-    # A and D are answered while the link listens; then it is cut.
     await fake_pbx.logged_in_sessions()[-1].send_frames(heard, table=table)
-    await until(lambda: len([c for c in link.folder.live_calls() if c.answered_ts]) == 2)
-    clock.set(_at(CUT))
+    await until(lambda: len([c for c in link.folder.live_calls() if c.answered_ts]) >= 1)
+    clock.set(_at(cut))
     await fake_pbx.logged_in_sessions()[-1].drop()
-    table.apply_all(unheard)  # D ends, B comes and goes, C is answered: nobody hears it
-    clock.set(_at(BACK))
+    table.apply_all(unheard)  # what the PBX did while nobody listened
+    clock.set(_at(back))
     cdr_until(clock.now())
     await until(lambda: len(fake_pbx.logged_in_sessions()) == 2, timeout=15)
-    await until(lambda: {x.call_id for x in link.folder.live_calls()} == {A, C}, timeout=10)
-    await until(lambda: tel.cdr_added == 1 and tel.cdr_corrected == 1, timeout=10)  # B; D
+    await until(lambda: {x.call_id for x in link.folder.live_calls()} == live_at_back, timeout=10)
 
-    clock.set(_at(_ts(later[-1]) + 1))
+    clock.set(_at(max(_ts(frames[-1]), back) + 1))
     cdr_until(clock.now())
     await fake_pbx.logged_in_sessions()[-1].send_frames(later, table=table)
     await until(lambda: not link.folder.live_calls(), timeout=10)
-    await until(lambda: tel.cdr_corrected == 2, timeout=10)  # C
+    await until(lambda: tel.cdr_corrected == corrected, timeout=10)
     await tel.drain()
-
     async with client.app[SESSIONS]() as session:
-        calls = {c.call_id: c for c in (await session.scalars(select(Call))).all()}
+        stored = (await session.scalars(select(Call))).all()
         twice = await session.execute(
             select(Call.call_id).group_by(Call.call_id).having(func.count() > 1)
         )
         assert twice.all() == []
+    return {c.call_id: c for c in stored}, tel
+
+
+async def test_an_outage_on_a_real_pbx_gives_each_call_the_talk_the_pbx_billed(
+    make_settings: Any,
+    database_url: str,
+    fake_pbx: FakeAmiServer,
+    aiohttp_client_factory: Any,
+    tmp_path: Path,
+) -> None:
+    calls, tel = await _replay_cut(
+        "outage_subsecond",
+        {A, C},
+        2,  # D at the reconnect, C after its end
+        make_settings=make_settings,
+        database_url=database_url,
+        fake_pbx=fake_pbx,
+        aiohttp_client_factory=aiohttp_client_factory,
+        tmp_path=tmp_path,
+    )
+    assert tel.cdr_added == 1  # B
     assert set(calls) == {A, B, C, D}
     talk = {name: calls[cid].talk_seconds for name, cid in zip("ADBC", (A, D, B, C), strict=True)}
     # What the callers did (byeN: N s after the answer) and the PBX billed (billsec).
@@ -139,10 +166,37 @@ async def test_an_outage_on_a_real_pbx_gives_each_call_the_talk_the_pbx_billed(
     assert all(c.estimated == [] and c.disposition == "answered" for c in calls.values())
     # D's end moved into the second the CDR wrote (17:26:49), answer + the billed 10 s.
     d_end = calls[D].ended_at
-    assert d_end.replace(microsecond=0) == ends[0] and d_end.microsecond > 900_000
+    assert d_end.replace(microsecond=0) == _at(1796232409) and d_end.microsecond > 900_000
     # C's answer likewise into the CDR's second (17:26:50), its live end less 35 s.
     c_answer = calls[C].answered_at
     assert c_answer is not None and c_answer.replace(microsecond=0) == _at(1796232410)
+
+
+async def test_a_click_to_call_ended_in_an_outage_talks_from_the_clients_answer(
+    make_settings: Any,
+    database_url: str,
+    fake_pbx: FakeAmiServer,
+    aiohttp_client_factory: Any,
+    tmp_path: Path,
+) -> None:
+    """The CDR bills a click-to-call from the manager's answer (17:23:06, billsec 69); the
+    link saw the client answer at 17:23:10.197: the talk runs from there to the CDR's end
+    (17:24:15), not the billed 69 s."""
+    calls, _tel = await _replay_cut(
+        "click_to_call",
+        set(),
+        1,
+        make_settings=make_settings,
+        database_url=database_url,
+        fake_pbx=fake_pbx,
+        aiohttp_client_factory=aiohttp_client_factory,
+        tmp_path=tmp_path,
+    )
+    (call,) = calls.values()
+    assert (call.direction, call.caller, call.callee) == ("outbound", "101", "+79161234567")
+    assert call.answered_at == datetime(2026, 12, 2, 17, 23, 10, 197424, UTC)
+    assert call.ended_at == datetime(2026, 12, 2, 17, 24, 15, tzinfo=UTC)
+    assert (call.talk_seconds, call.estimated) == (64.8, [])
 
 
 def test_a_call_the_cdr_alone_knows_talked_what_the_pbx_billed(tmp_path: Path) -> None:
