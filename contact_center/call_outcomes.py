@@ -161,9 +161,10 @@ class CallOutcomes:
     ) -> list[DomainEvent]:
         """Give the stored call of ``record`` (read from the PBX's CDR) the PBX's times where
         it only estimated them (an outage, a restart): its answer and end, whether it was
-        answered and by whom, so ``counted`` is right; its activity follows; an answered call
-        closes the call-back its estimated "missed" opened; a recording found in the spool
-        (``recording``) is attached. Returns the events to publish after the commit."""
+        answered and by whom, so ``counted`` is right, its queue and the phones that rang;
+        its activity follows; an answered call closes the call-back its estimated "missed"
+        opened; a recording found in the spool (``recording``) is attached. Returns the
+        events to publish after the commit."""
         stored = await calls.get_call(session, pbx, record.call_id)
         if stored is None or not stored.estimated:
             return []
@@ -213,6 +214,11 @@ class CallOutcomes:
             stored.talk_seconds = 0.0
         stored.counted = stored.talk_seconds >= self.count_threshold_s
         stored.estimated = []
+        # What the link did not hear either: the queue the caller waited in before a
+        # restart, the phones that rang meanwhile.
+        stored.queue = stored.queue or record.queue
+        rang = list(stored.rang or [])
+        stored.rang = rang + [ext for ext in record.rang if ext not in rang]
         events: list[DomainEvent] = []
         if recording is not None and stored.recording is None and stored.answered_at is not None:
             stored.recording = recording

@@ -222,3 +222,60 @@ def test_a_fresh_pbx_has_an_empty_cdr_until_its_first_call_ends(tmp_path: Path) 
     assert read_master_csv(tmp_path / "Master.csv") == []
     with pytest.raises(FileNotFoundError):
         read_master_csv(tmp_path / "share" / "Master.csv")
+
+
+async def test_a_queue_call_in_progress_at_a_restart_keeps_its_queue_and_who_rang(
+    make_settings: Any, database_url: str, aiohttp_client_factory: Any, tmp_path: Path
+) -> None:
+    """The server starts while a queue call is talking (the lab's server restarted 5 s into
+    the talk): the channel list has no queue and no phone that rang, only 101 talking. The
+    call was stored with queue null and rang ["101"]; the CDR says Queue(sales), 102 rang."""
+    meta = json.loads((LAB / "queue_restart.meta.json").read_text(encoding="utf-8"))
+    call_id = meta["plan"]["calls"][0]["id"]
+    master = tmp_path / "Master.csv"
+    master.write_text("", encoding="utf-8")
+    clock = ManualClock(_at(meta["status_epoch"]))
+    fake = FakeAmiServer(
+        lists={
+            "status": (LAB / "queue_restart_status.ami").read_bytes(),
+            "queuestatus": (LAB / "queue_restart_queuestatus.ami").read_bytes(),
+        }
+    )
+    async with fake:
+        pbx = {
+            "name": "main",
+            "host": "127.0.0.1",
+            "port": fake.port,
+            "username": "cc",
+            "secret": "s3cret",
+            "trunks": ["provider"],
+            "extension_pattern": "^\\d{3}$",
+            "cdr": {"csv": str(master), "settle_s": 0.2, "lookback_h": 1, "timezone": "UTC"},
+        }
+        settings = make_settings(
+            CC_DATABASE_URL=database_url,
+            CC_PBX=json.dumps([pbx]),
+            CC_RECORDINGS_SPOOL_DIR=str(tmp_path),
+        )
+        client = await aiohttp_client_factory(
+            create_app(settings, announce=lambda _t: None, clock=clock)
+        )
+        link = client.app[PBX]["main"]
+        tel = client.app[TELEPHONY]
+        await until(lambda: {c.call_id for c in link.folder.live_calls()} == {call_id})
+        later = [
+            f
+            for f in event_frames((LAB / "queue_restart.ami").read_bytes())
+            if _ts(f) > meta["queuestatus_epoch"]
+        ]
+        clock.set(_at(_ts(later[-1]) + 1))
+        master.write_bytes((LAB / "queue_restart.csv").read_bytes())
+        await fake.logged_in_sessions()[-1].send_frames(later)
+        await until(lambda: tel.cdr_corrected == 1, timeout=10)
+        await tel.drain()
+        async with client.app[SESSIONS]() as session:
+            call = (await session.scalars(select(Call))).one()
+    assert (call.call_id, call.disposition, call.extension) == (call_id, "answered", "101")
+    assert (call.queue, call.rang) == ("sales", ["101", "102"])
+    assert call.started_at == _at(1796233871) and call.estimated == []
+    assert call.talk_seconds == 20.0
