@@ -29,7 +29,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from ami.fold import parse_channel_name
-from crm_core.calls.record import CallRecord
+from crm_core.calls.record import CallRecord, billed_talk
 from crm_core.phones import normalize_call_number
 
 __all__ = [
@@ -82,6 +82,9 @@ class CdrRow:
     answer: datetime | None
     end: datetime
     disposition: str  # ANSWERED | NO ANSWER | BUSY | FAILED | CONGESTION
+    # Whole seconds from answer to end as Asterisk measured them (to the microsecond, then
+    # truncated): the talk lies in [billsec, billsec + 1). None when the source has no column.
+    billsec: int | None = None
 
 
 def _when(value: object, zone: tzinfo) -> datetime | None:
@@ -98,6 +101,13 @@ def _when(value: object, zone: tzinfo) -> datetime | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
     return moment.astimezone(UTC)
+
+
+def _seconds(value: object) -> int | None:
+    try:
+        return int(float(str(value))) if value is not None and value != "" else None
+    except ValueError:
+        return None
 
 
 def _row(fields: dict[str, object], zone: tzinfo) -> CdrRow | None:
@@ -124,6 +134,7 @@ def _row(fields: dict[str, object], zone: tzinfo) -> CdrRow | None:
         answer=_when(fields.get("answer"), zone),
         end=max(end, start),
         disposition=str(fields.get("disposition") or "").upper(),
+        billsec=_seconds(fields.get("billsec")),
     )
 
 
@@ -161,8 +172,13 @@ def read_master_csv(
 ) -> list[CdrRow]:
     """``parse_master_csv`` of the file at ``path``; with ``since`` only its tail back to the
     rows that ended well before ``since`` (a CDR of years is not read at every reconnect).
+    No file in an existing folder is an empty CDR: ``cdr_csv`` creates ``Master.csv`` with
+    the first call that ends (a fresh PBX); a missing folder (a share not mounted) raises.
     Blocking: run it in a thread."""
-    with Path(path).open("rb") as f:
+    path = Path(path)
+    if not path.exists() and path.parent.is_dir():
+        return []
+    with path.open("rb") as f:
         pos = f.seek(0, 2)
         start = 0
         while since is not None and pos > 0:
@@ -305,10 +321,16 @@ class _CdrFold:
         started = first.start
         ended = max(leg.end for leg in legs)
         answered_at = answered.answer if answered is not None else None
+        billsec: int | None = None
         if answered_at is not None:
             answered_at = min(max(answered_at, started), ended)
             ring = (answered_at - started).total_seconds()
             talk = (ended - answered_at).total_seconds()
+            if answered is not None and answered.end == ended and answered.billsec is not None:
+                # The times are whole seconds (truncated), so their difference may be a second
+                # off either way; billsec is not: the talk lies in [billsec, billsec + 1).
+                billsec = answered.billsec
+                talk = billed_talk(talk - 1.0, billsec)
         else:
             ring, talk = (ended - started).total_seconds(), 0.0
         if direction == "inbound":
@@ -341,6 +363,7 @@ class _CdrFold:
             transfers=(),
             recording=None,
             hangup_cause=None,
+            billsec=billsec,
         )
 
     def _unanswered_by(

@@ -1123,6 +1123,7 @@ class CallFolder:
         call = self._calls.get(ch.linkedid)
         if call is None or ch.hungup:
             return []
+        events: list[CallEvent] = []
         state = _to_int(h.get("ChannelState"))
         if state is not None:
             ch.state = state
@@ -1133,14 +1134,18 @@ class CallFolder:
                 and ch.rang_ext is None
             ):
                 ch.rang_ext = ch.phone_ext
+                if state == _STATE_RINGING:
+                    # A phone ringing as the link (re)connects: it began while nobody
+                    # listened, and its manager is to see who calls before he answers.
+                    events.append(self._ringing_event(call, ch, ts, h.get("CallerIDNum")))
         bridge_id = h.get("BridgeId") or h.get("BridgeID")
         if bridge_id:
             self._listing = True
             try:
-                return self._enter_bridge(call, ch, bridge_id, ts)
+                events.extend(self._enter_bridge(call, ch, bridge_id, ts))
             finally:
                 self._listing = False
-        return []
+        return events
 
     # ----------------------------------------------------------------- finishing
 

@@ -30,7 +30,7 @@ from crm_core.activities.model import Activity
 from crm_core.activities.schemas import ActivityInput
 from crm_core.calls import service as calls
 from crm_core.calls.model import Call
-from crm_core.calls.record import MISSED, CallRecord
+from crm_core.calls.record import MISSED, CallRecord, billed_talk
 from crm_core.clients import service as clients
 from crm_core.distribution import service as distribution
 from crm_core.events import DomainEvent
@@ -161,9 +161,10 @@ class CallOutcomes:
     ) -> list[DomainEvent]:
         """Give the stored call of ``record`` (read from the PBX's CDR) the PBX's times where
         it only estimated them (an outage, a restart): its answer and end, whether it was
-        answered and by whom, so ``counted`` is right; its activity follows; an answered call
-        closes the call-back its estimated "missed" opened; a recording found in the spool
-        (``recording``) is attached. Returns the events to publish after the commit."""
+        answered and by whom, so ``counted`` is right, its queue and the phones that rang;
+        its activity follows; an answered call closes the call-back its estimated "missed"
+        opened; a recording found in the spool (``recording``) is attached. Returns the
+        events to publish after the commit."""
         stored = await calls.get_call(session, pbx, record.call_id)
         if stored is None or not stored.estimated:
             return []
@@ -171,7 +172,11 @@ class CallOutcomes:
         was_answered = stored.answered_at is not None
         if "started_at" in estimated:
             stored.started_at = record.started_at
-        if record.answered_at is not None and (not was_answered or "answered_at" in estimated):
+        answer_from_cdr = record.answered_at is not None and (
+            not was_answered or "answered_at" in estimated
+        )
+        end_from_cdr = "ended_at" in estimated
+        if answer_from_cdr:
             stored.answered_at = record.answered_at
             stored.disposition = "answered"
             if record.extension and (not was_answered or stored.extension is None):
@@ -179,19 +184,41 @@ class CallOutcomes:
                 owner = await calls.extension_owner(session, pbx, record.extension)
                 if owner is not None:
                     stored.user_id = owner.id
-        if "ended_at" in estimated:
+        if end_from_cdr:
             stored.ended_at = record.ended_at
         started, answered, ended = stored.started_at, stored.answered_at, stored.ended_at
         ended = max(ended, started)
         if answered is not None:
             answered = min(max(answered, started), ended)
+            talk = (ended - answered).total_seconds()
+            # billsec counts from the CDR's answer: only when that is this call's answer (a
+            # click-to-call's CDR answer is the manager's, its live one the client's).
+            same_answer = record.answered_at is not None and (
+                answer_from_cdr or answered.replace(microsecond=0) == record.answered_at
+            )
+            if record.billsec is not None and same_answer:
+                # The CDR's times are truncated to the second: next to a time the link saw
+                # to the microsecond the talk comes out up to a second short or long. The
+                # PBX's billsec puts it in the right second; the CDR's time moves with it.
+                # A CDR answer may be up to a second later than written: the talk that much
+                # shorter; a CDR end only later, the talk only longer.
+                talk = billed_talk(talk - 1.0 if answer_from_cdr else talk, record.billsec)
+                if end_from_cdr and not answer_from_cdr:
+                    ended = stored.ended_at = answered + timedelta(seconds=talk)
+                elif answer_from_cdr and not end_from_cdr:
+                    answered = stored.answered_at = ended - timedelta(seconds=talk)
             stored.ring_seconds = round((answered - started).total_seconds(), 1)
-            stored.talk_seconds = round((ended - answered).total_seconds(), 1)
+            stored.talk_seconds = round(talk, 1)
         else:
             stored.ring_seconds = round((ended - started).total_seconds(), 1)
             stored.talk_seconds = 0.0
         stored.counted = stored.talk_seconds >= self.count_threshold_s
         stored.estimated = []
+        # What the link did not hear either: the queue the caller waited in before a
+        # restart, the phones that rang meanwhile.
+        stored.queue = stored.queue or record.queue
+        rang = list(stored.rang or [])
+        stored.rang = rang + [ext for ext in record.rang if ext not in rang]
         events: list[DomainEvent] = []
         if recording is not None and stored.recording is None and stored.answered_at is not None:
             stored.recording = recording

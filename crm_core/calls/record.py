@@ -39,6 +39,10 @@ class CallRecord:
     # The times not observed as they happened (taken at a resync or an expiry), by field name:
     # "started_at", "answered_at", "ended_at". Empty: every time is the PBX's own.
     estimated: tuple[str, ...] = ()
+    # A call read from the PBX's CDR: the whole seconds of talk the PBX billed (its billsec),
+    # exact where the CDR's times are truncated to the second; the talk lies in
+    # [billsec, billsec + 1). None for a call the AMI link followed (its times are exact).
+    billsec: int | None = None
 
     @property
     def outside_number(self) -> str | None:
@@ -48,3 +52,14 @@ class CallRecord:
         if self.direction == "outbound":
             return self.callee
         return None
+
+
+def billed_talk(at_least_s: float, billsec: int) -> float:
+    """The talk of a call the CDR measured, given what the times say it talked at least:
+    the PBX billed ``billsec`` whole seconds, so the talk lies in [billsec, billsec + 1), and
+    the CDR's times are truncated to the second, so the times alone can be a second off
+    either way. The least talk both allow, to a tenth. Only then does ``counted`` agree with
+    the PBX: a call answered at 10.9 s and ended at 70.1 s talked 59.2 s, which the CDR
+    writes as 10 and 70 (60 s apart) but bills as 59; one answered at 39.94 s (seen live)
+    and ended at 49.94 s (the CDR's 49) talked 10 s, not 9.06."""
+    return min(max(at_least_s, float(billsec)), billsec + 0.9)

@@ -73,6 +73,7 @@ async def store_call(
     if existing is not None:
         return existing, False
     fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    del fields["billsec"]  # the CDR's measure of talk_seconds, not a column of its own
     fields.update(
         rang=list(record.rang), transfers=list(record.transfers), estimated=list(record.estimated)
     )

@@ -234,8 +234,10 @@ async def test_calls_the_ami_link_missed_take_the_pbxs_record_and_are_stored_onc
     assert answered_a is not None and answered_a.replace(microsecond=0) == _at("04:13:27")
     assert calls[A].ended_at.replace(microsecond=0) == _at("04:14:07")
     assert times(calls[A])[2:] == (40.0, True, [])
-    # D: answered live, ended during the cut: the CDR's end, not the reconnect's (talk 22 s).
-    assert calls[D].ended_at == _at("04:13:38") and calls[D].talk_seconds == 10.0
+    # D: answered live, ended during the cut: the CDR's end, not the reconnect's (talk 22 s);
+    # within the CDR's second, the live answer plus the billed 10 s.
+    assert calls[D].ended_at.replace(microsecond=0) == _at("04:13:38")
+    assert calls[D].talk_seconds == 10.0
     assert not calls[D].counted and calls[D].estimated == []
     # B: wholly inside the cut, from the CDR, with its recording.
     assert times(calls[B]) == (_at("04:13:37"), _at("04:13:43"), 6.0, False, [])
@@ -250,7 +252,9 @@ async def test_calls_the_ami_link_missed_take_the_pbxs_record_and_are_stored_onc
         assert recording is not None and recording.filename == b_wav
     # C: answered during the cut (the reconnect would say 04:13:50 and talk 24 s, not
     # counted); the PBX says 04:13:39 and 35 s: counted.
-    assert calls[C].answered_at == _at("04:13:39") and calls[C].talk_seconds == 35.0
+    answered_c = calls[C].answered_at  # in the CDR's second: the live end less the billed 35 s
+    assert answered_c is not None and answered_c.replace(microsecond=0) == _at("04:13:39")
+    assert calls[C].talk_seconds == 35.0
     assert calls[C].counted and calls[C].estimated == []
     assert calls[C].started_at == _at("04:13:36")
 
@@ -362,16 +366,17 @@ async def test_a_cdr_table_reads_as_the_master_csv_does(database_url: str) -> No
                 'CREATE TABLE cdr (start TIMESTAMP, answer TIMESTAMP, "end" TIMESTAMP,'
                 " src VARCHAR(80), dst VARCHAR(80), dcontext VARCHAR(80),"
                 " channel VARCHAR(80), dstchannel VARCHAR(80), lastapp VARCHAR(80),"
-                " lastdata VARCHAR(80), disposition VARCHAR(45), linkedid VARCHAR(150))"
+                " lastdata VARCHAR(80), disposition VARCHAR(45), linkedid VARCHAR(150),"
+                " billsec BIGINT)"
             )
         )
         for row in rows:
             await conn.execute(
                 text(
                     'INSERT INTO cdr (start, answer, "end", src, dst, dcontext, channel,'
-                    " dstchannel, lastapp, lastdata, disposition, linkedid) VALUES (:start,"
-                    " :answer, :end, :src, :dst, :dcontext, :channel, :dstchannel, :lastapp,"
-                    " :lastdata, :disposition, :linkedid)"
+                    " dstchannel, lastapp, lastdata, disposition, linkedid, billsec) VALUES"
+                    " (:start, :answer, :end, :src, :dst, :dcontext, :channel, :dstchannel,"
+                    " :lastapp, :lastdata, :disposition, :linkedid, :billsec)"
                 ),
                 {
                     **{
@@ -386,6 +391,7 @@ async def test_a_cdr_table_reads_as_the_master_csv_does(database_url: str) -> No
                             "lastdata",
                             "disposition",
                             "linkedid",
+                            "billsec",
                         )
                     },
                     # The PBX writes naive local times (here UTC).
