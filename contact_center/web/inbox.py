@@ -277,13 +277,10 @@ async def reply_route(request: web.Request) -> web.StreamResponse:
         scheme=request.scheme,
         host=request.host,
     )
-    try:
-        return await reply(clone)
-    except web.HTTPRequestEntityTooLarge:
-        return await render_error(request, 413, t("inbox.files.too_large_total"))
+    return await reply(clone)
 
 
-@page("inbox/_thread.html")
+@page("inbox/_thread.html", too_large="inbox.files.too_large_total")
 async def reply(request: web.Request, user: User) -> Any:
     conv_id = int(request.match_info["id"])
     form = await request.post()

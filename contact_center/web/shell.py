@@ -307,12 +307,14 @@ def page(
     roles: frozenset[str] | None = EVERYONE,
     partial: str | None = None,
     allow_password_change_pending: bool = False,
+    too_large: str = "error.too_large",
 ) -> Callable[[Handler], Callable[[web.Request], Awaitable[web.StreamResponse]]]:
     """A workspace page: ``handler(request, user)`` returns the template's data (a dict) or a
     response. A visitor without a session goes to /login; a user who must change his one-time
     password goes to the password page first; a role not in ``roles`` gets the 403 page; a
     POST must carry the CSRF token; an htmx request gets ``partial`` instead of the page; a
-    domain error becomes a translated page (or partial), never JSON."""
+    domain error becomes a translated page (or partial), never JSON; a body past the limit
+    the ``too_large`` text."""
 
     def decorate(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         @functools.wraps(handler)
@@ -331,7 +333,7 @@ def page(
             except errors.DomainError as exc:
                 return await render_domain_error(request, exc)
             except web.HTTPRequestEntityTooLarge:  # found while reading the form
-                return await render_error(request, 413, t_of(request)("error.too_large"))
+                return await render_error(request, 413, t_of(request)(too_large))
             if isinstance(result, web.StreamResponse):
                 return result
             status = int(result.pop("_status", 200))
