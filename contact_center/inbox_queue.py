@@ -25,15 +25,18 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from channels.base import WebhookRequest
+from contact_center import db
 from crm_core.clock import Clock
 from crm_core.conversations.model import Delivery
+from crm_core.db import UnnestInsert, is_postgresql
 from crm_core.events import DomainEvent
 from crm_core.ports import EventPublisher
 
@@ -58,6 +61,73 @@ Process = Callable[[AsyncSession, Sequence[Delivery], datetime], Awaitable[Outco
 
 def delivery_key(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
+
+
+T = TypeVar("T")
+
+# PostgreSQL: one statement for any number of deliveries (a row per array element).
+_INSERT = UnnestInsert(
+    Delivery.__table__,
+    (
+        "channel",
+        "kind",
+        "key",
+        "method",
+        "headers",
+        "query",
+        "body",
+        "received_at",
+        "next_at",
+        "attempts",
+    ),
+    conflict="ON CONFLICT (channel, key) DO NOTHING",
+    returning=("id", "channel", "key"),
+)
+
+
+class _Held:
+    """The one connection a loop that works serially keeps between its transactions, on
+    PostgreSQL. A pooled session pays a checkout and a pre-ping (three round trips) before its
+    first statement: a batch of a few deliveries, many times a second, paid that every time.
+    A connection found broken is dropped and the work done once more on a fresh one (what the
+    pre-ping was for: a server restarted meanwhile). Elsewhere (SQLite): a pooled session."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+        engine: AsyncEngine = sessions.kw["bind"]
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+
+    async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """``work`` in a session of its own on the kept connection; it commits what it keeps
+        (the rest is rolled back)."""
+        if self._engine.dialect.name != "postgresql":
+            async with self._sessions() as session:
+                return await work(session)
+        for again in (True, False):
+            kept = self._conn is not None and not self._conn.closed
+            if self._conn is None or self._conn.closed or self._conn.invalidated:
+                self._conn = await self._engine.connect()
+            session = AsyncSession(bind=self._conn, expire_on_commit=False)
+            try:
+                return await work(session)
+            except (DBAPIError, ConnectionError, OSError) as exc:
+                broken = isinstance(exc, DBAPIError) and exc.connection_invalidated
+                if broken or db.unavailable(exc):
+                    await self.close()
+                    if kept and again:
+                        continue  # a connection that went stale while kept: once more
+                raise
+            finally:
+                with contextlib.suppress(Exception):
+                    await session.close()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
 
 
 @dataclass
@@ -90,6 +160,8 @@ class DeliveryQueue:
         self._wake_work = asyncio.Event()
         self._done: dict[int, asyncio.Future[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._store_conn = _Held(sessions)  # each loop's own, kept between its batches
+        self._work_conn = _Held(sessions)
         self.processed = 0
         self.failed = 0
 
@@ -113,6 +185,8 @@ class DeliveryQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self._store_conn.close()
+        await self._work_conn.close()
         for pending in self._incoming:
             if not pending.stored.done():
                 pending.stored.set_exception(ConnectionError("the server is stopping"))
@@ -194,18 +268,24 @@ class DeliveryQueue:
         """One INSERT for every delivery waiting; a redelivery of one still stored (or twice
         in the same batch) is not stored again. (channel, key) -> id of the new ones."""
         unique = list({(r["channel"], r["key"]): r for r in rows}.values())
-        async with self._sessions() as session:
-            dialect = session.get_bind().dialect.name
-            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        return await self._store_conn.run(lambda session: self._insert(session, unique))
+
+    @staticmethod
+    async def _insert(
+        session: AsyncSession, unique: list[dict[str, Any]]
+    ) -> dict[tuple[str, str], int]:
+        if is_postgresql(session):
+            result = await session.execute(_INSERT.statement, _INSERT.params(unique))
+        else:
             # One statement with a row per delivery (executemany: its SQL is compiled once).
             result = await session.execute(
-                insert(Delivery)
+                sqlite.insert(Delivery)
                 .on_conflict_do_nothing(index_elements=["channel", "key"])
                 .returning(Delivery.id, Delivery.channel, Delivery.key),
                 unique,
             )
-            ids = {(r.channel, r.key): r.id for r in result}
-            await session.commit()
+        ids = {(r.channel, r.key): r.id for r in result}
+        await session.commit()
         return ids
 
     # ---------------------------------------------------------------- work
@@ -228,19 +308,25 @@ class DeliveryQueue:
     async def run_once(self) -> int:
         """Process one batch of due deliveries; how many were taken (0: nothing due)."""
         now = self._clock.now()
+
+        async def batch(session: AsyncSession) -> tuple[list[Delivery], Outcome | None]:
+            rows = await self._due(session, now, self.batch)
+            if not rows:
+                return rows, None
+            outcome = await self._process(session, rows, now)
+            await self._settle(session, rows, outcome, now)
+            await session.commit()
+            return rows, outcome
+
         try:
-            async with self._sessions() as session:
-                rows = await self._due(session, now, self.batch)
-                if not rows:
-                    return 0
-                outcome = await self._process(session, rows, now)
-                await self._settle(session, rows, outcome, now)
-                await session.commit()
+            rows, outcome = await self._work_conn.run(batch)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("a batch of webhook deliveries failed; taking them one by one")
             return await self._one_by_one(now)
+        if outcome is None:
+            return 0
         await self._after(rows, outcome)
         return len(rows)
 
