@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
@@ -83,6 +83,7 @@ _INSERT = UnnestInsert(
     conflict="ON CONFLICT (channel, key) DO NOTHING",
     returning=("id", "channel", "key"),
 )
+_DELETE = text("DELETE FROM webhook_deliveries WHERE id = ANY(CAST(:ids AS INTEGER[]))")
 
 
 class _Held:
@@ -373,7 +374,9 @@ class DeliveryQueue:
     ) -> None:
         """Processed ones deleted; the ones to take again stay with their next time."""
         done = [r.id for r in rows if r.id not in outcome.retry]
-        if done:
+        if done and is_postgresql(session):
+            await session.execute(_DELETE, {"ids": done})  # the same SQL for any batch
+        elif done:
             await session.execute(delete(Delivery).where(Delivery.id.in_(done)))
         for row in rows:
             why = outcome.retry.get(row.id)

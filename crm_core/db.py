@@ -156,6 +156,8 @@ def _pg_type(column: Any) -> tuple[str, bool]:
     """The PostgreSQL type of ``column`` and whether it is a JSON document (sent as text)."""
     kind = column.type
     if isinstance(kind, TypeDecorator):
+        if not isinstance(kind, UTCDateTime):  # its bind conversion would be skipped
+            raise TypeError(f"{column}: {type(kind).__name__} is not sent as an array")
         kind = kind.impl
     kind = kind.dialect_impl(_PG)
     if isinstance(kind, JSON):
@@ -199,6 +201,24 @@ class UnnestInsert:
         if returning:
             sql += f"RETURNING {', '.join(returning)}"
         self.statement = text(sql)
+
+    _cache: ClassVar[dict[tuple[Any, ...], UnnestInsert]] = {}
+
+    @classmethod
+    def of(
+        cls,
+        table: Any,
+        columns: tuple[str, ...],
+        *,
+        conflict: str = "",
+        returning: tuple[str, ...] = ("id",),
+    ) -> UnnestInsert:
+        """The statement for these columns, built once."""
+        key = (table.name, columns, conflict, returning)
+        found = cls._cache.get(key)
+        if found is None:
+            found = cls._cache[key] = cls(table, columns, conflict=conflict, returning=returning)
+        return found
 
     def params(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {}

@@ -47,6 +47,7 @@ from crm_core.conversations.service import (
     _owner,
     _preview,
 )
+from crm_core.db import UnnestInsert, is_postgresql
 from crm_core.distribution import service as distribution
 from crm_core.events import DomainEvent
 from crm_core.leads import service as leads
@@ -131,8 +132,7 @@ async def receive_many(
     out.events.extend(lead_events)
     messages = _messages(threads, now)
     await _save_threads(session, threads)
-    session.add_all(m for _, m in messages)
-    await session.flush()
+    await _insert_messages(session, [m for _, m in messages])
     recorded = await activities.record_new_activities(
         session,
         [a for a in (_activity(t.conv, m) for t, m in messages) if a is not None],
@@ -258,6 +258,44 @@ async def _save_threads(session: AsyncSession, threads: Sequence[_Thread]) -> No
     ]
     conn = await session.connection()
     await conn.execute(_SAVE, params)
+
+
+_MESSAGE_COLUMNS = (
+    "conversation_id",
+    "channel",
+    "direction",
+    "author_kind",
+    "kind",
+    "text",
+    "status",
+    "provider_message_id",
+    "reply_to",
+    "attachments",
+    "payload",
+    "sent_at",
+    "attempts",
+    "created_at",
+)
+
+
+async def _insert_messages(session: AsyncSession, messages: Sequence[Message]) -> None:
+    """The batch's new messages written, each given its id. PostgreSQL: one statement of
+    arrays, its SQL the same for any batch (the objects stay out of the session); elsewhere
+    the session's flush."""
+    if not is_postgresql(session):
+        session.add_all(messages)
+        await session.flush()
+        return
+    unnest = UnnestInsert.of(
+        cast(Table, Message.__table__),
+        _MESSAGE_COLUMNS,
+        returning=("id", "channel", "provider_message_id"),
+    )
+    rows = [{name: getattr(m, name) for name in _MESSAGE_COLUMNS} for m in messages]
+    result = await session.execute(unnest.statement, unnest.params(rows))
+    ids = {(r.channel, r.provider_message_id): r.id for r in result}
+    for message in messages:
+        message.id = ids[(message.channel, message.provider_message_id)]
 
 
 def _unlinked(conv: Conversation) -> bool:
