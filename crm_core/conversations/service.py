@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from sqlalchemy import func, or_, select, tuple_
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -48,7 +49,7 @@ from crm_core.conversations.model import (
     Message,
     MessageStatus,
 )
-from crm_core.db import utcnow
+from crm_core.db import is_postgresql, utcnow
 from crm_core.distribution import service as distribution
 from crm_core.errors import InvalidInput, NotFound, PermissionDenied
 from crm_core.events import DomainEvent
@@ -368,12 +369,25 @@ async def stored_ids(session: AsyncSession, ids: Sequence[tuple[str, str]]) -> s
     """Which ``(channel, provider_message_id)`` pairs are stored messages: one query."""
     if not ids:
         return set()
-    rows = await session.execute(
-        select(Message.channel, Message.provider_message_id).where(
-            tuple_(Message.channel, Message.provider_message_id).in_(sorted(set(ids)))
+    pairs = sorted(set(ids))
+    if is_postgresql(session):  # the same SQL for any number of ids
+        rows = await session.execute(
+            _STORED_IDS, {"channels": [c for c, _ in pairs], "ids": [p for _, p in pairs]}
         )
-    )
+    else:
+        rows = await session.execute(
+            select(Message.channel, Message.provider_message_id).where(
+                tuple_(Message.channel, Message.provider_message_id).in_(pairs)
+            )
+        )
     return {(str(c), str(p)) for c, p in rows}
+
+
+_STORED_IDS = sql_text(
+    "SELECT m.channel, m.provider_message_id FROM conversation_messages AS m "
+    "JOIN unnest(CAST(:channels AS VARCHAR[]), CAST(:ids AS VARCHAR[])) AS u(channel, pid) "
+    "ON m.channel = u.channel AND m.provider_message_id = u.pid"
+)
 
 
 async def _conversation_for(
