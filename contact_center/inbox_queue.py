@@ -135,6 +135,10 @@ class _Held:
 class _Pending:
     values: dict[str, Any]
     stored: asyncio.Future[int | None]
+    parsed: Any = None
+
+
+PARSED_MAX = 10_000  # deliveries whose parsed form is held for the worker (a cache)
 
 
 class DeliveryQueue:
@@ -161,6 +165,9 @@ class DeliveryQueue:
         self._wake_work = asyncio.Event()
         self._done: dict[int, asyncio.Future[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # What the webhook parsed of a delivery, by its id, for the worker not to parse the
+        # body again (a delivery taken after a restart, or by another instance, is parsed).
+        self.parsed: dict[int, Any] = {}
         self._store_conn = _Held(sessions)  # each loop's own, kept between its batches
         self._work_conn = _Held(sessions)
         self.processed = 0
@@ -199,10 +206,13 @@ class DeliveryQueue:
 
     # ---------------------------------------------------------------- in
 
-    async def put(self, kind: str, code: str, request: WebhookRequest) -> bool:
+    async def put(
+        self, kind: str, code: str, request: WebhookRequest, *, parsed: Any = None
+    ) -> bool:
         """Store one (verified) delivery; wait until it is processed, at most ``ack_wait``
         seconds. True: processed; False: stored, to be processed. A storing failure (the
-        database away) propagates: the provider is answered 5xx and delivers again."""
+        database away) propagates: the provider is answered 5xx and delivers again.
+        ``parsed``: what the caller read of it, handed to the worker with it."""
         if not self._tasks:
             self.start()
         now = request.received_at or self._clock.now()
@@ -220,6 +230,7 @@ class DeliveryQueue:
                 "attempts": 0,
             },
             asyncio.get_running_loop().create_future(),
+            parsed,
         )
         self._incoming.append(pending)
         self._wake_store.set()
@@ -261,6 +272,10 @@ class DeliveryQueue:
                 delivery_id = ids.get((p.values["channel"], p.values["key"]))
                 if delivery_id is not None and delivery_id not in self._done:
                     self._done[delivery_id] = loop.create_future()
+                    if p.parsed is not None:
+                        if len(self.parsed) >= PARSED_MAX:
+                            self.parsed.clear()  # others' (another instance took them)
+                        self.parsed[delivery_id] = p.parsed
                 if not p.stored.done():
                     p.stored.set_result(delivery_id)
             self._wake_work.set()
@@ -411,6 +426,7 @@ class DeliveryQueue:
     async def _after(self, rows: Sequence[Delivery], outcome: Outcome) -> None:
         self.processed += sum(1 for r in rows if r.id not in outcome.retry)
         for row in rows:  # a delivery to take again was processed as far as it goes now
+            self.parsed.pop(row.id, None)
             done = self._done.pop(row.id, None)
             if done is not None and not done.done():
                 done.set_result(None)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -255,6 +255,7 @@ class Inbox:
         self.refused = 0
         self._mail_tasks: list[asyncio.Task[None]] = []
         self._templates: dict[str, tuple[float, list[MessageTemplate]]] = {}
+        self._parsers: dict[int, tuple[Adapter, bool]] = {}
         self.deliveries = DeliveryQueue(
             sessions, self._process, bus=bus, clock=clock, ack_wait=ack_wait, batch=batch
         )
@@ -516,10 +517,10 @@ class Inbox:
         caller answers 403. A database failure propagates: the provider gets a 5xx and
         redelivers, and the redelivery stores each message once."""
         adapter = self.adapter(kind, code)
-        if not isinstance(adapter, WebhookParser):
+        if not self._parses(adapter):
             raise NotFound(f"channel {code!r} takes no webhooks")
         try:
-            items = adapter.parse_webhook(request)
+            items = cast(WebhookParser, adapter).parse_webhook(request)  # _parses() said so
         except SignatureInvalid as exc:
             self.refused += 1
             log.warning(
@@ -533,8 +534,15 @@ class Inbox:
             raise
         if not items:
             return 0
-        await self.deliveries.put(kind, code, request)
+        await self.deliveries.put(kind, code, request, parsed=items)
         return len(items)
+
+    def _parses(self, adapter: Adapter) -> bool:
+        """Whether ``adapter`` takes webhooks (a Protocol's isinstance is slow: asked once)."""
+        known = self._parsers.get(id(adapter))
+        if known is None or known[0] is not adapter:
+            known = self._parsers[id(adapter)] = (adapter, isinstance(adapter, WebhookParser))
+        return known[1]
 
     async def _process(
         self, session: AsyncSession, rows: Sequence[Delivery], now: datetime
@@ -549,11 +557,7 @@ class Inbox:
         book = await self._book()
         for row in rows:
             adapter = self.adapters.get(row.channel)
-            if (
-                adapter is None
-                or adapter.kind != row.kind
-                or not isinstance(adapter, WebhookParser)
-            ):
+            if adapter is None or adapter.kind != row.kind or not self._parses(adapter):
                 log.error(
                     "webhook %s/%s delivery %s: the channel is not configured; kept",
                     row.kind,
@@ -561,6 +565,10 @@ class Inbox:
                     row.id,
                 )
                 retry[row.id] = "канал не настроен"
+                continue
+            items = self.deliveries.parsed.pop(row.id, None)
+            if items is not None:  # the webhook's own reading of it (verified then)
+                parsed.append((row, items))
                 continue
             request = WebhookRequest(
                 method=row.method,
@@ -570,7 +578,7 @@ class Inbox:
                 received_at=row.received_at,
             )
             try:
-                items = adapter.parse_webhook(request)
+                items = cast(WebhookParser, adapter).parse_webhook(request)  # _parses()
             except (SignatureInvalid, PayloadInvalid) as exc:
                 log.error(
                     "webhook %s/%s delivery %s no longer reads: %s; kept",
