@@ -93,10 +93,13 @@ class _Held:
     A connection found broken is dropped and the work done once more on a fresh one (what the
     pre-ping was for: a server restarted meanwhile). Elsewhere (SQLite): a pooled session."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], *, autocommit: bool = False
+    ) -> None:
         self._sessions = sessions
         engine: AsyncEngine = sessions.kw["bind"]
         self._engine = engine
+        self._autocommit = autocommit  # work of one statement: no BEGIN and COMMIT to wait for
         self._conn: AsyncConnection | None = None
 
     async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -108,7 +111,10 @@ class _Held:
         for again in (True, False):
             kept = self._conn is not None and not self._conn.closed
             if self._conn is None or self._conn.closed or self._conn.invalidated:
-                self._conn = await self._engine.connect()
+                conn = await self._engine.connect()
+                if self._autocommit:
+                    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                self._conn = conn
             session = AsyncSession(bind=self._conn, expire_on_commit=False)
             try:
                 return await work(session)
@@ -168,7 +174,9 @@ class DeliveryQueue:
         # What the webhook parsed of a delivery, by its id, for the worker not to parse the
         # body again (a delivery taken after a restart, or by another instance, is parsed).
         self.parsed: dict[int, Any] = {}
-        self._store_conn = _Held(sessions)  # each loop's own, kept between its batches
+        # Each loop keeps its own connection between batches; the store loop, one INSERT a
+        # batch, in autocommit.
+        self._store_conn = _Held(sessions, autocommit=True)
         self._work_conn = _Held(sessions)
         self.processed = 0
         self.failed = 0
