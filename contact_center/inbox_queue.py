@@ -97,21 +97,20 @@ class _Held:
         self, sessions: async_sessionmaker[AsyncSession], *, autocommit: bool = False
     ) -> None:
         self._sessions = sessions
-        engine: AsyncEngine = sessions.kw["bind"]
-        self._engine = engine
         self._autocommit = autocommit  # work of one statement: no BEGIN and COMMIT to wait for
         self._conn: AsyncConnection | None = None
 
     async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """``work`` in a session of its own on the kept connection; it commits what it keeps
         (the rest is rolled back)."""
-        if self._engine.dialect.name != "postgresql":
+        engine: AsyncEngine = self._sessions.kw["bind"]
+        if engine.dialect.name != "postgresql":
             async with self._sessions() as session:
                 return await work(session)
         for again in (True, False):
             kept = self._conn is not None and not self._conn.closed
             if self._conn is None or self._conn.closed or self._conn.invalidated:
-                conn = await self._engine.connect()
+                conn = await engine.connect()
                 if self._autocommit:
                     conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 self._conn = conn
