@@ -432,6 +432,9 @@ class _Origin:
     source_id: int
     region_id: int | None
     tracking: dict[str, Any]
+    # The source's row, kept referenced (the session's identity map is weak): the lead's
+    # checks find it there rather than reading it again.
+    source: Source | None = field(default=None, compare=False, repr=False)
 
 
 async def _ad_source(session: AsyncSession, referral: dict[str, Any]) -> Source:
@@ -479,7 +482,7 @@ async def _origin(session: AsyncSession, incoming: Incoming) -> _Origin:
             campaign=referral.get("headline"),
             ctwa_clid=referral.get("ctwa_clid"),
         )
-        return _Origin(source.id, None, tracking)
+        return _Origin(source.id, None, tracking, source)
     visitor = payload.get("start_payload")
     attribution = await _visitor(session, str(visitor)) if visitor else None
     if attribution is not None and attribution.get("source_id"):
@@ -491,7 +494,7 @@ async def _origin(session: AsyncSession, incoming: Incoming) -> _Origin:
     source = await channel_source(
         session, incoming.channel, incoming.channel_kind, incoming.channel_name
     )
-    return _Origin(source.id, None, tracking)
+    return _Origin(source.id, None, tracking, source)
 
 
 async def _new_lead(
