@@ -620,9 +620,11 @@ class Inbox:
         statuses = [
             (row, item) for row, items in parsed for item in items if isinstance(item, StatusUpdate)
         ]
-        known = await conversations.stored_ids(
+        # The status reports at once: their messages read in one query, written in one flush.
+        known = await conversations.find_messages(
             session, [(row.channel, item.provider_message_id) for row, item in statuses]
         )
+        reports: list[conversations.StatusReport] = []
         for row, item in statuses:
             if (row.channel, item.provider_message_id) not in known:
                 if now - row.received_at < STATUS_GRACE:
@@ -641,17 +643,19 @@ class Inbox:
                 error = ": ".join(
                     p for p in (item.error_code, item.error_title, item.error_detail) if p
                 )
-            _, status_events = await conversations.apply_status(
-                session,
-                row.channel,
-                item.provider_message_id,
-                item.status,
-                at=item.at,
-                error=error,
-                cost=item.cost,
-                currency=item.currency,
+            reports.append(
+                conversations.StatusReport(
+                    row.channel,
+                    item.provider_message_id,
+                    item.status,
+                    at=item.at,
+                    error=error,
+                    cost=item.cost,
+                    currency=item.currency,
+                )
             )
-            events.extend(status_events)
+        if reports:
+            events.extend(await conversations.apply_statuses(session, reports, known))
         self.received += sum(len(items) for row, items in parsed if row.id not in retry)
         events.extend(await notifications.record(session, events, now=now))
         return Outcome(events, retry)
