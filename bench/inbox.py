@@ -1,7 +1,7 @@
 """Benchmark: the inbox, from a signed WhatsApp webhook to the assigned manager's WebSocket.
 
     python bench/inbox.py [--contacts N] [--managers N] [--rate MSG_PER_S] [--seconds S]
-                          [--burst N] [--concurrency N] [--keep-db | --reuse]
+                          [--burst N] [--concurrency N] [--keep-db | --reuse] [--db-name NAME]
 
 ``--contacts`` contacts in PostgreSQL (``CC_BENCH_DATABASE_URL``; a database of its own is
 created and dropped; ``--keep-db`` keeps it, ``--reuse`` measures a kept one again without
@@ -184,6 +184,7 @@ async def _stored(url: str, ids: set[str]) -> int:
 
 
 async def main() -> None:
+    global DB_NAME
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--contacts", type=int, default=1_000_000)
     parser.add_argument("--managers", type=int, default=100)
@@ -199,7 +200,11 @@ async def main() -> None:
     )
     parser.add_argument("--keep-db", action="store_true", help="keep the database afterwards")
     parser.add_argument("--reuse", action="store_true", help="measure a kept database again")
+    parser.add_argument(
+        "--db-name", default=DB_NAME, help="the bench's database (runs side by side: one each)"
+    )
     args = parser.parse_args()
+    DB_NAME = args.db_name
     url = os.environ.get("CC_BENCH_DATABASE_URL", DEFAULT_URL)
     if args.reuse:
         numbers, tokens = await _reuse(url, args.managers)

@@ -25,15 +25,18 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import delete, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import delete, select, text
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from channels.base import WebhookRequest
+from contact_center import db
 from crm_core.clock import Clock
 from crm_core.conversations.model import Delivery
+from crm_core.db import UnnestInsert, is_postgresql
 from crm_core.events import DomainEvent
 from crm_core.ports import EventPublisher
 
@@ -60,10 +63,87 @@ def delivery_key(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+T = TypeVar("T")
+
+# PostgreSQL: one statement for any number of deliveries (a row per array element).
+_INSERT = UnnestInsert(
+    Delivery.__table__,
+    (
+        "channel",
+        "kind",
+        "key",
+        "method",
+        "headers",
+        "query",
+        "body",
+        "received_at",
+        "next_at",
+        "attempts",
+    ),
+    conflict="ON CONFLICT (channel, key) DO NOTHING",
+    returning=("id", "channel", "key"),
+)
+_DELETE = text("DELETE FROM webhook_deliveries WHERE id = ANY(CAST(:ids AS INTEGER[]))")
+
+
+class _Held:
+    """The one connection a loop that works serially keeps between its transactions, on
+    PostgreSQL. A pooled session pays a checkout and a pre-ping (three round trips) before its
+    first statement: a batch of a few deliveries, many times a second, paid that every time.
+    A connection found broken is dropped and the work done once more on a fresh one (what the
+    pre-ping was for: a server restarted meanwhile). Elsewhere (SQLite): a pooled session."""
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], *, autocommit: bool = False
+    ) -> None:
+        self._sessions = sessions
+        self._autocommit = autocommit  # work of one statement: no BEGIN and COMMIT to wait for
+        self._conn: AsyncConnection | None = None
+
+    async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """``work`` in a session of its own on the kept connection; it commits what it keeps
+        (the rest is rolled back)."""
+        engine: AsyncEngine = self._sessions.kw["bind"]
+        if engine.dialect.name != "postgresql":
+            async with self._sessions() as session:
+                return await work(session)
+        for again in (True, False):
+            kept = self._conn is not None and not self._conn.closed
+            if self._conn is None or self._conn.closed or self._conn.invalidated:
+                conn = await engine.connect()
+                if self._autocommit:
+                    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                self._conn = conn
+            session = AsyncSession(bind=self._conn, expire_on_commit=False)
+            try:
+                return await work(session)
+            except (DBAPIError, ConnectionError, OSError) as exc:
+                broken = isinstance(exc, DBAPIError) and exc.connection_invalidated
+                if broken or db.unavailable(exc):
+                    await self.close()
+                    if kept and again:
+                        continue  # a connection that went stale while kept: once more
+                raise
+            finally:
+                with contextlib.suppress(Exception):
+                    await session.close()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+
 @dataclass
 class _Pending:
     values: dict[str, Any]
     stored: asyncio.Future[int | None]
+    parsed: Any = None
+
+
+PARSED_MAX = 10_000  # deliveries whose parsed form is held for the worker (a cache)
 
 
 class DeliveryQueue:
@@ -90,6 +170,13 @@ class DeliveryQueue:
         self._wake_work = asyncio.Event()
         self._done: dict[int, asyncio.Future[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # What the webhook parsed of a delivery, by its id, for the worker not to parse the
+        # body again (a delivery taken after a restart, or by another instance, is parsed).
+        self.parsed: dict[int, Any] = {}
+        # Each loop keeps its own connection between batches; the store loop, one INSERT a
+        # batch, in autocommit.
+        self._store_conn = _Held(sessions, autocommit=True)
+        self._work_conn = _Held(sessions)
         self.processed = 0
         self.failed = 0
 
@@ -113,6 +200,8 @@ class DeliveryQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self._store_conn.close()
+        await self._work_conn.close()
         for pending in self._incoming:
             if not pending.stored.done():
                 pending.stored.set_exception(ConnectionError("the server is stopping"))
@@ -124,10 +213,13 @@ class DeliveryQueue:
 
     # ---------------------------------------------------------------- in
 
-    async def put(self, kind: str, code: str, request: WebhookRequest) -> bool:
+    async def put(
+        self, kind: str, code: str, request: WebhookRequest, *, parsed: Any = None
+    ) -> bool:
         """Store one (verified) delivery; wait until it is processed, at most ``ack_wait``
         seconds. True: processed; False: stored, to be processed. A storing failure (the
-        database away) propagates: the provider is answered 5xx and delivers again."""
+        database away) propagates: the provider is answered 5xx and delivers again.
+        ``parsed``: what the caller read of it, handed to the worker with it."""
         if not self._tasks:
             self.start()
         now = request.received_at or self._clock.now()
@@ -145,6 +237,7 @@ class DeliveryQueue:
                 "attempts": 0,
             },
             asyncio.get_running_loop().create_future(),
+            parsed,
         )
         self._incoming.append(pending)
         self._wake_store.set()
@@ -186,6 +279,10 @@ class DeliveryQueue:
                 delivery_id = ids.get((p.values["channel"], p.values["key"]))
                 if delivery_id is not None and delivery_id not in self._done:
                     self._done[delivery_id] = loop.create_future()
+                    if p.parsed is not None:
+                        if len(self.parsed) >= PARSED_MAX:
+                            self.parsed.clear()  # others' (another instance took them)
+                        self.parsed[delivery_id] = p.parsed
                 if not p.stored.done():
                     p.stored.set_result(delivery_id)
             self._wake_work.set()
@@ -194,18 +291,24 @@ class DeliveryQueue:
         """One INSERT for every delivery waiting; a redelivery of one still stored (or twice
         in the same batch) is not stored again. (channel, key) -> id of the new ones."""
         unique = list({(r["channel"], r["key"]): r for r in rows}.values())
-        async with self._sessions() as session:
-            dialect = session.get_bind().dialect.name
-            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        return await self._store_conn.run(lambda session: self._insert(session, unique))
+
+    @staticmethod
+    async def _insert(
+        session: AsyncSession, unique: list[dict[str, Any]]
+    ) -> dict[tuple[str, str], int]:
+        if is_postgresql(session):
+            result = await session.execute(_INSERT.statement, _INSERT.params(unique))
+        else:
             # One statement with a row per delivery (executemany: its SQL is compiled once).
             result = await session.execute(
-                insert(Delivery)
+                sqlite.insert(Delivery)
                 .on_conflict_do_nothing(index_elements=["channel", "key"])
                 .returning(Delivery.id, Delivery.channel, Delivery.key),
                 unique,
             )
-            ids = {(r.channel, r.key): r.id for r in result}
-            await session.commit()
+        ids = {(r.channel, r.key): r.id for r in result}
+        await session.commit()
         return ids
 
     # ---------------------------------------------------------------- work
@@ -228,19 +331,25 @@ class DeliveryQueue:
     async def run_once(self) -> int:
         """Process one batch of due deliveries; how many were taken (0: nothing due)."""
         now = self._clock.now()
+
+        async def batch(session: AsyncSession) -> tuple[list[Delivery], Outcome | None]:
+            rows = await self._due(session, now, self.batch)
+            if not rows:
+                return rows, None
+            outcome = await self._process(session, rows, now)
+            await self._settle(session, rows, outcome, now)
+            await session.commit()
+            return rows, outcome
+
         try:
-            async with self._sessions() as session:
-                rows = await self._due(session, now, self.batch)
-                if not rows:
-                    return 0
-                outcome = await self._process(session, rows, now)
-                await self._settle(session, rows, outcome, now)
-                await session.commit()
+            rows, outcome = await self._work_conn.run(batch)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("a batch of webhook deliveries failed; taking them one by one")
             return await self._one_by_one(now)
+        if outcome is None:
+            return 0
         await self._after(rows, outcome)
         return len(rows)
 
@@ -287,7 +396,9 @@ class DeliveryQueue:
     ) -> None:
         """Processed ones deleted; the ones to take again stay with their next time."""
         done = [r.id for r in rows if r.id not in outcome.retry]
-        if done:
+        if done and is_postgresql(session):
+            await session.execute(_DELETE, {"ids": done})  # the same SQL for any batch
+        elif done:
             await session.execute(delete(Delivery).where(Delivery.id.in_(done)))
         for row in rows:
             why = outcome.retry.get(row.id)
@@ -322,6 +433,7 @@ class DeliveryQueue:
     async def _after(self, rows: Sequence[Delivery], outcome: Outcome) -> None:
         self.processed += sum(1 for r in rows if r.id not in outcome.retry)
         for row in rows:  # a delivery to take again was processed as far as it goes now
+            self.parsed.pop(row.id, None)
             done = self._done.pop(row.id, None)
             if done is not None and not done.done():
                 done.set_result(None)

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -256,6 +256,7 @@ class Inbox:
         self.refused = 0
         self._mail_tasks: list[asyncio.Task[None]] = []
         self._templates: dict[str, tuple[float, list[MessageTemplate]]] = {}
+        self._parsers: dict[int, tuple[Adapter, bool]] = {}
         self.deliveries = DeliveryQueue(
             sessions, self._process, bus=bus, clock=clock, ack_wait=ack_wait, batch=batch
         )
@@ -517,10 +518,10 @@ class Inbox:
         caller answers 403. A database failure propagates: the provider gets a 5xx and
         redelivers, and the redelivery stores each message once."""
         adapter = self.adapter(kind, code)
-        if not isinstance(adapter, WebhookParser):
+        if not self._parses(adapter):
             raise NotFound(f"channel {code!r} takes no webhooks")
         try:
-            items = adapter.parse_webhook(request)
+            items = cast(WebhookParser, adapter).parse_webhook(request)  # _parses() said so
         except SignatureInvalid as exc:
             self.refused += 1
             log.warning(
@@ -534,8 +535,15 @@ class Inbox:
             raise
         if not items:
             return 0
-        await self.deliveries.put(kind, code, request)
+        await self.deliveries.put(kind, code, request, parsed=items)
         return len(items)
+
+    def _parses(self, adapter: Adapter) -> bool:
+        """Whether ``adapter`` takes webhooks (a Protocol's isinstance is slow: asked once)."""
+        known = self._parsers.get(id(adapter))
+        if known is None or known[0] is not adapter:
+            known = self._parsers[id(adapter)] = (adapter, isinstance(adapter, WebhookParser))
+        return known[1]
 
     async def _process(
         self, session: AsyncSession, rows: Sequence[Delivery], now: datetime
@@ -550,11 +558,7 @@ class Inbox:
         book = await self._book()
         for row in rows:
             adapter = self.adapters.get(row.channel)
-            if (
-                adapter is None
-                or adapter.kind != row.kind
-                or not isinstance(adapter, WebhookParser)
-            ):
+            if adapter is None or adapter.kind != row.kind or not self._parses(adapter):
                 log.error(
                     "webhook %s/%s delivery %s: the channel is not configured; kept",
                     row.kind,
@@ -562,6 +566,10 @@ class Inbox:
                     row.id,
                 )
                 retry[row.id] = "канал не настроен"
+                continue
+            items = self.deliveries.parsed.pop(row.id, None)
+            if items is not None:  # the webhook's own reading of it (verified then)
+                parsed.append((row, items))
                 continue
             request = WebhookRequest(
                 method=row.method,
@@ -571,7 +579,7 @@ class Inbox:
                 received_at=row.received_at,
             )
             try:
-                items = adapter.parse_webhook(request)
+                items = cast(WebhookParser, adapter).parse_webhook(request)  # _parses()
             except (SignatureInvalid, PayloadInvalid) as exc:
                 log.error(
                     "webhook %s/%s delivery %s no longer reads: %s; kept",
@@ -613,9 +621,11 @@ class Inbox:
         statuses = [
             (row, item) for row, items in parsed for item in items if isinstance(item, StatusUpdate)
         ]
-        known = await conversations.stored_ids(
+        # The status reports at once: their messages read in one query, written in one flush.
+        known = await conversations.find_messages(
             session, [(row.channel, item.provider_message_id) for row, item in statuses]
         )
+        reports: list[conversations.StatusReport] = []
         for row, item in statuses:
             if (row.channel, item.provider_message_id) not in known:
                 if now - row.received_at < STATUS_GRACE:
@@ -634,17 +644,19 @@ class Inbox:
                 error = ": ".join(
                     p for p in (item.error_code, item.error_title, item.error_detail) if p
                 )
-            _, status_events = await conversations.apply_status(
-                session,
-                row.channel,
-                item.provider_message_id,
-                item.status,
-                at=item.at,
-                error=error,
-                cost=item.cost,
-                currency=item.currency,
+            reports.append(
+                conversations.StatusReport(
+                    row.channel,
+                    item.provider_message_id,
+                    item.status,
+                    at=item.at,
+                    error=error,
+                    cost=item.cost,
+                    currency=item.currency,
+                )
             )
-            events.extend(status_events)
+        if reports:
+            events.extend(await conversations.apply_statuses(session, reports, known))
         self.received += sum(len(items) for row, items in parsed if row.id not in retry)
         events.extend(await notifications.record(session, events, now=now))
         return Outcome(events, retry)

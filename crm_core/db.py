@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, cast
 
 from pydantic import Field
-from sqlalchemy import JSON, BigInteger, ColumnElement, DateTime, MetaData, false, select, union
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    MetaData,
+    false,
+    select,
+    text,
+    union,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import CursorResult, Dialect, Result
 from sqlalchemy.orm import DeclarativeBase
@@ -130,3 +142,89 @@ _KOPECK = Decimal("0.01")
 
 # JSON documents: jsonb on PostgreSQL (indexable), JSON text on SQLite.
 JsonDoc = JSON().with_variant(JSONB(), "postgresql")
+
+
+def is_postgresql(session: Any) -> bool:
+    """Whether ``session`` (or connection) talks to PostgreSQL."""
+    return bool(session.get_bind().dialect.name == "postgresql")
+
+
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+def _pg_type(column: Any) -> tuple[str, bool]:
+    """The PostgreSQL type of ``column`` and whether it is a JSON document (sent as text)."""
+    kind = column.type
+    if isinstance(kind, TypeDecorator):
+        if not isinstance(kind, UTCDateTime):  # its bind conversion would be skipped
+            raise TypeError(f"{column}: {type(kind).__name__} is not sent as an array")
+        kind = kind.impl
+    kind = kind.dialect_impl(_PG)
+    if isinstance(kind, JSON):
+        return "TEXT", True
+    return str(kind.compile(dialect=_PG)), False
+
+
+class UnnestInsert:
+    """A multi-row ``INSERT`` of ``table``'s ``columns`` on PostgreSQL whose SQL does not
+    depend on the number of rows: each column goes as one array parameter and the rows come
+    out of ``unnest``. An executemany (``insertmanyvalues``) renders a statement for every
+    batch size, which PostgreSQL parses and the driver prepares again each time.
+
+    ``params(rows)`` turns row dicts into the statement's parameters (JSON documents dumped
+    as the JSON type does); ``conflict`` is the ``ON CONFLICT`` clause (``""``: none),
+    ``returning`` the columns the statement returns."""
+
+    def __init__(
+        self,
+        table: Any,
+        columns: tuple[str, ...],
+        *,
+        conflict: str = "",
+        returning: tuple[str, ...] = ("id",),
+    ) -> None:
+        self.columns = columns
+        self._json: set[str] = set()
+        casts, picks = [], []
+        for i, name in enumerate(columns):
+            pg, is_json = _pg_type(table.c[name])
+            if is_json:
+                self._json.add(name)
+            casts.append(f"CAST(:p{i} AS {pg}[])")
+            picks.append(f"CAST(u.c{i} AS JSONB)" if is_json else f"u.c{i}")
+        names = ", ".join(f"c{i}" for i in range(len(columns)))
+        sql = (
+            f"INSERT INTO {table.name} ({', '.join(columns)}) "
+            f"SELECT {', '.join(picks)} FROM unnest({', '.join(casts)}) AS u({names}) "
+            f"{conflict} "
+        )
+        if returning:
+            sql += f"RETURNING {', '.join(returning)}"
+        self.statement = text(sql)
+
+    _cache: ClassVar[dict[tuple[Any, ...], UnnestInsert]] = {}
+
+    @classmethod
+    def of(
+        cls,
+        table: Any,
+        columns: tuple[str, ...],
+        *,
+        conflict: str = "",
+        returning: tuple[str, ...] = ("id",),
+    ) -> UnnestInsert:
+        """The statement for these columns, built once."""
+        key = (table.name, columns, conflict, returning)
+        found = cls._cache.get(key)
+        if found is None:
+            found = cls._cache[key] = cls(table, columns, conflict=conflict, returning=returning)
+        return found
+
+    def params(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {}
+        for i, name in enumerate(self.columns):
+            if name in self._json:
+                out[f"p{i}"] = [json.dumps(r[name]) for r in rows]
+            else:
+                out[f"p{i}"] = [r[name] for r in rows]
+        return out

@@ -27,7 +27,7 @@ from crm_core.activities.model import Activity
 from crm_core.activities.schemas import MANUAL_KINDS, ActivityInput, ActivityPatch
 from crm_core.clients.companies import group_company_ids
 from crm_core.clients.model import Company, Contact
-from crm_core.db import utcnow
+from crm_core.db import UnnestInsert, is_postgresql, utcnow
 from crm_core.deals.model import Deal
 from crm_core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from crm_core.leads.model import Lead
@@ -269,16 +269,24 @@ async def record_new_activities(
             values["occurred_at"] = now or utcnow()
         values.update(created_at=now or utcnow(), created_by_id=actor.id)
         rows.append(values)
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    # One multi-row INSERT (an ORM executemany with RETURNING runs a statement per row).
-    stmt = (
-        insert(Activity)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["external_id"])
-        .returning(Activity.id, Activity.external_id)
-    )
-    ids = {external: row_id for row_id, external in await session.execute(stmt)}
+    if is_postgresql(session):
+        # One statement whatever the number of rows (compiled and prepared once).
+        unnest = UnnestInsert.of(
+            Activity.__table__,
+            tuple(rows[0]),
+            conflict="ON CONFLICT (external_id) DO NOTHING",
+            returning=("id", "external_id"),
+        )
+        result = await session.execute(unnest.statement, unnest.params(rows))
+    else:
+        # One multi-row INSERT (an ORM executemany with RETURNING runs a statement per row).
+        result = await session.execute(
+            sqlite.insert(Activity)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["external_id"])
+            .returning(Activity.id, Activity.external_id)
+        )
+    ids = {external: row_id for row_id, external in result}
     out = []
     for values in rows:
         row_id = ids.get(values["external_id"])

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, or_, select, tuple_
+from sqlalchemy import Table, bindparam, func, or_, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core import access
@@ -47,6 +47,7 @@ from crm_core.conversations.service import (
     _owner,
     _preview,
 )
+from crm_core.db import UnnestInsert, is_postgresql
 from crm_core.distribution import service as distribution
 from crm_core.events import DomainEvent
 from crm_core.leads import service as leads
@@ -131,8 +132,7 @@ async def receive_many(
     out.events.extend(lead_events)
     messages = _messages(threads, now)
     await _save_threads(session, threads)
-    session.add_all(m for _, m in messages)
-    await session.flush()
+    await _insert_messages(session, [m for _, m in messages])
     recorded = await activities.record_new_activities(
         session,
         [a for a in (_activity(t.conv, m) for t, m in messages) if a is not None],
@@ -170,9 +170,18 @@ async def _threads(session: AsyncSession, todo: Sequence[Incoming], now: datetim
         Conversation.identity_value,
         Conversation.thread_key,
     )
+    pg = is_postgresql(session)
+
+    def lookup(wanted: list[Key]) -> Any:
+        if pg:  # the same SQL for any batch
+            return select(Conversation).from_statement(
+                _CONVERSATIONS.bindparams(**_key_arrays(wanted))
+            )
+        return select(Conversation).where(tuple_(*columns).in_(wanted))
+
     found = {
         (c.channel, c.identity_kind, c.identity_value, c.thread_key): c
-        for c in await session.scalars(select(Conversation).where(tuple_(*columns).in_(keys)))
+        for c in await session.scalars(lookup(keys))
     }
     missing = [k for k in keys if k not in found]
     created: set[Key] = set()
@@ -196,20 +205,26 @@ async def _threads(session: AsyncSession, todo: Sequence[Incoming], now: datetim
                     "updated_at": now,
                 }
             )
-        stmt = (
-            conv_service._insert(session)(Conversation)
-            .on_conflict_do_nothing()
-            .returning(Conversation)
-        )
-        for conv in await session.scalars(stmt, rows):
+        if pg:
+            inserted = await session.scalars(
+                select(Conversation).from_statement(
+                    _NEW_CONVERSATIONS.statement.bindparams(**_NEW_CONVERSATIONS.params(rows))
+                )
+            )
+        else:
+            inserted = await session.scalars(
+                conv_service._insert(session)(Conversation)
+                .on_conflict_do_nothing()
+                .returning(Conversation),
+                rows,
+            )
+        for conv in inserted:
             key = (conv.channel, conv.identity_kind, conv.identity_value, conv.thread_key)
             found[key] = conv
             created.add(key)
         late = [k for k in missing if k not in found]
         if late:  # another writer created them meanwhile
-            for conv in await session.scalars(
-                select(Conversation).where(tuple_(*columns).in_(late))
-            ):
+            for conv in await session.scalars(lookup(late)):
                 found[(conv.channel, conv.identity_kind, conv.identity_value, conv.thread_key)] = (
                     conv
                 )
@@ -218,6 +233,42 @@ async def _threads(session: AsyncSession, todo: Sequence[Incoming], now: datetim
     for conv in found.values():
         session.expunge(conv)
     return [_Thread(found[k], k in created, grouped[k]) for k in keys]
+
+
+_CONVERSATIONS = text(
+    "SELECT c.* FROM conversations AS c JOIN unnest(CAST(:channels AS VARCHAR[]), "
+    "CAST(:kinds AS VARCHAR[]), CAST(:values AS VARCHAR[]), CAST(:threads AS VARCHAR[])) "
+    "AS u(channel, kind, value, thread) ON c.channel = u.channel "
+    "AND c.identity_kind = u.kind AND c.identity_value = u.value AND c.thread_key = u.thread"
+)
+_NEW_CONVERSATIONS = UnnestInsert(
+    cast(Table, Conversation.__table__),
+    (
+        "channel",
+        "identity_kind",
+        "identity_value",
+        "thread_key",
+        "channel_kind",
+        "name",
+        "phone",
+        "status",
+        "unread",
+        "preview",
+        "created_at",
+        "updated_at",
+    ),
+    conflict="ON CONFLICT DO NOTHING",
+    returning=("*",),
+)
+
+
+def _key_arrays(keys: Sequence[Key]) -> dict[str, list[str]]:
+    return {
+        "channels": [k[0] for k in keys],
+        "kinds": [k[1] for k in keys],
+        "values": [k[2] for k in keys],
+        "threads": [k[3] for k in keys],
+    }
 
 
 _SAVED = (
@@ -258,6 +309,44 @@ async def _save_threads(session: AsyncSession, threads: Sequence[_Thread]) -> No
     ]
     conn = await session.connection()
     await conn.execute(_SAVE, params)
+
+
+_MESSAGE_COLUMNS = (
+    "conversation_id",
+    "channel",
+    "direction",
+    "author_kind",
+    "kind",
+    "text",
+    "status",
+    "provider_message_id",
+    "reply_to",
+    "attachments",
+    "payload",
+    "sent_at",
+    "attempts",
+    "created_at",
+)
+
+
+async def _insert_messages(session: AsyncSession, messages: Sequence[Message]) -> None:
+    """The batch's new messages written, each given its id. PostgreSQL: one statement of
+    arrays, its SQL the same for any batch (the objects stay out of the session); elsewhere
+    the session's flush."""
+    if not is_postgresql(session):
+        session.add_all(messages)
+        await session.flush()
+        return
+    unnest = UnnestInsert.of(
+        cast(Table, Message.__table__),
+        _MESSAGE_COLUMNS,
+        returning=("id", "channel", "provider_message_id"),
+    )
+    rows = [{name: getattr(m, name) for name in _MESSAGE_COLUMNS} for m in messages]
+    result = await session.execute(unnest.statement, unnest.params(rows))
+    ids = {(r.channel, r.provider_message_id): r.id for r in result}
+    for message in messages:
+        message.id = ids[(message.channel, message.provider_message_id)]
 
 
 def _unlinked(conv: Conversation) -> bool:
@@ -302,34 +391,46 @@ async def _identify(session: AsyncSession, threads: Sequence[_Thread], rules: Cr
         }
     )
     by_messenger: dict[tuple[str, str], int] = {}
+    pg = is_postgresql(session)
     if pairs:
-        messenger_rows = await session.execute(
-            select(MessengerId.channel, MessengerId.external_id, MessengerId.contact_id).where(
-                tuple_(MessengerId.channel, MessengerId.external_id).in_(pairs)
+        if pg:
+            messenger_rows = await session.execute(
+                _MESSENGER_IDS,
+                {"channels": [c for c, _ in pairs], "values": [v for _, v in pairs]},
             )
-        )
+        else:
+            messenger_rows = await session.execute(
+                select(MessengerId.channel, MessengerId.external_id, MessengerId.contact_id).where(
+                    tuple_(MessengerId.channel, MessengerId.external_id).in_(pairs)
+                )
+            )
         for channel, value, messenger_owner in messenger_rows:
             by_messenger.setdefault((channel, value), messenger_owner)
     wanted = sorted({pair for ids in identities.values() for pair in ids})
     elsewhere: dict[tuple[str, str], tuple[int | None, int | None, int | None]] = {}
-    linked_rows = await session.execute(
-        select(
-            Conversation.identity_kind,
-            Conversation.identity_value,
-            Conversation.contact_id,
-            Conversation.company_id,
-            Conversation.lead_id,
+    if pg:
+        linked_rows = await session.execute(
+            _LINKED, {"kinds": [k for k, _ in wanted], "values": [v for _, v in wanted]}
         )
-        .where(
-            tuple_(Conversation.identity_kind, Conversation.identity_value).in_(wanted),
-            or_(
-                Conversation.contact_id.is_not(None),
-                Conversation.company_id.is_not(None),
-                Conversation.lead_id.is_not(None),
-            ),
+    else:
+        linked_rows = await session.execute(
+            select(
+                Conversation.identity_kind,
+                Conversation.identity_value,
+                Conversation.contact_id,
+                Conversation.company_id,
+                Conversation.lead_id,
+            )
+            .where(
+                tuple_(Conversation.identity_kind, Conversation.identity_value).in_(wanted),
+                or_(
+                    Conversation.contact_id.is_not(None),
+                    Conversation.company_id.is_not(None),
+                    Conversation.lead_id.is_not(None),
+                ),
+            )
+            .order_by(Conversation.id)
         )
-        .order_by(Conversation.id)
-    )
     for kind, value, linked_contact, linked_company, linked_lead in linked_rows:
         elsewhere.setdefault((kind, value), (linked_contact, linked_company, linked_lead))
     for thread in left:
@@ -348,6 +449,22 @@ async def _identify(session: AsyncSession, threads: Sequence[_Thread], rules: Cr
                 thread.client = await _owner(session, *linked)
                 if thread.client is not None:
                     break
+
+
+# PostgreSQL: _identify's look-ups with the same SQL for any batch (arrays, not IN lists).
+_MESSENGER_IDS = text(
+    "SELECT m.channel, m.external_id, m.contact_id FROM messenger_ids AS m "
+    "JOIN unnest(CAST(:channels AS VARCHAR[]), CAST(:values AS VARCHAR[])) AS u(channel, value) "
+    "ON m.channel = u.channel AND m.external_id = u.value"
+)
+_LINKED = text(
+    "SELECT c.identity_kind, c.identity_value, c.contact_id, c.company_id, c.lead_id "
+    "FROM conversations AS c "
+    "JOIN unnest(CAST(:kinds AS VARCHAR[]), CAST(:values AS VARCHAR[])) AS u(kind, value) "
+    "ON c.identity_kind = u.kind AND c.identity_value = u.value "
+    "WHERE c.contact_id IS NOT NULL OR c.company_id IS NOT NULL OR c.lead_id IS NOT NULL "
+    "ORDER BY c.id"
+)
 
 
 def _wants_lead(thread: _Thread) -> bool:

@@ -15,13 +15,14 @@ themselves: a message is unique per ``(channel, provider_message_id)``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
 from sqlalchemy import func, or_, select, tuple_
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -48,7 +49,7 @@ from crm_core.conversations.model import (
     Message,
     MessageStatus,
 )
-from crm_core.db import utcnow
+from crm_core.db import is_postgresql, utcnow
 from crm_core.distribution import service as distribution
 from crm_core.errors import InvalidInput, NotFound, PermissionDenied
 from crm_core.events import DomainEvent
@@ -368,12 +369,25 @@ async def stored_ids(session: AsyncSession, ids: Sequence[tuple[str, str]]) -> s
     """Which ``(channel, provider_message_id)`` pairs are stored messages: one query."""
     if not ids:
         return set()
-    rows = await session.execute(
-        select(Message.channel, Message.provider_message_id).where(
-            tuple_(Message.channel, Message.provider_message_id).in_(sorted(set(ids)))
+    pairs = sorted(set(ids))
+    if is_postgresql(session):  # the same SQL for any number of ids
+        rows = await session.execute(
+            _STORED_IDS, {"channels": [c for c, _ in pairs], "ids": [p for _, p in pairs]}
         )
-    )
+    else:
+        rows = await session.execute(
+            select(Message.channel, Message.provider_message_id).where(
+                tuple_(Message.channel, Message.provider_message_id).in_(pairs)
+            )
+        )
     return {(str(c), str(p)) for c, p in rows}
+
+
+_STORED_IDS = sql_text(
+    "SELECT m.channel, m.provider_message_id FROM conversation_messages AS m "
+    "JOIN unnest(CAST(:channels AS VARCHAR[]), CAST(:ids AS VARCHAR[])) AS u(channel, pid) "
+    "ON m.channel = u.channel AND m.provider_message_id = u.pid"
+)
 
 
 async def _conversation_for(
@@ -418,6 +432,9 @@ class _Origin:
     source_id: int
     region_id: int | None
     tracking: dict[str, Any]
+    # The source's row, kept referenced (the session's identity map is weak): the lead's
+    # checks find it there rather than reading it again.
+    source: Source | None = field(default=None, compare=False, repr=False)
 
 
 async def _ad_source(session: AsyncSession, referral: dict[str, Any]) -> Source:
@@ -465,7 +482,7 @@ async def _origin(session: AsyncSession, incoming: Incoming) -> _Origin:
             campaign=referral.get("headline"),
             ctwa_clid=referral.get("ctwa_clid"),
         )
-        return _Origin(source.id, None, tracking)
+        return _Origin(source.id, None, tracking, source)
     visitor = payload.get("start_payload")
     attribution = await _visitor(session, str(visitor)) if visitor else None
     if attribution is not None and attribution.get("source_id"):
@@ -477,7 +494,7 @@ async def _origin(session: AsyncSession, incoming: Incoming) -> _Origin:
     source = await channel_source(
         session, incoming.channel, incoming.channel_kind, incoming.channel_name
     )
-    return _Origin(source.id, None, tracking)
+    return _Origin(source.id, None, tracking, source)
 
 
 async def _new_lead(
@@ -1329,23 +1346,116 @@ async def apply_status(
     the provider's error; a repeated or late report changes nothing but the price it reports.
     None: not our message."""
     message = await find_message(session, channel, provider_message_id)
-    if message is None or message.direction != "outbound":
+    event = _apply_status(message, status, at=at, error=error, cost=cost, currency=currency)
+    if message is None or event is None:
         return message, []
+    conv = await session.get(Conversation, message.conversation_id)
+    assert conv is not None
+    await session.flush()
+    return message, [_status_event(conv, message)]
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """One delivery report of :func:`apply_statuses`."""
+
+    channel: str
+    provider_message_id: str
+    status: str
+    at: datetime
+    error: str | None = None
+    cost: Decimal | None = None
+    currency: str | None = None
+
+
+async def find_messages(
+    session: AsyncSession, ids: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], Message]:
+    """The stored messages of ``(channel, provider_message_id)`` pairs: one query."""
+    if not ids:
+        return {}
+    pairs = sorted(set(ids))
+    if is_postgresql(session):  # the same SQL for any number of ids
+        stmt: Any = select(Message).from_statement(
+            _FIND_MESSAGES.bindparams(channels=[c for c, _ in pairs], ids=[p for _, p in pairs])
+        )
+    else:
+        stmt = select(Message).where(
+            tuple_(Message.channel, Message.provider_message_id).in_(pairs)
+        )
+    return {(m.channel, str(m.provider_message_id)): m for m in await session.scalars(stmt)}
+
+
+_FIND_MESSAGES = sql_text(
+    "SELECT m.* FROM conversation_messages AS m "
+    "JOIN unnest(CAST(:channels AS VARCHAR[]), CAST(:ids AS VARCHAR[])) AS u(channel, pid) "
+    "ON m.channel = u.channel AND m.provider_message_id = u.pid"
+)
+
+
+async def apply_statuses(
+    session: AsyncSession,
+    reports: Sequence[StatusReport],
+    messages: Mapping[tuple[str, str], Message] | None = None,
+) -> list[DomainEvent]:
+    """:func:`apply_status` for many reports, in order: the messages and their conversations
+    read in one query each, the changes written by one flush. ``messages``: the reports'
+    messages found already (:func:`find_messages`)."""
+    if messages is None:
+        messages = await find_messages(
+            session, [(r.channel, r.provider_message_id) for r in reports]
+        )
+    wanted = sorted({m.conversation_id for m in messages.values() if m.direction == "outbound"})
+    convs = {
+        c.id: c
+        for c in (
+            await session.scalars(select(Conversation).where(Conversation.id.in_(wanted)))
+            if wanted
+            else []
+        )
+    }
+    events: list[DomainEvent] = []
+    for report in reports:  # in order: each event as the message stood after its report
+        message = messages.get((report.channel, report.provider_message_id))
+        changed = _apply_status(
+            message,
+            report.status,
+            at=report.at,
+            error=report.error,
+            cost=report.cost,
+            currency=report.currency,
+        )
+        if message is not None and changed:
+            events.append(_status_event(convs[message.conversation_id], message))
+    await session.flush()
+    return events
+
+
+def _apply_status(
+    message: Message | None,
+    status: str,
+    *,
+    at: datetime,
+    error: str | None,
+    cost: Decimal | None,
+    currency: str | None,
+) -> bool | None:
+    """The report applied to ``message`` in memory; True when its status changed (an event
+    to send), None when not."""
+    if message is None or message.direction != "outbound":
+        return None
     _note_billing(message, parts=None, cost=cost, currency=currency)
     if status == MessageStatus.FAILED.value:
         if message.status == MessageStatus.FAILED.value:
-            return message, []
+            return None
         message.status = status
         message.error = (error or "не доставлено")[:500]
     elif STATUS_RANK.get(status, -1) > STATUS_RANK.get(message.status, 99):
         message.status = status
     else:
-        return message, []
+        return None
     message.status_at = at
-    conv = await session.get(Conversation, message.conversation_id)
-    assert conv is not None
-    await session.flush()
-    return message, [_status_event(conv, message)]
+    return True
 
 
 async def close_call_backs(session: AsyncSession, conv: Conversation, *, now: datetime) -> int:

@@ -19,6 +19,8 @@ from typing import Any
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import raiseload
+from sqlalchemy.orm.util import identity_key
 
 from crm_core import access, listing
 from crm_core.access import Actor
@@ -287,6 +289,13 @@ async def create_lead(
     return created[0], events
 
 
+def _not_held(session: AsyncSession, model: type[Any], ids: set[int | None]) -> list[int]:
+    """Which of ``ids`` the session does not hold an instance of (a query would fetch)."""
+    return sorted(
+        i for i in ids if i is not None and session.identity_map.get(identity_key(model, i)) is None
+    )
+
+
 async def create_leads(
     session: AsyncSession,
     items: Sequence[LeadInput],
@@ -302,14 +311,17 @@ async def create_leads(
     # identity map keeps only what something references.
     held: list[object] = []
     if len(items) > 1:
-        users = {i.responsible_id for i in items if i.responsible_id is not None}
+        users = _not_held(session, User, {i.responsible_id for i in items})
         if users:
-            held += (await session.scalars(select(User).where(User.id.in_(sorted(users))))).all()
-        sources = {i.source_id for i in items if i.source_id is not None}
-        if sources:
+            # Only is_active is checked: not the extensions (a second query, selectin).
             held += (
-                await session.scalars(select(Source).where(Source.id.in_(sorted(sources))))
+                await session.scalars(
+                    select(User).where(User.id.in_(users)).options(raiseload(User.extensions))
+                )
             ).all()
+        sources = _not_held(session, Source, {i.source_id for i in items})
+        if sources:
+            held += (await session.scalars(select(Source).where(Source.id.in_(sources)))).all()
     built: list[tuple[Lead, list[str], list[str]]] = []
     for data in items:
         target = data.stage or rules.lead_stages[0].code

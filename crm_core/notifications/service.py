@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_core.db import rowcount
+from crm_core.db import UnnestInsert, is_postgresql, rowcount
 from crm_core.deals.events import DealCreated
 from crm_core.distribution.events import WebRequestAssigned, WebRequestReceived
 from crm_core.events import DomainEvent
@@ -213,15 +213,17 @@ async def record(
         row_id = await _insert_once(session, notice, user_id, now)
         inserted = {key: row_id} if row_id is not None else {}
     else:  # a batch (the inbox's new leads): one statement, compiled once
-        dialect = session.get_bind().dialect.name
-        insert = pg_insert if dialect == "postgresql" else sqlite_insert
-        stmt = (
-            insert(Notification)
-            .on_conflict_do_nothing(index_elements=["dedupe_key"])
-            .returning(Notification.id, Notification.dedupe_key)
-        )
         params = [_values(notice, user_id, now) for notice, user_id in wanted.values()]
-        inserted = {key: row_id for row_id, key in await session.execute(stmt, params)}
+        if is_postgresql(session):  # its SQL the same for any number of rows
+            result = await session.execute(_UNNEST.statement, _UNNEST.params(params))
+        else:
+            result = await session.execute(
+                sqlite_insert(Notification)
+                .on_conflict_do_nothing(index_elements=["dedupe_key"])
+                .returning(Notification.id, Notification.dedupe_key),
+                params,
+            )
+        inserted = {key: row_id for row_id, key in result}
     created: list[NotificationCreated] = []
     for key, (notice, user_id) in wanted.items():
         row_id = inserted.get(key)
@@ -240,6 +242,14 @@ async def record(
             )
         )
     return created
+
+
+_UNNEST = UnnestInsert(
+    Notification.__table__,
+    ("user_id", "kind", "object_type", "object_id", "data", "created_at", "dedupe_key"),
+    conflict="ON CONFLICT (dedupe_key) DO NOTHING",
+    returning=("id", "dedupe_key"),
+)
 
 
 def _dedupe_key(notice: Notice, user_id: int) -> str:

@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from contact_center import db
 from contact_center.app import create_app
@@ -158,3 +158,36 @@ async def test_a_status_that_comes_before_its_message_is_applied_once_it_is_stor
         assert next(m for m in messages if m["id"] == reply["id"])["status"] == "delivered"
         async with client.app[SESSIONS]() as session:
             assert (await session.scalars(select(Delivery))).all() == []
+
+
+async def test_deliveries_go_on_after_the_database_drops_the_queues_connections(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    aiohttp_client_factory: Callable[..., Any],
+) -> None:
+    """The queue keeps a connection between its batches (no pre-ping each time): one the
+    server closed meanwhile (a restart, an idle timeout) is replaced, the webhook still 200."""
+    client = await aiohttp_client_factory(
+        create_app(
+            _settings(make_settings, database_url, "http://127.0.0.1:9"), announce=lambda _t: None
+        )
+    )
+    first = wa_text("wamid.before", "первое", wa_id="79163330000")
+    assert (await client.post(HOOK, data=first, headers=signed(first))).status == 200
+    if database_url.startswith("postgresql"):
+        async with client.app[SESSIONS]() as session:
+            await session.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+    second = wa_text("wamid.after", "второе", wa_id="79163330000")
+    assert (await client.post(HOOK, data=second, headers=signed(second))).status == 200
+    for _ in range(100):
+        async with client.app[SESSIONS]() as session:
+            stored = (await session.scalars(select(Message.provider_message_id))).all()
+        if len(stored) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert sorted(stored) == ["wamid.after", "wamid.before"]

@@ -220,6 +220,46 @@ async def test_reply_goes_through_the_outbox_and_statuses_move_forward(
     assert "message.new" in [e.name for e in events]
 
 
+async def test_a_batch_of_status_reports_applies_each_in_order_as_one_at_a_time(
+    session: AsyncSession, world: World
+) -> None:
+    ivan = world.user("ivan")
+    sent = []
+    for n, wa_id in enumerate(("79161112233", "79162223344")):
+        got = await conversations.receive(
+            session, wa(f"wamid.in{n}", wa_id=wa_id), rules=RULES, now=T0
+        )
+        msg, _ = await conversations.queue_reply(
+            session, got.conversation.id, f"Ответ {n}", actor=ivan, rules=RULES, now=T0
+        )
+        await conversations.mark_sent(session, msg.id, f"wamid.out{n}", now=T0)
+        sent.append(msg.id)
+    await session.commit()
+    reports = [
+        conversations.StatusReport("wa-main", "wamid.out0", "delivered", at=T0),
+        conversations.StatusReport("wa-main", "wamid.out0", "read", at=T0),
+        conversations.StatusReport("wa-main", "wamid.out0", "sent", at=T0),  # late: nothing
+        conversations.StatusReport(
+            "wa-main", "wamid.out1", "failed", at=T0, error="131047: окно закрыто"
+        ),
+        conversations.StatusReport("wa-main", "wamid.in0", "read", at=T0),  # not ours
+        conversations.StatusReport("wa-main", "wamid.nobody", "read", at=T0),
+    ]
+    events = await conversations.apply_statuses(session, reports)
+    await session.commit()
+    assert [(e.message_id, e.status) for e in events if isinstance(e, MessageStatusChanged)] == [
+        (sent[0], "delivered"),
+        (sent[0], "read"),
+        (sent[1], "failed"),
+    ]
+    session.expunge_all()
+    first = await session.get(Message, sent[0])
+    second = await session.get(Message, sent[1])
+    assert first is not None and first.status == "read" and first.status_at is not None
+    assert second is not None and second.status == "failed"
+    assert second.error == "131047: окно закрыто"
+
+
 async def test_outside_the_window_a_reply_is_refused_in_russian(
     session: AsyncSession, world: World
 ) -> None:

@@ -1,0 +1,109 @@
+"""``UnnestInsert`` (PostgreSQL's many-row INSERT of arrays) stores a row as the ORM does: the
+same values read back, JSON ``None`` included; a conflicting row is skipped and not returned."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from crm_core.conversations.model import Message
+from crm_core.db import UnnestInsert, is_postgresql
+
+COLUMNS = (
+    "conversation_id",
+    "channel",
+    "direction",
+    "author_kind",
+    "kind",
+    "text",
+    "status",
+    "provider_message_id",
+    "attachments",
+    "payload",
+    "sent_at",
+    "attempts",
+    "created_at",
+)
+
+
+def _values(pid: str, **changes: Any) -> dict[str, Any]:
+    at = datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
+    values: dict[str, Any] = {
+        "conversation_id": 0,
+        "channel": "wa",
+        "direction": "inbound",
+        "author_kind": "client",
+        "kind": "text",
+        "text": "Привет «мир» \\ 'кавычки'",
+        "status": "received",
+        "provider_message_id": pid,
+        "attachments": [{"ref": "m1", "caption": "фото"}],
+        "payload": None,
+        "sent_at": at,
+        "attempts": 0,
+        "created_at": at,
+    }
+    values.update(changes)
+    return values
+
+
+def _read(m: Message) -> tuple[Any, ...]:
+    return tuple(getattr(m, c) for c in COLUMNS if c not in {"provider_message_id"})
+
+
+async def test_unnest_rows_read_back_as_the_orms(session: Any) -> None:
+    if not is_postgresql(session):
+        pytest.skip("a PostgreSQL statement (SQLite takes the ORM's insert)")
+    from crm_core.conversations.model import Conversation
+
+    now = datetime.now(UTC)
+    conv = Conversation(
+        channel="wa",
+        channel_kind="whatsapp",
+        identity_kind="wa_id",
+        identity_value="79160000000",
+        thread_key="",
+        status="open",
+        unread=0,
+        preview="",
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(conv)
+    await session.flush()
+    session.add(Message(**_values("orm", conversation_id=conv.id)))
+    await session.flush()
+    unnest = UnnestInsert.of(
+        Message.__table__,
+        COLUMNS,
+        conflict="ON CONFLICT (channel, provider_message_id) DO NOTHING",
+        returning=("id", "provider_message_id"),
+    )
+    rows = [
+        _values("arr", conversation_id=conv.id),
+        _values("orm", conversation_id=conv.id),  # stored already: skipped
+        _values("arr2", conversation_id=conv.id, text=None, payload={"a": [1, None]}),
+    ]
+    result = await session.execute(unnest.statement, unnest.params(rows))
+    assert sorted(r.provider_message_id for r in result) == ["arr", "arr2"]
+    assert (
+        UnnestInsert.of(
+            Message.__table__,
+            COLUMNS,
+            conflict="ON CONFLICT (channel, provider_message_id) DO NOTHING",
+            returning=("id", "provider_message_id"),
+        )
+        is unnest
+    )  # built once
+    session.expunge_all()
+    stored = {m.provider_message_id: m for m in (await session.scalars(select(Message))).all()}
+    assert _read(stored["arr"]) == _read(stored["orm"])
+    assert stored["arr2"].text is None and stored["arr2"].payload == {"a": [1, None]}
+    # JSON None as the ORM stores it (JSON null, or SQL NULL): the same for both rows.
+    nulls = set(
+        await session.scalars(select(Message.provider_message_id).where(Message.payload.is_(None)))
+    )
+    assert ("arr" in nulls) == ("orm" in nulls)
