@@ -335,9 +335,17 @@ _HANDLERS: dict[str, str] = {
 """The events the fold applies, with the method of :class:`CallFolder` applying each."""
 _VARIABLES = frozenset({"MIXMONITOR_FILENAME", "DIALSTATUS", "QUEUESTATUS", "CLICK2CALL"})
 """The channel variables whose ``VarSet`` the fold reads."""
-NEEDED = EventFilter(frozenset(_HANDLERS) - {"VarSet"}, _VARIABLES)  # VarSet: of these only
+# Of a media report the fold reads its channel and time (the journal its call): the other
+# forty-odd headers of the most frequent events of a live call need not be split.
+_ACTIVITY_HEADERS = ("Uniqueid", "Linkedid", "Timestamp")
+NEEDED = EventFilter(
+    frozenset(_HANDLERS) - {"VarSet"},  # VarSet: of _VARIABLES only
+    _VARIABLES,
+    {"RTCPSent": _ACTIVITY_HEADERS, "RTCPReceived": _ACTIVITY_HEADERS},
+)
 """What a live AMI link must deliver to the fold (see :class:`ami.frames.EventFilter`): the
-rest of a PBX's stream is dropped unparsed."""
+rest of a PBX's stream is dropped unparsed, and of a media report only what the fold reads is
+taken."""
 
 
 class CallFolder:

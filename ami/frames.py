@@ -11,7 +11,7 @@ bare ``\\n`` is tolerated. Bytes are UTF-8 and are decoded only once a whole mes
 buffered, so a multi-byte character split across two reads is never damaged.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 __all__ = ["BANNER_PREFIX", "Frame", "FrameParser", "ParseResult", "parse_frames"]
@@ -148,26 +148,40 @@ class EventFilter(NamedTuple):
     in four. Dropping them costs a prefix comparison
     instead of a parse. Never dropped: an event naming an ``ActionID`` (an answer to one of our
     actions), an event in ``events``, a ``VarSet`` of a variable in ``variables``.
+
+    ``partial`` names events of ``events`` of which the consumer reads only a few headers: of
+    those only ``Event`` and the headers named are taken (the first line starting ``Name: ``
+    each), the rest of the frame is not split. Media reports (``RTCPSent``,
+    ``RTCPReceived``, a pair every few seconds per channel) are most of a live call's bytes;
+    the fold reads three of their forty headers. An event naming an ``ActionID`` is always
+    parsed whole.
     """
 
     events: frozenset[str]
     variables: frozenset[str] = frozenset()
+    partial: Mapping[str, tuple[str, ...]] = {}
 
 
-def _skipped(block: str, keep: EventFilter) -> bool:
-    if not block.startswith("Event: "):
+def _named_variable(block: str, variables: frozenset[str]) -> bool:
+    """Whether the ``VarSet`` event ``block`` sets one of ``variables``."""
+    at = block.find("\nVariable: ")
+    if at < 0:
         return False
-    end = block.find("\n")
-    name = block[7:end] if end > 0 else block[7:]
-    if name in keep.events or "\nActionID: " in block:
-        return False
-    if name == "VarSet":
-        at = block.find("\nVariable: ")
-        if at >= 0:
-            stop = block.find("\n", at + 11)
-            if block[at + 11 : stop if stop > 0 else None] in keep.variables:
-                return False
-    return True
+    stop = block.find("\n", at + 11)
+    return block[at + 11 : stop if stop > 0 else None] in variables
+
+
+def _partial(block: str, name: str, keys: tuple[str, ...]) -> Frame:
+    """The frame of event ``name`` with only ``keys`` (where present) besides ``Event``."""
+    headers = {"Event": name}
+    for key in keys:
+        at = block.find(f"\n{key}: ")
+        if at < 0:
+            continue
+        at += len(key) + 3
+        stop = block.find("\n", at)
+        headers[key] = block[at:stop] if stop >= 0 else block[at:]
+    return Frame(headers)
 
 
 def parse_frames(buffer: bytes, keep: EventFilter | None = None) -> ParseResult:
@@ -182,8 +196,9 @@ def parse_frames(buffer: bytes, keep: EventFilter | None = None) -> ParseResult:
         buffer = buffer.replace(b"\r\n", b"\n")
         # Every run of CRs before a LF goes, not only the last: normalising is then the same
         # whether the tail was normalised before the next read or not ("\r\r\n" cut after
-        # the first CR gave a different header value than read whole).
-        while b"\r\n" in buffer:
+        # the first CR gave a different header value than read whole). Looking for a CR
+        # first: a single byte is found (or not) many times faster than a pair.
+        while b"\r" in buffer and b"\r\n" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
     end = buffer.rfind(_SEP)
     if end < 0:
@@ -197,12 +212,21 @@ def parse_frames(buffer: bytes, keep: EventFilter | None = None) -> ParseResult:
     banner: str | None = None
     append = frames.append
     skipped = 0
+    events, variables, partial = keep if keep is not None else (None, frozenset[str](), {})
     for block in text.split("\n\n"):
         if not block:
             continue
-        if keep is not None and _skipped(block, keep):
-            skipped += 1
-            continue
+        if events is not None and block.startswith("Event: "):
+            end = block.find("\n")
+            name = block[7:end] if end > 0 else block[7:]
+            if "\nActionID: " not in block:
+                if name in events:
+                    if name in partial:
+                        append(_partial(block, name, partial[name]))
+                        continue
+                elif name != "VarSet" or not _named_variable(block, variables):
+                    skipped += 1
+                    continue
         lines = block.split("\n")
         try:
             pairs = [line.split(": ", 1) for line in lines]

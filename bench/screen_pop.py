@@ -7,15 +7,17 @@
 database of its own, ``CC_BENCH_DB_NAME`` or cc_bench_screen_pop, is created and dropped),
 written set-based by PostgreSQL (INSERT ... SELECT generate_series), each managed by one of
 ``--managers`` (default 100) managers, who are all connected to ``/ws``; the server runs as
-its own process (``contact-center serve``) connected over AMI to a simulated PBX in this
-process. For each rate of ``--rates`` in turn the PBX
-places that many real-capture calls per second for ``--seconds`` (replayed faster than real
-time so they end quickly), each from a random number (four in five belong to a loaded contact;
-half of those ring the contact's own manager, ``--own-share``) to a manager's extension; one
-call in five (``--click-share``) is a click-to-call: the manager asks ``POST /api/v1/calls``
-and the PBX, answering the server's Originate, rings the manager's own phone first (the real
-click-to-call capture). The others come in through the greeting and queue of the real inbound
-capture, during which the server identifies the caller.
+its own process (``contact-center serve``) connected over AMI to a simulated PBX in a third
+process (this script with ``--pbx-child``, told over a pipe which calls to play: so that
+neither the PBX's frames nor the sockets' pops wait on the other's work). For each rate of
+``--rates`` in turn the PBX places that many real-capture calls per second for ``--seconds``
+(replayed faster than real time so they end quickly), each from a random number (four in
+five belong to a loaded contact; half of those ring the contact's own manager,
+``--own-share``) to a manager's extension; one call in five (``--click-share``) is a
+click-to-call: the manager asks ``POST /api/v1/calls`` and the PBX, answering the server's
+Originate, rings the manager's own phone first (the real click-to-call capture). The others
+come in through the greeting and queue of the real inbound capture, during which the server
+identifies the caller.
 Latency: from the moment the PBX writes the frame that rings an extension (``DialBegin``,
 ``AgentCalled`` or a ``Newstate`` to Ringing) to the ``call.ringing`` frame arriving at that
 manager's socket.
@@ -27,13 +29,16 @@ rung at the PBX that popped nowhere is ``missing``; it enters the percentiles wi
 was waited for (from its ring to the end of its step), so a lost pop cannot make the figures
 look better. Click-to-call requests the server refused (not 202) are counted. Each step
 prints the load average (the machine may be shared), the CPU the server used per call, and
-the CPU this process used and how late its event loop ran at worst (the PBX and the sockets
-live in it: a lag near the latencies means the bench, not the server, was too slow).
+the CPU the bench used (this process, the sockets and the API calls, and the PBX's) and how
+late each of their event loops ran at worst (a lag near the latencies means the bench, not the
+server, was too slow). The sockets' reader only notes each pop's arrival; pops are decoded
+and checked after the run.
 
 The last line is one JSON object: ``{"contacts", "managers", "seeded_s", "curve": [{"rate",
 "calls_per_s", "p50_ms", "p99_ms", "click_p99_ms", "calls", "popped", "missing",
 "click_refused", "wrong_socket", "card_missing", "card_unexpected", "card_wrong", "load_avg",
-"server_cpu_ms_per_call", "bench_cpu_s", "bench_lag_max_ms"}, ...],
+"server_cpu_ms_per_call", "bench_cpu_s", "bench_lag_max_ms", "pbx_cpu_s", "pbx_lag_max_ms"},
+...],
 "p99_passes_20ms_at_calls_per_s", "p50_ms", "p99_ms", "missing"}`` (``p50_ms``/``p99_ms``: the
 200 calls/s step; the crossing is interpolated between the last rate under 20 ms and the first
 over it).
@@ -102,6 +107,116 @@ class TimedPbx(SimulatedPbx):
                     self.rang[call_id] = endpoint.group(1).decode()
                 if by_state:
                     self.rung_by_state.add(call_id)
+
+
+async def _lag_probe(note: Any) -> None:
+    """Forever: how late this process's event loop runs, handed to ``note(ms)``."""
+    while True:
+        before = time.perf_counter()
+        await asyncio.sleep(0.02)
+        note((time.perf_counter() - before - 0.02) * 1000)
+
+
+async def _pbx_child(speed: float) -> None:
+    """The simulated PBX as its own process: prints its port, then reads commands, one a line
+    on stdin: ``phase N`` (the step calls ring in from now on), ``play OUTSIDE EXTENSION``
+    (an inbound call), ``report`` (one JSON line: when each call rang, its step and extension,
+    which rang by state, the worst lag of this process's loop per step), ``quit``."""
+    pbx = TimedPbx(username="cc", secret="bench", speed=speed)
+    await pbx.start()
+    lag: dict[int, float] = {}
+
+    def note(ms: float) -> None:
+        if ms > lag.get(pbx.phase, 0.0):
+            lag[pbx.phase] = ms
+
+    probe = asyncio.get_running_loop().create_task(_lag_probe(note))
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    print(json.dumps({"port": pbx.port}), flush=True)
+    try:
+        while line := await reader.readline():
+            command, *rest = line.decode().split()
+            if command == "play":
+                pbx.play(
+                    "c_inbound_short_answered",
+                    outside=rest[0],
+                    did="74951112233",
+                    extension=rest[1],
+                )
+            elif command == "phase":
+                pbx.phase = int(rest[0])
+            elif command == "report":
+                report = {
+                    "sent": pbx.sent,
+                    "phase_of": pbx.phase_of,
+                    "rang": pbx.rang,
+                    "rung_by_state": sorted(pbx.rung_by_state),
+                    "lag_ms": lag,
+                    "cpu_s": time.process_time(),
+                }
+                print(json.dumps(report), flush=True)
+            elif command == "quit":
+                break
+    finally:
+        probe.cancel()
+        await pbx.close()
+
+
+class _PbxProcess:
+    """The parent's handle on :func:`_pbx_child`."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.sent: dict[str, float] = {}
+        self.phase_of: dict[str, int] = {}
+        self.rang: dict[str, str] = {}
+        self.rung_by_state: set[str] = set()
+        self.lag_ms: dict[int, float] = {}
+        self.cpu_s = 0.0
+
+    @classmethod
+    async def start(cls, speed: float) -> _PbxProcess:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--pbx-child",
+            "--speed",
+            str(speed),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=1 << 26,  # the report is one line of every call so far
+        )
+        assert proc.stdout is not None
+        hello = json.loads(await proc.stdout.readline())
+        return cls(proc, int(hello["port"]))
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+
+    async def report(self) -> None:
+        """Fetch what the PBX noted (when, where and in which step each call rang)."""
+        assert self.proc.stdout is not None
+        self.send("report")
+        doc = json.loads(await self.proc.stdout.readline())
+        self.sent = doc["sent"]
+        self.phase_of = doc["phase_of"]
+        self.rang = doc["rang"]
+        self.rung_by_state = set(doc["rung_by_state"])
+        self.lag_ms = {int(k): v for k, v in doc["lag_ms"].items()}
+        self.cpu_s = doc["cpu_s"]
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            self.send("quit")
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
 
 
 class _Refusals:
@@ -251,10 +366,12 @@ class _Step:
     ended_at: float = 0.0
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     server_cpu_s: float = 0.0  # CPU the server used from the step's start to its end
-    bench_cpu_s: float = 0.0  # CPU this process (the PBX, the sockets) used meanwhile
-    # Longest this process's event loop was late (ms): the PBX's frames and the sockets' pops
-    # wait as long, so a figure near the latencies says the bench, not the server, was slow.
+    bench_cpu_s: float = 0.0  # CPU this process (the sockets, the API calls) used meanwhile
+    # Longest this process's event loop was late (ms): the sockets' pops wait as long, so a
+    # figure near the latencies says the bench, not the server, was slow.
     bench_lag_ms: float = 0.0
+    pbx_cpu_s: float = 0.0  # CPU the PBX's process used meanwhile
+    pbx_lag_ms: float = 0.0  # ... and how late its loop ran at worst (its frames wait as long)
 
 
 def _cpu_s(pid: int) -> float:
@@ -311,15 +428,18 @@ async def main() -> None:
         default=0.5,
         help="share of a known caller's calls that ring his own manager (who sees the whole card)",
     )
+    parser.add_argument("--pbx-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.pbx_child:
+        await _pbx_child(args.speed)
+        return
     rates = [float(r) for r in args.rates.split(",")]
     url = os.environ.get("CC_BENCH_DATABASE_URL", DEFAULT_URL)
 
     print(f"preparing {args.contacts:,} contacts and {args.managers} managers ...")
     tokens, _ids, seeded = await _prepare(url, args.contacts, args.managers)
     print(f"seeded in {seeded:.1f} s (INSERT ... SELECT generate_series, VACUUM ANALYZE)")
-    pbx = TimedPbx(username="cc", secret="bench", speed=args.speed)
-    await pbx.start()
+    pbx = await _PbxProcess.start(args.speed)
     http_port = pbx.port + 1 if pbx.port < 65000 else 18999
     server = await _serve(url, pbx.port, http_port)
     base = f"http://127.0.0.1:{http_port}"
@@ -334,70 +454,34 @@ async def main() -> None:
                 await http.ws_connect(f"{base.replace('http', 'ws')}/ws?token={t}") for t in tokens
             ]
 
-            def check(step: _Step, pop: dict[str, Any], extension: str) -> None:
-                """Whether the pop carries the card as the manager of ``extension`` may see it:
-                the whole card of his own client, name, company and responsible of another's,
-                none for an unknown caller."""
-                call_id, client = pop["call_id"], pop.get("client")
-                contact = _contact_of(pop["caller"], args.contacts)
-                if contact is None:
-                    if client:
-                        step.card_unexpected.append(call_id)
-                    return
-                if not client or not client.get("name"):
-                    step.card_missing.append(call_id)
-                    return
-                own = contact % args.managers == int(extension) - 100
-                whole = client.get("id") == contact and not client.get("restricted")
-                cut = client.get("restricted") is True and "deals" not in client
-                if (own and not whole) or (not own and not cut):
-                    step.card_wrong.append(call_id)
+            # (arrival, extension, frame) of each pop, decoded and checked after the run: the
+            # reader does no more than it must while pops arrive.
+            arrivals: list[tuple[float, str, str]] = []
 
             async def reader(ws: aiohttp.ClientWebSocketResponse, extension: str) -> None:
+                note = arrivals.append
                 async for msg in ws:
-                    if msg.type != aiohttp.WSMsgType.TEXT or '"call.ringing"' not in msg.data:
-                        continue
-                    arrived = time.perf_counter()
-                    pop = json.loads(msg.data)
-                    call_id = pop["call_id"]
-                    phase = pbx.phase_of.get(call_id)
-                    if phase is None:
-                        continue  # no ringing frame seen for it: counted as wrong below
-                    step = steps[phase]
-                    if pbx.rang.get(call_id) != extension:
-                        step.wrong_socket.append(
-                            f"{call_id} at {extension}, rang {pbx.rang.get(call_id)}"
-                        )
-                        continue
-                    check(step, pop, extension)
-                    if call_id in step.popped:
-                        continue
-                    step.popped[call_id] = arrived
-                    latency = (arrived - pbx.sent[call_id]) * 1000
-                    step.latencies.append(latency)
-                    if call_id in pbx.rung_by_state:
-                        step.click_latencies.append(latency)
+                    if msg.type == aiohttp.WSMsgType.TEXT and '"call.ringing"' in msg.data:
+                        note((time.perf_counter(), extension, msg.data))
 
             readers = [
                 asyncio.get_running_loop().create_task(reader(ws, str(100 + i)))
                 for i, ws in enumerate(sockets)
             ]
 
-            async def lag_probe() -> None:
-                while True:
-                    before = time.perf_counter()
-                    await asyncio.sleep(0.02)
-                    late = (time.perf_counter() - before - 0.02) * 1000
-                    if steps and late > steps[-1].bench_lag_ms:
-                        steps[-1].bench_lag_ms = late
+            def note_lag(ms: float) -> None:
+                if steps and ms > steps[-1].bench_lag_ms:
+                    steps[-1].bench_lag_ms = ms
 
-            readers.append(asyncio.get_running_loop().create_task(lag_probe()))
+            readers.append(asyncio.get_running_loop().create_task(_lag_probe(note_lag)))
+            await pbx.report()  # the PBX's CPU so far (its start-up) is no step's
             rng = random.Random(11)
             posts: set[asyncio.Task[Any]] = set()
             refused = _Refusals()
             for rate in rates:
                 step = _Step(rate)
-                pbx.phase = refused.step = len(steps)
+                refused.step = len(steps)
+                pbx.send(f"phase {len(steps)}")
                 steps.append(step)
                 started = time.perf_counter()
                 cpu_before = _cpu_s(server.pid)
@@ -428,12 +512,7 @@ async def main() -> None:
                             task.add_done_callback(refused.check)
                             step.clicks += 1
                         else:
-                            pbx.play(
-                                "c_inbound_short_answered",
-                                outside=caller,
-                                did="74951112233",
-                                extension=str(100 + manager),
-                            )
+                            pbx.send(f"play {caller} {100 + manager}")
                         step.placed += 1
                     await asyncio.sleep(0.005)
                 step.achieved = step.placed / (time.perf_counter() - started)
@@ -442,6 +521,10 @@ async def main() -> None:
                 step.ended_at = time.perf_counter()
                 step.server_cpu_s = _cpu_s(server.pid) - cpu_before
                 step.bench_cpu_s = time.process_time() - bench_cpu_before
+                pbx_cpu_before = pbx.cpu_s
+                await pbx.report()
+                step.pbx_cpu_s = pbx.cpu_s - pbx_cpu_before
+                step.pbx_lag_ms = pbx.lag_ms.get(len(steps) - 1, 0.0)
             if refused.count:
                 print(f"{refused.count} click-to-call requests refused, the last: {refused.last}")
             for reader_task in readers:
@@ -450,6 +533,8 @@ async def main() -> None:
                 reader_task.cancel()
             for ws in sockets:
                 await ws.close()
+            for arrived, extension, data in arrivals:
+                _arrived(steps, pbx, args, arrived, extension, json.loads(data))
     finally:
         await pbx.close()
         await harness.stop(server)
@@ -480,7 +565,54 @@ async def main() -> None:
     )
 
 
-def _report(index: int, step: _Step, pbx: TimedPbx, refused: int) -> dict[str, Any]:
+def _check(step: _Step, pop: dict[str, Any], extension: str, contacts: int, managers: int) -> None:
+    """Whether the pop carries the card as the manager of ``extension`` may see it: the whole
+    card of his own client, name, company and responsible of another's, none for an unknown
+    caller."""
+    call_id, client = pop["call_id"], pop.get("client")
+    contact = _contact_of(pop["caller"], contacts)
+    if contact is None:
+        if client:
+            step.card_unexpected.append(call_id)
+        return
+    if not client or not client.get("name"):
+        step.card_missing.append(call_id)
+        return
+    own = contact % managers == int(extension) - 100
+    whole = client.get("id") == contact and not client.get("restricted")
+    cut = client.get("restricted") is True and "deals" not in client
+    if (own and not whole) or (not own and not cut):
+        step.card_wrong.append(call_id)
+
+
+def _arrived(
+    steps: list[_Step],
+    pbx: _PbxProcess,
+    args: argparse.Namespace,
+    arrived: float,
+    extension: str,
+    pop: dict[str, Any],
+) -> None:
+    """Count one pop that reached the socket of ``extension`` at ``arrived``."""
+    call_id = pop["call_id"]
+    phase = pbx.phase_of.get(call_id)
+    if phase is None:
+        return  # no ringing frame seen for it: counted as missing, if rung
+    step = steps[phase]
+    if pbx.rang.get(call_id) != extension:
+        step.wrong_socket.append(f"{call_id} at {extension}, rang {pbx.rang.get(call_id)}")
+        return
+    _check(step, pop, extension, args.contacts, args.managers)
+    if call_id in step.popped:
+        return
+    step.popped[call_id] = arrived
+    latency = (arrived - pbx.sent[call_id]) * 1000
+    step.latencies.append(latency)
+    if call_id in pbx.rung_by_state:
+        step.click_latencies.append(latency)
+
+
+def _report(index: int, step: _Step, pbx: _PbxProcess, refused: int) -> dict[str, Any]:
     """Print one rate's figures; return them for the JSON."""
     rung = [c for c, phase in pbx.phase_of.items() if phase == index]
     missing = sorted(c for c in rung if c not in step.popped)
@@ -503,6 +635,7 @@ def _report(index: int, step: _Step, pbx: TimedPbx, refused: int) -> dict[str, A
         + f"; server CPU {step.server_cpu_s:.1f} s "
         f"({1000 * step.server_cpu_s / max(step.placed, 1):.2f} ms a call)"
         + f"; bench CPU {step.bench_cpu_s:.1f} s, its loop late up to {step.bench_lag_ms:.0f} ms"
+        + f"; PBX CPU {step.pbx_cpu_s:.1f} s, its loop late up to {step.pbx_lag_ms:.0f} ms"
         + f"; at another socket {len(step.wrong_socket)}, card missing "
         f"{len(step.card_missing)}, card unexpected {len(step.card_unexpected)}, card not as "
         f"its viewer may see it {len(step.card_wrong)}"
@@ -525,6 +658,8 @@ def _report(index: int, step: _Step, pbx: TimedPbx, refused: int) -> dict[str, A
         "server_cpu_ms_per_call": round(1000 * step.server_cpu_s / max(step.placed, 1), 2),
         "bench_cpu_s": round(step.bench_cpu_s, 1),
         "bench_lag_max_ms": round(step.bench_lag_ms, 1),
+        "pbx_cpu_s": round(step.pbx_cpu_s, 1),
+        "pbx_lag_max_ms": round(step.pbx_lag_ms, 1),
     }
 
 

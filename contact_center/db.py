@@ -8,13 +8,14 @@ import errno
 import logging
 import random
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, InvalidatePoolError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -84,8 +85,45 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
     cursor.close()
 
 
-def create_engine(settings: DatabaseSettings) -> AsyncEngine:
-    """Build the engine; SQLite gets WAL and foreign keys on every connection."""
+# A pooled connection idle longer than this is pinged before use (see _ping_when_idle).
+PING_AFTER_IDLE_S = 1.0
+
+
+def _ping_when_idle(engine: AsyncEngine, idle_s: float) -> None:
+    """Ping a pooled connection before use only when it sat in the pool ``idle_s`` or longer.
+
+    SQLAlchemy's ``pool_pre_ping`` pings at every checkout, and asyncpg's ping is three round
+    trips (``BEGIN``, ``;``, ``ROLLBACK``): under load that was most of the wire traffic of a
+    short session. A connection returned moments ago is as good as the last statement said; a
+    server that went away meanwhile fails the next statement as a disconnect, which
+    invalidates the whole pool (the request answers 503, the next ones reconnect). A
+    connection that waited longer (a quiet night, a restart while nobody worked) is pinged
+    and, if dead, the pool replaced, as ``pool_pre_ping`` does."""
+    sync_engine = engine.sync_engine
+    dialect = sync_engine.dialect
+
+    def checkin(_dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
+        record.info["cc_idle_since"] = time.monotonic()
+
+    def checkout(dbapi_conn: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        idle_since = record.info.pop("cc_idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since < idle_s:
+            return  # fresh from connect, or back from work a moment ago
+        try:
+            dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            # Like pool_pre_ping's failure: every pooled connection is replaced.
+            raise InvalidatePoolError(f"ping after {idle_s:g} s idle failed: {exc!r}") from exc
+
+    event.listen(sync_engine, "checkin", checkin)
+    event.listen(sync_engine, "checkout", checkout)
+
+
+def create_engine(
+    settings: DatabaseSettings, ping_after_idle_s: float = PING_AFTER_IDLE_S
+) -> AsyncEngine:
+    """Build the engine; SQLite gets WAL and foreign keys on every connection; a PostgreSQL
+    connection is pinged before use when it sat idle ``ping_after_idle_s`` or longer."""
     url = make_url(settings.url)
     kwargs: dict[str, Any] = {"echo": settings.echo}
     if url.get_backend_name() == "sqlite":
@@ -94,8 +132,10 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         engine = create_async_engine(url, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    kwargs.update(pool_size=settings.pool_size, max_overflow=settings.pool_size, pool_pre_ping=True)
-    return create_async_engine(url, **kwargs)
+    kwargs.update(pool_size=settings.pool_size, max_overflow=settings.pool_size)
+    engine = create_async_engine(url, **kwargs)
+    _ping_when_idle(engine, ping_after_idle_s)
+    return engine
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:

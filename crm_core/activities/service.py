@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Select, false, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -217,7 +217,7 @@ async def record_activity(
     if data.external_id is not None:
         dialect = session.get_bind().dialect.name
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        new_id = await session.scalar(
+        inserted = await session.scalar(
             insert(Activity)
             .values(
                 **values,
@@ -225,13 +225,13 @@ async def record_activity(
                 created_by_id=actor.id,
             )
             .on_conflict_do_nothing(index_elements=["external_id"])
-            .returning(Activity.id)
+            # The new entry itself (no second round trip to load it): every call stores one.
+            .returning(Activity),
+            execution_options={"populate_existing": True},
         )
+        if inserted is not None:
+            return cast(Activity, inserted)
         stmt = select(Activity).execution_options(populate_existing=True)
-        if new_id is not None:
-            activity = await session.scalar(stmt.where(Activity.id == new_id))
-            assert activity is not None
-            return activity
         existing = await session.scalar(
             stmt.where(Activity.external_id == data.external_id).with_for_update()
         )

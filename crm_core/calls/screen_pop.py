@@ -1,6 +1,6 @@
 """The screen-pop's client card: who is calling, as the manager whose phone rings may see it.
 
-:func:`card_summary` answers the latency-critical question "who is calling" in three round
+:func:`card_summary` answers the latency-critical question "who is calling" in two round
 trips whatever the card holds; :func:`card_as_seen_by` cuts it down for a manager who may not
 read the card (:mod:`crm_core.access`): he sees the caller's name, company and responsible
 manager only, no deals, tasks, activities or recordings, and no link to the card.
@@ -90,7 +90,7 @@ async def card_summary(
 ) -> dict[str, Any] | None:
     """The screen-pop's client card summary for a calling number, or None for a new caller.
 
-    Three queries whatever the card holds (who is calling; the card with its names; deals,
+    Two queries whatever the card holds (who is calling; the card with its names, deals,
     activities and tasks in one UNION): the pop-up waits on each round trip, and on a busy
     event loop every await is a chance to queue behind other work.
     """
@@ -109,15 +109,15 @@ async def card_summary(
     # Core execution of statements built once per shape: no ORM result machinery, and their
     # cache keys are computed once (the pop-up is the latency-critical path).
     conn = await session.connection()
-    head_stmt = _card_head(
-        card_kind, match.responsible_id is not None, match.company_id is not None
+    present = tuple(value is not None for value in links.values())
+    stmt = _card_rows(
+        card_kind, match.responsible_id is not None, match.company_id is not None, present
     )
     params = {"card_id": card_id, "responsible_id": match.responsible_id, **links}
-    head = (await conn.execute(head_stmt, params)).first()
-    sections: dict[str, list[Any]] = {"deal": [], "activity": [], "task": []}
-    present = tuple(value is not None for value in links.values())
-    for row in await conn.execute(_card_lists(present), links):
+    sections: dict[str, list[Any]] = {"head": [], "deal": [], "activity": [], "task": []}
+    for row in await conn.execute(stmt, params):
         sections[row.section].append(row)
+    head = _Head.of(sections["head"][0]) if sections["head"] else None
     potential = _money(head.potential_amount) if head is not None else None
     return {
         "type": kind,
@@ -210,14 +210,49 @@ def _card_head(card_kind: str, with_responsible: bool, with_company: bool) -> An
     )
 
 
+@dataclass(slots=True)
+class _Head:
+    """The card's own fields, from its ``head`` row of :func:`_card_rows`."""
+
+    company: str | None
+    client_type: str | None
+    potential_amount: Decimal | None
+    purchase_mode: str | None
+    region: str | None
+    source: str | None
+    responsible: str | None
+
+    @classmethod
+    def of(cls, row: Any) -> _Head:
+        return cls(
+            company=row.title,
+            client_type=row.extra,
+            potential_amount=row.amount,
+            purchase_mode=row.direction,
+            region=row.region,
+            source=row.source,
+            responsible=row.responsible,
+        )
+
+
 @functools.cache
-def _card_lists(present: tuple[bool, ...]) -> Any:
-    """Open deals, last activities and open tasks of the card (five each), as one UNION ALL of
-    rows ``(section, id, title, amount, extra, at, direction, recording_id)``; ``present``
-    says which of the parameters ``contact_id``, ``company_id``, ``lead_id`` the card has."""
+def _card_rows(
+    card_kind: str, with_responsible: bool, with_company: bool, present: tuple[bool, ...]
+) -> Any:
+    """The whole card in one statement: open deals, last activities and open tasks of the card
+    (five each) and its own fields (:func:`_card_head`), as one UNION ALL of rows ``(section,
+    id, title, amount, extra, at, direction, recording_id, region, source, responsible)``;
+    the ``head`` row carries company, potential, client type and purchase mode in ``title``,
+    ``amount``, ``extra`` and ``direction``. ``present`` says which of the parameters
+    ``contact_id``, ``company_id``, ``lead_id`` the card has."""
     no_amount = literal(None, Money()).label("amount")
     no_text = literal(None, String()).label("direction")
     no_recording = literal(None, Integer()).label("recording_id")
+    no_names = (
+        literal(None, String()).label("region"),
+        literal(None, String()).label("source"),
+        literal(None, String()).label("responsible"),
+    )
     deals = (
         select(
             literal("deal").label("section"),
@@ -228,6 +263,7 @@ def _card_lists(present: tuple[bool, ...]) -> Any:
             Deal.updated_at.label("at"),
             no_text,
             no_recording,
+            *no_names,
         )
         .join(PipelineStage, PipelineStage.id == Deal.stage_id)
         .where(_client_filter(Deal, present), PipelineStage.kind == StageKind.OPEN.value)
@@ -244,6 +280,7 @@ def _card_lists(present: tuple[bool, ...]) -> Any:
             Activity.occurred_at,
             Activity.direction,
             Recording.id,
+            *no_names,
         )
         .outerjoin(
             Recording,
@@ -266,12 +303,27 @@ def _card_lists(present: tuple[bool, ...]) -> Any:
             Task.due_at,
             no_text,
             no_recording,
+            *no_names,
         )
         .where(_client_filter(Task, present), Task.status == TaskStatus.OPEN.value)
         .order_by(Task.due_at)
         .limit(5)
     )
-    parts = [select(*q.subquery().c) for q in (deals, recent, open_tasks)]
+    own = _card_head(card_kind, with_responsible, with_company).subquery()
+    head = select(
+        literal("head"),
+        literal(None, Integer()),
+        own.c.company,
+        own.c.potential_amount,
+        own.c.client_type,
+        literal(None, Deal.updated_at.type),
+        own.c.purchase_mode,
+        literal(None, Integer()),
+        own.c.region,
+        own.c.source,
+        own.c.responsible,
+    )
+    parts = [select(*q.subquery().c) for q in (deals, recent, open_tasks)] + [head]
     union = union_all(*parts).subquery()
     return select(union)
 

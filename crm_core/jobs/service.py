@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -97,8 +97,9 @@ async def schedule(
         await session.flush()
         return job
     # Insert-if-absent in one statement, so two transactions scheduling the same key never
-    # both insert (the unique key decides) and neither fails.
-    new_id = await session.scalar(
+    # both insert (the unique key decides) and neither fails; the new row comes back as the
+    # job itself (RETURNING the entity: no second round trip to load it).
+    inserted = await session.scalar(
         _insert(session)(ScheduledJob)
         .values(
             kind=kind,
@@ -111,13 +112,12 @@ async def schedule(
             created_at=utcnow(),
         )
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(ScheduledJob.id)
+        .returning(ScheduledJob),
+        execution_options={"populate_existing": True},
     )
+    if inserted is not None:
+        return cast(ScheduledJob, inserted)
     stmt = select(ScheduledJob).execution_options(populate_existing=True)
-    if new_id is not None:
-        inserted = await session.scalar(stmt.where(ScheduledJob.id == new_id))
-        assert inserted is not None
-        return inserted
     existing = await session.scalar(
         stmt.where(ScheduledJob.dedupe_key == dedupe_key).with_for_update()
     )

@@ -15,8 +15,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ami.fold import CallEnded, CallEvent, CallFolder
-from ami.frames import Frame, FrameParser, parse_frames
+from ami.fold import NEEDED, CallEnded, CallEvent, CallFolder
+from ami.frames import EventFilter, Frame, FrameParser, parse_frames
 from ami.replay import record_json
 from crm_core.calls.record import CallRecord
 from tests.ami._support import (
@@ -61,6 +61,10 @@ _AMI_BITS = [
     b"ActionID: 1",
     b"Variable: ",
     b"VarSet",
+    b"RTCPSent",
+    b"Uniqueid: ",
+    b"Timestamp: ",
+    b"DIALSTATUS",
 ]
 stream = st.lists(st.one_of(st.sampled_from(_AMI_BITS), st.binary(max_size=12)), max_size=80).map(
     b"".join
@@ -76,8 +80,8 @@ def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
     return [p for p in pieces if p]
 
 
-def _frames(chunks: list[bytes]) -> list[Frame]:
-    parser = FrameParser()
+def _frames(chunks: list[bytes], keep: EventFilter | None = None) -> list[Frame]:
+    parser = FrameParser(keep=keep)
     frames: list[Frame] = []
     for chunk in chunks:
         frames.extend(parser.feed(chunk))
@@ -96,6 +100,26 @@ def test_the_parser_takes_any_bytes_and_any_cuts_alike(data: bytes, cuts: list[i
     for frame in whole:
         assert all(isinstance(k, str) and isinstance(v, str) for k, v in frame.headers.items())
         assert all(k for k in frame.headers)
+
+
+@FUZZ
+@given(data=stream, cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=20))
+def test_the_filtered_parser_takes_any_cuts_alike_and_keeps_what_it_names(
+    data: bytes, cuts: list[int]
+) -> None:
+    """As the live link parses (fold.NEEDED): dropped events, media reports cut to the headers
+    the fold reads, the rest whole; the cuts change nothing."""
+    whole = _frames([data], NEEDED)
+    assert _frames(_cut(data, cuts), NEEDED) == whole
+    assert _frames([data[i : i + 1] for i in range(len(data))], NEEDED) == whole
+    everything = _frames([data])
+    for frame in whole:
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in frame.headers.items())
+        assert all(k for k in frame.headers)
+        assert frame in everything or frame.event in NEEDED.partial
+        name = frame.event or ""
+        if name in NEEDED.partial and "ActionID" not in frame:
+            assert set(frame.headers) <= {"Event", *NEEDED.partial[name]}
 
 
 @FUZZ

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ami.frames import FrameParser
@@ -245,4 +245,59 @@ async def test_the_head_watches_every_call_and_each_event_names_the_client(
                 if isinstance(event, CallAnswered | CallEnded):
                     assert event.caller == client, (trace, event)
     finally:
+        await _teardown(tel, ctx)
+
+
+async def test_finished_calls_waiting_together_are_stored_in_one_transaction(
+    make_settings: Any, database_url: str
+) -> None:
+    """Calls that end while the call log is busy are written together (one BEGIN and COMMIT
+    for them all), each with its whole outcome, in order."""
+    tel, ctx, seen = await _setup(make_settings, database_url)
+    engine, sessions, _ = ctx
+    batches: list[int] = []
+
+    def executed(conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO CALLS"):
+            conn.info["calls"] = conn.info.get("calls", 0) + 1
+
+    def committed(conn: Any) -> None:
+        if calls := conn.info.pop("calls", 0):
+            batches.append(calls)
+
+    event.listen(engine.sync_engine, "after_cursor_execute", executed)
+    event.listen(engine.sync_engine, "commit", committed)
+    try:
+        callers = [f"+7495765{i:04d}" for i in range(5)]
+        for i, caller in enumerate(callers):
+            # Five calls of the capture, each its own (ids, times, caller), ending together.
+            data = (
+                (FIXTURES / "c_inbound_short_answered.ami")
+                .read_bytes()
+                .replace(b"1795722921.", f"17957229{30 + i}.".encode())
+                .replace(b"+74957654321", caller.encode())
+            )
+            link = PbxLink(
+                tel.settings.pbx[0],
+                settings=tel.settings,
+                telephony=tel,
+                clock=tel.clock,
+                lease=None,
+            )
+            for frame in FrameParser().feed(data):
+                link.feed(frame)
+        await tel.drain()
+        async with sessions() as s:
+            stored = (await s.scalars(select(Call.caller).order_by(Call.id))).all()
+            leads = (await s.scalars(select(Lead.id))).all()
+            activities = (await s.scalars(select(Activity.id))).all()
+        assert stored == callers
+        assert len(leads) == 5 and len(activities) == 5
+        assert batches == [5]
+        ended = [e for e in seen if isinstance(e, CallEnded)]
+        assert [e.caller for e in ended] == callers
+        assert tel.failures == 0 and tel.calls_waiting == 0
+    finally:
+        event.remove(engine.sync_engine, "after_cursor_execute", executed)
+        event.remove(engine.sync_engine, "commit", committed)
         await _teardown(tel, ctx)

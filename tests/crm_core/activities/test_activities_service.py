@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from contact_center import db
@@ -53,6 +53,27 @@ async def test_record_is_idempotent_by_external_id(session: AsyncSession) -> Non
     assert count == 1
     assert again.talk_s == 81.0 and again.company_id == w["ivan_co"]
     assert again.counted is True and again.kind == "call"
+
+
+async def test_a_new_call_entry_is_one_statement(session: AsyncSession) -> None:
+    """Every stored call writes one (the call log's hot path): the insert returns the entry
+    itself, no second round trip to load it."""
+    w = await build_world(session)
+    statements: list[str] = []
+
+    def note(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    engine = (await session.connection()).engine.sync_engine
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        entry = await activities.record_activity(session, call(w), actor=SYSTEM)
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    assert len(statements) == 1, statements
+    assert entry.id is not None and entry.external_id == "call:main:1700000000.1"
+    assert (entry.kind, entry.talk_s, entry.contact_id) == ("call", 80.0, w["contact"])
+    assert entry.occurred_at == T0
 
 
 async def test_a_rewrite_keeps_fields_it_does_not_set(session: AsyncSession) -> None:

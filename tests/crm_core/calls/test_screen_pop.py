@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core.activities.model import Activity
@@ -210,3 +210,33 @@ async def test_the_viewer_of_an_extension_is_its_active_owner(session: AsyncSess
         owner = await calls.extension_owner(session, pbx, extension)
         viewer = viewer_of(viewers, pbx, extension)
         assert (owner.id if owner else None) == (viewer.id if viewer else None)
+
+
+async def test_the_card_takes_two_round_trips_whatever_it_holds(session: AsyncSession) -> None:
+    """Who is calling, then the whole card (its own fields, deals, activities, tasks) in one
+    statement: the pop-up waits on each round trip."""
+    team = await make_team(session)
+    company = Company(name="ООО «Ромашка»", responsible_id=team.anna.id, region_id=team.spb)
+    contact = Contact(name="Сергей Ковалёв", responsible_id=team.ivan.id)
+    session.add_all([company, contact])
+    await session.flush()
+    session.add(ContactCompany(contact_id=contact.id, company_id=company.id))
+    session.add(_phone(PHONE, contact_id=contact.id))
+    session.add(Task(kind="call_back", title="Перезвонить", due_at=T0, contact_id=contact.id))
+    await session.commit()
+    statements: list[str] = []
+
+    def note(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    engine = (await session.connection()).engine.sync_engine
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        card = await card_summary(session, PHONE, rules=CrmRules())
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    assert card is not None and card["company"] == "ООО «Ромашка»"
+    assert card["region"] == "Санкт-Петербург" and [t["title"] for t in card["tasks"]] == [
+        "Перезвонить"
+    ]
+    assert len(statements) == 2, statements

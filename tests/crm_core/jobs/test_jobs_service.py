@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from contact_center import db
@@ -32,6 +32,27 @@ async def test_schedule_is_idempotent_on_the_key_and_reschedules(session: AsyncS
     assert len(rows) == 1
     assert rows[0].due_at == T0 + MIN and rows[0].payload == {"n": 2}
     assert rows[0].status == JobStatus.PENDING
+
+
+async def test_a_new_keyed_job_is_one_statement(session: AsyncSession) -> None:
+    """Every finished call with a recording schedules one (the call log's hot path): the
+    insert returns the job itself, no second round trip to load it."""
+    statements: list[str] = []
+
+    def note(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    engine = (await session.connection()).engine.sync_engine
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        job = await jobs.schedule(session, "k", T0, {"n": 1}, "new")
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    assert len(statements) == 1, statements
+    assert (job.kind, job.due_at, job.payload, job.status) == ("k", T0, {"n": 1}, "pending")
+    assert job.id is not None and job.attempts == 0 and job.dedupe_key == "new"
+    await session.commit()
+    assert (await _job(session, "new")).id == job.id
 
 
 async def test_schedule_refuses_naive_times(session: AsyncSession) -> None:
