@@ -289,7 +289,9 @@ def _card_rows(
                 Recording.state == RecordingState.STORED.value,
             ),
         )
-        .where(_client_filter(Activity, present))
+        # A personal mailbox's letters are not the pop-up's to show (the card is summed up
+        # once for whoever's phone rings).
+        .where(_client_filter(Activity, present), Activity.private_to_id.is_(None))
         .order_by(Activity.occurred_at.desc())
         .limit(5)
     )

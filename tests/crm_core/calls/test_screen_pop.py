@@ -80,6 +80,17 @@ async def test_contact_of_a_company_shows_the_company_card(session: AsyncSession
                 contact_id=contact.id,
             )
         )
+    # The newest entry is a letter of a personal mailbox: not the pop-up's to show.
+    session.add(
+        Activity(
+            kind="email",
+            direction="inbound",
+            subject="Личное письмо",
+            occurred_at=T0 + timedelta(days=10),
+            contact_id=contact.id,
+            private_to_id=team.anna.id,
+        )
+    )
     session.add_all(
         [
             Task(kind="call_back", title="Перезвонить", due_at=T0, contact_id=contact.id),
