@@ -3,6 +3,7 @@ same values read back, JSON ``None`` included; a conflicting row is skipped and 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,9 +55,20 @@ def _read(m: Message) -> tuple[Any, ...]:
     return tuple(getattr(m, c) for c in COLUMNS if c not in {"provider_message_id"})
 
 
+@pytest.fixture
+async def session(postgres_url: str) -> AsyncIterator[Any]:
+    """PostgreSQL's own statement: this test runs there only (SQLite takes the ORM's insert)."""
+    from contact_center import db
+    from contact_center.config import DatabaseSettings
+
+    engine = db.create_engine(DatabaseSettings(url=postgres_url))
+    async with db.sessionmaker(engine)() as s:
+        yield s
+    await engine.dispose()
+
+
 async def test_unnest_rows_read_back_as_the_orms(session: Any) -> None:
-    if not is_postgresql(session):
-        pytest.skip("a PostgreSQL statement (SQLite takes the ORM's insert)")
+    assert is_postgresql(session)
     from crm_core.conversations.model import Conversation
 
     now = datetime.now(UTC)
