@@ -195,8 +195,8 @@ async def main() -> None:
     parser.add_argument(
         "--ack-wait",
         type=float,
-        default=5.0,
-        help="inbox.ack_wait_s of the server (0: ack once stored)",
+        default=0.0,
+        help="inbox.ack_wait_s of the server (0, its default: answered once stored)",
     )
     parser.add_argument("--keep-db", action="store_true", help="keep the database afterwards")
     parser.add_argument("--reuse", action="store_true", help="measure a kept database again")

@@ -454,8 +454,10 @@ class LocaleSettings(_Section):
 
 class InboxSettings(_Section):
     # A webhook delivery is stored before it is answered; the answer then waits for it to be
-    # processed at most this long (0: answered as soon as it is stored).
-    ack_wait_s: float = Field(5.0, ge=0, le=30)
+    # processed at most this long. 0 (the default): answered as soon as it is stored, as the
+    # providers ask (a slow answer is delivered again); the stored delivery is ours to process
+    # whatever happens, so waiting adds nothing but holds the provider's connections.
+    ack_wait_s: float = Field(0.0, ge=0, le=30)
     batch: int = Field(200, ge=1, le=5000)  # deliveries processed in one transaction at most
 
 

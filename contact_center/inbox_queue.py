@@ -157,7 +157,7 @@ class DeliveryQueue:
         bus: EventPublisher,
         clock: Clock,
         batch: int = 200,
-        ack_wait: float = 5.0,
+        ack_wait: float = 0.0,
     ) -> None:
         self._sessions = sessions
         self._process = process

@@ -235,7 +235,7 @@ class Inbox:
         off_hours_reply: str | None = None,
         storage: Storage | None = None,
         work_dir: Path | None = None,
-        ack_wait: float = 5.0,
+        ack_wait: float = 0.0,
         batch: int = 200,
     ) -> None:
         self._sessions = sessions

@@ -178,6 +178,9 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "CC_AUTH_SCRYPT_N": "1024",  # fast hashing in tests
             "CC_PBX": "[]",
             "CC_RECORDINGS_STORAGE_DIR": str(tmp_path / "recordings"),
+            # Tests read what a webhook did right after its answer: answered once processed
+            # (the server's default answers once stored; tests/test_drill_kill9_inbox.py).
+            "CC_INBOX_ACK_WAIT_S": "5",
         }
         base.update(env)
         return load_settings(ROOT / "config.yaml", env=base)
