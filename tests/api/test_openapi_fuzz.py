@@ -4,13 +4,13 @@ Every operation of ``GET /api/v1/openapi.json``, as each role (admin, head of sa
 each with a bearer token), gets generated requests: no answer may be a 5xx, and every answer
 must match the document (its status code is listed, its content type and body are the ones
 described). The server runs on a thread of its own (Schemathesis' client is synchronous) over
-a migrated SQLite file; examples per operation are kept low so the run takes a few minutes.
+a migrated database, SQLite and PostgreSQL (where ids past 2³¹ and NUL bytes are refused by the
+database itself); examples per operation are kept low so each run takes a few minutes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -72,11 +72,9 @@ class ThreadedServer:
 
 
 @pytest.fixture
-def server(make_settings: Any, sqlite_template: Path, tmp_path: Path) -> Iterator[ThreadedServer]:
-    db = tmp_path / "fuzz.sqlite3"
-    shutil.copyfile(sqlite_template, db)
+def server(make_settings: Any, database_url: str, tmp_path: Path) -> Iterator[ThreadedServer]:
     settings = make_settings(
-        CC_DATABASE_URL=f"sqlite+aiosqlite:///{db}",
+        CC_DATABASE_URL=database_url,  # a migrated database of its own: SQLite, PostgreSQL
         # Fuzzing signs in with wrong passwords thousands of times from one address.
         CC_AUTH_LOGIN_ATTEMPTS_PER_15MIN="1000000",
         CC_AUTH_LOGIN_ATTEMPTS_PER_ADDRESS_15MIN="1000000",
