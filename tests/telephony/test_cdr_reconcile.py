@@ -10,7 +10,6 @@ C (``…816.11``) begins during it and ends after; A ends after.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,15 +18,14 @@ import pytest
 from sqlalchemy import func, select
 
 from ami.cdr import read_master_csv, records_from_cdr
-from contact_center.app import create_app
 from contact_center.keys import PBX, SESSIONS, TELEPHONY
 from crm_core.calls.model import Call
 from crm_core.clock import ManualClock
 from crm_core.recordings.model import Recording
-from crm_core.users import service as users
 from tests.ami._pbx_script import Chan, Script
 from tests.fakes.ami_server import AmiSession, ChannelTable, FakeAmiServer, encode
 from tests.helpers import until
+from tests.telephony.conftest import pbx_config, server_with_ivan
 
 CDR = Path(__file__).resolve().parents[1] / "fixtures" / "cdr" / "Master.csv"
 A, D, B, C = "pbx-1796184804.5", "pbx-1796184805.7", "pbx-1796184814.9", "pbx-1796184816.11"
@@ -115,37 +113,18 @@ async def _server(
     spool: Path,
     cdr: Path | None,
 ) -> Any:
-    pbx: dict[str, Any] = {
-        "name": "main",
-        "host": "127.0.0.1",
-        "port": fake_pbx.port,
-        "username": "cc",
-        "secret": "s3cret",
-        "trunks": ["provider"],
-        "extension_pattern": "^\\d{3}$",
-    }
+    pbx = pbx_config(fake_pbx.port)
     if cdr is not None:
         pbx["cdr"] = {"csv": str(cdr), "settle_s": 0.2, "lookback_h": 1}
-    settings = make_settings(
+    return await server_with_ivan(
+        make_settings,
+        aiohttp_client_factory,
+        pbx,
+        clock,
         CC_DATABASE_URL=database_url,
-        CC_PBX=json.dumps([pbx]),
         CC_TELEPHONY_COUNT_THRESHOLD_S=str(THRESHOLD),
         CC_RECORDINGS_SPOOL_DIR=str(spool),
     )
-    client = await aiohttp_client_factory(
-        create_app(settings, announce=lambda _t: None, clock=clock)
-    )
-    async with client.app[SESSIONS]() as session:
-        await users.create_user(
-            session,
-            login="ivan",
-            role="manager",
-            password="password1",
-            extensions=("101",),
-            scrypt_n=1024,
-        )
-        await session.commit()
-    return client
 
 
 async def _calls(client: Any) -> dict[str, Call]:

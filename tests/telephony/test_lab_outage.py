@@ -26,9 +26,9 @@ from contact_center.app import create_app
 from contact_center.keys import PBX, SESSIONS, TELEPHONY
 from crm_core.calls.model import Call
 from crm_core.clock import ManualClock
-from crm_core.users import service as users
 from tests.fakes.ami_server import ChannelTable, FakeAmiServer, event_frames, headers_of
 from tests.helpers import until
+from tests.telephony.conftest import pbx_config, server_with_ivan
 
 LAB = Path(__file__).resolve().parents[1] / "fixtures" / "lab"
 META = json.loads((LAB / "outage_subsecond.meta.json").read_text(encoding="utf-8"))
@@ -80,35 +80,19 @@ async def _replay_cut(
         master.write_text("".join(r for r, end in zip(rows, ends, strict=True) if end <= moment))
 
     clock = ManualClock(_at(_ts(frames[0]) - 1))
-    pbx = {
-        "name": "main",
-        "host": "127.0.0.1",
-        "port": fake_pbx.port,
-        "username": "cc",
-        "secret": "s3cret",
-        "trunks": ["provider"],
-        "extension_pattern": "^\\d{3}$",
-        "cdr": {"csv": str(master), "settle_s": 0.2, "lookback_h": 1, "timezone": "UTC"},
-    }
-    settings = make_settings(
+    pbx = pbx_config(
+        fake_pbx.port,
+        cdr={"csv": str(master), "settle_s": 0.2, "lookback_h": 1, "timezone": "UTC"},
+    )
+    client = await server_with_ivan(
+        make_settings,
+        aiohttp_client_factory,
+        pbx,
+        clock,
         CC_DATABASE_URL=database_url,
-        CC_PBX=json.dumps([pbx]),
         CC_TELEPHONY_COUNT_THRESHOLD_S=str(THRESHOLD),
         CC_RECORDINGS_SPOOL_DIR=str(tmp_path),
     )
-    client = await aiohttp_client_factory(
-        create_app(settings, announce=lambda _t: None, clock=clock)
-    )
-    async with client.app[SESSIONS]() as session:
-        await users.create_user(
-            session,
-            login="ivan",
-            role="manager",
-            password="password1",
-            extensions=("101",),
-            scrypt_n=1024,
-        )
-        await session.commit()
     link = client.app[PBX]["main"]
     tel = client.app[TELEPHONY]
     table = fake_pbx.table

@@ -19,12 +19,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from contact_center.app import create_app
-from contact_center.keys import PBX, SESSIONS
+from contact_center.keys import PBX
 from crm_core.clock import ManualClock
-from crm_core.users import service as users
 from tests.fakes.ami_server import FakeAmiServer, event_frames, headers_of
 from tests.helpers import until
+from tests.telephony.conftest import pbx_config, server_with_ivan
 
 LAB = Path(__file__).resolve().parents[1] / "fixtures" / "lab"
 META = json.loads((LAB / "ringing.meta.json").read_text(encoding="utf-8"))
@@ -51,29 +50,13 @@ async def test_a_phone_ringing_when_the_link_comes_back_pops_the_card(
     make_settings: Any, database_url: str, fake_pbx: FakeAmiServer, aiohttp_client_factory: Any
 ) -> None:
     clock = ManualClock(datetime.fromtimestamp(META["status_epoch"], UTC))
-    pbx = {
-        "name": "main",
-        "host": "127.0.0.1",
-        "port": fake_pbx.port,
-        "username": "cc",
-        "secret": "s3cret",
-        "trunks": ["provider"],
-        "extension_pattern": "^\\d{3}$",
-    }
-    settings = make_settings(CC_DATABASE_URL=database_url, CC_PBX=json.dumps([pbx]))
-    client = await aiohttp_client_factory(
-        create_app(settings, announce=lambda _t: None, clock=clock)
+    client = await server_with_ivan(
+        make_settings,
+        aiohttp_client_factory,
+        pbx_config(fake_pbx.port),
+        clock,
+        CC_DATABASE_URL=database_url,
     )
-    async with client.app[SESSIONS]() as session:
-        await users.create_user(
-            session,
-            login="ivan",
-            role="manager",
-            password="password1",
-            extensions=("101",),
-            scrypt_n=1024,
-        )
-        await session.commit()
     resp = await client.post("/api/v1/auth/token", json={"login": "ivan", "password": "password1"})
     headers = {"Authorization": f"Bearer {(await resp.json())['token']}"}
     made = await client.post(
