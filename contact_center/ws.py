@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,8 +68,25 @@ class Hub:
 
     def __init__(self) -> None:
         self.clients: weakref.WeakSet[Client] = weakref.WeakSet()
+        # The sockets by audience key: an event meets only its own keys' sockets, not every
+        # socket of the instance (a hundred managers, a few events per message).
+        self._by_key: dict[str, set[Client]] = {}
         self.sent = 0
         self._closing: set[asyncio.Task[bool]] = set()  # slow sockets being closed
+
+    def add(self, client: Client) -> None:
+        self.clients.add(client)
+        for key in client.audience:
+            self._by_key.setdefault(key, set()).add(client)
+
+    def discard(self, client: Client) -> None:
+        self.clients.discard(client)
+        for key in client.audience:
+            found = self._by_key.get(key)
+            if found is not None:
+                found.discard(client)
+                if not found:
+                    del self._by_key[key]
 
     async def on_event(self, event: DomainEvent) -> None:
         if isinstance(event, TokensRevoked):
@@ -82,11 +100,19 @@ class Hub:
         in the background). TokensRevoked is :meth:`on_event`'s."""
         if not event.audience or isinstance(event, TokensRevoked):
             return
-        wanted = set(event.audience)
+        audience = event.audience
+        if len(audience) == 1:
+            found = self._by_key.get(audience[0])
+            if not found:
+                return
+            targets: Iterable[Client] = list(found)
+        else:
+            reached: dict[Client, None] = {}  # each socket once, whatever keys it meets
+            for key in audience:
+                reached.update(dict.fromkeys(self._by_key.get(key, ())))
+            targets = list(reached)
         message: str | None = None
-        for client in list(self.clients):
-            if client.audience.isdisjoint(wanted):
-                continue
+        for client in targets:
             message = message or ws_message(event)
             try:
                 client.queue.put_nowait(message)
@@ -144,7 +170,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     hub = request.app[HUB]
     client = Client(user_id=user.id, audience=audience_of(user), ws=ws, token_id=token_id)
-    hub.clients.add(client)
+    hub.add(client)
     log.info("ws connected: user %s", user.login, extra={"user_id": user.id})
     writer = asyncio.get_running_loop().create_task(_writer(client, hub))
     try:
@@ -157,7 +183,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
             if msg.type == web.WSMsgType.TEXT and msg.data == "ping":
                 await ws.send_str('{"type": "pong"}')
     finally:
-        hub.clients.discard(client)
+        hub.discard(client)
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await writer

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from contact_center.keys import BUS, SESSIONS
+from contact_center.ws import HUB
 from crm_core.calls.events import CallRinging
 from crm_core.users import service as users
 
@@ -92,3 +93,33 @@ async def test_ws_with_the_web_session_cookie(client: Any) -> None:
     health = await (await client.get("/healthz")).json()
     assert health["ws"]["connections"] == 1
     await ws.close()
+
+
+async def test_an_event_meeting_several_keys_of_a_socket_comes_once(client: Any) -> None:
+    """The hub finds sockets by audience key: a head whose role and own id are both in the
+    audience gets the event once; a closed socket leaves nothing behind in the index."""
+    thead = await _user(client, "boss", "head", ("105",))
+    tother = await _user(client, "ivan", "manager", ("101",))
+    wshead = await client.ws_connect(f"/ws?token={thead}")
+    wsother = await client.ws_connect(f"/ws?token={tother}")
+    head_id = (await _next(wshead))["user_id"]
+    assert (await _next(wsother))["type"] == "hello"
+    bus = client.app[BUS]
+    await bus.publish(
+        CallRinging(call_id="twice", extension="105", audience=("ext:105", "role:head", "all"))
+    )
+    assert (await _next(wshead))["call_id"] == "twice"
+    assert (await _next(wsother))["call_id"] == "twice"  # "all"
+    await bus.publish(CallRinging(call_id="next", extension="105", audience=(f"user:{head_id}",)))
+    assert (await _next(wshead))["call_id"] == "next"  # not a second "twice" before it
+    with pytest.raises(TimeoutError):
+        await _next(wsother, timeout=0.3)
+    await wshead.close()
+    await wsother.close()
+    hub = client.app[HUB]
+    for _ in range(50):
+        if not hub.clients:
+            break
+        await asyncio.sleep(0.02)
+    assert not hub.clients
+    assert hub._by_key == {}
