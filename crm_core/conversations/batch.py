@@ -602,7 +602,7 @@ async def _new_leads(
             )
         )
     created, events = await leads.create_leads(
-        session, inputs, actor=access.SYSTEM, rules=rules, now=now
+        session, inputs, actor=access.SYSTEM, rules=rules, now=now, detached=True
     )
     for thread, lead in zip(wanting, created, strict=True):
         thread.conv.lead_id = lead.id

@@ -119,3 +119,53 @@ async def test_unnest_rows_read_back_as_the_orms(session: Any) -> None:
         await session.scalars(select(Message.provider_message_id).where(Message.payload.is_(None)))
     )
     assert ("arr" in nulls) == ("orm" in nulls)
+
+
+async def test_insert_objects_writes_what_a_flush_writes(session: Any) -> None:
+    """Leads and their numbers written by ``insert_objects`` read back as the flush's: Python
+    defaults filled, money in kopecks, JSON documents, the ids in the order given."""
+    from decimal import Decimal
+
+    from crm_core.clients.model import Phone
+    from crm_core.db import insert_objects
+    from crm_core.leads.model import Lead
+
+    now = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+
+    def lead(title: str) -> Lead:
+        return Lead(
+            title=title,
+            stage="new",
+            origin="message",
+            contact_name="Пётр Иванов",
+            potential_amount=Decimal("1234.56"),
+            tracking={"source": "ad", "utm": {"campaign": "зима"}},
+            stage_changed_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+
+    flushed = lead("flush")
+    session.add(flushed)
+    await session.flush()
+    arrays = [lead(f"arr{i}") for i in range(5)]
+    await insert_objects(session, arrays)
+    assert [a.id for a in arrays] == sorted(a.id for a in arrays)
+    assert all(a not in session for a in arrays)
+    phones = [Phone(lead_id=a.id, e164=f"+7916000000{i}") for i, a in enumerate(arrays)]
+    await insert_objects(session, phones)
+    session.expunge_all()
+    stored = {x.title: x for x in (await session.scalars(select(Lead))).all()}
+    columns = [c.key for c in Lead.__mapper__.column_attrs if c.key not in {"id", "title"}]
+    for i, obj in enumerate(arrays):
+        assert stored[f"arr{i}"].id == obj.id
+        for key in columns:
+            assert getattr(stored[f"arr{i}"], key) == getattr(stored["flush"], key), key
+    assert stored["arr0"].potential_amount == Decimal("1234.56")
+    assert stored["arr0"].name_search == stored["flush"].name_search != ""
+    read = {p.lead_id: p for p in (await session.scalars(select(Phone))).all()}
+    for i, obj in enumerate(arrays):
+        assert read[obj.id].e164 == f"+7916000000{i}"
+        assert read[obj.id].last10 == f"916000000{i}"
+        assert read[obj.id].digits_rev == f"7916000000{i}"[::-1]
+        assert read[obj.id].kind == "work"  # its Python default
