@@ -111,6 +111,13 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine_cpu_s() -> float:
+    """CPU seconds every core of the machine has been busy so far (Linux ``/proc/stat``)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(samples: list[float], q: float) -> float:
     if not samples:
         return 0.0
@@ -296,6 +303,7 @@ async def main() -> None:
             print(f"latency: {args.rate:.0f} webhooks/s for {args.seconds:.0f} s ...")
             pending: set[asyncio.Task[None]] = set()
             interval = 1.0 / args.rate
+            latency_cpu = _cpu_s(server.pid)
             start = time.perf_counter()
             n = 0
             while time.perf_counter() - start < args.seconds:
@@ -310,6 +318,7 @@ async def main() -> None:
                 task.add_done_callback(pending.discard)
                 await asyncio.sleep(max(0.0, start + n * interval - time.perf_counter()))
             await asyncio.gather(*pending)
+            latency_cpu = (_cpu_s(server.pid) - latency_cpu) * 1000 / max(1, n)
             await asyncio.sleep(2)
             unanswered = len(sent_at)
             latencies.extend([2000.0] * unanswered)  # a frame that never came counts, waited
@@ -330,6 +339,8 @@ async def main() -> None:
 
             started = time.perf_counter()
             cpu_before = _cpu_s(server.pid)
+            machine_before = _machine_cpu_s()
+            own_before = _cpu_s(os.getpid())
             await asyncio.gather(*(worker() for _ in range(args.concurrency)))
             accepted = args.burst / (time.perf_counter() - started)
             deadline = time.perf_counter() + 300
@@ -340,6 +351,8 @@ async def main() -> None:
                 await asyncio.sleep(0.05)
             ingest = args.burst / (time.perf_counter() - started)
             cpu_ms = (_cpu_s(server.pid) - cpu_before) * 1000 / args.burst
+            machine_ms = (_machine_cpu_s() - machine_before) * 1000 / args.burst
+            own_ms = (_cpu_s(os.getpid()) - own_before) * 1000 / args.burst
             for task in readers:
                 task.cancel()
             for ws in sockets:
@@ -368,9 +381,12 @@ async def main() -> None:
         "p99_ms": round(_pct(latencies, 0.99), 1),
         "no_frame": unanswered,
         "wrong_socket": wrong_socket,
+        "latency_server_cpu_ms_per_webhook": round(latency_cpu, 2),
         "ingest_per_s": round(ingest, 1),
         "accepted_per_s": round(accepted, 1),
         "server_cpu_ms_per_msg": round(cpu_ms, 2),
+        "machine_cpu_ms_per_msg": round(machine_ms, 2),  # server, PostgreSQL, this bench...
+        "bench_cpu_ms_per_msg": round(own_ms, 2),
         "ack_wait_s": args.ack_wait,  # the machine's load aside
         "load_avg": round(os.getloadavg()[0], 2),
         "lost": lost,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import bindparam, delete, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
@@ -84,6 +84,23 @@ _INSERT = UnnestInsert(
     returning=("id", "channel", "key"),
 )
 _DELETE = text("DELETE FROM webhook_deliveries WHERE id = ANY(CAST(:ids AS INTEGER[]))")
+# PostgreSQL: the due deliveries taken and deleted by one statement (the transaction that
+# processes them commits the deletion, or a failure rolls it back); the ones to take again
+# are written back (_settle). SKIP LOCKED: another worker's batch is not waited for.
+_TAKE = (
+    delete(Delivery)
+    .where(
+        Delivery.id.in_(
+            select(Delivery.id)
+            .where(Delivery.next_at <= bindparam("now"))
+            .order_by(Delivery.id)
+            .limit(bindparam("limit"))
+            .with_for_update(skip_locked=True)
+        )
+    )
+    .returning(Delivery)
+    .execution_options(synchronize_session=False)
+)
 
 
 class _Held:
@@ -107,6 +124,21 @@ class _Held:
         if engine.dialect.name != "postgresql":
             async with self._sessions() as session:
                 return await work(session)
+
+        async def in_session(conn: AsyncConnection) -> T:
+            session = AsyncSession(bind=conn, expire_on_commit=False)
+            try:
+                return await work(session)
+            finally:
+                with contextlib.suppress(Exception):
+                    await session.close()
+
+        return await self.on_connection(in_session)
+
+    async def on_connection(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """``work`` on the kept connection itself (PostgreSQL only): a statement that needs
+        no session spares its setup."""
+        engine: AsyncEngine = self._sessions.kw["bind"]
         for again in (True, False):
             kept = self._conn is not None and not self._conn.closed
             if self._conn is None or self._conn.closed or self._conn.invalidated:
@@ -114,9 +146,8 @@ class _Held:
                 if self._autocommit:
                     conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 self._conn = conn
-            session = AsyncSession(bind=self._conn, expire_on_commit=False)
             try:
-                return await work(session)
+                return await work(self._conn)
             except (DBAPIError, ConnectionError, OSError) as exc:
                 broken = isinstance(exc, DBAPIError) and exc.connection_invalidated
                 if broken or db.unavailable(exc):
@@ -124,9 +155,6 @@ class _Held:
                     if kept and again:
                         continue  # a connection that went stale while kept: once more
                 raise
-            finally:
-                with contextlib.suppress(Exception):
-                    await session.close()
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def close(self) -> None:
@@ -291,22 +319,31 @@ class DeliveryQueue:
         """One INSERT for every delivery waiting; a redelivery of one still stored (or twice
         in the same batch) is not stored again. (channel, key) -> id of the new ones."""
         unique = list({(r["channel"], r["key"]): r for r in rows}.values())
+        engine: AsyncEngine = self._sessions.kw["bind"]
+        if engine.dialect.name == "postgresql":
+            return await self._store_conn.on_connection(lambda conn: self._insert_pg(conn, unique))
         return await self._store_conn.run(lambda session: self._insert(session, unique))
+
+    @staticmethod
+    async def _insert_pg(
+        conn: AsyncConnection, unique: list[dict[str, Any]]
+    ) -> dict[tuple[str, str], int]:
+        """One statement in autocommit, on the connection itself (no session to set up for
+        every webhook at a steady rate)."""
+        result = await conn.execute(_INSERT.statement, _INSERT.params(unique))
+        return {(r.channel, r.key): r.id for r in result}
 
     @staticmethod
     async def _insert(
         session: AsyncSession, unique: list[dict[str, Any]]
     ) -> dict[tuple[str, str], int]:
-        if is_postgresql(session):
-            result = await session.execute(_INSERT.statement, _INSERT.params(unique))
-        else:
-            # One statement with a row per delivery (executemany: its SQL is compiled once).
-            result = await session.execute(
-                sqlite.insert(Delivery)
-                .on_conflict_do_nothing(index_elements=["channel", "key"])
-                .returning(Delivery.id, Delivery.channel, Delivery.key),
-                unique,
-            )
+        # SQLite: one statement with a row per delivery (executemany: its SQL compiled once).
+        result = await session.execute(
+            sqlite.insert(Delivery)
+            .on_conflict_do_nothing(index_elements=["channel", "key"])
+            .returning(Delivery.id, Delivery.channel, Delivery.key),
+            unique,
+        )
         ids = {(r.channel, r.key): r.id for r in result}
         await session.commit()
         return ids
@@ -320,7 +357,9 @@ class DeliveryQueue:
                     await self._wake_work.wait()
             self._wake_work.clear()
             try:
-                while await self.run_once():
+                # A batch short of the limit took every due delivery; what is stored meanwhile
+                # wakes the loop again (no empty transaction to find that out).
+                while await self.run_once() >= self.batch:
                     pass
             except asyncio.CancelledError:
                 raise
@@ -333,11 +372,18 @@ class DeliveryQueue:
         now = self._clock.now()
 
         async def batch(session: AsyncSession) -> tuple[list[Delivery], Outcome | None]:
-            rows = await self._due(session, now, self.batch)
+            taken = is_postgresql(session)
+            if taken:
+                rows = sorted(
+                    await session.scalars(_TAKE, {"now": now, "limit": self.batch}),
+                    key=lambda r: r.id,
+                )
+            else:
+                rows = await self._due(session, now, self.batch)
             if not rows:
                 return rows, None
             outcome = await self._process(session, rows, now)
-            await self._settle(session, rows, outcome, now)
+            await self._settle(session, rows, outcome, now, taken=taken)
             await session.commit()
             return rows, outcome
 
@@ -392,9 +438,41 @@ class DeliveryQueue:
         return list(await session.scalars(stmt))
 
     async def _settle(
-        self, session: AsyncSession, rows: Sequence[Delivery], outcome: Outcome, now: datetime
+        self,
+        session: AsyncSession,
+        rows: Sequence[Delivery],
+        outcome: Outcome,
+        now: datetime,
+        *,
+        taken: bool = False,
     ) -> None:
-        """Processed ones deleted; the ones to take again stay with their next time."""
+        """Processed ones deleted; the ones to take again stay with their next time.
+        ``taken``: the rows were deleted when taken; the ones to take again are written back
+        (with their ids)."""
+        if taken:
+            for row in rows:
+                why = outcome.retry.get(row.id)
+                if why is None:
+                    continue
+                session.expunge(row)
+                again = Delivery(
+                    id=row.id,
+                    channel=row.channel,
+                    kind=row.kind,
+                    key=row.key,
+                    method=row.method,
+                    headers=row.headers,
+                    query=row.query,
+                    body=row.body,
+                    received_at=row.received_at,
+                    next_at=row.next_at,
+                    attempts=row.attempts,
+                    error=row.error,
+                )
+                self._schedule_again(again, why, now)
+                session.add(again)
+            await session.flush()
+            return
         done = [r.id for r in rows if r.id not in outcome.retry]
         if done and is_postgresql(session):
             await session.execute(_DELETE, {"ids": done})  # the same SQL for any batch

@@ -262,15 +262,18 @@ async def distribute_many(
         book = await load_rulebook(session, default_timezone=default_timezone)
     out: list[Assignment | None] = []
     turns: dict[int, list[tuple[int, RuleView, list[OnDuty]]]] = {}
+    duty: dict[int, list[OnDuty]] = {}  # a rule's managers on duty now: worked out once
     for index, region_id in enumerate(regions):
         decided: Assignment | None = Assignment(None, True, "nobody_on_duty")
         for rule in book.chain(region_id):
             if rule.strategy == Strategy.MANUAL:
                 decided = Assignment(None, True, "manual", rule.id)
                 break
-            on_duty = [
-                m for m in rule.managers if m.user_id in book.active_users and m.works_at(now)
-            ]
+            on_duty = duty.get(rule.id)
+            if on_duty is None:
+                on_duty = duty[rule.id] = [
+                    m for m in rule.managers if m.user_id in book.active_users and m.works_at(now)
+                ]
             if not on_duty:
                 continue
             if rule.strategy == Strategy.ROUND_ROBIN:
