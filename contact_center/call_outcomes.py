@@ -29,6 +29,7 @@ from crm_core.activities.events import ActivityRecorded
 from crm_core.activities.model import Activity
 from crm_core.activities.schemas import ActivityInput
 from crm_core.calls import service as calls
+from crm_core.calls.events import CallCorrected
 from crm_core.calls.model import Call
 from crm_core.calls.record import MISSED, CallRecord, billed_talk
 from crm_core.clients import service as clients
@@ -256,6 +257,24 @@ class CallOutcomes:
         if not was_answered and stored.answered_at is not None and number:
             await tasks.close_tasks_by_origin(session, missed_call_key(number), at=now)
         await session.flush()
+        # The screens that showed the call's estimated end: its phones, its manager, the head.
+        audience = {f"ext:{ext}" for ext in stored.rang or ()} | {"role:head"}
+        if stored.extension:
+            audience.add(f"ext:{stored.extension}")
+        if stored.user_id is not None:
+            audience.add(f"user:{stored.user_id}")
+        events.append(
+            CallCorrected(
+                call_id=stored.call_id,
+                pbx=pbx,
+                extension=stored.extension,
+                disposition=stored.disposition,
+                talk_seconds=stored.talk_seconds,
+                counted=stored.counted,
+                occurred_at=now,
+                audience=tuple(sorted(audience)),
+            )
+        )
         return events
 
     # ---------------------------------------------------------------- the steps

@@ -49,3 +49,17 @@ class CallEnded(DomainEvent):
     talk_seconds: float = 0.0
     counted: bool = False
     recording: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CallCorrected(DomainEvent):
+    """A stored call given the PBX's own times after the link only estimated them (an
+    outage, a restart): what ``call.ended`` said of it is replaced by these figures."""
+
+    name = "call.corrected"
+    call_id: str
+    pbx: str = ""
+    extension: str | None = None
+    disposition: str = ""
+    talk_seconds: float = 0.0
+    counted: bool = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from contact_center.keys import BUS, SESSIONS
-from crm_core.calls.events import CallAnswered, CallRinging
+from crm_core.calls.events import CallAnswered, CallCorrected, CallRinging
 from crm_core.users import service as users
 
 
@@ -63,6 +63,24 @@ async def test_sign_in_and_pop_up_for_my_extension_only(client: Any, browser: An
     assert await page.locator(".pop[data-call='other']").count() == 0
     await bus.publish(CallAnswered(call_id="c1", extension="101", audience=("ext:101",)))
     await page.locator(".pop.answered[data-call='c1']").wait_for(timeout=5000)
+    # A call whose end the link only estimated gets the PBX's figures: the calls page's feed
+    # says so and nothing new appears as a call in progress.
+    await page.goto(f"{base}/calls")
+    await page.locator("#ws-state.ok").wait_for(timeout=5000)
+    await bus.publish(
+        CallCorrected(
+            call_id="c0",
+            extension="101",
+            disposition="answered",
+            talk_seconds=75.0,
+            counted=True,
+            audience=("ext:101",),
+        )
+    )
+    row = page.locator("#call-log tr[data-call='c0']")
+    await row.wait_for(timeout=5000)
+    assert "по данным АТС" in await row.inner_text()
+    assert await page.locator(".pop[data-call='c0']").count() == 0
 
 
 async def test_unknown_caller_gets_the_new_client_form(client: Any, browser: Any) -> None:

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import func, select
 
 from ami.cdr import read_master_csv, records_from_cdr
-from contact_center.keys import PBX, SESSIONS, TELEPHONY
+from contact_center.keys import BUS, PBX, SESSIONS, TELEPHONY
 from crm_core.calls.model import Call
 from crm_core.clock import ManualClock
 from crm_core.recordings.model import Recording
@@ -190,12 +190,18 @@ async def test_calls_the_ami_link_missed_take_the_pbxs_record_and_are_stored_onc
         make_settings, database_url, fake_pbx, aiohttp_client_factory, clock, spool, cdr.path
     )
     tel = client.app[TELEPHONY]
+    corrected: list[Any] = []
+    client.app[BUS].subscribe_inline(corrected.append, name="test", events=["call.corrected"])
     # At start-up the calls of the CDR the server never saw are added (7 calls by then).
     await until(lambda: tel.cdr_added == 7, timeout=10)
 
     await _outage(client, fake_pbx, clock, cdr)
     await until(lambda: tel.cdr_corrected == 2, timeout=10)  # D at the reconnect, C after
     await tel.drain()
+    # The screens that showed D's and C's estimated end are told the PBX's figures.
+    told = {e.call_id: (e.talk_seconds, e.counted) for e in corrected}
+    assert told == {D: (10.0, False), C: (35.0, True)}
+    assert all({"ext:101", "role:head"} <= set(e.audience) for e in corrected)
     calls = await _calls(client)
     assert tel.cdr_added == 8  # ... and B
     assert len(calls) == 11

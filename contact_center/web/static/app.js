@@ -333,6 +333,15 @@
     if (msg.type === "call.ringing" && msg.caller) callers.set(msg.call_id, msg.caller);
     if (msg.caller && !callers.has(msg.call_id)) callers.set(msg.call_id, msg.caller);
     const mine = msg.extension && myExtensions.includes(msg.extension);
+    if (msg.type === "call.corrected") {
+      // The PBX's own figures for a call whose end the link only estimated (it was cut):
+      // the counters and an open card's history follow, the feed says what changed.
+      document.body.dispatchEvent(new CustomEvent("calls-changed"));
+      if (mine) document.body.dispatchEvent(new CustomEvent("my-call-ended"));
+      const talk = msg.talk_seconds ? " · " + formatDuration(msg.talk_seconds) : "";
+      addLog(msg, t("log.corrected") + ": " + t("disposition." + msg.disposition) + talk);
+      return;  // not a call in progress: the head's "on a call now" stays as it is
+    }
     if (msg.type === "call.ringing") {
       if (mine) showRinging(msg);
       addLog(msg, t("log.ringing"));
