@@ -188,8 +188,16 @@ async def team_day(request: web.Request, session: AsyncSession) -> dict[str, Any
         stmt = select(column, func.count()).where(column.in_(ids), *where).group_by(column)
         return {row[0]: int(row[1]) for row in await session.execute(stmt)}
 
-    overdue = await grouped(Task.responsible_id, open_task, Task.due_at < at)
-    due_today = await grouped(Task.responsible_id, open_task, Task.due_at >= at, Task.due_at < end)
+    # Counted as each manager's own day counts them: a call-back under «Перезвонить», not in
+    # «просрочено» / «на сегодня».
+    callback = Task.kind == TaskKind.CALL_BACK.value
+    overdue = await grouped(Task.responsible_id, open_task, ~callback, Task.due_at < at)
+    due_today = await grouped(
+        Task.responsible_id, open_task, ~callback, Task.due_at >= at, Task.due_at < end
+    )
+    callbacks = await grouped(
+        Task.responsible_id, open_task, callback, or_(Task.due_at.is_(None), Task.due_at < end)
+    )
     missed = await grouped(
         Call.user_id,
         Call.disposition.in_(sorted(MISSED)),
@@ -224,6 +232,7 @@ async def team_day(request: web.Request, session: AsyncSession) -> dict[str, Any
             "name": row.display_name or row.login,
             "overdue": overdue.get(row.id, 0),
             "today": due_today.get(row.id, 0),
+            "callbacks": callbacks.get(row.id, 0),
             "missed": missed.get(row.id, 0),
             "invoices": invoices.get(row.id, 0),
             "plan": plan_of.get(row.id),
@@ -231,7 +240,8 @@ async def team_day(request: web.Request, session: AsyncSession) -> dict[str, Any
         for row in team
     ]
     totals = {
-        key: sum(m[key] for m in members) for key in ("overdue", "today", "missed", "invoices")
+        key: sum(m[key] for m in members)
+        for key in ("overdue", "today", "callbacks", "missed", "invoices")
     }
     return {"members": members, "totals": totals, "queued": queued, "unassigned": unassigned}
 
