@@ -87,6 +87,16 @@ class CdrRow:
     billsec: int | None = None
 
 
+def _created(channel: str) -> int:
+    """The creation number Asterisk gives a channel (``PJSIP/101-0000001a`` → 26; a Local
+    channel's ``Local/101@ctx-0000001a;1`` likewise); unknown ones sort last."""
+    suffix = channel.rsplit("-", 1)[-1].split(";", 1)[0]
+    try:
+        return int(suffix, 16)
+    except ValueError:
+        return 1 << 62
+
+
 def _when(value: object, zone: tzinfo) -> datetime | None:
     """A CDR time (``2026-12-02 04:08:17``, a datetime, empty) → aware UTC datetime."""
     if value is None or value == "":
@@ -306,12 +316,16 @@ class _CdrFold:
         else:
             direction = "internal"
         rang: list[str] = []
+        # The phones in the order the PBX rang them: legs of one second (a queue or a group
+        # ringing all) by their channels' creation numbers, not by when each stopped ringing.
+        for leg in sorted(legs, key=lambda r: (r.start, _created(r.dstchannel))):
+            ext = self._endpoint(leg.dstchannel)[0]
+            if ext is not None and ext not in rang:
+                rang.append(ext)
         answered: CdrRow | None = None
         answered_ext: str | None = None
         for leg in legs:
             ext, trunk = self._endpoint(leg.dstchannel)
-            if ext is not None and ext not in rang:
-                rang.append(ext)
             if leg.disposition != "ANSWERED" or leg.answer is None:
                 continue
             ours = (direction == "outbound" and trunk) or (direction != "outbound" and ext)

@@ -318,7 +318,7 @@ def test_the_cdr_fold_gives_the_pbxs_own_answer_and_end() -> None:
         "inbound",
         "sales",
         "101",
-        ("102", "101"),
+        ("101", "102"),  # as the PBX rang them (channels -00000003, -00000004), both at once
     )
     assert queue.answered_at == _at("04:11:41") and queue.talk_seconds == 45.0
     missed = records["pbx-1796184497.3"]
@@ -449,3 +449,14 @@ def test_a_click_to_call_in_the_cdr_is_outbound_to_the_client_with_the_failed_le
         0.0,
     )
     assert (client.disposition, client.unanswered_by) == ("missed", "client")
+
+
+def test_a_queue_ringing_all_gives_the_phones_in_the_order_the_pbx_rang_them() -> None:
+    """Recorded on Asterisk 22 (tests/fixtures/lab): Queue(sales) rang 101 (channel
+    -00000016) then 102 (-00000017) in the same second; 102's leg ended first, when 101
+    answered. The CDR-only record names them in the order they rang."""
+    lab = Path(__file__).resolve().parents[1] / "fixtures" / "lab" / "queue_restart.csv"
+    (record,) = records_from_cdr(
+        read_master_csv(lab), trunks=["provider"], extension_pattern=r"^\d{3}$"
+    )
+    assert (record.queue, record.extension, record.rang) == ("sales", "101", ("101", "102"))
