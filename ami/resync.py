@@ -115,14 +115,20 @@ async def resync_calls(
     # Channels first seen after this point came in live while the list was being built.
     marker = folder.resync_marker()
     channels = for_fold(await link.send_action_list({"Action": channels_action}, timeout))
-    # Fed at once: live events keep arriving, and the older a listing, the staler.
-    for frame in channels:
-        feed(frame)
     waiting: list[Frame] = []
     if queues:
-        # After the channels, so the callers it names exist in the fold.
         waiting = queue_entries(await link.send_action_list({"Action": "QueueStatus"}, timeout))
-        for frame in waiting:
+    # Both lists read, then fed at once (live events keep arriving, the older a listing the
+    # staler): the queue callers' own channels first, then their queue entries, then the
+    # rest, so a phone ringing for a queue caller pops up naming the queue.
+    in_queue = {frame.headers.get("Uniqueid") for frame in waiting}
+    callers = [f for f in channels if f.headers.get("Uniqueid") in in_queue]
+    for frame in callers:
+        feed(frame)
+    for frame in waiting:
+        feed(frame)
+    for frame in channels:
+        if frame.headers.get("Uniqueid") not in in_queue:
             feed(frame)
     active = channel_uniqueids(channels)
     ended = folder.reconcile(active, now(), since=marker)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from ami.connection import AmiLink
-from ami.fold import CallEnded, CallEvent, CallFolder
+from ami.fold import CallEnded, CallEvent, CallFolder, CallRinging
 from ami.frames import Frame
 from ami.replay import record_json
 from ami.resync import (
@@ -513,3 +513,23 @@ def _parse(data: bytes) -> list[Frame]:
     from ami.frames import FrameParser
 
     return FrameParser().feed(data)
+
+
+async def test_a_phone_ringing_for_a_queue_caller_at_a_resync_names_the_queue() -> None:
+    """The real lists taken while the caller waited in sales and 101 rang: the pop-up the
+    resync raises names the queue (QueueStatus is read before the channels are folded)."""
+    folder = CallFolder(TRUNKS, EXTENSION_PATTERN, COUNT_THRESHOLD_S, now=lambda: 1795722890.0)
+    sender = _Lists(
+        {
+            "Status": _frames_of("resync_waiting_Status"),
+            "QueueStatus": _frames_of("resync_waiting_QueueStatus"),
+        }
+    )
+    events: list[CallEvent] = []
+
+    def feed(frame: Frame) -> None:
+        events.extend(folder.feed(frame))
+
+    await resync_calls(sender, folder, feed=feed, now=lambda: 1795722890.0, queues=True)
+    ringing = [e for e in events if isinstance(e, CallRinging)]
+    assert [(e.extension, e.queue) for e in ringing] == [("101", "sales")]
