@@ -174,7 +174,13 @@ async def test_dial_falls_back_when_the_database_is_slow(
     async with client.app[SESSIONS]() as session:
         rule_id = await add_rule(session, None, "round_robin", w["ivan"], w["anna"])
     url = "/api/v1/routing/dial?caller=%2B79990000000&did=%2B74950000000&format=json"
-    assert (await (await client.get(url)).json())["reason"] == "round_robin"
+    # The first dial of a fresh server prepares its statements: on a slow, busy machine that
+    # alone can pass 200 ms. Once warm, a dial answers from the rules.
+    for _ in range(5):
+        if (await (await client.get(url)).json())["reason"] == "round_robin":
+            break
+    else:
+        raise AssertionError("no dial answered from the rules within 200 ms")
     async with client.app[SESSIONS]() as blocker:
         await blocker.execute(
             text("SELECT id FROM distribution_rules WHERE id = :id FOR UPDATE"), {"id": rule_id}

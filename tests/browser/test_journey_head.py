@@ -126,7 +126,9 @@ async def test_the_head_plans_assigns_checks_the_pools_and_watches_live_calls(
     assert "Отдел сегодня" in main and "Иван Петров" in main and "Анна Смирнова" in main
     assert await page.locator("#on-call-empty").is_visible()
     ivan_row = page.locator("#team tbody tr", has_text="Иван Петров")
-    assert "1" in await ivan_row.locator("td").nth(1).inner_text()  # one overdue task
+    # His one open task is an overdue call-back: under «Перезвонить», as his own day has it.
+    assert "0" in await ivan_row.locator("td").nth(1).inner_text()
+    assert "1" in await ivan_row.locator("td").nth(3).inner_text()
     await j.shot("my-day-team")
 
     # Plans: Ivan's week, then his day against today's fact (one counted call).
