@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, delete, select, text
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
@@ -87,6 +88,7 @@ _DELETE = text("DELETE FROM webhook_deliveries WHERE id = ANY(CAST(:ids AS INTEG
 # PostgreSQL: the due deliveries taken and deleted by one statement (the transaction that
 # processes them commits the deletion, or a failure rolls it back); the ones to take again
 # are written back (_settle). SKIP LOCKED: another worker's batch is not waited for.
+_COLUMNS = sa_inspect(Delivery).column_attrs  # a taken row written back as it was
 _TAKE = (
     delete(Delivery)
     .where(
@@ -455,20 +457,7 @@ class DeliveryQueue:
                 if why is None:
                     continue
                 session.expunge(row)
-                again = Delivery(
-                    id=row.id,
-                    channel=row.channel,
-                    kind=row.kind,
-                    key=row.key,
-                    method=row.method,
-                    headers=row.headers,
-                    query=row.query,
-                    body=row.body,
-                    received_at=row.received_at,
-                    next_at=row.next_at,
-                    attempts=row.attempts,
-                    error=row.error,
-                )
+                again = Delivery(**{a.key: getattr(row, a.key) for a in _COLUMNS})
                 self._schedule_again(again, why, now)
                 session.add(again)
             await session.flush()

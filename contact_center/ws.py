@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import weakref
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,17 +99,10 @@ class Hub:
         in the background). TokensRevoked is :meth:`on_event`'s."""
         if not event.audience or isinstance(event, TokensRevoked):
             return
-        audience = event.audience
-        if len(audience) == 1:
-            found = self._by_key.get(audience[0])
-            if not found:
-                return
-            targets: Iterable[Client] = list(found)
-        else:
-            reached: dict[Client, None] = {}  # each socket once, whatever keys it meets
-            for key in audience:
-                reached.update(dict.fromkeys(self._by_key.get(key, ())))
-            targets = list(reached)
+        reached: dict[Client, None] = {}  # each socket once, whatever keys it meets
+        for key in event.audience:
+            reached.update(dict.fromkeys(self._by_key.get(key, ())))
+        targets = list(reached)
         message: str | None = None
         for client in targets:
             message = message or ws_message(event)
