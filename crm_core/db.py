@@ -151,6 +151,17 @@ def is_postgresql(session: Any) -> bool:
     return bool(session.get_bind().dialect.name == "postgresql")
 
 
+async def write_lock(session: Any, table: str) -> None:
+    """SQLite: take the database's write lock now, for the rest of the transaction. Its driver
+    begins a transaction only before the first data change, so rows read before it may be
+    changed by another writer before this one writes its own values back (a lost update).
+    PostgreSQL: nothing (lock the rows read for update instead: ``FOR UPDATE``)."""
+    if not is_postgresql(session):
+        # A data change that changes nothing (of ``table``): the driver emits BEGIN, SQLite
+        # takes its write lock.
+        await session.execute(text(f"DELETE FROM {table} WHERE 0 = 1"))
+
+
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 

@@ -47,7 +47,7 @@ from crm_core.conversations.service import (
     _owner,
     _preview,
 )
-from crm_core.db import UnnestInsert, is_postgresql
+from crm_core.db import UnnestInsert, is_postgresql, write_lock
 from crm_core.distribution import service as distribution
 from crm_core.events import DomainEvent
 from crm_core.leads import service as leads
@@ -119,6 +119,9 @@ async def receive_many(
             fresh.append(incoming)
     if not fresh:
         return out
+    # The batch writes its conversations back whole (_save_threads): nobody may change them
+    # between its reading and its commit (another instance's batch, a manager's action).
+    await write_lock(session, "conversations")
     stored = await conv_service.stored_ids(session, sorted(seen))
     todo = [i for i in fresh if _pid(i) not in stored]
     out.repeated.extend(i for i in fresh if _pid(i) in stored)
@@ -158,8 +161,8 @@ async def receive_many(
 
 
 async def _threads(session: AsyncSession, todo: Sequence[Incoming], now: datetime) -> list[_Thread]:
-    """The conversations of the batch's senders: the stored ones in one query, the new ones
-    written in one statement."""
+    """The conversations of the batch's senders: the stored ones in one query (locked till
+    the commit), the new ones written in one statement."""
     grouped: dict[Key, list[Incoming]] = {}
     for incoming in todo:
         grouped.setdefault(_key(incoming), []).append(incoming)
@@ -177,7 +180,12 @@ async def _threads(session: AsyncSession, todo: Sequence[Incoming], now: datetim
             return select(Conversation).from_statement(
                 _CONVERSATIONS.bindparams(**_key_arrays(wanted))
             )
-        return select(Conversation).where(tuple_(*columns).in_(wanted))
+        return (
+            select(Conversation)
+            .where(tuple_(*columns).in_(wanted))
+            .order_by(Conversation.id)
+            .with_for_update()
+        )
 
     found = {
         (c.channel, c.identity_kind, c.identity_value, c.thread_key): c
@@ -239,7 +247,8 @@ _CONVERSATIONS = text(
     "SELECT c.* FROM conversations AS c JOIN unnest(CAST(:channels AS VARCHAR[]), "
     "CAST(:kinds AS VARCHAR[]), CAST(:values AS VARCHAR[]), CAST(:threads AS VARCHAR[])) "
     "AS u(channel, kind, value, thread) ON c.channel = u.channel "
-    "AND c.identity_kind = u.kind AND c.identity_value = u.value AND c.thread_key = u.thread"
+    "AND c.identity_kind = u.kind AND c.identity_value = u.value AND c.thread_key = u.thread "
+    "ORDER BY c.id FOR UPDATE OF c"  # locked in one order: two batches never deadlock
 )
 _NEW_CONVERSATIONS = UnnestInsert(
     cast(Table, Conversation.__table__),

@@ -49,7 +49,7 @@ from crm_core.conversations.model import (
     Message,
     MessageStatus,
 )
-from crm_core.db import is_postgresql, utcnow
+from crm_core.db import is_postgresql, utcnow, write_lock
 from crm_core.distribution import service as distribution
 from crm_core.errors import InvalidInput, NotFound, PermissionDenied
 from crm_core.events import DomainEvent
@@ -400,7 +400,12 @@ async def _conversation_for(
         "identity_value": incoming.identity_value[:320],
         "thread_key": incoming.thread_key[:300],
     }
-    stmt = select(Conversation).filter_by(**key)
+    stmt = (
+        select(Conversation)
+        .filter_by(**key)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     existing = await session.scalar(stmt)
     if existing is not None:
         return existing, False
@@ -420,7 +425,7 @@ async def _conversation_for(
         .on_conflict_do_nothing()
         .returning(Conversation.id)
     )
-    conv = await session.scalar(stmt.execution_options(populate_existing=True))
+    conv = await session.scalar(stmt)
     assert conv is not None
     return conv, new_id is not None
 
@@ -543,6 +548,8 @@ async def receive(
     False); identify the client (an unknown one becomes a lead), assign the conversation,
     put the message on the client's timeline."""
     now = now or utcnow()
+    # The conversation is read, moved on and written back: locked till the commit.
+    await write_lock(session, "conversations")
     stored = await find_message(session, incoming.channel, incoming.provider_message_id)
     if stored is not None:
         conv = await session.get(Conversation, stored.conversation_id)

@@ -5,11 +5,16 @@ once, round robin turns and the capacity count hold within the batch."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
+from typing import Any
 
+import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contact_center import db
 from crm_core.activities.model import Activity
 from crm_core.clients.model import Phone
 from crm_core.conversations import service as conversations
@@ -102,3 +107,51 @@ async def test_the_capacity_counts_within_the_batch(session: AsyncSession) -> No
     convs = {c.identity_value: c for c in await session.scalars(select(Conversation))}
     assert convs["79000000001"].assignee_id == world["anna"]
     assert convs["79000000002"].assignee_id is None  # anna reached her capacity in the batch
+
+
+@pytest.mark.parametrize("take", ["batch", "one"])
+async def test_two_workers_on_one_conversation_lose_no_update(engine: Any, take: str) -> None:
+    """Two workers (two instances) take messages of one sender at once, as a batch or one by
+    one (a failed batch's retry): the second reads the conversation only once the first has
+    committed, so its unread count, preview and assignee build on the first's instead of
+    overwriting them."""
+
+    async def store(session: AsyncSession, incoming: conversations.Incoming) -> None:
+        if take == "batch":
+            await receive_many(session, [incoming], rules=RULES, now=T0)
+        else:
+            await conversations.receive(session, incoming, rules=RULES, now=T0)
+
+    make = db.sessionmaker(engine)
+    async with make() as session:
+        world: World = await build_world(session)
+        await distribution_rules.create_rule(
+            session,
+            RuleInput(strategy="fixed", managers=[ManagerInput(user_id=world["anna"])]),
+            now=T0,
+        )
+        await store(session, wa("d1", wa_id="79000000009"))
+        await session.commit()
+    async with make() as first, make() as second:
+        await store(first, wa("d2", wa_id="79000000009"))
+
+        async def other_worker() -> None:
+            for _ in range(3):  # as the queue does: a batch that failed is taken again
+                try:
+                    await store(second, wa("d3", wa_id="79000000009", text="третье"))
+                    await second.commit()
+                    return
+                except DBAPIError:
+                    await second.rollback()
+            raise AssertionError("the second batch never went in")
+
+        racing = asyncio.create_task(other_worker())
+        await asyncio.sleep(0.3)  # the second worker is at the conversation by now
+        await first.commit()
+        await racing
+    async with make() as session:
+        conv = (await session.scalars(select(Conversation))).one()
+        assert conv.unread == 3
+        assert conv.preview == "третье"
+        assert conv.assignee_id == world["anna"]
+        assert await _count(session, Message) == 3
