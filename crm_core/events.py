@@ -55,14 +55,22 @@ class DomainEvent:
         cls = _REGISTRY.get(str(name))
         if cls is None:
             raise UnknownEvent(f"no event type registered as {name!r}")
-        hints = typing.get_type_hints(cls)
         data = payload.get("data") or {}
-        kwargs = {
-            f.name: _load(hints[f.name], data[f.name])
-            for f in dataclasses.fields(cls)
-            if f.name in data
-        }
+        kwargs = {name: _load(hint, data[name]) for name, hint in _fields(cls) if name in data}
         return cls(**kwargs)
+
+
+_FIELDS: dict[type[DomainEvent], tuple[tuple[str, Any], ...]] = {}
+
+
+def _fields(cls: type[DomainEvent]) -> tuple[tuple[str, Any], ...]:
+    """An event type's fields and their types, resolved once (``get_type_hints`` evaluates
+    every annotation: most of what rebuilding an event from another instance cost)."""
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        hints = typing.get_type_hints(cls)
+        fields = _FIELDS[cls] = tuple((f.name, hints[f.name]) for f in dataclasses.fields(cls))
+    return fields
 
 
 def _dump(value: Any) -> Any:
