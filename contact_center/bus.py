@@ -12,6 +12,7 @@ steps) is stored in the database, not carried on the bus.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -231,7 +232,13 @@ class EventBus:
 
 
 class RedisEventBus(EventBus):
-    """The bus plus fan-out over Redis pub/sub channel ``<prefix>:events``."""
+    """The bus plus fan-out over Redis pub/sub channel ``<prefix>:events``.
+
+    ``publish`` hands the event to the local subscribers and to an outbox; one sender task
+    writes what the outbox holds in a pipeline (one round trip for a whole batch of events,
+    in order), so a publisher — the inbox's worker, a request — never waits on Redis. At most
+    ``outbox_size`` events wait: past that (Redis stalled) the oldest are dropped and logged,
+    as they are while Redis is away (realtime events only; nothing durable rides the bus)."""
 
     def __init__(
         self,
@@ -241,11 +248,25 @@ class RedisEventBus(EventBus):
         instance_id: str | None = None,
         metrics: BusMetrics | None = None,
         queue_size: int = 10_000,
+        outbox_size: int = 10_000,
     ) -> None:
         super().__init__(metrics=metrics, queue_size=queue_size)
         self._redis = client
         self.channel = f"{prefix}:events"
         self.instance_id = instance_id or uuid.uuid4().hex
+        # What this instance's own messages begin with (json.dumps keeps the key order): they
+        # come back from Redis and are skipped before they are parsed.
+        own = '{"origin": ' + json.dumps(self.instance_id) + ","
+        self._own = (own, own.encode())
+        self._outbox: collections.deque[str] = collections.deque()
+        self._outbox_size = outbox_size
+        self._outbox_dropped = 0  # events other instances never got (Redis away or stalled)
+        self._dropping = False
+        self._wake = asyncio.Event()
+        self._sending = False
+        self._idle = asyncio.Event()  # the outbox is empty and nothing is being sent
+        self._idle.set()
+        self._sender: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._last_error: str | None = None
@@ -253,7 +274,9 @@ class RedisEventBus(EventBus):
 
     async def start(self) -> None:
         await super().start()
-        self._listener = asyncio.get_running_loop().create_task(self._listen())
+        loop = asyncio.get_running_loop()
+        self._listener = loop.create_task(self._listen())
+        self._sender = loop.create_task(self._send_loop())
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
         """Wait until the subscription to the channel is live (for tests and start-up)."""
@@ -261,6 +284,14 @@ class RedisEventBus(EventBus):
             await self._connected.wait()
 
     async def close(self, drain_timeout: float = 5.0) -> None:
+        if self._sender is not None:  # what is in the outbox goes out first (bounded)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(drain_timeout):
+                    await self.flushed()
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+            self._sender = None
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -270,17 +301,49 @@ class RedisEventBus(EventBus):
 
     async def publish(self, event: DomainEvent) -> None:
         await super().publish(event)
-        if not self._circuit.allows():
-            return  # Redis is away: local subscribers have it, other instances miss it
-        message = json.dumps({"origin": self.instance_id, "event": event.to_dict()})
-        try:
-            await self._redis.publish(self.channel, message)
-        except REDIS_DOWN as exc:
-            # Local subscribers already have it; other instances miss a realtime event only.
-            self._last_error = f"{type(exc).__name__}: {exc}"
-            self._circuit.failed(exc)
-        else:
-            self._circuit.succeeded()
+        if len(self._outbox) >= self._outbox_size:
+            self._outbox.popleft()
+            self._dropped_from_outbox(1)
+        self._outbox.append(json.dumps({"origin": self.instance_id, "event": event.to_dict()}))
+        self._idle.clear()
+        self._wake.set()
+
+    async def flushed(self) -> None:
+        """Until the outbox is empty and nothing is being sent (tests, shutdown)."""
+        await self._idle.wait()
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox:
+                batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 500))]
+                if not self._circuit.allows():
+                    # Redis is away: local subscribers had them; other instances miss them.
+                    self._dropped_from_outbox(len(batch))
+                    continue
+                self._sending = True
+                try:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for message in batch:
+                            pipe.publish(self.channel, message)
+                        await pipe.execute()
+                except REDIS_DOWN as exc:
+                    self._last_error = f"{type(exc).__name__}: {exc}"
+                    self._circuit.failed(exc)
+                    self._dropped_from_outbox(len(batch))
+                else:
+                    self._circuit.succeeded()
+                    self._dropping = False
+                finally:
+                    self._sending = False
+            self._idle.set()
+
+    def _dropped_from_outbox(self, n: int) -> None:
+        if not self._dropping:  # once per spell, not once per event
+            log.warning("redis bus: events not sent to other instances (Redis away or stalled)")
+            self._dropping = True
+        self._outbox_dropped += n
 
     async def _listen(self) -> None:
         delay = 0.5
@@ -310,6 +373,12 @@ class RedisEventBus(EventBus):
     def _on_message(self, message: dict[str, Any]) -> None:
         if message.get("type") != "message":
             return
+        data = message.get("data")
+        own_text, own_bytes = self._own
+        if (isinstance(data, bytes) and data.startswith(own_bytes)) or (
+            isinstance(data, str) and data.startswith(own_text)
+        ):
+            return  # its own, back from Redis
         try:
             payload = json.loads(message["data"])
             if payload.get("origin") == self.instance_id:
@@ -328,6 +397,8 @@ class RedisEventBus(EventBus):
             mode="redis",
             channel=self.channel,
             subscribed=self._connected.is_set(),
+            outbox=len(self._outbox),
+            not_sent=self._outbox_dropped,
             status="ok" if self._connected.is_set() and not self._circuit.degraded else "degraded",
         )
         if self._last_error:

@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from contact_center.bus import BusMetrics, EventBus, RedisEventBus
@@ -203,3 +204,67 @@ async def test_an_inline_subscriber_has_the_event_when_publish_returns_and_may_f
         assert failed == 2
     finally:
         await bus.close()
+
+
+async def test_many_events_reach_the_other_instance_in_order(
+    redis_client: Any, redis_prefix: str
+) -> None:
+    """A burst (an inbox batch's events) goes out in pipelines, in the order published."""
+    a = RedisEventBus(redis_client, prefix=redis_prefix, instance_id="a")
+    b = RedisEventBus(redis_client, prefix=redis_prefix, instance_id="b")
+    seen_b: list[int] = []
+
+    async def on_b(e: DomainEvent) -> None:
+        assert isinstance(e, SampleHappened)
+        seen_b.append(e.number)
+
+    b.subscribe(on_b, name="b")
+    await a.start()
+    await b.start()
+    try:
+        await a.wait_connected()
+        await b.wait_connected()
+        for i in range(2000):
+            await a.publish(SampleHappened(number=i))
+        await until(lambda: len(seen_b) == 2000, timeout=20)
+        assert seen_b == list(range(2000))
+        assert a.provide_status()["not_sent"] == 0
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_stalled_redis_holds_up_no_publisher() -> None:
+    """Redis accepts the connection and never answers: publish still returns at once and the
+    local subscribers have the event (the inbox's worker goes on); the outbox is bounded and
+    the events other instances missed are counted."""
+    stalled: list[asyncio.StreamWriter] = []
+
+    async def never_answer(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        stalled.append(w)
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+    bus = RedisEventBus(client, prefix="stalled", instance_id="x", outbox_size=100)
+    seen: list[int] = []
+
+    def on(e: DomainEvent) -> None:
+        assert isinstance(e, SampleHappened)
+        seen.append(e.number)
+
+    bus.subscribe_inline(on, name="local")
+    await bus.start()
+    try:
+        async with asyncio.timeout(0.5):
+            for i in range(300):
+                await bus.publish(SampleHappened(number=i))
+        assert seen == list(range(300))
+        assert len(bus._outbox) <= 100
+        await until(lambda: bus.provide_status()["not_sent"] >= 200, timeout=10)
+    finally:
+        await bus.close(drain_timeout=0.1)
+        for w in stalled:
+            w.close()
+        server.close()
+        await client.aclose()
