@@ -62,6 +62,8 @@ async def serve(settings: Mapping[str, str]) -> asyncio.subprocess.Process:
             stderr=out,
         )
         sampled = os.environ.get("BENCH_PYSPY")
+        if sampled and _samplers:  # the second server's samples beside the first's
+            sampled = f"{sampled}.{len(_samplers)}"
         if sampled:
             # It stops by itself when the server does, writing the file.
             _samplers.append(

@@ -223,6 +223,16 @@ async def main() -> None:
         default=0.0,
         help="inbox.ack_wait_s of the server (0, its default: answered once stored)",
     )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="server processes, each on its port, sharing the database and Redis (CC_REDIS_URL"
+        " or redis://127.0.0.1:6379/0); requests and sockets go to each in turn",
+    )
+    parser.add_argument(
+        "--redis", action="store_true", help="with Redis even for one instance (its cost alone)"
+    )
     parser.add_argument("--keep-db", action="store_true", help="keep the database afterwards")
     parser.add_argument("--reuse", action="store_true", help="measure a kept database again")
     parser.add_argument(
@@ -248,16 +258,30 @@ async def main() -> None:
         "verify_token": "v",
         "api_url": "http://127.0.0.1:9",
     }
-    server = await harness.serve(
-        {
-            "CC_DATABASE_URL": crm_lookup._sa_url(url, DB_NAME),
-            "CC_SERVER_PORT": str(http_port),
-            "CC_CHANNELS": json.dumps([channel]),
-            "CC_RECORDINGS_ENABLED": "false",
-            "CC_INBOX_ACK_WAIT_S": str(args.ack_wait),
-        }
-    )
-    base = f"http://127.0.0.1:{http_port}"
+    shared = {
+        "CC_DATABASE_URL": crm_lookup._sa_url(url, DB_NAME),
+        "CC_CHANNELS": json.dumps([channel]),
+        "CC_RECORDINGS_ENABLED": "false",
+        "CC_INBOX_ACK_WAIT_S": str(args.ack_wait),
+    }
+    if args.instances > 1 or args.redis:  # events reach other instances' sockets over Redis
+        shared["CC_REDIS_URL"] = os.environ.get("CC_REDIS_URL", "redis://127.0.0.1:6379/0")
+        shared["CC_REDIS_PREFIX"] = f"bench{http_port}"
+    servers = [
+        await harness.serve({**shared, "CC_SERVER_PORT": str(http_port + i)})
+        for i in range(args.instances)
+    ]
+    bases = [f"http://127.0.0.1:{http_port + i}" for i in range(args.instances)]
+    turn = 0
+
+    def base_in_turn() -> str:
+        nonlocal turn
+        turn += 1
+        return bases[turn % len(bases)]
+
+    def servers_cpu_s() -> float:
+        return sum(_cpu_s(server.pid) for server in servers)
+
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
     wrong_socket = 0
@@ -266,7 +290,8 @@ async def main() -> None:
     counter = 0
     stored_ids: set[str] = set()
     try:
-        await harness.wait_ready(base)
+        for base in bases:
+            await harness.wait_ready(base)
         async with (
             aiohttp.ClientSession() as wsession,
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency)) as http,
@@ -274,6 +299,7 @@ async def main() -> None:
             me = {}
             sockets = []
             for token in tokens:
+                base = base_in_turn()
                 ws = await wsession.ws_connect(f"{base.replace('http', 'ws')}/ws?token={token}")
                 hello = json.loads((await ws.receive()).data)
                 me[id(ws)] = hello["user_id"]
@@ -301,7 +327,7 @@ async def main() -> None:
                     "Content-Type": "application/json",
                 }
                 async with http.post(
-                    f"{base}/webhooks/whatsapp/wa", data=body, headers=headers
+                    f"{base_in_turn()}/webhooks/whatsapp/wa", data=body, headers=headers
                 ) as r:
                     if r.status != 200:
                         print("webhook answered", r.status, await r.text())
@@ -321,7 +347,7 @@ async def main() -> None:
             print(f"latency: {args.rate:.0f} webhooks/s for {args.seconds:.0f} s ...")
             pending: set[asyncio.Task[None]] = set()
             interval = 1.0 / args.rate
-            latency_cpu = _cpu_s(server.pid)
+            latency_cpu = servers_cpu_s()
             start = time.perf_counter()
             n = 0
             while time.perf_counter() - start < args.seconds:
@@ -336,7 +362,7 @@ async def main() -> None:
                 task.add_done_callback(pending.discard)
                 await asyncio.sleep(max(0.0, start + n * interval - time.perf_counter()))
             await asyncio.gather(*pending)
-            latency_cpu = (_cpu_s(server.pid) - latency_cpu) * 1000 / max(1, n)
+            latency_cpu = (servers_cpu_s() - latency_cpu) * 1000 / max(1, n)
             await asyncio.sleep(2)
             unanswered = len(sent_at)
             latencies.extend([2000.0] * unanswered)  # a frame that never came counts, waited
@@ -356,7 +382,7 @@ async def main() -> None:
                     await post(queue.get_nowait())
 
             started = time.perf_counter()
-            cpu_before = _cpu_s(server.pid)
+            cpu_before = servers_cpu_s()
             machine_before = _machine_cpu_s()
             own_before = _cpu_s(os.getpid())
             await asyncio.gather(*(worker() for _ in range(args.concurrency)))
@@ -368,7 +394,7 @@ async def main() -> None:
                     break
                 await asyncio.sleep(0.05)
             ingest = args.burst / (time.perf_counter() - started)
-            cpu_ms = (_cpu_s(server.pid) - cpu_before) * 1000 / args.burst
+            cpu_ms = (servers_cpu_s() - cpu_before) * 1000 / args.burst
             machine_ms = (_machine_cpu_s() - machine_before) * 1000 / args.burst
             own_ms = (_cpu_s(os.getpid()) - own_before) * 1000 / args.burst
             for task in readers:
@@ -387,12 +413,15 @@ async def main() -> None:
         lost = len(stored_ids - set(counts))
         duplicated = sum(n - 1 for n in counts.values() if n > 1)
     finally:
-        await harness.stop(server)
+        for server in servers:
+            await harness.stop(server)
         if not (args.keep_db or args.reuse):
             await harness.drop_database(url, DB_NAME)
     result = {
         "contacts": args.contacts,
         "managers": args.managers,
+        "instances": args.instances,
+        "redis": "CC_REDIS_URL" in shared,
         "rate_per_s": args.rate,
         "messages": len(latencies),
         "p50_ms": round(_pct(latencies, 0.5), 1),
