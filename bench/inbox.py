@@ -227,8 +227,8 @@ async def main() -> None:
         "--instances",
         type=int,
         default=1,
-        help="server processes, each on its port, sharing the database and Redis (CC_REDIS_URL"
-        " or redis://127.0.0.1:6379/0); requests and sockets go to each in turn",
+        help="server processes, each on its port, sharing the database and Redis"
+        " (CC_BENCH_REDIS_URL); requests and sockets go to each in turn",
     )
     parser.add_argument(
         "--redis", action="store_true", help="with Redis even for one instance (its cost alone)"
@@ -265,7 +265,7 @@ async def main() -> None:
         "CC_INBOX_ACK_WAIT_S": str(args.ack_wait),
     }
     if args.instances > 1 or args.redis:  # events reach other instances' sockets over Redis
-        shared["CC_REDIS_URL"] = os.environ.get("CC_REDIS_URL", "redis://127.0.0.1:6379/0")
+        shared["CC_REDIS_URL"] = os.environ.get("CC_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
         shared["CC_REDIS_PREFIX"] = f"bench{http_port}"
     servers = [
         await harness.serve({**shared, "CC_SERVER_PORT": str(http_port + i)})
