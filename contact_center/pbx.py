@@ -293,10 +293,16 @@ class PbxLink:
                 )
         except Exception as exc:  # a missing share, a database down: the next pass retries
             self.cdr_failures += 1
-            self.cdr_last_error = f"{type(exc).__name__}: {exc}"
-            log.warning("pbx %s: cannot read the CDR: %s", self.pbx.name, self.cdr_last_error)
+            error = f"{type(exc).__name__}: {exc}"
+            # Once per spell of the same error (the retries back off, /healthz shows it):
+            # a Master.csv not written yet (a new PBX, no call ended) fails alike for minutes.
+            if error != self.cdr_last_error:
+                log.warning("pbx %s: cannot read the CDR (retrying): %s", self.pbx.name, error)
+            self.cdr_last_error = error
             return None
         self.cdr_reads += 1
+        if self.cdr_last_error is not None:
+            log.info("pbx %s: the CDR is read again", self.pbx.name)
         self.cdr_last_error = None
         records = cdr_reader.records_from_cdr(
             rows,

@@ -10,6 +10,7 @@ C (``…816.11``) begins during it and ends after; A ends after.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -286,16 +287,20 @@ async def test_a_cdr_that_cannot_be_read_at_the_connect_is_read_again_until_it_c
     fake_pbx: FakeAmiServer,
     aiohttp_client_factory: Any,
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The window a connect must fill is read once: a share not mounted yet (or the CDR's
     database down) at that moment must not lose it."""
+    caplog.set_level(logging.INFO, logger="contact_center.pbx")
     clock = ManualClock(_at("04:20:00"))
     cdr = tmp_path / "share" / "Master.csv"  # not there yet
     client = await _server(
         make_settings, database_url, fake_pbx, aiohttp_client_factory, clock, tmp_path, cdr
     )
     link = client.app[PBX]["main"]
-    await until(lambda: link.cdr_failures >= 1, timeout=10)
+    await until(lambda: link.cdr_failures >= 3, timeout=15)
+    said = [r for r in caplog.records if "cannot read the CDR" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING  # once, not per retry
     cdr.parent.mkdir()
     cdr.write_bytes(CDR.read_bytes())
     expected = records_from_cdr(
@@ -303,6 +308,7 @@ async def test_a_cdr_that_cannot_be_read_at_the_connect_is_read_again_until_it_c
     )
     await until(lambda: client.app[TELEPHONY].cdr_added == len(expected), timeout=15)
     assert set(await _calls(client)) == {r.call_id for r in expected}
+    assert any("the CDR is read again" in r.getMessage() for r in caplog.records)
 
 
 def test_the_cdr_fold_gives_the_pbxs_own_answer_and_end() -> None:
