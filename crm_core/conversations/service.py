@@ -893,12 +893,22 @@ async def list_messages(
 # ---------------------------------------------------------------- outbound
 
 
+async def _locked(session: AsyncSession, conversation_id: int) -> Conversation:
+    """The conversation as committed now, locked till this transaction ends: whoever changes
+    it (a manager, the webhook worker, another instance) decides on what the others did."""
+    await write_lock(session, "conversations")
+    conv = await session.get(
+        Conversation, conversation_id, with_for_update=True, populate_existing=True
+    )
+    if conv is None:
+        raise NotFound(f"no conversation {conversation_id}")
+    return conv
+
+
 async def _writable(
     session: AsyncSession, conversation_id: int, actor: Actor, rules: CrmRules
 ) -> Conversation:
-    conv = await session.get(Conversation, conversation_id)
-    if conv is None:
-        raise NotFound(f"no conversation {conversation_id}")
+    conv = await _locked(session, conversation_id)
     _check(actor, conv, rules, write=True)
     return conv
 
@@ -1504,6 +1514,9 @@ async def mark_read(
     conv = await get_conversation(session, conversation_id, actor=actor, rules=rules)
     if conv.unread == 0 or (conv.assignee_id is not None and conv.assignee_id != actor.id):
         return conv, []
+    conv = await _locked(session, conversation_id)  # as it is now, for the write
+    if conv.assignee_id is not None and conv.assignee_id != actor.id:
+        return conv, []
     conv.unread = 0
     await session.flush()
     return conv, [_changed(conv, ("unread",))]
@@ -1546,9 +1559,7 @@ async def assign(
 ) -> tuple[Conversation, list[DomainEvent]]:
     """Hand the conversation to ``user_id`` (None: back to the queue). A manager may take an
     unassigned one for himself; only the head or an admin hands it to somebody else."""
-    conv = await session.get(Conversation, conversation_id)
-    if conv is None:
-        raise NotFound(f"no conversation {conversation_id}")
+    conv = await _locked(session, conversation_id)  # two taking it at once: one gets it
     _check(actor, conv, rules, write=False)
     taking = conv.assignee_id is None and user_id == actor.id
     if not taking and not access.is_privileged(actor):

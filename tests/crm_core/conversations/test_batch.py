@@ -22,6 +22,7 @@ from crm_core.conversations.batch import receive_many
 from crm_core.conversations.model import Conversation, Message
 from crm_core.distribution import rules as distribution_rules
 from crm_core.distribution.schemas import ManagerInput, RuleInput
+from crm_core.errors import NotFound, PermissionDenied
 from crm_core.leads.model import Lead
 from crm_core.rules import CrmRules
 from tests.crm_core.conversations.test_conversations_service import wa
@@ -155,3 +156,37 @@ async def test_two_workers_on_one_conversation_lose_no_update(engine: Any, take:
         assert conv.preview == "третье"
         assert conv.assignee_id == world["anna"]
         assert await _count(session, Message) == 3
+
+
+async def test_two_managers_taking_one_conversation_at_once_one_gets_it(engine: Any) -> None:
+    """«Взять себе» pressed by two managers at the same moment: the second waits for the
+    first's commit and is refused, instead of both being told it is theirs."""
+    make = db.sessionmaker(engine)
+    async with make() as session:
+        world: World = await build_world(session)
+        stranger = await conversations.receive(
+            session, wa("t1", wa_id="79000000011"), rules=RULES, now=T0
+        )
+        await session.commit()
+        conv_id = stranger.conversation.id
+        assert stranger.conversation.assignee_id is None
+    ivan, anna = world.user("ivan"), world.user("anna")
+    async with make() as first, make() as second:
+        await conversations.assign(first, conv_id, world["ivan"], actor=ivan, rules=RULES)
+
+        async def anna_takes() -> str:
+            try:
+                await conversations.assign(second, conv_id, world["anna"], actor=anna, rules=RULES)
+                await second.commit()
+                return "taken"
+            except (PermissionDenied, NotFound):  # ivan's now: not hers to see, nor to take
+                await second.rollback()
+                return "refused"
+
+        racing = asyncio.create_task(anna_takes())
+        await asyncio.sleep(0.3)
+        await first.commit()
+        assert await racing == "refused"
+    async with make() as session:
+        conv = await session.get(Conversation, conv_id)
+        assert conv is not None and conv.assignee_id == world["ivan"]
