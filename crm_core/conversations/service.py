@@ -51,7 +51,7 @@ from crm_core.conversations.model import (
 )
 from crm_core.db import is_postgresql, utcnow, write_lock
 from crm_core.distribution import service as distribution
-from crm_core.errors import InvalidInput, NotFound, PermissionDenied
+from crm_core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from crm_core.events import DomainEvent
 from crm_core.jobs import service as jobs
 from crm_core.leads import service as leads
@@ -1560,6 +1560,16 @@ async def assign(
     """Hand the conversation to ``user_id`` (None: back to the queue). A manager may take an
     unassigned one for himself; only the head or an admin hands it to somebody else."""
     conv = await _locked(session, conversation_id)  # two taking it at once: one gets it
+    if (
+        user_id == actor.id
+        and conv.assignee_id not in (None, actor.id)
+        and conv.owner_id is None  # a personal mailbox's stays unseen (not found)
+        and not access.is_privileged(actor)
+    ):
+        raise Conflict(
+            "разговор уже взял другой менеджер",
+            details={"field": "assignee_id", "value": user_id},
+        )
     _check(actor, conv, rules, write=False)
     taking = conv.assignee_id is None and user_id == actor.id
     if not taking and not access.is_privileged(actor):

@@ -22,7 +22,7 @@ from crm_core.conversations.batch import receive_many
 from crm_core.conversations.model import Conversation, Message
 from crm_core.distribution import rules as distribution_rules
 from crm_core.distribution.schemas import ManagerInput, RuleInput
-from crm_core.errors import NotFound, PermissionDenied
+from crm_core.errors import Conflict
 from crm_core.leads.model import Lead
 from crm_core.rules import CrmRules
 from tests.crm_core.conversations.test_conversations_service import wa
@@ -179,14 +179,14 @@ async def test_two_managers_taking_one_conversation_at_once_one_gets_it(engine: 
                 await conversations.assign(second, conv_id, world["anna"], actor=anna, rules=RULES)
                 await second.commit()
                 return "taken"
-            except (PermissionDenied, NotFound):  # ivan's now: not hers to see, nor to take
+            except Conflict as exc:
                 await second.rollback()
-                return "refused"
+                return exc.message
 
         racing = asyncio.create_task(anna_takes())
         await asyncio.sleep(0.3)
         await first.commit()
-        assert await racing == "refused"
+        assert await racing == "разговор уже взял другой менеджер"
     async with make() as session:
         conv = await session.get(Conversation, conv_id)
         assert conv is not None and conv.assignee_id == world["ivan"]
