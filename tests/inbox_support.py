@@ -138,3 +138,25 @@ TEMPLATES = [
         ],
     },
 ]
+
+
+async def manager_on_duty(session: Any, login: str = "ivan", name: str = "") -> int:
+    """A manager (password ``password1``) whom a fixed distribution rule gives every new
+    client; his id. The caller commits."""
+    from crm_core.db import utcnow
+    from crm_core.distribution import rules as distribution_rules
+    from crm_core.distribution.schemas import ManagerInput, RuleInput
+    from crm_core.users import service as users
+
+    user, _ = await users.create_user(
+        session,
+        login=login,
+        role="manager",
+        password="password1",
+        display_name=name,
+        scrypt_n=1024,
+    )
+    await distribution_rules.create_rule(
+        session, RuleInput(strategy="fixed", managers=[ManagerInput(user_id=user.id)]), now=utcnow()
+    )
+    return int(user.id)

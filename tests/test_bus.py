@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -129,11 +131,7 @@ async def test_two_instances_share_events_over_redis(redis_client: Any, redis_pr
 
     a.subscribe(on_a, name="a")
     b.subscribe(on_b, name="b")
-    await a.start()
-    await b.start()
-    try:
-        await a.wait_connected()
-        await b.wait_connected()
+    async with _running(a, b):
         event = SampleHappened(number=42, amount=Decimal("10.01"), audience=("user:1",))
         await a.publish(event)
         await until(lambda: seen_b)
@@ -141,9 +139,20 @@ async def test_two_instances_share_events_over_redis(redis_client: Any, redis_pr
         await asyncio.sleep(0.2)
         assert seen_a == [event]  # its own event once, not again via Redis
         assert a.provide_status()["subscribed"] is True
+
+
+@contextlib.asynccontextmanager
+async def _running(*buses: RedisEventBus) -> AsyncIterator[None]:
+    """The buses started and subscribed to Redis; closed afterwards."""
+    for bus in buses:
+        await bus.start()
+    try:
+        for bus in buses:
+            await bus.wait_connected()
+        yield
     finally:
-        await a.close()
-        await b.close()
+        for bus in buses:
+            await bus.close()
 
 
 async def test_unreadable_redis_message_is_skipped(redis_client: Any, redis_prefix: str) -> None:
@@ -219,19 +228,12 @@ async def test_many_events_reach_the_other_instance_in_order(
         seen_b.append(e.number)
 
     b.subscribe(on_b, name="b")
-    await a.start()
-    await b.start()
-    try:
-        await a.wait_connected()
-        await b.wait_connected()
+    async with _running(a, b):
         for i in range(2000):
             await a.publish(SampleHappened(number=i))
         await until(lambda: len(seen_b) == 2000, timeout=20)
         assert seen_b == list(range(2000))
         assert a.provide_status()["not_sent"] == 0
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_a_stalled_redis_holds_up_no_publisher() -> None:

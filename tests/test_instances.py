@@ -15,14 +15,11 @@ from contact_center.bus import RedisEventBus
 from contact_center.config import Settings
 from contact_center.keys import BUS, SESSIONS
 from crm_core.conversations.model import Conversation, Message
-from crm_core.db import utcnow
-from crm_core.distribution import rules as distribution_rules
-from crm_core.distribution.schemas import ManagerInput, RuleInput
 from crm_core.leads.model import Lead
 from crm_core.users import service as users
 from tests.fakes.graph_api import FakeGraphApi
 from tests.helpers import until
-from tests.inbox_support import TOKEN, signed, wa_channel, wa_text
+from tests.inbox_support import TOKEN, manager_on_duty, signed, wa_channel, wa_text
 
 
 async def test_event_published_on_one_instance_reaches_the_other(
@@ -107,14 +104,7 @@ async def test_an_inbox_on_two_instances_stores_each_message_once_and_counts_eve
         for app in (one, two):
             await app.app[BUS].wait_connected()
         async with one.app[SESSIONS]() as session:
-            ivan, _ = await users.create_user(
-                session, login="ivan", role="manager", password="password1", scrypt_n=1024
-            )
-            await distribution_rules.create_rule(
-                session,
-                RuleInput(strategy="fixed", managers=[ManagerInput(user_id=ivan.id)]),
-                now=utcnow(),
-            )
+            ivan_id = await manager_on_duty(session)
             await session.commit()
         token = (
             await (
@@ -152,6 +142,6 @@ async def test_an_inbox_on_two_instances_stores_each_message_once_and_counts_eve
         await ws.close()
         async with one.app[SESSIONS]() as session:
             convs = (await session.scalars(select(Conversation))).all()
-            assert len(convs) == 1 and convs[0].unread == 12 and convs[0].assignee_id == ivan.id
+            assert len(convs) == 1 and convs[0].unread == 12 and convs[0].assignee_id == ivan_id
             assert await session.scalar(select(func.count()).select_from(Message)) == 12
             assert await session.scalar(select(func.count()).select_from(Lead)) == 1

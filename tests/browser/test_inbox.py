@@ -11,14 +11,11 @@ from typing import Any
 
 from contact_center.app import create_app
 from contact_center.keys import SESSIONS
-from crm_core.db import utcnow
-from crm_core.distribution import rules as distribution_rules
-from crm_core.distribution.schemas import ManagerInput, RuleInput
 from crm_core.users import service as users
 from tests.fakes.graph_api import FakeGraphApi
 from tests.fakes.sms_gateway import FakeSmsGateway
 from tests.helpers import until
-from tests.inbox_support import TOKEN, signed, wa_channel, wa_status, wa_text
+from tests.inbox_support import TOKEN, manager_on_duty, signed, wa_channel, wa_status, wa_text
 
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 HOOK = "/webhooks/whatsapp/wa-main"
@@ -35,21 +32,14 @@ async def test_whatsapp_from_a_stranger_is_answered_from_the_inbox(
         )
         client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
         async with client.app[SESSIONS]() as session:
-            for login, name in (("ivan", "Иван Петров"), ("anna", "Анна Смирнова")):
-                user, _ = await users.create_user(
-                    session,
-                    login=login,
-                    role="manager",
-                    password="password1",
-                    display_name=name,
-                    scrypt_n=1024,
-                )
-                if login == "ivan":
-                    ivan_id = user.id
-            await distribution_rules.create_rule(
+            await manager_on_duty(session, "ivan", "Иван Петров")
+            await users.create_user(
                 session,
-                RuleInput(strategy="fixed", managers=[ManagerInput(user_id=ivan_id)]),
-                now=utcnow(),
+                login="anna",
+                role="manager",
+                password="password1",
+                display_name="Анна Смирнова",
+                scrypt_n=1024,
             )
             await session.commit()
 
@@ -145,14 +135,7 @@ async def test_the_sms_reply_box_counts_characters_and_parts_as_he_types(
         )
         client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
         async with client.app[SESSIONS]() as session:
-            ivan, _ = await users.create_user(
-                session, login="ivan", role="manager", password="password1", scrypt_n=1024
-            )
-            await distribution_rules.create_rule(
-                session,
-                RuleInput(strategy="fixed", managers=[ManagerInput(user_id=ivan.id)]),
-                now=utcnow(),
-            )
+            await manager_on_duty(session)
             await session.commit()
         sms = {"sms_id": "9001", "phone": "79161234567", "mes": "Перезвоните мне"}
         assert (await client.post("/webhooks/sms/sms-main", data=sms)).status == 200
