@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -272,12 +273,7 @@ async def main() -> None:
         for i in range(args.instances)
     ]
     bases = [f"http://127.0.0.1:{http_port + i}" for i in range(args.instances)]
-    turn = 0
-
-    def base_in_turn() -> str:
-        nonlocal turn
-        turn += 1
-        return bases[turn % len(bases)]
+    turns = itertools.cycle(bases)  # requests and sockets go to each instance in turn
 
     def servers_cpu_s() -> float:
         return sum(_cpu_s(server.pid) for server in servers)
@@ -299,7 +295,7 @@ async def main() -> None:
             me = {}
             sockets = []
             for token in tokens:
-                base = base_in_turn()
+                base = next(turns)
                 ws = await wsession.ws_connect(f"{base.replace('http', 'ws')}/ws?token={token}")
                 hello = json.loads((await ws.receive()).data)
                 me[id(ws)] = hello["user_id"]
@@ -327,7 +323,7 @@ async def main() -> None:
                     "Content-Type": "application/json",
                 }
                 async with http.post(
-                    f"{base_in_turn()}/webhooks/whatsapp/wa", data=body, headers=headers
+                    f"{next(turns)}/webhooks/whatsapp/wa", data=body, headers=headers
                 ) as r:
                     if r.status != 200:
                         print("webhook answered", r.status, await r.text())

@@ -263,7 +263,6 @@ class RedisEventBus(EventBus):
         self._outbox_dropped = 0  # events other instances never got (Redis away or stalled)
         self._dropping = False
         self._wake = asyncio.Event()
-        self._sending = False
         self._idle = asyncio.Event()  # the outbox is empty and nothing is being sent
         self._idle.set()
         self._sender: asyncio.Task[None] | None = None
@@ -322,7 +321,6 @@ class RedisEventBus(EventBus):
                     # Redis is away: local subscribers had them; other instances miss them.
                     self._dropped_from_outbox(len(batch))
                     continue
-                self._sending = True
                 try:
                     async with self._redis.pipeline(transaction=False) as pipe:
                         for message in batch:
@@ -335,8 +333,6 @@ class RedisEventBus(EventBus):
                 else:
                     self._circuit.succeeded()
                     self._dropping = False
-                finally:
-                    self._sending = False
             self._idle.set()
 
     def _dropped_from_outbox(self, n: int) -> None:
