@@ -9,9 +9,9 @@ import logging
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
@@ -27,6 +27,8 @@ from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from contact_center.config import DatabaseSettings
 from crm_core import migrations
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +313,34 @@ def _transactional_sqlite(engine: AsyncEngine) -> AsyncEngine:
 
 
 async def migrate(engine: AsyncEngine) -> tuple[str | None, str | None]:
-    """Apply pending migrations, all in one transaction; return (revision before, after)."""
+    """Apply pending migrations, all in one transaction; return (revision before, after).
+
+    A cancellation (the server stopped while it starts) lets the migration finish first, then
+    goes on: cancelled midway, SQLite's batch operations could not roll back (the stop ended in
+    PendingRollbackError and exit status 1)."""
+    return await _finish_then_cancel(_migrate(engine))
+
+
+async def _finish_then_cancel(work: Awaitable[T]) -> T:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile; then re-raise that
+    cancellation (once ``work`` is done, so nothing is left running behind the caller)."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():  # the work itself was cancelled
+                raise
+            cancelled = True
+            continue
+        break
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+async def _migrate(engine: AsyncEngine) -> tuple[str | None, str | None]:
     sqlite = engine.dialect.name == "sqlite"
     migrating = _transactional_sqlite(engine) if sqlite else engine
     try:

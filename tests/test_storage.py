@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect, select, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import event, inspect, select, text
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.engine.interfaces import ReflectedIndex
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -17,6 +19,7 @@ from contact_center.config import DatabaseSettings
 from crm_core import migrations
 from crm_core.models import Base
 from crm_core.users.model import AuthToken, User
+from tests.conftest import pg_admin
 
 
 async def test_migrations_reach_head_and_match_the_models(engine: AsyncEngine) -> None:
@@ -203,12 +206,6 @@ async def test_migrations_complete_without_the_right_to_create_pg_trgm(
 ) -> None:
     """A role that may not create extensions (no CREATE on its database) still migrates: the
     trigram indexes are skipped with a warning, search stays correct (and scans)."""
-    import uuid
-
-    from sqlalchemy.engine import make_url
-
-    from tests.conftest import pg_admin
-
     base, _ = postgres_template
     name, role = f"cc_t_{uuid.uuid4().hex[:12]}", f"cc_r_{uuid.uuid4().hex[:8]}"
     await pg_admin(base, f'CREATE ROLE "{role}" LOGIN', f'CREATE DATABASE "{name}"')
@@ -291,3 +288,50 @@ async def test_private_letters_migration_marks_the_letters_already_stored(
     assert marks[ids["ivan-mail"]] == owner.id
     assert marks[ids["sales"]] is None
     assert sorted(v for v in marks.values() if v is not None) == [owner.id]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A database with nothing in it yet, on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.sqlite3'}"
+        return
+    base, _ = request.getfixturevalue("postgres_template")
+    name = f"cc_t_{uuid.uuid4().hex[:12]}"
+    asyncio.run(pg_admin(base, f'CREATE DATABASE "{name}"'))
+    yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    asyncio.run(pg_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.mark.parametrize("at", ["first change of a table", "statement 60"])
+async def test_a_stop_during_the_migration_lets_it_finish(empty_database_url: str, at: str) -> None:
+    """A server stopped while it migrates (SIGTERM at start-up cancels the start) used to end
+    with PendingRollbackError and exit status 1 when the cancellation fell inside one of
+    SQLite's batch operations: the migration finishes, then the cancellation goes on."""
+    seen = 0
+    task: asyncio.Task[Any] | None = None
+
+    def cancel_midway(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        nonlocal seen
+        seen += 1
+        if at == "statement 60":
+            hit = seen == 60
+        else:  # SQLite's batch operations drop and rename tables; PostgreSQL alters them
+            hit = statement.lstrip().startswith(("DROP TABLE", "ALTER TABLE"))
+        if hit and task is not None and not task.cancelling():
+            task.cancel()
+
+    eng = db.create_engine(DatabaseSettings(url=empty_database_url))
+    event.listen(Engine, "before_cursor_execute", cancel_midway)
+    try:
+        task = asyncio.ensure_future(db.migrate(eng))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        event.remove(Engine, "before_cursor_execute", cancel_midway)
+    try:  # cancelled midway (CancelledError, not the migration's result), yet at head
+        async with eng.connect() as conn:
+            assert await conn.run_sync(migrations.current_revision) == migrations.head_revision()
+        assert await db.migrate(eng) == (migrations.head_revision(),) * 2
+    finally:
+        await eng.dispose()
