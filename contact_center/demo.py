@@ -188,6 +188,7 @@ async def seed(app: web.Application, recorder: demo_calls.Recorder) -> demo_data
         list(demo_data.TRACKING_NUMBERS),
         now=now,
         threshold_s=settings.telephony.count_threshold_s,
+        tz=tz,
     )
     async with app[SESSIONS]() as session:
         await demo_calls.seed_history(session, app[TELEPHONY].outcomes, recorder, records)

@@ -17,7 +17,7 @@ import wave
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta, tzinfo
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -158,18 +158,25 @@ def history(
     per_day: int = 5,
     threshold_s: float = 60.0,
     seed: int = 2026,
+    tz: tzinfo | None = None,
 ) -> list[CallRecord]:
     """A week of calls ending before ``now``: mostly answered (some long enough to count),
-    some missed and abandoned, inbound and outbound; today's within the last few hours."""
+    some missed and abandoned, inbound and outbound; today's (in ``tz``, UTC by default) within
+    the last few hours, and today's still, however early in the day the demo starts; the
+    earlier days' from 09:00 to 18:00."""
     rnd = random.Random(seed)
+    local = now.astimezone(tz) if tz is not None else now
+    midnight = datetime.combine(local.date(), time(), local.tzinfo)
+    today_min = min(240.0, (local - midnight).total_seconds() / 60)
     records: list[CallRecord] = []
     for day in range(days):
         for _ in range(per_day):
             if day == 0:
-                started = now - timedelta(minutes=rnd.uniform(10, 240))
+                earliest = min(10.0, today_min)
+                started = now - timedelta(minutes=rnd.uniform(earliest, today_min))
             else:
-                base = (now - timedelta(days=day)).replace(hour=6, minute=0, second=0)
-                started = base + timedelta(minutes=rnd.uniform(0, 9 * 60))  # 09-18 Moscow
+                base = midnight - timedelta(days=day) + timedelta(hours=9)
+                started = (base + timedelta(minutes=rnd.uniform(0, 9 * 60))).astimezone(now.tzinfo)
             disposition = rnd.choices(["answered", "missed", "abandoned"], [7, 2, 1])[0]
             direction = (
                 "outbound" if disposition == "answered" and rnd.random() < 0.4 else "inbound"

@@ -26,7 +26,7 @@ from crm_core.rules import CrmRules
 from crm_core.tasks.model import Task
 from tests.browser._journey import click_to_call, journey, make_user, pbx_settings, plain
 from tests.fakes.ami_server import FakeAmiServer
-from tests.helpers import until
+from tests.helpers import later_today, until
 
 CLIENT = "+78125550011"
 
@@ -79,7 +79,7 @@ async def _world(client: Any) -> dict[str, Any]:
                 title="Перезвонить по заявке: текстиль",
                 responsible_id=ivan,
                 lead_id=lead.id,
-                due_at=now + timedelta(minutes=30),
+                due_at=later_today(now, timedelta(minutes=30)),
             )
         )
         await s.commit()

@@ -26,6 +26,7 @@ from crm_core.tasks.model import DailyPlan, Task
 from crm_core.users import service as users
 from crm_core.users.model import User
 from tests.conftest import FIXTURES, ROOT
+from tests.helpers import later_today
 
 SHOTS = ROOT / "docs" / "screenshots"
 PASSWORD = "password1"
@@ -179,7 +180,7 @@ async def _manager_world(client: Any) -> dict[str, Any]:
                     title="Перезвонить +7 (812) 555-00-11 (Мария Орлова)",
                     responsible_id=ivan,
                     contact_id=hotel.id,
-                    due_at=now + timedelta(minutes=40),
+                    due_at=later_today(now, timedelta(minutes=40)),
                     origin_key="missed-call:+78125550011",
                 ),
                 Task(
@@ -187,7 +188,7 @@ async def _manager_world(client: Any) -> dict[str, Any]:
                     title="Встреча на складе «Ромашки»",
                     responsible_id=ivan,
                     company_id=company.id,
-                    due_at=now + timedelta(hours=2),
+                    due_at=later_today(now, timedelta(hours=2)),
                 ),
                 Invoice(
                     number="2026-118",
