@@ -1,5 +1,8 @@
 """What the benchmarks that run the server as its own process share: a database of their own
-and a ``contact-center serve`` child process on this repository's config.yaml."""
+and a ``contact-center serve`` child process on this repository's config.yaml.
+
+``BENCH_PYSPY=FILE`` samples each server with py-spy (raw format; the second server's in
+``FILE.1``), ``BENCH_PYSPY_RATE`` times a second (250 by default)."""
 
 from __future__ import annotations
 
@@ -74,7 +77,7 @@ async def serve(settings: Mapping[str, str]) -> asyncio.subprocess.Process:
                     "--format",
                     "raw",
                     "--rate",
-                    "250",
+                    os.environ.get("BENCH_PYSPY_RATE", "250"),
                     "--output",
                     sampled,
                     "--pid",

@@ -1,12 +1,15 @@
 """Benchmark: the inbox, from a signed WhatsApp webhook to the assigned manager's WebSocket.
 
     python bench/inbox.py [--contacts N] [--managers N] [--rate MSG_PER_S] [--seconds S]
-                          [--burst N] [--concurrency N] [--keep-db | --reuse] [--db-name NAME]
+                          [--burst N] [--concurrency N] [--direct-below N] [--direct-wait S]
+                          [--instances N] [--redis] [--keep-db | --reuse] [--db-name NAME]
 
 ``--contacts`` contacts in PostgreSQL (``CC_BENCH_DATABASE_URL``; a database of its own is
 created and dropped; ``--keep-db`` keeps it, ``--reuse`` measures a kept one again without
 seeding), the server as its own process (``contact-center serve``) with one WhatsApp
-channel, a round-robin rule over ``--managers`` managers, each connected to ``/ws``.
+channel, a round-robin rule over ``--managers`` managers, each connected to ``/ws``;
+``--direct-below`` is its ``inbox.direct_below`` (0: every delivery stored first),
+``--direct-wait`` its ``inbox.direct_wait_s``.
 
 1. Latency: signed webhooks at ``--rate`` per second for ``--seconds``: half from new numbers
    (a lead each), four in ten from loaded contacts, one in ten a status update (no frame). The
@@ -16,6 +19,9 @@ channel, a round-robin rule over ``--managers`` managers, each connected to ``/w
    twenty delivered twice (Meta redelivers); the rate is messages per second from the first
    request to the last message STORED in ``conversation_messages`` (processed: identified,
    assigned, on the timeline), not merely accepted; ``accepted_per_s`` is the webhooks' own.
+
+``BENCH_LATENCIES=FILE`` writes the latency part's ``[sent_at, latency_ms]`` pairs there as
+JSON (when in the run the slow ones came).
 
 Afterwards the database must hold every message exactly once: ``lost`` and ``duplicated``
 count the differences. The last line is one JSON object: ``{"contacts", "p50_ms", "p99_ms",
@@ -44,6 +50,7 @@ from bench import crm_lookup, harness
 from channels.whatsapp import sign
 from contact_center import db
 from contact_center.config import DatabaseSettings
+from contact_center.inbox_queue import DIRECT_BELOW, DIRECT_WAIT
 from crm_core.db import utcnow
 from crm_core.distribution import rules as distribution_rules
 from crm_core.distribution.schemas import ManagerInput, RuleInput
@@ -117,6 +124,25 @@ def _machine_cpu_s() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle, iowait
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+async def _deliveries(http: aiohttp.ClientSession, bases: list[str]) -> dict[str, int]:
+    """The servers' webhook-delivery counters (/healthz), summed."""
+    total: dict[str, int] = {}
+    for base in bases:
+        async with http.get(f"{base}/healthz") as r:
+            counters = (await r.json())["channels"]["deliveries"]
+        for name, value in counters.items():
+            total[name] = total.get(name, 0) + int(value)
+    return total
+
+
+def _batching(before: dict[str, int], after: dict[str, int]) -> tuple[float, float]:
+    """(deliveries per batch, share of them stored first) between two readings."""
+    processed = after["processed"] - before["processed"]
+    batches = after["batches"] - before["batches"]
+    stored = after["stored_first"] - before["stored_first"]
+    return round(processed / max(1, batches), 1), round(stored / max(1, processed), 2)
 
 
 def _pct(samples: list[float], q: float) -> float:
@@ -234,6 +260,18 @@ async def main() -> None:
     parser.add_argument(
         "--redis", action="store_true", help="with Redis even for one instance (its cost alone)"
     )
+    parser.add_argument(
+        "--direct-below",
+        type=int,
+        default=DIRECT_BELOW,
+        help="inbox.direct_below: deliveries waiting from which they are stored first (0: all)",
+    )
+    parser.add_argument(
+        "--direct-wait",
+        type=float,
+        default=DIRECT_WAIT,
+        help="inbox.direct_wait_s: seconds a delivery waits for the worker, then it is stored",
+    )
     parser.add_argument("--keep-db", action="store_true", help="keep the database afterwards")
     parser.add_argument("--reuse", action="store_true", help="measure a kept database again")
     parser.add_argument(
@@ -264,6 +302,8 @@ async def main() -> None:
         "CC_CHANNELS": json.dumps([channel]),
         "CC_RECORDINGS_ENABLED": "false",
         "CC_INBOX_ACK_WAIT_S": str(args.ack_wait),
+        "CC_INBOX_DIRECT_BELOW": str(args.direct_below),
+        "CC_INBOX_DIRECT_WAIT_S": str(args.direct_wait),
     }
     if args.instances > 1 or args.redis:  # events reach other instances' sockets over Redis
         shared["CC_REDIS_URL"] = os.environ.get("CC_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -280,6 +320,7 @@ async def main() -> None:
 
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
+    series: list[tuple[float, float]] = []
     wrong_socket = 0
     run = int(time.time())
     rng = random.Random(run)  # new senders new on every run (--reuse)
@@ -314,6 +355,7 @@ async def main() -> None:
                     started = sent_at.pop(key, None)
                     if started is not None:
                         latencies.append((arrived - started) * 1000)
+                        series.append((started, (arrived - started) * 1000))
 
             readers = [asyncio.create_task(reader(ws)) for ws in sockets]
 
@@ -344,6 +386,7 @@ async def main() -> None:
             pending: set[asyncio.Task[None]] = set()
             interval = 1.0 / args.rate
             latency_cpu = servers_cpu_s()
+            counted = await _deliveries(http, bases)
             start = time.perf_counter()
             n = 0
             while time.perf_counter() - start < args.seconds:
@@ -360,6 +403,7 @@ async def main() -> None:
             await asyncio.gather(*pending)
             latency_cpu = (servers_cpu_s() - latency_cpu) * 1000 / max(1, n)
             await asyncio.sleep(2)
+            latency_batch, latency_stored = _batching(counted, await _deliveries(http, bases))
             unanswered = len(sent_at)
             latencies.extend([2000.0] * unanswered)  # a frame that never came counts, waited
 
@@ -377,12 +421,13 @@ async def main() -> None:
                 while not queue.empty():
                     await post(queue.get_nowait())
 
+            counted = await _deliveries(http, bases)
             started = time.perf_counter()
             cpu_before = servers_cpu_s()
             machine_before = _machine_cpu_s()
             own_before = _cpu_s(os.getpid())
             await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-            accepted = args.burst / (time.perf_counter() - started)
+            accepted = args.burst / max(1e-9, time.perf_counter() - started)
             deadline = time.perf_counter() + 300
             while await _stored(url, burst_ids) < len(burst_ids):
                 if time.perf_counter() > deadline:
@@ -390,9 +435,11 @@ async def main() -> None:
                     break
                 await asyncio.sleep(0.05)
             ingest = args.burst / (time.perf_counter() - started)
-            cpu_ms = (servers_cpu_s() - cpu_before) * 1000 / args.burst
-            machine_ms = (_machine_cpu_s() - machine_before) * 1000 / args.burst
-            own_ms = (_cpu_s(os.getpid()) - own_before) * 1000 / args.burst
+            burst = max(1, args.burst)  # --burst 0: the latency part only
+            cpu_ms = (servers_cpu_s() - cpu_before) * 1000 / burst
+            machine_ms = (_machine_cpu_s() - machine_before) * 1000 / burst
+            own_ms = (_cpu_s(os.getpid()) - own_before) * 1000 / burst
+            ingest_batch, ingest_stored = _batching(counted, await _deliveries(http, bases))
             for task in readers:
                 task.cancel()
             for ws in sockets:
@@ -425,12 +472,20 @@ async def main() -> None:
         "no_frame": unanswered,
         "wrong_socket": wrong_socket,
         "latency_server_cpu_ms_per_webhook": round(latency_cpu, 2),
+        # Deliveries per transaction, and the share stored before processing (the worker
+        # lagged), in each part.
+        "latency_batch_mean": latency_batch,
+        "latency_stored_first": latency_stored,
+        "ingest_batch_mean": ingest_batch,
+        "ingest_stored_first": ingest_stored,
         "ingest_per_s": round(ingest, 1),
         "accepted_per_s": round(accepted, 1),
         "server_cpu_ms_per_msg": round(cpu_ms, 2),
         "machine_cpu_ms_per_msg": round(machine_ms, 2),  # server, PostgreSQL, this bench...
         "bench_cpu_ms_per_msg": round(own_ms, 2),
-        "ack_wait_s": args.ack_wait,  # the machine's load aside
+        "ack_wait_s": args.ack_wait,
+        "direct_below": args.direct_below,
+        "direct_wait_s": args.direct_wait,  # the machine's load aside
         "load_avg": round(os.getloadavg()[0], 2),
         "lost": lost,
         "duplicated": duplicated,
@@ -438,6 +493,8 @@ async def main() -> None:
     print(
         f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; ingest {result['ingest_per_s']}/s"
     )
+    if os.environ.get("BENCH_LATENCIES"):
+        await asyncio.to_thread(Path(os.environ["BENCH_LATENCIES"]).write_text, json.dumps(series))
     print(json.dumps(result))
 
 
