@@ -406,6 +406,8 @@ async def _channels(app: web.Application) -> AsyncIterator[None]:
         work_dir=Path(settings.recordings.work_dir),
         ack_wait=settings.inbox.ack_wait_s,
         batch=settings.inbox.batch,
+        direct_below=settings.inbox.direct_below,
+        direct_wait=settings.inbox.direct_wait_s,
     )
     app[INBOX] = inbox
     app[HEALTH].add("channels", inbox.provide_status)

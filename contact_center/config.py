@@ -459,6 +459,13 @@ class InboxSettings(_Section):
     # whatever happens, so waiting adds nothing but holds the provider's connections.
     ack_wait_s: float = Field(0.0, ge=0, le=30)
     batch: int = Field(200, ge=1, le=5000)  # deliveries processed in one transaction at most
+    # While the worker keeps up, the deliveries are processed at once (their transaction
+    # stores them) and answered after it: the message reaches the manager sooner and costs the
+    # database less. From direct_below waiting, or one waiting direct_wait_s (the worker is
+    # busy: a burst), they are stored and answered at once, and processed in batches as large
+    # as the backlog (a higher rate). direct_below 0: always stored first, then processed.
+    direct_below: int = Field(16, ge=0, le=5000)
+    direct_wait_s: float = Field(0.01, ge=0, le=5)  # 0: no time limit, direct_below only
 
 
 class Settings(_Section):

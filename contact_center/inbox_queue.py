@@ -14,6 +14,20 @@ transaction, so one bad delivery holds up nobody: it is retried with back-off an
 silently. A delivery stored and not processed (kill -9, the database away) is processed when
 the server starts again. On PostgreSQL the batch is locked ``FOR UPDATE SKIP LOCKED``, so
 several instances share the work and never process one delivery twice.
+
+The deliveries are not stored first while the worker keeps up: each batch takes those waiting
+in memory with the stored ones due, in one transaction that is their storing — messages,
+statuses, and the ones to take again written as stored deliveries —, and they are answered
+after its commit. That spares a statement and a commit each way (the row's insert, its
+deletion) and a hop between two tasks: the message reaches the manager sooner. When it does
+not keep up — ``direct_below`` deliveries wait (as they come, or when the worker comes to
+take them), or one has waited ``direct_wait`` seconds — they are stored and answered at once,
+and the worker takes them in batches as large as the backlog (up to ``batch``), which is what
+carries a high rate (the providers' connections are freed instead of waiting for the
+worker). A batch that fails is rolled back: the deliveries of it never stored are stored
+then, for the worker; a kill before the commit leaves them unanswered, and the provider
+delivers them again. One task does all the processing, so this instance's batches never wait
+for each other's locks. ``direct_below`` 0: every delivery is stored first.
 """
 
 from __future__ import annotations
@@ -27,7 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, delete, select, text
+from sqlalchemy import delete, select, text
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
@@ -37,7 +51,7 @@ from channels.base import WebhookRequest
 from contact_center import db
 from crm_core.clock import Clock
 from crm_core.conversations.model import Delivery
-from crm_core.db import UnnestInsert, is_postgresql
+from crm_core.db import UnnestInsert, fetch_pg, is_postgresql, row_dict
 from crm_core.events import DomainEvent
 from crm_core.ports import EventPublisher
 
@@ -89,19 +103,9 @@ _DELETE = text("DELETE FROM webhook_deliveries WHERE id = ANY(CAST(:ids AS INTEG
 # processes them commits the deletion, or a failure rolls it back); the ones to take again
 # are written back (_settle). SKIP LOCKED: another worker's batch is not waited for.
 _COLUMNS = sa_inspect(Delivery).column_attrs  # a taken row written back as it was
-_TAKE = (
-    delete(Delivery)
-    .where(
-        Delivery.id.in_(
-            select(Delivery.id)
-            .where(Delivery.next_at <= bindparam("now"))
-            .order_by(Delivery.id)
-            .limit(bindparam("limit"))
-            .with_for_update(skip_locked=True)
-        )
-    )
-    .returning(Delivery)
-    .execution_options(synchronize_session=False)
+_TAKE = text(
+    "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries "
+    "WHERE next_at <= :now ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED) RETURNING *"
 )
 
 
@@ -166,11 +170,29 @@ class _Held:
                 await conn.close()
 
 
+PROCESSED = 0  # what a delivery processed at once was "stored" as (ids start at 1)
+DIRECT_BELOW = 16  # deliveries waiting in memory from which they are stored (a burst)
+DIRECT_WAIT = 0.01  # seconds a delivery waits in memory for the worker, then it is stored
+
+
 @dataclass
 class _Pending:
     values: dict[str, Any]
-    stored: asyncio.Future[int | None]
+    stored: asyncio.Future[int | None]  # its id; None: stored already; PROCESSED
     parsed: Any = None
+    since: float = 0.0  # the loop's clock when it came
+
+
+def _fail(pendings: Sequence[_Pending], exc: BaseException) -> None:
+    """The webhooks still waiting for ``pendings`` fail with ``exc`` (answered 5xx): the
+    provider delivers them again."""
+    for pending in pendings:
+        if not pending.stored.done():
+            pending.stored.set_exception(exc)
+
+
+def _stopping(pendings: Sequence[_Pending]) -> None:
+    _fail(pendings, ConnectionError("the server is stopping"))
 
 
 PARSED_MAX = 10_000  # deliveries whose parsed form is held for the worker (a cache)
@@ -188,6 +210,8 @@ class DeliveryQueue:
         clock: Clock,
         batch: int = 200,
         ack_wait: float = 0.0,
+        direct_below: int = DIRECT_BELOW,
+        direct_wait: float = DIRECT_WAIT,
     ) -> None:
         self._sessions = sessions
         self._process = process
@@ -195,10 +219,13 @@ class DeliveryQueue:
         self._clock = clock
         self.batch = batch
         self.ack_wait = ack_wait
+        self.direct_below = direct_below
+        self.direct_wait = direct_wait
         self._incoming: list[_Pending] = []
         self._wake_store = asyncio.Event()
         self._wake_work = asyncio.Event()
         self._done: dict[int, asyncio.Future[None]] = {}
+        self._sweep = False  # the worker is to look for stored deliveries due
         self._tasks: list[asyncio.Task[None]] = []
         # What the webhook parsed of a delivery, by its id, for the worker not to parse the
         # body again (a delivery taken after a restart, or by another instance, is parsed).
@@ -206,9 +233,12 @@ class DeliveryQueue:
         # Each loop keeps its own connection between batches; the store loop, one INSERT a
         # batch, in autocommit.
         self._store_conn = _Held(sessions, autocommit=True)
+        self._store_lock = asyncio.Lock()
         self._work_conn = _Held(sessions)
         self.processed = 0
+        self.batches = 0  # transactions that processed deliveries (processed / batches: size)
         self.failed = 0
+        self.stored_first = 0  # deliveries written to the table before being processed
 
     # ---------------------------------------------------------------- life
 
@@ -217,6 +247,7 @@ class DeliveryQueue:
         left stored."""
         if self._tasks:
             return
+        self._sweep = True  # what a previous run left stored
         self._wake_work.set()
         self._tasks = [
             asyncio.create_task(self._store_loop(), name="deliveries:store"),
@@ -232,14 +263,23 @@ class DeliveryQueue:
         self._tasks.clear()
         await self._store_conn.close()
         await self._work_conn.close()
-        for pending in self._incoming:
-            if not pending.stored.done():
-                pending.stored.set_exception(ConnectionError("the server is stopping"))
+        _stopping(self._incoming)
         self._incoming.clear()
 
     @property
     def running(self) -> bool:
         return bool(self._tasks)
+
+    def provide_status(self) -> dict[str, int]:
+        """/healthz: deliveries processed and the batches that did it, stored first (the
+        worker lagged: a burst), failed to process one by one, and waiting in memory now."""
+        return {
+            "processed": self.processed,
+            "batches": self.batches,
+            "stored_first": self.stored_first,
+            "failed": self.failed,
+            "waiting": len(self._incoming),
+        }
 
     # ---------------------------------------------------------------- in
 
@@ -268,10 +308,18 @@ class DeliveryQueue:
             },
             asyncio.get_running_loop().create_future(),
             parsed,
+            asyncio.get_running_loop().time(),
         )
         self._incoming.append(pending)
-        self._wake_store.set()
+        if not self.direct_below:
+            self._wake_store.set()  # every delivery stored first
+        else:
+            self._wake_work.set()  # it takes them at once when it is free
+            if len(self._incoming) in (1, self.direct_below):
+                self._wake_store.set()  # the first's clock starts, or they are stored now
         delivery_id = await pending.stored
+        if delivery_id == PROCESSED:
+            return True
         if delivery_id is None:
             return False  # the same delivery is stored already and waits: processed once
         done = self._done.get(delivery_id)
@@ -285,46 +333,67 @@ class DeliveryQueue:
         return True
 
     async def _store_loop(self) -> None:
+        """Stores the deliveries waiting in memory once ``direct_below`` of them wait, or the
+        oldest has waited ``direct_wait`` (the worker is busy); with ``direct_below`` 0, all."""
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake_store.wait()
             self._wake_store.clear()
-            taken, self._incoming = self._incoming, []
-            if not taken:
-                continue
-            try:
-                ids = await self._store([p.values for p in taken])
-            except asyncio.CancelledError:
-                for p in taken:
-                    if not p.stored.done():
-                        p.stored.set_exception(ConnectionError("the server is stopping"))
-                raise
-            except Exception as exc:
-                log.exception("storing %d webhook deliveries failed", len(taken))
-                for p in taken:
-                    if not p.stored.done():
-                        p.stored.set_exception(exc)
-                continue
-            loop = asyncio.get_running_loop()
-            for p in taken:
-                delivery_id = ids.get((p.values["channel"], p.values["key"]))
-                if delivery_id is not None and delivery_id not in self._done:
-                    self._done[delivery_id] = loop.create_future()
-                    if p.parsed is not None:
-                        if len(self.parsed) >= PARSED_MAX:
-                            self.parsed.clear()  # others' (another instance took them)
-                        self.parsed[delivery_id] = p.parsed
-                if not p.stored.done():
-                    p.stored.set_result(delivery_id)
-            self._wake_work.set()
+            while self._incoming:
+                if self.direct_below and len(self._incoming) < self.direct_below:
+                    if not self.direct_wait:
+                        break
+                    left = self._incoming[0].since + self.direct_wait - loop.time()
+                    if left > 0:
+                        # The worker may take them meanwhile; direct_below reached wakes it.
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(left):
+                                await self._wake_store.wait()
+                        self._wake_store.clear()
+                        continue
+                taken, self._incoming = self._incoming, []
+                await self._store_taken(taken)
+
+    async def _store_taken(self, taken: list[_Pending]) -> None:
+        """``taken`` stored in one statement, each told its id (or its failure), and the
+        worker woken for them."""
+        try:
+            ids = await self._store([p.values for p in taken])
+        except asyncio.CancelledError:
+            _stopping(taken)
+            raise
+        except Exception as exc:
+            log.exception("storing %d webhook deliveries failed", len(taken))
+            _fail(taken, exc)
+            return
+        self.stored_first += len(ids)
+        loop = asyncio.get_running_loop()
+        for p in taken:
+            delivery_id = ids.get((p.values["channel"], p.values["key"]))
+            if delivery_id is not None and delivery_id not in self._done:
+                self._done[delivery_id] = loop.create_future()
+                if p.parsed is not None:
+                    if len(self.parsed) >= PARSED_MAX:
+                        self.parsed.clear()  # others' (another instance took them)
+                    self.parsed[delivery_id] = p.parsed
+            if not p.stored.done():
+                p.stored.set_result(delivery_id)
+        self._sweep = True
+        self._wake_work.set()
 
     async def _store(self, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
         """One INSERT for every delivery waiting; a redelivery of one still stored (or twice
         in the same batch) is not stored again. (channel, key) -> id of the new ones."""
         unique = list({(r["channel"], r["key"]): r for r in rows}.values())
         engine: AsyncEngine = self._sessions.kw["bind"]
-        if engine.dialect.name == "postgresql":
-            return await self._store_conn.on_connection(lambda conn: self._insert_pg(conn, unique))
-        return await self._store_conn.run(lambda session: self._insert(session, unique))
+        # The store loop and the worker (a burst it found waiting, a failed batch's deliveries
+        # never stored) share the connection.
+        async with self._store_lock:
+            if engine.dialect.name == "postgresql":
+                return await self._store_conn.on_connection(
+                    lambda conn: self._insert_pg(conn, unique)
+                )
+            return await self._store_conn.run(lambda session: self._insert(session, unique))
 
     @staticmethod
     async def _insert_pg(
@@ -332,8 +401,8 @@ class DeliveryQueue:
     ) -> dict[tuple[str, str], int]:
         """One statement in autocommit, on the connection itself (no session to set up for
         every webhook at a steady rate)."""
-        result = await conn.execute(_INSERT.statement, _INSERT.params(unique))
-        return {(r.channel, r.key): r.id for r in result}
+        rows = await fetch_pg(conn, _INSERT.statement, _INSERT.params(unique))
+        return {(channel, key): row_id for row_id, channel, key in rows}
 
     @staticmethod
     async def _insert(
@@ -353,53 +422,109 @@ class DeliveryQueue:
     # ---------------------------------------------------------------- work
 
     async def _work_loop(self) -> None:
+        """One task processes everything, so two batches of this instance never wait for each
+        other's locks: each batch takes the stored deliveries due (they arrived first) and
+        those waiting in memory (direct) together, in one transaction."""
         while True:
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(SWEEP_S):
                     await self._wake_work.wait()
+            except TimeoutError:
+                self._sweep = True  # retries come due, another instance's leftovers
             self._wake_work.clear()
             try:
-                # A batch short of the limit took every due delivery; what is stored meanwhile
-                # wakes the loop again (no empty transaction to find that out).
-                while await self.run_once() >= self.batch:
-                    pass
+                while True:
+                    direct: list[_Pending] = []
+                    if self.direct_below and len(self._incoming) >= self.direct_below:
+                        # A burst: stored (their webhooks answered) before it takes them.
+                        taken, self._incoming = self._incoming, []
+                        await self._store_taken(taken)
+                    elif self.direct_below and self._incoming:
+                        direct = self._incoming[: self.batch]
+                        del self._incoming[: self.batch]
+                    stored, self._sweep = self._sweep, False
+                    if not stored and not direct:
+                        break
+                    # A batch short of the limit took every due delivery; what is stored
+                    # meanwhile sets _sweep again.
+                    if await self._batch(direct, stored=stored) >= self.batch:
+                        self._sweep = True
             except asyncio.CancelledError:
                 raise
             except Exception:  # the database away: keep the worker alive, try again later
                 log.exception("processing webhook deliveries failed")
+                self._sweep = True
                 await asyncio.sleep(1)
 
     async def run_once(self) -> int:
-        """Process one batch of due deliveries; how many were taken (0: nothing due)."""
-        now = self._clock.now()
+        """Process one batch of due stored deliveries; how many were taken (0: nothing due)."""
+        return await self._batch([], stored=True)
 
-        async def batch(session: AsyncSession) -> tuple[list[Delivery], Outcome | None]:
+    async def _batch(self, direct: list[_Pending], *, stored: bool) -> int:
+        """One transaction: up to ``batch`` stored deliveries due (``stored``), oldest first,
+        and ``direct``, never stored (see the module's docstring): the ones of these to take
+        again are stored in it, and they are answered after its commit. How many stored ones
+        were taken. A failed batch is rolled back: ``direct`` is stored, the stored ones are
+        taken one by one."""
+        now = self._clock.now()
+        first: dict[tuple[str, str], _Pending] = {}
+        for pending in direct:  # one delivery twice in a batch: processed once
+            first.setdefault((pending.values["channel"], pending.values["key"]), pending)
+        fresh: list[Delivery] = []
+        for number, pending in enumerate(first.values(), start=1):
+            # Transient, never added: an id below 0 only names it to _process's outcome.
+            row = Delivery(id=-number, error=None, **pending.values)
+            fresh.append(row)
+            if pending.parsed is not None:
+                self.parsed[row.id] = pending.parsed
+
+        async def work(session: AsyncSession) -> tuple[list[Delivery], Outcome | None]:
             taken = is_postgresql(session)
-            if taken:
-                rows = sorted(
-                    await session.scalars(_TAKE, {"now": now, "limit": self.batch}),
-                    key=lambda r: r.id,
-                )
-            else:
-                rows = await self._due(session, now, self.batch)
+            due: list[Delivery] = []
+            if stored and taken:
+                taken_rows = await fetch_pg(session, _TAKE, {"now": now, "limit": self.batch})
+                # Transient rows (never in the session): plain values, no ORM load.
+                due = sorted((Delivery(**row_dict(r)) for r in taken_rows), key=lambda r: r.id)
+            elif stored:
+                due = await self._due(session, now, self.batch)
+            keys = {(r.channel, r.key) for r in due}  # stored and redelivered meanwhile
+            rows = [*due, *(r for r in fresh if (r.channel, r.key) not in keys)]
             if not rows:
                 return rows, None
             outcome = await self._process(session, rows, now)
-            await self._settle(session, rows, outcome, now, taken=taken)
+            await self._settle(session, due, outcome, now, taken=taken)
+            session.add_all(
+                self._again(row, why, now, keep_id=False)
+                for row in fresh
+                if (why := outcome.retry.get(row.id)) is not None
+            )
             await session.commit()
             return rows, outcome
 
         try:
-            rows, outcome = await self._work_conn.run(batch)
+            rows, outcome = await self._work_conn.run(work)
         except asyncio.CancelledError:
+            for row in fresh:
+                self.parsed.pop(row.id, None)  # the ids below 0 are used again
+            _stopping(direct)
             raise
         except Exception:
-            log.exception("a batch of webhook deliveries failed; taking them one by one")
+            log.exception(
+                "a batch of webhook deliveries failed; storing the %d not stored yet, "
+                "taking the stored ones one by one",
+                len(direct),
+            )
+            for row in fresh:
+                self.parsed.pop(row.id, None)
+            if direct:
+                await self._store_taken(direct)
             return await self._one_by_one(now)
-        if outcome is None:
-            return 0
-        await self._after(rows, outcome)
-        return len(rows)
+        if outcome is not None:
+            await self._after(rows, outcome)
+        for pending in direct:
+            if not pending.stored.done():
+                pending.stored.set_result(PROCESSED)
+        return sum(1 for row in rows if row.id > 0)
 
     async def _one_by_one(self, now: datetime) -> int:
         async with self._sessions() as session:
@@ -456,10 +581,7 @@ class DeliveryQueue:
                 why = outcome.retry.get(row.id)
                 if why is None:
                     continue
-                session.expunge(row)
-                again = Delivery(**{a.key: getattr(row, a.key) for a in _COLUMNS})
-                self._schedule_again(again, why, now)
-                session.add(again)
+                session.add(self._again(row, why, now))  # the taken rows are transient
             await session.flush()
             return
         done = [r.id for r in rows if r.id not in outcome.retry]
@@ -472,6 +594,14 @@ class DeliveryQueue:
             if why is not None:
                 self._schedule_again(row, why, now)
         await session.flush()
+
+    def _again(self, row: Delivery, why: str, now: datetime, *, keep_id: bool = True) -> Delivery:
+        """A new row of ``row`` (one taken and deleted, or never stored), to be taken again."""
+        again = Delivery(
+            **{a.key: getattr(row, a.key) for a in _COLUMNS if keep_id or a.key != "id"}
+        )
+        self._schedule_again(again, why, now)
+        return again
 
     def _schedule_again(self, row: Delivery, why: str, now: datetime) -> None:
         row.attempts += 1
@@ -499,6 +629,7 @@ class DeliveryQueue:
 
     async def _after(self, rows: Sequence[Delivery], outcome: Outcome) -> None:
         self.processed += sum(1 for r in rows if r.id not in outcome.retry)
+        self.batches += 1
         for row in rows:  # a delivery to take again was processed as far as it goes now
             self.parsed.pop(row.id, None)
             done = self._done.pop(row.id, None)

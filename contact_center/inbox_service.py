@@ -54,7 +54,7 @@ from channels.errors import (
 from channels.mail import EmailAdapter, MailBatch, MailboxState, OutboundEmail, quote_reply
 from channels.registry import Adapter, build_adapter
 from channels.whatsapp import WhatsAppAdapter
-from contact_center.inbox_queue import DeliveryQueue, Outcome
+from contact_center.inbox_queue import DIRECT_BELOW, DIRECT_WAIT, DeliveryQueue, Outcome
 from crm_core.access import Actor
 from crm_core.clock import Clock
 from crm_core.conversations import service as conversations
@@ -237,6 +237,8 @@ class Inbox:
         work_dir: Path | None = None,
         ack_wait: float = 0.0,
         batch: int = 200,
+        direct_below: int = DIRECT_BELOW,
+        direct_wait: float = DIRECT_WAIT,
     ) -> None:
         self._sessions = sessions
         self._bus = bus
@@ -258,7 +260,14 @@ class Inbox:
         self._templates: dict[str, tuple[float, list[MessageTemplate]]] = {}
         self._parsers: dict[int, tuple[Adapter, bool]] = {}
         self.deliveries = DeliveryQueue(
-            sessions, self._process, bus=bus, clock=clock, ack_wait=ack_wait, batch=batch
+            sessions,
+            self._process,
+            bus=bus,
+            clock=clock,
+            ack_wait=ack_wait,
+            batch=batch,
+            direct_below=direct_below,
+            direct_wait=direct_wait,
         )
 
     def start(self) -> None:
@@ -468,6 +477,7 @@ class Inbox:
             "channels": {code: a.kind for code, a in self.adapters.items()},
             "received": self.received,
             "refused": self.refused,
+            "deliveries": self.deliveries.provide_status(),
         }
 
     async def _book(self) -> RuleBook | None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, cast
@@ -24,6 +25,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import CursorResult, Dialect, Result
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
@@ -200,18 +202,8 @@ class UnnestInsert:
         ordered: bool = False,
     ) -> None:
         self.columns = columns
-        self._json: set[str] = set()
-        self._convert: dict[str, Any] = {}
-        casts, picks = [], []
-        for i, name in enumerate(columns):
-            column = table.c[name]
-            pg, is_json = _pg_type(column)
-            if is_json:
-                self._json.add(name)
-            if isinstance(column.type, TypeDecorator):
-                self._convert[name] = column.type.process_bind_param
-            casts.append(f"CAST(:p{i} AS {pg}[])")
-            picks.append(f"CAST(u.c{i} AS JSONB)" if is_json else f"u.c{i}")
+        self._arrays = _Arrays(table, columns)
+        casts, picks = self._arrays.casts, self._arrays.picks
         names = ", ".join(f"c{i}" for i in range(len(columns)))
         source = f"unnest({', '.join(casts)})"
         if ordered:
@@ -248,7 +240,50 @@ class UnnestInsert:
             )
         return found
 
-    def params(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    def params(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+        return self._arrays.params(rows)
+
+
+class UnnestUpdate:
+    """An ``UPDATE`` of many rows of ``table`` on PostgreSQL by ``key``, one array parameter a
+    column (:class:`UnnestInsert`'s types and conversions): each row's ``columns`` set to its
+    own values, the SQL the same for any number of rows."""
+
+    def __init__(self, table: Any, key: str, columns: tuple[str, ...]) -> None:
+        self._arrays = _Arrays(table, (key, *columns))
+        picks = self._arrays.picks
+        names = ", ".join(f"c{i}" for i in range(len(columns) + 1))
+        sets = ", ".join(f"{name} = {picks[i]}" for i, name in enumerate(columns, start=1))
+        self.statement = text(
+            f"UPDATE {table.name} AS t SET {sets} "
+            f"FROM unnest({', '.join(self._arrays.casts)}) AS u({names}) WHERE t.{key} = u.c0"
+        )
+
+    def params(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+        return self._arrays.params(rows)
+
+
+class _Arrays:
+    """Columns of ``table`` sent as one array parameter each (``:p0``, ``:p1``...), read back
+    as ``u.c0``, ``u.c1``... of an ``unnest``: their casts, the picks, the parameters."""
+
+    def __init__(self, table: Any, columns: tuple[str, ...]) -> None:
+        self.columns = columns
+        self._json: set[str] = set()
+        self._convert: dict[str, Any] = {}
+        self.casts: list[str] = []
+        self.picks: list[str] = []
+        for i, name in enumerate(columns):
+            column = table.c[name]
+            pg, is_json = _pg_type(column)
+            if is_json:
+                self._json.add(name)
+            if isinstance(column.type, TypeDecorator):
+                self._convert[name] = column.type.process_bind_param
+            self.casts.append(f"CAST(:p{i} AS {pg}[])")
+            self.picks.append(f"CAST(u.c{i} AS JSONB)" if is_json else f"u.c{i}")
+
+    def params(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {}
         for i, name in enumerate(self.columns):
             convert = self._convert.get(name)
@@ -259,6 +294,60 @@ class UnnestInsert:
             else:
                 out[f"p{i}"] = [r[name] for r in rows]
         return out
+
+
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+_POSITIONAL: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+
+def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """``sql`` with its ``:name`` parameters as asyncpg's ``$n`` (a ``::type`` cast is left
+    alone), and the names in their order; worked out once per statement."""
+    found = _POSITIONAL.get(sql)
+    if found is None:
+        names: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            if match.group(1) not in names:
+                names.append(match.group(1))
+            return f"${names.index(match.group(1)) + 1}"
+
+        found = _POSITIONAL[sql] = (_NAMED.sub(number, sql), tuple(names))
+    return found
+
+
+async def fetch_pg(session: Any, statement: Any, params: Mapping[str, Any]) -> Sequence[Any]:
+    """PostgreSQL: a text ``statement`` run on the driver's own connection, in the session's
+    (or connection's) transaction, its rows as tuples (by position, or by name: ``row["id"]``).
+
+    It spares SQLAlchemy's execution of a statement (about 0.1 ms of CPU each, half of the
+    whole): for the inbox batch's statements, a dozen a batch, whose results need no type
+    conversion (ids, text) and whose parameters are converted already (:class:`UnnestInsert`).
+    Before the session's transaction has begun on the connection (the driver begins it with
+    the first statement), the statement goes through the session: it must not run outside
+    the transaction. Nothing is flushed first: the statement must not depend on objects the
+    session holds unflushed."""
+    conn: Any = await session.connection() if isinstance(session, AsyncSession) else session
+    raw: Any = (await conn.get_raw_connection()).driver_connection
+    options = conn.sync_connection.get_execution_options()
+    autocommit = options.get("isolation_level") == "AUTOCOMMIT"
+    if not autocommit and not raw.is_in_transaction():
+        return list(await session.execute(statement, dict(params)))
+    sql, names = _positional(statement.text)
+    try:
+        return cast(Sequence[Any], await raw.fetch(sql, *(params[n] for n in names)))
+    except Exception as exc:
+        if raw.is_closed():  # the server went away: the pool must not hand it out again
+            await conn.invalidate()
+            raise ConnectionError(f"the database connection was lost: {exc}") from exc
+        raise
+
+
+def row_dict(row: Any) -> dict[str, Any]:
+    """A row :func:`fetch_pg` returned as a dict of its columns (asyncpg's ``Record``, or
+    SQLAlchemy's ``Row`` when the statement went through the session)."""
+    mapping = getattr(row, "_mapping", None)
+    return dict(mapping if mapping is not None else row)
 
 
 class _DefaultContext:
@@ -297,6 +386,6 @@ async def insert_objects(session: Any, objects: Sequence[Any]) -> None:
             row[col.name] = value
         rows.append(row)
     unnest = UnnestInsert.of(table, columns, ordered=True)
-    ids = sorted(r[0] for r in await session.execute(unnest.statement, unnest.params(rows)))
+    ids = sorted(r[0] for r in await fetch_pg(session, unnest.statement, unnest.params(rows)))
     for obj, new_id in zip(objects, ids, strict=True):
         obj.id = new_id

@@ -8,6 +8,10 @@ import time
 from typing import Any
 
 from channels.whatsapp import sign
+from crm_core.db import utcnow
+from crm_core.distribution import rules as distribution_rules
+from crm_core.distribution.schemas import ManagerInput, RuleInput
+from crm_core.users import service as users
 
 PHONE_NUMBER_ID = "106540352242922"
 APP_SECRET = "inbox-app-secret"
@@ -143,11 +147,6 @@ TEMPLATES = [
 async def manager_on_duty(session: Any, login: str = "ivan", name: str = "") -> int:
     """A manager (password ``password1``) whom a fixed distribution rule gives every new
     client; his id. The caller commits."""
-    from crm_core.db import utcnow
-    from crm_core.distribution import rules as distribution_rules
-    from crm_core.distribution.schemas import ManagerInput, RuleInput
-    from crm_core.users import service as users
-
     user, _ = await users.create_user(
         session,
         login=login,

@@ -3,9 +3,12 @@ deliveries pour in: every delivery the server answered 200 is processed after th
 and Meta's redelivery of all of them (those answered and those cut off) stores each message
 exactly once.
 
-The server answers a delivery once it is stored (``inbox.ack_wait_s`` 0), so the kill lands
-between storing and processing for many of them: they wait in ``webhook_deliveries`` and the
-restarted server's worker takes them first."""
+``stored``: the server stores each delivery first and answers it then (``inbox.direct_below``
+0, ``inbox.ack_wait_s`` 0), so the kill lands between storing and processing for many of
+them: they wait in ``webhook_deliveries`` and the restarted server's worker takes them first.
+``direct``: a delivery is processed in the transaction that stores it and answered after its
+commit: at the kill, each answered one is a message already (or a stored delivery, where
+processing fell back to storing)."""
 
 from __future__ import annotations
 
@@ -32,9 +35,11 @@ HOOK = "/webhooks/whatsapp/wa-main"
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.parametrize("mode", ["stored", "direct"])
 async def test_kill_9_while_deliveries_arrive_each_message_stored_once_after_restart(
     own_postgres: OwnPostgres,  # noqa: F811
     tmp_path: Path,
+    mode: str,
 ) -> None:
     url = own_postgres.url("cc")
     port = free_port()
@@ -46,6 +51,7 @@ async def test_kill_9_while_deliveries_arrive_each_message_stored_once_after_res
         CC_CHANNELS=json.dumps([wa_channel("http://127.0.0.1:9")]),
         CC_INBOX_ACK_WAIT_S="0",
         CC_INBOX_BATCH="20",
+        CC_INBOX_DIRECT_BELOW="16" if mode == "direct" else "0",
     )
     bodies = [
         wa_text(f"wamid.drill.{i}", f"Сообщение {i}", wa_id=f"7916{i:07d}") for i in range(MESSAGES)
@@ -73,12 +79,20 @@ async def test_kill_9_while_deliveries_arrive_each_message_stored_once_after_res
             await first.wait()
             await asyncio.gather(*sending)
         async with db.sessionmaker(engine)() as session:
-            waiting = await session.scalar(select(func.count()).select_from(Delivery))
-            stored = await session.scalar(select(func.count()).select_from(Message))
-        # Killed mid-stream: answered deliveries not yet processed wait in the table.
+            kept = list(await session.scalars(select(Delivery.body)))
+            stored_ids = set(await session.scalars(select(Message.provider_message_id)))
         assert answered and len(answered) < MESSAGES
-        assert waiting and waiting > 0, "the kill landed after everything was processed"
-        assert (stored or 0) < len(answered)
+        if mode == "stored":
+            # Killed mid-stream: answered deliveries not yet processed wait in the table.
+            assert kept, "the kill landed after everything was processed"
+            assert len(stored_ids) < len(answered)
+        else:
+            # Answered after its commit: each answered delivery is a message, or stored.
+            waiting_ids = {
+                json.loads(body)["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+                for body in kept
+            }
+            assert {f"wamid.drill.{i}" for i in answered} <= stored_ids | waiting_ids
 
         second = await _serve(env, tmp_path, "second")
         await _healthy(base, second, tmp_path / "second.log")

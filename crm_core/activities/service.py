@@ -27,7 +27,7 @@ from crm_core.activities.model import Activity
 from crm_core.activities.schemas import MANUAL_KINDS, ActivityInput, ActivityPatch
 from crm_core.clients.companies import group_company_ids
 from crm_core.clients.model import Company, Contact
-from crm_core.db import UnnestInsert, is_postgresql, utcnow
+from crm_core.db import UnnestInsert, fetch_pg, is_postgresql, utcnow
 from crm_core.deals.model import Deal
 from crm_core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from crm_core.leads.model import Lead
@@ -277,15 +277,17 @@ async def record_new_activities(
             conflict="ON CONFLICT (external_id) DO NOTHING",
             returning=("id", "external_id"),
         )
-        result = await session.execute(unnest.statement, unnest.params(rows))
+        result = await fetch_pg(session, unnest.statement, unnest.params(rows))
     else:
         # One multi-row INSERT (an ORM executemany with RETURNING runs a statement per row).
-        result = await session.execute(
-            sqlite.insert(Activity)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["external_id"])
-            .returning(Activity.id, Activity.external_id)
-        )
+        result = (
+            await session.execute(
+                sqlite.insert(Activity)
+                .values(rows)
+                .on_conflict_do_nothing(index_elements=["external_id"])
+                .returning(Activity.id, Activity.external_id)
+            )
+        ).all()
     ids = {external: row_id for row_id, external in result}
     out = []
     for values in rows:

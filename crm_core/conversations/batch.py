@@ -47,7 +47,7 @@ from crm_core.conversations.service import (
     _owner,
     _preview,
 )
-from crm_core.db import UnnestInsert, is_postgresql, write_lock
+from crm_core.db import UnnestInsert, UnnestUpdate, fetch_pg, is_postgresql, row_dict, write_lock
 from crm_core.distribution import service as distribution
 from crm_core.events import DomainEvent
 from crm_core.leads import service as leads
@@ -175,21 +175,21 @@ async def _threads(session: AsyncSession, todo: Sequence[Incoming], now: datetim
     )
     pg = is_postgresql(session)
 
-    def lookup(wanted: list[Key]) -> Any:
-        if pg:  # the same SQL for any batch
-            return select(Conversation).from_statement(
-                _CONVERSATIONS.bindparams(**_key_arrays(wanted))
+    async def lookup(wanted: list[Key]) -> list[Conversation]:
+        if pg:  # the same SQL for any batch, on the driver's connection: transient objects
+            rows = await fetch_pg(session, _CONVERSATIONS, _key_arrays(wanted))
+            return [Conversation(**row_dict(r)) for r in rows]
+        return list(
+            await session.scalars(
+                select(Conversation)
+                .where(tuple_(*columns).in_(wanted))
+                .order_by(Conversation.id)
+                .with_for_update()
             )
-        return (
-            select(Conversation)
-            .where(tuple_(*columns).in_(wanted))
-            .order_by(Conversation.id)
-            .with_for_update()
         )
 
     found = {
-        (c.channel, c.identity_kind, c.identity_value, c.thread_key): c
-        for c in await session.scalars(lookup(keys))
+        (c.channel, c.identity_kind, c.identity_value, c.thread_key): c for c in await lookup(keys)
     }
     missing = [k for k in keys if k not in found]
     created: set[Key] = set()
@@ -213,33 +213,37 @@ async def _threads(session: AsyncSession, todo: Sequence[Incoming], now: datetim
                     "updated_at": now,
                 }
             )
+        inserted: Sequence[Conversation]
         if pg:
-            inserted = await session.scalars(
-                select(Conversation).from_statement(
-                    _NEW_CONVERSATIONS.statement.bindparams(**_NEW_CONVERSATIONS.params(rows))
-                )
+            new_rows = await fetch_pg(
+                session, _NEW_CONVERSATIONS.statement, _NEW_CONVERSATIONS.params(rows)
             )
+            inserted = [Conversation(**row_dict(r)) for r in new_rows]
         else:
-            inserted = await session.scalars(
-                conv_service._insert(session)(Conversation)
-                .on_conflict_do_nothing()
-                .returning(Conversation),
-                rows,
-            )
+            inserted = (
+                await session.scalars(
+                    conv_service._insert(session)(Conversation)
+                    .on_conflict_do_nothing()
+                    .returning(Conversation),
+                    rows,
+                )
+            ).all()
         for conv in inserted:
             key = (conv.channel, conv.identity_kind, conv.identity_value, conv.thread_key)
             found[key] = conv
             created.add(key)
         late = [k for k in missing if k not in found]
         if late:  # another writer created them meanwhile
-            for conv in await session.scalars(lookup(late)):
+            for conv in await lookup(late):
                 found[(conv.channel, conv.identity_kind, conv.identity_value, conv.thread_key)] = (
                     conv
                 )
-    # Detached: what the batch changes on them is written by one statement at the end
-    # (_save_threads), not a flush of each (asyncpg: an UPDATE a row, at every autoflush).
-    for conv in found.values():
-        session.expunge(conv)
+    # Detached (PostgreSQL: never in the session): what the batch changes on them is written by
+    # one statement at the end (_save_threads), not a flush of each (an UPDATE a row, at every
+    # autoflush).
+    if not pg:
+        for conv in found.values():
+            session.expunge(conv)
     return [_Thread(found[k], k in created, grouped[k]) for k in keys]
 
 
@@ -308,9 +312,18 @@ def _save_statement() -> Any:
 _SAVE = _save_statement()
 
 
+# PostgreSQL: _save_threads in one statement of arrays, its SQL the same for any batch.
+_SAVE_PG = UnnestUpdate(cast(Table, Conversation.__table__), "id", _SAVED)
+
+
 async def _save_threads(session: AsyncSession, threads: Sequence[_Thread]) -> None:
-    """The batch's conversations as it left them: one executemany UPDATE."""
+    """The batch's conversations as it left them: one UPDATE (PostgreSQL: of arrays;
+    elsewhere an executemany)."""
     if not threads:
+        return
+    if is_postgresql(session):
+        rows = [{"id": t.conv.id, **{n: getattr(t.conv, n) for n in _SAVED}} for t in threads]
+        await fetch_pg(session, _SAVE_PG.statement, _SAVE_PG.params(rows))
         return
     params = [
         {"conv_id": t.conv.id, **{f"v_{name}": getattr(t.conv, name) for name in _SAVED}}
@@ -352,8 +365,8 @@ async def _insert_messages(session: AsyncSession, messages: Sequence[Message]) -
         returning=("id", "channel", "provider_message_id"),
     )
     rows = [{name: getattr(m, name) for name in _MESSAGE_COLUMNS} for m in messages]
-    result = await session.execute(unnest.statement, unnest.params(rows))
-    ids = {(r.channel, r.provider_message_id): r.id for r in result}
+    result = await fetch_pg(session, unnest.statement, unnest.params(rows))
+    ids = {(channel, pid): row_id for row_id, channel, pid in result}
     for message in messages:
         message.id = ids[(message.channel, message.provider_message_id)]
 
@@ -396,32 +409,37 @@ async def _identify(session: AsyncSession, threads: Sequence[_Thread], rules: Cr
             (channel, value)
             for ids in identities.values()
             for kind, value in ids
-            if (channel := {"wa_id": "whatsapp", "telegram": "telegram"}.get(kind))
+            if (channel := conv_service.MESSENGER_OF.get(kind))
         }
     )
+    wanted = sorted({pair for ids in identities.values() for pair in ids})
     by_messenger: dict[tuple[str, str], int] = {}
-    pg = is_postgresql(session)
-    if pairs:
-        if pg:
-            messenger_rows = await session.execute(
-                _MESSENGER_IDS,
-                {"channels": [c for c, _ in pairs], "values": [v for _, v in pairs]},
-            )
-        else:
+    elsewhere: dict[tuple[str, str], tuple[int | None, int | None, int | None]] = {}
+    if is_postgresql(session):  # both look-ups in one round trip
+        rows = await fetch_pg(
+            session,
+            _IDENTITIES,
+            {
+                "channels": [c for c, _ in pairs],
+                "values": [v for _, v in pairs],
+                "kinds": [k for k, _ in wanted],
+                "identities": [v for _, v in wanted],
+            },
+        )
+        for source, key, value, contact_id, company_id, lead_id, _ in rows:
+            if source == "m":
+                by_messenger.setdefault((key, value), contact_id)
+            else:
+                elsewhere.setdefault((key, value), (contact_id, company_id, lead_id))
+    else:
+        if pairs:
             messenger_rows = await session.execute(
                 select(MessengerId.channel, MessengerId.external_id, MessengerId.contact_id).where(
                     tuple_(MessengerId.channel, MessengerId.external_id).in_(pairs)
                 )
             )
-        for channel, value, messenger_owner in messenger_rows:
-            by_messenger.setdefault((channel, value), messenger_owner)
-    wanted = sorted({pair for ids in identities.values() for pair in ids})
-    elsewhere: dict[tuple[str, str], tuple[int | None, int | None, int | None]] = {}
-    if pg:
-        linked_rows = await session.execute(
-            _LINKED, {"kinds": [k for k, _ in wanted], "values": [v for _, v in wanted]}
-        )
-    else:
+            for channel, value, messenger_owner in messenger_rows:
+                by_messenger.setdefault((channel, value), messenger_owner)
         linked_rows = await session.execute(
             select(
                 Conversation.identity_kind,
@@ -440,11 +458,11 @@ async def _identify(session: AsyncSession, threads: Sequence[_Thread], rules: Cr
             )
             .order_by(Conversation.id)
         )
-    for kind, value, linked_contact, linked_company, linked_lead in linked_rows:
-        elsewhere.setdefault((kind, value), (linked_contact, linked_company, linked_lead))
+        for kind, value, linked_contact, linked_company, linked_lead in linked_rows:
+            elsewhere.setdefault((kind, value), (linked_contact, linked_company, linked_lead))
     for thread in left:
         for kind, value in identities[thread.conv.id]:
-            channel = {"wa_id": "whatsapp", "telegram": "telegram"}.get(kind)
+            channel = conv_service.MESSENGER_OF.get(kind)
             owner_id = by_messenger.get((channel, value)) if channel else None
             if owner_id:
                 thread.client = await _owner(session, owner_id, None, None)
@@ -460,19 +478,21 @@ async def _identify(session: AsyncSession, threads: Sequence[_Thread], rules: Cr
                     break
 
 
-# PostgreSQL: _identify's look-ups with the same SQL for any batch (arrays, not IN lists).
-_MESSENGER_IDS = text(
-    "SELECT m.channel, m.external_id, m.contact_id FROM messenger_ids AS m "
+# PostgreSQL: _identify's two look-ups in one statement with the same SQL for any batch
+# (arrays, not IN lists): the messenger ids' owners ("m"), then the same identities linked to a
+# client in other conversations ("c"), the oldest conversation first.
+_IDENTITIES = text(
+    "SELECT 'm' AS source, m.channel, m.external_id, m.contact_id, "
+    "CAST(NULL AS INTEGER), CAST(NULL AS INTEGER), 0 AS ord FROM messenger_ids AS m "
     "JOIN unnest(CAST(:channels AS VARCHAR[]), CAST(:values AS VARCHAR[])) AS u(channel, value) "
-    "ON m.channel = u.channel AND m.external_id = u.value"
-)
-_LINKED = text(
-    "SELECT c.identity_kind, c.identity_value, c.contact_id, c.company_id, c.lead_id "
+    "ON m.channel = u.channel AND m.external_id = u.value "
+    "UNION ALL "
+    "SELECT 'c', c.identity_kind, c.identity_value, c.contact_id, c.company_id, c.lead_id, c.id "
     "FROM conversations AS c "
-    "JOIN unnest(CAST(:kinds AS VARCHAR[]), CAST(:values AS VARCHAR[])) AS u(kind, value) "
+    "JOIN unnest(CAST(:kinds AS VARCHAR[]), CAST(:identities AS VARCHAR[])) AS u(kind, value) "
     "ON c.identity_kind = u.kind AND c.identity_value = u.value "
     "WHERE c.contact_id IS NOT NULL OR c.company_id IS NOT NULL OR c.lead_id IS NOT NULL "
-    "ORDER BY c.id"
+    "ORDER BY source, ord"
 )
 
 

@@ -49,7 +49,7 @@ from crm_core.conversations.model import (
     Message,
     MessageStatus,
 )
-from crm_core.db import is_postgresql, utcnow, write_lock
+from crm_core.db import fetch_pg, is_postgresql, utcnow, write_lock
 from crm_core.distribution import service as distribution
 from crm_core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from crm_core.events import DomainEvent
@@ -196,8 +196,12 @@ async def _by_email(session: AsyncSession, address: str) -> _Client | None:
     return None
 
 
+# The messenger-id channel an identity kind is stored under (messenger_ids.channel).
+MESSENGER_OF = {"wa_id": "whatsapp", "telegram": "telegram"}
+
+
 async def _by_messenger(session: AsyncSession, kind: str, value: str) -> _Client | None:
-    channel = {"wa_id": "whatsapp", "telegram": "telegram"}.get(kind)
+    channel = MESSENGER_OF.get(kind)
     if channel is None:
         return None
     contact_id = await session.scalar(
@@ -371,15 +375,17 @@ async def stored_ids(session: AsyncSession, ids: Sequence[tuple[str, str]]) -> s
         return set()
     pairs = sorted(set(ids))
     if is_postgresql(session):  # the same SQL for any number of ids
-        rows = await session.execute(
-            _STORED_IDS, {"channels": [c for c, _ in pairs], "ids": [p for _, p in pairs]}
+        rows = await fetch_pg(
+            session, _STORED_IDS, {"channels": [c for c, _ in pairs], "ids": [p for _, p in pairs]}
         )
     else:
-        rows = await session.execute(
-            select(Message.channel, Message.provider_message_id).where(
-                tuple_(Message.channel, Message.provider_message_id).in_(pairs)
+        rows = (
+            await session.execute(
+                select(Message.channel, Message.provider_message_id).where(
+                    tuple_(Message.channel, Message.provider_message_id).in_(pairs)
+                )
             )
-        )
+        ).all()
     return {(str(c), str(p)) for c, p in rows}
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, func, literal, or_, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core import access, listing
@@ -20,7 +20,7 @@ from crm_core.access import Actor
 from crm_core.clients import service as clients
 from crm_core.clients.errors import InvalidReference
 from crm_core.clients.model import LegalEntity
-from crm_core.db import contains, utcnow
+from crm_core.db import contains, is_postgresql, utcnow
 from crm_core.deals.errors import (
     DealNotFound,
     InvalidDealInput,
@@ -58,25 +58,88 @@ async def check_references(
 ) -> None:
     """The source and region exist and are active, the responsible user exists and is active
     (422 ``invalid-reference`` naming the field otherwise). None is not checked."""
-    references: tuple[tuple[str, type[Source] | type[Region], str, int | None], ...] = (
-        ("source_id", Source, "source", source_id),
-        ("region_id", Region, "region", region_id),
+    refs = await active_references(
+        session, sources=(source_id,), regions=(region_id,), users=(responsible_id,)
     )
-    for key, model, what, ref_id in references:
-        if ref_id is None:
-            continue
-        row: Source | Region | None = await session.get(model, ref_id)
-        if row is None or not row.is_active:
-            raise InvalidReference(
-                f"{key}: no active {what} {ref_id}", details={"field": key, "value": ref_id}
-            )
-    if responsible_id is not None:
-        user = await session.get(User, responsible_id)
-        if user is None or not user.is_active:
+    refs.check(source_id=source_id, region_id=region_id, responsible_id=responsible_id)
+
+
+@dataclass(frozen=True)
+class ActiveReferences:
+    """Which of some ids are active sources, regions and users (:func:`active_references`)."""
+
+    sources: frozenset[int]
+    regions: frozenset[int]
+    users: frozenset[int]
+
+    def check(
+        self,
+        *,
+        source_id: int | None = None,
+        region_id: int | None = None,
+        responsible_id: int | None = None,
+    ) -> None:
+        """:func:`check_references` of one record against what was read."""
+        for key, what, ref_id, active in (
+            ("source_id", "source", source_id, self.sources),
+            ("region_id", "region", region_id, self.regions),
+        ):
+            if ref_id is not None and ref_id not in active:
+                raise InvalidReference(
+                    f"{key}: no active {what} {ref_id}", details={"field": key, "value": ref_id}
+                )
+        if responsible_id is not None and responsible_id not in self.users:
             raise InvalidReference(
                 f"responsible_id: no active user {responsible_id}",
                 details={"field": "responsible_id", "value": responsible_id},
             )
+
+
+async def active_references(
+    session: AsyncSession,
+    *,
+    sources: Iterable[int | None] = (),
+    regions: Iterable[int | None] = (),
+    users: Iterable[int | None] = (),
+) -> ActiveReferences:
+    """The active ones of these sources, regions and users, read in one query (through the
+    session, so what it holds unflushed counts): many records checked at once (the inbox's
+    batch of new leads) without an ORM load of each kind."""
+    wanted = {
+        "sources": sorted({i for i in sources if i is not None}),
+        "regions": sorted({i for i in regions if i is not None}),
+        "users": sorted({i for i in users if i is not None}),
+    }
+    found: dict[str, set[int]] = {"s": set(), "r": set(), "u": set()}
+    if any(wanted.values()):
+        if is_postgresql(session):  # the same SQL for any number of ids
+            rows = await session.execute(_ACTIVE, wanted)
+        else:
+            rows = await session.execute(
+                union_all(
+                    *(
+                        select(literal(kind), model.id).where(
+                            model.id.in_(wanted[name]), model.is_active.is_(True)
+                        )
+                        for kind, name, model in (
+                            ("s", "sources", Source),
+                            ("r", "regions", Region),
+                            ("u", "users", User),
+                        )
+                    )
+                )
+            )
+        for kind, row_id in rows:
+            found[kind].add(int(row_id))
+    return ActiveReferences(frozenset(found["s"]), frozenset(found["r"]), frozenset(found["u"]))
+
+
+_ACTIVE = text(
+    "SELECT 's', id FROM sources WHERE id = ANY(CAST(:sources AS INTEGER[])) AND is_active "
+    "UNION ALL SELECT 'r', id FROM regions WHERE id = ANY(CAST(:regions AS INTEGER[])) "
+    "AND is_active "
+    "UNION ALL SELECT 'u', id FROM users WHERE id = ANY(CAST(:users AS INTEGER[])) AND is_active"
+)
 
 
 async def _check_clients(

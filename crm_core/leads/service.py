@@ -19,8 +19,6 @@ from typing import Any
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import raiseload
-from sqlalchemy.orm.util import identity_key
 
 from crm_core import access, listing
 from crm_core.access import Actor
@@ -77,9 +75,7 @@ from crm_core.leads.schemas import (
     LeadPatch,
 )
 from crm_core.phones import digits_of, digits_reversed, try_normalize_phone
-from crm_core.reference.model import Source
 from crm_core.rules import CrmRules, StageDef
-from crm_core.users.model import User
 from crm_core.validation import validate_client_type, validate_custom_fields, validate_inn
 
 # Patch fields copied as they are (after the checks).
@@ -289,13 +285,6 @@ async def create_lead(
     return created[0], events
 
 
-def _not_held(session: AsyncSession, model: type[Any], ids: set[int | None]) -> list[int]:
-    """Which of ``ids`` the session does not hold an instance of (a query would fetch)."""
-    return sorted(
-        i for i in ids if i is not None and session.identity_map.get(identity_key(model, i)) is None
-    )
-
-
 async def create_leads(
     session: AsyncSession,
     items: Sequence[LeadInput],
@@ -312,31 +301,20 @@ async def create_leads(
     leads, their numbers, addresses and first stage are written by one statement of arrays
     each and stay out of the session (no unit of work for objects nobody changes after)."""
     now = now or utcnow()
-    # The references every lead checks, read in one query each; held here, as the session's
-    # identity map keeps only what something references.
-    held: list[object] = []
-    if len(items) > 1:
-        users = _not_held(session, User, {i.responsible_id for i in items})
-        if users:
-            # Only is_active is checked: not the extensions (a second query, selectin).
-            held += (
-                await session.scalars(
-                    select(User).where(User.id.in_(users)).options(raiseload(User.extensions))
-                )
-            ).all()
-        sources = _not_held(session, Source, {i.source_id for i in items})
-        if sources:
-            held += (await session.scalars(select(Source).where(Source.id.in_(sources)))).all()
+    # The references every lead checks, read in one query for all of them.
+    refs = await deals.active_references(
+        session,
+        sources=(i.source_id for i in items),
+        regions=(i.region_id for i in items),
+        users=(access.responsible_for_new(actor, i.responsible_id) for i in items),
+    )
     built: list[tuple[Lead, list[str], list[str]]] = []
     for data in items:
         target = data.stage or rules.lead_stages[0].code
         responsible_id = access.responsible_for_new(actor, data.responsible_id)
         validate_client_type(data.client_type, rules)
-        await deals.check_references(
-            session,
-            source_id=data.source_id,
-            region_id=data.region_id,
-            responsible_id=responsible_id,
+        refs.check(
+            source_id=data.source_id, region_id=data.region_id, responsible_id=responsible_id
         )
         custom = _clean_custom(data.custom, rules)
         phones = clients.normalize_phones(data.phones, region=rules.default_region)

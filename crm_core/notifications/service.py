@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_core.db import UnnestInsert, is_postgresql, rowcount
+from crm_core.db import UnnestInsert, fetch_pg, is_postgresql, rowcount
 from crm_core.deals.events import DealCreated
 from crm_core.distribution.events import WebRequestAssigned, WebRequestReceived
 from crm_core.events import DomainEvent
@@ -208,21 +208,24 @@ async def record(
             wanted.setdefault(_dedupe_key(notice, user_id), (notice, user_id))
     if not wanted:
         return []
-    if len(wanted) == 1:
+    if len(wanted) == 1 and not is_postgresql(session):
         ((key, (notice, user_id)),) = wanted.items()
         row_id = await _insert_once(session, notice, user_id, now)
         inserted = {key: row_id} if row_id is not None else {}
-    else:  # a batch (the inbox's new leads): one statement, compiled once
+    else:  # a batch (the inbox's new leads), or one on PostgreSQL: one statement, prepared once
         params = [_values(notice, user_id, now) for notice, user_id in wanted.values()]
+        result: Sequence[Any]
         if is_postgresql(session):  # its SQL the same for any number of rows
-            result = await session.execute(_UNNEST.statement, _UNNEST.params(params))
+            result = await fetch_pg(session, _UNNEST.statement, _UNNEST.params(params))
         else:
-            result = await session.execute(
-                sqlite_insert(Notification)
-                .on_conflict_do_nothing(index_elements=["dedupe_key"])
-                .returning(Notification.id, Notification.dedupe_key),
-                params,
-            )
+            result = (
+                await session.execute(
+                    sqlite_insert(Notification)
+                    .on_conflict_do_nothing(index_elements=["dedupe_key"])
+                    .returning(Notification.id, Notification.dedupe_key),
+                    params,
+                )
+            ).all()
         inserted = {key: row_id for row_id, key in result}
     created: list[NotificationCreated] = []
     for key, (notice, user_id) in wanted.items():

@@ -20,7 +20,7 @@ from contact_center.config import DatabaseSettings, Settings
 from contact_center.inbox_queue import delivery_key
 from contact_center.keys import INBOX, SCHEDULER, SESSIONS
 from crm_core.conversations.model import Delivery, Message
-from crm_core.db import utcnow
+from crm_core.db import utcnow, write_lock
 from crm_core.leads.model import Lead
 from crm_core.users import service as users
 from tests.fakes.graph_api import FakeGraphApi
@@ -44,6 +44,17 @@ def _stored(body: bytes, channel: str = "wa-main") -> Delivery:
         next_at=now,
         attempts=0,
     )
+
+
+async def _stored_when(client: Any, count: int) -> list[str]:
+    """The stored messages' provider ids once there are ``count`` of them (5 s at most)."""
+    for _ in range(100):
+        async with client.app[SESSIONS]() as session:
+            stored = list(await session.scalars(select(Message.provider_message_id)))
+        if len(stored) >= count:
+            break
+        await asyncio.sleep(0.05)
+    return stored
 
 
 def _settings(make_settings: Callable[..., Settings], database_url: str, api: str) -> Settings:
@@ -184,10 +195,188 @@ async def test_deliveries_go_on_after_the_database_drops_the_queues_connections(
             )
     second = wa_text("wamid.after", "второе", wa_id="79163330000")
     assert (await client.post(HOOK, data=second, headers=signed(second))).status == 200
-    for _ in range(100):
+    assert sorted(await _stored_when(client, 2)) == ["wamid.after", "wamid.before"]
+
+
+async def _refuse_inserts(session: Any, table: str, pg: bool) -> None:
+    """A trigger that makes the database refuse every new row of ``table`` (a fault, in the
+    database itself)."""
+    if pg:
+        await session.execute(
+            text(
+                "CREATE OR REPLACE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql"
+            )
+        )
+        await session.execute(
+            text(
+                f"CREATE TRIGGER refuse BEFORE INSERT ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION refuse()"
+            )
+        )
+    else:
+        await session.execute(
+            text(
+                f"CREATE TRIGGER refuse BEFORE INSERT ON {table} "
+                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        )
+    await session.commit()
+
+
+async def test_a_delivery_is_processed_before_it_is_answered(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    aiohttp_client_factory: Callable[..., Any],
+) -> None:
+    """The worker keeps up: the message is in the CRM when the provider gets its 200, and no
+    delivery row is written for it (its transaction is its storing): the webhooks succeed
+    with the queue's table refusing every row."""
+    client = await aiohttp_client_factory(
+        create_app(
+            _settings(make_settings, database_url, "http://127.0.0.1:9"), announce=lambda _t: None
+        )
+    )
+    async with client.app[SESSIONS]() as session:
+        await _refuse_inserts(session, "webhook_deliveries", database_url.startswith("postgresql"))
+    for n in range(3):
+        body = wa_text(f"wamid.now.{n}", f"сразу {n}", wa_id="79164440000")
+        assert (await client.post(HOOK, data=body, headers=signed(body))).status == 200
         async with client.app[SESSIONS]() as session:
             stored = (await session.scalars(select(Message.provider_message_id))).all()
-        if len(stored) == 2:
+        assert sorted(stored) == [f"wamid.now.{i}" for i in range(n + 1)]
+    assert client.app[INBOX].deliveries.processed == 3
+
+
+async def test_a_delivery_that_fails_at_once_is_stored_for_the_worker(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    aiohttp_client_factory: Callable[..., Any],
+) -> None:
+    """The database refuses the message (a trigger stands in for any failure): the transaction
+    that processed it at once is rolled back, the delivery is stored (the webhook still 200),
+    and the worker stores the message once the database takes it."""
+    client = await aiohttp_client_factory(
+        create_app(
+            _settings(make_settings, database_url, "http://127.0.0.1:9"), announce=lambda _t: None
+        )
+    )
+    pg = database_url.startswith("postgresql")
+    async with client.app[SESSIONS]() as session:
+        await _refuse_inserts(session, "conversation_messages", pg)
+    body = wa_text("wamid.refused", "не сохранится сразу", wa_id="79165550000")
+    assert (await client.post(HOOK, data=body, headers=signed(body))).status == 200
+    queue = client.app[INBOX].deliveries
+    for _ in range(100):  # the worker tries it too, then keeps it with its error
+        async with client.app[SESSIONS]() as session:
+            kept = (await session.scalars(select(Delivery))).all()
+        if kept and kept[0].attempts:
             break
         await asyncio.sleep(0.05)
-    assert sorted(stored) == ["wamid.after", "wamid.before"]
+    assert [(k.key, k.attempts) for k in kept] == [(delivery_key(body), 1)]
+    await queue.stop()  # the test takes it (the worker's own sweep could come first)
+    async with client.app[SESSIONS]() as session:
+        assert (await session.scalars(select(Message))).all() == []
+        await session.execute(
+            text("DROP TRIGGER refuse ON conversation_messages" if pg else "DROP TRIGGER refuse")
+        )
+        await session.execute(update(Delivery).values(next_at=utcnow() - timedelta(seconds=1)))
+        await session.commit()
+    assert await queue.run_once() == 1
+    async with client.app[SESSIONS]() as session:
+        stored = (await session.scalars(select(Message.provider_message_id))).all()
+        assert (await session.scalars(select(Delivery))).all() == []
+    assert stored == ["wamid.refused"]
+
+
+@pytest.mark.parametrize("limit", ["count", "time", "count before the time"])
+async def test_a_burst_is_stored_and_answered_then_processed_in_batches(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    aiohttp_client_factory: Callable[..., Any],
+    limit: str,
+) -> None:
+    """From ``inbox.direct_below`` deliveries waiting on, or once one has waited
+    ``inbox.direct_wait_s``, they are stored first (answered at once, the worker behind):
+    every message still stored once. The count stores them while the first one's time runs
+    (it used to wait for that time to end)."""
+    below, wait = {"count": ("4", "0"), "time": ("1000", "0.05")}.get(limit, ("4", "5"))
+    settings = make_settings(
+        CC_DATABASE_URL=database_url,
+        CC_CHANNELS=json.dumps([wa_channel("http://127.0.0.1:9")]),
+        CC_SCHEDULER_INTERVAL_S="3600",
+        CC_INBOX_DIRECT_BELOW=below,
+        CC_INBOX_DIRECT_WAIT_S=wait,
+    )
+    client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+    queue = client.app[INBOX].deliveries
+    bodies = [wa_text(f"wamid.burst.{n}", f"поток {n}", wa_id=f"7916666{n:04d}") for n in range(40)]
+    async with client.app[SESSIONS]() as blocker:
+        # The worker's first batch waits for this lock, so the others pile up behind it.
+        if database_url.startswith("postgresql"):
+            await blocker.execute(text("LOCK TABLE conversations IN EXCLUSIVE MODE"))
+        else:
+            await write_lock(blocker, "conversations")  # SQLite: its storing waits too
+
+        def post(body: bytes) -> asyncio.Future[Any]:
+            return asyncio.ensure_future(client.post(HOOK, data=body, headers=signed(body)))
+
+        posts = [post(bodies[0])]  # the worker takes it, and waits
+        await asyncio.sleep(0.3)
+        posts.append(post(bodies[1]))  # its time starts: alone, it waits
+        await asyncio.sleep(0.3)
+        posts += [post(body) for body in bodies[2:]]
+        await asyncio.sleep(0.3)
+        postgresql = database_url.startswith("postgresql")
+        for _ in range(200):
+            if queue.stored_first or not postgresql:
+                break
+            await asyncio.sleep(0.02)
+        # PostgreSQL: stored while the worker is held (SQLite's storing waits for the lock).
+        assert queue.stored_first or not postgresql
+        await blocker.commit()
+    answers = await asyncio.gather(*posts)
+    assert [a.status for a in answers] == [200] * 40
+    stored = await _stored_when(client, 40)
+    assert sorted(stored) == sorted(f"wamid.burst.{n}" for n in range(40))
+    assert 0 < queue.stored_first < 40  # some stored first, some processed at once
+
+
+async def test_a_stored_delivery_and_one_arriving_are_processed_in_one_batch(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    aiohttp_client_factory: Callable[..., Any],
+) -> None:
+    """The worker takes the deliveries waiting in memory with the stored ones due, in one
+    transaction (it used to take two: the stored batch, then the one processed at once). A
+    message's created_at is its batch's time."""
+    settings = make_settings(
+        CC_DATABASE_URL=database_url,
+        CC_CHANNELS=json.dumps([wa_channel("http://127.0.0.1:9")]),
+        CC_SCHEDULER_INTERVAL_S="3600",
+        CC_INBOX_DIRECT_WAIT_S="5",  # the arriving one is not stored while the worker works
+    )
+    client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+    queue = client.app[INBOX].deliveries
+    await queue.stop()  # the webhook starts it again: the stored one is due at its start
+    left = wa_text("wamid.left", "Оставлено до перезапуска", wa_id="79163330000")
+    async with client.app[SESSIONS]() as session:
+        session.add(_stored(left))
+        await session.commit()
+    arriving = wa_text("wamid.arriving", "Пришло сейчас", wa_id="79164440000")
+    response = await client.post(HOOK, data=arriving, headers=signed(arriving))
+    assert response.status == 200
+    async with client.app[SESSIONS]() as session:
+        made = {m.provider_message_id: m.created_at for m in await session.scalars(select(Message))}
+        assert (await session.scalars(select(Delivery))).all() == []
+    assert set(made) == {"wamid.left", "wamid.arriving"}
+    assert len(set(made.values())) == 1, made
+    health = await (await client.get("/healthz")).json()
+    # The arriving one never went through the table.
+    assert health["channels"]["deliveries"] == {
+        "processed": 2,
+        "batches": 1,
+        "stored_first": 0,
+        "failed": 0,
+        "waiting": 0,
+    }

@@ -92,6 +92,7 @@ WITHOUT_ACTOR = {
     "crm_core.clients.legal.add_entity_rows": "rows of a card its caller is writing",
     "crm_core.clients.records.refuse_with_history": "a check inside delete use cases",
     "crm_core.deals.service.check_references": "validates sources, regions and users",
+    "crm_core.deals.service.active_references": "which sources, regions and users are active",
     "crm_core.deals.service.describe": "renders deals loaded by a checked use case",
     "crm_core.deals.service.stage_durations": "funnel statistics for the reports",
 }

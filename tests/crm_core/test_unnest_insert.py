@@ -169,3 +169,58 @@ async def test_insert_objects_writes_what_a_flush_writes(session: Any) -> None:
         assert read[obj.id].last10 == f"916000000{i}"
         assert read[obj.id].digits_rev == f"7916000000{i}"[::-1]
         assert read[obj.id].kind == "work"  # its Python default
+
+
+def test_named_parameters_become_asyncpgs_positional_ones() -> None:
+    from sqlalchemy import text
+
+    from crm_core.db import _positional
+
+    sql, names = _positional(
+        text(
+            "SELECT x::int FROM t WHERE a = ANY(CAST(:ids AS INTEGER[])) AND b = :b OR c = :ids"
+        ).text
+    )
+    assert sql == "SELECT x::int FROM t WHERE a = ANY(CAST($1 AS INTEGER[])) AND b = $2 OR c = $1"
+    assert names == ("ids", "b")
+
+
+async def test_fetch_pg_runs_in_the_sessions_transaction(session: Any) -> None:
+    """The first statement of a transaction goes through the session (which begins it); the
+    next ones on the driver's connection: both are rolled back with the transaction."""
+    from sqlalchemy import func, text
+
+    from crm_core.conversations.model import Conversation
+    from crm_core.db import fetch_pg
+
+    insert = text(
+        "INSERT INTO conversations (channel, channel_kind, identity_kind, identity_value, "
+        "thread_key, name, status, unread, preview, created_at, updated_at) SELECT 'wa', "
+        "'whatsapp', 'wa_id', v, '', '', 'open', 0, '', now(), now() "
+        "FROM unnest(CAST(:values AS VARCHAR[])) AS v RETURNING id, identity_value"
+    )
+    first = await fetch_pg(session, insert, {"values": ["79160000001"]})
+    second = await fetch_pg(session, insert, {"values": ["79160000002", "79160000003"]})
+    assert [r[1] for r in first] == ["79160000001"]
+    assert sorted(r["identity_value"] for r in second) == ["79160000002", "79160000003"]
+    assert await session.scalar(select(func.count()).select_from(Conversation)) == 3
+    await session.rollback()
+    assert await session.scalar(select(func.count()).select_from(Conversation)) == 0
+
+
+async def test_fetch_pg_on_a_lost_connection_says_so_and_drops_it(session: Any) -> None:
+    """A connection the server closed is invalidated (the pool will not hand it out again) and
+    the failure is a ConnectionError, which the callers take for the database being away."""
+    from sqlalchemy import text
+
+    from crm_core.db import fetch_pg
+
+    await session.execute(text("SELECT 1"))  # the transaction begins
+    conn = await session.connection()
+    raw = (await conn.get_raw_connection()).driver_connection
+    pid = raw.get_server_pid()
+    async with session.bind.connect() as other:
+        await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    with pytest.raises(ConnectionError):
+        await fetch_pg(session, text("SELECT CAST(:n AS INTEGER)"), {"n": 1})
+    assert conn.invalidated

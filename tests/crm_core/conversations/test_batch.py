@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contact_center import db
 from crm_core.activities.model import Activity
-from crm_core.clients.model import Phone
+from crm_core.clients.model import MessengerId, Phone
 from crm_core.conversations import service as conversations
 from crm_core.conversations.batch import receive_many
 from crm_core.conversations.model import Conversation, Message
@@ -87,6 +87,33 @@ async def test_a_batch_follows_receives_rules(session: AsyncSession) -> None:
     again = await receive_many(session, [wa("b3", wa_id="79000000002")], rules=RULES, now=T0)
     assert again.stored == 0 and len(again.repeated) == 1
     assert await _count(session, Message) == 5
+
+
+async def test_a_messenger_id_and_an_identity_linked_elsewhere_join_their_clients(
+    session: AsyncSession,
+) -> None:
+    """No number to go by: a WhatsApp id a contact is known by joins that contact; a WhatsApp
+    id already linked to a lead on another channel joins that lead (both looked up at once)."""
+    world: World = await build_world(session)
+    session.add(
+        MessengerId(contact_id=world["contact"], channel="whatsapp", external_id="79000000777")
+    )
+    await session.commit()
+    first = await receive_many(session, [wa("s1", wa_id="79000000009")], rules=RULES, now=T0)
+    await session.commit()
+    assert first.stored == 1
+    leads_before = await _count(session, Lead)
+    known = wa("s3", wa_id="79000000777", phone=None, text="это я, с другого телефона")
+    second_line = wa("s2", wa_id="79000000009", channel="wa-second", phone=None)
+    got = await receive_many(session, [known, second_line], rules=RULES, now=T0)
+    await session.commit()
+    assert got.stored == 2
+    convs = {(c.channel, c.identity_value): c for c in await session.scalars(select(Conversation))}
+    lead_id = convs[("wa-main", "79000000009")].lead_id
+    assert lead_id is not None
+    assert convs[("wa-second", "79000000009")].lead_id == lead_id
+    assert convs[("wa-main", "79000000777")].contact_id == world["contact"]
+    assert await _count(session, Lead) == leads_before  # neither is a stranger
 
 
 async def test_the_capacity_counts_within_the_batch(session: AsyncSession) -> None:

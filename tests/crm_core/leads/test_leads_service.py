@@ -377,3 +377,50 @@ async def test_delete(session: AsyncSession, team: Team, rules: CrmRules) -> Non
     assert event.name == "lead.deleted"
     assert await session.scalar(select(func.count()).select_from(LeadStageChange)) == 0
     assert await session.scalar(select(func.count()).select_from(Phone)) == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "inactive"),
+    [("source_id", "expo"), ("region_id", "spb"), ("responsible_id", "anna")],
+)
+async def test_many_leads_check_their_references_as_one_does(
+    session: AsyncSession, team: Team, rules: CrmRules, field: str, inactive: str
+) -> None:
+    """A batch of leads (the inbox's new senders) reads its sources, regions and users at
+    once: an inactive one is refused naming the field, as a single lead's is; the active ones
+    pass, and nothing is written of a refused batch."""
+    from crm_core.clients.errors import InvalidReference
+    from crm_core.reference.model import Region, Source
+
+    good = {"source_id": team.site, "region_id": team.moscow, "responsible_id": team.ivan.id}
+    created, _ = await leads.create_leads(
+        session,
+        [LeadInput(title="Первый", **good), LeadInput(title="Второй")],
+        actor=SYSTEM,
+        rules=rules,
+        now=T0,
+        detached=True,
+    )
+    await session.commit()
+    assert [lead.title for lead in created] == ["Первый", "Второй"]
+    target: Any = {
+        "expo": (Source, team.expo),
+        "spb": (Region, team.spb),
+        "anna": (User, team.anna.id),
+    }[inactive]
+    row: Any = await session.get(*target)
+    row.is_active = False
+    await session.commit()
+    bad = {**good, field: target[1]}
+    with pytest.raises(InvalidReference) as info:
+        await leads.create_leads(
+            session,
+            [LeadInput(title="Третий", **good), LeadInput(title="Четвёртый", **bad)],
+            actor=SYSTEM,
+            rules=rules,
+            now=T0,
+            detached=True,
+        )
+    assert info.value.details == {"field": field, "value": target[1]}
+    await session.rollback()
+    assert await session.scalar(select(func.count()).select_from(Lead)) == 2
