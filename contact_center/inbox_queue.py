@@ -424,16 +424,22 @@ class DeliveryQueue:
     async def _work_loop(self) -> None:
         """One task processes everything, so two batches of this instance never wait for each
         other's locks: each batch takes the stored deliveries due (they arrived first) and
-        those waiting in memory (direct) together, in one transaction."""
+        those waiting in memory (direct) together, in one transaction. The stored ones due
+        (retries, another instance's leftovers) are looked for at least every ``SWEEP_S``: a
+        steady stream of deliveries processed at once must not starve them."""
+        loop = asyncio.get_running_loop()
+        swept = loop.time()
         while True:
             try:
                 async with asyncio.timeout(SWEEP_S):
                     await self._wake_work.wait()
             except TimeoutError:
-                self._sweep = True  # retries come due, another instance's leftovers
+                self._sweep = True
             self._wake_work.clear()
             try:
                 while True:
+                    if loop.time() - swept >= SWEEP_S:
+                        self._sweep = True
                     direct: list[_Pending] = []
                     if self.direct_below and len(self._incoming) >= self.direct_below:
                         # A burst: stored (their webhooks answered) before it takes them.
@@ -445,6 +451,8 @@ class DeliveryQueue:
                     stored, self._sweep = self._sweep, False
                     if not stored and not direct:
                         break
+                    if stored:
+                        swept = loop.time()
                     # A batch short of the limit took every due delivery; what is stored
                     # meanwhile sets _sweep again.
                     if await self._batch(direct, stored=stored) >= self.batch:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text, update
 
-from contact_center import db
+from contact_center import db, inbox_queue
 from contact_center.app import create_app
 from contact_center.config import DatabaseSettings, Settings
 from contact_center.inbox_queue import delivery_key
@@ -380,3 +380,42 @@ async def test_a_stored_delivery_and_one_arriving_are_processed_in_one_batch(
         "failed": 0,
         "waiting": 0,
     }
+
+
+async def test_a_stored_delivery_due_is_taken_while_deliveries_keep_coming(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    aiohttp_client_factory: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A steady stream processed at once (the worker woken every few milliseconds) does not
+    starve the stored deliveries due — a retry, another instance's leftover: they are looked
+    for every ``SWEEP_S`` (they used to wait for the stream to pause that long)."""
+    monkeypatch.setattr(inbox_queue, "SWEEP_S", 0.5)
+    client = await aiohttp_client_factory(
+        create_app(
+            _settings(make_settings, database_url, "http://127.0.0.1:9"), announce=lambda _t: None
+        )
+    )
+    first = wa_text("wamid.stream.first", "начало", wa_id="79167770000")
+    assert (await client.post(HOOK, data=first, headers=signed(first))).status == 200
+    left = wa_text("wamid.stream.left", "оставлено", wa_id="79167771111")
+    async with client.app[SESSIONS]() as session:
+        session.add(_stored(left))  # due now; nothing tells the running worker about it
+        await session.commit()
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 3.0
+    n = 0
+    while loop.time() < end:
+        n += 1
+        body = wa_text(f"wamid.stream.{n}", f"поток {n}", wa_id="79167770000")
+        assert (await client.post(HOOK, data=body, headers=signed(body))).status == 200
+        async with client.app[SESSIONS]() as session:
+            taken = await session.scalar(
+                select(Message.id).where(Message.provider_message_id == "wamid.stream.left")
+            )
+        if taken is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert taken is not None, "the stored delivery waited for the stream to stop"
+    assert loop.time() < end
