@@ -51,7 +51,7 @@ from channels.base import WebhookRequest
 from contact_center import db
 from crm_core.clock import Clock
 from crm_core.conversations.model import Delivery
-from crm_core.db import UnnestInsert, fetch_pg, is_postgresql, row_dict
+from crm_core.db import UnnestInsert, fetch_pg, is_postgresql, transient
 from crm_core.events import DomainEvent
 from crm_core.ports import EventPublisher
 
@@ -492,7 +492,7 @@ class DeliveryQueue:
             if stored and taken:
                 taken_rows = await fetch_pg(session, _TAKE, {"now": now, "limit": self.batch})
                 # Transient rows (never in the session): plain values, no ORM load.
-                due = sorted((Delivery(**row_dict(r)) for r in taken_rows), key=lambda r: r.id)
+                due = sorted((transient(Delivery, r) for r in taken_rows), key=lambda r: r.id)
             elif stored:
                 due = await self._due(session, now, self.batch)
             keys = {(r.channel, r.key) for r in due}  # stored and redelivered meanwhile

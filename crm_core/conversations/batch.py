@@ -47,7 +47,14 @@ from crm_core.conversations.service import (
     _owner,
     _preview,
 )
-from crm_core.db import UnnestInsert, UnnestUpdate, fetch_pg, is_postgresql, row_dict, write_lock
+from crm_core.db import (
+    UnnestInsert,
+    UnnestUpdate,
+    fetch_pg,
+    is_postgresql,
+    transient,
+    write_lock,
+)
 from crm_core.distribution import service as distribution
 from crm_core.events import DomainEvent
 from crm_core.leads import service as leads
@@ -178,7 +185,7 @@ async def _threads(session: AsyncSession, todo: Sequence[Incoming], now: datetim
     async def lookup(wanted: list[Key]) -> list[Conversation]:
         if pg:  # the same SQL for any batch, on the driver's connection: transient objects
             rows = await fetch_pg(session, _CONVERSATIONS, _key_arrays(wanted))
-            return [Conversation(**row_dict(r)) for r in rows]
+            return [transient(Conversation, r) for r in rows]
         return list(
             await session.scalars(
                 select(Conversation)
@@ -218,7 +225,7 @@ async def _threads(session: AsyncSession, todo: Sequence[Incoming], now: datetim
             new_rows = await fetch_pg(
                 session, _NEW_CONVERSATIONS.statement, _NEW_CONVERSATIONS.params(rows)
             )
-            inserted = [Conversation(**row_dict(r)) for r in new_rows]
+            inserted = [transient(Conversation, r) for r in new_rows]
         else:
             inserted = (
                 await session.scalars(
@@ -517,6 +524,20 @@ async def _origins(session: AsyncSession, threads: Sequence[_Thread]) -> None:
         thread.origin = plain[first.channel]
 
 
+# _assign's statements, built once (building one cost about what running it does).
+_ACTIVE_USERS = select(User.id).where(
+    User.id.in_(bindparam("ids", expanding=True)), User.is_active.is_(True)
+)
+_OPEN_LOAD = (
+    select(Conversation.assignee_id, func.count())
+    .where(
+        Conversation.assignee_id.in_(bindparam("users", expanding=True)),
+        Conversation.status != ConversationStatus.RESOLVED.value,
+    )
+    .group_by(Conversation.assignee_id)
+)
+
+
 async def _assign(
     session: AsyncSession,
     threads: Sequence[_Thread],
@@ -549,11 +570,7 @@ async def _assign(
     }
     active: set[int] = set()
     if responsible:
-        active = set(
-            await session.scalars(
-                select(User.id).where(User.id.in_(sorted(responsible)), User.is_active.is_(True))
-            )
-        )
+        active = set(await session.scalars(_ACTIVE_USERS, {"ids": sorted(responsible)}))
     by_rules: list[_Thread] = []
     for thread in deciding:
         resp = thread.client.responsible_id if thread.client is not None else None
@@ -576,14 +593,7 @@ async def _assign(
     if capacity is not None:
         users = sorted({a.user_id for a in chosen if a.user_id is not None})
         if users:
-            load_rows = await session.execute(
-                select(Conversation.assignee_id, func.count())
-                .where(
-                    Conversation.assignee_id.in_(users),
-                    Conversation.status != ConversationStatus.RESOLVED.value,
-                )
-                .group_by(Conversation.assignee_id)
-            )
+            load_rows = await session.execute(_OPEN_LOAD, {"users": users})
             open_now = {int(u): int(n) for u, n in load_rows if u is not None}
     for thread, assignment in zip(by_rules, chosen, strict=True):
         user_id, why = assignment.user_id, assignment.reason

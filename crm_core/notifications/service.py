@@ -21,7 +21,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -183,6 +183,12 @@ def _amount(value: Decimal | None) -> str | None:
     return str(value) if value is not None else None
 
 
+# Built once: asked in every inbox batch that creates a lead.
+_MEMBERS = select(User.role, User.id).where(
+    User.role.in_(bindparam("roles", expanding=True)), User.is_active.is_(True)
+)
+
+
 async def record(
     session: AsyncSession, events: Sequence[DomainEvent], *, now: datetime
 ) -> list[NotificationCreated]:
@@ -194,9 +200,7 @@ async def record(
     roles = {role for notice in notices for role in notice.roles}
     members: dict[str, list[int]] = {}
     if roles:
-        rows = await session.execute(
-            select(User.role, User.id).where(User.role.in_(roles), User.is_active.is_(True))
-        )
+        rows = await session.execute(_MEMBERS, {"roles": sorted(roles)})
         for role, user_id in rows:
             members.setdefault(role, []).append(user_id)
     wanted: dict[str, tuple[Notice, int]] = {}  # dedupe key -> (notice, user); first wins

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core.errors import Conflict, InvalidInput, NotFound
@@ -138,9 +138,16 @@ async def list_sources(
     return list(await session.scalars(stmt.order_by(Source.kind, Source.name, Source.id)))
 
 
+# Built once: the inbox asks it in every batch with a new sender, and building the statement
+# (and its cache key) cost more than running it.
+_FIND_SOURCE = select(Source).where(
+    Source.kind == bindparam("kind"), Source.code == bindparam("code")
+)
+
+
 async def find_source(session: AsyncSession, kind: str, code: str) -> Source | None:
     """The source of ``kind`` with ``code`` (e.g. a tracking number's E.164), or None."""
-    return await session.scalar(select(Source).where(Source.kind == kind, Source.code == code))
+    return await session.scalar(_FIND_SOURCE, {"kind": kind, "code": code})
 
 
 async def create_source(

@@ -224,3 +224,37 @@ async def test_fetch_pg_on_a_lost_connection_says_so_and_drops_it(session: Any) 
     with pytest.raises(ConnectionError):
         await fetch_pg(session, text("SELECT CAST(:n AS INTEGER)"), {"n": 1})
     assert conn.invalidated
+
+
+async def test_a_transient_object_of_a_row_holds_what_the_orm_loads(session: Any) -> None:
+    """``transient`` (no ``__init__``, no attribute events) gives an object whose every column
+    reads as the ORM's loaded one; it can be changed, is in no session, and a column its class
+    does not map is refused."""
+    from sqlalchemy import inspect as sa_inspect
+    from sqlalchemy import text
+
+    from crm_core.conversations.model import Conversation
+    from crm_core.db import fetch_pg, transient
+
+    await session.execute(text("SELECT 1"))  # the transaction begins: fetch_pg on the driver
+    rows = await fetch_pg(
+        session,
+        text(
+            "INSERT INTO conversations (channel, channel_kind, identity_kind, identity_value, "
+            "thread_key, name, status, unread, preview, created_at, updated_at) VALUES ('wa', "
+            "'whatsapp', 'wa_id', '79160000009', '', 'Анна', 'open', 2, 'Привет', now(), now()) "
+            "RETURNING *"
+        ),
+        {},
+    )
+    conv = transient(Conversation, rows[0])
+    loaded = await session.get(Conversation, conv.id)
+    assert loaded is not None and loaded is not conv
+    for attr in sa_inspect(Conversation).column_attrs:
+        assert getattr(conv, attr.key) == getattr(loaded, attr.key), attr.key
+    assert sa_inspect(conv).transient
+    conv.unread += 1
+    assert conv.unread == 3 and loaded.unread == 2
+    with pytest.raises(KeyError):
+        transient(Conversation, {**dict(rows[0]), "no_such_column": 1})
+    await session.rollback()
