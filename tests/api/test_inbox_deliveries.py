@@ -24,6 +24,7 @@ from crm_core.db import utcnow, write_lock
 from crm_core.leads.model import Lead
 from crm_core.users import service as users
 from tests.fakes.graph_api import FakeGraphApi
+from tests.helpers import until
 from tests.inbox_support import TOKEN, signed, wa_channel, wa_status, wa_text
 
 HOOK = "/webhooks/whatsapp/wa-main"
@@ -55,6 +56,12 @@ async def _stored_when(client: Any, count: int) -> list[str]:
             break
         await asyncio.sleep(0.05)
     return stored
+
+
+async def _scalar(session: Any, statement: Any) -> Any:
+    value = await session.scalar(statement)
+    await session.rollback()  # a fresh snapshot for the next poll
+    return value
 
 
 def _settings(make_settings: Callable[..., Settings], database_url: str, api: str) -> Settings:
@@ -419,3 +426,46 @@ async def test_a_stored_delivery_due_is_taken_while_deliveries_keep_coming(
         await asyncio.sleep(0.02)
     assert taken is not None, "the stored delivery waited for the stream to stop"
     assert loop.time() < end
+
+
+async def test_a_batch_cut_short_by_a_stop_is_answered_5xx_and_its_redelivery_stored_once(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    aiohttp_client_factory: Callable[..., Any],
+) -> None:
+    """The server stops while the worker processes a delivery it never stored (direct): the
+    batch is rolled back, the webhook answered 5xx (the provider delivers it again), nothing
+    of it stays behind (no message, no stored delivery, no parsed form held); the redelivery
+    after the restart stores the message once."""
+    client = await aiohttp_client_factory(
+        create_app(
+            _settings(make_settings, database_url, "http://127.0.0.1:9"), announce=lambda _t: None
+        )
+    )
+    queue = client.app[INBOX].deliveries
+    body = wa_text("wamid.cut", "оборвалось", wa_id="79168880000")
+    pg = database_url.startswith("postgresql")
+    async with client.app[SESSIONS]() as blocker:
+        if pg:
+            await blocker.execute(text("LOCK TABLE conversations IN EXCLUSIVE MODE"))
+        else:
+            await write_lock(blocker, "conversations")
+        answer = asyncio.ensure_future(client.post(HOOK, data=body, headers=signed(body)))
+        if pg:  # the worker has taken it and waits for the lock
+            async with client.app[SESSIONS]() as probe:
+                waiting = text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                await until(lambda: _scalar(probe, waiting), timeout=10)
+        else:
+            await asyncio.sleep(0.5)
+        # Taken: neither waiting in memory nor stored first, and not answered.
+        assert not queue._incoming and not queue.stored_first and not answer.done()
+        await queue.stop()
+        assert (await asyncio.wait_for(answer, 10)).status == 503
+        assert queue.parsed == {}
+        await blocker.rollback()
+    async with client.app[SESSIONS]() as session:
+        assert (await session.scalars(select(Message))).all() == []
+        assert (await session.scalars(select(Delivery))).all() == []
+    again = await client.post(HOOK, data=body, headers=signed(body))  # the queue starts again
+    assert again.status == 200
+    assert await _stored_when(client, 1) == ["wamid.cut"]
