@@ -71,7 +71,10 @@ async def test_a_mail_reply_with_an_invoice_attached(
     await subject.fill("Счёт № 7 на бумагу")  # the focus leaves the text box
     invoice = tmp_path / "Счёт № 7.pdf"
     invoice.write_bytes(PDF)
+    names = page.locator(".file-pick .file-names")
+    assert await names.inner_text() == "Файлы не выбраны"  # in Russian, not the browser's words
     await page.set_input_files("#reply-files", str(invoice))
+    assert await names.inner_text() == "Счёт № 7.pdf"
     # the client writes again meanwhile: the list moves, the reply being written stays
     await dovecot.append_async(
         SALES,

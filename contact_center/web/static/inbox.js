@@ -94,6 +94,17 @@
     if (cfg.verb === "post") postedAt = -1;
   });
 
+  // The files chosen for a reply, named beside our button.
+  document.addEventListener("change", (e) => {
+    const input = e.target;
+    if (!input || input.id !== "reply-files") return;
+    const names = input.parentElement && input.parentElement.querySelector(".file-names");
+    if (!names) return;
+    const chosen = Array.from(input.files || []).map((f) => f.name);
+    names.textContent = chosen.length ? chosen.join(", ") : names.dataset.none;
+    names.title = chosen.join("\n");
+  });
+
   document.addEventListener("cc-ws", (e) => {
     const msg = e.detail || {};
     if (!TYPES.includes(msg.type)) return;
