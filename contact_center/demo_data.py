@@ -388,7 +388,9 @@ async def _seed_tasks(
 ) -> None:
     """Each manager's tasks: overdue, due later today, tomorrow, and proposals sent (done)."""
     local = now.astimezone(tz)
-    end_of_day = datetime.combine(local.date(), time(23, 30), tzinfo=tz).astimezone(UTC)
+    midnight = datetime.combine(local.date() + timedelta(days=1), time(), tzinfo=tz)
+    # "Later today" however late the demo starts: at most halfway to midnight.
+    later_today = now + (midnight.astimezone(UTC) - now) / 2
     plan = (
         (TaskKind.CALL_BACK, "Перезвонить по коммерческому предложению", -timedelta(days=1)),
         (TaskKind.MEETING, "Встреча: согласовать ассортимент", -timedelta(hours=3)),
@@ -411,7 +413,7 @@ async def _seed_tasks(
             else:
                 due = now + offset
                 if timedelta(0) < offset < timedelta(days=1):
-                    due = max(now + timedelta(minutes=5), min(due, end_of_day))  # still today
+                    due = min(due, later_today)  # still today
             session.add(
                 Task(
                     kind=kind.value,
