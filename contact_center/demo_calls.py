@@ -168,11 +168,11 @@ def history(
     local = now.astimezone(tz) if tz is not None else now
     midnight = datetime.combine(local.date(), time(), local.tzinfo)
     today_min = min(240.0, (local - midnight).total_seconds() / 60)
+    earliest = min(10.0, today_min)
     records: list[CallRecord] = []
     for day in range(days):
         for _ in range(per_day):
             if day == 0:
-                earliest = min(10.0, today_min)
                 started = now - timedelta(minutes=rnd.uniform(earliest, today_min))
             else:
                 base = midnight - timedelta(days=day) + timedelta(hours=9)

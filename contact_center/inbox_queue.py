@@ -430,11 +430,9 @@ class DeliveryQueue:
         loop = asyncio.get_running_loop()
         swept = loop.time()
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):  # then swept below: SWEEP_S went by
                 async with asyncio.timeout(SWEEP_S):
                     await self._wake_work.wait()
-            except TimeoutError:
-                self._sweep = True
             self._wake_work.clear()
             try:
                 while True:
@@ -481,7 +479,7 @@ class DeliveryQueue:
         fresh: list[Delivery] = []
         for number, pending in enumerate(first.values(), start=1):
             # Transient, never added: an id below 0 only names it to _process's outcome.
-            row = Delivery(id=-number, error=None, **pending.values)
+            row = transient(Delivery, {"id": -number, "error": None, **pending.values})
             fresh.append(row)
             if pending.parsed is not None:
                 self.parsed[row.id] = pending.parsed
@@ -512,8 +510,6 @@ class DeliveryQueue:
         try:
             rows, outcome = await self._work_conn.run(work)
         except asyncio.CancelledError:
-            for row in fresh:
-                self.parsed.pop(row.id, None)  # the ids below 0 are used again
             _stopping(direct)
             raise
         except Exception:
@@ -522,11 +518,12 @@ class DeliveryQueue:
                 "taking the stored ones one by one",
                 len(direct),
             )
-            for row in fresh:
-                self.parsed.pop(row.id, None)
             if direct:
-                await self._store_taken(direct)
+                await self._store_taken(direct)  # their parsed forms go with their new ids
             return await self._one_by_one(now)
+        finally:
+            for row in fresh:
+                self.parsed.pop(row.id, None)  # the ids below 0 are used again
         if outcome is not None:
             await self._after(rows, outcome)
         for pending in direct:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, TypeVar, cast
@@ -164,8 +164,6 @@ async def write_lock(session: Any, table: str) -> None:
         await session.execute(text(f"DELETE FROM {table} WHERE 0 = 1"))
 
 
-_M = TypeVar("_M")
-
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
@@ -203,7 +201,6 @@ class UnnestInsert:
         returning: tuple[str, ...] = ("id",),
         ordered: bool = False,
     ) -> None:
-        self.columns = columns
         self._arrays = _Arrays(table, columns)
         casts, picks = self._arrays.casts, self._arrays.picks
         names = ", ".join(f"c{i}" for i in range(len(columns)))
@@ -352,20 +349,23 @@ def row_dict(row: Any) -> dict[str, Any]:
     return dict(mapping if mapping is not None else row)
 
 
-_ATTR_OF: dict[type, dict[str, str]] = {}
+_M = TypeVar("_M")
+# A mapped class -> (its attribute key by column name, the factory of bare instances).
+_MAPPED: dict[type, tuple[dict[str, str], Callable[[], Any]]] = {}
 
 
 def transient(cls: type[_M], row: Any) -> _M:
-    """A transient ``cls`` holding ``row``'s columns (a :func:`fetch_pg` row) as loaded values:
-    no ``__init__`` and no attribute event per column (``cls(**row)`` spent ~30 µs on a
-    conversation's). For rows that are read, or written back by a statement, never added to a
-    session. A column ``cls`` does not map raises KeyError."""
-    keys = _ATTR_OF.get(cls)
-    if keys is None:
-        keys = _ATTR_OF[cls] = {
-            prop.columns[0].name: prop.key for prop in sa_inspect(cls).column_attrs
-        }
-    obj = sa_inspect(cls).class_manager.new_instance()
+    """A transient ``cls`` holding ``row``'s columns (a :func:`fetch_pg` row, or a dict by
+    column name) as loaded values: no ``__init__`` and no attribute event per column
+    (``cls(**row)`` spent ~30 µs on a conversation's). For rows that are read, or written back
+    by a statement, never added to a session. A column ``cls`` does not map raises KeyError."""
+    mapped = _MAPPED.get(cls)
+    if mapped is None:
+        mapper = sa_inspect(cls)
+        keys = {prop.columns[0].name: prop.key for prop in mapper.column_attrs}
+        mapped = _MAPPED[cls] = (keys, mapper.class_manager.new_instance)
+    keys, new_instance = mapped
+    obj = new_instance()
     obj.__dict__.update((keys[name], value) for name, value in row_dict(row).items())
     return cast(_M, obj)
 

@@ -8,6 +8,7 @@ with a reason; with ``CC_REQUIRE_SERVICES=1`` a missing or unreachable service f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import uuid
@@ -107,14 +108,24 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     yield request.getfixturevalue("postgres_url")
 
 
+@contextlib.contextmanager
+def own_database(base: str, template: str | None = None) -> Iterator[str]:
+    """A PostgreSQL database of its own on ``base``'s server — a copy of ``template``, or
+    empty — its URL; dropped afterwards."""
+    name = f"cc_t_{uuid.uuid4().hex[:12]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
+    asyncio.run(pg_admin(base, f'CREATE DATABASE "{name}"{copy}'))
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(pg_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture
 def postgres_url(postgres_template: tuple[str, str]) -> Iterator[str]:
     """A fresh, migrated PostgreSQL database of its own for one test."""
-    base, template = postgres_template
-    name = f"cc_t_{uuid.uuid4().hex[:12]}"
-    asyncio.run(pg_admin(base, f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    asyncio.run(pg_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with own_database(*postgres_template) as url:
+        yield url
 
 
 @pytest.fixture

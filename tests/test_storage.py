@@ -19,7 +19,7 @@ from contact_center.config import DatabaseSettings
 from crm_core import migrations
 from crm_core.models import Base
 from crm_core.users.model import AuthToken, User
-from tests.conftest import pg_admin
+from tests.conftest import own_database, pg_admin
 
 
 async def test_migrations_reach_head_and_match_the_models(engine: AsyncEngine) -> None:
@@ -297,10 +297,8 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         yield f"sqlite+aiosqlite:///{tmp_path / 'empty.sqlite3'}"
         return
     base, _ = request.getfixturevalue("postgres_template")
-    name = f"cc_t_{uuid.uuid4().hex[:12]}"
-    asyncio.run(pg_admin(base, f'CREATE DATABASE "{name}"'))
-    yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    asyncio.run(pg_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with own_database(base) as url:
+        yield url
 
 
 @pytest.mark.parametrize("at", ["first change of a table", "statement 60"])

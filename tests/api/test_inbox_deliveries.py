@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -49,13 +49,13 @@ def _stored(body: bytes, channel: str = "wa-main") -> Delivery:
 
 async def _stored_when(client: Any, count: int) -> list[str]:
     """The stored messages' provider ids once there are ``count`` of them (5 s at most)."""
-    for _ in range(100):
+
+    async def stored() -> list[str] | None:
         async with client.app[SESSIONS]() as session:
-            stored = list(await session.scalars(select(Message.provider_message_id)))
-        if len(stored) >= count:
-            break
-        await asyncio.sleep(0.05)
-    return stored
+            ids = list(await session.scalars(select(Message.provider_message_id)))
+        return ids if len(ids) >= count else None
+
+    return list(await until(stored, timeout=5, interval=0.05))
 
 
 async def _scalar(session: Any, statement: Any) -> Any:
@@ -64,18 +64,30 @@ async def _scalar(session: Any, statement: Any) -> Any:
     return value
 
 
-def _settings(make_settings: Callable[..., Settings], database_url: str, api: str) -> Settings:
-    return make_settings(
-        CC_DATABASE_URL=database_url,
-        CC_CHANNELS=json.dumps([wa_channel(api)]),
-        CC_SCHEDULER_INTERVAL_S="3600",
-    )
-
-
-async def test_a_delivery_stored_before_a_crash_is_processed_at_start(
+@pytest.fixture
+def make_client(
     make_settings: Callable[..., Settings],
     database_url: str,
     aiohttp_client_factory: Callable[..., Any],
+) -> Callable[..., Awaitable[Any]]:
+    """A server with the WhatsApp channel ``wa-main`` (its Graph API at ``api``) on the test's
+    database, its scheduler idle; ``env``: more settings."""
+
+    async def make(api: str = "http://127.0.0.1:9", **env: str) -> Any:
+        settings = make_settings(
+            CC_DATABASE_URL=database_url,
+            CC_CHANNELS=json.dumps([wa_channel(api)]),
+            CC_SCHEDULER_INTERVAL_S="3600",
+            **env,
+        )
+        return await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+
+    return make
+
+
+async def test_a_delivery_stored_before_a_crash_is_processed_at_start(
+    make_client: Callable[..., Awaitable[Any]],
+    database_url: str,
 ) -> None:
     body = wa_text("wamid.crash.1", "Добрый день, есть ли доставка?", wa_id="79161110000")
     engine = db.create_engine(DatabaseSettings(url=database_url))
@@ -84,11 +96,7 @@ async def test_a_delivery_stored_before_a_crash_is_processed_at_start(
         await session.commit()
     await engine.dispose()
 
-    client = await aiohttp_client_factory(
-        create_app(
-            _settings(make_settings, database_url, "http://127.0.0.1:9"), announce=lambda _t: None
-        )
-    )
+    client = await make_client()
     for _ in range(100):
         async with client.app[SESSIONS]() as session:
             messages = (await session.scalars(select(Message))).all()
@@ -109,16 +117,10 @@ async def test_a_delivery_stored_before_a_crash_is_processed_at_start(
 
 
 async def test_a_bad_delivery_is_kept_with_its_error_and_holds_up_nobody(
-    make_settings: Callable[..., Settings],
-    database_url: str,
-    aiohttp_client_factory: Callable[..., Any],
+    make_client: Callable[..., Awaitable[Any]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    client = await aiohttp_client_factory(
-        create_app(
-            _settings(make_settings, database_url, "http://127.0.0.1:9"), announce=lambda _t: None
-        )
-    )
+    client = await make_client()
     queue = client.app[INBOX].deliveries
     await queue.stop()  # the test runs the worker itself
     caplog.set_level(logging.ERROR, logger="contact_center.inbox_service")
@@ -139,14 +141,10 @@ async def test_a_bad_delivery_is_kept_with_its_error_and_holds_up_nobody(
 
 
 async def test_a_status_that_comes_before_its_message_is_applied_once_it_is_stored(
-    make_settings: Callable[..., Settings],
-    database_url: str,
-    aiohttp_client_factory: Callable[..., Any],
+    make_client: Callable[..., Awaitable[Any]],
 ) -> None:
     async with FakeGraphApi(token=TOKEN) as graph:
-        client = await aiohttp_client_factory(
-            create_app(_settings(make_settings, database_url, graph.url), announce=lambda _t: None)
-        )
+        client = await make_client(graph.url)
         async with client.app[SESSIONS]() as session:
             await users.create_user(
                 session, login="ivan", role="manager", password="password1", scrypt_n=1024
@@ -179,17 +177,12 @@ async def test_a_status_that_comes_before_its_message_is_applied_once_it_is_stor
 
 
 async def test_deliveries_go_on_after_the_database_drops_the_queues_connections(
-    make_settings: Callable[..., Settings],
+    make_client: Callable[..., Awaitable[Any]],
     database_url: str,
-    aiohttp_client_factory: Callable[..., Any],
 ) -> None:
     """The queue keeps a connection between its batches (no pre-ping each time): one the
     server closed meanwhile (a restart, an idle timeout) is replaced, the webhook still 200."""
-    client = await aiohttp_client_factory(
-        create_app(
-            _settings(make_settings, database_url, "http://127.0.0.1:9"), announce=lambda _t: None
-        )
-    )
+    client = await make_client()
     first = wa_text("wamid.before", "первое", wa_id="79163330000")
     assert (await client.post(HOOK, data=first, headers=signed(first))).status == 200
     if database_url.startswith("postgresql"):
@@ -232,18 +225,13 @@ async def _refuse_inserts(session: Any, table: str, pg: bool) -> None:
 
 
 async def test_a_delivery_is_processed_before_it_is_answered(
-    make_settings: Callable[..., Settings],
+    make_client: Callable[..., Awaitable[Any]],
     database_url: str,
-    aiohttp_client_factory: Callable[..., Any],
 ) -> None:
     """The worker keeps up: the message is in the CRM when the provider gets its 200, and no
     delivery row is written for it (its transaction is its storing): the webhooks succeed
     with the queue's table refusing every row."""
-    client = await aiohttp_client_factory(
-        create_app(
-            _settings(make_settings, database_url, "http://127.0.0.1:9"), announce=lambda _t: None
-        )
-    )
+    client = await make_client()
     async with client.app[SESSIONS]() as session:
         await _refuse_inserts(session, "webhook_deliveries", database_url.startswith("postgresql"))
     for n in range(3):
@@ -256,18 +244,13 @@ async def test_a_delivery_is_processed_before_it_is_answered(
 
 
 async def test_a_delivery_that_fails_at_once_is_stored_for_the_worker(
-    make_settings: Callable[..., Settings],
+    make_client: Callable[..., Awaitable[Any]],
     database_url: str,
-    aiohttp_client_factory: Callable[..., Any],
 ) -> None:
     """The database refuses the message (a trigger stands in for any failure): the transaction
     that processed it at once is rolled back, the delivery is stored (the webhook still 200),
     and the worker stores the message once the database takes it."""
-    client = await aiohttp_client_factory(
-        create_app(
-            _settings(make_settings, database_url, "http://127.0.0.1:9"), announce=lambda _t: None
-        )
-    )
+    client = await make_client()
     pg = database_url.startswith("postgresql")
     async with client.app[SESSIONS]() as session:
         await _refuse_inserts(session, "conversation_messages", pg)
@@ -298,9 +281,8 @@ async def test_a_delivery_that_fails_at_once_is_stored_for_the_worker(
 
 @pytest.mark.parametrize("limit", ["count", "time", "count before the time"])
 async def test_a_burst_is_stored_and_answered_then_processed_in_batches(
-    make_settings: Callable[..., Settings],
+    make_client: Callable[..., Awaitable[Any]],
     database_url: str,
-    aiohttp_client_factory: Callable[..., Any],
     limit: str,
 ) -> None:
     """From ``inbox.direct_below`` deliveries waiting on, or once one has waited
@@ -308,14 +290,7 @@ async def test_a_burst_is_stored_and_answered_then_processed_in_batches(
     every message still stored once. The count stores them while the first one's time runs
     (it used to wait for that time to end)."""
     below, wait = {"count": ("4", "0"), "time": ("1000", "0.05")}.get(limit, ("4", "5"))
-    settings = make_settings(
-        CC_DATABASE_URL=database_url,
-        CC_CHANNELS=json.dumps([wa_channel("http://127.0.0.1:9")]),
-        CC_SCHEDULER_INTERVAL_S="3600",
-        CC_INBOX_DIRECT_BELOW=below,
-        CC_INBOX_DIRECT_WAIT_S=wait,
-    )
-    client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+    client = await make_client(CC_INBOX_DIRECT_BELOW=below, CC_INBOX_DIRECT_WAIT_S=wait)
     queue = client.app[INBOX].deliveries
     bodies = [wa_text(f"wamid.burst.{n}", f"поток {n}", wa_id=f"7916666{n:04d}") for n in range(40)]
     async with client.app[SESSIONS]() as blocker:
@@ -334,13 +309,9 @@ async def test_a_burst_is_stored_and_answered_then_processed_in_batches(
         await asyncio.sleep(0.3)
         posts += [post(body) for body in bodies[2:]]
         await asyncio.sleep(0.3)
-        postgresql = database_url.startswith("postgresql")
-        for _ in range(200):
-            if queue.stored_first or not postgresql:
-                break
-            await asyncio.sleep(0.02)
-        # PostgreSQL: stored while the worker is held (SQLite's storing waits for the lock).
-        assert queue.stored_first or not postgresql
+        if database_url.startswith("postgresql"):
+            # Stored while the worker is held (SQLite's storing waits for the lock).
+            await until(lambda: queue.stored_first, timeout=4)
         await blocker.commit()
     answers = await asyncio.gather(*posts)
     assert [a.status for a in answers] == [200] * 40
@@ -350,20 +321,13 @@ async def test_a_burst_is_stored_and_answered_then_processed_in_batches(
 
 
 async def test_a_stored_delivery_and_one_arriving_are_processed_in_one_batch(
-    make_settings: Callable[..., Settings],
-    database_url: str,
-    aiohttp_client_factory: Callable[..., Any],
+    make_client: Callable[..., Awaitable[Any]],
 ) -> None:
     """The worker takes the deliveries waiting in memory with the stored ones due, in one
     transaction (it used to take two: the stored batch, then the one processed at once). A
     message's created_at is its batch's time."""
-    settings = make_settings(
-        CC_DATABASE_URL=database_url,
-        CC_CHANNELS=json.dumps([wa_channel("http://127.0.0.1:9")]),
-        CC_SCHEDULER_INTERVAL_S="3600",
-        CC_INBOX_DIRECT_WAIT_S="5",  # the arriving one is not stored while the worker works
-    )
-    client = await aiohttp_client_factory(create_app(settings, announce=lambda _t: None))
+    # The arriving one is not stored while the worker works.
+    client = await make_client(CC_INBOX_DIRECT_WAIT_S="5")
     queue = client.app[INBOX].deliveries
     await queue.stop()  # the webhook starts it again: the stored one is due at its start
     left = wa_text("wamid.left", "Оставлено до перезапуска", wa_id="79163330000")
@@ -390,20 +354,14 @@ async def test_a_stored_delivery_and_one_arriving_are_processed_in_one_batch(
 
 
 async def test_a_stored_delivery_due_is_taken_while_deliveries_keep_coming(
-    make_settings: Callable[..., Settings],
-    database_url: str,
-    aiohttp_client_factory: Callable[..., Any],
+    make_client: Callable[..., Awaitable[Any]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A steady stream processed at once (the worker woken every few milliseconds) does not
     starve the stored deliveries due — a retry, another instance's leftover: they are looked
     for every ``SWEEP_S`` (they used to wait for the stream to pause that long)."""
     monkeypatch.setattr(inbox_queue, "SWEEP_S", 0.5)
-    client = await aiohttp_client_factory(
-        create_app(
-            _settings(make_settings, database_url, "http://127.0.0.1:9"), announce=lambda _t: None
-        )
-    )
+    client = await make_client()
     first = wa_text("wamid.stream.first", "начало", wa_id="79167770000")
     assert (await client.post(HOOK, data=first, headers=signed(first))).status == 200
     left = wa_text("wamid.stream.left", "оставлено", wa_id="79167771111")
@@ -429,19 +387,14 @@ async def test_a_stored_delivery_due_is_taken_while_deliveries_keep_coming(
 
 
 async def test_a_batch_cut_short_by_a_stop_is_answered_5xx_and_its_redelivery_stored_once(
-    make_settings: Callable[..., Settings],
+    make_client: Callable[..., Awaitable[Any]],
     database_url: str,
-    aiohttp_client_factory: Callable[..., Any],
 ) -> None:
     """The server stops while the worker processes a delivery it never stored (direct): the
     batch is rolled back, the webhook answered 5xx (the provider delivers it again), nothing
     of it stays behind (no message, no stored delivery, no parsed form held); the redelivery
     after the restart stores the message once."""
-    client = await aiohttp_client_factory(
-        create_app(
-            _settings(make_settings, database_url, "http://127.0.0.1:9"), announce=lambda _t: None
-        )
-    )
+    client = await make_client()
     queue = client.app[INBOX].deliveries
     body = wa_text("wamid.cut", "оборвалось", wa_id="79168880000")
     pg = database_url.startswith("postgresql")
