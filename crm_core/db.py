@@ -189,8 +189,8 @@ class UnnestInsert:
     ``params(rows)`` turns row dicts into the statement's parameters (JSON documents dumped
     as the JSON type does, decorated types converted as their bind does); ``conflict`` is the
     ``ON CONFLICT`` clause (``""``: none), ``returning`` the columns the statement returns.
-    ``ordered``: the rows are inserted in the order given, so their ids (a sequence) come
-    out ascending in that order (:func:`insert_objects`)."""
+    ``prefix`` names the parameters (``:p0``...), so that two of them can be parts of one
+    statement."""
 
     def __init__(
         self,
@@ -199,20 +199,14 @@ class UnnestInsert:
         *,
         conflict: str = "",
         returning: tuple[str, ...] = ("id",),
-        ordered: bool = False,
+        prefix: str = "p",
     ) -> None:
-        self._arrays = _Arrays(table, columns)
+        self._arrays = _Arrays(table, columns, prefix)
         casts, picks = self._arrays.casts, self._arrays.picks
         names = ", ".join(f"c{i}" for i in range(len(columns)))
-        source = f"unnest({', '.join(casts)})"
-        if ordered:
-            source += f" WITH ORDINALITY AS u({names}, ord)"
-        else:
-            source += f" AS u({names})"
         sql = (
             f"INSERT INTO {table.name} ({', '.join(columns)}) "
-            f"SELECT {', '.join(picks)} FROM {source} "
-            f"{'ORDER BY u.ord ' if ordered else ''}{conflict} "
+            f"SELECT {', '.join(picks)} FROM unnest({', '.join(casts)}) AS u({names}) {conflict} "
         )
         if returning:
             sql += f"RETURNING {', '.join(returning)}"
@@ -228,14 +222,18 @@ class UnnestInsert:
         *,
         conflict: str = "",
         returning: tuple[str, ...] = ("id",),
-        ordered: bool = False,
+        prefix: str = "p",
     ) -> UnnestInsert:
         """The statement for these columns, built once."""
-        key = (table.name, columns, conflict, returning, ordered)
+        key = (table.name, columns, conflict, returning, prefix)
         found = cls._cache.get(key)
         if found is None:
             found = cls._cache[key] = cls(
-                table, columns, conflict=conflict, returning=returning, ordered=ordered
+                table,
+                columns,
+                conflict=conflict,
+                returning=returning,
+                prefix=prefix,
             )
         return found
 
@@ -264,10 +262,12 @@ class UnnestUpdate:
 
 class _Arrays:
     """Columns of ``table`` sent as one array parameter each (``:p0``, ``:p1``...), read back
-    as ``u.c0``, ``u.c1``... of an ``unnest``: their casts, the picks, the parameters."""
+    as ``u.c0``, ``u.c1``... of an ``unnest``: their casts, the picks, the parameters
+    (``prefix``: another set of arrays in the same statement)."""
 
-    def __init__(self, table: Any, columns: tuple[str, ...]) -> None:
+    def __init__(self, table: Any, columns: tuple[str, ...], prefix: str = "p") -> None:
         self.columns = columns
+        self._prefix = prefix
         self._json: set[str] = set()
         self._convert: dict[str, Any] = {}
         self.casts: list[str] = []
@@ -279,19 +279,20 @@ class _Arrays:
                 self._json.add(name)
             if isinstance(column.type, TypeDecorator):
                 self._convert[name] = column.type.process_bind_param
-            self.casts.append(f"CAST(:p{i} AS {pg}[])")
+            self.casts.append(f"CAST(:{prefix}{i} AS {pg}[])")
             self.picks.append(f"CAST(u.c{i} AS JSONB)" if is_json else f"u.c{i}")
 
     def params(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {}
         for i, name in enumerate(self.columns):
             convert = self._convert.get(name)
+            key = f"{self._prefix}{i}"
             if name in self._json:
-                out[f"p{i}"] = [json.dumps(r[name]) for r in rows]
+                out[key] = [json.dumps(r[name]) for r in rows]
             elif convert is not None:
-                out[f"p{i}"] = [convert(r[name], _PG) for r in rows]
+                out[key] = [convert(r[name], _PG) for r in rows]
             else:
-                out[f"p{i}"] = [r[name] for r in rows]
+                out[key] = [r[name] for r in rows]
         return out
 
 
@@ -380,32 +381,114 @@ class _DefaultContext:
         return self._row
 
 
-async def insert_objects(session: Any, objects: Sequence[Any]) -> None:
-    """Write new ORM ``objects`` of one mapped class on PostgreSQL in one statement of
-    arrays, as a flush would write them (every column but the primary key, a column left
-    None given its Python default), and give each its id. The objects stay out of the
-    session: for a batch that only creates (the inbox's new leads), without the unit of
-    work's cost per object."""
-    if not objects:
-        return
-    mapper = sa_inspect(type(objects[0]))
-    table = mapper.local_table
-    attrs = [(prop.key, prop.columns[0]) for prop in mapper.column_attrs]
-    columns = tuple(col.name for _, col in attrs if not col.primary_key)
+Children = tuple[type, str, Sequence[tuple[int, Any]]]
+"""New objects of a class ``type`` that belong to :func:`insert_objects`' ``objects``: the
+attribute naming their parent's id, and each child with its parent's index."""
+
+# A mapped class -> its columns but the primary key: (attribute key, column).
+_WRITTEN: dict[type, list[tuple[str, Any]]] = {}
+
+
+def _written(cls: type) -> list[tuple[str, Any]]:
+    found = _WRITTEN.get(cls)
+    if found is None:
+        mapper: Any = sa_inspect(cls)
+        found = _WRITTEN[cls] = [
+            (prop.key, prop.columns[0])
+            for prop in mapper.column_attrs
+            if not prop.columns[0].primary_key
+        ]
+    return found
+
+
+def _object_rows(
+    objects: Sequence[Any], attrs: list[tuple[str, Any]], skip: str = ""
+) -> list[dict[str, Any]]:
+    """What a flush would write of each of ``objects``: every column (but ``skip``), a
+    column left None given its Python default (also set on the object)."""
     rows = []
     for obj in objects:
         row: dict[str, Any] = {}
+        state = obj.__dict__  # a transient object's set attributes (unset: None)
         for key, col in attrs:
-            if col.primary_key:
+            if key == skip:
                 continue
-            value = getattr(obj, key)
+            value = state.get(key)
             if value is None and col.default is not None:
                 arg = col.default.arg
                 value = arg(_DefaultContext(row)) if col.default.is_callable else arg
                 setattr(obj, key, value)
             row[col.name] = value
         rows.append(row)
-    unnest = UnnestInsert.of(table, columns, ordered=True)
-    ids = sorted(r[0] for r in await fetch_pg(session, unnest.statement, unnest.params(rows)))
+    return rows
+
+
+class _Family:
+    """The statement of :func:`insert_objects`: the parents in ``unnest`` order (so their ids
+    come out ascending in it), and each kind of child joined to its parent's new id by the
+    parent's position — one statement of data-modifying CTEs, the same SQL for any number of
+    rows (foreign keys are checked at its end, when the parents are there)."""
+
+    _cache: ClassVar[dict[tuple[Any, ...], _Family]] = {}
+
+    def __init__(self, cls: type, children: tuple[tuple[type, str], ...]) -> None:
+        table = cast(Any, sa_inspect(cls)).local_table
+        columns = tuple(col.name for _, col in _written(cls))
+        self.parent = _Arrays(table, columns)
+        names = ", ".join(f"c{i}" for i in range(len(columns)))
+        sql = (
+            f"WITH parent AS (INSERT INTO {table.name} ({', '.join(columns)}) "
+            f"SELECT {', '.join(self.parent.picks)} FROM unnest({', '.join(self.parent.casts)}) "
+            f"WITH ORDINALITY AS u({names}, ord) ORDER BY u.ord RETURNING id), "
+            "ids AS (SELECT id, row_number() OVER (ORDER BY id) AS ord FROM parent)"
+        )
+        self.children: list[tuple[str, _Arrays]] = []
+        for n, (child, fk) in enumerate(children):
+            child_table = cast(Any, sa_inspect(child)).local_table
+            fk_column = cast(Any, sa_inspect(child)).attrs[fk].columns[0].name
+            child_columns = tuple(col.name for key, col in _written(child) if key != fk)
+            arrays = _Arrays(child_table, child_columns, prefix=f"k{n}_")
+            self.children.append((fk, arrays))
+            child_names = ", ".join(f"c{i}" for i in range(len(child_columns)))
+            sql += (
+                f", child{n} AS (INSERT INTO {child_table.name} "
+                f"({fk_column}, {', '.join(child_columns)}) "
+                f"SELECT ids.id, {', '.join(arrays.picks)} "
+                f"FROM unnest(CAST(:k{n} AS BIGINT[]), {', '.join(arrays.casts)}) "
+                f"AS u(parent, {child_names}) JOIN ids ON ids.ord = u.parent)"
+            )
+        self.statement = text(sql + " SELECT id FROM ids ORDER BY ord")
+
+    @classmethod
+    def of(cls, parent: type, children: tuple[tuple[type, str], ...]) -> _Family:
+        key = (parent, children)
+        found = cls._cache.get(key)
+        if found is None:
+            found = cls._cache[key] = cls(parent, children)
+        return found
+
+
+async def insert_objects(
+    session: Any, objects: Sequence[Any], children: Sequence[Children] = ()
+) -> None:
+    """Write new ORM ``objects`` of one mapped class on PostgreSQL, with their ``children``
+    (:data:`Children`: a lead's numbers, its first stage), in one statement of arrays, as a
+    flush would write them (every column but the primary key, a column left None given its
+    Python default), and give each object its id and each child its parent's. The objects
+    stay out of the session: for a batch that only creates (the inbox's new leads), without
+    the unit of work's cost per object, nor a round trip per table."""
+    if not objects:
+        return
+    family = _Family.of(type(objects[0]), tuple((cls, fk) for cls, fk, _ in children))
+    params = family.parent.params(_object_rows(objects, _written(type(objects[0]))))
+    for n, ((cls, fk, items), (_, arrays)) in enumerate(
+        zip(children, family.children, strict=True)
+    ):
+        params[f"k{n}"] = [index + 1 for index, _ in items]
+        params.update(arrays.params(_object_rows([c for _, c in items], _written(cls), fk)))
+    ids = [r[0] for r in await fetch_pg(session, family.statement, params)]
     for obj, new_id in zip(objects, ids, strict=True):
         obj.id = new_id
+    for _, fk, items in children:
+        for index, child in items:
+            setattr(child, fk, ids[index])

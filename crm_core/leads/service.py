@@ -343,49 +343,59 @@ async def create_leads(
         lead.junk_reason = data.reason if sdef.kind == "lost" else None
         built.append((lead, phones, emails))
     fast = detached and is_postgresql(session)
-    if fast:
-        await insert_objects(session, [lead for lead, _, _ in built])
-    else:
+    if not fast:
         session.add_all(lead for lead, _, _ in built)
         await session.flush()
-    events: list[DomainEvent] = []
-    new_phones: list[Phone] = []
-    new_emails: list[Email] = []
-    changes: list[LeadStageChange] = []
-    for lead, phones, emails in built:
+    # The numbers, addresses and first stage of each lead (by its index: in the fast path
+    # the lead has no id until the statement that writes them all).
+    new_phones: list[tuple[int, Phone]] = []
+    new_emails: list[tuple[int, Email]] = []
+    changes: list[tuple[int, LeadStageChange]] = []
+    for index, (lead, phones, emails) in enumerate(built):
         # A new lead has no numbers or addresses yet: nothing to replace.
         new_phones.extend(
-            Phone(lead_id=lead.id, e164=n, digits_rev=digits_reversed(n)) for n in phones
+            (index, Phone(lead_id=lead.id, e164=n, digits_rev=digits_reversed(n))) for n in phones
         )
-        new_emails.extend(Email(lead_id=lead.id, address=a) for a in emails)
+        new_emails.extend((index, Email(lead_id=lead.id, address=a)) for a in emails)
         changes.append(
-            LeadStageChange(
-                lead_id=lead.id,
-                from_stage=None,
-                to_stage=lead.stage,
-                user_id=actor.id,
-                at=now,
-                reason=lead.junk_reason,
-            )
-        )
-        events.append(
-            LeadCreated(
-                lead_id=lead.id,
-                origin=lead.origin,
-                stage=lead.stage,
-                title=lead.title,
-                responsible_id=lead.responsible_id,
-                actor_id=actor.id,
-                audience=lead_audience(lead.responsible_id),
-                occurred_at=now,
+            (
+                index,
+                LeadStageChange(
+                    lead_id=lead.id,
+                    from_stage=None,
+                    to_stage=lead.stage,
+                    user_id=actor.id,
+                    at=now,
+                    reason=lead.junk_reason,
+                ),
             )
         )
     if fast:
-        for objects in (new_phones, new_emails, changes):
-            await insert_objects(session, objects)
+        await insert_objects(
+            session,
+            [lead for lead, _, _ in built],
+            [
+                (Phone, "lead_id", new_phones),
+                (Email, "lead_id", new_emails),
+                (LeadStageChange, "lead_id", changes),
+            ],
+        )
     else:
-        session.add_all([*new_phones, *new_emails, *changes])
+        session.add_all([c for _, c in (*new_phones, *new_emails, *changes)])
         await session.flush()
+    events: list[DomainEvent] = [
+        LeadCreated(
+            lead_id=lead.id,
+            origin=lead.origin,
+            stage=lead.stage,
+            title=lead.title,
+            responsible_id=lead.responsible_id,
+            actor_id=actor.id,
+            audience=lead_audience(lead.responsible_id),
+            occurred_at=now,
+        )
+        for lead, _, _ in built
+    ]
     return [lead for lead, _, _ in built], events
 
 

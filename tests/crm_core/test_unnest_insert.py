@@ -171,6 +171,42 @@ async def test_insert_objects_writes_what_a_flush_writes(session: Any) -> None:
         assert read[obj.id].kind == "work"  # its Python default
 
 
+async def test_insert_objects_writes_children_with_their_parents_ids(session: Any) -> None:
+    """Leads with their numbers and first stage in one statement: each child joined to its
+    own parent (not to a neighbour), a parent without children, a kind of child with none."""
+    from crm_core.clients.model import Email, Phone
+    from crm_core.db import insert_objects
+    from crm_core.leads.model import Lead, LeadStageChange
+
+    now = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+    parents = [Lead(title=f"p{i}", stage="new", created_at=now, updated_at=now) for i in range(4)]
+    phones = [
+        (0, Phone(e164="+79160000001")),
+        (2, Phone(e164="+79160000021")),
+        (2, Phone(e164="+79160000022")),
+    ]
+    changes = [(i, LeadStageChange(to_stage="new", at=now)) for i in (3, 1, 0, 2)]
+    await insert_objects(
+        session,
+        parents,
+        [(Phone, "lead_id", phones), (Email, "lead_id", []), (LeadStageChange, "lead_id", changes)],
+    )
+    assert [p.id for p in parents] == sorted(p.id for p in parents)
+    assert [c.lead_id for _, c in phones] == [parents[0].id, parents[2].id, parents[2].id]
+    session.expunge_all()
+    titles = {i: t for i, t in await session.execute(select(Lead.id, Lead.title))}
+    assert [titles[p.id] for p in parents] == ["p0", "p1", "p2", "p3"]
+    numbers = (await session.execute(select(Phone.lead_id, Phone.e164, Phone.last10))).all()
+    assert sorted((titles[lead], e164, last10) for lead, e164, last10 in numbers) == [
+        ("p0", "+79160000001", "9160000001"),
+        ("p2", "+79160000021", "9160000021"),
+        ("p2", "+79160000022", "9160000022"),
+    ]
+    stages = (await session.scalars(select(LeadStageChange.lead_id))).all()
+    assert sorted(titles[lead] for lead in stages) == ["p0", "p1", "p2", "p3"]
+    assert (await session.scalars(select(Email))).all() == []
+
+
 def test_named_parameters_become_asyncpgs_positional_ones() -> None:
     from sqlalchemy import text
 
