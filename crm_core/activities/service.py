@@ -249,18 +249,14 @@ async def record_activity(
     return activity
 
 
-async def record_new_activities(
-    session: AsyncSession,
-    items: Sequence[ActivityInput],
-    *,
-    actor: Actor,
-    now: datetime | None = None,
-) -> list[ActivityRecorded]:
-    """Many timeline entries at once (the inbox's batch of messages), in one statement: each
-    ``item`` has its links complete (as :func:`complete_links` would leave them) and an
-    ``external_id``; one whose id is stored already is left as it is (no event)."""
-    if not items:
-        return []
+NEW_ACTIVITY_COLUMNS = (*ActivityInput.model_fields, "created_at", "created_by_id")
+"""The columns :func:`new_activity_rows` fills."""
+
+
+def new_activity_rows(
+    items: Sequence[ActivityInput], *, actor: Actor, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """:func:`record_new_activities`' rows (:data:`NEW_ACTIVITY_COLUMNS`)."""
     rows = []
     for data in items:
         values: dict[str, Any] = data.model_dump()
@@ -269,25 +265,26 @@ async def record_new_activities(
             values["occurred_at"] = now or utcnow()
         values.update(created_at=now or utcnow(), created_by_id=actor.id)
         rows.append(values)
-    if is_postgresql(session):
-        # One statement whatever the number of rows (compiled and prepared once).
-        unnest = UnnestInsert.of(
-            Activity.__table__,
-            tuple(rows[0]),
-            conflict="ON CONFLICT (external_id) DO NOTHING",
-            returning=("id", "external_id"),
-        )
-        result = await fetch_pg(session, unnest.statement, unnest.params(rows))
-    else:
-        # One multi-row INSERT (an ORM executemany with RETURNING runs a statement per row).
-        result = (
-            await session.execute(
-                sqlite.insert(Activity)
-                .values(rows)
-                .on_conflict_do_nothing(index_elements=["external_id"])
-                .returning(Activity.id, Activity.external_id)
-            )
-        ).all()
+    return rows
+
+
+def new_activities_pg(prefix: str = "p") -> UnnestInsert:
+    """PostgreSQL: :func:`record_new_activities`' statement, its SQL the same whatever the
+    number of rows (parameters named ``prefix``: to be part of a larger statement)."""
+    return UnnestInsert.of(
+        Activity.__table__,
+        NEW_ACTIVITY_COLUMNS,
+        conflict="ON CONFLICT (external_id) DO NOTHING",
+        returning=("id", "external_id"),
+        prefix=prefix,
+    )
+
+
+def recorded_activities(
+    rows: Sequence[dict[str, Any]], result: Sequence[Any]
+) -> list[ActivityRecorded]:
+    """The events of :func:`new_activity_rows`' ``rows`` written: ``result`` is the rows the
+    insert returned (id, external id); a row not among them was stored already."""
     ids = {external: row_id for row_id, external in result}
     out = []
     for values in rows:
@@ -313,6 +310,37 @@ async def record_new_activities(
             )
         )
     return out
+
+
+async def record_new_activities(
+    session: AsyncSession,
+    items: Sequence[ActivityInput],
+    *,
+    actor: Actor,
+    now: datetime | None = None,
+) -> list[ActivityRecorded]:
+    """Many timeline entries at once (the inbox's batch of messages), in one statement: each
+    ``item`` has its links complete (as :func:`complete_links` would leave them) and an
+    ``external_id``; one whose id is stored already is left as it is (no event)."""
+    if not items:
+        return []
+    rows = new_activity_rows(items, actor=actor, now=now)
+    result: Sequence[Any]
+    if is_postgresql(session):
+        # One statement whatever the number of rows (compiled and prepared once).
+        unnest = new_activities_pg()
+        result = await fetch_pg(session, unnest.statement, unnest.params(rows))
+    else:
+        # One multi-row INSERT (an ORM executemany with RETURNING runs a statement per row).
+        result = (
+            await session.execute(
+                sqlite.insert(Activity)
+                .values(rows)
+                .on_conflict_do_nothing(index_elements=["external_id"])
+                .returning(Activity.id, Activity.external_id)
+            )
+        ).all()
+    return recorded_activities(rows, result)
 
 
 async def add_activity(

@@ -6,9 +6,11 @@ the assignment, a lead for a new sender, the message, its activity on the timeli
 once for the whole batch: one query for every stored message id, one for every conversation,
 one for every sender's number (then the e-mail, messenger id and other channels of those not
 found), one statement per round-robin rule for all its turns, one count of open conversations
-for the capacity, the new conversations, leads, messages and activities each written in one
-statement. The rules are :func:`receive`'s: the same identification order, assignment and
-lead; the messages of one sender in a batch share his conversation (and one lead).
+for the capacity; the new conversations written in one statement, the new leads with their
+numbers and first stage in one, and on PostgreSQL the conversations' update (which also
+numbers the new messages) and the messages with their activities in two. The rules are
+:func:`receive`'s: the same identification order, assignment and lead; the messages of one
+sender in a batch share his conversation (and one lead).
 
 Race safety is the caller's: the batch runs in one transaction; a message or conversation
 another writer stored meanwhile makes a statement fail (unique keys), and the caller takes the
@@ -28,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core import access
 from crm_core.activities import service as activities
+from crm_core.activities.events import ActivityRecorded
 from crm_core.activities.schemas import ActivityInput
 from crm_core.clients import service as clients
 from crm_core.clients.model import MessengerId
@@ -126,7 +129,7 @@ async def receive_many(
             fresh.append(incoming)
     if not fresh:
         return out
-    # The batch writes its conversations back whole (_save_threads): nobody may change them
+    # The batch writes its conversations back whole (_write): nobody may change them
     # between its reading and its commit (another instance's batch, a manager's action).
     await write_lock(session, "conversations")
     stored = await conv_service.stored_ids(session, sorted(seen))
@@ -141,14 +144,7 @@ async def receive_many(
     lead_events = await _new_leads(session, threads, now, rules)
     out.events.extend(lead_events)
     messages = _messages(threads, now)
-    await _save_threads(session, threads)
-    await _insert_messages(session, [m for _, m in messages])
-    recorded = await activities.record_new_activities(
-        session,
-        [a for a in (_activity(t.conv, m) for t, m in messages) if a is not None],
-        actor=access.SYSTEM,
-        now=now,
-    )
+    recorded = await _write(session, threads, messages, now)
     by_external = {a.external_id: a for a in recorded}
     for thread, message in messages:
         activity = by_external.get(f"message:{message.id}")
@@ -246,7 +242,7 @@ async def _threads(session: AsyncSession, todo: Sequence[Incoming], now: datetim
                     conv
                 )
     # Detached (PostgreSQL: never in the session): what the batch changes on them is written by
-    # one statement at the end (_save_threads), not a flush of each (an UPDATE a row, at every
+    # one statement at the end (_write), not a flush of each (an UPDATE a row, at every
     # autoflush).
     if not pg:
         for conv in found.values():
@@ -319,19 +315,13 @@ def _save_statement() -> Any:
 _SAVE = _save_statement()
 
 
-# PostgreSQL: _save_threads in one statement of arrays, its SQL the same for any batch.
+# PostgreSQL: the conversations written back by one statement of arrays (_SAVE_AND_NUMBER).
 _SAVE_PG = UnnestUpdate(cast(Table, Conversation.__table__), "id", _SAVED)
 
 
 async def _save_threads(session: AsyncSession, threads: Sequence[_Thread]) -> None:
-    """The batch's conversations as it left them: one UPDATE (PostgreSQL: of arrays;
-    elsewhere an executemany)."""
-    if not threads:
-        return
-    if is_postgresql(session):
-        rows = [{"id": t.conv.id, **{n: getattr(t.conv, n) for n in _SAVED}} for t in threads]
-        await fetch_pg(session, _SAVE_PG.statement, _SAVE_PG.params(rows))
-        return
+    """SQLite: the batch's conversations as it left them, one UPDATE executemany
+    (PostgreSQL: :data:`_SAVE_AND_NUMBER`)."""
     params = [
         {"conv_id": t.conv.id, **{f"v_{name}": getattr(t.conv, name) for name in _SAVED}}
         for t in threads
@@ -358,24 +348,61 @@ _MESSAGE_COLUMNS = (
 )
 
 
+# PostgreSQL: _write's statements, the same SQL for any batch. The conversations' update
+# numbers the messages; the messages (their ids given) and their activities in one.
+_SAVE_AND_NUMBER = text(
+    f"WITH saved AS ({_SAVE_PG.statement.text}) "
+    f"SELECT nextval(pg_get_serial_sequence('{Message.__tablename__}', 'id')) "
+    "FROM generate_series(1, CAST(:n AS INTEGER))"
+)
+_NEW_MESSAGES = UnnestInsert(
+    cast(Table, Message.__table__), ("id", *_MESSAGE_COLUMNS), returning=(), prefix="m"
+)
+_MESSAGES_AND_ACTIVITIES = text(
+    f"WITH new_messages AS ({_NEW_MESSAGES.statement.text}) "
+    f"{activities.new_activities_pg('a').statement.text}"
+)
+
+
 async def _insert_messages(session: AsyncSession, messages: Sequence[Message]) -> None:
-    """The batch's new messages written, each given its id. PostgreSQL: one statement of
-    arrays, its SQL the same for any batch (the objects stay out of the session); elsewhere
-    the session's flush."""
+    """SQLite: the batch's new messages written (the session's flush), each given its id."""
+    session.add_all(messages)
+    await session.flush()
+
+
+async def _write(
+    session: AsyncSession,
+    threads: Sequence[_Thread],
+    messages: Sequence[tuple[_Thread, Message]],
+    now: datetime,
+) -> list[ActivityRecorded]:
+    """The conversations as the batch left them, its messages and their entries on the
+    timeline written; the activities' events. PostgreSQL: in two statements — the
+    conversations' update also numbers the messages (their sequence), so that the messages
+    and the activities naming them go in one."""
     if not is_postgresql(session):
-        session.add_all(messages)
-        await session.flush()
-        return
-    unnest = UnnestInsert.of(
-        cast(Table, Message.__table__),
-        _MESSAGE_COLUMNS,
-        returning=("id", "channel", "provider_message_id"),
+        await _save_threads(session, threads)
+        await _insert_messages(session, [m for _, m in messages])
+        return await activities.record_new_activities(
+            session,
+            [a for a in (_activity(t.conv, m) for t, m in messages) if a is not None],
+            actor=access.SYSTEM,
+            now=now,
+        )
+    saved = [{"id": t.conv.id, **{n: getattr(t.conv, n) for n in _SAVED}} for t in threads]
+    numbered = await fetch_pg(
+        session, _SAVE_AND_NUMBER, {**_SAVE_PG.params(saved), "n": len(messages)}
     )
-    rows = [{name: getattr(m, name) for name in _MESSAGE_COLUMNS} for m in messages]
-    result = await fetch_pg(session, unnest.statement, unnest.params(rows))
-    ids = {(channel, pid): row_id for row_id, channel, pid in result}
-    for message in messages:
-        message.id = ids[(message.channel, message.provider_message_id)]
+    for (_, message), new_id in zip(messages, sorted(r[0] for r in numbered), strict=True):
+        message.id = new_id
+    entries = [a for a in (_activity(t.conv, m) for t, m in messages) if a is not None]
+    rows = activities.new_activity_rows(entries, actor=access.SYSTEM, now=now)
+    params = _NEW_MESSAGES.params(
+        [{name: getattr(m, name) for name in ("id", *_MESSAGE_COLUMNS)} for _, m in messages]
+    )
+    params.update(activities.new_activities_pg("a").params(rows))
+    result = await fetch_pg(session, _MESSAGES_AND_ACTIVITIES, params)
+    return activities.recorded_activities(rows, result)
 
 
 def _unlinked(conv: Conversation) -> bool:
