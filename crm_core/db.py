@@ -25,7 +25,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import CursorResult, Dialect, Result
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
@@ -327,8 +327,18 @@ async def fetch_pg(session: Any, statement: Any, params: Mapping[str, Any]) -> S
     the first statement), the statement goes through the session: it must not run outside
     the transaction. Nothing is flushed first: the statement must not depend on objects the
     session holds unflushed."""
-    conn: Any = await session.connection() if isinstance(session, AsyncSession) else session
-    raw: Any = (await conn.get_raw_connection()).driver_connection
+    conn: Any = session
+    if isinstance(session, AsyncSession):
+        bound = session.bind
+        # A session on a connection of its own (the inbox worker's) runs on that one: no need
+        # to ask the session for it (a hop through SQLAlchemy's greenlet, per statement).
+        conn = bound if isinstance(bound, AsyncConnection) else await session.connection()
+    sync = conn.sync_connection
+    raw: Any
+    if sync is not None and not sync.closed and not sync.invalidated:
+        raw = sync.connection.driver_connection  # checked out: at hand without I/O
+    else:
+        raw = (await conn.get_raw_connection()).driver_connection
     options = conn.sync_connection.get_execution_options()
     autocommit = options.get("isolation_level") == "AUTOCOMMIT"
     if not autocommit and not raw.is_in_transaction():

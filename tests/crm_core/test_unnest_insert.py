@@ -244,6 +244,45 @@ async def test_fetch_pg_runs_in_the_sessions_transaction(session: Any) -> None:
     assert await session.scalar(select(func.count()).select_from(Conversation)) == 0
 
 
+async def test_fetch_pg_on_a_session_bound_to_a_connection_is_in_its_transaction(
+    postgres_url: str,
+) -> None:
+    """A session on a connection of its own (the inbox worker's): the statements run on that
+    connection in the session's transaction — rolled back with it, kept by its commit."""
+    from sqlalchemy import func, text
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from contact_center import db
+    from contact_center.config import DatabaseSettings
+    from crm_core.conversations.model import Conversation
+    from crm_core.db import fetch_pg
+
+    insert = text(
+        "INSERT INTO conversations (channel, channel_kind, identity_kind, identity_value, "
+        "thread_key, name, status, unread, preview, created_at, updated_at) SELECT 'wa', "
+        "'whatsapp', 'wa_id', v, '', '', 'open', 0, '', now(), now() "
+        "FROM unnest(CAST(:values AS VARCHAR[])) AS v RETURNING id"
+    )
+    count = select(func.count()).select_from(Conversation)
+    engine = db.create_engine(DatabaseSettings(url=postgres_url))
+    try:
+        async with engine.connect() as conn:
+            session = AsyncSession(bind=conn)
+            await fetch_pg(session, insert, {"values": ["79160000001"]})
+            await fetch_pg(session, insert, {"values": ["79160000002"]})
+            assert await session.scalar(count) == 2
+            await session.rollback()
+            assert await session.scalar(count) == 0
+            await fetch_pg(session, insert, {"values": ["79160000003"]})
+            await fetch_pg(session, insert, {"values": ["79160000004"]})
+            await session.commit()
+            await session.close()
+        async with engine.connect() as other:
+            assert await other.scalar(count) == 2
+    finally:
+        await engine.dispose()
+
+
 async def test_fetch_pg_on_a_lost_connection_says_so_and_drops_it(session: Any) -> None:
     """A connection the server closed is invalidated (the pool will not hand it out again) and
     the failure is a ConnectionError, which the callers take for the database being away."""
