@@ -201,12 +201,10 @@ class UnnestInsert:
         returning: tuple[str, ...] = ("id",),
         prefix: str = "p",
     ) -> None:
-        self._arrays = _Arrays(table, columns, prefix)
-        casts, picks = self._arrays.casts, self._arrays.picks
-        names = ", ".join(f"c{i}" for i in range(len(columns)))
+        self._arrays = arrays = _Arrays(table, columns, prefix)
         sql = (
             f"INSERT INTO {table.name} ({', '.join(columns)}) "
-            f"SELECT {', '.join(picks)} FROM unnest({', '.join(casts)}) AS u({names}) {conflict} "
+            f"SELECT {arrays.picks} FROM {arrays.unnest} AS u({arrays.names}) {conflict} "
         )
         if returning:
             sql += f"RETURNING {', '.join(returning)}"
@@ -247,13 +245,11 @@ class UnnestUpdate:
     own values, the SQL the same for any number of rows."""
 
     def __init__(self, table: Any, key: str, columns: tuple[str, ...]) -> None:
-        self._arrays = _Arrays(table, (key, *columns))
-        picks = self._arrays.picks
-        names = ", ".join(f"c{i}" for i in range(len(columns) + 1))
-        sets = ", ".join(f"{name} = {picks[i]}" for i, name in enumerate(columns, start=1))
+        self._arrays = arrays = _Arrays(table, (key, *columns))
+        sets = ", ".join(f"{name} = {arrays.pick(i)}" for i, name in enumerate(columns, start=1))
         self.statement = text(
             f"UPDATE {table.name} AS t SET {sets} "
-            f"FROM unnest({', '.join(self._arrays.casts)}) AS u({names}) WHERE t.{key} = u.c0"
+            f"FROM {arrays.unnest} AS u({arrays.names}) WHERE t.{key} = u.c0"
         )
 
     def params(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
@@ -262,16 +258,17 @@ class UnnestUpdate:
 
 class _Arrays:
     """Columns of ``table`` sent as one array parameter each (``:p0``, ``:p1``...), read back
-    as ``u.c0``, ``u.c1``... of an ``unnest``: their casts, the picks, the parameters
-    (``prefix``: another set of arrays in the same statement)."""
+    as ``u.c0``, ``u.c1``... of an ``unnest``: ``unnest`` (its call), ``names`` (its columns),
+    ``picks`` (their values, JSON cast back), the parameters (``prefix``: another set of
+    arrays in the same statement)."""
 
     def __init__(self, table: Any, columns: tuple[str, ...], prefix: str = "p") -> None:
         self.columns = columns
         self._prefix = prefix
         self._json: set[str] = set()
         self._convert: dict[str, Any] = {}
-        self.casts: list[str] = []
-        self.picks: list[str] = []
+        casts: list[str] = []
+        self._picks: list[str] = []
         for i, name in enumerate(columns):
             column = table.c[name]
             pg, is_json = _pg_type(column)
@@ -279,8 +276,15 @@ class _Arrays:
                 self._json.add(name)
             if isinstance(column.type, TypeDecorator):
                 self._convert[name] = column.type.process_bind_param
-            self.casts.append(f"CAST(:{prefix}{i} AS {pg}[])")
-            self.picks.append(f"CAST(u.c{i} AS JSONB)" if is_json else f"u.c{i}")
+            casts.append(f"CAST(:{prefix}{i} AS {pg}[])")
+            self._picks.append(f"CAST(u.c{i} AS JSONB)" if is_json else f"u.c{i}")
+        self.casts = ", ".join(casts)
+        self.unnest = f"unnest({self.casts})"
+        self.names = ", ".join(f"c{i}" for i in range(len(columns)))
+        self.picks = ", ".join(self._picks)
+
+    def pick(self, i: int) -> str:
+        return self._picks[i]
 
     def params(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {}
@@ -444,12 +448,11 @@ class _Family:
     def __init__(self, cls: type, children: tuple[tuple[type, str], ...]) -> None:
         table = cast(Any, sa_inspect(cls)).local_table
         columns = tuple(col.name for _, col in _written(cls))
-        self.parent = _Arrays(table, columns)
-        names = ", ".join(f"c{i}" for i in range(len(columns)))
+        self.parent = parent = _Arrays(table, columns)
         sql = (
             f"WITH parent AS (INSERT INTO {table.name} ({', '.join(columns)}) "
-            f"SELECT {', '.join(self.parent.picks)} FROM unnest({', '.join(self.parent.casts)}) "
-            f"WITH ORDINALITY AS u({names}, ord) ORDER BY u.ord RETURNING id), "
+            f"SELECT {parent.picks} FROM {parent.unnest} "
+            f"WITH ORDINALITY AS u({parent.names}, ord) ORDER BY u.ord RETURNING id), "
             "ids AS (SELECT id, row_number() OVER (ORDER BY id) AS ord FROM parent)"
         )
         self.children: list[tuple[str, _Arrays]] = []
@@ -459,13 +462,12 @@ class _Family:
             child_columns = tuple(col.name for key, col in _written(child) if key != fk)
             arrays = _Arrays(child_table, child_columns, prefix=f"k{n}_")
             self.children.append((fk, arrays))
-            child_names = ", ".join(f"c{i}" for i in range(len(child_columns)))
             sql += (
                 f", child{n} AS (INSERT INTO {child_table.name} "
                 f"({fk_column}, {', '.join(child_columns)}) "
-                f"SELECT ids.id, {', '.join(arrays.picks)} "
-                f"FROM unnest(CAST(:k{n} AS BIGINT[]), {', '.join(arrays.casts)}) "
-                f"AS u(parent, {child_names}) JOIN ids ON ids.ord = u.parent)"
+                f"SELECT ids.id, {arrays.picks} "
+                f"FROM unnest(CAST(:k{n} AS BIGINT[]), {arrays.casts}) "
+                f"AS u(parent, {arrays.names}) JOIN ids ON ids.ord = u.parent)"
             )
         self.statement = text(sql + " SELECT id FROM ids ORDER BY ord")
 

@@ -31,7 +31,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from crm_core import access
 from crm_core.activities import service as activities
 from crm_core.activities.events import ActivityRecorded
-from crm_core.activities.schemas import ActivityInput
 from crm_core.clients import service as clients
 from crm_core.clients.model import MessengerId
 from crm_core.conversations import service as conv_service
@@ -358,16 +357,10 @@ _SAVE_AND_NUMBER = text(
 _NEW_MESSAGES = UnnestInsert(
     cast(Table, Message.__table__), ("id", *_MESSAGE_COLUMNS), returning=(), prefix="m"
 )
+_NEW_ACTIVITIES = activities.new_activities_pg("a")
 _MESSAGES_AND_ACTIVITIES = text(
-    f"WITH new_messages AS ({_NEW_MESSAGES.statement.text}) "
-    f"{activities.new_activities_pg('a').statement.text}"
+    f"WITH new_messages AS ({_NEW_MESSAGES.statement.text}) {_NEW_ACTIVITIES.statement.text}"
 )
-
-
-async def _insert_messages(session: AsyncSession, messages: Sequence[Message]) -> None:
-    """SQLite: the batch's new messages written (the session's flush), each given its id."""
-    session.add_all(messages)
-    await session.flush()
 
 
 async def _write(
@@ -379,28 +372,35 @@ async def _write(
     """The conversations as the batch left them, its messages and their entries on the
     timeline written; the activities' events. PostgreSQL: in two statements — the
     conversations' update also numbers the messages (their sequence), so that the messages
-    and the activities naming them go in one."""
-    if not is_postgresql(session):
-        await _save_threads(session, threads)
-        await _insert_messages(session, [m for _, m in messages])
-        return await activities.record_new_activities(
-            session,
-            [a for a in (_activity(t.conv, m) for t, m in messages) if a is not None],
-            actor=access.SYSTEM,
-            now=now,
+    and the activities naming them go in one. Elsewhere: the conversations' update, the
+    session's flush of the messages, the activities."""
+    pg = is_postgresql(session)
+    if pg:
+        saved = [{"id": t.conv.id, **{n: getattr(t.conv, n) for n in _SAVED}} for t in threads]
+        numbered = await fetch_pg(
+            session, _SAVE_AND_NUMBER, {**_SAVE_PG.params(saved), "n": len(messages)}
         )
-    saved = [{"id": t.conv.id, **{n: getattr(t.conv, n) for n in _SAVED}} for t in threads]
-    numbered = await fetch_pg(
-        session, _SAVE_AND_NUMBER, {**_SAVE_PG.params(saved), "n": len(messages)}
-    )
-    for (_, message), new_id in zip(messages, sorted(r[0] for r in numbered), strict=True):
-        message.id = new_id
-    entries = [a for a in (_activity(t.conv, m) for t, m in messages) if a is not None]
+        for (_, message), new_id in zip(messages, sorted(r[0] for r in numbered), strict=True):
+            message.id = new_id
+    else:
+        await _save_threads(session, threads)
+        session.add_all(m for _, m in messages)
+        await session.flush()  # the messages' ids
+    # The entries name their messages by id: built once the ids are known.
+    entries = [
+        entry
+        for thread, message in messages
+        if (entry := conv_service.timeline_entry(thread.conv, message)) is not None
+    ]
+    if not pg:
+        return await activities.record_new_activities(
+            session, entries, actor=access.SYSTEM, now=now
+        )
     rows = activities.new_activity_rows(entries, actor=access.SYSTEM, now=now)
     params = _NEW_MESSAGES.params(
         [{name: getattr(m, name) for name in ("id", *_MESSAGE_COLUMNS)} for _, m in messages]
     )
-    params.update(activities.new_activities_pg("a").params(rows))
+    params.update(_NEW_ACTIVITIES.params(rows))
     result = await fetch_pg(session, _MESSAGES_AND_ACTIVITIES, params)
     return activities.recorded_activities(rows, result)
 
@@ -710,8 +710,3 @@ def _messages(threads: Sequence[_Thread], now: datetime) -> list[tuple[_Thread, 
             if incoming.sender_name and not conv.name:
                 conv.name = incoming.sender_name[:300]
     return out
-
-
-def _activity(conv: Conversation, message: Message) -> ActivityInput | None:
-    """The message on the client's timeline (what :func:`_timeline` records)."""
-    return conv_service.timeline_entry(conv, message)
