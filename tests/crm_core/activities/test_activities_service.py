@@ -55,6 +55,42 @@ async def test_record_is_idempotent_by_external_id(session: AsyncSession) -> Non
     assert again.counted is True and again.kind == "call"
 
 
+async def test_many_new_entries_are_stored_once_each(session: AsyncSession) -> None:
+    """``record_new_activities`` (the inbox batch's on SQLite, any writer's on both): each entry
+    stored with its links and an event; an entry whose external id is stored already is left
+    as it was, without an event."""
+    w = await build_world(session)
+
+    def message(n: int, body: str) -> ActivityInput:
+        return ActivityInput(
+            kind="message",
+            direction="inbound",
+            subject="WhatsApp: входящее сообщение",
+            body=body,
+            occurred_at=T0,
+            user_id=w["ivan"],
+            contact_id=w["contact"],
+            external_id=f"message:{n}",
+        )
+
+    first = await activities.record_new_activities(
+        session, [message(1, "первое"), message(2, "второе")], actor=SYSTEM, now=T0
+    )
+    again = await activities.record_new_activities(
+        session, [message(2, "заменено?"), message(3, "третье")], actor=SYSTEM, now=T0 + MIN
+    )
+    await session.commit()
+    assert [e.external_id for e in first] == ["message:1", "message:2"]
+    assert [e.external_id for e in again] == ["message:3"]
+    assert all(e.audience == (f"user:{w['ivan']}",) and e.kind == "message" for e in first)
+    stored = {a.external_id: a for a in (await session.scalars(select(Activity))).all()}
+    assert {e.activity_id for e in (*first, *again)} == {a.id for a in stored.values()}
+    assert stored["message:2"].body == "второе" and stored["message:2"].created_at == T0
+    assert (
+        stored["message:3"].contact_id == w["contact"] and stored["message:3"].user_id == w["ivan"]
+    )
+
+
 async def test_a_new_call_entry_is_one_statement(session: AsyncSession) -> None:
     """Every stored call writes one (the call log's hot path): the insert returns the entry
     itself, no second round trip to load it."""
